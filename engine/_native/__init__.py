@@ -1,0 +1,165 @@
+"""The binding layer: the only Python code that touches cffi and cdata.
+
+Everything here is thin: each function hands already-validated buffers to one C function of
+``native/include/engine_aead.h`` and turns its integer result into an exception in one place,
+:func:`_check`. Callers (``engine.aead``) validate types, lengths and shapes first, against the
+sizes this module reads from C at import time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from ..errors import BackendUnavailable, InvalidArgument, InvalidTag, NativeError
+from ._ffi import ffi, lib
+
+KEY_BYTES: int = lib.ENGINE_KEY_BYTES
+TAG_BYTES: int = lib.ENGINE_TAG_BYTES
+NONCE_MIN_BYTES: int = lib.ENGINE_NONCE_MIN_BYTES
+NONCE_MAX_BYTES: int = lib.ENGINE_NONCE_MAX_BYTES
+MESSAGE_MAX_BYTES: int = lib.ENGINE_MESSAGE_MAX_BYTES
+
+BACKENDS: dict[str, int] = {
+    "ipsec-mb": lib.ENGINE_BACKEND_IPSECMB,
+    "openssl": lib.ENGINE_BACKEND_OPENSSL,
+}
+_BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
+
+# One-message outputs are written straight into a fresh bytes object, as a C extension does with
+# PyBytes_FromStringAndSize(NULL, n) before filling it: the object is new, referenced only here
+# and not yet hashed. Small ones come from bytes(n) (never n < 2: CPython shares b"" and the
+# one-byte objects); large ones from PyBytes_FromStringAndSize(NULL, n), which skips zeroing.
+_UNINITIALISED_MIN = 16384
+_bytes_new = ctypes.pythonapi.PyBytes_FromStringAndSize
+_bytes_new.restype = ctypes.py_object
+_bytes_new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+_NULL = ffi.NULL
+
+
+def _check(rc: int) -> int:
+    """Turns a C result code into an exception; returns non-negative results unchanged."""
+    if rc >= 0:
+        return rc
+    if rc == lib.ENGINE_EAUTH:
+        raise InvalidTag()
+    if rc == lib.ENGINE_EINVAL:
+        raise InvalidArgument("the native library rejected an argument")
+    if rc == lib.ENGINE_EBACKEND:
+        raise BackendUnavailable("the AES-GCM backend is not available on this machine")
+    if rc == lib.ENGINE_ENOMEM:
+        raise MemoryError("the native library could not allocate memory")
+    if rc == lib.ENGINE_ERANDOM:
+        raise NativeError("the CSPRNG (OpenSSL RAND_bytes) failed")
+    if rc == lib.ENGINE_ETHREAD:
+        raise NativeError("a worker thread could not be started")
+    raise NativeError(f"native error {rc}")
+
+
+def backend_available(name: str) -> bool:
+    """Whether backend ``name`` is compiled in and can run on this CPU."""
+    return bool(lib.engine_backend_available(BACKENDS[name]))
+
+
+def default_backend() -> str:
+    """The backend used when none is forced: ipsec-mb where it can run, else OpenSSL."""
+    return _BACKEND_NAMES[lib.engine_backend_default()]
+
+
+def backend_details(name: str) -> tuple[str, str]:
+    """(library version, instruction set in use) of backend ``name``."""
+    code = BACKENDS[name]
+    return (
+        ffi.string(lib.engine_backend_version(code)).decode(),
+        ffi.string(lib.engine_backend_isa(code)).decode(),
+    )
+
+
+class KeyHandle:
+    """A native key: key schedule and GHASH tables, wiped by C when this object is collected.
+
+    Not picklable: native state is created in each process from key material it fetched itself.
+    """
+
+    __slots__ = ("_ptr", "backend", "__weakref__")
+
+    def __init__(self, key, backend: str) -> None:
+        out = ffi.new("engine_key **")
+        _check(lib.engine_key_new(out, BACKENDS[backend], ffi.from_buffer(key)))
+        self._ptr = ffi.gc(out[0], lib.engine_key_free)
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"<KeyHandle backend={self.backend!r}>"
+
+    def __reduce__(self):
+        raise TypeError("native key handles cannot be pickled; create one in each process")
+
+
+def _from(buf):
+    return _NULL if buf is None else ffi.from_buffer(buf)
+
+
+def seal(key: KeyHandle, nonce, nonce_len: int, data, length: int, aad, aad_len: int) -> bytes:
+    """Encrypts one message; returns ciphertext followed by the 16-byte tag. Arguments that are
+    not ``bytes`` must be C-contiguous buffers; ``aad`` may be None."""
+    total = length + TAG_BYTES
+    out = bytes(total) if total < _UNINITIALISED_MIN else _bytes_new(None, total)
+    if type(data) is not bytes:
+        data = ffi.from_buffer("char[]", data)
+    if type(nonce) is not bytes:
+        nonce = ffi.from_buffer("char[]", nonce)
+    if aad is None:
+        aad = _NULL
+    elif type(aad) is not bytes:
+        aad = ffi.from_buffer("char[]", aad)
+    rc = lib.engine_seal_chars(key._ptr, out, data, length, nonce, nonce_len, aad, aad_len)
+    if rc:
+        _check(rc)
+    return out
+
+
+def open_(key: KeyHandle, nonce, nonce_len: int, data, length: int, aad, aad_len: int) -> bytes:
+    """Decrypts one message whose last 16 bytes are the tag; raises InvalidTag on failure."""
+    if length < 2:  # CPython shares b"" and the one-byte bytes objects: never write into them
+        obj, out = None, ffi.new("char[]", 2)
+    else:
+        obj = out = bytes(length) if length < _UNINITIALISED_MIN else _bytes_new(None, length)
+    if type(data) is not bytes:
+        data = ffi.from_buffer("char[]", data)
+    if type(nonce) is not bytes:
+        nonce = ffi.from_buffer("char[]", nonce)
+    if aad is None:
+        aad = _NULL
+    elif type(aad) is not bytes:
+        aad = ffi.from_buffer("char[]", aad)
+    rc = lib.engine_open_chars(key._ptr, out, data, length, nonce, nonce_len, aad, aad_len)
+    if rc:
+        _check(rc)
+    return obj if obj is not None else ffi.buffer(out, length)[:]
+
+
+def seal_batch(key: KeyHandle, n: int, data, offsets, out, nonces, nonce_len: int,
+               fill_nonces: bool, tags, aad, aad_offsets, aad_length: int, threads: int) -> None:
+    """Seals n records (see engine_seal_batch); all buffers are contiguous and already checked."""
+    _check(lib.engine_seal_batch(
+        key._ptr, n, _from(data), ffi.from_buffer("int64_t[]", offsets), _from(out),
+        ffi.from_buffer(nonces), nonce_len, 1 if fill_nonces else 0, ffi.from_buffer(tags),
+        _from(aad), _NULL if aad_offsets is None else ffi.from_buffer("int64_t[]", aad_offsets),
+        aad_length, threads))
+
+
+def open_batch(key: KeyHandle, n: int, data, offsets, out, nonces, nonce_len: int, tags, aad,
+               aad_offsets, aad_length: int, failed, threads: int) -> int:
+    """Opens n records; marks failures in ``failed`` (n bytes) and returns how many failed."""
+    return _check(lib.engine_open_batch(
+        key._ptr, n, _from(data), ffi.from_buffer("int64_t[]", offsets), _from(out),
+        ffi.from_buffer(nonces), nonce_len, ffi.from_buffer(tags), _from(aad),
+        _NULL if aad_offsets is None else ffi.from_buffer("int64_t[]", aad_offsets), aad_length,
+        ffi.from_buffer(failed), threads))
+
+
+def random_into(buf) -> None:
+    """Fills a writable buffer from OpenSSL's CSPRNG."""
+    view = memoryview(buf)
+    _check(lib.engine_random(ffi.from_buffer(view), view.nbytes))

@@ -1,0 +1,337 @@
+"""AES-256-GCM: :class:`AesGcm`, a drop-in for ``cryptography``'s ``AESGCM`` with batch methods.
+
+Arguments are checked here, once, against sizes read from the native library; only then does
+anything reach :mod:`engine._native`. The native calls release the GIL, and one :class:`AesGcm`
+may be shared by any number of Python threads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import _native
+from .batch import Batch, SealedBatch, as_batch, byte_view, fixed_width
+from .errors import (
+    BackendUnavailable,
+    BatchInvalidTag,
+    InvalidArgument,
+    InvalidArgumentType,
+    InvalidTag,
+    MessageTooLong,
+)
+
+__all__ = ["AesGcm", "backend_info", "default_threads", "random_bytes", "selected_backend"]
+
+KEY_BYTES = _native.KEY_BYTES
+TAG_BYTES = _native.TAG_BYTES
+NONCE_MIN_BYTES = _native.NONCE_MIN_BYTES
+NONCE_MAX_BYTES = _native.NONCE_MAX_BYTES
+MESSAGE_MAX_BYTES = _native.MESSAGE_MAX_BYTES
+
+BACKEND_ENV = "ENGINE_BACKEND"
+_BACKEND_ALIASES = {"ipsec-mb": "ipsec-mb", "ipsecmb": "ipsec-mb", "ipsec_mb": "ipsec-mb",
+                    "openssl": "openssl"}
+
+
+def default_threads() -> int:
+    """Threads used when ``threads=None``: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def selected_backend(name: str | None = None) -> str:
+    """The backend to use: ``name``, else ``$ENGINE_BACKEND``, else the fastest this CPU runs.
+
+    Raises:
+        InvalidArgument: an unknown backend name.
+        BackendUnavailable: the backend asked for is not built in or cannot run on this CPU.
+    """
+    requested = name if name is not None else os.environ.get(BACKEND_ENV, "auto")
+    key = requested.strip().lower()
+    if key in ("", "auto"):
+        return _native.default_backend()
+    if key not in _BACKEND_ALIASES:
+        raise InvalidArgument(
+            f"unknown backend {requested!r} (from {BACKEND_ENV} or backend=); "
+            f"use one of: auto, ipsec-mb, openssl"
+        )
+    chosen = _BACKEND_ALIASES[key]
+    if not _native.backend_available(chosen):
+        raise BackendUnavailable(
+            f"backend {chosen!r} is not available here (not built, or the CPU lacks AES-NI)"
+        )
+    return chosen
+
+
+def backend_info(backend: str | None = None) -> dict[str, Any]:
+    """What the engine runs on: backend name and version, instruction set, default threads."""
+    name = selected_backend(backend)
+    version, isa = _native.backend_details(name)
+    return {
+        "backend": name,
+        "version": version,
+        "isa": isa,
+        "threads": default_threads(),
+        "available": [b for b in _native.BACKENDS if _native.backend_available(b)],
+    }
+
+
+def random_bytes(n: int) -> bytes:
+    """n bytes from OpenSSL's CSPRNG."""
+    if not isinstance(n, int) or n < 0:
+        raise InvalidArgument("n must be a non-negative integer")
+    buf = bytearray(n)
+    _native.random_into(buf)
+    return bytes(buf)
+
+
+def _nbytes(obj: Any, name: str) -> int:
+    """Size in bytes of a C-contiguous bytes-like argument; bytes take the fast path."""
+    if type(obj) is bytes:
+        return len(obj)
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        raise InvalidArgumentType(
+            f"{name} must be bytes-like (bytes, bytearray, memoryview, numpy array), "
+            f"not {type(obj).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        raise InvalidArgument(f"{name} must be a C-contiguous buffer")
+    return view.nbytes
+
+
+def _check_nonce_size(size: int) -> None:
+    if not NONCE_MIN_BYTES <= size <= NONCE_MAX_BYTES:
+        raise InvalidArgument(
+            f"nonce must be {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes, got {size}"
+        )
+
+
+def _check_threads(threads: int | None) -> int:
+    if threads is None:
+        return default_threads()
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise InvalidArgument("threads must be a positive integer or None")
+    return threads
+
+
+def _check_record_sizes(batch: Batch) -> None:
+    if batch.nbytes > MESSAGE_MAX_BYTES and int(batch.lengths().max()) > MESSAGE_MAX_BYTES:
+        raise MessageTooLong(f"a record exceeds GCM's limit of {MESSAGE_MAX_BYTES} bytes")
+
+
+def _batch_aad(associated_data: Any, n: int) -> tuple[Any, Any, int]:
+    """(buffer, offsets or None, length) for the native call: one value for all, or n values."""
+    if associated_data is None:
+        return None, None, 0
+    if isinstance(associated_data, Batch) or type(associated_data).__module__.startswith("pyarrow"):
+        aad = as_batch(associated_data, "associated_data")
+        if len(aad) != n:
+            raise InvalidArgument(
+                f"associated_data has {len(aad)} values for {n} records; give one per record "
+                f"or a single bytes value for all"
+            )
+        return aad.data, aad.offsets, 0
+    if isinstance(associated_data, (list, tuple)):
+        return _batch_aad(Batch.from_list(associated_data), n)
+    view = byte_view(associated_data, "associated_data")
+    return view, None, view.shape[0]
+
+
+def _output(out: Any, size: int, name: str) -> np.ndarray:
+    view = byte_view(out, name, writable=True)
+    if view.shape[0] < size:
+        raise InvalidArgument(f"{name} holds {view.shape[0]} bytes; {size} are needed")
+    return view
+
+
+class AesGcm:
+    """AES-256-GCM with a 32-byte key, a drop-in for ``cryptography``'s ``AESGCM``.
+
+    The key schedule and GHASH tables are computed once, here, in native memory that is wiped
+    when the object is collected. Instances cannot be pickled.
+
+    Args:
+        key: 32 bytes (AES-256), any bytes-like object.
+        backend: ``"ipsec-mb"``, ``"openssl"`` or ``None`` (``$ENGINE_BACKEND``, else the fastest).
+
+    Raises:
+        InvalidArgumentType: ``key`` is not bytes-like.
+        InvalidArgument: ``key`` is not 32 bytes, or an unknown backend.
+        BackendUnavailable: the backend asked for cannot run here.
+    """
+
+    __slots__ = ("_key", "__weakref__")
+
+    def __init__(self, key: Any, *, backend: str | None = None) -> None:
+        if _nbytes(key, "key") != KEY_BYTES:
+            raise InvalidArgument(f"AesGcm key must be {KEY_BYTES} bytes (AES-256)")
+        self._key = _native.KeyHandle(key, selected_backend(backend))
+
+    @staticmethod
+    def generate_key(bit_length: int = 256) -> bytes:
+        """A fresh random key; only 256 bits is supported (the seed's only algorithm)."""
+        if bit_length != 256:
+            raise InvalidArgument("only 256-bit keys are supported (AES-256-GCM)")
+        return random_bytes(KEY_BYTES)
+
+    @property
+    def backend(self) -> str:
+        """The native backend this key runs on."""
+        return self._key.backend
+
+    def __repr__(self) -> str:
+        return f"<AesGcm backend={self.backend!r}>"
+
+    def __reduce__(self):
+        raise TypeError("AesGcm objects hold key material and cannot be pickled")
+
+    # ---- one message ----
+
+    def encrypt(self, nonce: Any, data: Any, associated_data: Any = None) -> bytes:
+        """Encrypts ``data``; returns the ciphertext followed by the 16-byte tag.
+
+        Raises:
+            InvalidArgument: nonce not 8 to 128 bytes, or data over 2**36 - 32 bytes.
+            InvalidArgumentType: an argument is not bytes-like.
+        """
+        size = len(nonce) if type(nonce) is bytes else _nbytes(nonce, "nonce")
+        if not NONCE_MIN_BYTES <= size <= NONCE_MAX_BYTES:
+            _check_nonce_size(size)
+        length = len(data) if type(data) is bytes else _nbytes(data, "data")
+        if length > MESSAGE_MAX_BYTES:
+            raise MessageTooLong(f"data exceeds GCM's limit of {MESSAGE_MAX_BYTES} bytes")
+        aad_len = (0 if associated_data is None else len(associated_data)
+                   if type(associated_data) is bytes else _nbytes(associated_data, "associated_data"))
+        return _native.seal(self._key, nonce, size, data, length, associated_data, aad_len)
+
+    def decrypt(self, nonce: Any, data: Any, associated_data: Any = None) -> bytes:
+        """Decrypts ciphertext-and-tag ``data`` and checks its tag.
+
+        Raises:
+            InvalidTag: authentication failed (wrong key, nonce, data, tag or associated data),
+                or ``data`` is shorter than the 16-byte tag.
+            InvalidArgument: nonce not 8 to 128 bytes.
+        """
+        size = len(nonce) if type(nonce) is bytes else _nbytes(nonce, "nonce")
+        if not NONCE_MIN_BYTES <= size <= NONCE_MAX_BYTES:
+            _check_nonce_size(size)
+        length = (len(data) if type(data) is bytes else _nbytes(data, "data")) - TAG_BYTES
+        if length < 0:
+            raise InvalidTag()
+        if length > MESSAGE_MAX_BYTES:
+            raise MessageTooLong(f"data exceeds GCM's limit of {MESSAGE_MAX_BYTES} bytes")
+        aad_len = (0 if associated_data is None else len(associated_data)
+                   if type(associated_data) is bytes else _nbytes(associated_data, "associated_data"))
+        return _native.open_(self._key, nonce, size, data, length, associated_data, aad_len)
+
+    # ---- batches ----
+
+    def seal_batch(self, batch: Any, associated_data: Any = None, *, nonce_size: int = 16,
+                   threads: int | None = None) -> SealedBatch:
+        """Seals every record of ``batch`` under a fresh random nonce, in one native call.
+
+        Args:
+            batch: an :class:`~engine.Batch`, a pyarrow binary array or a list of bytes.
+            associated_data: one bytes value for all records, or n values (a Batch or a list).
+            nonce_size: bytes per nonce (16 as in the seed; 12 is GCM's native size).
+            threads: worker threads (``None``: all cores); records are split by bytes.
+
+        Returns:
+            A :class:`~engine.SealedBatch` whose ciphertexts have the input's offsets.
+        """
+        batch = as_batch(batch, "batch")
+        out = np.empty(batch.nbytes, dtype=np.uint8)
+        return self._seal(batch, out, associated_data, nonce_size, threads, None)
+
+    def seal_batch_into(self, batch: Any, out: Any, associated_data: Any = None, *,
+                        nonce_size: int = 16, threads: int | None = None,
+                        nonces: Any = None) -> SealedBatch:
+        """Like :meth:`seal_batch`, writing ciphertexts into ``out`` (may be the batch's own data
+        buffer: sealing in place allocates nothing the size of the data).
+
+        Args:
+            out: a writable buffer of at least ``batch.nbytes`` bytes; record i goes to
+                ``offsets[i] - offsets[0]``.
+            nonces: caller-chosen ``n x nonce_size`` nonces, for known-answer tests and interop
+                only. A nonce used twice under one key destroys GCM's security.
+        """
+        batch = as_batch(batch, "batch")
+        target = _output(out, batch.nbytes, "out")
+        return self._seal(batch, target, associated_data, nonce_size, threads, nonces)
+
+    def _seal(self, batch: Batch, out: np.ndarray, associated_data: Any, nonce_size: int,
+              threads: int | None, nonces: Any) -> SealedBatch:
+        n = len(batch)
+        _check_record_sizes(batch)
+        threads = _check_threads(threads)
+        aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
+        if nonces is None:
+            _check_nonce_size(nonce_size)
+            nonce_arr = np.empty((n, nonce_size), dtype=np.uint8)
+        else:
+            nonce_arr = np.ascontiguousarray(fixed_width(nonces, n, nonce_size, "nonces"))
+            _check_nonce_size(nonce_size)
+        tags = np.empty((n, TAG_BYTES), dtype=np.uint8)
+        _native.seal_batch(self._key, n, batch.data, batch.offsets, out, nonce_arr, nonce_size,
+                           nonces is None, tags, aad, aad_offsets, aad_len, threads)
+        return SealedBatch._trusted(nonce_arr, tags, Batch._trusted(out, _rebased(batch.offsets)))
+
+    def open_batch(self, sealed: SealedBatch, associated_data: Any = None, *,
+                   threads: int | None = None) -> Batch:
+        """Opens every record of ``sealed`` in one native call.
+
+        Returns:
+            A :class:`~engine.Batch` of plaintexts with the ciphertexts' offsets.
+
+        Raises:
+            BatchInvalidTag: some records failed; ``.failed`` lists them and ``.result`` holds
+                the batch with those records zero-filled.
+        """
+        self._check_sealed(sealed)
+        out = np.empty(sealed.ciphertexts.nbytes, dtype=np.uint8)
+        return self._open(sealed, out, associated_data, threads)
+
+    def open_batch_into(self, sealed: SealedBatch, out: Any, associated_data: Any = None, *,
+                        threads: int | None = None) -> Batch:
+        """Like :meth:`open_batch`, writing plaintexts into ``out`` (may be the ciphertexts'
+        own buffer, to decrypt in place)."""
+        self._check_sealed(sealed)
+        target = _output(out, sealed.ciphertexts.nbytes, "out")
+        return self._open(sealed, target, associated_data, threads)
+
+    @staticmethod
+    def _check_sealed(sealed: Any) -> None:
+        if not isinstance(sealed, SealedBatch):
+            raise InvalidArgumentType(
+                f"expected an engine.SealedBatch, not {type(sealed).__name__}"
+            )
+        _check_nonce_size(sealed.nonce_size)
+
+    def _open(self, sealed: SealedBatch, out: np.ndarray, associated_data: Any,
+              threads: int | None) -> Batch:
+        ct = sealed.ciphertexts
+        n = len(ct)
+        _check_record_sizes(ct)
+        threads = _check_threads(threads)
+        aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
+        failed = np.empty(n, dtype=np.uint8)
+        nfailed = _native.open_batch(self._key, n, ct.data, ct.offsets, out,
+                                     np.ascontiguousarray(sealed.nonces), sealed.nonce_size,
+                                     np.ascontiguousarray(sealed.tags), aad, aad_offsets, aad_len,
+                                     failed, threads)
+        result = Batch._trusted(out, _rebased(ct.offsets))
+        if nfailed:
+            raise BatchInvalidTag(np.flatnonzero(failed), result)
+        return result
+
+
+def _rebased(offsets: np.ndarray) -> np.ndarray:
+    """Offsets of the output buffer, where record 0 starts at byte 0."""
+    return offsets if offsets[0] == 0 else offsets - offsets[0]

@@ -1,0 +1,94 @@
+/*
+ * engine_aead: batch-oriented AES-256-GCM with two backends (Intel ipsec-mb, OpenSSL EVP).
+ *
+ * Conventions, after libsodium: short functions named engine_<object>_<verb>, an opaque key handle
+ * whose set-up (key schedule, GHASH tables) is separate from per-message calls, and int results:
+ * 0 on success, a negative ENGINE_E* code on failure. Callers validate arguments once; these
+ * functions re-check only what would otherwise corrupt memory.
+ *
+ * A batch is Arrow's layout: record i of `in` is in[offsets[i] .. offsets[i+1]) and its output
+ * goes to out + (offsets[i] - offsets[0]), so `out` may be `in + offsets[0]` (in place).
+ * Nonce i is nonces[i*nonce_len ..], tag i is tags[i*16 ..]. AAD is either one value for all
+ * records (aad_offsets == NULL) or record i's aad[aad_offsets[i] .. aad_offsets[i+1]).
+ */
+#ifndef ENGINE_AEAD_H
+#define ENGINE_AEAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define ENGINE_WUR __attribute__((warn_unused_result))
+#else
+#define ENGINE_WUR
+#endif
+
+#define ENGINE_KEY_BYTES 32
+#define ENGINE_TAG_BYTES 16
+#define ENGINE_NONCE_MIN_BYTES 8
+#define ENGINE_NONCE_MAX_BYTES 128
+/* NIST SP 800-38D: plaintext of at most 2^39 - 256 bits. */
+#define ENGINE_MESSAGE_MAX_BYTES 68719476704ULL
+
+#define ENGINE_BACKEND_AUTO 0
+#define ENGINE_BACKEND_IPSECMB 1
+#define ENGINE_BACKEND_OPENSSL 2
+
+#define ENGINE_OK 0
+#define ENGINE_EAUTH (-1)    /* a tag did not verify; the output of that record is zeroed */
+#define ENGINE_EINVAL (-2)   /* an argument the caller should have rejected */
+#define ENGINE_ERANDOM (-3)  /* the CSPRNG failed */
+#define ENGINE_EBACKEND (-4) /* the backend is not built in or the CPU cannot run it */
+#define ENGINE_ENOMEM (-5)
+#define ENGINE_ETHREAD (-6)  /* a worker thread could not be started */
+
+typedef struct engine_key engine_key;
+
+/* 1 when the backend is compiled in and this CPU can run it, else 0. */
+int engine_backend_available(int backend);
+/* The backend ENGINE_BACKEND_AUTO resolves to on this machine. */
+int engine_backend_default(void);
+/* Static strings: "ipsec-mb" / "openssl", the library version, the instruction set in use. */
+const char *engine_backend_name(int backend);
+const char *engine_backend_version(int backend);
+const char *engine_backend_isa(int backend);
+
+/* A key handle: key schedule and GHASH tables are computed here, once. The 32 key bytes are not
+ * kept; the derived tables are wiped by engine_key_free. Returns 0 and sets *out, or ENGINE_E*. */
+int engine_key_new(engine_key **out, int backend, const uint8_t *key) ENGINE_WUR;
+void engine_key_free(engine_key *key);
+int engine_key_backend(const engine_key *key);
+
+/* One message: out receives len bytes of ciphertext and tag 16 bytes. */
+int engine_seal(const engine_key *key, uint8_t *out, uint8_t *tag, const uint8_t *in, uint64_t len,
+                const uint8_t *nonce, size_t nonce_len, const uint8_t *aad, uint64_t aad_len) ENGINE_WUR;
+/* Returns ENGINE_EAUTH (with out zeroed) when the tag does not verify. */
+int engine_open(const engine_key *key, uint8_t *out, const uint8_t *in, uint64_t len,
+                const uint8_t *tag, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
+                uint64_t aad_len) ENGINE_WUR;
+
+/* Seals n records on up to `threads` threads (split by bytes). With fill_nonces != 0 the n nonces
+ * are drawn first, in one CSPRNG call. */
+int engine_seal_batch(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
+                      uint8_t *out, uint8_t *nonces, size_t nonce_len, int fill_nonces,
+                      uint8_t *tags, const uint8_t *aad, const int64_t *aad_offsets,
+                      uint64_t aad_len, int threads) ENGINE_WUR;
+/* Opens n records; failed[i] is set to 1 for each record whose tag does not verify (its output
+ * zeroed) and 0 otherwise. Returns the number of failed records (>= 0) or ENGINE_E*. */
+int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
+                          const int64_t *offsets, uint8_t *out, const uint8_t *nonces,
+                          size_t nonce_len, const uint8_t *tags, const uint8_t *aad,
+                          const int64_t *aad_offsets, uint64_t aad_len, uint8_t *failed,
+                          int threads) ENGINE_WUR;
+
+/* Fills buf with len bytes from OpenSSL's CSPRNG (fork-safe: OpenSSL reseeds in a child). */
+int engine_random(uint8_t *buf, size_t len) ENGINE_WUR;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

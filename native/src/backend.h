@@ -1,0 +1,46 @@
+/* Internal: what each backend provides to the dispatcher in engine_aead.c. */
+#ifndef ENGINE_BACKEND_H
+#define ENGINE_BACKEND_H
+
+#include "engine_aead.h"
+
+/* Per-thread scratch state. A backend whose state is small keeps it in `inline_state`, so a
+ * single-message call allocates nothing. */
+typedef struct engine_worker {
+    void *state;
+    _Alignas(64) unsigned char inline_state[256];
+} engine_worker;
+
+typedef struct engine_backend_ops {
+    int (*available)(void);
+    const char *(*version)(void);
+    const char *(*isa)(void);
+    int (*key_init)(engine_key *key, const uint8_t *raw);
+    void (*key_wipe)(engine_key *key);
+    int (*worker_init)(const engine_key *key, engine_worker *w);
+    void (*worker_free)(engine_worker *w);
+    int (*seal)(const engine_key *key, engine_worker *w, uint8_t *out, uint8_t *tag, const uint8_t *in,
+                uint64_t len, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
+                uint64_t aad_len);
+    /* Decrypts into out and returns ENGINE_OK or ENGINE_EAUTH; the dispatcher zeroes on EAUTH. */
+    int (*open)(const engine_key *key, engine_worker *w, uint8_t *out, const uint8_t *in, uint64_t len,
+                const uint8_t *tag, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
+                uint64_t aad_len);
+} engine_backend_ops;
+
+struct engine_key {
+    const engine_backend_ops *ops;
+    int backend;
+    void *impl;
+};
+
+extern const engine_backend_ops engine_openssl_ops;
+#ifdef ENGINE_HAVE_IPSECMB
+extern const engine_backend_ops engine_ipsecmb_ops;
+#endif
+
+/* Constant-time comparison of n bytes: 0 when equal. */
+int engine_ct_differ(const uint8_t *a, const uint8_t *b, size_t n);
+void engine_wipe(void *p, size_t n);
+
+#endif
