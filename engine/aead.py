@@ -167,12 +167,17 @@ class AesGcm:
         BackendUnavailable: the backend asked for cannot run here.
     """
 
-    __slots__ = ("_key", "__weakref__")
+    # No __slots__: the instance's own ``encrypt``/``decrypt`` (fast paths for ``bytes`` built by
+    # the binding for this key) shadow the methods below, which handle every other case.
 
     def __init__(self, key: Any, *, backend: str | None = None) -> None:
         if _nbytes(key, "key") != KEY_BYTES:
             raise InvalidArgument(f"AesGcm key must be {KEY_BYTES} bytes (AES-256)")
         self._key = _native.KeyHandle(key, selected_backend(backend))
+        general = type(self)
+        self.encrypt, self.decrypt = _native.bytes_fast_paths(
+            self._key, general.encrypt.__get__(self), general.decrypt.__get__(self)
+        )
 
     @staticmethod
     def generate_key(bit_length: int = 256) -> bytes:
@@ -247,6 +252,7 @@ class AesGcm:
             A :class:`~engine.SealedBatch` whose ciphertexts have the input's offsets.
         """
         batch = as_batch(batch, "batch")
+        _check_record_sizes(batch)
         out = np.empty(batch.nbytes, dtype=np.uint8)
         return self._seal(batch, out, associated_data, nonce_size, threads, None)
 
@@ -263,13 +269,13 @@ class AesGcm:
                 only. A nonce used twice under one key destroys GCM's security.
         """
         batch = as_batch(batch, "batch")
+        _check_record_sizes(batch)
         target = _output(out, batch.nbytes, "out")
         return self._seal(batch, target, associated_data, nonce_size, threads, nonces)
 
     def _seal(self, batch: Batch, out: np.ndarray, associated_data: Any, nonce_size: int,
               threads: int | None, nonces: Any) -> SealedBatch:
         n = len(batch)
-        _check_record_sizes(batch)
         threads = _check_threads(threads)
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         if nonces is None:
@@ -313,12 +319,12 @@ class AesGcm:
                 f"expected an engine.SealedBatch, not {type(sealed).__name__}"
             )
         _check_nonce_size(sealed.nonce_size)
+        _check_record_sizes(sealed.ciphertexts)
 
     def _open(self, sealed: SealedBatch, out: np.ndarray, associated_data: Any,
               threads: int | None) -> Batch:
         ct = sealed.ciphertexts
         n = len(ct)
-        _check_record_sizes(ct)
         threads = _check_threads(threads)
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         failed = np.empty(n, dtype=np.uint8)

@@ -1,0 +1,281 @@
+"""Side-by-side comparison: engine vs cryptography vs pycryptodome vs the native C driver vs memcpy.
+
+Every figure of one table comes from the same run; contenders are timed in interleaved rounds and
+each figure is the median of its rounds, so the ratios hold even on a noisy machine. Nothing here
+asserts a timing: the goals are printed beside the ratios.
+
+    python -m bench.compare                 # the full table (about a minute)
+    python -m bench.compare --quick         # small sizes, a smoke test for CI
+    python -m bench.compare --json out.json --chart out.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import engine
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str  # "GB/s" or "M rec/s" or "M calls/s"
+    figures: dict[str, float] = field(default_factory=dict)
+    goals: list[tuple[str, str, float]] = field(default_factory=list)  # (ours, theirs, min ratio)
+
+    def ratio(self, a: str, b: str) -> float | None:
+        if a in self.figures and b in self.figures and self.figures[b] > 0:
+            return self.figures[a] / self.figures[b]
+        return None
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], work: float, rounds: int) -> dict[str, float]:
+    """Median throughput (work units per second) of each contender over interleaved rounds."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()  # warm up: page in buffers, build key schedules
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: work / statistics.median(ts) for name, ts in times.items()}
+
+
+def c_driver() -> str | None:
+    """Path of the C benchmark driver installed with the package (engine-cbench)."""
+    scripts = sysconfig.get_path("scripts")
+    for candidate in (os.path.join(scripts, "engine-cbench"), shutil.which("engine-cbench")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def run_c(size: int, count: int, threads: int, backend: str, repeats: int, nonce: int = 16) -> float | None:
+    """Records per second of the C driver sealing count records of size bytes."""
+    exe = c_driver()
+    if exe is None:
+        return None
+    out = subprocess.run(
+        [exe, str(size), str(count), str(threads), backend, str(repeats), str(nonce)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out)["records_per_s"]
+
+
+def crypto_loop(aesgcm, values: list[bytes], nonces: list[bytes]) -> Callable[[], object]:
+    enc = aesgcm.encrypt
+    return lambda: [enc(n, v, None) for n, v in zip(nonces, values)]
+
+
+def measure(quick: bool, backend: str) -> tuple[list[Row], dict]:
+    from Crypto.Cipher import AES
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    rounds = 3 if quick else 9
+    key = engine.AesGcm.generate_key()
+    ours = engine.AesGcm(key, backend=backend)
+    theirs = AESGCM(key)
+    nonce = os.urandom(16)
+    rows: list[Row] = []
+    threads = engine.backend_info()["threads"]
+
+    # 1. One 1 MiB message, one thread.
+    size = 1 << 20
+    big = os.urandom(size)
+    dst = np.empty(size, np.uint8)
+    src = np.frombuffer(big, np.uint8)
+
+    def dome_big():
+        c = AES.new(key, AES.MODE_GCM, nonce=nonce)
+        return c.encrypt_and_digest(big)
+
+    reps = 20
+    row = Row("1 MiB message, 1 thread", "GB/s")
+    row.figures = interleaved(
+        {
+            "engine": lambda: [ours.encrypt(nonce, big) for _ in range(reps)],
+            "cryptography": lambda: [theirs.encrypt(nonce, big, None) for _ in range(reps)],
+            "pycryptodome": lambda: [dome_big() for _ in range(2)],
+            "memcpy": lambda: [np.copyto(dst, src) for _ in range(reps)],
+        },
+        size * reps / 1e9,
+        rounds,
+    )
+    row.figures["pycryptodome"] /= reps / 2
+    c = run_c(size, 1, 1, backend, 21)
+    if c:
+        row.figures["C driver"] = c * size / 1e9
+    row.goals = [("engine", "cryptography", 1.25), ("engine", "C driver", 0.9)]
+    rows.append(row)
+
+    # 2. 1 MiB records in a batch: all threads vs one, and cryptography on a thread pool.
+    count = 8 if quick else 32
+    batch = engine.Batch(np.frombuffer(os.urandom(size * count), np.uint8),
+                         np.arange(count + 1, dtype=np.int64) * size)
+    out = np.empty(size * count, np.uint8)
+    pieces = [bytes(batch[i]) for i in range(count)]
+    pool = ThreadPoolExecutor(threads)
+    row = Row(f"1 MiB records x {count}, batch", "GB/s")
+    row.figures = interleaved(
+        {
+            "engine 1 thread": lambda: ours.seal_batch_into(batch, out, threads=1),
+            f"engine {threads} threads": lambda: ours.seal_batch_into(batch, out, threads=threads),
+            "cryptography 1 thread": lambda: [theirs.encrypt(nonce, p, None) for p in pieces],
+            f"cryptography pool {threads}": lambda: list(pool.map(lambda p: theirs.encrypt(nonce, p, None), pieces)),
+        },
+        size * count / 1e9,
+        rounds,
+    )
+    c = run_c(size, count, threads, backend, 11)
+    if c:
+        row.figures[f"C driver {threads} threads"] = c * size / 1e9
+    row.goals = [(f"engine {threads} threads", "engine 1 thread", 1.7)]
+    rows.append(row)
+    pool.shutdown()
+
+    # 3. 64-byte records: packed batch, Python list, and cryptography's per-call loop.
+    n = 100_000 if quick else 1_000_000
+    small = [os.urandom(64) for _ in range(n)]
+    packed = engine.Batch.from_list(small)
+    nonces = [os.urandom(16) for _ in range(n)]
+    row = Row(f"64 B records x {n:,}", "M rec/s")
+    row.figures = interleaved(
+        {
+            "engine packed Batch": lambda: ours.seal_batch(packed, threads=1),
+            f"engine packed Batch {threads} threads": lambda: ours.seal_batch(packed, threads=threads),
+            "engine from list": lambda: ours.seal_batch(engine.Batch.from_list(small), threads=1),
+            "cryptography loop": crypto_loop(theirs, small, nonces),
+        },
+        n / 1e6,
+        max(3, rounds // 2),
+    )
+    c = run_c(64, n, 1, backend, 11)
+    if c:
+        row.figures["C driver"] = c / 1e6
+    dome_n = 5_000 if quick else 20_000
+
+    def dome_loop():
+        for v, nn in zip(small[:dome_n], nonces):
+            AES.new(key, AES.MODE_GCM, nonce=nn).encrypt_and_digest(v)
+
+    row.figures["pycryptodome loop"] = interleaved({"d": dome_loop}, dome_n / 1e6, 3)["d"]
+    row.goals = [
+        ("engine packed Batch", "cryptography loop", 10.0),
+        ("engine packed Batch", "C driver", 0.7),
+        ("engine from list", "cryptography loop", 4.0),
+    ]
+    rows.append(row)
+
+    # 4. One call on 64 bytes.
+    calls = 20_000 if quick else 200_000
+    msg = os.urandom(64)
+    enc_ours, enc_theirs = ours.encrypt, theirs.encrypt
+    row = Row("single call encrypt, 64 B", "M calls/s")
+    row.figures = interleaved(
+        {
+            "engine": lambda: [enc_ours(nonce, msg) for _ in range(calls)],
+            "cryptography": lambda: [enc_theirs(nonce, msg, None) for _ in range(calls)],
+        },
+        calls / 1e6,
+        rounds,
+    )
+    row.goals = [("engine", "cryptography", 1.0)]
+    rows.append(row)
+
+    memory = in_place_peak(64 << 20 if quick else 1 << 30)
+    return rows, memory
+
+
+IN_PLACE = r"""
+import json, resource, sys, numpy as np, engine
+n = int(sys.argv[1])
+buf = np.zeros(n, dtype=np.uint8); buf[::4096] = 1
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+a = engine.AesGcm(engine.AesGcm.generate_key())
+a.seal_batch_into(engine.Batch(buf, np.arange(0, n + 1, 1 << 20, dtype=np.int64)), buf)
+print(json.dumps({"bytes": n, "peak_extra_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base}))
+"""
+
+
+def in_place_peak(n: int) -> dict:
+    """Extra peak RSS of sealing n bytes in place (measured in a fresh process)."""
+    out = subprocess.run([sys.executable, "-c", IN_PLACE, str(n)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def render(rows: list[Row], memory: dict, info: dict) -> str:
+    lines = [f"backend: {info['backend']} {info['version']} ({info['isa']}), {info['threads']} threads", ""]
+    for row in rows:
+        lines.append(f"{row.name} [{row.unit}]")
+        best = max(row.figures.values())
+        for name, value in row.figures.items():
+            lines.append(f"  {name:<34} {value:10.3f}  {value / best:6.2f} of best")
+        for a, b, goal in row.goals:
+            r = row.ratio(a, b)
+            status = "n/a" if r is None else ("met" if r >= goal else "NOT met")
+            shown = "   -  " if r is None else f"{r:6.2f}x"
+            lines.append(f"  ratio {a} / {b}: {shown} (goal >= {goal}x: {status})")
+        lines.append("")
+    lines.append(
+        f"in-place seal of {memory['bytes'] / 2**20:.0f} MiB: peak extra memory "
+        f"{memory['peak_extra_bytes'] / 2**20:.1f} MiB"
+    )
+    return "\n".join(lines)
+
+
+def chart(rows: list[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 3.2 * len(rows)))
+    for ax, row in zip(axes, rows):
+        names = list(row.figures)
+        ax.barh(names, [row.figures[n] for n in names], color=["#2b6cb0" if n.startswith("engine") else "#a0aec0" for n in names])
+        ax.set_title(row.name)
+        ax.set_xlabel(row.unit)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes (a CI smoke test)")
+    p.add_argument("--backend", default=None, help="ipsec-mb or openssl (default: $ENGINE_BACKEND or the fastest)")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON ('-' for stdout)")
+    p.add_argument("--chart", metavar="PATH", help="also draw a PNG chart")
+    args = p.parse_args(argv)
+    info = engine.backend_info(args.backend)
+    rows, memory = measure(args.quick, info["backend"])
+    print(render(rows, memory, info))
+    if args.json:
+        doc = {"backend": info, "rows": [asdict(r) | {"ratios": {f"{a} / {b}": r.ratio(a, b) for a, b, _ in r.goals}} for r in rows], "in_place": memory}
+        text = json.dumps(doc, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text)
+    if args.chart:
+        chart(rows, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Shared fixtures. The whole suite runs once per backend: CI sets ENGINE_BACKEND to
+``ipsec-mb`` and then to ``openssl``; every AesGcm built without ``backend=`` follows it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import engine
+
+
+def pytest_report_header(config):
+    info = engine.backend_info()
+    return f"engine backend: {info['backend']} {info['version']} ({info['isa']}), threads={info['threads']}"
+
+
+@pytest.fixture
+def key() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture
+def aead(key) -> engine.AesGcm:
+    return engine.AesGcm(key)

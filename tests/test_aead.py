@@ -1,0 +1,211 @@
+"""AesGcm as a drop-in for cryptography's AESGCM: buffers, tamper detection and bad input."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import threading
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import engine
+from engine.aead import MESSAGE_MAX_BYTES
+
+BUFFER_KINDS = {
+    "bytes": bytes,
+    "bytearray": bytearray,
+    "memoryview": memoryview,
+    "numpy": lambda b: np.frombuffer(b, dtype=np.uint8).copy(),
+    "numpy-uint32": lambda b: np.frombuffer(b + bytes(-len(b) % 4), dtype=np.uint32),
+}
+
+
+@pytest.mark.parametrize("kind", BUFFER_KINDS)
+@pytest.mark.parametrize("nonce_size", [8, 12, 16, 60, 128])
+def test_every_buffer_kind_matches_cryptography(key, kind, nonce_size):
+    conv = BUFFER_KINDS[kind]
+    ref = AESGCM(key)
+    a = engine.AesGcm(conv(key) if kind != "numpy-uint32" else key)
+    for length in (0, 1, 2, 15, 16, 17, 64, 1000, 16383, 16384, 70000):
+        nonce, data, aad = os.urandom(nonce_size), os.urandom(length), os.urandom(length % 50)
+        if kind == "numpy-uint32":  # multi-byte items: the engine sees their raw bytes
+            if nonce_size % 4:
+                continue
+            data, aad = data + bytes(-len(data) % 4), aad + bytes(-len(aad) % 4)
+        expected = ref.encrypt(nonce, data, aad)
+        got = a.encrypt(conv(nonce), conv(data), conv(aad))
+        assert type(got) is bytes and got == expected
+        back = a.decrypt(conv(nonce), conv(expected), conv(aad))
+        assert type(back) is bytes and back == data
+
+
+def test_none_and_empty_associated_data_are_the_same(aead):
+    nonce = os.urandom(16)
+    assert aead.encrypt(nonce, b"x", None) == aead.encrypt(nonce, b"x", b"")
+
+
+def test_outputs_are_fresh_objects_and_shared_singletons_stay_intact(aead):
+    nonce = os.urandom(12)
+    one = aead.encrypt(nonce, b"\x00")
+    for pt in (b"", b"\x01", b"ab"):
+        assert aead.decrypt(nonce, aead.encrypt(nonce, pt)) == pt
+    assert aead.decrypt(nonce, one) == b"\x00"
+    assert bytes(1) == b"\x00" and bytes(0) == b"" and bytes([1]) == b"\x01"
+    a, b = aead.encrypt(nonce, b"same"), aead.encrypt(nonce, b"same")
+    assert a == b and a is not b
+
+
+def test_every_single_bit_flip_is_rejected(aead):
+    nonce, data, aad = os.urandom(16), os.urandom(40), os.urandom(20)
+    sealed = aead.encrypt(nonce, data, aad)
+    for field, value in (("nonce", nonce), ("sealed", sealed), ("aad", aad)):
+        for bit in range(len(value) * 8):
+            flipped = bytearray(value)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            args = {"nonce": nonce, "sealed": sealed, "aad": aad, field: bytes(flipped)}
+            with pytest.raises(engine.InvalidTag):
+                aead.decrypt(args["nonce"], args["sealed"], args["aad"])
+
+
+def test_wrong_key_missing_aad_and_truncation_are_rejected(aead):
+    nonce = os.urandom(16)
+    sealed = aead.encrypt(nonce, b"secret", b"ctx")
+    with pytest.raises(engine.InvalidTag):
+        engine.AesGcm(os.urandom(32)).decrypt(nonce, sealed, b"ctx")
+    with pytest.raises(engine.InvalidTag):
+        aead.decrypt(nonce, sealed, None)
+    for cut in range(len(sealed)):
+        with pytest.raises(engine.InvalidTag):
+            aead.decrypt(nonce, sealed[:cut], b"ctx")
+
+
+def test_invalid_tag_says_nothing_more(aead):
+    with pytest.raises(engine.InvalidTag) as err:
+        aead.decrypt(os.urandom(16), os.urandom(40))
+    assert str(err.value) == "authentication failed"
+
+
+@pytest.mark.parametrize("bad_key", [b"", b"k" * 16, b"k" * 24, b"k" * 31, b"k" * 33])
+def test_key_must_be_32_bytes_and_is_never_echoed(bad_key):
+    with pytest.raises(engine.InvalidArgument) as err:
+        engine.AesGcm(bad_key)
+    assert isinstance(err.value, ValueError)
+    assert "kkkk" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["a str", 12345, None, 1.5, [1, 2]])
+def test_non_buffers_are_type_errors(aead, bad):
+    with pytest.raises(engine.InvalidArgumentType):
+        engine.AesGcm(bad)
+    with pytest.raises(TypeError):
+        aead.encrypt(bad, b"data")
+    with pytest.raises(TypeError):
+        aead.encrypt(os.urandom(16), bad if bad is not None else "x")
+    with pytest.raises(TypeError):
+        aead.decrypt(os.urandom(16), bad if bad is not None else "x")
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 129, 256])
+def test_nonce_size_out_of_range(aead, size):
+    with pytest.raises(engine.InvalidArgument, match="nonce must be 8 to 128 bytes"):
+        aead.encrypt(os.urandom(size), b"data")
+    with pytest.raises(engine.InvalidArgument):
+        aead.decrypt(os.urandom(size), os.urandom(32))
+
+
+def test_non_contiguous_arrays_are_refused(aead):
+    strided = np.zeros(64, dtype=np.uint8)[::2]
+    with pytest.raises(engine.InvalidArgument, match="contiguous"):
+        aead.encrypt(os.urandom(16), strided)
+    with pytest.raises(engine.InvalidArgument, match="contiguous"):
+        aead.encrypt(os.urandom(16), b"x", strided)
+    with pytest.raises(engine.InvalidArgument, match="contiguous"):
+        engine.AesGcm(np.zeros(64, dtype=np.uint8)[::2])
+
+
+def test_message_over_gcm_limit_is_refused_before_any_native_call(aead, tmp_path):
+    # A sparse file mapped into memory: 2**36 bytes of address space, no memory or disk used.
+    path = tmp_path / "sparse"
+    with open(path, "wb") as f:
+        f.truncate(MESSAGE_MAX_BYTES + 64)
+    with open(path, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 0)
+        with pytest.raises(engine.MessageTooLong, match="68719476704"):
+            aead.encrypt(os.urandom(16), m)
+        with pytest.raises(engine.MessageTooLong):
+            aead.decrypt(os.urandom(16), m)
+        with pytest.raises(engine.MessageTooLong):
+            aead.seal_batch_into(engine.Batch(m, [0, MESSAGE_MAX_BYTES + 1]), m)
+        with pytest.raises(engine.MessageTooLong):
+            aead.seal_batch(engine.Batch(m, [0, 1, MESSAGE_MAX_BYTES + 2]))
+
+
+def test_not_picklable_and_repr_hides_the_key(key):
+    a = engine.AesGcm(key)
+    with pytest.raises(TypeError):
+        pickle.dumps(a)
+    with pytest.raises(TypeError):
+        pickle.dumps(a._key)
+    assert key.hex() not in repr(a) and "backend" in repr(a)
+
+
+def test_generate_key():
+    k = engine.AesGcm.generate_key()
+    assert len(k) == 32 and k != engine.AesGcm.generate_key()
+    with pytest.raises(engine.InvalidArgument):
+        engine.AesGcm.generate_key(128)
+
+
+def test_one_object_shared_by_many_threads(aead, key):
+    ref = AESGCM(key)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(300):
+                nonce, data = os.urandom(16), os.urandom(int.from_bytes(os.urandom(2), "big") % 5000)
+                assert aead.decrypt(nonce, aead.encrypt(nonce, data)) == data
+                assert ref.decrypt(nonce, aead.encrypt(nonce, data, b"a"), b"a") == data
+            batch = engine.Batch.from_list([os.urandom(i) for i in range(200)])
+            assert aead.open_batch(aead.seal_batch(batch, threads=2)) == batch
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_backend_info_and_selection(monkeypatch):
+    info = engine.backend_info()
+    assert set(info) >= {"backend", "version", "isa", "threads", "available"}
+    assert info["backend"] in info["available"] and info["threads"] >= 1
+    forced = os.environ.get("ENGINE_BACKEND")
+    if forced:
+        assert info["backend"] == forced
+        assert engine.AesGcm(os.urandom(32)).backend == forced
+    for name in info["available"]:
+        assert engine.AesGcm(os.urandom(32), backend=name).backend == name
+        assert engine.backend_info(name)["isa"] != "none"
+    monkeypatch.setenv("ENGINE_BACKEND", "rot13")
+    with pytest.raises(engine.InvalidArgument, match="unknown backend"):
+        engine.AesGcm(os.urandom(32))
+
+
+def test_backends_agree(key):
+    available = engine.backend_info()["available"]
+    nonce, data = os.urandom(16), os.urandom(5000)
+    outs = {engine.AesGcm(key, backend=b).encrypt(nonce, data, b"x") for b in available}
+    assert len(outs) == 1
+
+
+def test_random_bytes():
+    assert len(engine.random_bytes(33)) == 33 and engine.random_bytes(16) != engine.random_bytes(16)
+    with pytest.raises(engine.InvalidArgument):
+        engine.random_bytes(-1)

@@ -1,0 +1,241 @@
+"""Batch, SealedBatch and the batch seal/open paths: layout, zero-copy, partial failures."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import engine
+
+
+def records(n=50, max_len=300):
+    return [os.urandom(int(x)) for x in np.random.default_rng(1).integers(0, max_len, n)]
+
+
+def test_from_list_round_trip_and_indexing():
+    values = records()
+    b = engine.Batch.from_list(values)
+    assert len(b) == len(values) and b.to_list() == values
+    assert [bytes(v) for v in b] == values
+    assert isinstance(b[3], memoryview) and b[3] == values[3] and b[-1] == values[-1]
+    assert b.offsets.dtype == np.int64 and b.offsets[0] == 0 and b.nbytes == sum(map(len, values))
+    with pytest.raises(IndexError):
+        b[len(values)]
+
+
+def test_from_list_accepts_mixed_buffers_and_utf8_text():
+    b = engine.Batch.from_list([b"ab", bytearray(b"cd"), memoryview(b"ef"), np.array([1, 2], np.uint16), "é"])
+    assert b.to_list() == [b"ab", b"cd", b"ef", b"\x01\x00\x02\x00", "é".encode()]
+    assert engine.Batch.from_list([]).to_list() == []
+
+
+@pytest.mark.parametrize("bad", [[b"a", None], [b"a", 5], [b"a", 1.5]])
+def test_from_list_rejects_non_buffers(bad):
+    with pytest.raises(engine.InvalidArgumentType, match="record 1"):
+        engine.Batch.from_list(bad)
+    with pytest.raises(engine.InvalidArgumentType):
+        engine.Batch.from_list(b"one value")
+
+
+def test_constructor_does_not_copy_data():
+    data = np.arange(100, dtype=np.uint8)
+    b = engine.Batch(data, [0, 10, 100])
+    assert np.shares_memory(b.data, data)
+    data[0] = 77
+    assert b[0][0] == 77
+
+
+@pytest.mark.parametrize(
+    "offsets, message",
+    [
+        ([0, 5, 3], "non-decreasing"),
+        ([0, 5, 101], "past the end"),
+        ([-1, 5], "negative"),
+        ([], "n\\+1"),
+        ([[0, 1]], "1-D"),
+    ],
+)
+def test_bad_offsets(offsets, message):
+    with pytest.raises(engine.InvalidArgument, match=message):
+        engine.Batch(bytes(100), np.array(offsets, dtype=np.int64))
+
+
+def test_offsets_must_be_integers_and_data_a_buffer():
+    with pytest.raises(engine.InvalidArgumentType):
+        engine.Batch(bytes(10), [0.0, 1.5])
+    with pytest.raises(engine.InvalidArgumentType):
+        engine.Batch("text", [0, 1])
+    with pytest.raises(engine.InvalidArgument, match="contiguous"):
+        engine.Batch(np.zeros(20, np.uint8)[::2], [0, 1])
+
+
+def test_later_changes_to_the_callers_offsets_cannot_reach_native_code(aead):
+    offsets = np.array([0, 10, 20], dtype=np.int64)
+    b = engine.Batch(bytes(20), offsets)
+    offsets[2] = 10**12  # would point far outside the buffer
+    assert aead.open_batch(aead.seal_batch(b)) == b
+    with pytest.raises(ValueError):
+        b.offsets[1] = 5
+
+
+def test_arrow_round_trip_is_zero_copy():
+    values = records()
+    arr = pa.array(values, type=pa.large_binary())
+    b = engine.Batch.from_arrow(arr)
+    assert b.data.ctypes.data == arr.buffers()[2].address
+    back = b.to_arrow()
+    assert back.buffers()[2].address == b.data.ctypes.data
+    assert back.to_pylist() == values
+    # binary (int32 offsets), strings, slices and chunked arrays
+    assert engine.Batch.from_arrow(pa.array(values, type=pa.binary())).to_list() == values
+    assert engine.Batch.from_arrow(pa.array(["x", "yz"])).to_list() == [b"x", b"yz"]
+    assert engine.Batch.from_arrow(arr.slice(5, 10)).to_list() == values[5:15]
+    assert engine.Batch.from_arrow(pa.chunked_array([arr[:3], arr[3:]])).to_list() == values
+
+
+def test_arrow_nulls_and_wrong_types_are_refused():
+    with pytest.raises(engine.InvalidArgument, match="null"):
+        engine.Batch.from_arrow(pa.array([b"a", None]))
+    with pytest.raises(engine.InvalidArgumentType):
+        engine.Batch.from_arrow(pa.array([1, 2]))
+
+
+def test_seal_batch_matches_single_record_results(aead, key):
+    values = records(200, 2000)
+    sealed = aead.seal_batch(values, b"shared aad")
+    assert sealed.nonces.shape == (200, 16) and sealed.tags.shape == (200, 16)
+    assert np.array_equal(sealed.ciphertexts.offsets, engine.Batch.from_list(values).offsets)
+    ref = AESGCM(key)
+    for i, v in enumerate(values):
+        nonce = sealed.nonces[i].tobytes()
+        single = aead.encrypt(nonce, v, b"shared aad")
+        assert single == sealed.ciphertexts[i].tobytes() + sealed.tags[i].tobytes()
+        assert ref.decrypt(nonce, single, b"shared aad") == v
+    assert aead.open_batch(sealed, b"shared aad").to_list() == values
+
+
+@pytest.mark.parametrize("nonce_size", [8, 12, 16, 32, 128])
+@pytest.mark.parametrize("threads", [1, 2, 7])
+def test_nonce_sizes_threads_and_per_record_aad(aead, nonce_size, threads):
+    values = records(300, 5000)
+    aad = [os.urandom(i % 40) for i in range(300)]
+    sealed = aead.seal_batch(values, aad, nonce_size=nonce_size, threads=threads)
+    assert sealed.nonce_size == nonce_size
+    assert aead.open_batch(sealed, engine.Batch.from_list(aad), threads=threads).to_list() == values
+    with pytest.raises(engine.BatchInvalidTag) as err:
+        aead.open_batch(sealed, b"other", threads=threads)
+    assert len(err.value.failed) == sum(1 for v in values) and isinstance(err.value, engine.InvalidTag)
+
+
+def test_partial_failure_reports_indices_and_keeps_good_records(aead):
+    values = records(100, 500)
+    sealed = aead.seal_batch(values)
+    tags = sealed.tags.copy()
+    ct = sealed.ciphertexts.data.copy()
+    tags[7, 0] ^= 1
+    tags[42, 15] ^= 0x80
+    victim = next(i for i in range(60, 100) if len(values[i]))
+    ct[sealed.ciphertexts.offsets[victim]] ^= 1
+    tampered = engine.SealedBatch(
+        nonces=sealed.nonces, tags=tags, ciphertexts=engine.Batch(ct, sealed.ciphertexts.offsets)
+    )
+    with pytest.raises(engine.BatchInvalidTag) as err:
+        aead.open_batch(tampered)
+    failed = sorted({7, 42, victim})
+    assert err.value.failed.tolist() == failed
+    assert str(len(failed)) in str(err.value)
+    result = err.value.result
+    for i, v in enumerate(values):
+        assert result[i].tobytes() == (bytes(len(v)) if i in failed else v)
+
+
+def test_in_place_seal_and_open(aead):
+    values = records(64, 4096)
+    batch = engine.Batch.from_list(values)
+    buf = batch.data.copy()
+    work = engine.Batch(buf, batch.offsets)
+    sealed = aead.seal_batch_into(work, buf)
+    assert np.shares_memory(sealed.ciphertexts.data, buf)
+    assert sealed.ciphertexts.to_list() != values or batch.nbytes == 0
+    opened = aead.open_batch_into(sealed, buf)
+    assert np.shares_memory(opened.data, buf) and opened.to_list() == values
+
+
+def test_into_outputs_are_checked(aead):
+    batch = engine.Batch.from_list([b"abc", b"de"])
+    with pytest.raises(engine.InvalidArgument, match="holds 4 bytes"):
+        aead.seal_batch_into(batch, bytearray(4))
+    with pytest.raises(engine.InvalidArgument, match="writable"):
+        aead.seal_batch_into(batch, bytes(5))
+    sealed = aead.seal_batch(batch)
+    with pytest.raises(engine.InvalidArgument, match="writable"):
+        aead.open_batch_into(sealed, b"12345")
+
+
+def test_sliced_input_offsets_are_rebased(aead):
+    values = records(30)
+    arr = pa.array(values, type=pa.large_binary()).slice(10, 10)
+    sealed = aead.seal_batch(arr)
+    assert sealed.ciphertexts.offsets[0] == 0
+    assert aead.open_batch(sealed).to_list() == values[10:20]
+
+
+def test_associated_data_count_must_match(aead):
+    with pytest.raises(engine.InvalidArgument, match="2 values for 3 records"):
+        aead.seal_batch([b"a", b"b", b"c"], [b"x", b"y"])
+    sealed = aead.seal_batch([b"a", b"b", b"c"])
+    with pytest.raises(engine.InvalidArgument, match="4 values for 3 records"):
+        aead.open_batch(sealed, [b"x"] * 4)
+
+
+def test_batch_argument_checks(aead):
+    with pytest.raises(engine.InvalidArgumentType):
+        aead.seal_batch(b"not a batch")
+    with pytest.raises(engine.InvalidArgument, match="nonce must be 8 to 128"):
+        aead.seal_batch([b"a"], nonce_size=4)
+    for threads in (0, -1, 1.5, True):
+        with pytest.raises(engine.InvalidArgument, match="threads"):
+            aead.seal_batch([b"a"], threads=threads)
+    with pytest.raises(engine.InvalidArgumentType):
+        aead.open_batch([b"a"])
+
+
+def test_empty_batches(aead):
+    sealed = aead.seal_batch([])
+    assert len(sealed) == 0 and sealed.nonces.shape == (0, 16)
+    assert len(aead.open_batch(sealed)) == 0
+    sealed = aead.seal_batch([b"", b""])
+    assert aead.open_batch(sealed).to_list() == [b"", b""]
+
+
+def test_sealed_batch_rebuilt_from_parquet(aead, tmp_path):
+    values = records(500, 1000)
+    sealed = aead.seal_batch(values, nonce_size=12)
+    pq.write_table(sealed.to_arrow(), tmp_path / "sealed.parquet")
+    table = pq.read_table(tmp_path / "sealed.parquet")
+    again = engine.SealedBatch.from_arrow(table)
+    assert again.nonce_size == 12
+    assert aead.open_batch(again).to_list() == values
+    # the same columns as plain numpy arrays and Python lists
+    rebuilt = engine.SealedBatch(
+        nonces=np.array(sealed.nonces), tags=[t.tobytes() for t in sealed.tags],
+        ciphertexts=sealed.ciphertexts.to_list(),
+    )
+    assert aead.open_batch(rebuilt).to_list() == values
+
+
+def test_sealed_batch_shape_checks():
+    ct = engine.Batch.from_list([b"a", b"b"])
+    with pytest.raises(engine.InvalidArgument):
+        engine.SealedBatch(nonces=np.zeros((3, 16), np.uint8), tags=np.zeros((2, 16), np.uint8), ciphertexts=ct)
+    with pytest.raises(engine.InvalidArgument):
+        engine.SealedBatch(nonces=np.zeros((2, 16), np.uint8), tags=np.zeros((2, 15), np.uint8), ciphertexts=ct)
+    with pytest.raises(engine.InvalidArgument):
+        engine.SealedBatch(nonces=[b"x" * 16, b"y" * 12], tags=[b"t" * 16] * 2, ciphertexts=ct)
+    with pytest.raises(engine.InvalidArgumentType):
+        engine.SealedBatch(nonces=np.zeros((2, 16), np.float32), tags=np.zeros((2, 16), np.uint8), ciphertexts=ct)

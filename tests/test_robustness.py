@@ -1,0 +1,78 @@
+"""No input crashes the interpreter: hostile calls run in a child process that must exit cleanly,
+and in-place sealing of 1 GiB allocates no second GiB."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+HOSTILE = textwrap.dedent(
+    r"""
+    import os, random, numpy as np, engine
+    rnd = random.Random(1234)
+    a = engine.AesGcm(os.urandom(32))
+    values = [None, 0, -1, 2**70, 1.5, "str", b"", b"x" * 7, b"x" * 129, bytearray(3),
+              memoryview(b"abc")[::2], np.zeros(10, np.uint8)[::3], np.zeros((2, 3), np.uint8),
+              np.zeros(0, np.uint8), [], [b"a", None], object(), os.urandom(16), os.urandom(40)]
+    outcomes = set()
+    def attempt(fn, *args, **kw):
+        try:
+            fn(*args, **kw)
+            outcomes.add("ok")
+        except engine.EngineError as e:
+            outcomes.add(type(e).__name__)
+        except (TypeError, ValueError, IndexError) as e:
+            outcomes.add("plain:" + type(e).__name__)
+    for _ in range(4000):
+        x, y, z = (rnd.choice(values) for _ in range(3))
+        attempt(a.encrypt, x, y, z)
+        attempt(a.decrypt, x, y, z)
+        attempt(engine.AesGcm, x)
+        attempt(engine.Batch, x, y)
+        attempt(engine.Batch, b"0123456789", rnd.choice([[0, 5, 3], [0, 11], [3, 2], [0, 2**62], [-5, 0], [0, 10]]))
+        attempt(a.seal_batch, rnd.choice([[b"a"], [b"a", b"b"], x, y]), z, threads=rnd.choice([1, 2, None, 0]))
+        attempt(a.seal_batch_into, [b"ab", b"c"], rnd.choice([bytearray(2), bytearray(3), b"abc", x]))
+        attempt(engine.SealedBatch, nonces=x, tags=y, ciphertexts=z)
+        attempt(a.open_batch, engine.SealedBatch(nonces=np.zeros((1, 16), np.uint8), tags=np.zeros((1, 16), np.uint8),
+                                                 ciphertexts=[rnd.choice([b"", b"abc"])]), rnd.choice([None, b"x", [b"x"], [b"x", b"y"]]))
+    print(sorted(outcomes))
+    """
+)
+
+
+def test_hostile_inputs_raise_typed_errors_and_never_crash():
+    proc = subprocess.run([sys.executable, "-c", HOSTILE], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child's repr of a list
+    assert "ok" in seen and "InvalidArgument" in seen and "InvalidArgumentType" in seen
+    assert "InvalidTag" in seen or "BatchInvalidTag" in seen
+    # Argument errors are the engine's own, never a bare TypeError/ValueError from deep inside.
+    assert not [s for s in seen if s.startswith("plain:") and s != "plain:IndexError"], seen
+
+
+IN_PLACE = textwrap.dedent(
+    r"""
+    import json, resource, numpy as np, engine
+    n = 1 << 30
+    buf = np.zeros(n, dtype=np.uint8)
+    buf[::4096] = 1  # touch every page before measuring
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    a = engine.AesGcm(engine.AesGcm.generate_key())
+    batch = engine.Batch(buf, np.arange(0, n + 1, 1 << 20, dtype=np.int64))
+    sealed = a.seal_batch_into(batch, buf)
+    opened = a.open_batch_into(sealed, buf)
+    ok = bool(buf[0] == 1 and buf[1] == 0 and buf[4096] == 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"base": base, "peak": peak, "ok": ok}))
+    """
+)
+
+
+def test_sealing_one_gib_in_place_allocates_no_second_gib():
+    proc = subprocess.run([sys.executable, "-c", IN_PLACE], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["ok"]
+    assert r["peak"] - r["base"] < 64 << 20, r  # nonces, tags and offsets only: ~1 MiB here
