@@ -1,0 +1,203 @@
+"""Service-level benchmark: the engine's batch paths against a loop of pyca/cryptography, side by
+side in one run (medians of several repeats; timings are reported, never asserted).
+
+    python -m bench.bench_service            # 1,000,000 records
+    python -m bench.bench_service --quick    # 100,000 records (CI smoke test)
+    python -m bench.bench_service --json     # machine-readable
+
+Cases:
+  1. encrypt_many: short strings (16-64 chars) -> text tokens, vs a cryptography AESGCM loop that
+     produces the same tokens (format 1: "ef1:" + base64url(header | iv | ct | tag)).
+  2. decrypt_many_text: the same tokens back to str, vs the loop.
+  3. FieldEncryption.encrypt_column: records with one field encrypted, vs the loop building the
+     same new dicts.
+  4. Key derivation: encrypting 10,000 values with a cold cache (PBKDF2-SHA512, 100,000
+     iterations, once) vs warm, and with a new provider instance (cache shared per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import backend_info  # noqa: E402
+from engine.envelope import token_header  # noqa: E402
+from engine.fields import FieldEncryption  # noqa: E402
+from engine.keys import DerivationPolicy, EnvironmentKeyProvider, StaticKeyProvider  # noqa: E402
+from engine.keys import _state  # noqa: E402
+from engine.service import EncryptionService  # noqa: E402
+
+KEY = bytes(range(32))
+MASTER = "benchmark-master-key-not-a-secret-0123456789"
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_values(n: int, seed: int = 1) -> list[str]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(16, 65, n)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -@."
+    pool = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), 4096))
+    starts = rng.integers(0, 4096 - 64, n)
+    return [pool[s : s + ln] for s, ln in zip(starts.tolist(), lengths.tolist())]
+
+
+def loop_encrypt(values: list[str], version: int) -> list[str]:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(KEY)
+    header = token_header(version)
+    enc, urandom, b64 = aead.encrypt, os.urandom, base64.urlsafe_b64encode
+    out = []
+    append = out.append
+    for v in values:
+        iv = urandom(16)
+        append("ef1:" + b64(header + iv + enc(iv, v.encode(), header)).rstrip(b"=").decode())
+    return out
+
+
+def loop_decrypt(tokens: list[str]) -> list[str]:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(KEY)
+    dec, b64d = aead.decrypt, base64.urlsafe_b64decode
+    out = []
+    append = out.append
+    for t in tokens:
+        raw = b64d(t[4:] + "=" * (-len(t) % 4))
+        append(dec(raw[6:22], raw[22:], raw[:6]).decode())
+    return out
+
+
+def loop_fields(records: list[dict], field: str, version: int) -> list[dict]:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(KEY)
+    header = token_header(version)
+    enc, urandom, b64 = aead.encrypt, os.urandom, base64.urlsafe_b64encode
+    out = []
+    append = out.append
+    for r in records:
+        v = r.get(field)
+        if v is None:
+            append(dict(r))
+            continue
+        iv = urandom(16)
+        tok = "ef1:" + b64(header + iv + enc(iv, v.encode(), header)).rstrip(b"=").decode()
+        append({**r, field: tok})
+    return out
+
+
+def run(n: int, repeats: int) -> dict[str, Any]:
+    svc = EncryptionService(StaticKeyProvider({1: KEY}))
+    values = make_values(n)
+    results: list[dict[str, Any]] = []
+
+    def case(name: str, engine: Callable[[], Any], baseline: Callable[[], Any] | None,
+             goal: float | None = None) -> None:
+        engine()  # warm-up
+        t_engine = median_time(engine, repeats)
+        t_base = median_time(baseline, repeats) if baseline else None
+        results.append({
+            "case": name, "records": n, "engine_s": t_engine, "baseline_s": t_base,
+            "ratio": (t_base / t_engine) if t_base else None, "goal": goal,
+            "engine_records_per_s": n / t_engine,
+        })
+
+    tokens = svc.encrypt_many(values)
+    assert svc.decrypt_many_text(loop_encrypt(values[:1000], 1)) == values[:1000]
+    assert loop_decrypt(tokens[:1000]) == values[:1000]
+    case("encrypt_many -> text tokens", lambda: svc.encrypt_many(values),
+         lambda: loop_encrypt(values, 1), 5.0)
+    case("decrypt_many_text", lambda: svc.decrypt_many_text(tokens), lambda: loop_decrypt(tokens))
+
+    records = [{"id": i, "ssn": v, "email": "user@example.com"} for i, v in enumerate(values)]
+    fe = FieldEncryption(svc)
+    check = fe.encrypt_column(records[:100], "ssn")
+    assert fe.decrypt_column(check, "ssn") == records[:100]
+    case("FieldEncryption.encrypt_column", lambda: fe.encrypt_column(records, "ssn"),
+         lambda: loop_fields(records, "ssn", 1), 5.0)
+
+    results.append(derivation_case(repeats))
+    return {"backend": backend_info(), "records": n, "repeats": repeats, "results": results}
+
+
+def derivation_case(repeats: int) -> dict[str, Any]:
+    small = make_values(10_000, seed=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "keys.json"
+        policy = DerivationPolicy(iterations=100_000)
+        _state.clear_cache()
+        provider = EnvironmentKeyProvider(master_key=MASTER, state_path=path, policy=policy)
+        svc = EncryptionService(provider)
+        t0 = time.perf_counter()
+        svc.encrypt_many(small)  # creates version 1 and derives its key: the only PBKDF2 run
+        cold = time.perf_counter() - t0
+        warm = median_time(lambda: svc.encrypt_many(small), max(repeats, 5))
+        fresh = EncryptionService(EnvironmentKeyProvider(master_key=MASTER, state_path=path,
+                                                         policy=policy))
+        other_instance = median_time(lambda: fresh.encrypt_many(small), max(repeats, 5))
+    return {
+        "case": "key derivation (10,000 values, PBKDF2-SHA512 100k)",
+        "records": 10_000, "engine_s": warm, "baseline_s": None, "ratio": None, "goal": None,
+        "first_call_s": cold, "warm_s": warm, "new_instance_s": other_instance,
+        "derivation_once_s": cold - warm, "warm_vs_new_instance": other_instance / warm,
+        "engine_records_per_s": 10_000 / warm,
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    b = report["backend"]
+    lines = [f"backend {b['backend']} {b['version']} ({b['isa']}), {b['threads']} threads, "
+             f"{report['records']:,} records, median of {report['repeats']}",
+             f"{'case':<52} {'engine':>9} {'loop':>9} {'ratio':>7} {'goal':>6}"]
+    for r in report["results"]:
+        base = f"{r['baseline_s']:.3f}s" if r["baseline_s"] else "-"
+        ratio = f"{r['ratio']:.1f}x" if r["ratio"] else "-"
+        goal = f">={r['goal']:.0f}x" if r["goal"] else ""
+        lines.append(f"{r['case']:<52} {r['engine_s']:>8.3f}s {base:>9} {ratio:>7} {goal:>6}")
+        if "first_call_s" in r:
+            lines.append(
+                f"    first call {r['first_call_s']:.3f}s (includes one derivation, "
+                f"{r['derivation_once_s']:.3f}s); warm {r['warm_s']:.4f}s; new provider "
+                f"instance {r['new_instance_s']:.4f}s ({r['warm_vs_new_instance']:.2f}x warm)"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 records (smoke test)")
+    parser.add_argument("--records", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    n = args.records or (100_000 if args.quick else 1_000_000)
+    repeats = args.repeats or (3 if args.quick else 5)
+    report = run(n, repeats)
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Field-level encryption of records (the seed's ``FieldEncryption``).
+
+``FieldEncryption.encrypt_field(user, "ssn")`` works on the class, as in the seed, with the
+process-wide service; ``FieldEncryption(service, bind_context=True).encrypt_field(...)`` works the
+same on an instance. Encrypted fields hold text tokens (``"ef1:..."``); a value that already is a
+strictly valid token is never encrypted twice, and ``None`` or missing fields are left alone.
+Every method returns new objects and leaves its input unchanged.
+
+With ``bind_context`` the record id and the field name are bound into the AAD
+(``b"efld1" || uint32 len(field) || field || str(id)``), so a token copied to another record or
+field fails to decrypt.
+"""
+
+from __future__ import annotations
+
+import operator
+import types
+from collections import deque
+from itertools import repeat
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .batch import Batch, _pyarrow
+from .envelope import is_text_token, prefix_each, take, text_token_mask
+from .errors import InvalidArgument, InvalidArgumentType
+from .service import EncryptionService, get_encryption_service
+
+__all__ = ["FieldEncryption"]
+
+_CONTEXT_MAGIC = b"efld1"
+
+
+def _context_prefix(field: str) -> bytes:
+    name = field.encode("utf-8")
+    return _CONTEXT_MAGIC + len(name).to_bytes(4, "big") + name
+
+
+class _dualmethod:
+    """A method that runs on the instance, or, called on the class, on a default instance."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.__func__ = func
+        self.__doc__ = func.__doc__
+        self.__name__ = func.__name__
+
+    def __get__(self, obj: Any, cls: type) -> Any:
+        return types.MethodType(self.__func__, obj if obj is not None else cls())
+
+
+class FieldEncryption:
+    """Encrypts and decrypts named fields of dict records, one at a time or whole columns.
+
+    Args:
+        service: the :class:`~engine.service.EncryptionService` (default: the process-wide one,
+            looked up at each call).
+        bind_context: bind record id and field name into the AAD.
+        id_field: the record key holding the id (when ``bind_context``).
+    """
+
+    __slots__ = ("_service", "_bind", "_id_field")
+
+    def __init__(self, service: EncryptionService | None = None, *, bind_context: bool = False,
+                 id_field: str = "id") -> None:
+        self._service = service
+        self._bind = bool(bind_context)
+        self._id_field = id_field
+
+    def __repr__(self) -> str:
+        return f"<FieldEncryption bind_context={self._bind} id_field={self._id_field!r}>"
+
+    @property
+    def service(self) -> EncryptionService:
+        """The service in use (the process-wide one unless given)."""
+        return self._service if self._service is not None else get_encryption_service()
+
+    def _aad(self, record: Any, field: str) -> bytes | None:
+        if not self._bind:
+            return None
+        rid = record.get(self._id_field)
+        if rid is None:
+            raise InvalidArgument(
+                f"bind_context needs the record id in {self._id_field!r}, which is missing"
+            )
+        return _context_prefix(field) + str(rid).encode("utf-8")
+
+    # ---- one record ----
+
+    @_dualmethod
+    def encrypt_field(self, record: dict, field: str) -> dict:
+        """A copy of ``record`` with ``field`` encrypted to a text token.
+
+        ``None``, a missing field and a value that already is a token are left as they are.
+
+        Raises:
+            InvalidArgumentType: the value is neither str nor bytes.
+            InvalidArgument: ``bind_context`` and the record has no id.
+        """
+        return self.encrypt_fields(record, [field])
+
+    @_dualmethod
+    def decrypt_field(self, record: dict, field: str) -> dict:
+        """A copy of ``record`` with ``field`` decrypted back to str (``None``/missing: as is).
+
+        Raises:
+            EnvelopeError: the value is not a token (or the seed's JSON shape).
+            InvalidTag: wrong key, context, or tampered value.
+        """
+        return self.decrypt_fields(record, [field])
+
+    @_dualmethod
+    def encrypt_fields(self, record: dict, fields: Sequence[str]) -> dict:
+        """A copy of ``record`` with each of ``fields`` encrypted (see :meth:`encrypt_field`)."""
+        out = dict(record)
+        service = self.service
+        for field in fields:
+            value = out.get(field)
+            if value is None or is_text_token(value):
+                continue
+            if not isinstance(value, (str, bytes, bytearray, memoryview)):
+                raise InvalidArgumentType(
+                    f"field {field!r} holds {type(value).__name__}; only str or bytes are encrypted"
+                )
+            out[field] = service.encrypt_token(value, self._aad(record, field))
+        return out
+
+    @_dualmethod
+    def decrypt_fields(self, record: dict, fields: Sequence[str]) -> dict:
+        """A copy of ``record`` with each of ``fields`` decrypted (see :meth:`decrypt_field`)."""
+        out = dict(record)
+        service = self.service
+        for field in fields:
+            value = out.get(field)
+            if value is not None:
+                out[field] = service.decrypt_text(value, self._aad(record, field))
+        return out
+
+    # ---- columns ----
+
+    @_dualmethod
+    def encrypt_column(self, records: Any, field: str, *, ids: Any = None) -> Any:
+        """Encrypts ``field`` across many records in one native batch call.
+
+        Args:
+            records: a list of dicts (returns a list of new dicts), or a column of values: a
+                pandas Series (returns a Series), a pyarrow array (returns a pyarrow
+                ``large_string`` array) or a list of values (returns a list).
+            field: the field name (also bound into the AAD with ``bind_context``).
+            ids: for a column of values with ``bind_context``: the record ids, one per value.
+
+        Raises:
+            InvalidArgumentType: a value is neither str nor bytes.
+            InvalidArgument: ``bind_context`` without ids.
+        """
+        return _Column.of(self, records, field, ids).encrypt()
+
+    @_dualmethod
+    def decrypt_column(self, records: Any, field: str, *, ids: Any = None) -> Any:
+        """Decrypts ``field`` across many records (tokens grouped by key version, batch calls).
+
+        Returns the same kind of container as :meth:`encrypt_column`; values become str.
+
+        Raises:
+            EnvelopeError: a present value is not a token (the message gives its index).
+            BatchInvalidTag: some values failed authentication; nothing is returned.
+        """
+        return _Column.of(self, records, field, ids).decrypt()
+
+
+class _Column:
+    """One field of many records, as a list of values plus how to rebuild the container."""
+
+    __slots__ = ("fe", "field", "values", "ids", "rebuild", "arrow")
+
+    def __init__(self, fe: FieldEncryption, field: str, values: list, ids: Any,
+                 rebuild: Callable[[list], Any], arrow: Any = None) -> None:
+        self.fe, self.field, self.values, self.ids = fe, field, values, ids
+        self.rebuild, self.arrow = rebuild, arrow
+
+    @classmethod
+    def of(cls, fe: FieldEncryption, records: Any, field: str, ids: Any) -> "_Column":
+        module = type(records).__module__
+        if module.startswith("pandas"):
+            import pandas as pd
+
+            def rebuild(vals: list, absent: np.ndarray) -> Any:
+                return pd.Series(vals, index=records.index, name=records.name, dtype=object)
+
+            # pandas stores a missing value as NaN/NA; the engine's "missing" is None
+            values = records.astype(object).where(records.notna(), None).tolist()
+            return cls(fe, field, values, ids, rebuild)
+        if module.startswith("pyarrow"):
+            pa = _pyarrow()
+            arr = records.combine_chunks() if isinstance(records, pa.ChunkedArray) else records
+            return cls(fe, field, None, ids, None, arrow=arr)
+        if not isinstance(records, (list, tuple)):
+            raise InvalidArgumentType(
+                "records must be a list of dicts, a list of values, a pandas Series or a "
+                f"pyarrow array, not {type(records).__name__}"
+            )
+        if records and all(isinstance(r, dict) for r in (records[0], records[-1])):
+            return cls._of_dicts(fe, list(records), field, ids)
+        return cls(fe, field, list(records), ids, lambda vals, absent: vals)
+
+    @classmethod
+    def _of_dicts(cls, fe: FieldEncryption, records: list, field: str, ids: Any) -> "_Column":
+        values = list(map(operator.methodcaller("get", field), records))
+        if fe._bind and ids is None:
+            id_field = fe._id_field
+            ids = list(map(operator.methodcaller("get", id_field), records))
+
+        def rebuild(vals: list, absent: np.ndarray) -> list:
+            out = list(map(dict.copy, records))
+            deque(map(operator.setitem, out, repeat(field), vals), maxlen=0)
+            for i in absent.tolist():  # records without the field: put "missing" back
+                if field not in records[i]:
+                    del out[i][field]
+            return out
+
+        return cls(fe, field, values, ids, rebuild)
+
+    # ---- the vectorized core ----
+
+    def _arrow_values(self) -> Any:
+        pa = _pyarrow()
+        if self.arrow is not None:
+            return self.arrow
+        if pa is None:
+            return None
+        for t in (pa.large_string(), pa.large_binary()):
+            try:
+                return pa.array(self.values, type=t)
+            except (pa.ArrowException, TypeError, ValueError):
+                continue
+        return None
+
+    def _present(self, arr: Any) -> tuple[np.ndarray, Batch]:
+        """Indices of non-null values and a Batch of them (str as UTF-8)."""
+        pa = _pyarrow()
+        if arr.null_count:
+            present = np.flatnonzero(~arr.is_null().to_numpy(zero_copy_only=False))
+            arr = arr.drop_null()
+        else:
+            present = None
+        if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type):
+            arr = arr.cast(pa.large_binary())
+        elif pa.types.is_large_string(arr.type):
+            arr = arr.view(pa.large_binary())
+        elif not pa.types.is_large_binary(arr.type):
+            raise InvalidArgumentType(f"a {arr.type} column cannot be encrypted; use str or bytes")
+        n = len(arr)
+        return (np.arange(n) if present is None else present), Batch.from_arrow(arr)
+
+    def _fallback(self) -> tuple[np.ndarray, Batch, np.ndarray]:
+        """Without pyarrow (or with mixed str/bytes): classify the Python values one by one."""
+        present = np.flatnonzero(np.fromiter((v is not None for v in self.values), dtype=bool,
+                                             count=len(self.values)))
+        vals = [self.values[i] for i in present.tolist()]
+        for v in vals:
+            if not isinstance(v, (str, bytes, bytearray, memoryview)):
+                raise InvalidArgumentType(
+                    f"field {self.field!r} holds {type(v).__name__}; only str or bytes are "
+                    "encrypted"
+                )
+        is_str = np.fromiter((isinstance(v, str) for v in vals), dtype=bool, count=len(vals))
+        return present, Batch.from_list(vals), is_str
+
+    def _aad(self, indices: np.ndarray) -> Any:
+        if not self.fe._bind:
+            return None
+        if self.ids is None:
+            raise InvalidArgument("bind_context needs the record ids (ids=... for a column)")
+        ids = self.ids
+        pa = _pyarrow()
+        if pa is not None:
+            try:
+                arr = ids if type(ids).__module__.startswith("pyarrow") else pa.array(ids)
+                if isinstance(arr, pa.ChunkedArray):
+                    arr = arr.combine_chunks()
+                if len(arr) != self._count():
+                    raise InvalidArgument("ids must have one value per record")
+                if arr.null_count:
+                    raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
+                id_batch = Batch.from_arrow(arr.cast(pa.large_string()))
+            except (pa.ArrowException, TypeError):
+                id_batch = Batch.from_list([str(i) for i in ids])
+        else:
+            if any(i is None for i in ids):
+                raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
+            id_batch = Batch.from_list([str(i) for i in ids])
+        sub = id_batch if len(indices) == len(id_batch) else take(id_batch, indices)
+        return prefix_each(_context_prefix(self.field), sub)
+
+    def _count(self) -> int:
+        return len(self.arrow) if self.arrow is not None else len(self.values)
+
+    def encrypt(self) -> Any:
+        service = self.fe.service
+        arr = self._arrow_values()
+        if arr is not None:
+            present, batch = self._present(arr)
+            pa = _pyarrow()
+            textual = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+            already = text_token_mask(batch) if textual else np.zeros(len(batch), dtype=bool)
+        else:
+            present, batch, is_str = self._fallback()
+            already = text_token_mask(batch) & is_str
+        todo_local = np.flatnonzero(~already)
+        todo = present[todo_local]
+        if len(todo_local) < len(batch):
+            batch = take(batch, todo_local)
+        tokens = service.encrypt_many(batch, self._aad(todo)) if len(todo) else []
+        return self._output(todo, tokens, present)
+
+    def decrypt(self) -> Any:
+        service = self.fe.service
+        arr = self._arrow_values()
+        if arr is not None:
+            present, batch = self._present(arr)
+        else:
+            present, batch, _ = self._fallback()
+        texts = service.decrypt_many_text(batch, self._aad(present)) if len(present) else []
+        return self._output(present, texts, present)
+
+    def _output(self, indices: np.ndarray, new_values: list, present: np.ndarray) -> Any:
+        if self.arrow is not None:
+            pa = _pyarrow()
+            import pyarrow.compute as pc
+
+            arr, t = self.arrow, self.arrow.type
+            if pa.types.is_large_string(t):
+                base = arr
+            elif pa.types.is_string(t):
+                base = arr.cast(pa.large_string())
+            else:  # binary input: every present value is replaced, the rest are nulls
+                base = pa.nulls(len(arr), pa.large_string())
+            mask = np.zeros(len(arr), dtype=bool)
+            mask[indices] = True
+            return pc.replace_with_mask(base, pa.array(mask),
+                                        pa.array(new_values, type=pa.large_string()))
+        if len(indices) == len(self.values):
+            vals = list(new_values)
+        else:
+            obj = np.empty(len(self.values), dtype=object)
+            obj[:] = self.values
+            if len(indices):
+                replacement = np.empty(len(indices), dtype=object)
+                replacement[:] = new_values
+                obj[indices] = replacement
+            vals = obj.tolist()
+        absent = np.ones(len(self.values), dtype=bool)
+        absent[present] = False
+        return self.rebuild(vals, np.flatnonzero(absent))

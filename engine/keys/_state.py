@@ -1,0 +1,256 @@
+"""Private helpers shared by the key providers: the local key-state file and the derived-key cache.
+
+The state file holds public facts only (versions, states, creation times, salts, KDF parameters),
+never key material. It is replaced atomically (temporary file in the same directory, fsync,
+``os.replace``, fsync of the directory), so a crash leaves either the old or the new file, and
+writers serialise on ``fcntl.flock`` of a sibling ``.lock`` file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from ..aead import AesGcm
+from .base import KeyProviderError, KeyState, KeyVersionInfo
+
+__all__ = [
+    "KeyStateCorrupted",
+    "StateSnapshot",
+    "VersionRecord",
+    "cached_cipher",
+    "default_state_path",
+    "locked",
+    "read_state",
+    "write_state_atomic",
+]
+
+STATE_FILE_ENV = "ENGINE_KEY_STATE_FILE"
+STATE_DIR_ENV = "ENGINE_STATE_DIR"
+STATE_FORMAT = 1
+KDF_NAME = "pbkdf2-hmac-sha512"
+
+
+class KeyStateCorrupted(KeyProviderError):
+    """The key-state file exists but cannot be parsed or fails validation.
+
+    The message names the file and what is wrong; restore it from a backup (the salts in it are
+    needed to re-derive every version's key).
+    """
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version as stored in the state file (no key material)."""
+
+    version: int
+    state: KeyState
+    created_at: datetime
+    salt: bytes = field(repr=False)
+    iterations: int
+    usage: int = 0
+
+    def info(self) -> KeyVersionInfo:
+        return KeyVersionInfo(self.version, self.state, self.created_at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "state": self.state.value,
+            "created_at": self.created_at.isoformat(),
+            "kdf": KDF_NAME,
+            "iterations": self.iterations,
+            "salt": base64.b64encode(self.salt).decode("ascii"),
+            "usage": self.usage,
+        }
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """The parsed state file: the current version and every version record, by version."""
+
+    current: int | None
+    versions: Mapping[int, VersionRecord]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "current": self.current,
+            "versions": [self.versions[v].to_json() for v in sorted(self.versions)],
+        }
+
+
+EMPTY = StateSnapshot(None, {})
+
+
+def default_state_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$ENGINE_KEY_STATE_FILE``, else ``$ENGINE_STATE_DIR/keys.json``, else
+    ``$XDG_STATE_HOME/engine/keys.json``, else ``~/.local/state/engine/keys.json``."""
+    env = os.environ if env is None else env
+    if env.get(STATE_FILE_ENV):
+        return Path(env[STATE_FILE_ENV]).expanduser()
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV]).expanduser() / "keys.json"
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "engine" / "keys.json"
+
+
+def _corrupt(path: Path, why: str) -> KeyStateCorrupted:
+    return KeyStateCorrupted(f"key state file {str(path)!r} is corrupted: {why}")
+
+
+def _parse_record(path: Path, raw: Any) -> VersionRecord:
+    if not isinstance(raw, dict):
+        raise _corrupt(path, "a version entry is not an object")
+    try:
+        version = raw["version"]
+        state = KeyState(raw["state"])
+        created_at = datetime.fromisoformat(raw["created_at"])
+        salt = base64.b64decode(raw["salt"], validate=True)
+        iterations = raw["iterations"]
+        kdf = raw.get("kdf", KDF_NAME)
+        usage = raw.get("usage", 0)
+    except KeyError as exc:
+        raise _corrupt(path, f"a version entry lacks {exc.args[0]!r}") from None
+    except (ValueError, TypeError, binascii.Error):
+        raise _corrupt(path, "a version entry has an invalid state, timestamp or salt") from None
+    if type(version) is not int or version < 1:
+        raise _corrupt(path, "versions must be positive integers")
+    if type(iterations) is not int or iterations < 1:
+        raise _corrupt(path, f"version {version} has an invalid iteration count")
+    if type(usage) is not int or usage < 0:
+        raise _corrupt(path, f"version {version} has an invalid usage count")
+    if kdf != KDF_NAME:
+        raise _corrupt(path, f"version {version} uses an unknown KDF")
+    if len(salt) < 16:
+        raise _corrupt(path, f"version {version} has a salt shorter than 16 bytes")
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    return VersionRecord(version, state, created_at, salt, iterations, usage)
+
+
+def parse_state(path: Path, text: bytes) -> StateSnapshot:
+    """Validates and parses the state file's bytes.
+
+    Raises:
+        KeyStateCorrupted: not JSON, an unknown format, or an invalid entry.
+    """
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise _corrupt(path, "not valid JSON (truncated or overwritten?)") from None
+    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+        raise _corrupt(path, f"expected an object with \"format\": {STATE_FORMAT}")
+    entries = doc.get("versions")
+    if not isinstance(entries, list):
+        raise _corrupt(path, "\"versions\" must be a list")
+    versions: dict[int, VersionRecord] = {}
+    for raw in entries:
+        rec = _parse_record(path, raw)
+        if rec.version in versions:
+            raise _corrupt(path, f"version {rec.version} appears twice")
+        versions[rec.version] = rec
+    current = doc.get("current")
+    if current is not None and (type(current) is not int or current not in versions):
+        raise _corrupt(path, "\"current\" does not name a listed version")
+    if current is None and versions:
+        raise _corrupt(path, "\"current\" is missing")
+    return StateSnapshot(current, versions)
+
+
+def read_state(path: Path) -> tuple[StateSnapshot, tuple[int, int, int] | None]:
+    """The state file's content and its signature (inode, mtime_ns, size); empty if absent.
+
+    Raises:
+        KeyStateCorrupted: the file cannot be parsed.
+        KeyProviderError: the file exists but cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read()
+    except FileNotFoundError:
+        return EMPTY, None
+    except OSError as exc:
+        raise KeyProviderError(f"cannot read key state file {str(path)!r}: {exc.strerror}") from None
+    return parse_state(path, text), (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def signature(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime_ns, size) of the file, or None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def write_state_atomic(path: Path, snapshot: StateSnapshot) -> None:
+    """Replaces the state file atomically: temp file in the same directory, fsync, rename,
+    fsync of the directory. A crash at any point leaves the old or the new file, whole."""
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = json.dumps(snapshot.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``<path>.lock`` (serialises writers across processes)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+_CACHE: dict[bytes, AesGcm] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_cipher(cache_key: bytes, derive: Callable[[], bytes]) -> AesGcm:
+    """The process-wide :class:`AesGcm` for ``cache_key``, deriving its key once per process.
+
+    ``cache_key`` must identify the key without revealing it (a keyed hash of the inputs).
+    """
+    cipher = _CACHE.get(cache_key)
+    if cipher is None:
+        with _CACHE_LOCK:
+            cipher = _CACHE.get(cache_key)
+            if cipher is None:
+                cipher = AesGcm(derive())
+                _CACHE[cache_key] = cipher
+    return cipher
+
+
+def clear_cache() -> None:
+    """Forgets every derived key of this process (tests and benchmarks)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

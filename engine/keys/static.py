@@ -1,0 +1,219 @@
+"""A key provider over keys managed elsewhere (a KMS, a secrets file, a test)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from ..aead import KEY_BYTES, AesGcm
+from ..errors import InvalidArgument
+from .base import (
+    KeyState,
+    KeyVersionInfo,
+    KeyVersionNotUsable,
+    UnknownKeyVersion,
+    VersionedKey,
+)
+
+__all__ = ["InvalidKeyMaterial", "StaticKeyProvider"]
+
+
+class InvalidKeyMaterial(InvalidArgument):
+    """A key given to a provider is not 32 bytes (AES-256). The message never shows the key."""
+
+
+def check_state(state: Any) -> KeyState:
+    """A :class:`KeyState` from a member or its value (``"decrypt-only"``)."""
+    try:
+        return KeyState(state)
+    except ValueError:
+        raise InvalidArgument(
+            "state must be one of: " + ", ".join(s.value for s in KeyState)
+        ) from None
+
+
+def check_version(version: Any) -> int:
+    if type(version) is not int or version < 1:
+        raise InvalidArgument("key versions are positive integers")
+    return version
+
+
+class StaticKeyProvider:
+    """Versioned keys given as bytes: ``StaticKeyProvider({1: key1, 2: key2})``.
+
+    Behaves like the other providers: the current version is the highest unless ``current`` says
+    otherwise, non-current versions start ``decrypt-only``, and the key bytes are turned into
+    native handles at once and not kept in Python.
+
+    Args:
+        keys: version (positive int) -> 32-byte key (any bytes-like).
+        current: the version to encrypt under (default: the highest).
+        states: optional version -> :class:`KeyState` overrides.
+
+    Raises:
+        InvalidKeyMaterial: a key is not 32 bytes or not bytes-like (the key is never shown).
+        InvalidArgument: no keys, a bad version number, or ``current`` not among them.
+    """
+
+    __slots__ = ("_ciphers", "_infos", "_current", "_lock", "_usage")
+
+    def __init__(self, keys: Mapping[int, Any], *, current: int | None = None,
+                 states: Mapping[int, Any] | None = None) -> None:
+        if not isinstance(keys, Mapping) or not keys:
+            raise InvalidArgument("StaticKeyProvider needs a non-empty {version: key} mapping")
+        now = datetime.now(timezone.utc)
+        self._ciphers: dict[int, AesGcm] = {}
+        for version, key in keys.items():
+            check_version(version)
+            try:
+                size = memoryview(key).nbytes
+            except TypeError:
+                raise InvalidKeyMaterial(
+                    f"key version {version} must be {KEY_BYTES} bytes (bytes-like), not {type(key).__name__}"
+                ) from None
+            if size != KEY_BYTES:
+                raise InvalidKeyMaterial(
+                    f"key version {version} must be {KEY_BYTES} bytes (AES-256), got {size} bytes"
+                )
+            self._ciphers[version] = AesGcm(key)
+        self._current = max(self._ciphers) if current is None else check_version(current)
+        if self._current not in self._ciphers:
+            raise InvalidArgument(f"current version {current} is not among the keys given")
+        self._infos = {
+            v: KeyVersionInfo(v, KeyState.ACTIVE if v == self._current else KeyState.DECRYPT_ONLY,
+                              now)
+            for v in self._ciphers
+        }
+        for v, s in (states or {}).items():
+            if v not in self._infos:
+                raise InvalidArgument(f"states names unknown version {v}")
+            self._infos[v] = KeyVersionInfo(v, check_state(s), now)
+        self._lock = threading.Lock()
+        self._usage: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<StaticKeyProvider versions={sorted(self._ciphers)} current={self._current}>"
+
+    def __reduce__(self):
+        raise TypeError("key providers hold key material and cannot be pickled")
+
+    @property
+    def current_version(self) -> int:
+        """The version new data is encrypted under."""
+        return self._current
+
+    def get_current_key(self) -> VersionedKey:
+        """The current version's key.
+
+        Raises:
+            KeyVersionNotUsable: the current version is not active.
+        """
+        info = self._infos[self._current]
+        if info.state is not KeyState.ACTIVE:
+            raise KeyVersionNotUsable(
+                f"current key version {self._current} is {info.state.value}; it cannot encrypt"
+            )
+        return VersionedKey(self._current, self._ciphers[self._current], info.state)
+
+    def get_key(self, version: int) -> VersionedKey:
+        """The key of ``version``, in whatever state (decryption).
+
+        Raises:
+            UnknownKeyVersion: no such version.
+        """
+        cipher = self._ciphers.get(version)
+        if cipher is None:
+            raise UnknownKeyVersion(version)
+        return VersionedKey(version, cipher, self._infos[version].state)
+
+    def list_versions(self) -> list[KeyVersionInfo]:
+        """Every version, ascending, with its state and creation time."""
+        return [self._infos[v] for v in sorted(self._infos)]
+
+    def create_version(self) -> KeyVersionInfo:
+        """Adds a random key as the next version, makes it current and active, and moves the
+        previous active versions to ``decrypt-only``."""
+        with self._lock:
+            version = max(self._ciphers) + 1
+            self._ciphers[version] = AesGcm(AesGcm.generate_key())
+            self._retire_active()
+            info = KeyVersionInfo(version, KeyState.ACTIVE, datetime.now(timezone.utc))
+            self._infos[version] = info
+            self._current = version
+            return info
+
+    def set_state(self, version: int, state: KeyState | str) -> KeyVersionInfo:
+        """Changes a version's lifecycle state (rotation and retention use this).
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            InvalidArgument: not a valid state.
+        """
+        new_state = check_state(state)
+        with self._lock:
+            info = self._infos.get(version)
+            if info is None:
+                raise UnknownKeyVersion(version)
+            info = KeyVersionInfo(version, new_state, info.created_at)
+            self._infos[version] = info
+            return info
+
+    def set_current(self, version: int) -> None:
+        """Makes an existing version current and active (e.g. to roll back a rotation); the
+        previous active versions become ``decrypt-only``.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            KeyVersionNotUsable: the version is deprecated.
+        """
+        with self._lock:
+            info = self._infos.get(version)
+            if info is None:
+                raise UnknownKeyVersion(version)
+            if info.state is KeyState.DEPRECATED:
+                raise KeyVersionNotUsable(f"key version {version} is deprecated")
+            self._retire_active()
+            self._infos[version] = KeyVersionInfo(version, KeyState.ACTIVE, info.created_at)
+            self._current = version
+
+    def purge(self, version: int) -> None:
+        """Forgets a version: data under it can no longer be decrypted.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            KeyVersionNotUsable: it is the current version.
+        """
+        with self._lock:
+            if version not in self._ciphers:
+                raise UnknownKeyVersion(version)
+            if version == self._current:
+                raise KeyVersionNotUsable(f"key version {version} is current; it cannot be purged")
+            del self._ciphers[version], self._infos[version]
+            self._usage.pop(version, None)
+
+    def record_usage(self, version: int, count: int) -> int:
+        """Adds ``count`` encryptions to a version's usage (in memory); returns the total.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+        """
+        if type(count) is not int or count < 0:
+            raise InvalidArgument("count must be a non-negative integer")
+        with self._lock:
+            if version not in self._ciphers:
+                raise UnknownKeyVersion(version)
+            total = self._usage.get(version, 0) + count
+            self._usage[version] = total
+            return total
+
+    def usage(self, version: int) -> int:
+        """Encryptions recorded for a version."""
+        if version not in self._ciphers:
+            raise UnknownKeyVersion(version)
+        return self._usage.get(version, 0)
+
+    def _retire_active(self) -> None:
+        for v, info in self._infos.items():
+            if info.state is KeyState.ACTIVE:
+                self._infos[v] = KeyVersionInfo(v, KeyState.DECRYPT_ONLY, info.created_at)

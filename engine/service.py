@@ -1,0 +1,390 @@
+"""The application-facing encryption service (the seed's ``EncryptionService``).
+
+Single values use :meth:`engine.AesGcm.encrypt` with a fresh 16-byte IV; batches go through the
+native batch path in one call per key version, and their tokens are packed and parsed in bulk
+(:mod:`engine.envelope`). Decryption always takes the key version recorded in the ciphertext, so
+data written under any retained version decrypts after the current version has moved on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import numpy as np
+
+from .aead import random_bytes
+from .batch import Batch, SealedBatch, as_batch
+from .envelope import (
+    FORMAT_BOUND,
+    TEXT_PREFIX,
+    EncryptedData,
+    as_binary_tokens,
+    sealed_to_text_tokens,
+    pack_tokens,
+    parse_tokens,
+    prefix_each,
+    take,
+    token_header,
+    _b64url,
+    _groups,
+    _offsets,
+    copy_records,
+)
+from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType
+from .keys.base import KeyProvider, KeyState, KeyVersionNotUsable, VersionedKey
+
+__all__ = [
+    "EncryptionService",
+    "ServiceConfigurationError",
+    "batch_to_text",
+    "get_encryption_service",
+    "reset_encryption_service",
+]
+
+IV_BYTES = 16
+VAULT_ENABLED_ENV = "VAULT_ENABLED"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class ServiceConfigurationError(EngineError, RuntimeError):
+    """The environment asks for a configuration the service cannot provide."""
+
+
+def _data_bytes(data: Any, name: str = "data") -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytes):
+        return data
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise InvalidArgumentType(f"{name} must be str or bytes-like, not {type(data).__name__}") \
+            from None
+
+
+def _aad_bytes(aad: Any) -> bytes:
+    return b"" if aad is None else _data_bytes(aad, "aad")
+
+
+def _is_per_record(aad: Any) -> bool:
+    return isinstance(aad, (list, tuple, Batch)) or type(aad).__module__.startswith("pyarrow")
+
+
+def _aad_batch(aad: Any, n: int) -> Batch:
+    batch = Batch.from_list(list(aad)) if isinstance(aad, tuple) else as_batch(aad, "aad")
+    if len(batch) != n:
+        raise InvalidArgument(f"aad has {len(batch)} values for {n} records")
+    return batch
+
+
+def _ascii_strings_batch(values: list) -> Batch | None:
+    """A Batch of a list of ASCII str, packed by one ``str.join`` (or None: not all ASCII str)."""
+    try:
+        joined = "".join(values)
+    except TypeError:
+        return None
+    if not joined.isascii():
+        return None
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    data = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    return Batch._trusted(data, _offsets(lengths))
+
+
+def _values_batch(values: Any) -> Batch:
+    if isinstance(values, (str, bytes)):
+        raise InvalidArgumentType("encrypt_many takes a list of values, not one value")
+    if isinstance(values, tuple):
+        values = list(values)
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        batch = _ascii_strings_batch(values)
+        if batch is not None:
+            return batch
+    return as_batch(values, "values")
+
+
+def _group_aad(header: bytes, aad: Any, n: int) -> Any:
+    """The AAD of n records sealed under ``header``: header || aad, one value or per record."""
+    if aad is not None and _is_per_record(aad):
+        return prefix_each(header, _aad_batch(aad, n))
+    return header + _aad_bytes(aad)
+
+
+def batch_to_text(batch: Batch) -> list[str]:
+    """Each record of a batch decoded from UTF-8, without a per-record Python loop.
+
+    The records are joined with an ASCII control byte that occurs in none of them and the whole
+    buffer is decoded and split in C. Only when every candidate separator occurs in the data does
+    it fall back to decoding record by record.
+
+    Raises:
+        InvalidArgument: a record is not valid UTF-8 (the message shows no content).
+    """
+    n = len(batch)
+    if n == 0:
+        return []
+    data, off = batch.data, batch.offsets
+    data = data[int(off[0]) : int(off[-1])]
+    off = off - off[0] if off[0] else off
+    sep = next((c for c in _SEPARATORS if not (data == c).any()), None)
+    try:
+        if sep is None:
+            return [bytes(v).decode("utf-8") for v in batch]
+        lengths = np.diff(off)
+        out_off = _offsets(lengths + 1)
+        out = np.empty(int(out_off[-1]), dtype=np.uint8)
+        copy_records(data, off[:-1], lengths, out, out_off[:-1])
+        out[out_off[1:] - 1] = sep
+        return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
+    except UnicodeDecodeError:
+        raise InvalidArgument("decrypted data is not valid UTF-8 text") from None
+
+
+_SEPARATORS = (0, 31, 30, 29, 28, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21,
+               22, 23, 24, 25, 26, 27, 127, 10, 9, 13)
+
+
+class EncryptionService:
+    """Encrypts and decrypts values and batches with versioned keys from a provider.
+
+    Args:
+        provider: a :class:`~engine.keys.KeyProvider`; default: from the environment
+            (see :func:`get_encryption_service`).
+        threads: threads for batch calls (None: all cores).
+
+    Thread-safe: it holds no state beyond the provider, which is thread-safe itself.
+    """
+
+    __slots__ = ("_provider", "_threads")
+
+    def __init__(self, provider: KeyProvider | None = None, *, threads: int | None = None) -> None:
+        self._provider = provider if provider is not None else _provider_from_environment()
+        self._threads = threads
+
+    def __repr__(self) -> str:
+        return f"<EncryptionService provider={self._provider!r}>"
+
+    def __reduce__(self):
+        raise TypeError("the encryption service holds keys and cannot be pickled")
+
+    @property
+    def provider(self) -> KeyProvider:
+        """The key provider."""
+        return self._provider
+
+    def _encryption_key(self) -> VersionedKey:
+        key = self._provider.get_current_key()
+        if key.state is not KeyState.ACTIVE:
+            raise KeyVersionNotUsable(
+                f"key version {key.version} is {key.state.value}; it cannot encrypt"
+            )
+        return key
+
+    # ---- single values ----
+
+    def encrypt(self, data: str | bytes, aad: str | bytes | None = None) -> EncryptedData:
+        """Encrypts one value in the seed's shape (AAD = the caller's only).
+
+        Args:
+            data: str (as UTF-8) or bytes-like.
+            aad: optional associated data (str or bytes) that decryption must repeat.
+
+        Returns:
+            An :class:`~engine.envelope.EncryptedData` with a fresh 16-byte IV and the time.
+
+        Raises:
+            KeyVersionNotUsable: the current key version may not encrypt.
+            InvalidArgumentType: ``data`` is neither str nor bytes-like.
+        """
+        key = self._encryption_key()
+        iv = random_bytes(IV_BYTES)
+        sealed = key.cipher.encrypt(iv, _data_bytes(data), None if aad is None else _aad_bytes(aad))
+        return EncryptedData(iv, sealed[:-16], sealed[-16:], key.version,
+                             datetime.now(timezone.utc))
+
+    def encrypt_token(self, data: str | bytes, aad: str | bytes | None = None) -> str:
+        """Encrypts one value as a text token (format 1: the header is bound into the AAD).
+
+        Raises:
+            KeyVersionNotUsable: the current key version may not encrypt.
+        """
+        key = self._encryption_key()
+        header = token_header(key.version, FORMAT_BOUND)
+        iv = random_bytes(IV_BYTES)
+        sealed = key.cipher.encrypt(iv, _data_bytes(data), header + _aad_bytes(aad))
+        return TEXT_PREFIX + _b64url(header + iv + sealed)
+
+    def decrypt(self, encrypted: Any, aad: str | bytes | None = None) -> bytes:
+        """Decrypts an :class:`EncryptedData`, its dict or JSON form, or a token.
+
+        Returns:
+            The plaintext bytes.
+
+        Raises:
+            EnvelopeError: the value cannot be parsed (subclasses name the problem).
+            UnknownKeyVersion: the provider has no key of the recorded version.
+            InvalidTag: wrong key, AAD or tampered data; nothing is returned.
+        """
+        e = EncryptedData.parse(encrypted)
+        key = self._provider.get_key(e.key_version)
+        return key.cipher.decrypt(e.iv, e.ciphertext + e.auth_tag,
+                                  e.aad(None if aad is None else _aad_bytes(aad)))
+
+    def decrypt_text(self, encrypted: Any, aad: str | bytes | None = None) -> str:
+        """Like :meth:`decrypt`, decoding the plaintext as UTF-8.
+
+        Raises:
+            InvalidArgument: the plaintext is not UTF-8 (and everything :meth:`decrypt` raises).
+        """
+        try:
+            return self.decrypt(encrypted, aad).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("decrypted data is not valid UTF-8 text") from None
+
+    # ---- batches ----
+
+    def encrypt_many(self, values: Any, aad: Any = None, *, binary: bool = False) -> Any:
+        """Encrypts many values in one native batch call under the current key (one lookup).
+
+        Args:
+            values: a list of str/bytes, an :class:`~engine.Batch` or a pyarrow column.
+            aad: None, one str/bytes for all, or one per value (a list or a Batch).
+            binary: False (default): return ``list[str]`` of text tokens; True: return an
+                :class:`~engine.Batch` of binary tokens (for bytea/BLOB/Parquet columns).
+
+        Returns:
+            Tokens in the order of ``values`` (format 1: header bound into the AAD).
+
+        Raises:
+            KeyVersionNotUsable: the current key version may not encrypt.
+            InvalidArgument: ``aad`` does not have one value per record.
+        """
+        batch = _values_batch(values)
+        key = self._encryption_key()
+        header = token_header(key.version, FORMAT_BOUND)
+        sealed = key.cipher.seal_batch(batch, _group_aad(header, aad, len(batch)),
+                                       threads=self._threads)
+        if binary:
+            return pack_tokens(sealed, key.version, FORMAT_BOUND)
+        return sealed_to_text_tokens(sealed, key.version, FORMAT_BOUND, threads=self._threads)
+
+    def decrypt_many(self, tokens: Any, aad: Any = None) -> Batch:
+        """Decrypts many tokens: grouped by key version (vectorized), one batch call per group.
+
+        Args:
+            tokens: text tokens (list of str, or a Batch/column of them) or binary tokens.
+            aad: None, one value for all, or one per token.
+
+        Returns:
+            An :class:`~engine.Batch` of plaintexts in the order of ``tokens``.
+
+        Raises:
+            EnvelopeError: a token cannot be parsed (the message gives its index).
+            UnknownKeyVersion: a token names a version the provider does not have.
+            BatchInvalidTag: some tokens failed authentication; ``.failed`` lists their indices
+                and ``.result`` is None: nothing is returned.
+        """
+        parsed = parse_tokens(as_binary_tokens(tokens))
+        n = len(parsed)
+        ct = parsed.ciphertexts
+        group_key = parsed.key_versions * 256 + parsed.formats
+        groups = _groups(group_key)
+        keys = {g: self._provider.get_key(g // 256) for g, _ in groups}
+        per_record = aad is not None and _is_per_record(aad)
+        aad_all = _aad_batch(aad, n) if per_record else None
+        out = np.empty(ct.nbytes, dtype=np.uint8)
+        failed: list[np.ndarray] = []
+        for g, idx in groups:
+            version, fmt = g // 256, g % 256
+            head = token_header(version, fmt) if fmt == FORMAT_BOUND else b""
+            if per_record:
+                sub_aad = aad_all if idx is None else take(aad_all, idx)
+                assoc: Any = prefix_each(head, sub_aad) if head else sub_aad
+            else:
+                assoc = (head + _aad_bytes(aad)) if (head or aad is not None) else None
+            if idx is None:
+                sealed = SealedBatch._trusted(parsed.nonces, parsed.tags, ct)
+                target = out
+            else:
+                sub = take(ct, idx)
+                sealed = SealedBatch._trusted(parsed.nonces[idx], parsed.tags[idx], sub)
+                target = np.empty(sub.nbytes, dtype=np.uint8)
+            try:
+                keys[g].cipher.open_batch_into(sealed, target, assoc, threads=self._threads)
+            except BatchInvalidTag as exc:
+                failed.append(exc.failed if idx is None else idx[exc.failed])
+                continue
+            if idx is not None:
+                selected = np.zeros(n, dtype=bool)
+                selected[idx] = True
+                out[np.repeat(selected, ct.lengths())] = target
+        if failed:
+            out.fill(0)
+            raise BatchInvalidTag(np.sort(np.concatenate(failed)), None)
+        o = ct.offsets
+        return Batch._trusted(out, o - o[0] if o[0] else o)
+
+    def decrypt_many_text(self, tokens: Any, aad: Any = None) -> list[str]:
+        """Like :meth:`decrypt_many`, returning ``list[str]`` (UTF-8), built without a
+        per-record loop.
+
+        Raises:
+            InvalidArgument: a plaintext is not UTF-8 (and everything :meth:`decrypt_many` raises).
+        """
+        return batch_to_text(self.decrypt_many(tokens, aad))
+
+
+# ---------------------------------------------------------------- process-wide instance
+
+_service: EncryptionService | None = None
+_service_lock = threading.Lock()
+
+
+def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvider:
+    """The key provider the environment asks for.
+
+    ``VAULT_ENABLED`` true: :class:`~engine.keys.vault.VaultKeyProvider` from ``VAULT_ADDR`` and
+    ``VAULT_TOKEN`` (or AppRole); false or absent: :class:`~engine.keys.EnvironmentKeyProvider`.
+
+    Raises:
+        ServiceConfigurationError: ``VAULT_ENABLED`` is not a boolean.
+        MasterKeyError: ``ENCRYPTION_MASTER_KEY`` is missing or too short.
+        VaultError: Vault is enabled but unreachable or misconfigured.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(VAULT_ENABLED_ENV, "").strip().lower()
+    if raw in _TRUE:
+        from .keys.vault import VaultKeyProvider
+
+        return VaultKeyProvider.from_environment(env)
+    if raw not in _FALSE:
+        raise ServiceConfigurationError(f"{VAULT_ENABLED_ENV} must be true or false")
+    from .keys.environment import EnvironmentKeyProvider
+
+    return EnvironmentKeyProvider(env=env)
+
+
+def get_encryption_service() -> EncryptionService:
+    """The process-wide service, created on first use from the environment (thread-safe).
+
+    Raises:
+        ServiceConfigurationError, MasterKeyError: see :func:`_provider_from_environment`.
+    """
+    global _service
+    service = _service
+    if service is None:
+        with _service_lock:
+            if _service is None:
+                _service = EncryptionService(_provider_from_environment())
+            service = _service
+    return service
+
+
+def reset_encryption_service() -> None:
+    """Forgets the process-wide service (tests; after changing the environment)."""
+    global _service
+    with _service_lock:
+        _service = None

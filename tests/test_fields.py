@@ -1,0 +1,189 @@
+"""FieldEncryption: single fields on the class or an instance, columns, context binding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from engine import BatchInvalidTag, InvalidArgument, InvalidArgumentType, InvalidTag
+from engine.envelope import EncryptedData, MalformedEnvelope, is_text_token
+from engine.fields import FieldEncryption
+from engine.keys import StaticKeyProvider
+from engine.service import EncryptionService, reset_encryption_service
+
+MASTER = "fields-test-master-key-0123456789abcdefgh"
+
+
+@pytest.fixture
+def svc() -> EncryptionService:
+    return EncryptionService(StaticKeyProvider({1: b"\x22" * 32}))
+
+
+@pytest.fixture
+def process_service(monkeypatch, tmp_path):
+    for var in ("VAULT_ENABLED", "ENGINE_KEY_STATE_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ENCRYPTION_MASTER_KEY", MASTER)
+    monkeypatch.setenv("ENGINE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("ENCRYPTION_KDF_ITERATIONS", "1000")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    reset_encryption_service()
+    yield
+    reset_encryption_service()
+
+
+USER = {"id": "123", "email": "user@example.com", "ssn": "123-45-6789"}
+
+
+def test_seed_usage_on_the_class(process_service):
+    user = dict(USER)
+    encrypted = FieldEncryption.encrypt_field(user, "ssn")
+    assert user == USER  # input left alone
+    assert encrypted is not user and is_text_token(encrypted["ssn"])
+    assert encrypted["email"] == USER["email"]
+    decrypted = FieldEncryption.decrypt_field(encrypted, "ssn")
+    assert decrypted == USER
+
+
+def test_instance_works_the_same(svc):
+    fe = FieldEncryption(svc)
+    enc = fe.encrypt_field(USER, "ssn")
+    assert fe.decrypt_field(enc, "ssn") == USER
+    assert svc.decrypt_text(enc["ssn"]) == USER["ssn"]
+
+
+def test_several_fields(svc):
+    fe = FieldEncryption(svc)
+    enc = fe.encrypt_fields(USER, ["email", "ssn"])
+    assert is_text_token(enc["email"]) and is_text_token(enc["ssn"]) and enc["id"] == "123"
+    assert fe.decrypt_fields(enc, ["email", "ssn"]) == USER
+
+
+def test_none_missing_and_double_encryption(svc):
+    fe = FieldEncryption(svc)
+    rec = {"id": 1, "ssn": None}
+    assert fe.encrypt_field(rec, "ssn") == rec
+    assert fe.encrypt_field({"id": 1}, "ssn") == {"id": 1}
+    assert fe.decrypt_field({"id": 1}, "ssn") == {"id": 1}
+    assert fe.decrypt_field(rec, "ssn") == rec
+    once = fe.encrypt_field(USER, "ssn")
+    twice = fe.encrypt_field(once, "ssn")
+    assert twice == once
+    # Only a strictly valid token counts as encrypted: look-alikes are data.
+    lookalike = {"id": 1, "ssn": "ef1:not-really-a-token"}
+    enc = fe.encrypt_field(lookalike, "ssn")
+    assert enc["ssn"] != lookalike["ssn"]
+    assert fe.decrypt_field(enc, "ssn") == lookalike
+
+
+def test_bad_values(svc):
+    fe = FieldEncryption(svc)
+    with pytest.raises(InvalidArgumentType):
+        fe.encrypt_field({"ssn": 123}, "ssn")
+    with pytest.raises(MalformedEnvelope):
+        fe.decrypt_field({"ssn": "plain text"}, "ssn")
+
+
+def test_context_binding(svc):
+    fe = FieldEncryption(svc, bind_context=True)
+    a = fe.encrypt_field({"id": 1, "ssn": "111", "tax": "x"}, "ssn")
+    b = fe.encrypt_field({"id": 2, "ssn": "222"}, "ssn")
+    assert fe.decrypt_field(a, "ssn")["ssn"] == "111"
+    with pytest.raises(InvalidTag):  # copied to another record
+        fe.decrypt_field({"id": 2, "ssn": a["ssn"]}, "ssn")
+    with pytest.raises(InvalidTag):  # copied to another field of the same record
+        fe.decrypt_field({"id": 1, "tax": a["ssn"]}, "tax")
+    with pytest.raises(InvalidTag):  # an unbound reader cannot open it either
+        FieldEncryption(svc).decrypt_field(b, "ssn")
+    with pytest.raises(InvalidArgument):
+        fe.encrypt_field({"ssn": "no id"}, "ssn")
+    custom = FieldEncryption(svc, bind_context=True, id_field="uuid")
+    c = custom.encrypt_field({"uuid": "u-1", "ssn": "333"}, "ssn")
+    assert custom.decrypt_field(c, "ssn")["ssn"] == "333"
+
+
+def test_column_of_dicts(svc):
+    records = [{"id": i, "ssn": f"{i:09d}", "name": f"n{i}"} for i in range(500)]
+    records[3]["ssn"] = None
+    del records[4]["ssn"]
+    snapshot = copy.deepcopy(records)
+    fe = FieldEncryption(svc)
+    out = fe.encrypt_column(records, "ssn")
+    assert records == snapshot
+    assert out[3] == records[3] and "ssn" not in out[4]
+    assert all(is_text_token(r["ssn"]) for i, r in enumerate(out) if i not in (3, 4))
+    assert out[0] is not records[3]
+    again = fe.encrypt_column(out, "ssn")  # nothing encrypted twice
+    assert again == out
+    assert fe.decrypt_column(out, "ssn") == records
+    assert [fe.decrypt_field(r, "ssn") for r in out[:10]] == records[:10]
+
+
+def test_column_partially_encrypted(svc):
+    fe = FieldEncryption(svc)
+    records = [{"id": i, "v": f"value {i}"} for i in range(20)]
+    half = [fe.encrypt_field(r, "v") if i % 2 else r for i, r in enumerate(records)]
+    out = fe.encrypt_column(half, "v")
+    assert [out[i]["v"] for i in range(1, 20, 2)] == [half[i]["v"] for i in range(1, 20, 2)]
+    assert fe.decrypt_column(out, "v") == records
+
+
+def test_column_with_context_binding(svc):
+    fe = FieldEncryption(svc, bind_context=True)
+    records = [{"id": i, "ssn": f"s{i}"} for i in range(100)]
+    out = fe.encrypt_column(records, "ssn")
+    assert fe.decrypt_column(out, "ssn") == records
+    assert fe.decrypt_field(out[7], "ssn") == records[7]
+    swapped = [dict(r) for r in out]
+    swapped[1]["ssn"], swapped[2]["ssn"] = out[2]["ssn"], out[1]["ssn"]
+    with pytest.raises(BatchInvalidTag) as info:
+        fe.decrypt_column(swapped, "ssn")
+    assert info.value.failed.tolist() == [1, 2]
+    with pytest.raises(InvalidArgument):
+        fe.encrypt_column([{"ssn": "x"}, {"id": 1, "ssn": "y"}], "ssn")
+    str_ids = [{"id": f"u{i}", "ssn": "s"} for i in range(3)]
+    assert fe.decrypt_column(fe.encrypt_column(str_ids, "ssn"), "ssn") == str_ids
+
+
+def test_column_of_values_and_mixed_types(svc):
+    fe = FieldEncryption(svc)
+    values = ["a", None, b"raw-bytes", "d"]
+    out = fe.encrypt_column(values, "f")
+    assert out[1] is None and all(is_text_token(out[i]) for i in (0, 2, 3))
+    assert fe.decrypt_column(out, "f") == ["a", None, "raw-bytes", "d"]
+    with pytest.raises(InvalidArgumentType):
+        fe.encrypt_column(["a", 5], "f")
+    bound = FieldEncryption(svc, bind_context=True)
+    out = bound.encrypt_column(["x", "y"], "f", ids=[10, 11])
+    assert bound.decrypt_column(out, "f", ids=[10, 11]) == ["x", "y"]
+    with pytest.raises(InvalidArgument):
+        bound.encrypt_column(["x"], "f")
+
+
+def test_pyarrow_column(svc):
+    pa = pytest.importorskip("pyarrow")
+    fe = FieldEncryption(svc)
+    col = pa.array(["a", None, "ccc"])
+    out = fe.encrypt_column(col, "f")
+    assert isinstance(out, pa.Array) and out[1].as_py() is None
+    assert is_text_token(out[0].as_py())
+    back = fe.decrypt_column(out, "f")
+    assert back.to_pylist() == ["a", None, "ccc"]
+    chunked = pa.chunked_array([["x"], ["y", None]])
+    assert fe.decrypt_column(fe.encrypt_column(chunked, "f"), "f").to_pylist() == ["x", "y", None]
+
+
+def test_pandas_series(svc):
+    pd = pytest.importorskip("pandas")
+    fe = FieldEncryption(svc)
+    s = pd.Series(["a", None, "b"], index=[10, 20, 30], name="ssn")
+    out = fe.encrypt_column(s, "ssn")
+    assert isinstance(out, pd.Series) and list(out.index) == [10, 20, 30]
+    assert fe.decrypt_column(out, "ssn").tolist() == ["a", None, "b"]
+
+
+def test_tokens_are_ordinary_service_tokens(svc):
+    out = FieldEncryption(svc).encrypt_column([{"id": 1, "x": "hello"}], "x")
+    assert EncryptedData.from_token(out[0]["x"]).key_version == 1
+    assert svc.decrypt_text(out[0]["x"]) == "hello"
