@@ -14,6 +14,8 @@ demo: setup
 
 test: setup ctest pytest asv-smoke
 	$(BIN)/python -m bench.compare --quick
+	$(BIN)/python -m bench.bench_service --quick
+	$(BIN)/python -m bench.bench_vault --quick
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

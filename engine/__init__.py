@@ -1,11 +1,21 @@
 """engine: AES-256-GCM encryption for data at rest, on a native batched core.
 
 The layers, from the bottom: ``engine._native`` (the only module that touches cffi),
-``engine.aead`` and ``engine.batch`` (the public cipher and batch types).
+``engine.aead`` and ``engine.batch`` (cipher and batch types), ``engine.envelope`` (ciphertext
+formats), ``engine.keys`` (key providers), ``engine.rotation``/``audit``/``metrics``/``tls``,
+and ``engine.service``/``engine.fields`` (the seed's application-facing API).
 """
 
 from .aead import AesGcm, backend_info, random_bytes
 from .batch import Batch, SealedBatch
+from .envelope import (
+    EncryptedData,
+    EnvelopeError,
+    InvalidBase64,
+    InvalidLength,
+    MalformedEnvelope,
+    UnknownFormat,
+)
 from .errors import (
     BackendUnavailable,
     BatchInvalidTag,
@@ -17,10 +27,66 @@ from .errors import (
     NativeError,
 )
 
+from .fields import FieldEncryption
+from .keys import (
+    EnvironmentKeyProvider,
+    KeyState,
+    KeyVersionNotUsable,
+    StaticKeyProvider,
+    UnknownKeyVersion,
+)
+from .rotation import (
+    KeyRotationService,
+    RotationFailed,
+    RotationPolicy,
+    RotationResult,
+    get_key_rotation_service,
+)
+from .service import (
+    EncryptionService,
+    ServiceConfigurationError,
+    get_encryption_service,
+    reset_encryption_service,
+)
+
 __version__ = "0.1.0"
+
+_LAZY = {"VaultKeyProvider": "keys.vault", "VaultSecrets": "secrets"}  # need hvac (`vault` extra)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AesGcm",
+    "EncryptedData",
+    "EncryptionService",
+    "EnvelopeError",
+    "EnvironmentKeyProvider",
+    "FieldEncryption",
+    "InvalidBase64",
+    "InvalidLength",
+    "KeyRotationService",
+    "KeyState",
+    "KeyVersionNotUsable",
+    "MalformedEnvelope",
+    "RotationFailed",
+    "RotationPolicy",
+    "RotationResult",
+    "ServiceConfigurationError",
+    "StaticKeyProvider",
+    "UnknownFormat",
+    "UnknownKeyVersion",
+    "VaultKeyProvider",
+    "VaultSecrets",
+    "get_encryption_service",
+    "get_key_rotation_service",
+    "reset_encryption_service",
     "BackendUnavailable",
     "Batch",
     "BatchInvalidTag",

@@ -1,5 +1,6 @@
 """Key providers: where versioned AES-256 keys come from."""
 
+from ._state import KeyStateCorrupted
 from .base import (
     KeyProvider,
     KeyProviderError,
@@ -9,13 +10,37 @@ from .base import (
     UnknownKeyVersion,
     VersionedKey,
 )
+from .environment import DerivationPolicy, EnvironmentKeyProvider, MasterKeyError
+from .static import InvalidKeyMaterial, StaticKeyProvider
 
-__all__ = [
+# The Vault provider needs hvac (the `vault` extra): imported on first use.
+_VAULT = frozenset({
+    "RetryPolicy", "RewrapReport", "VaultAuthError", "VaultConfigurationError", "VaultConflict",
+    "VaultConnection", "VaultError", "VaultKeyMissing", "VaultKeyProvider",
+    "VaultPermissionDenied", "VaultUnavailable", "WrappedKeyInvalid",
+})
+
+
+def __getattr__(name: str):
+    if name in _VAULT:
+        from . import vault
+
+        return getattr(vault, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [*sorted(_VAULT),
+    "DerivationPolicy",
+    "EnvironmentKeyProvider",
+    "InvalidKeyMaterial",
     "KeyProvider",
     "KeyProviderError",
     "KeyState",
+    "KeyStateCorrupted",
     "KeyVersionInfo",
     "KeyVersionNotUsable",
+    "MasterKeyError",
+    "StaticKeyProvider",
     "UnknownKeyVersion",
     "VersionedKey",
 ]

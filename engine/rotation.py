@@ -1,0 +1,512 @@
+"""Key rotation: the seed's "Key Rotation Service" and "Key Rotation Flow".
+
+:meth:`KeyRotationService.rotate_keys` runs the seed's steps in order, each one reported to an
+optional observer and written to the audit trail:
+
+1. ``pre_validation``: the provider answers and the current key round-trips a canary;
+2. ``generate``: a new key version is created;
+3. ``move_pointer``: it becomes the current version (providers do 2 and 3 in one write);
+4. ``post_verification``: the new key round-trips, and every retained version still opens the
+   canary it sealed when it was created (so a key that changed is caught, not just one that works);
+5. ``deprecate``: versions beyond retention go ``decrypt-only`` -> ``deprecated`` (never deleted:
+   deleting is :meth:`KeyRotationService.purge`, an explicit call);
+6. ``handover``: the re-encryption hook, if any, is told the new version.
+
+A failure at any step puts the pointer and every version's state back as they were, marks the
+half-made version ``deprecated`` (data written with it in the meantime stays readable), records
+``KEY_ROTATION_FAILED`` and raises :class:`RotationFailed`. Two rotations never run at once: a
+file lock serialises threads and processes, or the provider's own lock when it has one (Vault).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from . import audit as audit_events
+from .errors import EngineError, InvalidArgument, InvalidTag
+from .keys.base import KeyProvider, KeyState, KeyVersionInfo
+from .aead import random_bytes
+
+__all__ = [
+    "KeyRotationService",
+    "RotationFailed",
+    "RotationInProgress",
+    "RotationPolicy",
+    "RotationResult",
+    "get_key_rotation_service",
+]
+
+STEPS = ("pre_validation", "generate", "move_pointer", "post_verification", "deprecate", "handover")
+GCM_RANDOM_IV_LIMIT = 2**32  # NIST SP 800-38D 8.3: invocations per key with random IVs
+
+
+class RotationFailed(EngineError):
+    """A rotation step failed; everything was put back as before. ``step`` names the step."""
+
+    def __init__(self, step: str, cause: BaseException) -> None:
+        super().__init__(f"key rotation failed at {step}: {type(cause).__name__}: {cause}")
+        self.step = step
+
+
+class RotationInProgress(EngineError):
+    """Another rotation holds the lock (when ``wait=False``)."""
+
+
+def _env_bool(value: str | None, default: bool) -> bool:
+    if value is None or value.strip() == "":
+        return default
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"expected true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RotationPolicy:
+    """When to rotate and how many versions to keep (defaults: the seed's figures).
+
+    Attributes:
+        enabled: ``KEY_ROTATION_ENABLED``; when false, :meth:`is_rotation_needed` is always false.
+        interval_days: ``KEY_ROTATION_INTERVAL_DAYS`` (30).
+        retention_versions: ``KEY_RETENTION_VERSIONS`` (5): versions that still decrypt,
+            the current one included; older ones become deprecated.
+        usage_limit: encryptions allowed under one key with random IVs (2**32).
+        usage_fraction: rotate once a version has done this fraction of ``usage_limit``.
+        webhook: ``KEY_ROTATION_WEBHOOK``: a URL that receives a JSON POST per rotation.
+        webhook_timeout, webhook_retries: per attempt timeout and attempts (bounded; never blocks).
+    """
+
+    enabled: bool = True
+    interval_days: float = 30.0
+    retention_versions: int = 5
+    usage_limit: int = GCM_RANDOM_IV_LIMIT
+    usage_fraction: float = 0.5
+    webhook: str | None = None
+    webhook_timeout: float = 5.0
+    webhook_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.interval_days <= 0:
+            raise InvalidArgument("interval_days must be positive")
+        if self.retention_versions < 1:
+            raise InvalidArgument("retention_versions must be at least 1")
+        if not 0 < self.usage_fraction <= 1:
+            raise InvalidArgument("usage_fraction must be in (0, 1]")
+        if self.webhook_retries < 1 or self.webhook_timeout <= 0:
+            raise InvalidArgument("webhook_retries and webhook_timeout must be positive")
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> "RotationPolicy":
+        """The policy from ``KEY_ROTATION_*`` and ``KEY_RETENTION_VERSIONS``.
+
+        Raises:
+            InvalidArgument: a value that is not a number or boolean; the message names the variable.
+        """
+        env = os.environ if env is None else env
+
+        def num(name: str, default: float, kind: Callable[[str], Any]) -> Any:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                return kind(raw)
+            except ValueError:
+                raise InvalidArgument(f"{name} must be a number, got {raw!r}") from None
+
+        try:
+            enabled = _env_bool(env.get("KEY_ROTATION_ENABLED"), True)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"KEY_ROTATION_ENABLED: {exc}") from None
+        return cls(
+            enabled=enabled,
+            interval_days=num("KEY_ROTATION_INTERVAL_DAYS", 30.0, float),
+            retention_versions=num("KEY_RETENTION_VERSIONS", 5, int),
+            webhook=env.get("KEY_ROTATION_WEBHOOK") or None,
+        )
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """What a rotation did."""
+
+    previous_version: int | None
+    new_version: int
+    reason: str
+    rotated_at: datetime
+    deprecated_versions: tuple[int, ...] = ()
+    steps: tuple[str, ...] = STEPS
+
+
+class _CanaryStore:
+    """Each version's canary, sealed with that version's key when it was created: a JSON file
+    written atomically (temporary file, fsync, rename)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[int, dict[str, str]]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            raise EngineError(f"the canary file {self.path} is corrupt") from None
+        return {int(k): v for k, v in raw.items()}
+
+    def save(self, canaries: dict[int, dict[str, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump({str(k): v for k, v in sorted(canaries.items())}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _seal_canary(provider: KeyProvider, version: int) -> dict[str, str]:
+    key = provider.get_key(version)
+    nonce, secret = random_bytes(16), random_bytes(32)
+    aad = f"engine-canary:v{version}".encode()
+    sealed = key.cipher.encrypt(nonce, secret, aad)
+    # The canary's plaintext is random and worthless; only its round trip matters.
+    return {"nonce": nonce.hex(), "sealed": sealed.hex(), "check": secret.hex()}
+
+
+def _open_canary(provider: KeyProvider, version: int, canary: Mapping[str, str]) -> None:
+    key = provider.get_key(version)
+    aad = f"engine-canary:v{version}".encode()
+    plain = key.cipher.decrypt(bytes.fromhex(canary["nonce"]), bytes.fromhex(canary["sealed"]), aad)
+    if plain != bytes.fromhex(canary["check"]):
+        raise InvalidTag()
+
+
+def _round_trip(provider: KeyProvider, version: int) -> None:
+    _open_canary(provider, version, _seal_canary(provider, version))
+
+
+class KeyRotationService:
+    """Rotates the keys of one provider (the same one the encryption service uses).
+
+    Args:
+        provider: any :class:`~engine.keys.KeyProvider` with ``set_state`` and ``set_current``.
+        policy: :class:`RotationPolicy` (default: from the environment).
+        state_dir: where the rotation lock and canaries live (default: beside the provider's
+            state file, else ``$ENGINE_STATE_DIR`` or ``~/.local/state/engine``).
+        audit: an :class:`engine.audit.AuditLog` for the seed's events (optional).
+        metrics: an :class:`engine.metrics.EngineMetrics` (optional).
+        observer: called as ``observer(step, detail)`` before each step; raising aborts the
+            rotation (tests inject failures this way).
+        on_rotated: the re-encryption hand-over, called with the :class:`RotationResult`.
+        clock: seconds since the epoch (tests move time).
+    """
+
+    def __init__(self, provider: KeyProvider, policy: RotationPolicy | None = None, *,
+                 state_dir: str | os.PathLike[str] | None = None, audit: Any = None,
+                 metrics: Any = None, observer: Callable[[str, dict], None] | None = None,
+                 on_rotated: Callable[[RotationResult], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        for needed in ("set_state", "set_current", "create_version", "list_versions"):
+            if not callable(getattr(provider, needed, None)):
+                raise InvalidArgument(f"the provider cannot rotate: it has no {needed}()")
+        self.provider = provider
+        self.policy = policy if policy is not None else RotationPolicy.from_environment()
+        self.state_dir = Path(state_dir) if state_dir is not None else _default_state_dir(provider)
+        self.audit = audit
+        self.metrics = metrics
+        self.observer = observer
+        self.on_rotated = on_rotated
+        self.clock = clock
+        self._canaries = _CanaryStore(self.state_dir / "canaries.json")
+        self._thread_lock = threading.Lock()
+        self._webhooks: list[threading.Thread] = []
+
+    def __repr__(self) -> str:
+        return f"<KeyRotationService provider={self.provider!r}>"
+
+    # ---- when ----
+
+    def rotation_reason(self) -> str | None:
+        """Why a rotation is due now (``"interval"``, ``"usage"``, ``"no-version"``), or None."""
+        if not self.policy.enabled:
+            return None
+        versions = self.provider.list_versions()
+        current = _current_info(self.provider, versions)
+        if current is None:
+            return "no-version"
+        age = timedelta(seconds=self.clock()) - timedelta(seconds=current.created_at.timestamp())
+        if age >= timedelta(days=self.policy.interval_days):
+            return "interval"
+        usage = getattr(self.provider, "usage", None)
+        if usage is not None and usage(current.version) >= self.policy.usage_fraction * self.policy.usage_limit:
+            return "usage"
+        return None
+
+    def is_rotation_needed(self) -> bool:
+        """True when the interval has passed or the current key nears its usage limit."""
+        return self.rotation_reason() is not None
+
+    # ---- how ----
+
+    @contextlib.contextmanager
+    def _exclusive(self, wait: bool) -> Iterator[None]:
+        provider_lock = getattr(self.provider, "rotation_lock", None)
+        if not self._thread_lock.acquire(blocking=wait):
+            raise RotationInProgress("another key rotation is running in this process")
+        try:
+            if provider_lock is not None:
+                with provider_lock(wait=wait):
+                    yield
+                return
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.state_dir / "rotation.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    raise RotationInProgress("another process is rotating the keys") from None
+                yield
+            finally:
+                os.close(fd)
+        finally:
+            self._thread_lock.release()
+
+    def _step(self, name: str, **detail: Any) -> None:
+        if self.observer is not None:
+            self.observer(name, detail)
+
+    def _record(self, event: str, **details: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(event, **details)
+
+    def rotate_keys(self, *, reason: str = "manual", wait: bool = True) -> RotationResult:
+        """Runs the rotation flow once (see the module docstring).
+
+        Args:
+            reason: recorded in the audit trail and the result.
+            wait: block until another rotation finishes (else raise :class:`RotationInProgress`).
+
+        Returns:
+            A :class:`RotationResult` with the previous and the new version.
+
+        Raises:
+            RotationFailed: a step failed; the pointer and the versions were put back.
+            RotationInProgress: ``wait=False`` and another rotation holds the lock.
+        """
+        with self._exclusive(wait):
+            before = {i.version: i.state for i in self.provider.list_versions()}
+            previous = _current_version(self.provider)
+            step, new_version = "pre_validation", None
+            try:
+                self._step(step, version=previous)
+                if previous is not None:
+                    _round_trip(self.provider, previous)
+                step = "generate"
+                self._step(step)
+                info = self.provider.create_version()
+                new_version = info.version
+                step = "move_pointer"
+                self._step(step, version=new_version)
+                if _current_version(self.provider) != new_version:
+                    self.provider.set_current(new_version)
+                step = "post_verification"
+                self._step(step, version=new_version)
+                canaries = self._canaries.load()
+                canaries[new_version] = _seal_canary(self.provider, new_version)
+                _round_trip(self.provider, new_version)
+                for version, state in before.items():
+                    if state is not KeyState.DEPRECATED and version in canaries:
+                        _open_canary(self.provider, version, canaries[version])
+                step = "deprecate"
+                self._step(step)
+                deprecated = self._apply_retention()
+                self._canaries.save(canaries)
+                step = "handover"
+                self._step(step, version=new_version)
+            except BaseException as exc:
+                self._roll_back(before, previous, new_version)
+                self._record(audit_events.KEY_ROTATION_FAILED, step=step, reason=reason,
+                             previous_version=previous, failed_version=new_version,
+                             error=type(exc).__name__)
+                self._notify({"event": audit_events.KEY_ROTATION_FAILED, "step": step,
+                              "previous_version": previous, "error": type(exc).__name__})
+                if self.metrics is not None:
+                    self.metrics.error("key_rotation_failed")
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                raise RotationFailed(step, exc) from exc
+            result = RotationResult(previous, new_version, reason,
+                                    datetime.fromtimestamp(self.clock(), timezone.utc), deprecated)
+            self._record(audit_events.KEY_ROTATION, reason=reason, previous_version=previous,
+                         new_version=new_version, deprecated_versions=list(deprecated))
+            for version in deprecated:
+                self._record(audit_events.KEY_DEPRECATED, version=version)
+            if self.metrics is not None:
+                self.metrics.rotation_succeeded(self.clock())
+                self.metrics.set_versions_active(
+                    sum(i.state is not KeyState.DEPRECATED for i in self.provider.list_versions()))
+            self._notify({"event": audit_events.KEY_ROTATION, "previous_version": previous,
+                          "new_version": new_version, "reason": reason})
+        if self.on_rotated is not None:
+            self.on_rotated(result)
+        return result
+
+    def _apply_retention(self) -> tuple[int, ...]:
+        """Versions beyond the newest ``retention_versions`` become deprecated (after passing
+        through decrypt-only); returns the versions deprecated now."""
+        versions = sorted(self.provider.list_versions(), key=lambda i: i.version, reverse=True)
+        current = _current_version(self.provider)
+        deprecated = []
+        for rank, info in enumerate(versions):
+            if info.version == current:
+                continue
+            if info.state is KeyState.ACTIVE:
+                self.provider.set_state(info.version, KeyState.DECRYPT_ONLY)
+            if rank >= self.policy.retention_versions and info.state is not KeyState.DEPRECATED:
+                self.provider.set_state(info.version, KeyState.DEPRECATED)
+                deprecated.append(info.version)
+        return tuple(sorted(deprecated))
+
+    def _roll_back(self, before: dict[int, KeyState], previous: int | None,
+                   new_version: int | None) -> None:
+        for version, state in before.items():
+            self.provider.set_state(version, state)
+        if previous is not None:
+            if before.get(previous) is not KeyState.ACTIVE:
+                self.provider.set_state(previous, KeyState.ACTIVE)
+            self.provider.set_current(previous)
+            for version, state in before.items():
+                self.provider.set_state(version, state)
+        if new_version is not None and new_version not in before:
+            # Not deleted: another process may already have written data under it.
+            self.provider.set_state(new_version, KeyState.DEPRECATED)
+
+    def purge(self, version: int) -> None:
+        """Deletes a deprecated version for good (data still sealed under it becomes unreadable).
+
+        Raises:
+            InvalidArgument: the version is not deprecated, or the provider cannot delete.
+        """
+        states = {i.version: i.state for i in self.provider.list_versions()}
+        if states.get(version) is not KeyState.DEPRECATED:
+            raise InvalidArgument(f"only deprecated versions can be purged; v{version} is not")
+        purge = getattr(self.provider, "purge", None)
+        if purge is None:
+            raise InvalidArgument("this provider cannot delete key versions")
+        purge(version)
+
+    # ---- the webhook ----
+
+    def _notify(self, payload: dict[str, Any]) -> None:
+        url = self.policy.webhook
+        if not url:
+            return
+        body = json.dumps({**payload, "at": datetime.now(timezone.utc).isoformat()}).encode()
+        thread = threading.Thread(target=self._post, args=(url, body), daemon=True,
+                                  name="key-rotation-webhook")
+        thread.start()
+        self._webhooks.append(thread)
+
+    def _post(self, url: str, body: bytes) -> None:
+        delay = 0.2
+        for attempt in range(self.policy.webhook_retries):
+            try:
+                req = urllib.request.Request(url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=self.policy.webhook_timeout) as resp:
+                    if 200 <= resp.status < 300:
+                        return
+            except Exception:  # noqa: BLE001 - a webhook must never fail a rotation
+                pass
+            if attempt + 1 < self.policy.webhook_retries:
+                time.sleep(delay)
+                delay *= 2
+
+    def wait_for_webhooks(self, timeout: float | None = None) -> None:
+        """Waits for pending webhook deliveries (tests, and clean shutdown)."""
+        for thread in list(self._webhooks):
+            thread.join(timeout)
+        self._webhooks = [t for t in self._webhooks if t.is_alive()]
+
+    # ---- the scheduler ----
+
+    def run_forever(self, check_every: float = 3600.0, stop: threading.Event | None = None,
+                    max_checks: int | None = None) -> int:
+        """Checks every ``check_every`` seconds and rotates when needed; returns the number of
+        rotations done when ``stop`` is set or after ``max_checks`` checks. A failed rotation is
+        recorded (audit, metrics, webhook) and retried at the next check."""
+        stop = stop if stop is not None else threading.Event()
+        rotations = checks = 0
+        while not stop.is_set() and (max_checks is None or checks < max_checks):
+            checks += 1
+            reason = self.rotation_reason()
+            if reason is not None:
+                try:
+                    self.rotate_keys(reason=reason)
+                    rotations += 1
+                except RotationFailed:
+                    pass
+            if max_checks is None or checks < max_checks:
+                stop.wait(check_every)
+        return rotations
+
+
+def _current_info(provider: KeyProvider, versions: list[KeyVersionInfo]) -> KeyVersionInfo | None:
+    current = _current_version(provider)
+    return next((i for i in versions if i.version == current), None)
+
+
+def _current_version(provider: KeyProvider) -> int | None:
+    if hasattr(provider, "current_version"):  # a property: None before the first version
+        current = provider.current_version
+        return current() if callable(current) else current
+    try:
+        return provider.get_current_key().version
+    except EngineError:
+        return None
+
+
+def _default_state_dir(provider: KeyProvider) -> Path:
+    state_path = getattr(provider, "state_path", None)
+    if state_path is not None:
+        return Path(state_path).parent
+    base = os.environ.get("ENGINE_STATE_DIR")
+    return Path(base) if base else Path.home() / ".local" / "state" / "engine"
+
+
+_service_lock = threading.Lock()
+_service: KeyRotationService | None = None
+
+
+def get_key_rotation_service() -> KeyRotationService:
+    """The process-wide rotation service, on the same provider as ``get_encryption_service()``."""
+    global _service
+    with _service_lock:
+        if _service is None:
+            from .service import get_encryption_service
+
+            _service = KeyRotationService(get_encryption_service().provider)
+        return _service
+
+
+def reset_key_rotation_service() -> None:
+    """Forgets the process-wide rotation service (tests)."""
+    global _service
+    with _service_lock:
+        _service = None
