@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from .batch import Batch, SealedBatch, as_batch, byte_view, fixed_width
+from .batch import Batch, SealedBatch, as_batch, byte_view, fixed_width, offsets_of
 from .errors import (
     BackendUnavailable,
     BatchInvalidTag,
@@ -333,6 +333,88 @@ class AesGcm:
                                      np.ascontiguousarray(sealed.tags), aad, aad_offsets, aad_len,
                                      failed, threads)
         result = Batch._trusted(out, _rebased(ct.offsets))
+        if nfailed:
+            raise BatchInvalidTag(np.flatnonzero(failed), result)
+        return result
+
+
+    # ---- tokens: header || nonce || ciphertext || tag, one buffer ----
+
+    def seal_tokens(self, batch: Any, header: bytes, associated_data: Any = None, *,
+                    bind_header: bool = True, nonce_size: int = 16,
+                    threads: int | None = None) -> Batch:
+        """Seals every record into a self-contained token ``header || nonce || ciphertext ||
+        tag`` in one native pass (fresh random nonces, drawn in one CSPRNG call).
+
+        Args:
+            batch: the plaintexts (a Batch, a pyarrow binary array or a list of bytes).
+            header: bytes written at the start of every token (format marker, key version).
+            associated_data: one value for all records or n values; with ``bind_header`` the
+                AAD of each record is ``header || associated_data``.
+            bind_header: authenticate the header (editing it then fails decryption).
+
+        Returns:
+            A :class:`~engine.Batch` of n tokens.
+        """
+        batch = as_batch(batch, "batch")
+        _check_record_sizes(batch)
+        _check_nonce_size(nonce_size)
+        header = bytes(byte_view(header, "header"))
+        n = len(batch)
+        aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
+        off = offsets_of(batch.lengths() + (len(header) + nonce_size + TAG_BYTES))
+        out = np.empty(int(off[-1]), dtype=np.uint8)
+        _native.seal_tokens(self._key, n, batch.data, batch.offsets, header, bind_header,
+                            nonce_size, out, off[:-1], aad, aad_offsets, aad_len,
+                            _check_threads(threads))
+        return Batch._trusted(out, off)
+
+    def open_tokens(self, tokens: Any, header_size: int, associated_data: Any = None, *,
+                    bind_header: bool = True, nonce_size: int = 16, out: Any = None,
+                    out_starts: Any = None, threads: int | None = None) -> Batch | None:
+        """Opens tokens made by :meth:`seal_tokens` in one native pass.
+
+        Args:
+            tokens: a Batch of tokens, each at least ``header_size + nonce_size + 16`` bytes.
+            header_size: bytes of header before each nonce (the token's own header is the start
+                of its AAD when ``bind_header``).
+            associated_data: as for :meth:`seal_tokens`.
+            out, out_starts: write plaintext i at ``out[out_starts[i]:]`` of a caller buffer
+                (for gathering groups into one result); returns None then.
+
+        Returns:
+            A :class:`~engine.Batch` of plaintexts (unless ``out`` is given).
+
+        Raises:
+            InvalidArgument: a token is too short to hold header, nonce and tag.
+            BatchInvalidTag: some tokens failed; ``.failed`` lists them, ``.result`` holds the
+                others (failed ones zero-filled).
+        """
+        tokens = as_batch(tokens, "tokens")
+        _check_nonce_size(nonce_size)
+        n = len(tokens)
+        overhead = header_size + nonce_size + TAG_BYTES
+        sizes = tokens.lengths() - overhead
+        if n and int(sizes.min()) < 0:
+            bad = int(np.flatnonzero(sizes < 0)[0])
+            raise InvalidArgument(f"token {bad} is shorter than its {overhead} bytes of overhead")
+        aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
+        result = None
+        if out is None:
+            off = offsets_of(sizes)
+            target = np.empty(int(off[-1]), dtype=np.uint8)
+            starts = off[:-1]
+            result = Batch._trusted(target, off)
+        else:
+            target = byte_view(out, "out", writable=True)
+            starts = np.ascontiguousarray(out_starts, dtype=np.int64)
+            if starts.shape != (n,) or (n and (int(starts.min()) < 0 or
+                                               int((starts + sizes).max()) > target.shape[0])):
+                raise InvalidArgument("out_starts must place every plaintext inside out")
+        failed = np.empty(n, dtype=np.uint8)
+        nfailed = _native.open_tokens(self._key, n, tokens.data, tokens.offsets, header_size,
+                                      bind_header, nonce_size, target, starts, aad, aad_offsets,
+                                      aad_len, failed, _check_threads(threads))
         if nfailed:
             raise BatchInvalidTag(np.flatnonzero(failed), result)
         return result

@@ -9,13 +9,23 @@ and an ``n x 16`` tag array, each of which can be stored as a column and handed 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from . import _native
 from .errors import InvalidArgument, InvalidArgumentType
 
-__all__ = ["Batch", "SealedBatch", "byte_view"]
+__all__ = [
+    "Batch",
+    "SealedBatch",
+    "b64url_decode",
+    "b64url_encode",
+    "byte_view",
+    "offsets_of",
+    "prefix_each",
+    "scatter",
+]
 
 TAG_BYTES = 16
 
@@ -139,12 +149,22 @@ class Batch:
             raise InvalidArgumentType("from_list takes a sequence of records, not one value")
         pa = _pyarrow()
         if pa is not None:
-            try:
-                arr = pa.array(values, type=pa.large_binary())
+            text = len(values) > 0 and isinstance(values[0], str)
+            try:  # pyarrow's builders are fastest when the type matches the values
+                arr = pa.array(values, type=pa.large_string() if text else pa.large_binary())
             except (pa.ArrowException, TypeError, ValueError):
-                arr = None  # e.g. numpy arrays among the values: packed below
+                arr = None  # mixed kinds, or numpy arrays among the values: packed below
             if arr is not None and not arr.null_count:
                 return cls.from_arrow(arr)
+        elif values and isinstance(values[0], str):
+            try:  # all ASCII str: one join, one encode
+                joined = "".join(values)
+            except TypeError:
+                joined = None
+            if joined is not None and joined.isascii():
+                lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+                return cls._trusted(np.frombuffer(joined.encode("ascii"), dtype=np.uint8),
+                                    _readonly(offsets_of(lengths)))
         n = len(values)
         items = [v.encode() if isinstance(v, str) else v for v in values]
         for i, v in enumerate(items):
@@ -203,16 +223,26 @@ class Batch:
             return cls._trusted(data, offsets)
         return cls(data, offsets)
 
-    def to_arrow(self) -> Any:
-        """A pyarrow ``large_binary`` array over the same memory (no copy)."""
+    def to_arrow(self, *, text: bool = False) -> Any:
+        """A pyarrow ``large_binary`` array over the same memory (no copy); with ``text=True`` a
+        ``large_string`` array, after checking that every record is valid UTF-8.
+
+        Raises:
+            InvalidArgument: ``text=True`` and a record is not UTF-8 (no content is shown).
+        """
         import pyarrow as pa
 
-        n = len(self)
-        return pa.Array.from_buffers(
-            pa.large_binary(),
-            n,
+        arr = pa.Array.from_buffers(
+            pa.large_string() if text else pa.large_binary(),
+            len(self),
             [None, pa.py_buffer(self._offsets), pa.py_buffer(self._data)],
         )
+        if text:
+            try:
+                arr.validate(full=True)
+            except pa.ArrowInvalid:
+                raise InvalidArgument("a record is not valid UTF-8 text") from None
+        return arr
 
     @property
     def data(self) -> np.ndarray:
@@ -249,6 +279,37 @@ class Batch:
         for a, b in zip(bounds, bounds[1:]):
             yield view[a:b]
 
+    def slices(self, starts: Any, lengths: Any, *, threads: int | None = None) -> "Batch":
+        """A new packed batch of ``data[starts[i] : starts[i] + lengths[i]]`` (native copies).
+
+        Raises:
+            InvalidArgument: a slice reaches outside the data buffer.
+        """
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        if starts.shape != lengths.shape or starts.ndim != 1:
+            raise InvalidArgument("starts and lengths must be 1-D arrays of the same length")
+        n = starts.shape[0]
+        if n and (int(starts.min()) < 0 or int(lengths.min()) < 0
+                  or int((starts + lengths).max()) > self._data.shape[0]):
+            raise InvalidArgument("a slice reaches outside the data buffer")
+        off = offsets_of(lengths)
+        out = np.empty(int(off[-1]), dtype=np.uint8)
+        if n:
+            _native.gather(n, self._data, starts, lengths, out, off[:-1], _threads(threads))
+        return Batch._trusted(out, off)
+
+    def take(self, indices: Any, *, threads: int | None = None) -> "Batch":
+        """The records at ``indices`` (in that order), packed into a new batch by native code."""
+        idx = np.asarray(indices, dtype=np.int64)
+        lengths = self.lengths()[idx]
+        off = offsets_of(lengths)
+        out = np.empty(int(off[-1]), dtype=np.uint8)
+        if idx.shape[0]:
+            _native.gather(idx.shape[0], self._data, self._offsets[:-1][idx], lengths, out,
+                           off[:-1], _threads(threads))
+        return Batch._trusted(out, off)
+
     def to_list(self) -> list[bytes]:
         """Each record as ``bytes`` (a copy)."""
         view = memoryview(self._data)
@@ -269,6 +330,87 @@ class Batch:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """n+1 offsets (starting at 0) for records of the given lengths."""
+    off = np.empty(lengths.shape[0] + 1, dtype=np.int64)
+    off[0] = 0
+    np.cumsum(lengths, out=off[1:])
+    return off
+
+
+def _threads(threads: int | None) -> int:
+    from .aead import default_threads
+
+    return default_threads() if threads is None else threads
+
+
+def scatter(out: np.ndarray, starts: Sequence[np.ndarray], parts: Sequence[Batch], *,
+            threads: int | None = None) -> None:
+    """Copies record i of ``parts[k]`` to ``out[starts[k][i]:]`` for every k and i (native)."""
+    for where, part in zip(starts, parts):
+        n = len(part)
+        if n:
+            _native.gather(n, part.data, part.offsets[:-1], part.lengths(), out,
+                           np.ascontiguousarray(where, dtype=np.int64), _threads(threads))
+
+
+def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> Batch:
+    """A new batch whose record i is ``prefix || batch[i]`` (two native gathers, no loop)."""
+    n, p = len(batch), len(prefix)
+    lengths = batch.lengths()
+    off = offsets_of(lengths + p)
+    out = np.empty(int(off[-1]), dtype=np.uint8)
+    starts = off[:-1]
+    if n and p:
+        _native.gather(n, prefix, None, np.full(n, p, dtype=np.int64), out, starts, _threads(threads))
+    if n:
+        _native.gather(n, batch.data, batch.offsets[:-1], lengths, out, starts + p, _threads(threads))
+    return Batch._trusted(out, off)
+
+
+def b64url_encode(batch: Batch, *, prefix: bytes = b"", sep: bytes = b"",
+                  threads: int | None = None) -> np.ndarray:
+    """``prefix || base64url(record) || sep`` for every record, back to back in one ``uint8``
+    buffer (RFC 4648 section 5 alphabet, no padding), written by native code on threads."""
+    if len(sep) > 1:
+        raise InvalidArgument("sep must be at most one byte")
+    lengths = batch.lengths()
+    encoded = lengths // 3 * 4 + np.where(lengths % 3 != 0, lengths % 3 + 1, 0)
+    off = offsets_of(encoded + len(prefix) + len(sep))
+    out = np.empty(int(off[-1]), dtype=np.uint8)
+    _native.b64url_encode(len(batch), batch.data, batch.offsets, prefix, sep[0] if sep else -1,
+                          out, off, _threads(threads))
+    return out
+
+
+B64_PREFIX = _native.B64_PREFIX
+B64_LENGTH = _native.B64_LENGTH
+B64_CHARACTER = _native.B64_CHARACTER
+B64_NONCANONICAL = _native.B64_NONCANONICAL
+
+
+def b64url_decode(batch: Batch, *, prefix: bytes = b"",
+                  threads: int | None = None) -> tuple[Batch, np.ndarray]:
+    """Checks each record's prefix and decodes the rest (strict: base64url alphabet, no padding,
+    canonical trailing bits).
+
+    Returns:
+        ``(decoded, status)``: a batch of decoded records (bad ones zero-filled) and a
+        ``uint8`` status per record: 0 ok, or ``B64_PREFIX``, ``B64_LENGTH``, ``B64_CHARACTER``,
+        ``B64_NONCANONICAL``.
+    """
+    p = len(prefix)
+    chars = np.maximum(batch.lengths() - p, 0)
+    rem = chars % 4
+    sizes = chars // 4 * 3 + np.where(rem > 1, rem - 1, 0)
+    off = offsets_of(sizes)
+    out = np.empty(int(off[-1]), dtype=np.uint8)
+    status = np.empty(len(batch), dtype=np.uint8)
+    _native.b64url_decode(len(batch), batch.data, batch.offsets, prefix, out, off, status,
+                          _threads(threads))
+    return Batch._trusted(out, off), status
 
 
 def as_batch(values: Any, name: str) -> Batch:

@@ -20,8 +20,7 @@ selects a different key or AAD, but only format 1 authenticates the header itsel
 **Text token**: ``"ef1:"`` followed by the binary token in base64url without padding. The prefix
 names the text encoding (version 1); the format byte inside names the binary layout.
 
-Bulk packing and parsing are numpy index arithmetic over whole buffers; the Python-level loops run
-once per distinct token length, never once per record.
+Bulk packing, base64url and parsing run as native passes over whole batches (no per-record Python).
 
 Errors (all :class:`EnvelopeError`, a ``ValueError``):
 
@@ -41,11 +40,22 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .batch import Batch, as_batch
+from .batch import (
+    B64_CHARACTER,
+    B64_LENGTH,
+    B64_NONCANONICAL,
+    B64_PREFIX,
+    Batch,
+    as_batch,
+    b64url_decode,
+    b64url_encode,
+    offsets_of,
+    scatter,
+)
 from .errors import EngineError
 
 __all__ = [
@@ -59,17 +69,18 @@ __all__ = [
     "InvalidLength",
     "MalformedEnvelope",
     "ParsedTokens",
+    "TokenHeaders",
     "UnknownFormat",
+    "as_binary_tokens",
     "decode_text_tokens",
     "encode_text_tokens",
     "is_text_token",
     "pack_tokens",
-    "sealed_to_text_tokens",
+    "parse_headers",
     "parse_tokens",
-    "copy_records",
-    "prefix_each",
-    "take",
+    "sealed_to_text_tokens",
     "text_token_mask",
+    "text_tokens_batch",
     "token_header",
 ]
 
@@ -379,280 +390,86 @@ def is_text_token(value: Any) -> bool:
     return True
 
 
-# ---------------------------------------------------------------- vectorized base64url
-
-_ENC = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
-                     dtype=np.uint8)
-_DEC = np.full(256, 255, dtype=np.uint8)
-_DEC[_ENC] = np.arange(64, dtype=np.uint8)
-
-
-_PAIRS = np.arange(4096)
-# Two base64url characters for each 12-bit value, as one little-endian uint16.
-_LUT12 = _ENC[_PAIRS >> 6].astype(np.uint16) | (_ENC[_PAIRS & 63].astype(np.uint16) << 8)
-del _PAIRS
-
-
-def padded_width(width: int) -> int:
-    """Row width :func:`b64url_encode_padded` expects for rows of ``width`` bytes."""
-    return -(-width // 3) * 3 + 1
-
-
-def _encode_into(m: np.ndarray, dest: np.ndarray) -> None:
-    """base64url of the rows of ``m`` (see :func:`b64url_encode_padded`) into ``dest``, a
-    ``k x groups x 2`` uint16 view (any strides): two characters per 12-bit half of each
-    3-byte group.
-
-    Each 3-byte group is read as one unaligned 32-bit word through a strided view; its two
-    12-bit halves index a 4096-entry table of character pairs (the indices are made ``intp``
-    once, so numpy does not convert them again).
-    """
-    k, stride = m.shape
-    groups = (stride - 1) // 3
-    words = np.ndarray((k, groups), dtype="<u4", buffer=m, strides=(stride, 3))
-    v = words.byteswap()
-    v >>= 8  # a << 16 | b << 8 | c
-    v = v.astype(np.intp)
-    hi = v >> 12
-    v &= 4095
-    dest[..., 0] = _LUT12[hi]
-    dest[..., 1] = _LUT12[v]
-
-
-def b64url_encode_padded(m: np.ndarray, width: int) -> np.ndarray:
-    """base64url (no padding) of the first ``width`` bytes of each row of ``m``, a C-contiguous
-    ``k x padded_width(width)`` uint8 matrix whose bytes from ``width`` to the last-but-one are
-    zero (the last one is read and discarded). Returns ``k x ceil(4 * width / 3)`` characters.
-    """
-    k, stride = m.shape
-    groups = (stride - 1) // 3
-    out = np.empty((k, groups, 2), dtype=np.uint16)
-    _encode_into(m, out)
-    return out.view(np.uint8).reshape(k, groups * 4)[:, : (4 * width + 2) // 3]
-
-
-def b64url_encode_rows(rows: np.ndarray) -> np.ndarray:
-    """base64url without padding of each row of a ``k x B`` uint8 matrix: ``k x ceil(4B/3)``."""
-    k, width = rows.shape
-    m = np.zeros((k, padded_width(width)), dtype=np.uint8)
-    m[:, :width] = rows
-    return b64url_encode_padded(m, width)
-
-
-_DEC_TABLE = bytes(_DEC.tolist())
-
-
-def b64url_decode_rows(chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes each row of a ``k x E`` matrix of base64url characters (no padding).
-
-    Characters become 6-bit values through one ``bytes.translate`` (255 marks a bad character);
-    each group of four is packed into a 24-bit word with shifts and masks on whole arrays and
-    stored through a strided 32-bit view (stride 3 bytes); the first byte of every group is then
-    written again, since a neighbour's fourth byte may have landed on it.
-
-    Returns:
-        ``(rows, bad)``: the ``k x floor(3E/4)`` bytes and a boolean per row that is True for
-        a bad character, an impossible length (E mod 4 == 1) or non-zero trailing bits.
-    """
-    k, width = chars.shape
-    if width % 4 == 1:
-        return np.zeros((k, 0), dtype=np.uint8), np.ones(k, dtype=bool)
-    size = (3 * width) // 4
-    if k == 0 or width == 0:
-        return np.zeros((k, size), dtype=np.uint8), np.zeros(k, dtype=bool)
-    groups = (width + 3) // 4
-    v = np.zeros((k, groups * 4), dtype=np.uint8)
-    sextets = np.ascontiguousarray(chars).tobytes().translate(_DEC_TABLE)
-    v[:, :width] = np.frombuffer(sextets, dtype=np.uint8).reshape(k, width)
-    bad = v.max(axis=1) == 255
-    if width % 4 == 2:
-        bad |= (v[:, width - 1] & 15) != 0
-    elif width % 4 == 3:
-        bad |= (v[:, width - 1] & 3) != 0
-    w = v.view("<u4").reshape(k, groups)  # s0 | s1 << 8 | s2 << 16 | s3 << 24
-    x = w & 0x3F
-    x <<= 18
-    t = w & 0x3F00
-    t <<= 4
-    x |= t
-    np.right_shift(w, 10, out=t)
-    t &= 0xFC0
-    x |= t
-    np.right_shift(w, 24, out=t)
-    t &= 0x3F
-    x |= t
-    x <<= 8
-    x.byteswap(inplace=True)  # little-endian bytes b0 b1 b2 0
-    stride = groups * 3 + 1
-    out = np.empty((k, stride), dtype=np.uint8)
-    dest = np.ndarray((k, groups), dtype="<u4", buffer=out, strides=(stride, 3))
-    dest[...] = x
-    # A store's fourth byte may have clobbered the next group's first byte: write those again.
-    firsts = np.ndarray((k, groups), dtype=np.uint8, buffer=out, strides=(stride, 3))
-    firsts[...] = x.view(np.uint8).reshape(k, groups, 4)[..., 0]
-    return out[:, :size], bad
-
-
-# ---------------------------------------------------------------- batch helpers
-
-
-def _windows(buf: np.ndarray, width: int) -> np.ndarray:
-    """Every ``width``-byte window of ``buf`` as one ``V{width}`` item (a view, no copy):
-    indexing it with n starts copies n rows with one ``memcpy`` each."""
-    return np.ndarray((buf.shape[0] - width + 1,), dtype=np.dtype((np.void, width)), buffer=buf,
-                      strides=(1,))
-
-
-def _rows(data: np.ndarray, starts: np.ndarray | None, width: int, n: int) -> np.ndarray:
-    """``data[s:s+width]`` for each start, as a ``k x width`` matrix (one row copy each).
-    ``starts=None`` means n rows packed back to back from byte 0 (a view, no copy)."""
-    if starts is None:
-        return data[: n * width].reshape(n, width)
-    k = len(starts)
-    if width == 0 or k == 0:
-        return np.empty((k, width), dtype=np.uint8)
-    return _windows(data, width)[starts].view(np.uint8).reshape(k, width)
-
-
-def _put_rows(buf: np.ndarray, starts: np.ndarray | None, rows: np.ndarray) -> None:
-    k, width = rows.shape
-    if starts is None:
-        buf[: k * width].reshape(k, width)[...] = rows
-    elif width and k:
-        items = np.ascontiguousarray(rows).view(np.dtype((np.void, width))).reshape(k)
-        _windows(buf, width)[starts] = items
-
-
-def _record_dtype(fields: list[tuple[str, int]]) -> np.dtype:
-    """A packed structured dtype of void fields: one row of a token matrix."""
-    names, formats, offsets, at = [], [], [], 0
-    for name, size in fields:
-        if size:
-            names.append(name)
-            formats.append(np.dtype((np.void, size)))
-            offsets.append(at)
-        at += size
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": at})
-
-
-def _void(raw: bytes) -> Any:
-    return np.frombuffer(raw, dtype=np.dtype((np.void, len(raw))))[0]
-
-
-def _groups(values: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
-    """``(value, indices)`` for each distinct value, ascending; indices ascending. A single
-    group covering everything in order has ``indices=None``."""
-    n = values.shape[0]
-    if n == 0:
-        return []
-    lo, hi = int(values.min()), int(values.max())
-    if lo == hi:
-        return [(lo, None)]
-    key = (values - lo).astype(np.uint16) if hi - lo < 65536 else values
-    order = np.argsort(key, kind="stable")
-    ordered = values[order]
-    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-    bounds = np.concatenate(([0], cuts, [n]))
-    return [(int(ordered[a]), order[a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
-
-
-def copy_records(src: np.ndarray, src_starts: np.ndarray, lengths: np.ndarray,
-                 dst: np.ndarray, dst_starts: np.ndarray) -> None:
-    """``dst[dst_starts[i]:][:lengths[i]] = src[src_starts[i]:][:lengths[i]]`` for every i.
-
-    Records are grouped by length and each group moves as ``V{length}`` items (one ``memcpy``
-    per record, in C); with very many distinct lengths (long, varied records) a per-byte index
-    is used instead. Python iterates once per distinct length.
-    """
-    n = lengths.shape[0]
-    if n == 0:
-        return
-    groups = _groups(lengths)
-    if len(groups) > max(256, n // 16):
-        total = int(lengths.sum())
-        if total:
-            shift = np.repeat(src_starts - dst_starts, lengths)
-            pos = np.repeat(dst_starts - _offsets(lengths)[:-1], lengths)
-            pos += np.arange(total)
-            dst[pos] = src[pos + shift]
-        return
-    for length, idx in groups:
-        if length == 0:
-            continue
-        if idx is None:
-            _windows(dst, length)[dst_starts] = _windows(src, length)[src_starts]
-        else:
-            _windows(dst, length)[dst_starts[idx]] = _windows(src, length)[src_starts[idx]]
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    off = np.empty(lengths.shape[0] + 1, dtype=np.int64)
-    off[0] = 0
-    np.cumsum(lengths, out=off[1:])
-    return off
-
-
-def _body(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    """(data from the first record's start, offsets rebased to 0)."""
-    o = batch.offsets
-    base = int(o[0])
-    return batch.data[base : int(o[-1])], (o - base if base else o)
-
-
-def prefix_each(prefix: bytes, batch: Batch) -> Batch:
-    """A batch whose record i is ``prefix || batch[i]``, built with whole-array operations."""
-    n = len(batch)
-    p = len(prefix)
-    if p == 0:
-        return batch
-    data, off = _body(batch)
-    lengths = np.diff(off)
-    out_off = _offsets(lengths + p)
-    out = np.empty(int(out_off[-1]), dtype=np.uint8)
-    copy_records(data, off[:-1], lengths, out, out_off[:-1] + p)
-    if n:
-        _windows(out, p)[out_off[:-1]] = _void(prefix)
-    return Batch._trusted(out, out_off)
-
-
-def take(batch: Batch, indices: np.ndarray) -> Batch:
-    """The records at ``indices``, packed into a new batch (no per-record loop)."""
-    data, off = _body(batch)
-    lengths = np.diff(off)[indices]
-    out_off = _offsets(lengths)
-    out = np.empty(int(out_off[-1]), dtype=np.uint8)
-    copy_records(data, off[:-1][indices], lengths, out, out_off[:-1])
-    return Batch._trusted(out, out_off)
-
-
 # ---------------------------------------------------------------- bulk tokens
+#
+# Whole batches go through native passes (engine.batch.b64url_encode/decode, Batch.take and the
+# token seal/open of engine.AesGcm); here only header checks run, as numpy array operations.
+
+
+def _header_rows(tokens: Batch) -> np.ndarray:
+    """The first 6 bytes of every token (each at least that long), as an n x 6 matrix."""
+    starts = tokens.offsets[:-1]
+    return tokens.data[starts[:, None] + np.arange(HEADER_BYTES)]
+
+
+def _header_codes(lengths: np.ndarray, heads: np.ndarray | None) -> np.ndarray:
+    """Per-token error codes from lengths and (for long-enough tokens) headers."""
+    codes = np.where(lengths < OVERHEAD, _LENGTH, _OK).astype(np.uint8)
+    if heads is not None and heads.shape[0]:
+        bad = (heads[:, 0] != MAGIC) | ~np.isin(heads[:, 1], FORMATS)
+        codes[(codes == _OK) & bad] = _FORMAT
+        zero = ~heads[:, 2:6].any(axis=1)
+        codes[(codes == _OK) & zero] = _MALFORMED
+    return codes
+
+
+def _raise_first(codes: np.ndarray, what: str = "token") -> None:
+    bad = np.flatnonzero(codes)
+    if bad.shape[0]:
+        i = int(bad[0])
+        cls, message = _ERRORS[int(codes[i])]
+        more = f" (and {bad.shape[0] - 1} more)" if bad.shape[0] > 1 else ""
+        raise cls(f"{what} {i}: {message}{more}")
+
+
+@dataclass(frozen=True)
+class TokenHeaders:
+    """Format byte and key version of every token of a batch (already checked)."""
+
+    formats: np.ndarray  # uint8 (n,)
+    key_versions: np.ndarray  # int64 (n,)
+
+
+def parse_headers(tokens: Batch) -> TokenHeaders:
+    """Checks and reads the headers of binary tokens, with array operations only.
+
+    Raises:
+        InvalidLength: a token is shorter than 38 bytes.
+        UnknownFormat: a bad magic byte or an unknown format byte.
+        MalformedEnvelope: key version 0.
+    """
+    lengths = tokens.lengths()
+    codes = _header_codes(lengths, None)
+    _raise_first(codes)
+    heads = _header_rows(tokens) if len(tokens) else np.empty((0, HEADER_BYTES), np.uint8)
+    _raise_first(_header_codes(lengths, heads))
+    versions = np.ascontiguousarray(heads[:, 2:6]).view(">u4").reshape(-1).astype(np.int64)
+    return TokenHeaders(heads[:, 1].copy(), versions)
 
 
 def pack_tokens(sealed: Any, key_version: int, fmt: int = FORMAT_BOUND) -> Batch:
-    """Binary tokens for a sealed batch (16-byte nonces), all under one key version.
+    """Binary tokens from a sealed batch (16-byte nonces) under one key version: header, nonce,
+    ciphertext and tag gathered into one buffer by native code.
 
-    Header, nonces, ciphertexts and tags are scattered into one output buffer at offsets computed
-    with ``cumsum``: header+nonce and tag as fixed-size row copies, the ciphertexts with
-    :func:`copy_records` (one ``memcpy`` per record, grouped by length).
-
-    Returns:
-        A :class:`~engine.Batch` of n binary tokens.
+    (:meth:`engine.AesGcm.seal_tokens` seals straight into this layout; this is for batches
+    sealed earlier.)
     """
     ct = sealed.ciphertexts
     n = len(ct)
     if sealed.nonces.shape[1:] != (IV_BYTES,):
         raise InvalidLength(f"tokens need {IV_BYTES}-byte nonces")
     lengths = ct.lengths()
+    off = offsets_of(lengths + OVERHEAD)
+    out = np.empty(int(off[-1]), dtype=np.uint8)
+    starts = off[:-1]
     head = np.empty((n, HEADER_BYTES + IV_BYTES), dtype=np.uint8)
     head[:, :HEADER_BYTES] = np.frombuffer(token_header(key_version, fmt), dtype=np.uint8)
     head[:, HEADER_BYTES:] = sealed.nonces
-    off = _offsets(lengths + OVERHEAD)
-    out = np.empty(int(off[-1]), dtype=np.uint8)
-    data, _ = _body(ct)
-    copy_records(data, np.asarray(ct.offsets[:-1] - ct.offsets[0]), lengths, out,
-                 off[:-1] + HEADER_BYTES + IV_BYTES)
-    _put_rows(out, off[:-1], head)
-    _put_rows(out, off[1:] - TAG_BYTES, np.ascontiguousarray(sealed.tags))
+    parts = [Batch._trusted(head.reshape(-1), offsets_of(np.full(n, HEADER_BYTES + IV_BYTES))),
+             ct,
+             Batch._trusted(np.ascontiguousarray(sealed.tags).reshape(-1),
+                            offsets_of(np.full(n, TAG_BYTES)))]
+    scatter(out, [starts, starts + HEADER_BYTES + IV_BYTES, off[1:] - TAG_BYTES], parts)
     return Batch._trusted(out, off)
 
 
@@ -670,162 +487,47 @@ class ParsedTokens:
         return len(self.ciphertexts)
 
 
-def _raise_first(codes: np.ndarray, what: str = "token") -> None:
-    bad = np.flatnonzero(codes)
-    if bad.shape[0]:
-        i = int(bad[0])
-        cls, message = _ERRORS[int(codes[i])]
-        more = f" (and {bad.shape[0] - 1} more)" if bad.shape[0] > 1 else ""
-        raise cls(f"{what} {i}: {message}{more}")
-
-
 def parse_tokens(tokens: Batch) -> ParsedTokens:
-    """Splits binary tokens into formats, key versions, nonces, tags and ciphertexts.
+    """Splits binary tokens into formats, key versions, nonces, tags and ciphertexts (copies).
 
     Raises:
-        InvalidLength: a token is shorter than 38 bytes.
-        UnknownFormat: a bad magic byte or an unknown format byte.
-        MalformedEnvelope: key version 0.
+        InvalidLength, UnknownFormat, MalformedEnvelope: as :func:`parse_headers`.
     """
-    n = len(tokens)
-    data, off = _body(tokens)
-    lengths = np.diff(off)
-    codes = np.where(lengths < OVERHEAD, _LENGTH, _OK).astype(np.uint8)
-    _raise_first(codes)
-    starts = off[:-1]
-    head = _rows(data, starts, HEADER_BYTES + IV_BYTES, n) if n else np.empty((0, 22), np.uint8)
-    tags = _rows(data, off[1:] - TAG_BYTES, TAG_BYTES, n) if n else np.empty((0, 16), np.uint8)
-    formats = head[:, 1].copy()
-    codes[(head[:, 0] != MAGIC) | ~np.isin(formats, FORMATS)] = _FORMAT
-    _raise_first(codes)
-    versions = head[:, 2:6].copy().view(">u4").reshape(n).astype(np.int64)
-    if n and not versions.all():
-        codes[versions == 0] = _MALFORMED
-        _raise_first(codes)
-    ct_off = _offsets(lengths - OVERHEAD)
-    ct_data = np.empty(int(ct_off[-1]), dtype=np.uint8)
-    copy_records(data, starts + HEADER_BYTES + IV_BYTES, lengths - OVERHEAD, ct_data, ct_off[:-1])
-    ct = Batch._trusted(ct_data, ct_off)
-    return ParsedTokens(formats, versions, np.ascontiguousarray(head[:, HEADER_BYTES:]),
-                        np.ascontiguousarray(tags), ct)
-
-
-_CHUNK_ROWS = 1 << 16
-
-
-def _work_units(lengths: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(length, indices) units: records grouped by length, large groups cut into chunks."""
-    units = []
-    for length, idx in _groups(lengths):
-        if idx is None:
-            idx = np.arange(lengths.shape[0])
-        for a in range(0, idx.shape[0], _CHUNK_ROWS):
-            units.append((length, idx[a : a + _CHUNK_ROWS]))
-    return units
-
-
-def _run(units: list, work: Callable[[Any], None], threads: int | None) -> None:
-    """Runs ``work`` on each unit; on several threads when there is enough to share (numpy
-    releases the GIL in these loops)."""
-    if threads is None:
-        from .aead import default_threads
-
-        threads = default_threads()
-    if threads <= 1 or len(units) < 2:
-        for u in units:
-            work(u)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(threads, len(units))) as pool:
-        for _ in pool.map(work, units):
-            pass
-
-
-def _text_tokens(token_lengths: np.ndarray, build: Callable[[np.ndarray, int, int], np.ndarray],
-                 threads: int | None) -> list[str]:
-    """Text tokens for n binary tokens of the given lengths; ``build(idx, length, width)``
-    returns the ``k x width`` binary tokens of records ``idx`` (all of ``length`` bytes), zero
-    padded to ``width`` (see :func:`b64url_encode_padded`).
-
-    Each unit (records of one length) is encoded straight into one ASCII matrix whose rows are
-    ``"ef1:" + characters + r newlines`` (r fills the row to whole 4-character groups plus one),
-    split into strings by ``str.split`` in C and placed at their indices through an object array.
-    No buffer the size of the whole output is built (fresh memory costs page faults).
-    """
-    n = token_lengths.shape[0]
-    if n == 0:
-        return []
-    p = len(_PREFIX_BYTES)
-    prefix_item = _void(_PREFIX_BYTES)
-    out = np.empty(n, dtype=object)
-
-    def work(unit: tuple[int, np.ndarray]) -> None:
-        length, idx = unit
-        rows = build(idx, length, padded_width(length))
-        k = idx.shape[0]
-        groups = (length + 2) // 3
-        e = (4 * length + 2) // 3
-        tail = 4 * groups + 1 - e
-        width = p + 4 * groups + 1
-        m = np.empty((k, width), dtype=np.uint8)
-        _encode_into(rows, np.ndarray((k, groups, 2), dtype="<u2", buffer=m, offset=p,
-                                      strides=(width, 4, 2)))
-        frame = m.view(_record_dtype([("p", p), ("b", e), ("nl", tail)])).reshape(k)
-        frame["p"] = prefix_item
-        frame["nl"] = _void(b"\n" * tail)
-        strings = str(memoryview(m.reshape(-1)), "ascii").split("\n" * tail)
-        strings.pop()
-        column = np.empty(k, dtype=object)
-        column[:] = strings
-        out[idx] = column
-
-    _run(_work_units(token_lengths), work, threads)
-    return out.tolist()
+    headers = parse_headers(tokens)
+    starts, ends = tokens.offsets[:-1], tokens.offsets[1:]
+    rows = tokens.data[starts[:, None] + np.arange(HEADER_BYTES, HEADER_BYTES + IV_BYTES)]
+    tags = tokens.data[(ends - TAG_BYTES)[:, None] + np.arange(TAG_BYTES)]
+    lengths = tokens.lengths() - OVERHEAD
+    ct = Batch._trusted(tokens.data, tokens.offsets).slices(starts + HEADER_BYTES + IV_BYTES,
+                                                             lengths)
+    return ParsedTokens(headers.formats, headers.key_versions, rows, tags, ct)
 
 
 def encode_text_tokens(tokens: Batch, *, threads: int | None = None) -> list[str]:
-    """Text tokens (``"ef1:" + base64url``) for a batch of binary tokens, as a list of str.
+    """Text tokens (``"ef1:" + base64url``) for a batch of binary tokens, as a list of str:
+    encoded natively into one newline-separated ASCII buffer, split into strings by
+    ``str.split`` in C."""
+    if len(tokens) == 0:
+        return []
+    buf = b64url_encode(tokens, prefix=_PREFIX_BYTES, sep=b"\n", threads=threads)
+    strings = str(memoryview(buf), "ascii").split("\n")
+    strings.pop()
+    return strings
 
-    Records are grouped by length; each group is encoded as one matrix. The results are written
-    newline-separated into one ASCII buffer and split into strings by ``str.split`` in C.
-    """
-    data, off = _body(tokens)
 
-    def build(idx: np.ndarray, length: int, width: int) -> np.ndarray:
-        m = np.zeros((idx.shape[0], width), dtype=np.uint8)
-        m[:, :length] = _rows(data, off[idx], length, 0)
-        return m
-
-    return _text_tokens(np.diff(off), build, threads)
+def text_tokens_batch(tokens: Batch, *, threads: int | None = None) -> Batch:
+    """Text tokens as a :class:`~engine.Batch` of ASCII records (``Batch.to_arrow(text=True)``
+    makes a pyarrow string column of them without creating a Python object per token)."""
+    buf = b64url_encode(tokens, prefix=_PREFIX_BYTES, threads=threads)
+    lengths = tokens.lengths()
+    sizes = len(_PREFIX_BYTES) + lengths // 3 * 4 + np.where(lengths % 3 != 0, lengths % 3 + 1, 0)
+    return Batch._trusted(buf, offsets_of(sizes))
 
 
 def sealed_to_text_tokens(sealed: Any, key_version: int, fmt: int = FORMAT_BOUND, *,
                           threads: int | None = None) -> list[str]:
-    """Text tokens straight from a sealed batch (same result as ``pack_tokens`` followed by
-    :func:`encode_text_tokens`, without building the binary tokens first)."""
-    if sealed.nonces.shape[1:] != (IV_BYTES,):
-        raise InvalidLength(f"tokens need {IV_BYTES}-byte nonces")
-    header = _void(token_header(key_version, fmt))
-    data, off = _body(sealed.ciphertexts)
-    nonces = np.ascontiguousarray(sealed.nonces).view(np.dtype((np.void, IV_BYTES))).reshape(-1)
-    tags = np.ascontiguousarray(sealed.tags).view(np.dtype((np.void, TAG_BYTES))).reshape(-1)
-
-    def build(idx: np.ndarray, length: int, width: int) -> np.ndarray:
-        size = length - OVERHEAD
-        k = idx.shape[0]
-        m = np.empty((k, width), dtype=np.uint8)
-        rec = m.view(_record_dtype([("h", HEADER_BYTES), ("iv", IV_BYTES), ("ct", size),
-                                    ("tag", TAG_BYTES), ("pad", width - length)])).reshape(k)
-        rec["h"] = header
-        rec["iv"] = nonces[idx]
-        if size:
-            rec["ct"] = _windows(data, size)[off[idx]]
-        rec["tag"] = tags[idx]
-        rec["pad"] = _void(bytes(width - length))
-        return m
-
-    return _text_tokens(np.diff(off) + OVERHEAD, build, threads)
+    """Text tokens for a sealed batch (:func:`pack_tokens`, then :func:`encode_text_tokens`)."""
+    return encode_text_tokens(pack_tokens(sealed, key_version, fmt), threads=threads)
 
 
 def _text_batch(tokens: Any) -> Batch:
@@ -839,49 +541,36 @@ def _text_batch(tokens: Any) -> Batch:
     return as_batch(tokens, "tokens")
 
 
-def _decode_text(batch: Batch) -> tuple[Batch, np.ndarray]:
+_B64_CODES = np.zeros(256, dtype=np.uint8)
+_B64_CODES[B64_PREFIX] = _MALFORMED
+_B64_CODES[[B64_LENGTH, B64_CHARACTER, B64_NONCANONICAL]] = _BASE64
+
+
+def _decode_text(batch: Batch, threads: int | None = None) -> tuple[Batch, np.ndarray]:
     """(binary tokens, per-record error codes); failed records decode to zero bytes."""
-    n = len(batch)
-    data, off = _body(batch)
-    lengths = np.diff(off)
-    codes = np.full(n, _MALFORMED, dtype=np.uint8)
-    p = len(_PREFIX_BYTES)
-    long_enough = np.flatnonzero(lengths >= p)
-    if long_enough.shape[0]:
-        heads = _rows(data, off[long_enough], p, n)
-        ok = (heads == np.frombuffer(_PREFIX_BYTES, dtype=np.uint8)).all(axis=1)
-        ef = (heads[:, :2] == np.frombuffer(b"ef", dtype=np.uint8)).all(axis=1)
-        codes[long_enough[ef]] = _FORMAT
-        codes[long_enough[ok]] = _OK
-    decoded: list[tuple[np.ndarray, np.ndarray]] = []
-    out_len = np.zeros(n, dtype=np.int64)
-    candidates = np.flatnonzero(codes == _OK)
-    for width, sub in _groups(lengths[candidates]):
-        idx = candidates if sub is None else candidates[sub]
-        e = width - p
-        size = (3 * e) // 4
-        if e % 4 == 1:
-            codes[idx] = _BASE64
-            continue
-        if size < OVERHEAD:
-            codes[idx] = _LENGTH
-            continue
-        chars = _rows(data, off[idx] + p, e, n)
-        rows, bad = b64url_decode_rows(chars)
-        bad_format = (rows[:, 0] != MAGIC) | ~np.isin(rows[:, 1], FORMATS)
-        codes[idx[bad_format]] = _FORMAT
-        codes[idx[bad]] = _BASE64
-        good = ~(bad | bad_format)
-        out_len[idx[good]] = size
-        decoded.append((idx[good], rows[good]))
-    out_off = _offsets(out_len)
-    buf = np.empty(int(out_off[-1]), dtype=np.uint8)
-    for idx, rows in decoded:
-        _put_rows(buf, out_off[idx], rows)
-    return Batch._trusted(buf, out_off), codes
+    binary, status = b64url_decode(batch, prefix=_PREFIX_BYTES, threads=threads)
+    codes = _B64_CODES[status]
+    wrong_prefix = np.flatnonzero(status == B64_PREFIX)
+    if wrong_prefix.shape[0]:  # "ef..." with another version is an unknown format, not junk
+        lengths = batch.lengths()[wrong_prefix]
+        starts = batch.offsets[:-1][wrong_prefix]
+        long_enough = lengths >= 2
+        first = batch.data[starts[long_enough]]
+        second = batch.data[starts[long_enough] + 1]
+        ef = np.zeros(wrong_prefix.shape[0], dtype=bool)
+        ef[long_enough] = (first == ord("e")) & (second == ord("f"))
+        codes[wrong_prefix[ef]] = _FORMAT
+    ok = codes == _OK
+    lengths = binary.lengths()
+    heads = np.zeros((len(batch), HEADER_BYTES), dtype=np.uint8)
+    long_enough = np.flatnonzero(ok & (lengths >= HEADER_BYTES))
+    heads[long_enough] = _header_rows(binary.take(long_enough)) if long_enough.shape[0] else heads[:0]
+    header_codes = _header_codes(lengths, heads)
+    codes[ok] = header_codes[ok]
+    return binary, codes
 
 
-def decode_text_tokens(tokens: Any) -> Batch:
+def decode_text_tokens(tokens: Any, *, threads: int | None = None) -> Batch:
     """Binary tokens from text tokens (a list of str/bytes, a Batch or a pyarrow column).
 
     Raises:
@@ -890,7 +579,7 @@ def decode_text_tokens(tokens: Any) -> Batch:
         InvalidLength: a token too short.
         UnknownFormat: an unknown prefix, magic or format byte.
     """
-    binary, codes = _decode_text(_text_batch(tokens))
+    binary, codes = _decode_text(_text_batch(tokens), threads)
     _raise_first(codes)
     return binary
 
@@ -904,14 +593,13 @@ def as_binary_tokens(tokens: Any) -> Batch:
     """Binary tokens from text or binary tokens (each batch must be one kind or the other).
 
     Raises:
-        EnvelopeError: as :func:`decode_text_tokens` and :func:`parse_tokens`.
+        EnvelopeError: as :func:`decode_text_tokens` and :func:`parse_headers`.
     """
     batch = _text_batch(tokens)
     if len(batch) == 0:
         return batch
-    data, off = _body(batch)
+    off = batch.offsets
     nonempty = off[:-1][np.diff(off) > 0]
-    first = data[nonempty]
-    if nonempty.shape[0] == len(batch) and bool((first == MAGIC).all()):
+    if nonempty.shape[0] == len(batch) and bool((batch.data[nonempty] == MAGIC).all()):
         return batch
     return decode_text_tokens(batch)

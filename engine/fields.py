@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .batch import Batch, _pyarrow
-from .envelope import is_text_token, prefix_each, take, text_token_mask
+from .batch import prefix_each
+from .envelope import is_text_token, text_token_mask
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
 
@@ -288,7 +289,7 @@ class _Column:
             if any(i is None for i in ids):
                 raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
             id_batch = Batch.from_list([str(i) for i in ids])
-        sub = id_batch if len(indices) == len(id_batch) else take(id_batch, indices)
+        sub = id_batch if len(indices) == len(id_batch) else id_batch.take(indices)
         return prefix_each(_context_prefix(self.field), sub)
 
     def _count(self) -> int:
@@ -308,8 +309,9 @@ class _Column:
         todo_local = np.flatnonzero(~already)
         todo = present[todo_local]
         if len(todo_local) < len(batch):
-            batch = take(batch, todo_local)
-        tokens = service.encrypt_many(batch, self._aad(todo)) if len(todo) else []
+            batch = batch.take(todo_local)
+        arrow = self.arrow is not None
+        tokens = service.encrypt_many(batch, self._aad(todo), arrow=arrow) if len(todo) else []
         return self._output(todo, tokens, present)
 
     def decrypt(self) -> Any:
@@ -319,15 +321,24 @@ class _Column:
             present, batch = self._present(arr)
         else:
             present, batch, _ = self._fallback()
-        texts = service.decrypt_many_text(batch, self._aad(present)) if len(present) else []
+        if not len(present):
+            texts: Any = []
+        elif self.arrow is not None:  # straight back into a string column, no Python str
+            texts = service.decrypt_many(batch, self._aad(present)).to_arrow(text=True)
+        else:
+            texts = service.decrypt_many_text(batch, self._aad(present))
         return self._output(present, texts, present)
 
-    def _output(self, indices: np.ndarray, new_values: list, present: np.ndarray) -> Any:
+    def _output(self, indices: np.ndarray, new_values: Any, present: np.ndarray) -> Any:
         if self.arrow is not None:
             pa = _pyarrow()
             import pyarrow.compute as pc
 
             arr, t = self.arrow, self.arrow.type
+            if not isinstance(new_values, pa.Array):
+                new_values = pa.array(new_values, type=pa.large_string())
+            if len(indices) == len(arr):
+                return new_values
             if pa.types.is_large_string(t):
                 base = arr
             elif pa.types.is_string(t):
@@ -336,8 +347,7 @@ class _Column:
                 base = pa.nulls(len(arr), pa.large_string())
             mask = np.zeros(len(arr), dtype=bool)
             mask[indices] = True
-            return pc.replace_with_mask(base, pa.array(mask),
-                                        pa.array(new_values, type=pa.large_string()))
+            return pc.replace_with_mask(base, pa.array(mask), new_values)
         if len(indices) == len(self.values):
             vals = list(new_values)
         else:

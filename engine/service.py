@@ -16,22 +16,19 @@ from typing import Any, Mapping
 import numpy as np
 
 from .aead import random_bytes
-from .batch import Batch, SealedBatch, as_batch
+from .batch import Batch, as_batch, offsets_of, scatter
 from .envelope import (
     FORMAT_BOUND,
+    HEADER_BYTES,
+    OVERHEAD,
     TEXT_PREFIX,
     EncryptedData,
-    as_binary_tokens,
-    sealed_to_text_tokens,
-    pack_tokens,
-    parse_tokens,
-    prefix_each,
-    take,
-    token_header,
     _b64url,
-    _groups,
-    _offsets,
-    copy_records,
+    as_binary_tokens,
+    encode_text_tokens,
+    parse_headers,
+    text_tokens_batch,
+    token_header,
 )
 from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType
 from .keys.base import KeyProvider, KeyState, KeyVersionNotUsable, VersionedKey
@@ -81,36 +78,19 @@ def _aad_batch(aad: Any, n: int) -> Batch:
     return batch
 
 
-def _ascii_strings_batch(values: list) -> Batch | None:
-    """A Batch of a list of ASCII str, packed by one ``str.join`` (or None: not all ASCII str)."""
-    try:
-        joined = "".join(values)
-    except TypeError:
-        return None
-    if not joined.isascii():
-        return None
-    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    data = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
-    return Batch._trusted(data, _offsets(lengths))
-
-
 def _values_batch(values: Any) -> Batch:
     if isinstance(values, (str, bytes)):
         raise InvalidArgumentType("encrypt_many takes a list of values, not one value")
     if isinstance(values, tuple):
         values = list(values)
-    if isinstance(values, list) and values and isinstance(values[0], str):
-        batch = _ascii_strings_batch(values)
-        if batch is not None:
-            return batch
     return as_batch(values, "values")
 
 
-def _group_aad(header: bytes, aad: Any, n: int) -> Any:
-    """The AAD of n records sealed under ``header``: header || aad, one value or per record."""
-    if aad is not None and _is_per_record(aad):
-        return prefix_each(header, _aad_batch(aad, n))
-    return header + _aad_bytes(aad)
+def _caller_aad(aad: Any, n: int) -> Any:
+    """The caller's AAD for n records: None, one bytes value, or a Batch of n values."""
+    if aad is None:
+        return None
+    return _aad_batch(aad, n) if _is_per_record(aad) else _aad_bytes(aad)
 
 
 def batch_to_text(batch: Batch) -> list[str]:
@@ -134,9 +114,9 @@ def batch_to_text(batch: Batch) -> list[str]:
         if sep is None:
             return [bytes(v).decode("utf-8") for v in batch]
         lengths = np.diff(off)
-        out_off = _offsets(lengths + 1)
+        out_off = offsets_of(lengths + 1)
         out = np.empty(int(out_off[-1]), dtype=np.uint8)
-        copy_records(data, off[:-1], lengths, out, out_off[:-1])
+        scatter(out, [out_off[:-1]], [batch])
         out[out_off[1:] - 1] = sep
         return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
     except UnicodeDecodeError:
@@ -246,7 +226,8 @@ class EncryptionService:
 
     # ---- batches ----
 
-    def encrypt_many(self, values: Any, aad: Any = None, *, binary: bool = False) -> Any:
+    def encrypt_many(self, values: Any, aad: Any = None, *, binary: bool = False,
+                     arrow: bool = False) -> Any:
         """Encrypts many values in one native batch call under the current key (one lookup).
 
         Args:
@@ -254,6 +235,8 @@ class EncryptionService:
             aad: None, one str/bytes for all, or one per value (a list or a Batch).
             binary: False (default): return ``list[str]`` of text tokens; True: return an
                 :class:`~engine.Batch` of binary tokens (for bytea/BLOB/Parquet columns).
+            arrow: return the text tokens as a pyarrow ``large_string`` array (no Python
+                object per token).
 
         Returns:
             Tokens in the order of ``values`` (format 1: header bound into the AAD).
@@ -264,15 +247,16 @@ class EncryptionService:
         """
         batch = _values_batch(values)
         key = self._encryption_key()
-        header = token_header(key.version, FORMAT_BOUND)
-        sealed = key.cipher.seal_batch(batch, _group_aad(header, aad, len(batch)),
-                                       threads=self._threads)
+        tokens = key.cipher.seal_tokens(batch, token_header(key.version, FORMAT_BOUND),
+                                        _caller_aad(aad, len(batch)), threads=self._threads)
         if binary:
-            return pack_tokens(sealed, key.version, FORMAT_BOUND)
-        return sealed_to_text_tokens(sealed, key.version, FORMAT_BOUND, threads=self._threads)
+            return tokens
+        if arrow:
+            return text_tokens_batch(tokens, threads=self._threads).to_arrow(text=True)
+        return encode_text_tokens(tokens, threads=self._threads)
 
     def decrypt_many(self, tokens: Any, aad: Any = None) -> Batch:
-        """Decrypts many tokens: grouped by key version (vectorized), one batch call per group.
+        """Decrypts many tokens: grouped by key version (vectorized), one native pass per group.
 
         Args:
             tokens: text tokens (list of str, or a Batch/column of them) or binary tokens.
@@ -287,45 +271,36 @@ class EncryptionService:
             BatchInvalidTag: some tokens failed authentication; ``.failed`` lists their indices
                 and ``.result`` is None: nothing is returned.
         """
-        parsed = parse_tokens(as_binary_tokens(tokens))
-        n = len(parsed)
-        ct = parsed.ciphertexts
-        group_key = parsed.key_versions * 256 + parsed.formats
-        groups = _groups(group_key)
-        keys = {g: self._provider.get_key(g // 256) for g, _ in groups}
-        per_record = aad is not None and _is_per_record(aad)
-        aad_all = _aad_batch(aad, n) if per_record else None
-        out = np.empty(ct.nbytes, dtype=np.uint8)
+        tokens = as_binary_tokens(tokens)
+        headers = parse_headers(tokens)
+        n = len(tokens)
+        caller_aad = _caller_aad(aad, n)
+        off = offsets_of(tokens.lengths() - OVERHEAD)
+        out = np.empty(int(off[-1]), dtype=np.uint8)
+        group_key = headers.key_versions * 256 + headers.formats
+        if n == 0 or bool((group_key == group_key[0]).all()):
+            groups: list[tuple[int, np.ndarray | None]] = [(int(group_key[0]), None)] if n else []
+        else:
+            values, inverse = np.unique(group_key, return_inverse=True)
+            groups = [(int(g), np.flatnonzero(inverse == i)) for i, g in enumerate(values.tolist())]
+        keys = {g: self._provider.get_key(g // 256) for g, _ in groups}  # all known, or raise
         failed: list[np.ndarray] = []
         for g, idx in groups:
-            version, fmt = g // 256, g % 256
-            head = token_header(version, fmt) if fmt == FORMAT_BOUND else b""
-            if per_record:
-                sub_aad = aad_all if idx is None else take(aad_all, idx)
-                assoc: Any = prefix_each(head, sub_aad) if head else sub_aad
-            else:
-                assoc = (head + _aad_bytes(aad)) if (head or aad is not None) else None
-            if idx is None:
-                sealed = SealedBatch._trusted(parsed.nonces, parsed.tags, ct)
-                target = out
-            else:
-                sub = take(ct, idx)
-                sealed = SealedBatch._trusted(parsed.nonces[idx], parsed.tags[idx], sub)
-                target = np.empty(sub.nbytes, dtype=np.uint8)
+            sub, starts, sub_aad = tokens, off[:-1], caller_aad
+            if idx is not None:
+                sub, starts = tokens.take(idx), starts[idx]
+                if isinstance(caller_aad, Batch):
+                    sub_aad = caller_aad.take(idx)
             try:
-                keys[g].cipher.open_batch_into(sealed, target, assoc, threads=self._threads)
+                keys[g].cipher.open_tokens(sub, HEADER_BYTES, sub_aad,
+                                           bind_header=g % 256 == FORMAT_BOUND, out=out,
+                                           out_starts=starts, threads=self._threads)
             except BatchInvalidTag as exc:
                 failed.append(exc.failed if idx is None else idx[exc.failed])
-                continue
-            if idx is not None:
-                selected = np.zeros(n, dtype=bool)
-                selected[idx] = True
-                out[np.repeat(selected, ct.lengths())] = target
         if failed:
             out.fill(0)
             raise BatchInvalidTag(np.sort(np.concatenate(failed)), None)
-        o = ct.offsets
-        return Batch._trusted(out, o - o[0] if o[0] else o)
+        return Batch._trusted(out, off)
 
     def decrypt_many_text(self, tokens: Any, aad: Any = None) -> list[str]:
         """Like :meth:`decrypt_many`, returning ``list[str]`` (UTF-8), built without a

@@ -10,6 +10,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine import AesGcm, Batch, SealedBatch
+from engine.batch import (
+    B64_CHARACTER,
+    B64_LENGTH,
+    B64_NONCANONICAL,
+    B64_PREFIX,
+    b64url_decode,
+    b64url_encode,
+    prefix_each,
+)
 from engine.envelope import (
     EncryptedData,
     EnvelopeError,
@@ -18,16 +27,13 @@ from engine.envelope import (
     MalformedEnvelope,
     UnknownFormat,
     as_binary_tokens,
-    b64url_decode_rows,
-    b64url_encode_rows,
     decode_text_tokens,
     encode_text_tokens,
     is_text_token,
     pack_tokens,
+    parse_headers,
     parse_tokens,
-    prefix_each,
     sealed_to_text_tokens,
-    take,
     text_token_mask,
     token_header,
 )
@@ -180,35 +186,41 @@ def test_binary_token_errors():
         EncryptedData.parse(12)
 
 
-# ---------------------------------------------------------------- vectorized base64url
+# ---------------------------------------------------------------- native base64url
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.binary(max_size=40), min_size=1, max_size=30), st.integers(0, 60))
-def test_vectorized_base64url_matches_stdlib(values, width):
-    rows = np.zeros((len(values), width), dtype=np.uint8)
-    for i, v in enumerate(values):
-        v = v[:width]
-        rows[i, : len(v)] = np.frombuffer(v, dtype=np.uint8)
-    chars = b64url_encode_rows(rows)
-    for i in range(len(values)):
-        assert chars[i].tobytes().decode() == b64url(rows[i].tobytes())
-    back, bad = b64url_decode_rows(chars)
-    assert not bad.any() and np.array_equal(back, rows)
+@given(st.lists(st.binary(max_size=200), max_size=40), st.sampled_from([b"", b"ef1:"]),
+       st.sampled_from([b"", b"\n"]), st.integers(1, 3))
+def test_native_base64url_matches_stdlib(values, prefix, sep, threads):
+    batch = Batch.from_list(values)
+    encoded = b64url_encode(batch, prefix=prefix, sep=sep, threads=threads).tobytes()
+    expected = b"".join(prefix + base64.urlsafe_b64encode(v).rstrip(b"=") + sep for v in values)
+    assert encoded == expected
+    texts = [prefix + base64.urlsafe_b64encode(v).rstrip(b"=") for v in values]
+    decoded, status = b64url_decode(Batch.from_list(texts), prefix=prefix, threads=threads)
+    assert not status.any() and decoded.to_list() == values
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                    "0123456789-_+/=!", min_size=8, max_size=8),
-                min_size=1, max_size=20))
-def test_vectorized_decode_agrees_with_stdlib_on_validity(strings):
-    chars = np.frombuffer("".join(strings).encode(), dtype=np.uint8).reshape(len(strings), 8)
-    rows, bad = b64url_decode_rows(chars)
+                                    "0123456789-_+/=!", max_size=11), min_size=1, max_size=20))
+def test_native_decode_agrees_with_stdlib_on_validity(strings):
+    decoded, status = b64url_decode(Batch.from_list(strings))
     for i, s in enumerate(strings):
-        valid = all(c not in "+/=!" for c in s)
-        assert bool(bad[i]) == (not valid)
-        if valid:
-            assert rows[i].tobytes() == base64.urlsafe_b64decode(s)
+        if any(c in "+/=!" for c in s):
+            expected = B64_LENGTH if len(s) % 4 == 1 else B64_CHARACTER
+            assert status[i] == expected and not any(decoded[i].tobytes())
+        elif len(s) % 4 == 1:
+            assert status[i] == B64_LENGTH
+        else:
+            raw = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+            canonical = base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == s
+            assert status[i] == (0 if canonical else B64_NONCANONICAL)
+            if canonical:
+                assert decoded[i].tobytes() == raw
+    _, status = b64url_decode(Batch.from_list(["xx", "ef1:AA", "ef"]), prefix=b"ef1:")
+    assert status.tolist() == [B64_PREFIX, 0, B64_PREFIX]
 
 
 @settings(max_examples=60, deadline=None)
@@ -267,45 +279,54 @@ def test_many_lengths_and_large_groups():
     assert decode_text_tokens(texts) == pack_tokens(sealed, 9)
 
 
-def test_prefix_each_and_take():
+def test_prefix_each_take_and_slices():
     b = Batch.from_list([b"a", b"", b"ccc"])
     assert prefix_each(b"P:", b).to_list() == [b"P:a", b"P:", b"P:ccc"]
-    assert take(b, np.array([0, 2])).to_list() == [b"a", b"ccc"]
+    assert b.take(np.array([2, 0, 2])).to_list() == [b"ccc", b"a", b"ccc"]
     sliced = Batch(b.data, b.offsets[1:])
     assert prefix_each(b"#", sliced).to_list() == [b"#", b"#ccc"]
+    assert b.slices([0, 1], [2, 3]).to_list() == [b"ac", b"ccc"]
+    with pytest.raises(ValueError):
+        b.slices([2], [5])
 
 
-@pytest.mark.parametrize("distinct", [3, 2000])  # grouped memcpy path, per-byte index path
-def test_copy_records_matches_slicing(distinct):
-    from engine.envelope import copy_records
+def test_bulk_paths_make_one_native_call_per_batch(monkeypatch):
+    """20,000 tokens: one native base64 pass each way, whatever the lengths."""
+    import engine._native as native
 
-    rng = np.random.default_rng(distinct)
-    n = 4000
-    lengths = rng.integers(0, distinct, n)
-    src = rng.integers(0, 256, int(lengths.sum()) + 100, dtype=np.uint8)
-    src_starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) + 50
-    perm = rng.permutation(n)
-    dst_lengths = lengths[perm]
-    dst_starts_sorted = np.concatenate(([0], np.cumsum(dst_lengths + 3)[:-1]))
-    dst_starts = np.empty(n, dtype=np.int64)
-    dst_starts[perm] = dst_starts_sorted
-    dst = np.zeros(int((dst_lengths + 3).sum()), dtype=np.uint8)
-    copy_records(src, src_starts, lengths, dst, dst_starts)
-    for i in range(0, n, 37):
-        a, b, d = int(src_starts[i]), int(lengths[i]), int(dst_starts[i])
-        assert dst[d : d + b].tobytes() == src[a : a + b].tobytes()
+    calls = {"encode": 0, "decode": 0}
+    real_encode, real_decode = native.b64url_encode, native.b64url_decode
 
+    def encode(*a):
+        calls["encode"] += 1
+        return real_encode(*a)
 
-def test_vectorized_parse_uses_no_per_record_python(monkeypatch):
-    """The bulk paths iterate once per distinct length: 20,000 tokens of 3 lengths."""
-    calls = []
-    import engine.envelope as env
+    def decode(*a):
+        calls["decode"] += 1
+        return real_decode(*a)
 
-    real = env.b64url_decode_rows
-    monkeypatch.setattr(env, "b64url_decode_rows", lambda c: (calls.append(1), real(c))[1])
+    monkeypatch.setattr(native, "b64url_encode", encode)
+    monkeypatch.setattr(native, "b64url_decode", decode)
     cipher = AesGcm(b"q" * 32)
-    values = [b"a" * (i % 3) for i in range(20_000)]
-    sealed = cipher.seal_batch(Batch.from_list(values), token_header(1))
-    texts = sealed_to_text_tokens(sealed, 1)
-    assert decode_text_tokens(texts) == pack_tokens(sealed, 1)
-    assert len(calls) == 3
+    values = [b"a" * (i % 37) for i in range(20_000)]
+    tokens = cipher.seal_tokens(Batch.from_list(values), token_header(1))
+    texts = encode_text_tokens(tokens)
+    assert decode_text_tokens(texts) == tokens
+    assert calls == {"encode": 1, "decode": 1}
+    assert (parse_headers(tokens).key_versions == 1).all()
+
+
+def test_text_tokens_as_a_batch_and_an_arrow_column():
+    import pyarrow as pa
+
+    from engine.envelope import text_tokens_batch
+
+    cipher = AesGcm(b"t" * 32)
+    tokens = cipher.seal_tokens(Batch.from_list([b"x" * i for i in range(40)]), token_header(2))
+    texts = encode_text_tokens(tokens)
+    batch = text_tokens_batch(tokens)
+    assert [bytes(t).decode() for t in batch] == texts
+    column = batch.to_arrow(text=True)
+    assert column.type == pa.large_string() and column.to_pylist() == texts
+    with pytest.raises(ValueError, match="UTF-8"):
+        Batch.from_list([b"\xff\xfe"]).to_arrow(text=True)

@@ -334,3 +334,13 @@ def test_ascii_fast_path_and_fallbacks(svc):
     assert svc.decrypt_many_text(svc.encrypt_many(["a", "é", ""])) == ["a", "é", ""]
     with pytest.raises(InvalidArgumentType):
         svc.encrypt_many(["a", None])
+
+
+def test_encrypt_many_as_an_arrow_column():
+    import pyarrow as pa
+
+    svc = EncryptionService(StaticKeyProvider({4: b"c" * 32}))
+    column = svc.encrypt_many(["a", "bb", "ccc"], "ctx", arrow=True)
+    assert isinstance(column, pa.Array) and column.type == pa.large_string()
+    assert svc.decrypt_many(column, "ctx").to_list() == [b"a", b"bb", b"ccc"]
+    assert [svc.decrypt_text(t, "ctx") for t in column.to_pylist()] == ["a", "bb", "ccc"]

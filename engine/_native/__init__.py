@@ -214,6 +214,58 @@ def open_batch(key: KeyHandle, n: int, data, offsets, out, nonces, nonce_len: in
         ffi.from_buffer(failed), threads))
 
 
+def _i64(arr):
+    return _NULL if arr is None else ffi.from_buffer("int64_t[]", arr)
+
+
+def seal_tokens(key: KeyHandle, n: int, data, offsets, header: bytes, header_is_aad: bool,
+                nonce_len: int, out, out_starts, aad, aad_offsets, aad_len: int,
+                threads: int) -> None:
+    """Seals n records into tokens (header || nonce || ciphertext || tag) at ``out_starts``."""
+    _check(lib.engine_seal_tokens(
+        key._ptr, n, _from(data), _i64(offsets), ffi.from_buffer(header), len(header),
+        int(header_is_aad),
+        nonce_len, _from(out), _i64(out_starts), _from(aad), _i64(aad_offsets), aad_len, threads))
+
+
+def open_tokens(key: KeyHandle, n: int, data, offsets, header_len: int, header_is_aad: bool,
+                nonce_len: int, out, out_starts, aad, aad_offsets, aad_len: int, failed,
+                threads: int) -> int:
+    """Opens n tokens; plaintext i goes to ``out_starts[i]``; returns how many failed."""
+    return _check(lib.engine_open_tokens(
+        key._ptr, n, _from(data), _i64(offsets), header_len, int(header_is_aad), nonce_len,
+        _from(out), _i64(out_starts), _from(aad), _i64(aad_offsets), aad_len,
+        ffi.from_buffer(failed), threads))
+
+
+B64_PREFIX: int = lib.ENGINE_B64_PREFIX
+B64_LENGTH: int = lib.ENGINE_B64_LENGTH
+B64_CHARACTER: int = lib.ENGINE_B64_CHARACTER
+B64_NONCANONICAL: int = lib.ENGINE_B64_NONCANONICAL
+
+
+def b64url_encode(n: int, data, offsets, prefix: bytes, sep: int, out, out_offsets,
+                  threads: int) -> None:
+    """prefix || base64url(record i) || sep into ``out`` at ``out_offsets[i]``."""
+    _check(lib.engine_b64url_encode_batch(n, _from(data), _i64(offsets), ffi.from_buffer(prefix),
+                                          len(prefix), sep,
+                                          _from(out), _i64(out_offsets), threads))
+
+
+def b64url_decode(n: int, data, offsets, prefix: bytes, out, out_offsets, status,
+                  threads: int) -> int:
+    """Checks the prefix and decodes each record; fills ``status``; returns the bad count."""
+    return _check(lib.engine_b64url_decode_batch(n, _from(data), _i64(offsets),
+                                                 ffi.from_buffer(prefix), len(prefix), _from(out), _i64(out_offsets),
+                                                 ffi.from_buffer(status), threads))
+
+
+def gather(n: int, src, src_starts, lengths, dst, dst_starts, threads: int) -> None:
+    """Copies ``lengths[i]`` bytes from ``src_starts[i]`` to ``dst_starts[i]`` for each i."""
+    _check(lib.engine_gather(n, _from(src), _i64(src_starts), _i64(lengths), _from(dst),
+                             _i64(dst_starts), threads))
+
+
 def random_into(buf) -> None:
     """Fills a writable buffer from OpenSSL's CSPRNG."""
     view = memoryview(buf)

@@ -85,6 +85,44 @@ int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
                           const int64_t *aad_offsets, uint64_t aad_len, uint8_t *failed,
                           int threads) ENGINE_WUR;
 
+/* Tokens: record i becomes header || nonce || ciphertext || tag at out + out_starts[i] (spaced by
+ * the caller: header_len + nonce_len + len + 16 each). Nonces are drawn in one CSPRNG call. The
+ * AAD is (header_is_aad ? header : nothing) || the caller's AAD (one value, or per record). */
+int engine_seal_tokens(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
+                       const uint8_t *header, size_t header_len, int header_is_aad,
+                       size_t nonce_len, uint8_t *out, const int64_t *out_starts,
+                       const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                       int threads) ENGINE_WUR;
+/* Opens tokens laid out as above; record i's plaintext goes to out + out_starts[i]. Its AAD is
+ * (header_is_aad ? the token's own first header_len bytes : nothing) || the caller's AAD. Returns
+ * the number of failed records (failed[i] = 1, output zeroed) or ENGINE_E*. */
+int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
+                           const int64_t *offsets, size_t header_len, int header_is_aad,
+                           size_t nonce_len, uint8_t *out, const int64_t *out_starts,
+                           const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                           uint8_t *failed, int threads) ENGINE_WUR;
+
+/* base64url without padding (RFC 4648 section 5), record by record. */
+#define ENGINE_B64_OK 0
+#define ENGINE_B64_PREFIX 1       /* the record does not start with the prefix */
+#define ENGINE_B64_LENGTH 2       /* impossible length, or not the size out_offsets allows */
+#define ENGINE_B64_CHARACTER 3    /* a byte outside the base64url alphabet */
+#define ENGINE_B64_NONCANONICAL 4 /* non-zero trailing bits */
+/* out + out_offsets[i] receives prefix || base64url(record i) || sep (sep < 0: none). */
+int engine_b64url_encode_batch(size_t n, const uint8_t *in, const int64_t *offsets,
+                               const uint8_t *prefix, size_t prefix_len, int sep, uint8_t *out,
+                               const int64_t *out_offsets, int threads) ENGINE_WUR;
+/* Checks the prefix and decodes the rest of record i into out + out_offsets[i]; status[i] gets
+ * ENGINE_B64_*; bad records decode to zeros. Returns the number of bad records or ENGINE_E*. */
+int64_t engine_b64url_decode_batch(size_t n, const uint8_t *in, const int64_t *offsets,
+                                   const uint8_t *prefix, size_t prefix_len, uint8_t *out,
+                                   const int64_t *out_offsets, uint8_t *status,
+                                   int threads) ENGINE_WUR;
+/* For each i: copies lengths[i] bytes from src + src_starts[i] (src_starts NULL: from src) to
+ * dst + dst_starts[i]. */
+int engine_gather(size_t n, const uint8_t *src, const int64_t *src_starts, const int64_t *lengths,
+                  uint8_t *dst, const int64_t *dst_starts, int threads) ENGINE_WUR;
+
 /* Fills buf with len bytes from OpenSSL's CSPRNG (fork-safe: OpenSSL reseeds in a child). */
 int engine_random(uint8_t *buf, size_t len) ENGINE_WUR;
 

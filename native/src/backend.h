@@ -39,6 +39,12 @@ extern const engine_backend_ops engine_openssl_ops;
 extern const engine_backend_ops engine_ipsecmb_ops;
 #endif
 
+/* Runs fn on contiguous ranges of records [0, n) on up to `threads` threads, split so each gets
+ * about the same bytes (by offsets; NULL: by count) plus a per-record cost. fn returns a count (summed) or a
+ * negative ENGINE_E* code (returned). */
+typedef int64_t (*engine_range_fn)(void *ctx, size_t begin, size_t end);
+int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_range_fn fn, void *ctx);
+
 /* Constant-time comparison of n bytes: 0 when equal. */
 int engine_ct_differ(const uint8_t *a, const uint8_t *b, size_t n);
 void engine_wipe(void *p, size_t n);

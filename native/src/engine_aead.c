@@ -126,71 +126,23 @@ int engine_open(const engine_key *key, uint8_t *out, const uint8_t *in, uint64_t
     return rc;
 }
 
-/* ---- batches ---- */
+/* ---- running a batch on threads ---- */
 
-typedef struct batch_job {
-    const engine_key *key;
-    int seal;
-    size_t begin, end; /* records [begin, end) */
-    const uint8_t *in;
-    const int64_t *offsets;
-    uint8_t *out;
-    uint8_t *nonces;
-    size_t nonce_len;
-    uint8_t *tags;
-    const uint8_t *aad;
-    const int64_t *aad_offsets;
-    uint64_t aad_len;
-    uint8_t *failed;
-    int64_t nfailed;
-    int rc;
-} batch_job;
+typedef struct range_job {
+    engine_range_fn fn;
+    void *ctx;
+    size_t begin, end;
+    int64_t result;
+} range_job;
 
-static void *run_job(void *arg) {
-    batch_job *job = (batch_job *)arg;
-    const engine_key *key = job->key;
-    const int64_t base = job->offsets[0];
-    engine_worker w;
-    size_t i;
-    job->nfailed = 0;
-    if ((job->rc = key->ops->worker_init(key, &w)) != ENGINE_OK) return NULL;
-    for (i = job->begin; i < job->end; i++) {
-        const uint64_t len = (uint64_t)(job->offsets[i + 1] - job->offsets[i]);
-        const uint8_t *src = nonnull(job->in + job->offsets[i]);
-        uint8_t *dst = nonnull_out(job->out + (job->offsets[i] - base));
-        const uint8_t *aad = job->aad;
-        uint64_t aad_len = job->aad_len;
-        int rc;
-        if (job->aad_offsets != NULL) {
-            aad = job->aad + job->aad_offsets[i];
-            aad_len = (uint64_t)(job->aad_offsets[i + 1] - job->aad_offsets[i]);
-        }
-        aad = nonnull(aad);
-        if (job->seal) {
-            rc = key->ops->seal(key, &w, dst, job->tags + i * ENGINE_TAG_BYTES, src, len,
-                                job->nonces + i * job->nonce_len, job->nonce_len, aad, aad_len);
-        } else {
-            rc = key->ops->open(key, &w, dst, src, len, job->tags + i * ENGINE_TAG_BYTES,
-                                job->nonces + i * job->nonce_len, job->nonce_len, aad, aad_len);
-            if (rc == ENGINE_EAUTH) {
-                if (len > 0) engine_wipe(dst, (size_t)len);
-                job->failed[i] = 1;
-                job->nfailed++;
-                continue;
-            }
-            job->failed[i] = 0;
-        }
-        if (rc != ENGINE_OK) {
-            job->rc = rc;
-            break;
-        }
-    }
-    key->ops->worker_free(&w);
+static void *run_range(void *arg) {
+    range_job *job = (range_job *)arg;
+    job->result = job->fn(job->ctx, job->begin, job->end);
     return NULL;
 }
 
 static uint64_t weight_at(const int64_t *offsets, size_t j) {
-    return (uint64_t)(offsets[j] - offsets[0]) + (uint64_t)j * RECORD_WEIGHT;
+    return (offsets == NULL ? 0 : (uint64_t)(offsets[j] - offsets[0])) + (uint64_t)j * RECORD_WEIGHT;
 }
 
 /* First record index whose cumulative weight reaches target. */
@@ -206,12 +158,13 @@ static size_t split_point(const int64_t *offsets, size_t n, uint64_t target) {
     return lo;
 }
 
-static int64_t run_batch(batch_job *proto, size_t n, int threads) {
-    batch_job jobs[MAX_THREADS];
+int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_range_fn fn,
+                        void *ctx) {
+    range_job jobs[MAX_THREADS];
     pthread_t tids[MAX_THREADS];
-    const uint64_t total = weight_at(proto->offsets, n);
+    const uint64_t total = weight_at(offsets, n);
     size_t t, nt, started = 0, prev = 0;
-    int64_t nfailed = 0;
+    int64_t sum = 0;
     int rc = ENGINE_OK;
 
     if (threads < 1) threads = 1;
@@ -222,33 +175,151 @@ static int64_t run_batch(batch_job *proto, size_t n, int threads) {
     if (nt < 1) nt = 1;
 
     for (t = 0; t < nt; t++) {
-        size_t end = t + 1 == nt ? n : split_point(proto->offsets, n, total / nt * (t + 1));
-        jobs[t] = *proto;
+        size_t end = t + 1 == nt ? n : split_point(offsets, n, total / nt * (t + 1));
+        jobs[t].fn = fn;
+        jobs[t].ctx = ctx;
         jobs[t].begin = prev;
         jobs[t].end = end;
+        jobs[t].result = 0;
         prev = end;
     }
-    /* Workers 1..nt-1 on new threads, worker 0 on the calling thread. */
+    /* Ranges 1..nt-1 on new threads, range 0 on the calling thread. */
     for (t = 1; t < nt; t++) {
-        if (pthread_create(&tids[t], NULL, run_job, &jobs[t]) != 0) {
+        if (pthread_create(&tids[t], NULL, run_range, &jobs[t]) != 0) {
             rc = ENGINE_ETHREAD;
             break;
         }
         started = t;
     }
-    if (rc == ENGINE_OK) run_job(&jobs[0]);
+    if (rc == ENGINE_OK) run_range(&jobs[0]);
     for (t = 1; t <= started; t++) pthread_join(tids[t], NULL);
     if (rc != ENGINE_OK) return rc;
     for (t = 0; t < nt; t++) {
-        if (jobs[t].rc != ENGINE_OK) return jobs[t].rc;
-        nfailed += jobs[t].nfailed;
+        if (jobs[t].result < 0) return jobs[t].result;
+        sum += jobs[t].result;
     }
-    return nfailed;
+    return sum;
+}
+
+/* ---- batch seal/open, in two layouts ----
+ * split: record i's ciphertext at out + (offsets[i] - offsets[0]), nonce and tag in arrays;
+ * token: header || nonce || ciphertext || tag, one after the other, starting at a token offset. */
+
+typedef struct crypt_ctx {
+    const engine_key *key;
+    int seal;
+    int token; /* layout */
+    const uint8_t *in;
+    const int64_t *offsets;
+    uint8_t *out;
+    const int64_t *out_starts; /* token layout: where each token (seal) / plaintext (open) starts */
+    uint8_t *nonces;           /* split layout, and the freshly drawn nonces of token sealing */
+    size_t nonce_len;
+    uint8_t *tags;
+    const uint8_t *header; /* token sealing: written before each nonce */
+    size_t header_len;
+    int header_is_aad; /* token layout: the AAD starts with the header (the token's own, opening) */
+    const uint8_t *aad;
+    const int64_t *aad_offsets;
+    uint64_t aad_len;
+    uint8_t *failed;
+} crypt_ctx;
+
+/* header || aad in a growing scratch buffer (only when both are present). */
+static const uint8_t *joined_aad(uint8_t **scratch, size_t *cap, const uint8_t *header, size_t hl,
+                                 const uint8_t *aad, uint64_t aad_len) {
+    if ((uint64_t)*cap < hl + aad_len) {
+        uint8_t *grown = realloc(*scratch, hl + aad_len);
+        if (grown == NULL) return NULL;
+        *scratch = grown;
+        *cap = hl + aad_len;
+    }
+    memcpy(*scratch, header, hl);
+    memcpy(*scratch + hl, aad, aad_len);
+    return *scratch;
+}
+
+static int64_t crypt_range(void *arg, size_t begin, size_t end) {
+    const crypt_ctx *c = (const crypt_ctx *)arg;
+    const engine_key *key = c->key;
+    const int64_t base = c->offsets[0];
+    const size_t nl = c->nonce_len, hl = c->header_len;
+    uint8_t *scratch = NULL;
+    size_t scratch_cap = 0;
+    engine_worker w;
+    int64_t nfailed = 0;
+    int rc = ENGINE_OK;
+    size_t i;
+    if ((rc = key->ops->worker_init(key, &w)) != ENGINE_OK) return rc;
+    for (i = begin; i < end; i++) {
+        const uint8_t *rec = nonnull(c->in + c->offsets[i]);
+        const uint64_t rec_len = (uint64_t)(c->offsets[i + 1] - c->offsets[i]);
+        const uint8_t *src, *nonce, *header = c->header, *aad = c->aad;
+        uint8_t *dst, *tag;
+        uint64_t len, aad_len = c->aad_len;
+        if (!c->token) {
+            src = rec;
+            len = rec_len;
+            dst = nonnull_out(c->out + (c->offsets[i] - base));
+            nonce = c->nonces + i * nl;
+            tag = c->tags + i * ENGINE_TAG_BYTES;
+        } else if (c->seal) {
+            uint8_t *tok = c->out + c->out_starts[i];
+            memcpy(tok, c->header, hl);
+            memcpy(tok + hl, c->nonces + i * nl, nl);
+            src = rec;
+            len = rec_len;
+            nonce = tok + hl;
+            dst = tok + hl + nl;
+            tag = dst + len;
+        } else {
+            len = rec_len - hl - nl - ENGINE_TAG_BYTES; /* sizes were checked before */
+            header = rec;
+            nonce = rec + hl;
+            src = rec + hl + nl;
+            tag = (uint8_t *)src + len;
+            dst = nonnull_out(c->out + c->out_starts[i]);
+        }
+        if (c->aad_offsets != NULL) {
+            aad = c->aad + c->aad_offsets[i];
+            aad_len = (uint64_t)(c->aad_offsets[i + 1] - c->aad_offsets[i]);
+        }
+        if (c->token && c->header_is_aad) {
+            if (aad_len == 0) {
+                aad = header;
+                aad_len = hl;
+            } else if ((aad = joined_aad(&scratch, &scratch_cap, header, hl, aad, aad_len)) == NULL) {
+                rc = ENGINE_ENOMEM;
+                break;
+            } else {
+                aad_len += hl;
+            }
+        }
+        aad = nonnull(aad);
+        if (c->seal) {
+            rc = key->ops->seal(key, &w, dst, tag, src, len, nonce, nl, aad, aad_len);
+        } else {
+            rc = key->ops->open(key, &w, dst, src, len, tag, nonce, nl, aad, aad_len);
+            if (rc == ENGINE_EAUTH) {
+                if (len > 0) engine_wipe(dst, (size_t)len);
+                c->failed[i] = 1;
+                nfailed++;
+                rc = ENGINE_OK;
+                continue;
+            }
+            c->failed[i] = 0;
+        }
+        if (rc != ENGINE_OK) break;
+    }
+    free(scratch);
+    key->ops->worker_free(&w);
+    return rc != ENGINE_OK ? rc : nfailed;
 }
 
 static int batch_args_ok(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
-                         uint8_t *out, const uint8_t *nonces, size_t nonce_len, uint8_t *tags,
-                         const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len) {
+                         const uint8_t *out, const uint8_t *nonces, size_t nonce_len,
+                         const uint8_t *tags, const uint8_t *aad, const int64_t *aad_offsets,
+                         uint64_t aad_len) {
     if (key == NULL || offsets == NULL) return 0;
     if (n == 0) return 1;
     if (nonces == NULL || tags == NULL || nonce_len < ENGINE_NONCE_MIN_BYTES ||
@@ -264,25 +335,25 @@ int engine_seal_batch(const engine_key *key, size_t n, const uint8_t *in, const 
                       uint8_t *out, uint8_t *nonces, size_t nonce_len, int fill_nonces,
                       uint8_t *tags, const uint8_t *aad, const int64_t *aad_offsets,
                       uint64_t aad_len, int threads) {
-    batch_job proto;
+    crypt_ctx c;
     int64_t rc;
     if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets, aad_len))
         return ENGINE_EINVAL;
     if (n == 0) return ENGINE_OK;
     if (fill_nonces && engine_random(nonces, n * nonce_len) != ENGINE_OK) return ENGINE_ERANDOM;
-    memset(&proto, 0, sizeof(proto));
-    proto.key = key;
-    proto.seal = 1;
-    proto.in = in;
-    proto.offsets = offsets;
-    proto.out = out;
-    proto.nonces = nonces;
-    proto.nonce_len = nonce_len;
-    proto.tags = tags;
-    proto.aad = aad;
-    proto.aad_offsets = aad_offsets;
-    proto.aad_len = aad_len;
-    rc = run_batch(&proto, n, threads);
+    memset(&c, 0, sizeof(c));
+    c.key = key;
+    c.seal = 1;
+    c.in = in;
+    c.offsets = offsets;
+    c.out = out;
+    c.nonces = nonces;
+    c.nonce_len = nonce_len;
+    c.tags = tags;
+    c.aad = aad;
+    c.aad_offsets = aad_offsets;
+    c.aad_len = aad_len;
+    rc = engine_parallel(n, offsets, threads, crypt_range, &c);
     return rc < 0 ? (int)rc : ENGINE_OK;
 }
 
@@ -291,26 +362,99 @@ int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
                           size_t nonce_len, const uint8_t *tags, const uint8_t *aad,
                           const int64_t *aad_offsets, uint64_t aad_len, uint8_t *failed,
                           int threads) {
-    batch_job proto;
-    if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, (uint8_t *)tags, aad,
-                       aad_offsets, aad_len) ||
+    crypt_ctx c;
+    if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets,
+                       aad_len) ||
         (n > 0 && failed == NULL))
         return ENGINE_EINVAL;
     if (n == 0) return 0;
-    memset(&proto, 0, sizeof(proto));
-    proto.key = key;
-    proto.seal = 0;
-    proto.in = in;
-    proto.offsets = offsets;
-    proto.out = out;
-    proto.nonces = (uint8_t *)nonces;
-    proto.nonce_len = nonce_len;
-    proto.tags = (uint8_t *)tags;
-    proto.aad = aad;
-    proto.aad_offsets = aad_offsets;
-    proto.aad_len = aad_len;
-    proto.failed = failed;
-    return run_batch(&proto, n, threads);
+    memset(&c, 0, sizeof(c));
+    c.key = key;
+    c.in = in;
+    c.offsets = offsets;
+    c.out = out;
+    c.nonces = (uint8_t *)nonces;
+    c.nonce_len = nonce_len;
+    c.tags = (uint8_t *)tags;
+    c.aad = aad;
+    c.aad_offsets = aad_offsets;
+    c.aad_len = aad_len;
+    c.failed = failed;
+    return engine_parallel(n, offsets, threads, crypt_range, &c);
+}
+
+int engine_seal_tokens(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
+                       const uint8_t *header, size_t header_len, int header_is_aad,
+                       size_t nonce_len, uint8_t *out, const int64_t *out_starts,
+                       const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                       int threads) {
+    crypt_ctx c;
+    uint8_t *nonces;
+    int64_t rc;
+    if (key == NULL || offsets == NULL || out_starts == NULL ||
+        nonce_len < ENGINE_NONCE_MIN_BYTES || nonce_len > ENGINE_NONCE_MAX_BYTES ||
+        (header_len > 0 && header == NULL) || (aad_offsets == NULL && aad_len > 0 && aad == NULL))
+        return ENGINE_EINVAL;
+    if (n == 0) return ENGINE_OK;
+    if (out == NULL || (offsets[n] > offsets[0] && in == NULL)) return ENGINE_EINVAL;
+    nonces = malloc(n * nonce_len);
+    if (nonces == NULL) return ENGINE_ENOMEM;
+    if (engine_random(nonces, n * nonce_len) != ENGINE_OK) {
+        free(nonces);
+        return ENGINE_ERANDOM;
+    }
+    memset(&c, 0, sizeof(c));
+    c.key = key;
+    c.seal = 1;
+    c.token = 1;
+    c.in = in;
+    c.offsets = offsets;
+    c.out = out;
+    c.out_starts = out_starts;
+    c.nonces = nonces;
+    c.nonce_len = nonce_len;
+    c.header = header;
+    c.header_len = header_len;
+    c.header_is_aad = header_is_aad;
+    c.aad = aad;
+    c.aad_offsets = aad_offsets;
+    c.aad_len = aad_len;
+    rc = engine_parallel(n, offsets, threads, crypt_range, &c);
+    free(nonces); /* public once written into the tokens: no wipe needed */
+    return rc < 0 ? (int)rc : ENGINE_OK;
+}
+
+int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
+                           const int64_t *offsets, size_t header_len, int header_is_aad,
+                           size_t nonce_len, uint8_t *out, const int64_t *out_starts,
+                           const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                           uint8_t *failed, int threads) {
+    crypt_ctx c;
+    size_t i;
+    if (key == NULL || offsets == NULL || out_starts == NULL || (n > 0 && failed == NULL) ||
+        nonce_len < ENGINE_NONCE_MIN_BYTES || nonce_len > ENGINE_NONCE_MAX_BYTES ||
+        (aad_offsets == NULL && aad_len > 0 && aad == NULL))
+        return ENGINE_EINVAL;
+    if (n == 0) return 0;
+    if (in == NULL || out == NULL) return ENGINE_EINVAL;
+    for (i = 0; i < n; i++)
+        if (offsets[i + 1] - offsets[i] < (int64_t)(header_len + nonce_len + ENGINE_TAG_BYTES))
+            return ENGINE_EINVAL;
+    memset(&c, 0, sizeof(c));
+    c.key = key;
+    c.token = 1;
+    c.in = in;
+    c.offsets = offsets;
+    c.out = out;
+    c.out_starts = out_starts;
+    c.nonce_len = nonce_len;
+    c.header_len = header_len;
+    c.header_is_aad = header_is_aad;
+    c.aad = aad;
+    c.aad_offsets = aad_offsets;
+    c.aad_len = aad_len;
+    c.failed = failed;
+    return engine_parallel(n, offsets, threads, crypt_range, &c);
 }
 
 int engine_random(uint8_t *buf, size_t len) {
