@@ -1,8 +1,9 @@
 """``crypto-engine``: the command line. It only parses arguments and prints; the work is done by
 the library calls a user could make themselves.
 
-Exit codes: 0 success, 1 a check failed (data did not round-trip), 2 bad usage,
-3 the requested backend is not available.
+Exit codes: 0 success, 1 a check failed (data did not round-trip, a rotation failed and was
+rolled back, an audit log was tampered with), 2 bad usage, 3 the backend or the configuration is
+not available, 4 another key rotation is running.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import AesGcm, Batch, BackendUnavailable, backend_info
+from . import AesGcm, Batch, BackendUnavailable, EngineError, InvalidArgument, backend_info
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND, EXIT_BUSY = 0, 1, 2, 3, 4
 
 
 def sample_records(count: int, min_size: int, max_size: int, seed: int = 0) -> Batch:
@@ -100,9 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--max-size", type=int, default=256)
     demo.add_argument("--no-compare", action="store_true", help="skip the cryptography comparison")
     demo.add_argument("--json", action="store_true", help="print JSON")
+    rotate = sub.add_parser("rotate", help="rotate the keys of the configured provider (see README)")
+    rotate.add_argument("--if-needed", action="store_true",
+                        help="rotate only when the interval or the usage limit says so")
+    rotate.add_argument("--json", action="store_true", help="print JSON")
+    sched = sub.add_parser("rotation-scheduler", help="check on an interval and rotate when needed")
+    sched.add_argument("--check-every", type=float, default=3600.0, metavar="SECONDS")
+    sched.add_argument("--max-checks", type=int, default=None, help="stop after this many checks")
+    verify = sub.add_parser("audit-verify", help="check an audit log's HMAC chain")
+    verify.add_argument("path")
+    verify.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
 
     try:
+        if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
+            return _key_commands(args)
         if args.command == "info":
             data = backend_info(args.backend)
             print(json.dumps(data) if args.json else "\n".join(f"{k:9} {v}" for k, v in data.items()))
@@ -113,12 +126,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendUnavailable as exc:
         print(f"crypto-engine: {exc}", file=sys.stderr)
         return EXIT_BACKEND
+    except InvalidArgument as exc:
+        print(f"crypto-engine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         print(json.dumps(result))
     else:
         _print_demo(result)
     ok = result["round_trip_ok"] and result.get("identical_to_cryptography", True)
     return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def _key_commands(args: argparse.Namespace) -> int:
+    from .rotation import RotationFailed, RotationInProgress, get_key_rotation_service
+    from .service import get_encryption_service
+
+    try:
+        if args.command == "audit-verify":
+            from .audit import verify
+
+            result = verify(args.path, get_encryption_service().provider.audit_key())
+            report = {"ok": result.ok, "entries": result.entries,
+                      "problems": [{"line": n, "reason": r} for n, r in result.problems]}
+            if args.json:
+                print(json.dumps(report))
+            else:
+                print(f"{result.entries} entries: " + ("chain intact" if result.ok else
+                      f"line {result.problems[0][0]}: {result.problems[0][1]}"))
+            return EXIT_OK if result.ok else EXIT_CHECK_FAILED
+        service = get_key_rotation_service()
+        if args.command == "rotation-scheduler":
+            done = service.run_forever(args.check_every, max_checks=args.max_checks)
+            print(f"rotations: {done}")
+            return EXIT_OK
+        reason = service.rotation_reason() if args.if_needed else "manual"
+        if reason is None:
+            report: dict[str, Any] = {"rotated": False, "reason": None}
+        else:
+            r = service.rotate_keys(reason=reason)
+            report = {"rotated": True, "reason": reason, "previous_version": r.previous_version,
+                      "new_version": r.new_version, "deprecated_versions": list(r.deprecated_versions)}
+        print(json.dumps(report) if args.json else (
+            f"rotated v{report['previous_version']} -> v{report['new_version']} ({reason})"
+            if report["rotated"] else "no rotation needed"))
+        return EXIT_OK
+    except RotationInProgress as exc:
+        print(f"crypto-engine: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except RotationFailed as exc:
+        print(f"crypto-engine: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except (EngineError, OSError) as exc:
+        print(f"crypto-engine: {exc}", file=sys.stderr)
+        return EXIT_BACKEND
 
 
 if __name__ == "__main__":

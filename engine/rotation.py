@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from . import audit as audit_events
 from .errors import EngineError, InvalidArgument, InvalidTag
-from .keys.base import KeyProvider, KeyState, KeyVersionInfo
+from .keys.base import KeyLockBusy, KeyProvider, KeyState, KeyVersionInfo
 from .aead import random_bytes
 
 __all__ = [
@@ -271,8 +271,11 @@ class KeyRotationService:
             raise RotationInProgress("another key rotation is running in this process")
         try:
             if provider_lock is not None:
-                with provider_lock(wait=wait):
-                    yield
+                try:
+                    with provider_lock(wait=wait):
+                        yield
+                except KeyLockBusy as exc:
+                    raise RotationInProgress(str(exc)) from None
                 return
             self.state_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.state_dir / "rotation.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -501,7 +504,9 @@ def get_key_rotation_service() -> KeyRotationService:
         if _service is None:
             from .service import get_encryption_service
 
-            _service = KeyRotationService(get_encryption_service().provider)
+            service = get_encryption_service()
+            _service = KeyRotationService(service.provider, audit=service.audit,
+                                          metrics=service.metrics)
         return _service
 
 

@@ -30,8 +30,8 @@ from .envelope import (
     text_tokens_batch,
     token_header,
 )
-from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType
-from .keys.base import KeyProvider, KeyState, KeyVersionNotUsable, VersionedKey
+from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
+from .keys.base import KeyProvider, KeyState, KeyVersionNotUsable, UnknownKeyVersion, VersionedKey
 
 __all__ = [
     "EncryptionService",
@@ -127,6 +127,38 @@ _SEPARATORS = (0, 31, 30, 29, 28, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17
                22, 23, 24, 25, 26, 27, 127, 10, 9, 13)
 
 
+class _UsageMeter:
+    """Counts encryptions per key version for the NIST SP 800-38D limit (2**32 per key with
+    random IVs), cheaply: in memory, reserving leases of ``lease`` encryptions from the provider
+    (one persisted ``record_usage`` per lease, not per call). Unused reservations are never
+    given back, so the persisted count can only err on the safe side."""
+
+    __slots__ = ("_record", "_lease", "_left", "_lock")
+
+    def __init__(self, provider: KeyProvider, lease: int) -> None:
+        self._record = getattr(provider, "record_usage", None)
+        self._lease = lease
+        self._left: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, version: int, count: int) -> None:
+        if self._record is None:
+            return
+        with self._lock:
+            left = self._left.get(version, 0)
+            if count > left:
+                reserve = max(count - left, self._lease)
+                self._record(version, reserve)
+                left += reserve
+            self._left[version] = left - count
+
+
+def _default_metrics() -> Any:
+    from .metrics import get_metrics
+
+    return get_metrics()
+
+
 class EncryptionService:
     """Encrypts and decrypts values and batches with versioned keys from a provider.
 
@@ -135,14 +167,39 @@ class EncryptionService:
             (see :func:`get_encryption_service`).
         threads: threads for batch calls (None: all cores).
 
-    Thread-safe: it holds no state beyond the provider, which is thread-safe itself.
+        metrics: an :class:`engine.metrics.EngineMetrics` (default: the process-wide one, in
+            prometheus_client's default registry); ``False`` turns counting off.
+        audit: an :class:`engine.audit.AuditLog`: one ``KEY_ACCESS`` entry per call (per
+            batch, not per record).
+        usage_lease: encryptions reserved from the provider's usage count at a time.
+
+    Thread-safe: the provider, the metrics, the audit log and the usage meter are.
     """
 
-    __slots__ = ("_provider", "_threads")
+    __slots__ = ("_provider", "_threads", "_metrics", "_audit", "_usage")
 
-    def __init__(self, provider: KeyProvider | None = None, *, threads: int | None = None) -> None:
+    def __init__(self, provider: KeyProvider | None = None, *, threads: int | None = None,
+                 metrics: Any = None, audit: Any = None, usage_lease: int = 1 << 20) -> None:
         self._provider = provider if provider is not None else _provider_from_environment()
         self._threads = threads
+        self._metrics = _default_metrics() if metrics is None else (metrics or None)
+        self._audit = audit
+        self._usage = _UsageMeter(self._provider, usage_lease)
+
+    def _used(self, version: int, operation: str, records: int) -> None:
+        """Accounting for one call: usage (encryptions), metrics, one audit entry per call."""
+        if operation == "encrypt":
+            self._usage.add(version, records)
+            if self._metrics is not None:
+                self._metrics.encrypted(records)
+        elif self._metrics is not None:
+            self._metrics.decrypted(records)
+        if self._audit is not None:
+            self._audit.key_access(version, operation, records)
+
+    def _failed(self, error_type: str, count: int = 1) -> None:
+        if self._metrics is not None:
+            self._metrics.error(error_type, count)
 
     def __repr__(self) -> str:
         return f"<EncryptionService provider={self._provider!r}>"
@@ -154,6 +211,16 @@ class EncryptionService:
     def provider(self) -> KeyProvider:
         """The key provider."""
         return self._provider
+
+    @property
+    def audit(self) -> Any:
+        """The audit log, or None."""
+        return self._audit
+
+    @property
+    def metrics(self) -> Any:
+        """The metrics, or None when counting is off."""
+        return self._metrics
 
     def _encryption_key(self) -> VersionedKey:
         key = self._provider.get_current_key()
@@ -182,6 +249,7 @@ class EncryptionService:
         key = self._encryption_key()
         iv = random_bytes(IV_BYTES)
         sealed = key.cipher.encrypt(iv, _data_bytes(data), None if aad is None else _aad_bytes(aad))
+        self._used(key.version, "encrypt", 1)
         return EncryptedData(iv, sealed[:-16], sealed[-16:], key.version,
                              datetime.now(timezone.utc))
 
@@ -195,6 +263,7 @@ class EncryptionService:
         header = token_header(key.version, FORMAT_BOUND)
         iv = random_bytes(IV_BYTES)
         sealed = key.cipher.encrypt(iv, _data_bytes(data), header + _aad_bytes(aad))
+        self._used(key.version, "encrypt", 1)
         return TEXT_PREFIX + _b64url(header + iv + sealed)
 
     def decrypt(self, encrypted: Any, aad: str | bytes | None = None) -> bytes:
@@ -209,9 +278,22 @@ class EncryptionService:
             InvalidTag: wrong key, AAD or tampered data; nothing is returned.
         """
         e = EncryptedData.parse(encrypted)
-        key = self._provider.get_key(e.key_version)
-        return key.cipher.decrypt(e.iv, e.ciphertext + e.auth_tag,
-                                  e.aad(None if aad is None else _aad_bytes(aad)))
+        key = self._key_for(e.key_version)
+        try:
+            plain = key.cipher.decrypt(e.iv, e.ciphertext + e.auth_tag,
+                                       e.aad(None if aad is None else _aad_bytes(aad)))
+        except InvalidTag:
+            self._failed("invalid_tag")
+            raise
+        self._used(key.version, "decrypt", 1)
+        return plain
+
+    def _key_for(self, version: int) -> VersionedKey:
+        try:
+            return self._provider.get_key(version)
+        except UnknownKeyVersion:
+            self._failed("unknown_key_version")
+            raise
 
     def decrypt_text(self, encrypted: Any, aad: str | bytes | None = None) -> str:
         """Like :meth:`decrypt`, decoding the plaintext as UTF-8.
@@ -249,6 +331,7 @@ class EncryptionService:
         key = self._encryption_key()
         tokens = key.cipher.seal_tokens(batch, token_header(key.version, FORMAT_BOUND),
                                         _caller_aad(aad, len(batch)), threads=self._threads)
+        self._used(key.version, "encrypt", len(batch))
         if binary:
             return tokens
         if arrow:
@@ -283,7 +366,7 @@ class EncryptionService:
         else:
             values, inverse = np.unique(group_key, return_inverse=True)
             groups = [(int(g), np.flatnonzero(inverse == i)) for i, g in enumerate(values.tolist())]
-        keys = {g: self._provider.get_key(g // 256) for g, _ in groups}  # all known, or raise
+        keys = {g: self._key_for(g // 256) for g, _ in groups}  # all known, or raise
         failed: list[np.ndarray] = []
         for g, idx in groups:
             sub, starts, sub_aad = tokens, off[:-1], caller_aad
@@ -297,9 +380,13 @@ class EncryptionService:
                                            out_starts=starts, threads=self._threads)
             except BatchInvalidTag as exc:
                 failed.append(exc.failed if idx is None else idx[exc.failed])
+            else:
+                self._used(g // 256, "decrypt", len(sub))
         if failed:
             out.fill(0)
-            raise BatchInvalidTag(np.sort(np.concatenate(failed)), None)
+            bad = np.sort(np.concatenate(failed))
+            self._failed("invalid_tag", len(bad))
+            raise BatchInvalidTag(bad, None)
         return Batch._trusted(out, off)
 
     def decrypt_many_text(self, tokens: Any, aad: Any = None) -> list[str]:
@@ -342,8 +429,28 @@ def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvi
     return EnvironmentKeyProvider(env=env)
 
 
+AUDIT_LOG_ENV = "ENGINE_AUDIT_LOG"
+
+
+def _audit_from_environment(provider: KeyProvider, env: Mapping[str, str] | None = None) -> Any:
+    """An audit log at ``$ENGINE_AUDIT_LOG`` keyed by the provider's audit key, or None."""
+    env = os.environ if env is None else env
+    path = env.get(AUDIT_LOG_ENV)
+    if not path:
+        return None
+    audit_key = getattr(provider, "audit_key", None)
+    if audit_key is None:
+        raise ServiceConfigurationError(
+            f"{AUDIT_LOG_ENV} is set but the key provider has no audit key")
+    from .audit import AuditLog
+
+    return AuditLog(path, audit_key())
+
+
 def get_encryption_service() -> EncryptionService:
     """The process-wide service, created on first use from the environment (thread-safe).
+
+    ``$ENGINE_AUDIT_LOG`` (a path) turns the audit trail on, keyed by the provider.
 
     Raises:
         ServiceConfigurationError, MasterKeyError: see :func:`_provider_from_environment`.
@@ -353,7 +460,8 @@ def get_encryption_service() -> EncryptionService:
     if service is None:
         with _service_lock:
             if _service is None:
-                _service = EncryptionService(_provider_from_environment())
+                provider = _provider_from_environment()
+                _service = EncryptionService(provider, audit=_audit_from_environment(provider))
             service = _service
     return service
 

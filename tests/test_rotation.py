@@ -278,3 +278,99 @@ def test_purge_only_deprecated(tmp_path):
     assert [i.version for i in provider.list_versions()] == [2]
     with pytest.raises(engine.keys.UnknownKeyVersion):
         provider.get_key(1)
+
+
+# ---- the service, rotation, usage, metrics and audit working together ----
+
+from engine.envelope import EncryptedData  # noqa: E402
+from engine.service import EncryptionService  # noqa: E402
+
+
+def _encrypt_in_child(state_path, out):
+    provider = EnvironmentKeyProvider(master_key=MASTER, state_path=state_path,
+                                      policy=DerivationPolicy(iterations=1000))
+    out.put(EncryptedData.from_token(EncryptionService(provider, metrics=False)
+                                     .encrypt_many(["x"])[0]).key_version)
+
+
+def test_service_follows_rotation_at_once_here_and_in_other_processes(tmp_path):
+    provider = env_provider(tmp_path)
+    svc = EncryptionService(provider, metrics=False)
+    old = svc.encrypt("before")
+    assert old.key_version == 1
+    service_for(provider, tmp_path).rotate_keys()
+    assert svc.encrypt("after").key_version == 2
+    assert svc.decrypt(old) == b"before"
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_encrypt_in_child, args=(tmp_path / "keys.json", out))
+    p.start()
+    p.join(60)
+    assert out.get(timeout=5) == 2
+
+
+def test_usage_is_counted_per_batch_with_leases_and_triggers_rotation(tmp_path):
+    provider = env_provider(tmp_path)
+    calls = []
+
+    class Counting:  # the provider has __slots__: count its record_usage calls through a proxy
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def record_usage(self, v, n):
+            calls.append(n)
+            return self.inner.record_usage(v, n)
+
+    counted = Counting(provider)
+    svc = EncryptionService(counted, metrics=False, usage_lease=1000)
+    for _ in range(5):
+        svc.encrypt_many([b"x"] * 300)
+    svc.encrypt(b"one more")
+    assert calls == [1000, 1000]  # 1501 encryptions: two leases, persisted twice
+    assert provider.usage(1) == 2000 >= 1501
+    rot = service_for(provider, tmp_path, policy=rotation.RotationPolicy(usage_limit=4000, usage_fraction=0.5))
+    assert rot.rotation_reason() == "usage"
+    rot.rotate_keys(reason="usage")
+    assert svc.encrypt(b"x").key_version == 2 and not rot.is_rotation_needed()
+
+
+def test_service_metrics_count_records_and_errors(tmp_path):
+    metrics = EngineMetrics(CollectorRegistry())
+    svc = EncryptionService(StaticKeyProvider({1: os.urandom(32)}), metrics=metrics)
+    tokens = svc.encrypt_many([b"a"] * 1000)
+    svc.decrypt_many(tokens)
+    svc.decrypt(svc.encrypt(b"z"))
+    with pytest.raises(engine.InvalidTag):
+        svc.decrypt(svc.encrypt(b"z"), aad=b"wrong")
+    with pytest.raises(engine.BatchInvalidTag):
+        svc.decrypt_many(tokens[:3], aad=b"wrong")
+    ops = metrics.operations
+    assert ops.labels(type="encrypt")._value.get() == 1002
+    assert ops.labels(type="decrypt")._value.get() == 1001
+    assert metrics.errors.labels(error_type="invalid_tag")._value.get() == 4
+
+
+def test_service_writes_one_audit_entry_per_batch(tmp_path, monkeypatch):
+    provider = env_provider(tmp_path)
+    monkeypatch.setenv("ENCRYPTION_MASTER_KEY", MASTER)
+    monkeypatch.setenv("ENGINE_KEY_STATE_FILE", str(tmp_path / "keys.json"))
+    monkeypatch.setenv("ENCRYPTION_KDF_ITERATIONS", "1000")
+    monkeypatch.setenv("ENGINE_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    from engine.service import get_encryption_service, reset_encryption_service
+
+    reset_encryption_service()
+    try:
+        svc = get_encryption_service()
+        tokens = svc.encrypt_many(["secret value"] * 10_000)
+        svc.decrypt_many(tokens)
+    finally:
+        reset_encryption_service()
+    entries = list(audit.read_entries(tmp_path / "audit.jsonl"))
+    assert [(e["event"], e["details"]["operation"], e["details"]["records"]) for e in entries] == [
+        ("KEY_ACCESS", "encrypt", 10_000), ("KEY_ACCESS", "decrypt", 10_000)]
+    assert audit.verify(tmp_path / "audit.jsonl", provider.audit_key()).ok
+    text = (tmp_path / "audit.jsonl").read_text()
+    assert "secret value" not in text and MASTER not in text

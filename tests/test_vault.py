@@ -653,3 +653,37 @@ def test_key_rotation_on_vault(make_provider, tmp_path):
     after = {i.version: i.state for i in provider.list_versions()}
     assert provider.get_current_key().version == 4
     assert {v: after[v] for v in states} == states and after[5] is KeyState.DEPRECATED
+
+
+def test_usage_lock_audit_key_and_purge_on_vault(make_provider, tmp_path):
+    from engine import rotation
+    from engine.keys import KeyLockBusy, KeyState
+
+    provider = make_provider()
+    provider.get_current_key()
+    assert provider.usage(1) == 0
+    assert provider.record_usage(1, 5) == 5 and provider.record_usage(1, 7) == 12
+    other = make_provider()
+    assert other.usage(1) == 12  # one count in KV for every process
+    # the audit key is created once and shared
+    assert provider.audit_key() == other.audit_key() and len(provider.audit_key()) == 32
+    # the rotation lock: one holder at a time, across providers (processes)
+    with provider.rotation_lock():
+        with pytest.raises(KeyLockBusy):
+            with other.rotation_lock(wait=False):
+                pass
+        busy = rotation.KeyRotationService(other, rotation.RotationPolicy(), state_dir=tmp_path)
+        with pytest.raises(rotation.RotationInProgress):
+            busy.rotate_keys(wait=False)
+    with other.rotation_lock(wait=False):
+        pass
+    # purge: only what rotation deprecated, and then it is gone for good
+    svc = rotation.KeyRotationService(provider, rotation.RotationPolicy(retention_versions=1),
+                                      state_dir=tmp_path)
+    svc.rotate_keys()
+    assert {i.version: i.state for i in provider.list_versions()}[1] is KeyState.DEPRECATED
+    svc.purge(1)
+    with pytest.raises(UnknownKeyVersion):
+        make_provider().get_key(1)
+    with pytest.raises(KeyVersionNotUsable):
+        provider.purge(2)

@@ -2,6 +2,7 @@
 
 from ._state import KeyStateCorrupted
 from .base import (
+    KeyLockBusy,
     KeyProvider,
     KeyProviderError,
     KeyState,
@@ -33,6 +34,7 @@ __all__ = [*sorted(_VAULT),
     "DerivationPolicy",
     "EnvironmentKeyProvider",
     "InvalidKeyMaterial",
+    "KeyLockBusy",
     "KeyProvider",
     "KeyProviderError",
     "KeyState",

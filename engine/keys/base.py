@@ -17,6 +17,7 @@ from ..errors import EngineError, InvalidArgument
 
 __all__ = [
     "KeyProvider",
+    "KeyLockBusy",
     "KeyProviderError",
     "KeyState",
     "KeyVersionInfo",
@@ -41,6 +42,10 @@ class UnknownKeyVersion(KeyProviderError, LookupError):
 class KeyVersionNotUsable(KeyProviderError):
     """The key version exists but its state forbids the operation (e.g. encrypting with a
     decrypt-only or deprecated version)."""
+
+
+class KeyLockBusy(KeyProviderError):
+    """Another process holds the provider's lock (a rotation is running elsewhere)."""
 
 
 class KeyState(str, enum.Enum):

@@ -301,6 +301,10 @@ class EnvironmentKeyProvider:
 
         self._update(change)
 
+    def audit_key(self) -> bytes:
+        """The audit trail's HMAC key, derived from the master key (never the key itself)."""
+        return hmac.new(self._master, b"engine audit trail v1", hashlib.sha256).digest()
+
     def record_usage(self, version: int, count: int) -> int:
         """Adds ``count`` encryptions to a version's usage (kept in the state file, so every
         process adds to the same count; GCM with random IVs allows 2**32 per key).

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from ..aead import KEY_BYTES, AesGcm
 from ..errors import InvalidArgument
 from .base import (
+    KeyProviderError,
     KeyState,
     KeyVersionInfo,
     KeyVersionNotUsable,
@@ -54,12 +55,14 @@ class StaticKeyProvider:
     Raises:
         InvalidKeyMaterial: a key is not 32 bytes or not bytes-like (the key is never shown).
         InvalidArgument: no keys, a bad version number, or ``current`` not among them.
+
+    ``audit_key`` (32+ bytes, optional) is the HMAC key of the audit trail.
     """
 
-    __slots__ = ("_ciphers", "_infos", "_current", "_lock", "_usage")
+    __slots__ = ("_ciphers", "_infos", "_current", "_lock", "_usage", "_audit_key")
 
     def __init__(self, keys: Mapping[int, Any], *, current: int | None = None,
-                 states: Mapping[int, Any] | None = None) -> None:
+                 states: Mapping[int, Any] | None = None, audit_key: bytes | None = None) -> None:
         if not isinstance(keys, Mapping) or not keys:
             raise InvalidArgument("StaticKeyProvider needs a non-empty {version: key} mapping")
         now = datetime.now(timezone.utc)
@@ -90,6 +93,9 @@ class StaticKeyProvider:
                 raise InvalidArgument(f"states names unknown version {v}")
             self._infos[v] = KeyVersionInfo(v, check_state(s), now)
         self._lock = threading.Lock()
+        if audit_key is not None and len(audit_key) < 32:
+            raise InvalidKeyMaterial("audit_key must be at least 32 bytes")
+        self._audit_key = None if audit_key is None else bytes(audit_key)
         self._usage: dict[int, int] = {}
 
     def __repr__(self) -> str:
@@ -191,6 +197,16 @@ class StaticKeyProvider:
                 raise KeyVersionNotUsable(f"key version {version} is current; it cannot be purged")
             del self._ciphers[version], self._infos[version]
             self._usage.pop(version, None)
+
+    def audit_key(self) -> bytes:
+        """The audit trail's HMAC key given to the constructor.
+
+        Raises:
+            KeyProviderError: none was given.
+        """
+        if self._audit_key is None:
+            raise KeyProviderError("this StaticKeyProvider was built without an audit_key")
+        return self._audit_key
 
     def record_usage(self, version: int, count: int) -> int:
         """Adds ``count`` encryptions to a version's usage (in memory); returns the total.

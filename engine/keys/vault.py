@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import os
@@ -35,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 try:
     import hvac
@@ -47,7 +48,9 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
     ) from _exc
 
 from ..aead import KEY_BYTES, AesGcm
+from ..errors import InvalidArgument
 from .base import (
+    KeyLockBusy,
     KeyProviderError,
     KeyState,
     KeyVersionInfo,
@@ -1118,6 +1121,103 @@ class VaultKeyProvider:
                 self._transit.set_min_decryption_version(latest)
                 min_dec = latest
             return RewrapReport(latest, tuple(rewrapped), min_dec)
+
+    # ---- usage, the rotation lock, the audit key, purge ----
+
+    def record_usage(self, version: int, count: int) -> int:
+        """Adds ``count`` encryptions to a version's usage, stored in its KV entry
+        (check-and-set, so every process adds to one count). Returns the new total.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+        """
+        self._check_open()
+        if type(count) is not int or count < 0:
+            raise InvalidArgument("count must be a non-negative integer")
+
+        def change(entry: dict[str, Any]) -> dict | None:
+            entry["usage"] = int(entry.get("usage") or 0) + count
+            return entry
+
+        return int(self._store.update_entry(version, change)["usage"])
+
+    def usage(self, version: int) -> int:
+        """Encryptions recorded for a version (see :meth:`record_usage`)."""
+        self._check_open()
+        found = self._store.entry(version)
+        if found is None:
+            raise UnknownKeyVersion(version)
+        return int(found[0].get("usage") or 0)
+
+    @contextlib.contextmanager
+    def rotation_lock(self, wait: bool = True, ttl: float = 300.0,
+                      timeout: float = 600.0) -> Iterator[None]:
+        """A lock in KV (``<kv_path>/rotation-lock``) taken with check-and-set, so two processes
+        on any machines never rotate at once. A holder that died frees it after ``ttl`` seconds.
+
+        Raises:
+            KeyLockBusy: ``wait`` is False (or ``timeout`` passed) and another process holds it.
+        """
+        self._check_open()
+        path, owner = f"{self._store.path}/rotation-lock", os.urandom(16).hex()
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._store.read(path, "read the rotation lock")
+            held, cas = (found[0], found[1]) if found else ({}, 0)
+            if float(held.get("expires") or 0) < time.time() and self._store.write(
+                    path, {"owner": owner, "expires": time.time() + ttl}, cas,
+                    "take the rotation lock"):
+                break
+            if not wait or time.monotonic() > deadline:
+                raise KeyLockBusy("another process holds the key rotation lock in Vault")
+            time.sleep(0.2)
+        try:
+            yield
+        finally:
+            found = self._store.read(path, "read the rotation lock")
+            if found and found[0].get("owner") == owner:
+                self._store.write(path, {"owner": None, "expires": 0}, found[1],
+                                  "release the rotation lock")
+
+    def audit_key(self) -> bytes:
+        """The HMAC key of the audit trail: 32 random bytes kept in KV (``<kv_path>/audit``),
+        created once with check-and-set."""
+        self._check_open()
+        path = f"{self._store.path}/audit"
+        for _ in range(CAS_ATTEMPTS):
+            found = self._store.read(path, "read the audit key")
+            if found is not None:
+                try:
+                    key = base64.b64decode(found[0]["key"], validate=True)
+                except (KeyError, TypeError, binascii.Error):
+                    raise WrappedKeyInvalid("the audit key entry in Vault is malformed") from None
+                if len(key) != 32:
+                    raise WrappedKeyInvalid("the audit key entry in Vault is malformed")
+                return key
+            fresh = base64.b64encode(os.urandom(32)).decode()
+            self._store.write(path, {"key": fresh}, 0, "create the audit key")
+        raise VaultConflict("could not create the audit key: too many conflicts")
+
+    def purge(self, version: int) -> None:
+        """Deletes a version's entry and every KV version of it: data sealed under it can no
+        longer be decrypted. Refuses the current version.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            KeyVersionNotUsable: it is the current version.
+        """
+        self._check_open()
+        if self._store.entry(version) is None:
+            raise UnknownKeyVersion(version)
+        if version == self._current_version():
+            raise KeyVersionNotUsable(f"key version {version} is current; it cannot be purged")
+        kv = self._conn.client.secrets.kv.v2
+        path = self._store.entry_path(version)
+        self._conn.call(f"purge key version {version}", self._store.shown(path),
+                        kv.delete_metadata_and_all_versions, path=path,
+                        mount_point=self._store.mount)
+        with self._lock:
+            self._entries.pop(version, None)
 
     # ---- lifecycle ----
 
