@@ -15,6 +15,20 @@ def pytest_report_header(config):
     return f"engine backend: {info['backend']} {info['version']} ({info['isa']}), threads={info['threads']}"
 
 
+@pytest.fixture(scope="session")
+def bao():
+    """A real OpenBao dev server on a free loopback port, for the whole session (started only
+    when a test asks for it; a missing binary fails the test, never skips it)."""
+    from openbao import BaoNotFound, BaoServer
+
+    try:
+        server = BaoServer().start()
+    except BaoNotFound as exc:
+        pytest.fail(f"OpenBao is required for the Vault tests: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def key() -> bytes:
     return os.urandom(32)

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from engine import audit
 
 
 def run(*args, env=None):

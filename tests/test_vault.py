@@ -44,20 +44,13 @@ from engine.secrets import SecretData, SecretNotFound, SecretVersionConflict, Va
 NONCE = bytes(16)
 
 
-# ---- fixtures ----
+# ---- fixtures (the session's `bao` server is in conftest.py) ----
 
 def _start_server() -> BaoServer:
     try:
         return BaoServer().start()
     except BaoNotFound as exc:
         pytest.fail(f"OpenBao is required for the Vault tests: {exc}", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def bao():
-    server = _start_server()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")
