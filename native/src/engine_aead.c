@@ -335,24 +335,14 @@ int engine_seal_batch(const engine_key *key, size_t n, const uint8_t *in, const 
                       uint8_t *out, uint8_t *nonces, size_t nonce_len, int fill_nonces,
                       uint8_t *tags, const uint8_t *aad, const int64_t *aad_offsets,
                       uint64_t aad_len, int threads) {
-    crypt_ctx c;
     int64_t rc;
     if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets, aad_len))
         return ENGINE_EINVAL;
     if (n == 0) return ENGINE_OK;
     if (fill_nonces && engine_random(nonces, n * nonce_len) != ENGINE_OK) return ENGINE_ERANDOM;
-    memset(&c, 0, sizeof(c));
-    c.key = key;
-    c.seal = 1;
-    c.in = in;
-    c.offsets = offsets;
-    c.out = out;
-    c.nonces = nonces;
-    c.nonce_len = nonce_len;
-    c.tags = tags;
-    c.aad = aad;
-    c.aad_offsets = aad_offsets;
-    c.aad_len = aad_len;
+    crypt_ctx c = {.key = key, .seal = 1, .in = in, .offsets = offsets, .out = out,
+                   .nonces = nonces, .nonce_len = nonce_len, .tags = tags, .aad = aad,
+                   .aad_offsets = aad_offsets, .aad_len = aad_len};
     rc = engine_parallel(n, offsets, threads, crypt_range, &c);
     return rc < 0 ? (int)rc : ENGINE_OK;
 }
@@ -362,24 +352,14 @@ int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
                           size_t nonce_len, const uint8_t *tags, const uint8_t *aad,
                           const int64_t *aad_offsets, uint64_t aad_len, uint8_t *failed,
                           int threads) {
-    crypt_ctx c;
     if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets,
                        aad_len) ||
         (n > 0 && failed == NULL))
         return ENGINE_EINVAL;
     if (n == 0) return 0;
-    memset(&c, 0, sizeof(c));
-    c.key = key;
-    c.in = in;
-    c.offsets = offsets;
-    c.out = out;
-    c.nonces = (uint8_t *)nonces;
-    c.nonce_len = nonce_len;
-    c.tags = (uint8_t *)tags;
-    c.aad = aad;
-    c.aad_offsets = aad_offsets;
-    c.aad_len = aad_len;
-    c.failed = failed;
+    crypt_ctx c = {.key = key, .in = in, .offsets = offsets, .out = out,
+                   .nonces = (uint8_t *)nonces, .nonce_len = nonce_len, .tags = (uint8_t *)tags,
+                   .aad = aad, .aad_offsets = aad_offsets, .aad_len = aad_len, .failed = failed};
     return engine_parallel(n, offsets, threads, crypt_range, &c);
 }
 
@@ -388,7 +368,6 @@ int engine_seal_tokens(const engine_key *key, size_t n, const uint8_t *in, const
                        size_t nonce_len, uint8_t *out, const int64_t *out_starts,
                        const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
                        int threads) {
-    crypt_ctx c;
     uint8_t *nonces;
     int64_t rc;
     if (key == NULL || offsets == NULL || out_starts == NULL ||
@@ -403,22 +382,10 @@ int engine_seal_tokens(const engine_key *key, size_t n, const uint8_t *in, const
         free(nonces);
         return ENGINE_ERANDOM;
     }
-    memset(&c, 0, sizeof(c));
-    c.key = key;
-    c.seal = 1;
-    c.token = 1;
-    c.in = in;
-    c.offsets = offsets;
-    c.out = out;
-    c.out_starts = out_starts;
-    c.nonces = nonces;
-    c.nonce_len = nonce_len;
-    c.header = header;
-    c.header_len = header_len;
-    c.header_is_aad = header_is_aad;
-    c.aad = aad;
-    c.aad_offsets = aad_offsets;
-    c.aad_len = aad_len;
+    crypt_ctx c = {.key = key, .seal = 1, .token = 1, .in = in, .offsets = offsets, .out = out,
+                   .out_starts = out_starts, .nonces = nonces, .nonce_len = nonce_len,
+                   .header = header, .header_len = header_len, .header_is_aad = header_is_aad,
+                   .aad = aad, .aad_offsets = aad_offsets, .aad_len = aad_len};
     rc = engine_parallel(n, offsets, threads, crypt_range, &c);
     free(nonces); /* public once written into the tokens: no wipe needed */
     return rc < 0 ? (int)rc : ENGINE_OK;
@@ -429,7 +396,6 @@ int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
                            size_t nonce_len, uint8_t *out, const int64_t *out_starts,
                            const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
                            uint8_t *failed, int threads) {
-    crypt_ctx c;
     size_t i;
     if (key == NULL || offsets == NULL || out_starts == NULL || (n > 0 && failed == NULL) ||
         nonce_len < ENGINE_NONCE_MIN_BYTES || nonce_len > ENGINE_NONCE_MAX_BYTES ||
@@ -440,20 +406,10 @@ int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
     for (i = 0; i < n; i++)
         if (offsets[i + 1] - offsets[i] < (int64_t)(header_len + nonce_len + ENGINE_TAG_BYTES))
             return ENGINE_EINVAL;
-    memset(&c, 0, sizeof(c));
-    c.key = key;
-    c.token = 1;
-    c.in = in;
-    c.offsets = offsets;
-    c.out = out;
-    c.out_starts = out_starts;
-    c.nonce_len = nonce_len;
-    c.header_len = header_len;
-    c.header_is_aad = header_is_aad;
-    c.aad = aad;
-    c.aad_offsets = aad_offsets;
-    c.aad_len = aad_len;
-    c.failed = failed;
+    crypt_ctx c = {.key = key, .token = 1, .in = in, .offsets = offsets, .out = out,
+                   .out_starts = out_starts, .nonce_len = nonce_len, .header_len = header_len,
+                   .header_is_aad = header_is_aad, .aad = aad, .aad_offsets = aad_offsets,
+                   .aad_len = aad_len, .failed = failed};
     return engine_parallel(n, offsets, threads, crypt_range, &c);
 }
 
