@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from .batch import Batch, SealedBatch, as_batch, byte_view, fixed_width, offsets_of
+from .batch import Batch, SealedBatch, as_batch, byte_view, empty_bytes, fixed_width, offsets_of
 from .errors import (
     BackendUnavailable,
     BatchInvalidTag,
@@ -253,7 +253,7 @@ class AesGcm:
         """
         batch = as_batch(batch, "batch")
         _check_record_sizes(batch)
-        out = np.empty(batch.nbytes, dtype=np.uint8)
+        out = empty_bytes(batch.nbytes)
         return self._seal(batch, out, associated_data, nonce_size, threads, None)
 
     def seal_batch_into(self, batch: Any, out: Any, associated_data: Any = None, *,
@@ -301,7 +301,7 @@ class AesGcm:
                 the batch with those records zero-filled.
         """
         self._check_sealed(sealed)
-        out = np.empty(sealed.ciphertexts.nbytes, dtype=np.uint8)
+        out = empty_bytes(sealed.ciphertexts.nbytes)
         return self._open(sealed, out, associated_data, threads)
 
     def open_batch_into(self, sealed: SealedBatch, out: Any, associated_data: Any = None, *,
@@ -363,7 +363,7 @@ class AesGcm:
         n = len(batch)
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         off = offsets_of(batch.lengths() + (len(header) + nonce_size + TAG_BYTES))
-        out = np.empty(int(off[-1]), dtype=np.uint8)
+        out = empty_bytes(int(off[-1]))
         _native.seal_tokens(self._key, n, batch.data, batch.offsets, header, bind_header,
                             nonce_size, out, off[:-1], aad, aad_offsets, aad_len,
                             _check_threads(threads))
@@ -402,7 +402,7 @@ class AesGcm:
         result = None
         if out is None:
             off = offsets_of(sizes)
-            target = np.empty(int(off[-1]), dtype=np.uint8)
+            target = empty_bytes(int(off[-1]))
             starts = off[:-1]
             result = Batch._trusted(target, off)
         else:

@@ -53,6 +53,7 @@ from .batch import (
     as_batch,
     b64url_decode,
     b64url_encode,
+    empty_bytes,
     offsets_of,
     scatter,
 )
@@ -460,7 +461,7 @@ def pack_tokens(sealed: Any, key_version: int, fmt: int = FORMAT_BOUND) -> Batch
         raise InvalidLength(f"tokens need {IV_BYTES}-byte nonces")
     lengths = ct.lengths()
     off = offsets_of(lengths + OVERHEAD)
-    out = np.empty(int(off[-1]), dtype=np.uint8)
+    out = empty_bytes(int(off[-1]))
     starts = off[:-1]
     head = np.empty((n, HEADER_BYTES + IV_BYTES), dtype=np.uint8)
     head[:, :HEADER_BYTES] = np.frombuffer(token_header(key_version, fmt), dtype=np.uint8)

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .aead import random_bytes
-from .batch import Batch, as_batch, offsets_of, scatter
+from .batch import Batch, as_batch, empty_bytes, offsets_of, scatter
 from .envelope import (
     FORMAT_BOUND,
     HEADER_BYTES,
@@ -115,7 +115,7 @@ def batch_to_text(batch: Batch) -> list[str]:
             return [bytes(v).decode("utf-8") for v in batch]
         lengths = np.diff(off)
         out_off = offsets_of(lengths + 1)
-        out = np.empty(int(out_off[-1]), dtype=np.uint8)
+        out = empty_bytes(int(out_off[-1]))
         scatter(out, [out_off[:-1]], [batch])
         out[out_off[1:] - 1] = sep
         return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
@@ -359,7 +359,7 @@ class EncryptionService:
         n = len(tokens)
         caller_aad = _caller_aad(aad, n)
         off = offsets_of(tokens.lengths() - OVERHEAD)
-        out = np.empty(int(off[-1]), dtype=np.uint8)
+        out = empty_bytes(int(off[-1]))
         group_key = headers.key_versions * 256 + headers.formats
         if n == 0 or bool((group_key == group_key[0]).all()):
             groups: list[tuple[int, np.ndarray | None]] = [(int(group_key[0]), None)] if n else []
