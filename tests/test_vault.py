@@ -635,17 +635,34 @@ def test_key_rotation_on_vault(make_provider, tmp_path):
     for version, ct in sealed:
         assert provider.get_key(version).cipher.decrypt(NONCE, ct) == b"row"
 
+
+
+@pytest.mark.parametrize("failing_step", ["pre_validation", "generate", "move_pointer",
+                                          "post_verification", "deprecate", "handover"])
+def test_vault_rotation_failure_at_each_step_leaves_everything_as_before(make_provider, tmp_path,
+                                                                         failing_step):
+    from engine import rotation
+
+    provider = make_provider(cache_ttl=60)
+    svc = rotation.KeyRotationService(provider, rotation.RotationPolicy(retention_versions=2),
+                                      state_dir=tmp_path)
+    for _ in range(3):
+        svc.rotate_keys()
+    before = {i.version: i.state for i in provider.list_versions()}
+
     def fail(step, detail):
-        if step == "post_verification":
+        if step == failing_step:
             raise RuntimeError("injected")
 
     svc.observer = fail
-    with pytest.raises(rotation.RotationFailed):
+    with pytest.raises(rotation.RotationFailed) as err:
         svc.rotate_keys()
+    assert err.value.step == failing_step
     provider.refresh()
     after = {i.version: i.state for i in provider.list_versions()}
     assert provider.get_current_key().version == 4
-    assert {v: after[v] for v in states} == states and after[5] is KeyState.DEPRECATED
+    assert {v: after[v] for v in before} == before
+    assert all(after[v].value == "deprecated" for v in after if v not in before)
 
 
 def test_usage_lock_audit_key_and_purge_on_vault(make_provider, tmp_path):
