@@ -280,11 +280,11 @@ class AesGcm:
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         if nonces is None:
             _check_nonce_size(nonce_size)
-            nonce_arr = np.empty((n, nonce_size), dtype=np.uint8)
+            nonce_arr = empty_bytes(n * nonce_size).reshape(n, nonce_size)
         else:
             nonce_arr = np.ascontiguousarray(fixed_width(nonces, n, nonce_size, "nonces"))
             _check_nonce_size(nonce_size)
-        tags = np.empty((n, TAG_BYTES), dtype=np.uint8)
+        tags = empty_bytes(n * TAG_BYTES).reshape(n, TAG_BYTES)
         _native.seal_batch(self._key, n, batch.data, batch.offsets, out, nonce_arr, nonce_size,
                            nonces is None, tags, aad, aad_offsets, aad_len, threads)
         return SealedBatch._trusted(nonce_arr, tags, Batch._trusted(out, _rebased(batch.offsets)))

@@ -38,18 +38,26 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
     batch = sample_records(count, min_size, max_size)
     key = AesGcm.generate_key()
     aead = AesGcm(key, backend=backend)
-    t0 = time.perf_counter()
-    sealed = aead.seal_batch(batch)
-    t1 = time.perf_counter()
-    opened = aead.open_batch(sealed)
-    t2 = time.perf_counter()
+    # Steady state, as a long-running pipeline sees it: one untimed round first (a fresh process
+    # pays once for the kernel to provide the output memory), then the median of three.
+    seal_times, open_times = [], []
+    for round_ in range(4):
+        t0 = time.perf_counter()
+        sealed = aead.seal_batch(batch)
+        t1 = time.perf_counter()
+        opened = aead.open_batch(sealed)
+        t2 = time.perf_counter()
+        if round_:
+            seal_times.append(t1 - t0)
+            open_times.append(t2 - t1)
+    seal_s, open_s = sorted(seal_times)[1], sorted(open_times)[1]
     result: dict[str, Any] = {
         "backend": backend_info(backend),
         "records": count,
         "bytes": batch.nbytes,
         "round_trip_ok": opened == batch,
-        "engine": {"seal_records_per_s": count / (t1 - t0), "open_records_per_s": count / (t2 - t1),
-                   "seal_bytes_per_s": batch.nbytes / (t1 - t0)},
+        "engine": {"seal_records_per_s": count / seal_s, "open_records_per_s": count / open_s,
+                   "seal_bytes_per_s": batch.nbytes / seal_s},
     }
     if compare:
         try:
@@ -60,11 +68,13 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
             ref = AESGCM(key)
             values = batch.to_list()
             nonces = [n.tobytes() for n in sealed.nonces]
-            t0 = time.perf_counter()
-            theirs = [ref.encrypt(n, v, None) for n, v in zip(nonces, values)]
-            t1 = time.perf_counter()
-            result["cryptography"] = {"seal_records_per_s": count / (t1 - t0),
-                                      "seal_bytes_per_s": batch.nbytes / (t1 - t0)}
+            loop_s = float("inf")
+            for _ in range(2):  # the better of two rounds, like the engine's warm figure
+                t0 = time.perf_counter()
+                theirs = [ref.encrypt(n, v, None) for n, v in zip(nonces, values)]
+                loop_s = min(loop_s, time.perf_counter() - t0)
+            result["cryptography"] = {"seal_records_per_s": count / loop_s,
+                                      "seal_bytes_per_s": batch.nbytes / loop_s}
             same = all(t[:-16] == bytes(sealed.ciphertexts[i]) and t[-16:] == sealed.tags[i].tobytes()
                        for i, t in enumerate(theirs))
             result["identical_to_cryptography"] = same
@@ -76,7 +86,8 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
 def _print_demo(r: dict[str, Any]) -> None:
     b = r["backend"]
     print(f"backend   {b['backend']} {b['version']} ({b['isa']}), {b['threads']} threads")
-    print(f"data set  {r['records']:,} records, {r['bytes'] / 2**20:.1f} MiB, fresh random key")
+    print(f"data set  {r['records']:,} records, {r['bytes'] / 2**20:.1f} MiB, fresh random key "
+          "(steady state: median of 3 rounds after a warm-up)")
     e = r["engine"]
     print(f"engine        seal {e['seal_records_per_s'] / 1e6:8.2f} M rec/s  "
           f"{e['seal_bytes_per_s'] / 1e9:6.2f} GB/s   open {e['open_records_per_s'] / 1e6:8.2f} M rec/s")
