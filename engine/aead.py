@@ -8,6 +8,7 @@ may be shared by any number of Python threads.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ TAG_BYTES = _native.TAG_BYTES
 NONCE_MIN_BYTES = _native.NONCE_MIN_BYTES
 NONCE_MAX_BYTES = _native.NONCE_MAX_BYTES
 MESSAGE_MAX_BYTES = _native.MESSAGE_MAX_BYTES
+MAX_HEADER_BYTES = 4096  # token headers are a few bytes; this bounds the AAD scratch per thread
 
 BACKEND_ENV = "ENGINE_BACKEND"
 _BACKEND_ALIASES = {"ipsec-mb": "ipsec-mb", "ipsecmb": "ipsec-mb", "ipsec_mb": "ipsec-mb",
@@ -90,10 +92,14 @@ def random_bytes(n: int) -> bytes:
     return bytes(buf)
 
 
-def _nbytes(obj: Any, name: str) -> int:
-    """Size in bytes of a C-contiguous bytes-like argument; bytes take the fast path."""
+def _buffer(obj: Any, name: str) -> tuple[Any, int]:
+    """(what to hand to the binding, size in bytes) of a C-contiguous bytes-like argument.
+
+    Anything but ``bytes`` comes back as a flat memoryview that the caller keeps until the native
+    call returns: while it exists, a bytearray cannot be resized under the native code.
+    """
     if type(obj) is bytes:
-        return len(obj)
+        return obj, len(obj)
     try:
         view = memoryview(obj)
     except TypeError:
@@ -103,7 +109,9 @@ def _nbytes(obj: Any, name: str) -> int:
         ) from None
     if not view.c_contiguous:
         raise InvalidArgument(f"{name} must be a C-contiguous buffer")
-    return view.nbytes
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view, view.nbytes
 
 
 def _check_nonce_size(size: int) -> None:
@@ -113,11 +121,14 @@ def _check_nonce_size(size: int) -> None:
         )
 
 
+MAX_THREADS = 256
+
+
 def _check_threads(threads: int | None) -> int:
     if threads is None:
         return default_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise InvalidArgument("threads must be a positive integer or None")
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+        raise InvalidArgument(f"threads must be an integer from 1 to {MAX_THREADS}, or None")
     return threads
 
 
@@ -171,12 +182,17 @@ class AesGcm:
     # the binding for this key) shadow the methods below, which handle every other case.
 
     def __init__(self, key: Any, *, backend: str | None = None) -> None:
-        if _nbytes(key, "key") != KEY_BYTES:
+        key, size = _buffer(key, "key")
+        if size != KEY_BYTES:
             raise InvalidArgument(f"AesGcm key must be {KEY_BYTES} bytes (AES-256)")
         self._key = _native.KeyHandle(key, selected_backend(backend))
-        general = type(self)
+        # The fallbacks reach this object through a weak reference: a bound method would make a
+        # cycle, and the native key schedule would then be wiped only when the cyclic GC runs.
+        cls, me = type(self), weakref.ref(self)
         self.encrypt, self.decrypt = _native.bytes_fast_paths(
-            self._key, general.encrypt.__get__(self), general.decrypt.__get__(self)
+            self._key,
+            lambda *args: cls.encrypt(me(), *args),
+            lambda *args: cls.decrypt(me(), *args),
         )
 
     @staticmethod
@@ -206,15 +222,14 @@ class AesGcm:
             InvalidArgument: nonce not 8 to 128 bytes, or data over 2**36 - 32 bytes.
             InvalidArgumentType: an argument is not bytes-like.
         """
-        size = len(nonce) if type(nonce) is bytes else _nbytes(nonce, "nonce")
-        if not NONCE_MIN_BYTES <= size <= NONCE_MAX_BYTES:
-            _check_nonce_size(size)
-        length = len(data) if type(data) is bytes else _nbytes(data, "data")
+        nonce, size = _buffer(nonce, "nonce")
+        _check_nonce_size(size)
+        data, length = _buffer(data, "data")
         if length > MESSAGE_MAX_BYTES:
             raise MessageTooLong(f"data exceeds GCM's limit of {MESSAGE_MAX_BYTES} bytes")
-        aad_len = (0 if associated_data is None else len(associated_data)
-                   if type(associated_data) is bytes else _nbytes(associated_data, "associated_data"))
-        return _native.seal(self._key, nonce, size, data, length, associated_data, aad_len)
+        aad, aad_len = (None, 0) if associated_data is None else _buffer(associated_data,
+                                                                          "associated_data")
+        return _native.seal(self._key, nonce, size, data, length, aad, aad_len)
 
     def decrypt(self, nonce: Any, data: Any, associated_data: Any = None) -> bytes:
         """Decrypts ciphertext-and-tag ``data`` and checks its tag.
@@ -224,17 +239,17 @@ class AesGcm:
                 or ``data`` is shorter than the 16-byte tag.
             InvalidArgument: nonce not 8 to 128 bytes.
         """
-        size = len(nonce) if type(nonce) is bytes else _nbytes(nonce, "nonce")
-        if not NONCE_MIN_BYTES <= size <= NONCE_MAX_BYTES:
-            _check_nonce_size(size)
-        length = (len(data) if type(data) is bytes else _nbytes(data, "data")) - TAG_BYTES
+        nonce, size = _buffer(nonce, "nonce")
+        _check_nonce_size(size)
+        data, total = _buffer(data, "data")
+        length = total - TAG_BYTES
         if length < 0:
             raise InvalidTag()
         if length > MESSAGE_MAX_BYTES:
             raise MessageTooLong(f"data exceeds GCM's limit of {MESSAGE_MAX_BYTES} bytes")
-        aad_len = (0 if associated_data is None else len(associated_data)
-                   if type(associated_data) is bytes else _nbytes(associated_data, "associated_data"))
-        return _native.open_(self._key, nonce, size, data, length, associated_data, aad_len)
+        aad, aad_len = (None, 0) if associated_data is None else _buffer(associated_data,
+                                                                          "associated_data")
+        return _native.open_(self._key, nonce, size, data, length, aad, aad_len)
 
     # ---- batches ----
 
@@ -318,6 +333,12 @@ class AesGcm:
             raise InvalidArgumentType(
                 f"expected an engine.SealedBatch, not {type(sealed).__name__}"
             )
+        n = len(sealed.ciphertexts)
+        for name, arr, width in (("nonces", sealed.nonces, sealed.nonce_size),
+                                 ("tags", sealed.tags, TAG_BYTES)):
+            if (arr.dtype != np.uint8 or arr.shape != (n, width)
+                    or not arr.flags.c_contiguous):
+                raise InvalidArgument(f"sealed.{name} must be a C-contiguous ({n}, {width}) uint8 array")
         _check_nonce_size(sealed.nonce_size)
         _check_record_sizes(sealed.ciphertexts)
 
@@ -329,8 +350,8 @@ class AesGcm:
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         failed = np.empty(n, dtype=np.uint8)
         nfailed = _native.open_batch(self._key, n, ct.data, ct.offsets, out,
-                                     np.ascontiguousarray(sealed.nonces), sealed.nonce_size,
-                                     np.ascontiguousarray(sealed.tags), aad, aad_offsets, aad_len,
+                                     sealed.nonces, sealed.nonce_size,
+                                     sealed.tags, aad, aad_offsets, aad_len,
                                      failed, threads)
         result = Batch._trusted(out, _rebased(ct.offsets))
         if nfailed:
@@ -360,6 +381,8 @@ class AesGcm:
         _check_record_sizes(batch)
         _check_nonce_size(nonce_size)
         header = bytes(byte_view(header, "header"))
+        if len(header) > MAX_HEADER_BYTES:
+            raise InvalidArgument(f"header must be at most {MAX_HEADER_BYTES} bytes")
         n = len(batch)
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         off = offsets_of(batch.lengths() + (len(header) + nonce_size + TAG_BYTES))
@@ -392,6 +415,8 @@ class AesGcm:
         """
         tokens = as_batch(tokens, "tokens")
         _check_nonce_size(nonce_size)
+        if type(header_size) is not int or not 0 <= header_size <= MAX_HEADER_BYTES:
+            raise InvalidArgument(f"header_size must be an integer from 0 to {MAX_HEADER_BYTES}")
         n = len(tokens)
         overhead = header_size + nonce_size + TAG_BYTES
         sizes = tokens.lengths() - overhead
@@ -408,8 +433,9 @@ class AesGcm:
         else:
             target = byte_view(out, "out", writable=True)
             starts = np.ascontiguousarray(out_starts, dtype=np.int64)
+            # compared without adding starts + sizes, which could wrap around in int64
             if starts.shape != (n,) or (n and (int(starts.min()) < 0 or
-                                               int((starts + sizes).max()) > target.shape[0])):
+                                               bool((starts > target.shape[0] - sizes).any()))):
                 raise InvalidArgument("out_starts must place every plaintext inside out")
         failed = np.empty(n, dtype=np.uint8)
         nfailed = _native.open_tokens(self._key, n, tokens.data, tokens.offsets, header_size,

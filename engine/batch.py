@@ -218,10 +218,8 @@ class Batch:
             if data_buf is not None
             else np.empty(0, dtype=np.uint8)
         )
-        if width is np.int64:
-            offsets = _readonly(offsets)
-            _check_bounds(offsets, data.shape[0], "arrow offsets")
-            return cls._trusted(data, offsets)
+        # Offsets are copied (8 bytes a record) and checked: Arrow buffers can be views of
+        # writable memory, and a later change there must not reach the native code.
         return cls(data, offsets)
 
     def to_arrow(self, *, text: bool = False) -> Any:
@@ -291,8 +289,9 @@ class Batch:
         if starts.shape != lengths.shape or starts.ndim != 1:
             raise InvalidArgument("starts and lengths must be 1-D arrays of the same length")
         n = starts.shape[0]
+        # compared without adding starts + lengths, which could wrap around in int64
         if n and (int(starts.min()) < 0 or int(lengths.min()) < 0
-                  or int((starts + lengths).max()) > self._data.shape[0]):
+                  or bool((starts > self._data.shape[0] - lengths).any())):
             raise InvalidArgument("a slice reaches outside the data buffer")
         off = offsets_of(lengths)
         out = empty_bytes(int(off[-1]))
@@ -365,14 +364,25 @@ def _threads(threads: int | None) -> int:
     return default_threads() if threads is None else threads
 
 
-def scatter(out: np.ndarray, starts: Sequence[np.ndarray], parts: Sequence[Batch], *,
+def scatter(out: Any, starts: Sequence[Any], parts: Sequence[Batch], *,
             threads: int | None = None) -> None:
-    """Copies record i of ``parts[k]`` to ``out[starts[k][i]:]`` for every k and i (native)."""
+    """Copies record i of ``parts[k]`` to ``out[starts[k][i]:]`` for every k and i (native).
+
+    Raises:
+        InvalidArgument: ``out`` is not writable, or a record would land outside it.
+    """
+    target = byte_view(out, "out", writable=True)
     for where, part in zip(starts, parts):
         n = len(part)
+        where = np.ascontiguousarray(where, dtype=np.int64)
+        if where.shape != (n,):
+            raise InvalidArgument("scatter needs one start per record")
+        lengths = part.lengths()
+        if n and (int(where.min()) < 0 or bool((where > target.shape[0] - lengths).any())):
+            raise InvalidArgument("a record would land outside the output buffer")
         if n:
-            _native.gather(n, part.data, part.offsets[:-1], part.lengths(), out,
-                           np.ascontiguousarray(where, dtype=np.int64), _threads(threads))
+            _native.gather(n, part.data, part.offsets[:-1], lengths, target, where,
+                           _threads(threads))
 
 
 def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> Batch:
@@ -523,23 +533,39 @@ class SealedBatch:
         InvalidArgument: the three columns disagree on n, or a nonce or tag has the wrong size.
     """
 
-    __slots__ = ("nonces", "tags", "ciphertexts")
+    __slots__ = ("_nonces", "_tags", "_ciphertexts")
 
     def __init__(self, *, nonces: Any, tags: Any, ciphertexts: Any) -> None:
         ct = as_batch(ciphertexts, "ciphertexts")
         n = len(ct)
         width = _row_width(nonces, n, "nonces")
-        self.ciphertexts = ct
-        self.nonces = fixed_width(nonces, n, width, "nonces")
-        self.tags = fixed_width(tags, n, TAG_BYTES, "tags")
+        self._ciphertexts = ct
+        self._nonces = np.ascontiguousarray(fixed_width(nonces, n, width, "nonces"))
+        self._tags = np.ascontiguousarray(fixed_width(tags, n, TAG_BYTES, "tags"))
 
     @classmethod
     def _trusted(cls, nonces: np.ndarray, tags: np.ndarray, ciphertexts: Batch) -> "SealedBatch":
         self = cls.__new__(cls)
-        self.nonces = nonces
-        self.tags = tags
-        self.ciphertexts = ciphertexts
+        self._nonces = nonces
+        self._tags = tags
+        self._ciphertexts = ciphertexts
         return self
+
+    # Read-only: the shapes were checked once, and native code relies on them.
+    @property
+    def nonces(self) -> np.ndarray:
+        """``n x nonce_size`` uint8."""
+        return self._nonces
+
+    @property
+    def tags(self) -> np.ndarray:
+        """``n x 16`` uint8."""
+        return self._tags
+
+    @property
+    def ciphertexts(self) -> Batch:
+        """The ciphertexts, with the plaintexts' offsets."""
+        return self._ciphertexts
 
     @property
     def nonce_size(self) -> int:

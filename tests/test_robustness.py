@@ -76,3 +76,66 @@ def test_sealing_one_gib_in_place_allocates_no_second_gib():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["ok"]
     assert r["peak"] - r["base"] < 64 << 20, r  # nonces, tags and offsets only: ~1 MiB here
+
+
+REVIEW_CASES = textwrap.dedent(
+    r"""
+    import numpy as np, pyarrow as pa, engine
+    from engine.batch import scatter
+    a = engine.AesGcm(engine.AesGcm.generate_key())
+    results = []
+    def expect(exc, fn):
+        try:
+            fn()
+            results.append("no error")
+        except exc:
+            results.append("ok")
+    # starts + lengths that wrap around in int64
+    b = engine.Batch(b"abcdef", [0, 6])
+    expect(ValueError, lambda: b.slices(np.array([2**63 - 1]), np.array([1])))
+    tokens = a.seal_tokens([b"x" * 64], b"HDR")
+    expect(ValueError, lambda: a.open_tokens(tokens, 3, out=np.zeros(64, np.uint8),
+                                             out_starts=np.array([2**63 - 1])))
+    # a sealed batch's columns cannot be swapped for smaller ones after it was checked
+    sb = a.seal_batch([b""] * 200000)
+    expect(AttributeError, lambda: setattr(sb, "tags", np.zeros((1, 16), np.uint8)))
+    # arrow offsets changed after the batch was built do not reach native code
+    off = np.array([0, 4], dtype=np.int64)
+    data = np.frombuffer(b"abcd", np.uint8)
+    arr = pa.Array.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(off), pa.py_buffer(data)])
+    batch = engine.Batch.from_arrow(arr)
+    off[:] = [1 << 40, (1 << 40) + 4]
+    results.append("ok" if a.open_batch(a.seal_batch(batch)).to_list() == [b"abcd"] else "wrong")
+    # scatter refuses read-only targets and starts outside the target
+    expect(ValueError, lambda: scatter(b"immutable-bytes", [np.array([0])], [engine.Batch(b"XXXX", [0, 4])]))
+    expect(ValueError, lambda: scatter(bytearray(8), [np.array([1 << 40])], [engine.Batch(b"XXXX", [0, 4])]))
+    # out-of-range sizes are typed errors, not OverflowError from cffi
+    expect(ValueError, lambda: a.open_tokens(tokens, -1))
+    expect(ValueError, lambda: a.seal_batch([b"x"], threads=2**40))
+    print(results)
+    """
+)
+
+
+def test_review_findings_are_typed_errors_not_crashes():
+    proc = subprocess.run([sys.executable, "-c", REVIEW_CASES], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert eval(proc.stdout.strip().splitlines()[-1]) == ["ok"] * 8  # noqa: S307
+
+
+def test_dropping_an_aesgcm_frees_its_native_key_without_the_cycle_collector():
+    import gc
+    import weakref
+
+    import engine
+
+    gc.disable()
+    try:
+        a = engine.AesGcm(engine.AesGcm.generate_key())
+        a.encrypt(bytes(16), b"x")
+        handle = weakref.ref(a._key)
+        del a
+        assert handle() is None  # freed (and its key schedule wiped) at once
+    finally:
+        gc.enable()

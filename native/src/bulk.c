@@ -1,6 +1,7 @@
 /* Record-wise byte work on whole batches: base64url (RFC 4648 section 5, no padding) and
  * scattered copies. Each runs on threads through engine_parallel, with no per-record call
  * from Python. */
+#include <pthread.h>
 #include <string.h>
 
 #include "backend.h"
@@ -8,14 +9,12 @@
 static const uint8_t B64URL[64] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 static uint8_t DEC[256];
-static int dec_ready;
+static pthread_once_t dec_once = PTHREAD_ONCE_INIT;
 
-static void dec_init(void) {
+static void dec_build(void) {
     int i;
-    if (dec_ready) return;
     memset(DEC, 0xFF, sizeof(DEC));
     for (i = 0; i < 64; i++) DEC[B64URL[i]] = (uint8_t)i;
-    __atomic_store_n(&dec_ready, 1, __ATOMIC_RELEASE);
 }
 
 typedef struct b64_ctx {
@@ -131,7 +130,7 @@ int64_t engine_b64url_decode_batch(size_t n, const uint8_t *in, const int64_t *o
     if (status == NULL || (offsets[n] > offsets[0] && in == NULL) ||
         (out_offsets[n] > out_offsets[0] && out == NULL))
         return ENGINE_EINVAL;
-    dec_init();
+    pthread_once(&dec_once, dec_build);
     return engine_parallel(n, offsets, threads, decode_range, &c);
 }
 

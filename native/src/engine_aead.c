@@ -122,7 +122,7 @@ int engine_open(const engine_key *key, uint8_t *out, const uint8_t *in, uint64_t
     rc = key->ops->open(key, &w, nonnull_out(out), nonnull(in), len, tag, nonce,
                         nonce_len, nonnull(aad), aad_len);
     key->ops->worker_free(&w);
-    if (rc == ENGINE_EAUTH && len > 0) engine_wipe(out, (size_t)len);
+    if (rc != ENGINE_OK && len > 0) engine_wipe(out, (size_t)len); /* never unverified plaintext */
     return rc;
 }
 
@@ -300,8 +300,8 @@ static int64_t crypt_range(void *arg, size_t begin, size_t end) {
             rc = key->ops->seal(key, &w, dst, tag, src, len, nonce, nl, aad, aad_len);
         } else {
             rc = key->ops->open(key, &w, dst, src, len, tag, nonce, nl, aad, aad_len);
+            if (rc != ENGINE_OK && len > 0) engine_wipe(dst, (size_t)len); /* never unverified */
             if (rc == ENGINE_EAUTH) {
-                if (len > 0) engine_wipe(dst, (size_t)len);
                 c->failed[i] = 1;
                 nfailed++;
                 rc = ENGINE_OK;
