@@ -31,10 +31,29 @@ def sample_records(count: int, min_size: int, max_size: int, seed: int = 0) -> B
     return Batch(data, offsets)
 
 
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.live = sys.stderr.isatty()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.live:
+            filled = 30 * self.done // self.total
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
+                             f"{self.done}/{self.total} {what:<24}")
+            sys.stderr.flush()
+            if self.done == self.total:
+                sys.stderr.write("\n")
+
+
 def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
              compare: bool = True) -> dict[str, Any]:
     """Seals and opens a generated data set under a fresh development key, and (when
     ``cryptography`` is installed) times cryptography's AESGCM on the same records."""
+    progress = _Progress(6 if compare else 4, "demo")
     batch = sample_records(count, min_size, max_size)
     key = AesGcm.generate_key()
     aead = AesGcm(key, backend=backend)
@@ -50,6 +69,7 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
         if round_:
             seal_times.append(t1 - t0)
             open_times.append(t2 - t1)
+        progress.step(f"engine round {round_ + 1} of 4")
     seal_s, open_s = sorted(seal_times)[1], sorted(open_times)[1]
     result: dict[str, Any] = {
         "backend": backend_info(backend),
@@ -73,6 +93,7 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
                 t0 = time.perf_counter()
                 theirs = [ref.encrypt(n, v, None) for n, v in zip(nonces, values)]
                 loop_s = min(loop_s, time.perf_counter() - t0)
+                progress.step("cryptography loop")
             result["cryptography"] = {"seal_records_per_s": count / loop_s,
                                       "seal_bytes_per_s": batch.nbytes / loop_s}
             same = all(t[:-16] == bytes(sealed.ciphertexts[i]) and t[-16:] == sealed.tags[i].tobytes()
