@@ -14,7 +14,17 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from .batch import Batch, SealedBatch, as_batch, byte_view, empty_bytes, fixed_width, offsets_of
+from .batch import (
+    Batch,
+    SealedBatch,
+    as_batch,
+    byte_view,
+    check_threads,
+    default_threads,
+    empty_bytes,
+    fixed_width,
+    offsets_of,
+)
 from .errors import (
     BackendUnavailable,
     BatchInvalidTag,
@@ -36,14 +46,6 @@ MAX_HEADER_BYTES = 4096  # token headers are a few bytes; this bounds the AAD sc
 BACKEND_ENV = "ENGINE_BACKEND"
 _BACKEND_ALIASES = {"ipsec-mb": "ipsec-mb", "ipsecmb": "ipsec-mb", "ipsec_mb": "ipsec-mb",
                     "openssl": "openssl"}
-
-
-def default_threads() -> int:
-    """Threads used when ``threads=None``: the cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def selected_backend(name: str | None = None) -> str:
@@ -119,17 +121,6 @@ def _check_nonce_size(size: int) -> None:
         raise InvalidArgument(
             f"nonce must be {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes, got {size}"
         )
-
-
-MAX_THREADS = 256
-
-
-def _check_threads(threads: int | None) -> int:
-    if threads is None:
-        return default_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
-        raise InvalidArgument(f"threads must be an integer from 1 to {MAX_THREADS}, or None")
-    return threads
 
 
 def _check_record_sizes(batch: Batch) -> None:
@@ -291,7 +282,7 @@ class AesGcm:
     def _seal(self, batch: Batch, out: np.ndarray, associated_data: Any, nonce_size: int,
               threads: int | None, nonces: Any) -> SealedBatch:
         n = len(batch)
-        threads = _check_threads(threads)
+        threads = check_threads(threads)
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         if nonces is None:
             _check_nonce_size(nonce_size)
@@ -346,7 +337,7 @@ class AesGcm:
               threads: int | None) -> Batch:
         ct = sealed.ciphertexts
         n = len(ct)
-        threads = _check_threads(threads)
+        threads = check_threads(threads)
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         failed = np.empty(n, dtype=np.uint8)
         nfailed = _native.open_batch(self._key, n, ct.data, ct.offsets, out,
@@ -389,7 +380,7 @@ class AesGcm:
         out = empty_bytes(int(off[-1]))
         _native.seal_tokens(self._key, n, batch.data, batch.offsets, header, bind_header,
                             nonce_size, out, off[:-1], aad, aad_offsets, aad_len,
-                            _check_threads(threads))
+                            check_threads(threads))
         return Batch._trusted(out, off)
 
     def open_tokens(self, tokens: Any, header_size: int, associated_data: Any = None, *,
@@ -440,7 +431,7 @@ class AesGcm:
         failed = np.empty(n, dtype=np.uint8)
         nfailed = _native.open_tokens(self._key, n, tokens.data, tokens.offsets, header_size,
                                       bind_header, nonce_size, target, starts, aad, aad_offsets,
-                                      aad_len, failed, _check_threads(threads))
+                                      aad_len, failed, check_threads(threads))
         if nfailed:
             raise BatchInvalidTag(np.flatnonzero(failed), result)
         return result

@@ -9,6 +9,7 @@ and an ``n x 16`` tag array, each of which can be stored as a column and handed 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +22,9 @@ __all__ = [
     "SealedBatch",
     "b64url_decode",
     "b64url_encode",
+    "b64url_lengths",
+    "check_threads",
+    "default_threads",
     "byte_view",
     "empty_bytes",
     "offsets_of",
@@ -296,7 +300,7 @@ class Batch:
         off = offsets_of(lengths)
         out = empty_bytes(int(off[-1]))
         if n:
-            _native.gather(n, self._data, starts, lengths, out, off[:-1], _threads(threads))
+            _native.gather(n, self._data, starts, lengths, out, off[:-1], check_threads(threads))
         return Batch._trusted(out, off)
 
     def take(self, indices: Any, *, threads: int | None = None) -> "Batch":
@@ -307,7 +311,7 @@ class Batch:
         out = empty_bytes(int(off[-1]))
         if idx.shape[0]:
             _native.gather(idx.shape[0], self._data, self._offsets[:-1][idx], lengths, out,
-                           off[:-1], _threads(threads))
+                           off[:-1], check_threads(threads))
         return Batch._trusted(out, off)
 
     def to_list(self) -> list[bytes]:
@@ -358,10 +362,33 @@ def offsets_of(lengths: np.ndarray) -> np.ndarray:
     return off
 
 
-def _threads(threads: int | None) -> int:
-    from .aead import default_threads
+MAX_THREADS = 256
 
-    return default_threads() if threads is None else threads
+
+def default_threads() -> int:
+    """Threads used when ``threads=None``: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> int:
+    """``threads`` for a native call: None means all cores.
+
+    Raises:
+        InvalidArgument: not an integer from 1 to 256.
+    """
+    if threads is None:
+        return default_threads()
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+        raise InvalidArgument(f"threads must be an integer from 1 to {MAX_THREADS}, or None")
+    return threads
+
+
+def b64url_lengths(lengths: np.ndarray) -> np.ndarray:
+    """base64url (no padding) sizes of records of the given lengths."""
+    return lengths // 3 * 4 + np.where(lengths % 3 != 0, lengths % 3 + 1, 0)
 
 
 def scatter(out: Any, starts: Sequence[Any], parts: Sequence[Batch], *,
@@ -382,7 +409,7 @@ def scatter(out: Any, starts: Sequence[Any], parts: Sequence[Batch], *,
             raise InvalidArgument("a record would land outside the output buffer")
         if n:
             _native.gather(n, part.data, part.offsets[:-1], lengths, target, where,
-                           _threads(threads))
+                           check_threads(threads))
 
 
 def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> Batch:
@@ -393,9 +420,9 @@ def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> B
     out = empty_bytes(int(off[-1]))
     starts = off[:-1]
     if n and p:
-        _native.gather(n, prefix, None, np.full(n, p, dtype=np.int64), out, starts, _threads(threads))
+        _native.gather(n, prefix, None, np.full(n, p, dtype=np.int64), out, starts, check_threads(threads))
     if n:
-        _native.gather(n, batch.data, batch.offsets[:-1], lengths, out, starts + p, _threads(threads))
+        _native.gather(n, batch.data, batch.offsets[:-1], lengths, out, starts + p, check_threads(threads))
     return Batch._trusted(out, off)
 
 
@@ -406,11 +433,10 @@ def b64url_encode(batch: Batch, *, prefix: bytes = b"", sep: bytes = b"",
     if len(sep) > 1:
         raise InvalidArgument("sep must be at most one byte")
     lengths = batch.lengths()
-    encoded = lengths // 3 * 4 + np.where(lengths % 3 != 0, lengths % 3 + 1, 0)
-    off = offsets_of(encoded + len(prefix) + len(sep))
+    off = offsets_of(b64url_lengths(lengths) + len(prefix) + len(sep))
     out = empty_bytes(int(off[-1]))
     _native.b64url_encode(len(batch), batch.data, batch.offsets, prefix, sep[0] if sep else -1,
-                          out, off, _threads(threads))
+                          out, off, check_threads(threads))
     return out
 
 
@@ -438,7 +464,7 @@ def b64url_decode(batch: Batch, *, prefix: bytes = b"",
     out = empty_bytes(int(off[-1]))
     status = np.empty(len(batch), dtype=np.uint8)
     _native.b64url_decode(len(batch), batch.data, batch.offsets, prefix, out, off, status,
-                          _threads(threads))
+                          check_threads(threads))
     return Batch._trusted(out, off), status
 
 

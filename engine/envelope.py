@@ -53,6 +53,7 @@ from .batch import (
     as_batch,
     b64url_decode,
     b64url_encode,
+    b64url_lengths,
     empty_bytes,
     offsets_of,
     scatter,
@@ -397,10 +398,9 @@ def is_text_token(value: Any) -> bool:
 # token seal/open of engine.AesGcm); here only header checks run, as numpy array operations.
 
 
-def _header_rows(tokens: Batch) -> np.ndarray:
-    """The first 6 bytes of every token (each at least that long), as an n x 6 matrix."""
-    starts = tokens.offsets[:-1]
-    return tokens.data[starts[:, None] + np.arange(HEADER_BYTES)]
+def _header_rows(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The 6 bytes at each start (tokens at least that long), as a k x 6 matrix."""
+    return data[starts[:, None] + np.arange(HEADER_BYTES)]
 
 
 def _header_codes(lengths: np.ndarray, heads: np.ndarray | None) -> np.ndarray:
@@ -442,7 +442,7 @@ def parse_headers(tokens: Batch) -> TokenHeaders:
     lengths = tokens.lengths()
     codes = _header_codes(lengths, None)
     _raise_first(codes)
-    heads = _header_rows(tokens) if len(tokens) else np.empty((0, HEADER_BYTES), np.uint8)
+    heads = _header_rows(tokens.data, tokens.offsets[:-1])
     _raise_first(_header_codes(lengths, heads))
     versions = np.ascontiguousarray(heads[:, 2:6]).view(">u4").reshape(-1).astype(np.int64)
     return TokenHeaders(heads[:, 1].copy(), versions)
@@ -521,7 +521,7 @@ def text_tokens_batch(tokens: Batch, *, threads: int | None = None) -> Batch:
     makes a pyarrow string column of them without creating a Python object per token)."""
     buf = b64url_encode(tokens, prefix=_PREFIX_BYTES, threads=threads)
     lengths = tokens.lengths()
-    sizes = len(_PREFIX_BYTES) + lengths // 3 * 4 + np.where(lengths % 3 != 0, lengths % 3 + 1, 0)
+    sizes = len(_PREFIX_BYTES) + b64url_lengths(lengths)
     return Batch._trusted(buf, offsets_of(sizes))
 
 
@@ -565,7 +565,7 @@ def _decode_text(batch: Batch, threads: int | None = None) -> tuple[Batch, np.nd
     lengths = binary.lengths()
     heads = np.zeros((len(batch), HEADER_BYTES), dtype=np.uint8)
     long_enough = np.flatnonzero(ok & (lengths >= HEADER_BYTES))
-    heads[long_enough] = _header_rows(binary.take(long_enough)) if long_enough.shape[0] else heads[:0]
+    heads[long_enough] = _header_rows(binary.data, binary.offsets[:-1][long_enough])
     header_codes = _header_codes(lengths, heads)
     codes[ok] = header_codes[ok]
     return binary, codes

@@ -239,3 +239,14 @@ def test_sealed_batch_shape_checks():
         engine.SealedBatch(nonces=[b"x" * 16, b"y" * 12], tags=[b"t" * 16] * 2, ciphertexts=ct)
     with pytest.raises(engine.InvalidArgumentType):
         engine.SealedBatch(nonces=np.zeros((2, 16), np.float32), tags=np.zeros((2, 16), np.uint8), ciphertexts=ct)
+
+
+def test_native_batch_helpers_check_threads_like_aesgcm():
+    from engine.batch import b64url_encode
+
+    b = engine.Batch.from_list([b"abc"])
+    for threads in (0, 2**40, 1.5):
+        with pytest.raises(engine.InvalidArgument, match="threads"):
+            b64url_encode(b, threads=threads)
+        with pytest.raises(engine.InvalidArgument, match="threads"):
+            b.take([0], threads=threads)

@@ -155,19 +155,18 @@ def bytes_fast_paths(key: KeyHandle, encrypt_general, decrypt_general):
     return encrypt, decrypt
 
 
+def _as_chars(buf):
+    """A ``char *`` argument: bytes as they are (cffi passes their buffer), anything else through
+    ffi.from_buffer."""
+    return buf if type(buf) is bytes else ffi.from_buffer("char[]", buf)
+
+
 def seal(key: KeyHandle, nonce, nonce_len: int, data, length: int, aad, aad_len: int) -> bytes:
     """Encrypts one message; returns ciphertext followed by the 16-byte tag. Arguments that are
     not ``bytes`` must be C-contiguous buffers; ``aad`` may be None."""
     total = length + TAG_BYTES
     out = bytes(total) if total < _UNINITIALISED_MIN else _bytes_new(None, total)
-    if type(data) is not bytes:
-        data = ffi.from_buffer("char[]", data)
-    if type(nonce) is not bytes:
-        nonce = ffi.from_buffer("char[]", nonce)
-    if aad is None:
-        aad = _NULL
-    elif type(aad) is not bytes:
-        aad = ffi.from_buffer("char[]", aad)
+    nonce, data, aad = _as_chars(nonce), _as_chars(data), _NULL if aad is None else _as_chars(aad)
     rc = _seal_chars(key._ptr, out, data, length, nonce, nonce_len, aad, aad_len)
     if rc:
         _check(rc)
@@ -180,14 +179,7 @@ def open_(key: KeyHandle, nonce, nonce_len: int, data, length: int, aad, aad_len
         obj, out = None, ffi.new("char[]", 2)
     else:
         obj = out = bytes(length) if length < _UNINITIALISED_MIN else _bytes_new(None, length)
-    if type(data) is not bytes:
-        data = ffi.from_buffer("char[]", data)
-    if type(nonce) is not bytes:
-        nonce = ffi.from_buffer("char[]", nonce)
-    if aad is None:
-        aad = _NULL
-    elif type(aad) is not bytes:
-        aad = ffi.from_buffer("char[]", aad)
+    nonce, data, aad = _as_chars(nonce), _as_chars(data), _NULL if aad is None else _as_chars(aad)
     rc = _open_chars(key._ptr, out, data, length, nonce, nonce_len, aad, aad_len)
     if rc:
         _check(rc)
