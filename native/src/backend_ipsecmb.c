@@ -39,7 +39,9 @@ static const char *imb_isa(void) {
     case IMB_ARCH_AVX512:
         return (g_mgr->features & IMB_FEATURE_VAES) ? "avx512+vaes" : "avx512";
     case IMB_ARCH_AVX2: return "avx2";
+#if IMB_VERSION_NUM < IMB_VERSION(2, 0, 0) /* 2.0 folded the AVX manager into SSE */
     case IMB_ARCH_AVX: return "avx";
+#endif
     case IMB_ARCH_SSE: return "sse";
     default: return "none";
     }
