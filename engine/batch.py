@@ -23,13 +23,16 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "b64url_lengths",
+    "batch_to_text",
     "check_threads",
     "default_threads",
     "byte_view",
     "empty_bytes",
+    "field_values",
     "offsets_of",
     "prefix_each",
     "scatter",
+    "with_field",
 ]
 
 TAG_BYTES = 16
@@ -412,6 +415,73 @@ def scatter(out: Any, starts: Sequence[Any], parts: Sequence[Batch], *,
                            check_threads(threads))
 
 
+def batch_to_text(batch: Batch) -> list[str]:
+    """Each record of a batch decoded from UTF-8 as one str, without a per-record Python loop.
+
+    ASCII records (text tokens, most identifiers) become str objects straight from the buffer in
+    C. Other text is joined with an ASCII control byte that occurs in none of the records, and the
+    whole buffer is decoded and split in C; only when every candidate separator occurs in the data
+    does it fall back to decoding record by record.
+
+    Raises:
+        InvalidArgument: a record is not valid UTF-8 (the message shows no content).
+    """
+    n = len(batch)
+    if n == 0:
+        return []
+    try:
+        return _native.ascii_strings(batch.data, batch.offsets)
+    except ValueError:  # not ASCII: UTF-8 below
+        pass
+    data, off = batch.data, batch.offsets
+    data = data[int(off[0]) : int(off[-1])]
+    off = off - off[0] if off[0] else off
+    sep = next((c for c in _SEPARATORS if not (data == c).any()), None)
+    try:
+        if sep is None:
+            return [bytes(v).decode("utf-8") for v in batch]
+        lengths = np.diff(off)
+        out_off = offsets_of(lengths + 1)
+        out = empty_bytes(int(out_off[-1]))
+        scatter(out, [out_off[:-1]], [batch])
+        out[out_off[1:] - 1] = sep
+        return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
+    except UnicodeDecodeError:
+        raise InvalidArgument("decrypted data is not valid UTF-8 text") from None
+
+
+_SEPARATORS = (0, 31, 30, 29, 28, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21,
+               22, 23, 24, 25, 26, 27, 127, 10, 9, 13)
+
+
+def field_values(records: list, field: str) -> list:
+    """``[r.get(field) for r in records]`` for a list of dicts, in one C loop.
+
+    Raises:
+        InvalidArgumentType: a record is not a dict.
+    """
+    try:
+        return _native.field_values(records, field)
+    except TypeError as e:
+        raise InvalidArgumentType(str(e)) from None
+
+
+def with_field(records: list, field: str, values: list) -> list[dict]:
+    """New dicts, each a shallow copy of ``records[i]`` with ``field`` set to ``values[i]``; a
+    ``None`` value for a record that lacks the field leaves it absent (one C loop).
+
+    Raises:
+        InvalidArgumentType: a record is not a dict.
+        InvalidArgument: ``values`` does not have one item per record.
+    """
+    try:
+        return _native.with_field(records, field, values)
+    except TypeError as e:
+        raise InvalidArgumentType(str(e)) from None
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+
+
 def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> Batch:
     """A new batch whose record i is ``prefix || batch[i]`` (two native gathers, no loop)."""
     n, p = len(batch), len(prefix)
@@ -426,18 +496,15 @@ def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> B
     return Batch._trusted(out, off)
 
 
-def b64url_encode(batch: Batch, *, prefix: bytes = b"", sep: bytes = b"",
-                  threads: int | None = None) -> np.ndarray:
-    """``prefix || base64url(record) || sep`` for every record, back to back in one ``uint8``
-    buffer (RFC 4648 section 5 alphabet, no padding), written by native code on threads."""
-    if len(sep) > 1:
-        raise InvalidArgument("sep must be at most one byte")
-    lengths = batch.lengths()
-    off = offsets_of(b64url_lengths(lengths) + len(prefix) + len(sep))
+def b64url_encode(batch: Batch, *, prefix: bytes = b"",
+                  threads: int | None = None) -> Batch:
+    """A batch of ``prefix || base64url(record)`` for every record (RFC 4648 section 5 alphabet,
+    no padding), written by native code on threads."""
+    off = offsets_of(b64url_lengths(batch.lengths()) + len(prefix))
     out = empty_bytes(int(off[-1]))
-    _native.b64url_encode(len(batch), batch.data, batch.offsets, prefix, sep[0] if sep else -1,
-                          out, off, check_threads(threads))
-    return out
+    _native.b64url_encode(len(batch), batch.data, batch.offsets, prefix, out, off,
+                          check_threads(threads))
+    return Batch._trusted(out, off)
 
 
 B64_PREFIX = _native.B64_PREFIX

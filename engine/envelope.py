@@ -53,7 +53,7 @@ from .batch import (
     as_batch,
     b64url_decode,
     b64url_encode,
-    b64url_lengths,
+    batch_to_text,
     empty_bytes,
     offsets_of,
     scatter,
@@ -506,23 +506,14 @@ def parse_tokens(tokens: Batch) -> ParsedTokens:
 
 def encode_text_tokens(tokens: Batch, *, threads: int | None = None) -> list[str]:
     """Text tokens (``"ef1:" + base64url``) for a batch of binary tokens, as a list of str:
-    encoded natively into one newline-separated ASCII buffer, split into strings by
-    ``str.split`` in C."""
-    if len(tokens) == 0:
-        return []
-    buf = b64url_encode(tokens, prefix=_PREFIX_BYTES, sep=b"\n", threads=threads)
-    strings = str(memoryview(buf), "ascii").split("\n")
-    strings.pop()
-    return strings
+    encoded natively into one ASCII buffer, then one str per token made in C."""
+    return batch_to_text(text_tokens_batch(tokens, threads=threads))
 
 
 def text_tokens_batch(tokens: Batch, *, threads: int | None = None) -> Batch:
     """Text tokens as a :class:`~engine.Batch` of ASCII records (``Batch.to_arrow(text=True)``
     makes a pyarrow string column of them without creating a Python object per token)."""
-    buf = b64url_encode(tokens, prefix=_PREFIX_BYTES, threads=threads)
-    lengths = tokens.lengths()
-    sizes = len(_PREFIX_BYTES) + b64url_lengths(lengths)
-    return Batch._trusted(buf, offsets_of(sizes))
+    return b64url_encode(tokens, prefix=_PREFIX_BYTES, threads=threads)
 
 
 def sealed_to_text_tokens(sealed: Any, key_version: int, fmt: int = FORMAT_BOUND, *,
@@ -586,8 +577,19 @@ def decode_text_tokens(tokens: Any, *, threads: int | None = None) -> Batch:
 
 
 def text_token_mask(batch: Batch) -> np.ndarray:
-    """A boolean per record: True where the record is a strictly valid text token."""
-    return _decode_text(batch)[1] == _OK
+    """A boolean per record: True where the record is a strictly valid text token.
+
+    Only records that start with the token prefix are decoded (vectorized prefix test first)."""
+    n = len(batch)
+    mask = np.zeros(n, dtype=bool)
+    starts = batch.offsets[:-1]
+    candidates = np.flatnonzero(batch.lengths() >= len(_PREFIX_BYTES))
+    for k, byte in enumerate(_PREFIX_BYTES):
+        candidates = candidates[batch.data[starts[candidates] + k] == byte]
+    if candidates.shape[0]:
+        sub = batch if candidates.shape[0] == n else batch.take(candidates)
+        mask[candidates] = _decode_text(sub)[1] == _OK
+    return mask
 
 
 def as_binary_tokens(tokens: Any) -> Batch:

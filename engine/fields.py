@@ -13,16 +13,12 @@ field fails to decrypt.
 
 from __future__ import annotations
 
-import operator
 import types
-from collections import deque
-from itertools import repeat
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .batch import Batch, _pyarrow
-from .batch import prefix_each
+from .batch import Batch, _pyarrow, field_values, prefix_each, with_field
 from .envelope import is_text_token, text_token_mask
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
@@ -184,7 +180,7 @@ class _Column:
         if module.startswith("pandas"):
             import pandas as pd
 
-            def rebuild(vals: list, absent: np.ndarray) -> Any:
+            def rebuild(vals: list) -> Any:
                 return pd.Series(vals, index=records.index, name=records.name, dtype=object)
 
             # pandas stores a missing value as NaN/NA; the engine's "missing" is None
@@ -201,22 +197,16 @@ class _Column:
             )
         if records and all(isinstance(r, dict) for r in (records[0], records[-1])):
             return cls._of_dicts(fe, list(records), field, ids)
-        return cls(fe, field, list(records), ids, lambda vals, absent: vals)
+        return cls(fe, field, list(records), ids, lambda vals: vals)
 
     @classmethod
     def _of_dicts(cls, fe: FieldEncryption, records: list, field: str, ids: Any) -> "_Column":
-        values = list(map(operator.methodcaller("get", field), records))
+        values = field_values(records, field)
         if fe._bind and ids is None:
-            id_field = fe._id_field
-            ids = list(map(operator.methodcaller("get", id_field), records))
+            ids = field_values(records, fe._id_field)
 
-        def rebuild(vals: list, absent: np.ndarray) -> list:
-            out = list(map(dict.copy, records))
-            deque(map(operator.setitem, out, repeat(field), vals), maxlen=0)
-            for i in absent.tolist():  # records without the field: put "missing" back
-                if field not in records[i]:
-                    del out[i][field]
-            return out
+        def rebuild(vals: list) -> list:
+            return with_field(records, field, vals)  # a record without the field stays without
 
         return cls(fe, field, values, ids, rebuild)
 
@@ -312,7 +302,7 @@ class _Column:
             batch = batch.take(todo_local)
         arrow = self.arrow is not None
         tokens = service.encrypt_many(batch, self._aad(todo), arrow=arrow) if len(todo) else []
-        return self._output(todo, tokens, present)
+        return self._output(todo, tokens)
 
     def decrypt(self) -> Any:
         service = self.fe.service
@@ -327,9 +317,9 @@ class _Column:
             texts = service.decrypt_many(batch, self._aad(present)).to_arrow(text=True)
         else:
             texts = service.decrypt_many_text(batch, self._aad(present))
-        return self._output(present, texts, present)
+        return self._output(present, texts)
 
-    def _output(self, indices: np.ndarray, new_values: Any, present: np.ndarray) -> Any:
+    def _output(self, indices: np.ndarray, new_values: Any) -> Any:
         if self.arrow is not None:
             pa = _pyarrow()
             import pyarrow.compute as pc
@@ -349,7 +339,7 @@ class _Column:
             mask[indices] = True
             return pc.replace_with_mask(base, pa.array(mask), new_values)
         if len(indices) == len(self.values):
-            vals = list(new_values)
+            vals = new_values if isinstance(new_values, list) else list(new_values)
         else:
             obj = np.empty(len(self.values), dtype=object)
             obj[:] = self.values
@@ -358,6 +348,4 @@ class _Column:
                 replacement[:] = new_values
                 obj[indices] = replacement
             vals = obj.tolist()
-        absent = np.ones(len(self.values), dtype=bool)
-        absent[present] = False
-        return self.rebuild(vals, np.flatnonzero(absent))
+        return self.rebuild(vals)

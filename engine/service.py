@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .aead import random_bytes
-from .batch import Batch, as_batch, empty_bytes, offsets_of, scatter
+from .batch import Batch, as_batch, batch_to_text, empty_bytes, offsets_of
 from .envelope import (
     FORMAT_BOUND,
     HEADER_BYTES,
@@ -36,7 +36,6 @@ from .keys.base import KeyProvider, KeyState, KeyVersionNotUsable, UnknownKeyVer
 __all__ = [
     "EncryptionService",
     "ServiceConfigurationError",
-    "batch_to_text",
     "get_encryption_service",
     "reset_encryption_service",
 ]
@@ -91,40 +90,6 @@ def _caller_aad(aad: Any, n: int) -> Any:
     if aad is None:
         return None
     return _aad_batch(aad, n) if _is_per_record(aad) else _aad_bytes(aad)
-
-
-def batch_to_text(batch: Batch) -> list[str]:
-    """Each record of a batch decoded from UTF-8, without a per-record Python loop.
-
-    The records are joined with an ASCII control byte that occurs in none of them and the whole
-    buffer is decoded and split in C. Only when every candidate separator occurs in the data does
-    it fall back to decoding record by record.
-
-    Raises:
-        InvalidArgument: a record is not valid UTF-8 (the message shows no content).
-    """
-    n = len(batch)
-    if n == 0:
-        return []
-    data, off = batch.data, batch.offsets
-    data = data[int(off[0]) : int(off[-1])]
-    off = off - off[0] if off[0] else off
-    sep = next((c for c in _SEPARATORS if not (data == c).any()), None)
-    try:
-        if sep is None:
-            return [bytes(v).decode("utf-8") for v in batch]
-        lengths = np.diff(off)
-        out_off = offsets_of(lengths + 1)
-        out = empty_bytes(int(out_off[-1]))
-        scatter(out, [out_off[:-1]], [batch])
-        out[out_off[1:] - 1] = sep
-        return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
-    except UnicodeDecodeError:
-        raise InvalidArgument("decrypted data is not valid UTF-8 text") from None
-
-
-_SEPARATORS = (0, 31, 30, 29, 28, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21,
-               22, 23, 24, 25, 26, 27, 127, 10, 9, 13)
 
 
 class _UsageMeter:

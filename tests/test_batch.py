@@ -250,3 +250,86 @@ def test_native_batch_helpers_check_threads_like_aesgcm():
             b64url_encode(b, threads=threads)
         with pytest.raises(engine.InvalidArgument, match="threads"):
             b.take([0], threads=threads)
+
+
+# ---------------------------------------------------------------- Python objects in bulk (C)
+
+
+def test_batch_to_text_ascii_utf8_and_every_separator_case():
+    from engine.batch import batch_to_text
+
+    every_ascii = "".join(chr(i) for i in range(128))
+    assert batch_to_text(engine.Batch.from_list([every_ascii, "", "z"])) == [every_ascii, "", "z"]
+    assert batch_to_text(engine.Batch.from_list(["a\nb", "\x00", "é"])) == ["a\nb", "\x00", "é"]
+    # UTF-8 with every ASCII byte present: no separator is free, record by record
+    assert batch_to_text(engine.Batch.from_list([every_ascii, "é"])) == [every_ascii, "é"]
+    b = engine.Batch.from_list([b"xx", b"abc", b"def"])
+    assert batch_to_text(b.take([2, 1])) == ["def", "abc"]  # offsets not starting at 0
+    assert batch_to_text(engine.Batch.from_list([])) == []
+    with pytest.raises(engine.InvalidArgument, match="UTF-8") as e:
+        batch_to_text(engine.Batch.from_list([b"secret\xff\xfe"]))
+    assert "secret" not in str(e.value)
+
+
+def test_ascii_strings_rejects_bad_buffers_before_reading():
+    from engine import _native
+
+    data = np.frombuffer(b"abcdef", np.uint8)
+    for offsets in ([0, 7], [3, 2], [-1, 2], [0, 2, 1]):
+        with pytest.raises(ValueError, match="offsets"):
+            _native.ascii_strings(data, np.array(offsets, np.int64))
+    with pytest.raises(ValueError, match="offsets"):
+        _native.ascii_strings(data, np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="offsets"):
+        _native.ascii_strings(data, np.zeros(3, np.int32))  # 12 bytes: not n+1 int64 values
+    with pytest.raises(TypeError, match="contiguous buffer"):
+        _native.ascii_strings("abc", np.array([0, 1], np.int64))
+    with pytest.raises(TypeError, match="contiguous buffer"):
+        _native.ascii_strings(data, np.arange(4, dtype=np.int64)[::2])
+    with pytest.raises(ValueError, match="ASCII"):
+        _native.ascii_strings(np.frombuffer("é".encode(), np.uint8), np.array([0, 2], np.int64))
+    assert _native.ascii_strings(data, np.array([1, 1, 4], np.int64)) == ["", "bcd"]
+
+
+def test_field_values_and_with_field():
+    from engine.batch import field_values, with_field
+
+    class Sub(dict):
+        pass
+
+    records = [{"id": 1, "ssn": "a"}, {"id": 2}, Sub(id=3, ssn=None), {"ssn": b"x"}]
+    assert field_values(records, "ssn") == ["a", None, None, b"x"]
+    assert field_values((), "ssn") == []
+    out = with_field(records, "ssn", ["A", None, None, "X"])
+    assert out == [{"id": 1, "ssn": "A"}, {"id": 2}, {"id": 3, "ssn": None}, {"ssn": "X"}]
+    assert all(type(r) is dict for r in out)  # copies are plain dicts, as dict.copy makes
+    assert records[0] == {"id": 1, "ssn": "a"} and records[1] == {"id": 2}  # inputs untouched
+    assert all(o is not r for o, r in zip(out, records))
+    with pytest.raises(engine.InvalidArgumentType, match="record 1 is a list"):
+        field_values([{}, ["ssn"]], "ssn")
+    with pytest.raises(engine.InvalidArgumentType, match="record 0 is a str"):
+        with_field(["x"], "ssn", ["A"])
+    with pytest.raises(engine.InvalidArgumentType):
+        field_values(42, "ssn")
+    with pytest.raises(engine.InvalidArgument, match="one item per record"):
+        with_field([{}, {}], "ssn", ["A"])
+    with pytest.raises(TypeError):  # an unhashable field name: dict's own error
+        field_values([{}], ["ssn"])
+
+
+def test_object_helpers_keep_reference_counts_balanced():
+    import sys
+
+    from engine.batch import field_values, with_field
+
+    value, token = "v" * 40, "t" * 40
+    records = [{"ssn": value} for _ in range(100)]
+    before = (sys.getrefcount(value), sys.getrefcount(token), sys.getrefcount(records[0]))
+    for _ in range(10):
+        field_values(records, "ssn")
+        with_field(records, "ssn", [token] * 100)
+    assert (sys.getrefcount(value), sys.getrefcount(token), sys.getrefcount(records[0])) == before
+    got = with_field(records, "ssn", [token] * 100)
+    assert sys.getrefcount(token) == before[1] + 100
+    del got
+    assert sys.getrefcount(token) == before[1]

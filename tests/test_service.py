@@ -30,7 +30,6 @@ from engine.service import (
     EncryptionService,
     ServiceConfigurationError,
     _provider_from_environment,
-    batch_to_text,
     get_encryption_service,
     reset_encryption_service,
 )
@@ -252,14 +251,6 @@ def test_multi_version_groups_with_per_record_aad():
     order = np.random.default_rng(1).permutation(len(tokens))
     got = svc.decrypt_many_text([tokens[i] for i in order], aad=[aads[i] for i in order])
     assert got == [values[i] for i in order]
-
-
-def test_batch_to_text_handles_every_separator_case():
-    assert batch_to_text(Batch.from_list(["a\nb", "\x00", "é"])) == ["a\nb", "\x00", "é"]
-    every_ascii = "".join(chr(i) for i in range(128))
-    assert batch_to_text(Batch.from_list([every_ascii, "z"])) == [every_ascii, "z"]
-    with pytest.raises(ValueError):
-        batch_to_text(Batch.from_list([b"\xff\xfe"]))
 
 
 # ---------------------------------------------------------------- the process-wide instance

@@ -4,6 +4,10 @@ Everything here is thin: each function hands already-validated buffers to one C 
 ``native/include/engine_aead.h`` and turns its integer result into an exception in one place,
 :func:`_check`. Callers (``engine.aead``) validate types, lengths and shapes first, against the
 sizes this module reads from C at import time.
+
+Beside the cffi module sits ``_objects`` (``native/python/objects.c``), which builds Python
+objects in bulk where a batch must end as one per record: :func:`ascii_strings`,
+:func:`field_values`, :func:`with_field`. It is imported only here.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import ctypes
 
 from ..errors import BackendUnavailable, InvalidArgument, InvalidTag, NativeError
 from ._ffi import ffi, lib
+from ._objects import ascii_strings, field_values, with_field  # noqa: F401 (re-exported)
 
 KEY_BYTES: int = lib.ENGINE_KEY_BYTES
 TAG_BYTES: int = lib.ENGINE_TAG_BYTES
@@ -236,12 +241,10 @@ B64_CHARACTER: int = lib.ENGINE_B64_CHARACTER
 B64_NONCANONICAL: int = lib.ENGINE_B64_NONCANONICAL
 
 
-def b64url_encode(n: int, data, offsets, prefix: bytes, sep: int, out, out_offsets,
-                  threads: int) -> None:
-    """prefix || base64url(record i) || sep into ``out`` at ``out_offsets[i]``."""
+def b64url_encode(n: int, data, offsets, prefix: bytes, out, out_offsets, threads: int) -> None:
+    """prefix || base64url(record i) into ``out`` at ``out_offsets[i]``."""
     _check(lib.engine_b64url_encode_batch(n, _from(data), _i64(offsets), ffi.from_buffer(prefix),
-                                          len(prefix), sep,
-                                          _from(out), _i64(out_offsets), threads))
+                                          len(prefix), _from(out), _i64(out_offsets), threads))
 
 
 def b64url_decode(n: int, data, offsets, prefix: bytes, out, out_offsets, status,

@@ -108,9 +108,9 @@ int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
 #define ENGINE_B64_LENGTH 2       /* impossible length, or not the size out_offsets allows */
 #define ENGINE_B64_CHARACTER 3    /* a byte outside the base64url alphabet */
 #define ENGINE_B64_NONCANONICAL 4 /* non-zero trailing bits */
-/* out + out_offsets[i] receives prefix || base64url(record i) || sep (sep < 0: none). */
+/* out + out_offsets[i] receives prefix || base64url(record i). */
 int engine_b64url_encode_batch(size_t n, const uint8_t *in, const int64_t *offsets,
-                               const uint8_t *prefix, size_t prefix_len, int sep, uint8_t *out,
+                               const uint8_t *prefix, size_t prefix_len, uint8_t *out,
                                const int64_t *out_offsets, int threads) ENGINE_WUR;
 /* Checks the prefix and decodes the rest of record i into out + out_offsets[i]; status[i] gets
  * ENGINE_B64_*; bad records decode to zeros. Returns the number of bad records or ENGINE_E*. */

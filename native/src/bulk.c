@@ -22,7 +22,6 @@ typedef struct b64_ctx {
     const int64_t *offsets;
     const uint8_t *prefix;
     size_t prefix_len;
-    int sep;
     uint8_t *out;
     const int64_t *out_offsets;
     uint8_t *status;
@@ -54,15 +53,15 @@ static int64_t encode_range(void *arg, size_t begin, size_t end) {
             *d++ = B64URL[(v >> 12) & 63];
             *d++ = B64URL[(v >> 6) & 63];
         }
-        if (c->sep >= 0) *d = (uint8_t)c->sep;
     }
     return 0;
 }
 
 int engine_b64url_encode_batch(size_t n, const uint8_t *in, const int64_t *offsets,
-                               const uint8_t *prefix, size_t prefix_len, int sep, uint8_t *out,
+                               const uint8_t *prefix, size_t prefix_len, uint8_t *out,
                                const int64_t *out_offsets, int threads) {
-    b64_ctx c = {in, offsets, prefix, prefix_len, sep, out, out_offsets, NULL};
+    b64_ctx c = {.in = in, .offsets = offsets, .prefix = prefix, .prefix_len = prefix_len,
+                 .out = out, .out_offsets = out_offsets};
     int64_t rc;
     if (offsets == NULL || out_offsets == NULL || (prefix_len > 0 && prefix == NULL)) return ENGINE_EINVAL;
     if (n == 0) return ENGINE_OK;
@@ -124,7 +123,8 @@ static int64_t decode_range(void *arg, size_t begin, size_t end) {
 int64_t engine_b64url_decode_batch(size_t n, const uint8_t *in, const int64_t *offsets,
                                    const uint8_t *prefix, size_t prefix_len, uint8_t *out,
                                    const int64_t *out_offsets, uint8_t *status, int threads) {
-    b64_ctx c = {in, offsets, prefix, prefix_len, -1, out, out_offsets, status};
+    b64_ctx c = {.in = in, .offsets = offsets, .prefix = prefix, .prefix_len = prefix_len,
+                 .out = out, .out_offsets = out_offsets, .status = status};
     if (offsets == NULL || out_offsets == NULL || (prefix_len > 0 && prefix == NULL)) return ENGINE_EINVAL;
     if (n == 0) return 0;
     if (status == NULL || (offsets[n] > offsets[0] && in == NULL) ||

@@ -93,11 +93,11 @@ static void run_kat(int backend, const kat *t) {
 }
 
 /* RFC 4648 section 10 test vectors (base64url has the same output for these inputs), with a
- * prefix and separator, then decoded back; and tokens sealed then opened and checked against the
+ * prefix, then decoded back; and tokens sealed then opened and checked against the
  * single-message call with the nonce the token carries. */
 static void run_bulk(int backend) {
     static const char *plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
-    static const char *coded = "p:\np:Zg\np:Zm8\np:Zm9v\np:Zm9vYg\np:Zm9vYmE\np:Zm9vYmFy\n";
+    static const char *coded = "p:p:Zgp:Zm8p:Zm9vp:Zm9vYgp:Zm9vYmEp:Zm9vYmFy";
     uint8_t in[64], out[128], back[64], status[7], key[32] = {7}, tokens[7 * 40], single[64];
     int64_t off[8], out_off[8], back_off[8], starts[7];
     size_t i, at = 0, enc_at = 0, dec_at = 0;
@@ -109,21 +109,15 @@ static void run_bulk(int backend) {
         back_off[i] = (int64_t)dec_at;
         memcpy(in + at, plain[i], len);
         at += len;
-        enc_at += 2 + (len / 3 * 4 + (len % 3 ? len % 3 + 1 : 0)) + 1;
+        enc_at += 2 + (len / 3 * 4 + (len % 3 ? len % 3 + 1 : 0));
         dec_at += len;
     }
     off[7] = (int64_t)at;
     out_off[7] = (int64_t)enc_at;
     back_off[7] = (int64_t)dec_at;
-    CHECK(engine_b64url_encode_batch(7, in, off, (const uint8_t *)"p:", 2, '\n', out, out_off, 2) ==
+    CHECK(engine_b64url_encode_batch(7, in, off, (const uint8_t *)"p:", 2, out, out_off, 2) ==
               ENGINE_OK && memcmp(out, coded, enc_at) == 0,
           "base64url encode vectors");
-    for (i = 0; i < 8; i++) out_off[i] -= (int64_t)i; /* drop the separators: decode input */
-    for (i = 0, at = 0; i < 7; i++) {
-        size_t len = (size_t)(out_off[i + 1] - out_off[i]);
-        memmove(out + at, out + out_off[i] + i, len);
-        at += len;
-    }
     CHECK(engine_b64url_decode_batch(7, out, out_off, (const uint8_t *)"p:", 2, back, back_off,
                                      status, 1) == 0 && memcmp(back, in, dec_at) == 0,
           "base64url decode vectors");
