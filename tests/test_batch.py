@@ -280,8 +280,11 @@ def test_ascii_strings_rejects_bad_buffers_before_reading():
             _native.ascii_strings(data, np.array(offsets, np.int64))
     with pytest.raises(ValueError, match="offsets"):
         _native.ascii_strings(data, np.zeros(0, np.int64))
-    with pytest.raises(ValueError, match="offsets"):
-        _native.ascii_strings(data, np.zeros(3, np.int32))  # 12 bytes: not n+1 int64 values
+    for wrong in (np.zeros(3, np.int32), np.array([0, 0, 3, 0], np.int32),  # 16 bytes, not int64
+                  np.zeros(2, np.float64), np.zeros((2, 2), np.int64), bytes(16),
+                  np.zeros(3, np.int64).view(np.uint8)[1:17]):  # misaligned
+        with pytest.raises(ValueError, match="offsets"):
+            _native.ascii_strings(data, wrong)
     with pytest.raises(TypeError, match="contiguous buffer"):
         _native.ascii_strings("abc", np.array([0, 1], np.int64))
     with pytest.raises(TypeError, match="contiguous buffer"):

@@ -139,3 +139,103 @@ def test_dropping_an_aesgcm_frees_its_native_key_without_the_cycle_collector():
         assert handle() is None  # freed (and its key schedule wiped) at once
     finally:
         gc.enable()
+
+
+# Python code that runs inside the C loops of engine._native._objects (a key's __eq__ on a hash
+# collision, a field's __hash__, a dict subclass's keys(), a gc callback) mutates what the loop
+# walks; each case must end in a clean exception or a correct result, never a crash.
+OBJECT_LOOP_CASES = textwrap.dedent(
+    """
+    import gc
+    from engine import Batch, InvalidArgument
+    from engine.batch import batch_to_text, field_values, with_field
+
+    results = []
+
+    def outcome(fn):
+        try:
+            fn()
+            return "returned"
+        except (RuntimeError, TypeError, ValueError) as e:
+            return type(e).__name__
+
+    records = [{"a": i} for i in range(1000)]
+    class Field:
+        def __hash__(self):
+            records.clear()
+            return 1
+        def __eq__(self, other):
+            return False
+    results.append(outcome(lambda: field_values(records, Field())))
+
+    def colliding(clear):
+        class Key:
+            def __hash__(self):
+                return hash("name")
+            def __eq__(self, other):
+                clear()
+                return False
+        return Key
+
+    records = []
+    records += [{colliding(records.clear)(): 0} for _ in range(100)]
+    results.append(outcome(lambda: field_values(records, "name")))
+    values = [object() for _ in range(100)]
+    records = [{colliding(values.clear)(): 0} for _ in range(100)]
+    results.append(outcome(lambda: with_field(records, "name", values)))
+    records = []
+    records += [{colliding(records.clear)(): 0} for _ in range(100)]
+    results.append(outcome(lambda: with_field(records, "name", [None] * 100)))
+
+    class D(dict):
+        def __iter__(self):
+            return dict.__iter__(self)
+        def keys(self):
+            records.clear()
+            return dict.keys(self)
+    records = [D(a=i) for i in range(100)]
+    results.append(outcome(lambda: with_field(records, "name", list(range(100)))))
+
+    # the half-built result list is not reachable through the collector
+    N = 4321
+    class Peek:
+        def __hash__(self):
+            return hash("name")
+        def __eq__(self, other):
+            for o in gc.get_objects():
+                if type(o) is list and len(o) == N and o is not records:
+                    o[-1]
+            return False
+    records = [{Peek(): 0}] + [{"a": i} for i in range(N - 1)]
+    results.append(outcome(lambda: field_values(records, "name")))
+    results.append(outcome(lambda: with_field(records, "name", [1] * N)))
+    results.append(gc.isenabled())
+
+    # a gc callback rewriting the caller's buffer under batch_to_text: never a broken str
+    data = bytearray(b"hello world!")
+    batch = Batch(data, [0, 5, 12])
+    def rewrite(phase, info):
+        if phase == "start":
+            data[1] = 0xE9
+    gc.callbacks.append(rewrite)
+    keep = [[] for _ in range(200)]
+    gc.set_threshold(1)
+    try:
+        texts = batch_to_text(batch)
+    except InvalidArgument:
+        texts = None
+    gc.set_threshold(700)
+    gc.callbacks.clear()
+    results.append(texts is None or all(t.encode().decode() == t for t in texts))
+    print(results)
+    """
+)
+
+
+def test_python_code_inside_the_object_loops_cannot_crash_them():
+    proc = subprocess.run([sys.executable, "-X", "dev", "-c", OBJECT_LOOP_CASES],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307
+    assert got[:5] == ["RuntimeError"] * 5
+    assert got[5:] == ["returned", "returned", True, True]
