@@ -32,6 +32,7 @@ __all__ = [
     "offsets_of",
     "prefix_each",
     "scatter",
+    "value_kinds",
     "with_field",
 ]
 
@@ -454,32 +455,38 @@ _SEPARATORS = (0, 31, 30, 29, 28, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17
                22, 23, 24, 25, 26, 27, 127, 10, 9, 13)
 
 
-def field_values(records: list, field: str) -> list:
-    """``[r.get(field) for r in records]`` for a list of dicts, in one C loop.
+def field_values(records: list | tuple, field: Any) -> list:
+    """``[r.get(field) for r in records]`` for a list of dicts, in one C loop (a dict subclass's
+    own ``get`` is called).
 
     Raises:
-        InvalidArgumentType: a record is not a dict.
+        InvalidArgumentType: ``records`` is not a list or tuple of dicts.
+        RuntimeError: the list changed size during the call (code run by a key's ``__eq__``).
     """
-    try:
-        return _native.field_values(records, field)
-    except TypeError as e:
-        raise InvalidArgumentType(str(e)) from None
+    return _native.field_values(records, field)
 
 
-def with_field(records: list, field: str, values: list) -> list[dict]:
-    """New dicts, each a shallow copy of ``records[i]`` with ``field`` set to ``values[i]``; a
-    ``None`` value for a record that lacks the field leaves it absent (one C loop).
+def with_field(records: list | tuple, field: Any, values: list | tuple) -> list[dict]:
+    """New plain dicts, each a shallow copy of ``records[i]`` with ``field`` set to
+    ``values[i]``; a ``None`` value for a record that lacks the field leaves it absent. One C
+    loop.
 
     Raises:
-        InvalidArgumentType: a record is not a dict.
+        InvalidArgumentType: ``records`` is not a list or tuple of dicts, or ``values`` not a
+            list or tuple.
         InvalidArgument: ``values`` does not have one item per record.
+        RuntimeError: a list changed size during the call (code run by a key's ``__eq__``).
     """
-    try:
-        return _native.with_field(records, field, values)
-    except TypeError as e:
-        raise InvalidArgumentType(str(e)) from None
-    except ValueError as e:
-        raise InvalidArgument(str(e)) from None
+    return _native.with_field(records, field, values)
+
+
+STR_VALUES, BYTES_VALUES, NONE_VALUES, OTHER_VALUES = 1, 2, 4, 8
+
+
+def value_kinds(values: list | tuple) -> int:
+    """Which kinds of value a list holds, as bits: :data:`STR_VALUES`, :data:`BYTES_VALUES`
+    (bytes, bytearray, memoryview), :data:`NONE_VALUES`, :data:`OTHER_VALUES` (one C pass)."""
+    return _native.value_kinds(values)
 
 
 def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> Batch:

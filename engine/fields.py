@@ -18,7 +18,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .batch import Batch, _pyarrow, field_values, prefix_each, with_field
+from .batch import (
+    BYTES_VALUES,
+    NONE_VALUES,
+    STR_VALUES,
+    Batch,
+    _pyarrow,
+    field_values,
+    prefix_each,
+    value_kinds,
+    with_field,
+)
 from .envelope import is_text_token, text_token_mask
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
@@ -213,17 +223,22 @@ class _Column:
     # ---- the vectorized core ----
 
     def _arrow_values(self) -> Any:
+        """The values as one pyarrow column when they are all str or all bytes (None aside);
+        None for a mixture, which :meth:`_fallback` classifies value by value (only str values
+        can be tokens already, as for :meth:`FieldEncryption.encrypt_field`)."""
         pa = _pyarrow()
         if self.arrow is not None:
             return self.arrow
         if pa is None:
             return None
-        for t in (pa.large_string(), pa.large_binary()):
-            try:
-                return pa.array(self.values, type=t)
-            except (pa.ArrowException, TypeError, ValueError):
-                continue
-        return None
+        kinds = value_kinds(self.values) & ~NONE_VALUES
+        if kinds not in (0, STR_VALUES, BYTES_VALUES):
+            return None
+        try:
+            return pa.array(self.values, type=pa.large_binary() if kinds == BYTES_VALUES
+                            else pa.large_string())
+        except (pa.ArrowException, TypeError, ValueError):
+            return None
 
     def _present(self, arr: Any) -> tuple[np.ndarray, Batch]:
         """Indices of non-null values and a Batch of them (str as UTF-8)."""

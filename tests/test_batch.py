@@ -336,3 +336,125 @@ def test_object_helpers_keep_reference_counts_balanced():
     assert sys.getrefcount(token) == before[1] + 100
     del got
     assert sys.getrefcount(token) == before[1]
+
+
+def test_with_field_leaves_the_collector_alone_and_copies_collectable():
+    import gc
+    import weakref
+
+    from engine.batch import with_field
+
+    for enabled in (False, True):
+        (gc.enable if enabled else gc.disable)()
+        with_field([{"a": 1}] * 3000, "x", [[]] * 3000)
+        assert gc.isenabled() is enabled
+    gc.enable()
+
+    class Node:
+        pass
+
+    node = Node()
+    out = with_field([{"a": 1}], "x", [node])
+    assert gc.is_tracked(out[0])  # tracked again once the list is built
+    node.back = out[0]  # a cycle through the new dict
+    ref = weakref.ref(node)
+    del out, node
+    gc.collect()
+    assert ref() is None
+
+
+def test_dict_subclasses_are_read_through_their_own_methods():
+    from engine.batch import field_values, with_field
+
+    class Caseless(dict):
+        def get(self, k, default=None):
+            return dict.get(self, k.lower(), default)
+
+        def __contains__(self, k):
+            return dict.__contains__(self, k.lower())
+
+    rec = Caseless(ssn="123")
+    assert field_values([rec, {"SSN": "x"}], "SSN") == ["123", "x"]
+    assert with_field([rec], "SSN", [None]) == [{"ssn": "123", "SSN": None}]
+    assert with_field([{"a": 1}], "SSN", [None]) == [{"a": 1}]
+
+
+def test_errors_of_the_callers_objects_pass_through_unchanged():
+    from engine.batch import field_values, with_field
+
+    class Boom(Exception):
+        pass
+
+    class Key:
+        def __hash__(self):
+            return hash("ssn")
+
+        def __eq__(self, other):
+            raise Boom()
+
+    with pytest.raises(Boom):
+        field_values([{Key(): 1}], "ssn")
+    with pytest.raises(Boom):
+        with_field([{Key(): 1}], "ssn", ["x"])
+    with pytest.raises(TypeError) as e:  # dict's own error for an unhashable field
+        field_values([{}], ["ssn"])
+    assert not isinstance(e.value, engine.InvalidArgumentType)
+
+
+def test_value_kinds():
+    from engine.batch import BYTES_VALUES, NONE_VALUES, OTHER_VALUES, STR_VALUES, value_kinds
+
+    assert value_kinds([]) == 0
+    assert value_kinds(["a", None]) == STR_VALUES | NONE_VALUES
+    assert value_kinds((b"a", bytearray(b"b"), memoryview(b"c"))) == BYTES_VALUES
+    assert value_kinds(["a", b"b", 3, None]) == STR_VALUES | BYTES_VALUES | OTHER_VALUES | NONE_VALUES
+    with pytest.raises(engine.InvalidArgumentType):
+        value_kinds(iter(["a"]))
+
+
+def test_the_collector_pause_is_never_visible_to_python_code():
+    import gc
+    import threading
+
+    from engine.batch import with_field
+
+    seen = []
+
+    class Row(dict):  # Python code runs while this record is copied
+        def __iter__(self):
+            return iter(list(dict.keys(self)))
+
+        def keys(self):
+            seen.append(gc.isenabled())
+            return dict.keys(self)
+
+    gc.enable()
+    with_field([{"a": 1}] * 2000 + [Row(a=2)] + [{"a": 3}] * 2000, "a", [0] * 4001)
+    assert seen == [True] and gc.isenabled()
+
+    # another thread that disables the collector while the loop runs its code keeps it disabled
+    inside, done = threading.Event(), threading.Event()
+
+    class Slow(dict):
+        def __iter__(self):
+            return iter(list(dict.keys(self)))
+
+        def keys(self):
+            inside.set()
+            done.wait(5)
+            return dict.keys(self)
+
+    def other():
+        inside.wait(5)
+        seen.append(gc.isenabled())
+        gc.disable()
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        with_field([Slow(a=1)], "a", [0])
+        t.join()
+        assert seen[1:] == [True] and not gc.isenabled()
+    finally:
+        gc.enable()

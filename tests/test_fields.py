@@ -154,6 +154,15 @@ def test_column_of_values_and_mixed_types(svc):
     assert fe.decrypt_column(out, "f") == ["a", None, "raw-bytes", "d"]
     with pytest.raises(InvalidArgumentType):
         fe.encrypt_column(["a", 5], "f")
+    # str and bytes mixed: only str values count as tokens already, as for encrypt_field
+    tok = svc.encrypt_token("secret")
+    for other in (b"\xff", b"ok"):
+        out = fe.encrypt_column([{"ssn": tok}, {"ssn": other}], "ssn")
+        assert out[0]["ssn"] == tok and svc.decrypt(out[1]["ssn"]) == other
+    out = fe.encrypt_column([{"ssn": tok.encode()}, {"ssn": "x"}], "ssn")
+    assert svc.decrypt(out[0]["ssn"]) == tok.encode()
+    assert fe.encrypt_column([{"ssn": tok.encode()}], "ssn")[0]["ssn"] != tok.encode()
+    assert fe.encrypt_field({"ssn": tok.encode()}, "ssn")["ssn"] != tok.encode()
     bound = FieldEncryption(svc, bind_context=True)
     out = bound.encrypt_column(["x", "y"], "f", ids=[10, 11])
     assert bound.decrypt_column(out, "f", ids=[10, 11]) == ["x", "y"]

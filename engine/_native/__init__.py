@@ -7,16 +7,18 @@ sizes this module reads from C at import time.
 
 Beside the cffi module sits ``_objects`` (``native/python/objects.c``), which builds Python
 objects in bulk where a batch must end as one per record: :func:`ascii_strings`,
-:func:`field_values`, :func:`with_field`. It is imported only here.
+:func:`field_values`, :func:`with_field`, :func:`value_kinds`. It is imported only here.
 """
 
 from __future__ import annotations
 
 import ctypes
 
-from ..errors import BackendUnavailable, InvalidArgument, InvalidTag, NativeError
+from ..errors import BackendUnavailable, InvalidArgument, InvalidArgumentType, InvalidTag, NativeError
 from ._ffi import ffi, lib
-from ._objects import ascii_strings, field_values, with_field  # noqa: F401 (re-exported)
+from ._objects import ascii_strings, field_values, set_errors, value_kinds, with_field  # noqa: F401
+
+set_errors(InvalidArgumentType, InvalidArgument)  # _objects' own argument errors, typed
 
 KEY_BYTES: int = lib.ENGINE_KEY_BYTES
 TAG_BYTES: int = lib.ENGINE_TAG_BYTES

@@ -3,10 +3,9 @@
  *   - ascii_strings(buffer, offsets): one str per record of an ASCII buffer (text tokens);
  *   - field_values(records, field): record.get(field) for a list of dicts;
  *   - with_field(records, field, values): new dicts, each a copy of records[i] with
- *     field = values[i] (a None value for a record without the field leaves it absent).
- *     The cyclic collector is paused for the loop: the new dicts are reachable from the new
- *     list and form no cycle of their own, and a collection every 700 dicts would only
- *     re-traverse them (measured: 20-25 % of the loop on 1M records).
+ *     field = values[i] (a None value for a record without the field leaves it absent);
+ *   - value_kinds(values): which kinds of value (str, bytes, None, other) a list holds.
+ * Plain dicts are read from their storage; a dict subclass through its own get()/__contains__.
  * Python code can run inside these loops (a key's __hash__/__eq__, a dict subclass's keys(), a
  * gc callback), so result lists stay untracked until filled, every item is re-read and held
  * while in use, and buffers are checked after the last allocation that can run a collection.
@@ -16,12 +15,28 @@
 #include <stdint.h>
 #include <string.h>
 
+/* engine.errors.InvalidArgumentType / InvalidArgument, given once by engine._native (see
+ * set_errors): this module's own argument errors are typed like the rest of the engine's, while
+ * exceptions raised by the caller's objects (a key's __eq__, say) pass through unchanged. */
+static PyObject *g_type_error, *g_value_error;
+
+static PyObject *set_errors(PyObject *self, PyObject *args) {
+    PyObject *type_error, *value_error;
+    if (!PyArg_ParseTuple(args, "OO:set_errors", &type_error, &value_error)) return NULL;
+    Py_XSETREF(g_type_error, Py_NewRef(type_error));
+    Py_XSETREF(g_value_error, Py_NewRef(value_error));
+    Py_RETURN_NONE;
+}
+
+#define TYPE_ERROR (g_type_error ? g_type_error : PyExc_TypeError)
+#define VALUE_ERROR (g_value_error ? g_value_error : PyExc_ValueError)
+
 /* A read-only contiguous view of obj (bytes, bytearray, memoryview, numpy array). */
 static int get_view(PyObject *obj, Py_buffer *view, const char *what, int flags) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | flags) != 0) {
         if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
         PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer, not %.100s", what,
+        PyErr_Format(TYPE_ERROR, "%s must be a contiguous buffer, not %.100s", what,
                      Py_TYPE(obj)->tp_name);
         return -1;
     }
@@ -50,7 +65,7 @@ static PyObject *ascii_strings(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (!is_int64_view(&off) || ((uintptr_t)off.buf % _Alignof(int64_t)) != 0 || off.len == 0) {
-        PyErr_SetString(PyExc_ValueError, "offsets must be n+1 aligned int64 values (1-D)");
+        PyErr_SetString(VALUE_ERROR, "offsets must be n+1 aligned int64 values (1-D)");
         goto done;
     }
     bytes = (const uint8_t *)data.buf;
@@ -63,7 +78,7 @@ static PyObject *ascii_strings(PyObject *self, PyObject *args) {
     PyObject_GC_UnTrack(list); /* NULL slots until filled: keep it out of gc.get_objects() */
     for (i = 0; i < n; i++) {
         if (o[i] < 0 || o[i] > o[i + 1] || o[i + 1] > (int64_t)data.len) {
-            PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and within data");
+            PyErr_SetString(VALUE_ERROR, "offsets must be non-decreasing and within data");
             Py_CLEAR(list);
             goto done;
         }
@@ -73,7 +88,7 @@ static PyObject *ascii_strings(PyObject *self, PyObject *args) {
         Py_ssize_t k;
         for (k = (Py_ssize_t)o[0]; k < (Py_ssize_t)o[n]; k++) high |= bytes[k];
         if (high & 0x80) {
-            PyErr_SetString(PyExc_ValueError, "records must be ASCII");
+            PyErr_SetString(VALUE_ERROR, "records must be ASCII");
             Py_CLEAR(list);
             goto done;
         }
@@ -97,15 +112,19 @@ done:
 
 /* The records as a list or tuple (a new reference to a sequence whose items are all dicts). */
 static PyObject *dict_records(PyObject *records) {
-    PyObject *seq = PySequence_Fast(records, "records must be a list of dicts");
+    PyObject *seq;
     Py_ssize_t i, n;
-    if (seq == NULL) return NULL;
+    if (!PyList_Check(records) && !PyTuple_Check(records)) {
+        PyErr_Format(TYPE_ERROR, "records must be a list of dicts, not %.100s",
+                     Py_TYPE(records)->tp_name);
+        return NULL;
+    }
+    seq = Py_NewRef(records);
     n = PySequence_Fast_GET_SIZE(seq);
     for (i = 0; i < n; i++) {
         PyObject *r = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyDict_Check(r)) {
-            PyErr_Format(PyExc_TypeError, "record %zd is a %.100s, not a dict", i,
-                         Py_TYPE(r)->tp_name);
+            PyErr_Format(TYPE_ERROR, "record %zd is a %.100s, not a dict", i, Py_TYPE(r)->tp_name);
             Py_DECREF(seq);
             return NULL;
         }
@@ -114,7 +133,7 @@ static PyObject *dict_records(PyObject *records) {
 }
 
 /* seq[i] as a new reference, re-checked: Python code run by the loop (a key's __hash__/__eq__,
- * a dict subclass's keys()/__getitem__) may have shrunk the list or replaced its items. */
+ * a dict subclass's get()/keys()) may have shrunk the list or replaced its items. */
 static PyObject *record_at(PyObject *seq, Py_ssize_t i) {
     PyObject *r;
     if (i >= PySequence_Fast_GET_SIZE(seq)) {
@@ -123,11 +142,20 @@ static PyObject *record_at(PyObject *seq, Py_ssize_t i) {
     }
     r = PySequence_Fast_GET_ITEM(seq, i);
     if (!PyDict_Check(r)) {
-        PyErr_Format(PyExc_TypeError, "record %zd is a %.100s, not a dict", i, Py_TYPE(r)->tp_name);
+        PyErr_Format(TYPE_ERROR, "record %zd is a %.100s, not a dict", i, Py_TYPE(r)->tp_name);
         return NULL;
     }
-    Py_INCREF(r);
-    return r;
+    return Py_NewRef(r);
+}
+
+/* record.get(field) as a new reference (None when absent): the dict's storage for a plain
+ * dict, the record's own get() for a subclass (which may override it). */
+static PyObject *record_get(PyObject *r, PyObject *field) {
+    PyObject *v;
+    if (!PyDict_CheckExact(r)) return PyObject_CallMethod(r, "get", "O", field);
+    v = PyDict_GetItemWithError(r, field);
+    if (v == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    return Py_NewRef(v);
 }
 
 static PyObject *field_values(PyObject *self, PyObject *args) {
@@ -139,20 +167,14 @@ static PyObject *field_values(PyObject *self, PyObject *args) {
     list = PyList_New(n);
     if (list != NULL) PyObject_GC_UnTrack(list); /* NULL slots: keep it out of gc.get_objects() */
     for (i = 0; list != NULL && i < n; i++) {
-        PyObject *r = record_at(seq, i), *v;
-        if (r == NULL) {
+        PyObject *r = record_at(seq, i), *v = NULL;
+        if (r != NULL) {
+            v = record_get(r, field);
+            Py_DECREF(r);
+        }
+        if (v == NULL) {
             Py_CLEAR(list);
             break;
-        }
-        v = PyDict_GetItemWithError(r, field);
-        Py_XINCREF(v);
-        Py_DECREF(r);
-        if (v == NULL) {
-            if (PyErr_Occurred()) {
-                Py_CLEAR(list);
-                break;
-            }
-            v = Py_NewRef(Py_None);
         }
         PyList_SET_ITEM(list, i, v);
     }
@@ -161,25 +183,57 @@ static PyObject *field_values(PyObject *self, PyObject *args) {
     return list;
 }
 
+/* One new dict: a copy of r with field = v; a None v for a record without the field (as the
+ * record's own __contains__ says) leaves it absent. A new reference, or NULL on error. */
+static PyObject *copy_with(PyObject *r, PyObject *field, PyObject *v) {
+    PyObject *copy = PyDict_Copy(r);
+    int has = 1;
+    if (copy == NULL) return NULL;
+    if (v == Py_None) {
+        has = PyDict_CheckExact(r) ? PyDict_Contains(r, field) : PySequence_Contains(r, field);
+        if (has < 0) Py_CLEAR(copy);
+    }
+    if (copy != NULL && has && PyDict_SetItem(copy, field, v) != 0) Py_CLEAR(copy);
+    return copy;
+}
+
+/* A plain dict with only exact-str keys: copying it, and looking up or setting an exact-str
+ * field in it or its copy, runs no Python code (no __hash__, __eq__, keys() or __del__). */
+static int plain_record(PyObject *r) {
+    Py_ssize_t pos = 0;
+    PyObject *k, *val;
+    if (!PyDict_CheckExact(r)) return 0;
+    while (PyDict_Next(r, &pos, &k, &val))
+        if (!PyUnicode_CheckExact(k)) return 0;
+    return 1;
+}
+
 static PyObject *with_field(PyObject *self, PyObject *args) {
-    PyObject *records, *field, *values, *seq, *vals, *list = NULL;
+    PyObject *records, *field, *values, *seq, *vals = NULL, *list = NULL;
     Py_ssize_t i, n;
-    int gc_was_enabled;
+    int paused = 0;
     if (!PyArg_ParseTuple(args, "OOO:with_field", &records, &field, &values)) return NULL;
     if ((seq = dict_records(records)) == NULL) return NULL;
-    vals = PySequence_Fast(values, "values must be a list");
-    if (vals == NULL) goto done;
+    if (!PyList_Check(values) && !PyTuple_Check(values)) {
+        PyErr_Format(TYPE_ERROR, "values must be a list, not %.100s", Py_TYPE(values)->tp_name);
+        goto done;
+    }
+    vals = Py_NewRef(values);
     n = PySequence_Fast_GET_SIZE(seq);
     if (PySequence_Fast_GET_SIZE(vals) != n) {
-        PyErr_SetString(PyExc_ValueError, "values must have one item per record");
+        PyErr_SetString(VALUE_ERROR, "values must have one item per record");
         goto done;
     }
     list = PyList_New(n);
-    if (list != NULL) PyObject_GC_UnTrack(list); /* NULL slots: keep it out of gc.get_objects() */
-    gc_was_enabled = PyGC_Disable();
+    if (list == NULL) goto done;
+    PyObject_GC_UnTrack(list); /* NULL slots: keep it out of gc.get_objects() */
+    /* The cyclic collector runs every 700 new containers and would re-traverse the dicts made so
+     * far (measured: 20-25 % of the loop on 1M records), so it is paused while the records are
+     * plain (see plain_record): then no Python code runs and no other thread can, and nobody can
+     * observe the pause. It is switched back on before the first record that is not plain. */
+    if (PyUnicode_CheckExact(field)) paused = PyGC_Disable();
     for (i = 0; list != NULL && i < n; i++) {
         PyObject *r, *v, *copy;
-        int keep_absent = 0, err = 0;
         if (i >= PySequence_Fast_GET_SIZE(vals)) {
             PyErr_SetString(PyExc_RuntimeError, "values changed size during the call");
             Py_CLEAR(list);
@@ -189,29 +243,44 @@ static PyObject *with_field(PyObject *self, PyObject *args) {
             Py_CLEAR(list);
             break;
         }
-        v = Py_NewRef(PySequence_Fast_GET_ITEM(vals, i));
-        copy = PyDict_Copy(r);
-        if (copy == NULL) {
-            err = 1;
-        } else {
-            PyList_SET_ITEM(list, i, copy);
-            if (v == Py_None) {
-                int has = PyDict_Contains(r, field);
-                if (has < 0) err = 1;
-                keep_absent = has == 0;
-            }
-            if (!err && !keep_absent && PyDict_SetItem(copy, field, v) != 0) err = 1;
+        if (paused && !plain_record(r)) {
+            PyGC_Enable();
+            paused = 0;
         }
+        v = Py_NewRef(PySequence_Fast_GET_ITEM(vals, i));
+        copy = copy_with(r, field, v);
         Py_DECREF(v);
         Py_DECREF(r);
-        if (err) Py_CLEAR(list);
+        if (copy == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, copy);
     }
-    if (gc_was_enabled) PyGC_Enable();
+    if (paused) PyGC_Enable();
     if (list != NULL) PyObject_GC_Track(list);
 done:
     Py_XDECREF(vals);
     Py_DECREF(seq);
     return list;
+}
+
+/* What a list of values holds, as bits: 1 str, 2 bytes/bytearray/memoryview, 4 None, 8 other. */
+static PyObject *value_kinds(PyObject *self, PyObject *values) {
+    Py_ssize_t i;
+    long kinds = 0;
+    if (!PyList_Check(values) && !PyTuple_Check(values)) {
+        PyErr_Format(TYPE_ERROR, "values must be a list, not %.100s", Py_TYPE(values)->tp_name);
+        return NULL;
+    }
+    for (i = 0; i < PySequence_Fast_GET_SIZE(values) && kinds != 15; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
+        if (PyUnicode_Check(v)) kinds |= 1;
+        else if (v == Py_None) kinds |= 4;
+        else if (PyBytes_Check(v) || PyByteArray_Check(v) || PyMemoryView_Check(v)) kinds |= 2;
+        else kinds |= 8;
+    }
+    return PyLong_FromLong(kinds);
 }
 
 static PyMethodDef methods[] = {
@@ -221,6 +290,10 @@ static PyMethodDef methods[] = {
      "field_values(records, field) -> list: each dict's value for field, None where absent."},
     {"with_field", with_field, METH_VARARGS,
      "with_field(records, field, values) -> list[dict]: copies with field set to values[i]."},
+    {"value_kinds", value_kinds, METH_O,
+     "value_kinds(values) -> int: bits 1 str, 2 bytes-like, 4 None, 8 anything else."},
+    {"set_errors", set_errors, METH_VARARGS,
+     "set_errors(type_error, value_error): the classes of this module's argument errors."},
     {NULL, NULL, 0, NULL},
 };
 
