@@ -78,8 +78,7 @@ def _checked_offsets(offsets: Any, data_len: int, name: str) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer):
         raise InvalidArgumentType(f"{name} must hold integers, not {arr.dtype}")
     # Our own read-only copy: later changes to the caller's array cannot reach the native code.
-    arr = np.array(arr, dtype=np.int64, copy=True)
-    arr.flags.writeable = False
+    arr = _readonly(np.array(arr, dtype=np.int64, copy=True))
     _check_bounds(arr, data_len, name)
     return arr
 
@@ -111,6 +110,14 @@ def _pyarrow() -> Any:
 
 
 def _readonly(arr: np.ndarray) -> np.ndarray:
+    """A read-only view whose flag cannot be turned back on: numpy refuses
+    ``flags.writeable = True`` on a view of a read-only array, so the array that owns the memory
+    (always one this package made: callers' offsets are copied first) is locked too."""
+    owner = arr
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    if owner.base is None:
+        owner.flags.writeable = False
     view = arr.view()
     view.flags.writeable = False
     return view
@@ -141,7 +148,7 @@ class Batch:
         """A batch from arrays this package built itself and already knows to be consistent."""
         self = cls.__new__(cls)
         self._data = data
-        self._offsets = offsets if not offsets.flags.writeable else _readonly(offsets)
+        self._offsets = _readonly(offsets)
         return self
 
     @classmethod
@@ -188,7 +195,6 @@ class Batch:
             count=n,
         )
         np.cumsum(lengths, out=offsets[1:])
-        offsets.flags.writeable = False
         return cls._trusted(np.frombuffer(joined, dtype=np.uint8), offsets)
 
     @classmethod

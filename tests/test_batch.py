@@ -458,3 +458,14 @@ def test_the_collector_pause_is_never_visible_to_python_code():
         assert seen[1:] == [True] and not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_batch_offsets_cannot_be_made_writable_again():
+    a = engine.AesGcm(engine.AesGcm.generate_key())
+    batches = [engine.Batch.from_list([b"ab", b"c"]), engine.Batch(b"abc", [0, 1, 3]),
+               engine.Batch.from_list(["x", "yz"]), a.seal_batch([b"ab", b"c"]).ciphertexts,
+               engine.Batch.from_list([b"ab", b"c"]).take([1, 0]),
+               engine.Batch.from_list([b"ab", b"c"]).slices(np.array([0, 1]), np.array([1, 1]))]
+    for b in batches:
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            b.offsets.flags.writeable = True
