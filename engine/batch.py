@@ -155,14 +155,19 @@ class Batch:
     def from_list(cls, values: Sequence[Any]) -> "Batch":
         """Packs a sequence of records: bytes-like values, or ``str`` (encoded as UTF-8).
 
-        The bytes are copied once into one buffer; no per-record object is kept. With pyarrow
-        installed the packing runs in its C++ builder, several times faster than ``bytes.join``.
+        The bytes are copied once into one buffer; no per-record object is kept. A list of str,
+        bytes and bytearray is packed by one C loop; other buffers (memoryview, numpy arrays)
+        by pyarrow's builder when it is installed, else by ``bytes.join``.
 
         Raises:
             InvalidArgumentType: a value is None or not bytes-like.
         """
         if isinstance(values, (bytes, bytearray, memoryview, str)):
             raise InvalidArgumentType("from_list takes a sequence of records, not one value")
+        packed = _native.pack(values)
+        if packed is not None:
+            return cls._trusted(np.frombuffer(packed[0], dtype=np.uint8),
+                                np.frombuffer(packed[1], dtype=np.int64))
         pa = _pyarrow()
         if pa is not None:
             text = len(values) > 0 and isinstance(values[0], str)
@@ -353,12 +358,16 @@ _PAGE = 4096
 def empty_bytes(n: int) -> np.ndarray:
     """An uninitialised ``uint8`` buffer for native output, its pages faulted in by this thread.
 
+    Large buffers come from pyarrow's memory pool when pyarrow is installed: it keeps freed
+    memory mapped, so the next batch writes into pages that are already there instead of
+    faulting in fresh ones (measured: 110 MB allocated and filled in 4 ms against 15 ms).
     numpy asks the kernel for transparent huge pages on large arrays; when several native
     threads then fault the same fresh mapping at once they contend in the kernel and run slower
     than one thread (measured: a 70 MB token pass took 140 ms on two threads, 90 ms on one).
-    Touching one byte per page here first costs a few milliseconds and removes that.
+    Touching one byte per page here first costs little and removes that.
     """
-    out = np.empty(n, dtype=np.uint8)
+    pa = _pyarrow() if n >= _PREFAULT_MIN else None
+    out = np.frombuffer(pa.allocate_buffer(n), np.uint8) if pa else np.empty(n, dtype=np.uint8)
     if n >= _PREFAULT_MIN:
         out[::_PAGE] = 0
     return out

@@ -222,23 +222,34 @@ class _Column:
 
     # ---- the vectorized core ----
 
-    def _arrow_values(self) -> Any:
-        """The values as one pyarrow column when they are all str or all bytes (None aside);
-        None for a mixture, which :meth:`_fallback` classifies value by value (only str values
-        can be tokens already, as for :meth:`FieldEncryption.encrypt_field`)."""
+    def _packed(self) -> tuple[np.ndarray, Batch, Any]:
+        """(indices of the present values, a Batch of them, which of them are str).
+
+        A pyarrow column is wrapped as it is. Python values that are all str or all bytes are
+        packed in C (with None among them, by pyarrow when installed); a mixture is classified
+        value by value in :meth:`_fallback`, so that only str values count as tokens already,
+        as for :meth:`FieldEncryption.encrypt_field`. "Which are str" is a bool for the whole
+        column or an array of one bool per present value.
+        """
         pa = _pyarrow()
         if self.arrow is not None:
-            return self.arrow
-        if pa is None:
-            return None
-        kinds = value_kinds(self.values) & ~NONE_VALUES
-        if kinds not in (0, STR_VALUES, BYTES_VALUES):
-            return None
-        try:
-            return pa.array(self.values, type=pa.large_binary() if kinds == BYTES_VALUES
-                            else pa.large_string())
-        except (pa.ArrowException, TypeError, ValueError):
-            return None
+            present, batch = self._present(self.arrow)
+            t = self.arrow.type
+            return present, batch, pa.types.is_string(t) or pa.types.is_large_string(t)
+        kinds = value_kinds(self.values)
+        if kinds in (STR_VALUES, BYTES_VALUES):
+            return np.arange(len(self.values)), Batch.from_list(self.values), kinds == STR_VALUES
+        kinds &= ~NONE_VALUES
+        if pa is not None and kinds in (0, STR_VALUES, BYTES_VALUES):
+            try:
+                arr = pa.array(self.values, type=pa.large_binary() if kinds == BYTES_VALUES
+                               else pa.large_string())
+            except (pa.ArrowException, TypeError, ValueError):
+                arr = None
+            if arr is not None:
+                present, batch = self._present(arr)
+                return present, batch, kinds != BYTES_VALUES
+        return self._fallback()
 
     def _present(self, arr: Any) -> tuple[np.ndarray, Batch]:
         """Indices of non-null values and a Batch of them (str as UTF-8)."""
@@ -302,15 +313,8 @@ class _Column:
 
     def encrypt(self) -> Any:
         service = self.fe.service
-        arr = self._arrow_values()
-        if arr is not None:
-            present, batch = self._present(arr)
-            pa = _pyarrow()
-            textual = pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
-            already = text_token_mask(batch) if textual else np.zeros(len(batch), dtype=bool)
-        else:
-            present, batch, is_str = self._fallback()
-            already = text_token_mask(batch) & is_str
+        present, batch, is_str = self._packed()
+        already = text_token_mask(batch) & is_str
         todo_local = np.flatnonzero(~already)
         todo = present[todo_local]
         if len(todo_local) < len(batch):
@@ -321,11 +325,7 @@ class _Column:
 
     def decrypt(self) -> Any:
         service = self.fe.service
-        arr = self._arrow_values()
-        if arr is not None:
-            present, batch = self._present(arr)
-        else:
-            present, batch, _ = self._fallback()
+        present, batch, _ = self._packed()
         if not len(present):
             texts: Any = []
         elif self.arrow is not None:  # straight back into a string column, no Python str

@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import engine
 
@@ -469,3 +471,48 @@ def test_batch_offsets_cannot_be_made_writable_again():
     for b in batches:
         with pytest.raises(ValueError, match="WRITEABLE"):
             b.offsets.flags.writeable = True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(), st.binary(), st.binary().map(bytearray)), max_size=30))
+def test_from_list_packs_str_and_bytes_like_the_python_reference(values):
+    b = engine.Batch.from_list(values)
+    expected = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
+    assert b.to_list() == expected
+    assert b.offsets.tolist() == [0, *np.cumsum([len(e) for e in expected]).tolist()]
+    assert len(engine.Batch.from_list(tuple(values))) == len(values)
+
+
+def test_from_list_edge_cases():
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate has no UTF-8 form
+        engine.Batch.from_list(["ok", "\ud800"])
+    with pytest.raises(engine.InvalidArgumentType, match="record 1"):
+        engine.Batch.from_list(["a", None])
+    mixed = engine.Batch.from_list([b"a", memoryview(b"bc"), np.frombuffer(b"d", np.uint8)])
+    assert mixed.to_list() == [b"a", b"bc", b"d"]  # other buffers: the general path
+    assert engine.Batch.from_list([]).to_list() == []
+
+    class S(str):
+        pass
+
+    assert engine.Batch.from_list([S("é"), S("x")]).to_list() == ["é".encode(), b"x"]
+
+
+def test_from_list_survives_a_gc_callback_that_empties_the_list():
+    import gc
+
+    values = ["é" * 10, b"x" * 10, "abc"] * 300
+
+    def empty(phase, info):
+        values.clear()
+
+    gc.callbacks.append(empty)
+    gc.set_threshold(1)
+    try:
+        b = engine.Batch.from_list(values)
+    finally:
+        gc.set_threshold(700)
+        gc.callbacks.remove(empty)
+    assert not values  # the callback ran, before or during the call
+    # the records as they were when packing began, or none: never a torn mix
+    assert len(b) == 0 or (len(b) == 900 and b.to_list()[:3] == ["é".encode() * 10, b"x" * 10, b"abc"])

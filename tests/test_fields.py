@@ -196,3 +196,42 @@ def test_tokens_are_ordinary_service_tokens(svc):
     out = FieldEncryption(svc).encrypt_column([{"id": 1, "x": "hello"}], "x")
     assert EncryptedData.from_token(out[0]["x"]).key_version == 1
     assert svc.decrypt_text(out[0]["x"]) == "hello"
+
+
+NO_PYARROW = """
+import sys
+sys.modules["pyarrow"] = None  # pyarrow is an optional extra: everything must work without it
+import numpy as np
+import engine
+from engine import EncryptionService, FieldEncryption, StaticKeyProvider
+from engine.envelope import is_text_token
+
+svc = EncryptionService(StaticKeyProvider({1: bytes(range(32))}))
+fe = FieldEncryption(svc)
+values = ["s%06d-é" % i if i % 7 else "plain %d" % i for i in range(60_000)]  # > 4 MB of tokens
+tokens = svc.encrypt_many(values)
+assert svc.decrypt_many_text(tokens) == values
+b = engine.Batch.from_list([b"a", memoryview(b"bc"), np.frombuffer(b"d", np.uint8)])
+assert b.to_list() == [b"a", b"bc", b"d"]
+records = [{"id": 1, "ssn": "x"}, {"id": 2}, {"id": 3, "ssn": None}, {"id": 4, "ssn": b"raw"},
+           {"id": 5, "ssn": tokens[0]}]
+out = fe.encrypt_column(records, "ssn")
+assert out[1] == {"id": 2} and out[2]["ssn"] is None and out[4]["ssn"] == tokens[0]
+assert all(is_text_token(out[i]["ssn"]) for i in (0, 3))
+back = fe.decrypt_column(out, "ssn")
+assert [r.get("ssn") for r in back] == ["x", None, None, "raw", values[0]]
+bound = FieldEncryption(svc, bind_context=True)
+enc = bound.encrypt_column([{"id": 7, "ssn": "y"}], "ssn")
+assert bound.decrypt_column(enc, "ssn") == [{"id": 7, "ssn": "y"}]
+print("ok")
+"""
+
+
+def test_everything_works_without_pyarrow():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", NO_PYARROW], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"

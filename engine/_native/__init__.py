@@ -7,7 +7,8 @@ sizes this module reads from C at import time.
 
 Beside the cffi module sits ``_objects`` (``native/python/objects.c``), which builds Python
 objects in bulk where a batch must end as one per record: :func:`ascii_strings`,
-:func:`field_values`, :func:`with_field`, :func:`value_kinds`. It is imported only here.
+:func:`field_values`, :func:`with_field`, :func:`value_kinds`, :func:`pack`. It is imported
+only here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import ctypes
 
 from ..errors import BackendUnavailable, InvalidArgument, InvalidArgumentType, InvalidTag, NativeError
 from ._ffi import ffi, lib
-from ._objects import ascii_strings, field_values, set_errors, value_kinds, with_field  # noqa: F401
+from ._objects import (  # noqa: F401 (re-exported)
+    ascii_strings,
+    field_values,
+    pack,
+    set_errors,
+    value_kinds,
+    with_field,
+)
 
 set_errors(InvalidArgumentType, InvalidArgument)  # _objects' own argument errors, typed
 

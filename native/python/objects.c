@@ -4,7 +4,8 @@
  *   - field_values(records, field): record.get(field) for a list of dicts;
  *   - with_field(records, field, values): new dicts, each a copy of records[i] with
  *     field = values[i] (a None value for a record without the field leaves it absent);
- *   - value_kinds(values): which kinds of value (str, bytes, None, other) a list holds.
+ *   - value_kinds(values): which kinds of value (str, bytes, None, other) a list holds;
+ *   - pack(values): str/bytes records into one buffer plus int64 offsets (Batch.from_list).
  * Plain dicts are read from their storage; a dict subclass through its own get()/__contains__.
  * Python code can run inside these loops (a key's __hash__/__eq__, a dict subclass's keys(), a
  * gc callback), so result lists stay untracked until filled, every item is re-read and held
@@ -265,6 +266,80 @@ done:
     return list;
 }
 
+/* pack(values) -> (data, offsets) as bytes, or None. Records are str (as UTF-8) or bytes or
+ * bytearray; anything else (memoryview, numpy arrays, None) gets None, for the caller's general
+ * path. ASCII str are copied straight from their storage; other str are encoded once. Nothing
+ * between the two passes runs Python code or allocates a container (which could start a
+ * collection, and so a gc callback), so the list cannot change under them. */
+static PyObject *pack(PyObject *self, PyObject *values) {
+    PyObject *offsets = NULL, *data = NULL, *result = NULL, **utf8 = NULL;
+    Py_ssize_t n, i, total = 0;
+    int64_t *o;
+    char *d;
+    if (!PyList_Check(values) && !PyTuple_Check(values)) Py_RETURN_NONE;
+    n = PySequence_Fast_GET_SIZE(values);
+    for (i = 0; i < n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
+        if (!PyUnicode_Check(v) && !PyBytes_Check(v) && !PyByteArray_Check(v)) Py_RETURN_NONE;
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_Check(v) && PyUnicode_READY(v) < 0) return NULL; /* legacy str objects */
+#endif
+    }
+    /* bytes payloads are 8-byte aligned (allocator alignment 16, header 32 bytes) */
+    offsets = PyBytes_FromStringAndSize(NULL, (n + 1) * (Py_ssize_t)sizeof(int64_t));
+    if (offsets == NULL) return NULL;
+    o = (int64_t *)PyBytes_AS_STRING(offsets);
+    o[0] = 0;
+    for (i = 0; i < n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
+        Py_ssize_t len;
+        if (PyUnicode_Check(v)) {
+            if (PyUnicode_IS_ASCII(v)) {
+                len = PyUnicode_GET_LENGTH(v);
+            } else {
+                PyObject *b = PyUnicode_AsUTF8String(v); /* a lone surrogate: UnicodeEncodeError */
+                if (b == NULL) goto done;
+                if (utf8 == NULL && (utf8 = PyMem_Calloc((size_t)n, sizeof(PyObject *))) == NULL) {
+                    Py_DECREF(b);
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                utf8[i] = b;
+                len = PyBytes_GET_SIZE(b);
+            }
+        } else {
+            len = PyBytes_Check(v) ? PyBytes_GET_SIZE(v) : PyByteArray_GET_SIZE(v);
+        }
+        if (len > PY_SSIZE_T_MAX - total) {
+            PyErr_SetString(PyExc_OverflowError, "the records are too large to pack");
+            goto done;
+        }
+        total += len;
+        o[i + 1] = total;
+    }
+    data = PyBytes_FromStringAndSize(NULL, total);
+    if (data == NULL) goto done;
+    d = PyBytes_AS_STRING(data);
+    for (i = 0; i < n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
+        const char *src;
+        if (utf8 != NULL && utf8[i] != NULL) src = PyBytes_AS_STRING(utf8[i]);
+        else if (PyUnicode_Check(v)) src = (const char *)PyUnicode_DATA(v);
+        else if (PyBytes_Check(v)) src = PyBytes_AS_STRING(v);
+        else src = PyByteArray_AS_STRING(v);
+        memcpy(d + o[i], src, (size_t)(o[i + 1] - o[i]));
+    }
+    result = PyTuple_Pack(2, data, offsets);
+done:
+    if (utf8 != NULL) {
+        for (i = 0; i < n; i++) Py_XDECREF(utf8[i]);
+        PyMem_Free(utf8);
+    }
+    Py_XDECREF(data);
+    Py_XDECREF(offsets);
+    return result;
+}
+
 /* What a list of values holds, as bits: 1 str, 2 bytes/bytearray/memoryview, 4 None, 8 other. */
 static PyObject *value_kinds(PyObject *self, PyObject *values) {
     Py_ssize_t i;
@@ -290,6 +365,8 @@ static PyMethodDef methods[] = {
      "field_values(records, field) -> list: each dict's value for field, None where absent."},
     {"with_field", with_field, METH_VARARGS,
      "with_field(records, field, values) -> list[dict]: copies with field set to values[i]."},
+    {"pack", pack, METH_O,
+     "pack(values) -> (data, offsets) bytes, or None unless all are str, bytes or bytearray."},
     {"value_kinds", value_kinds, METH_O,
      "value_kinds(values) -> int: bits 1 str, 2 bytes-like, 4 None, 8 anything else."},
     {"set_errors", set_errors, METH_VARARGS,
