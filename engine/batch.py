@@ -155,19 +155,16 @@ class Batch:
     def from_list(cls, values: Sequence[Any]) -> "Batch":
         """Packs a sequence of records: bytes-like values, or ``str`` (encoded as UTF-8).
 
-        The bytes are copied once into one buffer; no per-record object is kept. A list of str,
-        bytes and bytearray is packed by one C loop; other buffers (memoryview, numpy arrays)
-        by pyarrow's builder when it is installed, else by ``bytes.join``.
+        The bytes are copied once into one buffer; no per-record object is kept. With pyarrow
+        installed its builder packs them (into its memory pool, whose pages are reused from one
+        batch to the next); otherwise, and for mixtures it refuses, one C loop packs str, bytes
+        and bytearray, and ``bytes.join`` any other buffers (memoryview, numpy arrays).
 
         Raises:
             InvalidArgumentType: a value is None or not bytes-like.
         """
         if isinstance(values, (bytes, bytearray, memoryview, str)):
             raise InvalidArgumentType("from_list takes a sequence of records, not one value")
-        packed = _native.pack(values)
-        if packed is not None:
-            return cls._trusted(np.frombuffer(packed[0], dtype=np.uint8),
-                                np.frombuffer(packed[1], dtype=np.int64))
         pa = _pyarrow()
         if pa is not None:
             text = len(values) > 0 and isinstance(values[0], str)
@@ -177,15 +174,10 @@ class Batch:
                 arr = None  # mixed kinds, or numpy arrays among the values: packed below
             if arr is not None and not arr.null_count:
                 return cls.from_arrow(arr)
-        elif values and isinstance(values[0], str):
-            try:  # all ASCII str: one join, one encode
-                joined = "".join(values)
-            except TypeError:
-                joined = None
-            if joined is not None and joined.isascii():
-                lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-                return cls._trusted(np.frombuffer(joined.encode("ascii"), dtype=np.uint8),
-                                    _readonly(offsets_of(lengths)))
+        packed = _native.pack(values)
+        if packed is not None:
+            return cls._trusted(np.frombuffer(packed[0], dtype=np.uint8),
+                                np.frombuffer(packed[1], dtype=np.int64))
         n = len(values)
         items = [v.encode() if isinstance(v, str) else v for v in values]
         for i, v in enumerate(items):
