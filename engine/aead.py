@@ -307,7 +307,7 @@ class AesGcm:
                 the batch with those records zero-filled.
         """
         self._check_sealed(sealed)
-        out = empty_bytes(sealed.ciphertexts.nbytes)
+        out = empty_bytes(sealed.ciphertexts.nbytes, secret=True)
         return self._open(sealed, out, associated_data, threads)
 
     def open_batch_into(self, sealed: SealedBatch, out: Any, associated_data: Any = None, *,
@@ -418,7 +418,7 @@ class AesGcm:
         result = None
         if out is None:
             off = offsets_of(sizes)
-            target = empty_bytes(int(off[-1]))
+            target = empty_bytes(int(off[-1]), secret=True)
             starts = off[:-1]
             result = Batch._trusted(target, off)
         else:

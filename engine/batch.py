@@ -179,7 +179,10 @@ class Batch:
             return cls._trusted(np.frombuffer(packed[0], dtype=np.uint8),
                                 np.frombuffer(packed[1], dtype=np.int64))
         n = len(values)
-        items = [v.encode() if isinstance(v, str) else v for v in values]
+        try:
+            items = [v.encode() if isinstance(v, str) else v for v in values]
+        except UnicodeEncodeError:  # its message would carry the text
+            raise InvalidArgument("a record is str that UTF-8 cannot encode (a lone surrogate)") from None
         for i, v in enumerate(items):
             if not isinstance(v, bytes):
                 byte_view(v, f"record {i}")  # raises a clear error for None, int, ...
@@ -305,7 +308,7 @@ class Batch:
                   or bool((starts > self._data.shape[0] - lengths).any())):
             raise InvalidArgument("a slice reaches outside the data buffer")
         off = offsets_of(lengths)
-        out = empty_bytes(int(off[-1]))
+        out = empty_bytes(int(off[-1]), secret=True)  # the records may be plaintext
         if n:
             _native.gather(n, self._data, starts, lengths, out, off[:-1], check_threads(threads))
         return Batch._trusted(out, off)
@@ -315,7 +318,7 @@ class Batch:
         idx = np.asarray(indices, dtype=np.int64)
         lengths = self.lengths()[idx]
         off = offsets_of(lengths)
-        out = empty_bytes(int(off[-1]))
+        out = empty_bytes(int(off[-1]), secret=True)  # the records may be plaintext
         if idx.shape[0]:
             _native.gather(idx.shape[0], self._data, self._offsets[:-1][idx], lengths, out,
                            off[:-1], check_threads(threads))
@@ -342,23 +345,31 @@ class Batch:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple:
+        # through the checking constructor: an unpickled batch's offsets are copied, checked
+        # and locked again (a pickle restores plain, writable arrays)
+        return Batch, (self._data, self._offsets)
+
 
 _PREFAULT_MIN = 4 << 20
 _PAGE = 4096
 
 
-def empty_bytes(n: int) -> np.ndarray:
+def empty_bytes(n: int, *, secret: bool = False) -> np.ndarray:
     """An uninitialised ``uint8`` buffer for native output, its pages faulted in by this thread.
 
-    Large buffers come from pyarrow's memory pool when pyarrow is installed: it keeps freed
-    memory mapped, so the next batch writes into pages that are already there instead of
-    faulting in fresh ones (measured: 110 MB allocated and filled in 4 ms against 15 ms).
+    Large public outputs (ciphertexts, tokens, nonces, tags) come from pyarrow's memory pool
+    when pyarrow is installed: it keeps freed memory mapped, so the next batch writes into pages
+    that are already there instead of faulting in fresh ones (measured: 110 MB allocated and
+    filled in 4 ms against 15 ms). Buffers that will hold plaintext (``secret``) never do: the
+    pool hands freed pages out again as they are, so a later uninitialised allocation anywhere
+    in the process would get the plaintext back, every time.
     numpy asks the kernel for transparent huge pages on large arrays; when several native
     threads then fault the same fresh mapping at once they contend in the kernel and run slower
     than one thread (measured: a 70 MB token pass took 140 ms on two threads, 90 ms on one).
     Touching one byte per page here first costs little and removes that.
     """
-    pa = _pyarrow() if n >= _PREFAULT_MIN else None
+    pa = _pyarrow() if n >= _PREFAULT_MIN and not secret else None
     out = np.frombuffer(pa.allocate_buffer(n), np.uint8) if pa else np.empty(n, dtype=np.uint8)
     if n >= _PREFAULT_MIN:
         out[::_PAGE] = 0
@@ -450,7 +461,7 @@ def batch_to_text(batch: Batch) -> list[str]:
             return [bytes(v).decode("utf-8") for v in batch]
         lengths = np.diff(off)
         out_off = offsets_of(lengths + 1)
-        out = empty_bytes(int(out_off[-1]))
+        out = empty_bytes(int(out_off[-1]), secret=True)
         scatter(out, [out_off[:-1]], [batch])
         out[out_off[1:] - 1] = sep
         return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
@@ -681,6 +692,9 @@ class SealedBatch:
     def __len__(self) -> int:
         return len(self.ciphertexts)
 
+    def __reduce__(self) -> tuple:
+        return _sealed_batch, (self._nonces, self._tags, self._ciphertexts)
+
     def __repr__(self) -> str:
         return (
             f"<SealedBatch records={len(self)} nonce_size={self.nonce_size} "
@@ -714,3 +728,8 @@ class SealedBatch:
             tags=table.column("tag"),
             ciphertexts=table.column("ciphertext"),
         )
+
+
+def _sealed_batch(nonces: Any, tags: Any, ciphertexts: Any) -> SealedBatch:
+    """Unpickles a :class:`SealedBatch` through its checking constructor."""
+    return SealedBatch(nonces=nonces, tags=tags, ciphertexts=ciphertexts)

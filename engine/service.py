@@ -52,7 +52,10 @@ class ServiceConfigurationError(EngineError, RuntimeError):
 
 def _data_bytes(data: Any, name: str = "data") -> bytes:
     if isinstance(data, str):
-        return data.encode("utf-8")
+        try:
+            return data.encode("utf-8")
+        except UnicodeEncodeError:  # its message would carry the text
+            raise InvalidArgument(f"{name} is str that UTF-8 cannot encode (a lone surrogate)") from None
     if isinstance(data, bytes):
         return data
     try:
@@ -326,7 +329,7 @@ class EncryptionService:
         n = len(tokens)
         caller_aad = _caller_aad(aad, n)
         off = offsets_of(tokens.lengths() - OVERHEAD)
-        out = empty_bytes(int(off[-1]))
+        out = empty_bytes(int(off[-1]), secret=True)
         group_key = headers.key_versions * 256 + headers.formats
         if n == 0 or bool((group_key == group_key[0]).all()):
             groups: list[tuple[int, np.ndarray | None]] = [(int(group_key[0]), None)] if n else []

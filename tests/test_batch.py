@@ -488,8 +488,10 @@ def test_from_list_and_the_c_packer_match_the_python_reference(values):
 
 
 def test_from_list_edge_cases():
-    with pytest.raises(UnicodeEncodeError):  # a lone surrogate has no UTF-8 form
-        engine.Batch.from_list(["ok", "\ud800"])
+    for values in (["ok", "secret\ud800"], ["ok", "secret\ud800", memoryview(b"x")]):
+        with pytest.raises(engine.InvalidArgument, match="lone surrogate") as e:
+            engine.Batch.from_list(values)  # a lone surrogate has no UTF-8 form
+        assert "secret" not in repr(e.value) and "secret" not in repr(e.value.args)
     with pytest.raises(engine.InvalidArgumentType, match="record 1"):
         engine.Batch.from_list(["a", None])
     mixed = engine.Batch.from_list([b"a", memoryview(b"bc"), np.frombuffer(b"d", np.uint8)])
@@ -523,3 +525,34 @@ def test_the_c_packer_survives_a_gc_callback_that_empties_the_list():
     # allocates no container between its passes, so no collection can run in between)
     data, offs = packed
     assert data in (b"", (("é" * 10).encode() + b"x" * 10 + b"abc") * 300)
+
+
+def test_pickled_batches_come_back_checked_and_locked():
+    import pickle
+
+    a = engine.AesGcm(engine.AesGcm.generate_key())
+    b = engine.Batch(np.frombuffer(b"abcdefgh", np.uint8), [2, 4, 8])
+    sealed = a.seal_batch(b)
+    for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        b2 = pickle.loads(pickle.dumps(b, protocol=proto))
+        assert b2.to_list() == [b"cd", b"efgh"]
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            b2.offsets.flags.writeable = True
+        s2 = pickle.loads(pickle.dumps(sealed, protocol=proto))
+        assert a.open_batch(s2).to_list() == [b"cd", b"efgh"]
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            s2.ciphertexts.offsets.flags.writeable = True
+
+
+def test_plaintext_buffers_never_come_from_the_reusable_pool():
+    a = engine.AesGcm(engine.AesGcm.generate_key())
+    batch = engine.Batch(np.zeros(8 << 20, np.uint8), np.arange(0, (8 << 20) + 1, 1 << 16))
+    sealed = a.seal_batch(batch)
+    assert isinstance(sealed.ciphertexts.data.base, pa.Buffer)  # public output: pooled
+    opened = a.open_batch(sealed)
+    assert not isinstance(opened.data.base, pa.Buffer)
+    svc = engine.EncryptionService(engine.StaticKeyProvider({1: bytes(32)}))
+    tokens = svc.encrypt_many(batch, binary=True)
+    assert not isinstance(svc.decrypt_many(tokens).data.base, pa.Buffer)
+    assert not isinstance(a.open_tokens(a.seal_tokens(batch, b"h"), 1).data.base, pa.Buffer)
+    assert not isinstance(batch.take(np.arange(len(batch))).data.base, pa.Buffer)

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine import Batch, BatchInvalidTag, InvalidArgumentType, InvalidTag
+from engine import Batch, BatchInvalidTag, InvalidArgument, InvalidArgumentType, InvalidTag
 from engine.envelope import (
     EncryptedData,
     InvalidBase64,
@@ -90,6 +90,11 @@ def test_encrypt_token_binds_header(svc):
 def test_rejects_non_bytes(svc):
     with pytest.raises(InvalidArgumentType):
         svc.encrypt(123)
+    for call in (lambda: svc.encrypt("card 4111\ud800"),
+                 lambda: svc.encrypt_many(["ok", "card 4111\ud800"])):
+        with pytest.raises(InvalidArgument, match="lone surrogate") as e:
+            call()
+        assert "4111" not in repr(e.value) and "4111" not in repr(e.value.args)
 
 
 def flip(raw: bytes, i: int, bit: int = 1) -> bytes:

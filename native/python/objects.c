@@ -297,8 +297,15 @@ static PyObject *pack(PyObject *self, PyObject *values) {
             if (PyUnicode_IS_ASCII(v)) {
                 len = PyUnicode_GET_LENGTH(v);
             } else {
-                PyObject *b = PyUnicode_AsUTF8String(v); /* a lone surrogate: UnicodeEncodeError */
-                if (b == NULL) goto done;
+                PyObject *b = PyUnicode_AsUTF8String(v);
+                if (b == NULL) { /* a lone surrogate: the UnicodeEncodeError would carry the text */
+                    if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                        PyErr_Clear();
+                        PyErr_Format(VALUE_ERROR,
+                                     "record %zd is str that UTF-8 cannot encode (a lone surrogate)", i);
+                    }
+                    goto done;
+                }
                 if (utf8 == NULL && (utf8 = PyMem_Calloc((size_t)n, sizeof(PyObject *))) == NULL) {
                     Py_DECREF(b);
                     PyErr_NoMemory();
