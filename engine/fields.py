@@ -38,6 +38,14 @@ __all__ = ["FieldEncryption"]
 _CONTEXT_MAGIC = b"efld1"
 
 
+def _check_encryptable(field: str, value: Any) -> None:
+    """Raises InvalidArgumentType unless ``value`` is str or bytes-like."""
+    if not isinstance(value, (str, bytes, bytearray, memoryview)):
+        raise InvalidArgumentType(
+            f"field {field!r} holds {type(value).__name__}; only str or bytes are encrypted"
+        )
+
+
 def _context_prefix(field: str) -> bytes:
     name = field.encode("utf-8")
     return _CONTEXT_MAGIC + len(name).to_bytes(4, "big") + name
@@ -124,10 +132,7 @@ class FieldEncryption:
             value = out.get(field)
             if value is None or is_text_token(value):
                 continue
-            if not isinstance(value, (str, bytes, bytearray, memoryview)):
-                raise InvalidArgumentType(
-                    f"field {field!r} holds {type(value).__name__}; only str or bytes are encrypted"
-                )
+            _check_encryptable(field, value)
             out[field] = service.encrypt_token(value, self._aad(record, field))
         return out
 
@@ -274,11 +279,7 @@ class _Column:
                                              count=len(self.values)))
         vals = [self.values[i] for i in present.tolist()]
         for v in vals:
-            if not isinstance(v, (str, bytes, bytearray, memoryview)):
-                raise InvalidArgumentType(
-                    f"field {self.field!r} holds {type(v).__name__}; only str or bytes are "
-                    "encrypted"
-                )
+            _check_encryptable(self.field, v)
         is_str = np.fromiter((isinstance(v, str) for v in vals), dtype=bool, count=len(vals))
         return present, Batch.from_list(vals), is_str
 
