@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..aead import AesGcm
 from ..errors import EngineError, InvalidArgument
@@ -82,6 +82,11 @@ class VersionedKey:
 
     def __reduce__(self):
         raise TypeError("keys cannot be pickled; fetch them from the provider in each process")
+
+
+def refuse_pickle(provider: Any) -> None:
+    """``__reduce__`` of every key provider: they hold key material."""
+    raise TypeError("key providers hold key material and cannot be pickled")
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ from .base import (
     KeyVersionNotUsable,
     UnknownKeyVersion,
     VersionedKey,
+    refuse_pickle,
 )
 from .static import check_state, check_version
 
@@ -123,8 +124,7 @@ class EnvironmentKeyProvider:
     def __repr__(self) -> str:
         return f"<EnvironmentKeyProvider state_path={str(self._path)!r}>"
 
-    def __reduce__(self):
-        raise TypeError("key providers hold key material and cannot be pickled")
+    __reduce__ = refuse_pickle
 
     @property
     def state_path(self) -> Path:

@@ -15,6 +15,7 @@ from .base import (
     KeyVersionNotUsable,
     UnknownKeyVersion,
     VersionedKey,
+    refuse_pickle,
 )
 
 __all__ = ["InvalidKeyMaterial", "StaticKeyProvider"]
@@ -101,8 +102,7 @@ class StaticKeyProvider:
     def __repr__(self) -> str:
         return f"<StaticKeyProvider versions={sorted(self._ciphers)} current={self._current}>"
 
-    def __reduce__(self):
-        raise TypeError("key providers hold key material and cannot be pickled")
+    __reduce__ = refuse_pickle
 
     @property
     def current_version(self) -> int:

@@ -57,6 +57,7 @@ from .base import (
     KeyVersionNotUsable,
     UnknownKeyVersion,
     VersionedKey,
+    refuse_pickle,
 )
 from .static import check_state, check_version
 
@@ -799,8 +800,7 @@ class VaultKeyProvider:
                 f"transit={self._transit.mount}/{self._transit.name} "
                 f"kv={self._store.mount}/{self._store.path}{' closed' if self._closed else ''}>")
 
-    def __reduce__(self):
-        raise TypeError("key providers hold key material and cannot be pickled")
+    __reduce__ = refuse_pickle
 
     def __enter__(self) -> "VaultKeyProvider":
         return self
