@@ -8,7 +8,6 @@ may be shared by any number of Python threads.
 from __future__ import annotations
 
 import os
-import weakref
 from typing import Any
 
 import numpy as np
@@ -169,22 +168,14 @@ class AesGcm:
         BackendUnavailable: the backend asked for cannot run here.
     """
 
-    # No __slots__: the instance's own ``encrypt``/``decrypt`` (fast paths for ``bytes`` built by
-    # the binding for this key) shadow the methods below, which handle every other case.
+    __slots__ = ("_key", "_address", "__weakref__")
 
     def __init__(self, key: Any, *, backend: str | None = None) -> None:
         key, size = _buffer(key, "key")
         if size != KEY_BYTES:
             raise InvalidArgument(f"AesGcm key must be {KEY_BYTES} bytes (AES-256)")
         self._key = _native.KeyHandle(key, selected_backend(backend))
-        # The fallbacks reach this object through a weak reference: a bound method would make a
-        # cycle, and the native key schedule would then be wiped only when the cyclic GC runs.
-        cls, me = type(self), weakref.ref(self)
-        self.encrypt, self.decrypt = _native.bytes_fast_paths(
-            self._key,
-            lambda *args: cls.encrypt(me(), *args),
-            lambda *args: cls.decrypt(me(), *args),
-        )
+        self._address = self._key.address
 
     @staticmethod
     def generate_key(bit_length: int = 256) -> bytes:
@@ -209,18 +200,17 @@ class AesGcm:
     def encrypt(self, nonce: Any, data: Any, associated_data: Any = None) -> bytes:
         """Encrypts ``data``; returns the ciphertext followed by the 16-byte tag.
 
+        Args:
+            nonce: 8 to 128 bytes (12 is GCM's native size); never reuse one under a key.
+            data, associated_data: any C-contiguous bytes-like objects (associated_data may be
+                None).
+
         Raises:
-            InvalidArgument: nonce not 8 to 128 bytes, or data over 2**36 - 32 bytes.
+            InvalidArgument: nonce not 8 to 128 bytes, or a buffer that is not C-contiguous.
+            MessageTooLong: data over 2**36 - 32 bytes.
             InvalidArgumentType: an argument is not bytes-like.
         """
-        nonce, size = _buffer(nonce, "nonce")
-        _check_nonce_size(size)
-        data, length = _buffer(data, "data")
-        if length > MESSAGE_MAX_BYTES:
-            raise MessageTooLong(f"data exceeds GCM's limit of {MESSAGE_MAX_BYTES} bytes")
-        aad, aad_len = (None, 0) if associated_data is None else _buffer(associated_data,
-                                                                          "associated_data")
-        return _native.seal(self._key, nonce, size, data, length, aad, aad_len)
+        return _native.seal_message(self._address, nonce, data, associated_data)
 
     def decrypt(self, nonce: Any, data: Any, associated_data: Any = None) -> bytes:
         """Decrypts ciphertext-and-tag ``data`` and checks its tag.
@@ -229,18 +219,9 @@ class AesGcm:
             InvalidTag: authentication failed (wrong key, nonce, data, tag or associated data),
                 or ``data`` is shorter than the 16-byte tag.
             InvalidArgument: nonce not 8 to 128 bytes.
+            InvalidArgumentType: an argument is not bytes-like.
         """
-        nonce, size = _buffer(nonce, "nonce")
-        _check_nonce_size(size)
-        data, total = _buffer(data, "data")
-        length = total - TAG_BYTES
-        if length < 0:
-            raise InvalidTag()
-        if length > MESSAGE_MAX_BYTES:
-            raise MessageTooLong(f"data exceeds GCM's limit of {MESSAGE_MAX_BYTES} bytes")
-        aad, aad_len = (None, 0) if associated_data is None else _buffer(associated_data,
-                                                                          "associated_data")
-        return _native.open_(self._key, nonce, size, data, length, aad, aad_len)
+        return _native.open_message(self._address, nonce, data, associated_data)
 
     # ---- batches ----
 
@@ -270,7 +251,9 @@ class AesGcm:
 
         Args:
             out: a writable buffer of at least ``batch.nbytes`` bytes; record i goes to
-                ``offsets[i] - offsets[0]``.
+                ``offsets[i] - offsets[0]``. Either exactly the records' own memory (``out``
+                starts at ``batch.data[offsets[0]]``: in place) or memory that shares no byte
+                with the batch, the AAD or the nonces; anything in between is refused.
             nonces: caller-chosen ``n x nonce_size`` nonces, for known-answer tests and interop
                 only. A nonce used twice under one key destroys GCM's security.
         """
@@ -312,8 +295,16 @@ class AesGcm:
 
     def open_batch_into(self, sealed: SealedBatch, out: Any, associated_data: Any = None, *,
                         threads: int | None = None) -> Batch:
-        """Like :meth:`open_batch`, writing plaintexts into ``out`` (may be the ciphertexts'
-        own buffer, to decrypt in place)."""
+        """Like :meth:`open_batch`, writing plaintexts into ``out``: exactly the ciphertexts'
+        own memory (in place), or memory that shares no byte with any input.
+
+        A record that fails authentication is zero-filled in a separate ``out``; in place it is
+        left as the ciphertext it was, so that it can still be opened with the right key or AAD.
+
+        Raises:
+            InvalidArgument: ``out`` overlaps an input other than exactly in place.
+            BatchInvalidTag: as :meth:`open_batch`.
+        """
         self._check_sealed(sealed)
         target = _output(out, sealed.ciphertexts.nbytes, "out")
         return self._open(sealed, target, associated_data, threads)

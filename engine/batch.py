@@ -94,18 +94,17 @@ def _check_bounds(offsets: np.ndarray, data_len: int, name: str) -> None:
         )
 
 
-_PYARROW: Any = False
+# pyarrow is imported with the engine, not on first use: a first import that runs in one thread
+# while another forks leaves the child waiting forever on the module's import lock (a CPython
+# hazard that a lazy import in the batch path would expose to every multiprocessing user).
+try:
+    import pyarrow as _PYARROW
+except ImportError:  # an optional extra
+    _PYARROW = None
 
 
 def _pyarrow() -> Any:
     """The pyarrow module, or None when it is not installed (it is an optional extra)."""
-    global _PYARROW
-    if _PYARROW is False:
-        try:
-            import pyarrow
-        except ImportError:
-            pyarrow = None
-        _PYARROW = pyarrow
     return _PYARROW
 
 

@@ -209,3 +209,26 @@ def test_random_bytes():
     assert len(engine.random_bytes(33)) == 33 and engine.random_bytes(16) != engine.random_bytes(16)
     with pytest.raises(engine.InvalidArgument):
         engine.random_bytes(-1)
+
+
+def test_temporaries_and_subclasses_work_like_any_method(key):
+    """A drop-in for cryptography's AESGCM is used as a temporary, and subclassed."""
+    nonce = os.urandom(12)
+    sealed = engine.AesGcm(key).encrypt(nonce, bytearray(b"x"))
+    assert engine.AesGcm(key).decrypt(nonce, sealed) == b"x"
+    tag_only = engine.AesGcm(key).encrypt(nonce, b"")
+    assert engine.AesGcm(key).decrypt(nonce, tag_only) == b""
+    assert engine.AesGcm(key).decrypt(nonce, memoryview(tag_only)) == b""
+
+    class Logged(engine.AesGcm):
+        __slots__ = ("calls",)
+
+        def encrypt(self, nonce, data, associated_data=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().encrypt(nonce, data, associated_data)
+
+    logged = Logged(key)
+    assert logged.encrypt(nonce, b"y") == engine.AesGcm(key).encrypt(nonce, b"y")
+    assert logged.calls == 1
+    assert not hasattr(engine.AesGcm(key), "__dict__")
+    assert engine.AesGcm.encrypt.__doc__ and "16-byte tag" in engine.AesGcm.encrypt.__doc__

@@ -57,3 +57,66 @@ def test_single_random_calls_differ_across_fork():
     theirs = os.read(read_end, 32)
     os.waitpid(pid, 0)
     assert len(theirs) == 32 and mine != theirs
+
+
+def test_children_forked_while_threads_seal_never_hang_and_never_repeat_a_nonce():
+    """Hundreds of forks while two threads draw nonces without pause (batches and single
+    messages): every child finishes its own draws, and no nonce appears twice anywhere.
+
+    The batches are built before the threads start: a Python module imported for the first time
+    in one thread while another forks can leave the child waiting on that module's import lock
+    (a CPython hazard, not the engine's); the engine imports pyarrow eagerly for that reason."""
+    import threading
+    import time
+
+    aead = engine.AesGcm(engine.AesGcm.generate_key())
+    small = engine.Batch.from_list([b"x" * 16] * 8)
+    stop = threading.Event()
+
+    def seal_batches():
+        while not stop.is_set():
+            aead.seal_batch(small, threads=1)
+
+    def seal_messages():
+        while not stop.is_set():
+            aead.encrypt(engine.random_bytes(16), b"y")
+
+    workers = [threading.Thread(target=seal_batches), threading.Thread(target=seal_messages)]
+    for t in workers:
+        t.start()
+    seen = []
+    hung = 0
+    try:
+        for _ in range(300):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(read_end)
+                    nonces = aead.seal_batch(small, threads=1).nonces.tobytes()
+                    os.write(write_end, nonces + engine.random_bytes(16))
+                finally:
+                    os._exit(0)
+            os.close(write_end)
+            deadline = time.monotonic() + 20
+            while True:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    hung += 1
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.001)
+            with os.fdopen(read_end, "rb") as r:
+                seen.append(r.read())
+    finally:
+        stop.set()
+        for t in workers:
+            t.join()
+    assert hung == 0
+    rows = np.frombuffer(b"".join(seen), np.uint8).reshape(-1, 16)
+    assert rows.shape == (300 * 9, 16)
+    parent = np.concatenate([aead.seal_batch(small).nonces for _ in range(10)])
+    assert distinct_rows(np.concatenate([rows, parent]))

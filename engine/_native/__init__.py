@@ -5,28 +5,35 @@ Everything here is thin: each function hands already-validated buffers to one C 
 :func:`_check`. Callers (``engine.aead``) validate types, lengths and shapes first, against the
 sizes this module reads from C at import time.
 
-Beside the cffi module sits ``_objects`` (``native/python/objects.c``), which builds Python
-objects in bulk where a batch must end as one per record: :func:`ascii_strings`,
-:func:`field_values`, :func:`with_field`, :func:`value_kinds`, :func:`pack`. It is imported
-only here.
+Beside the cffi module sits ``_objects`` (``native/python/``), which builds Python objects where
+cffi cannot: in bulk where a batch must end as one per record (:func:`ascii_strings`,
+:func:`field_values`, :func:`with_field`, :func:`value_kinds`, :func:`pack`), and the bytes of one
+message (:func:`seal_message`, :func:`open_message`, which take a :attr:`KeyHandle.address`). It
+is imported only here, and reaches the core through addresses this module hands it.
 """
 
 from __future__ import annotations
 
-import ctypes
-
-from ..errors import BackendUnavailable, InvalidArgument, InvalidArgumentType, InvalidTag, NativeError
+from ..errors import (
+    BackendUnavailable,
+    InvalidArgument,
+    InvalidArgumentType,
+    InvalidTag,
+    MessageTooLong,
+    NativeError,
+)
 from ._ffi import ffi, lib
 from ._objects import (  # noqa: F401 (re-exported)
     ascii_strings,
     field_values,
+    open as open_message,
     pack,
+    seal as seal_message,
+    set_core,
     set_errors,
     value_kinds,
     with_field,
 )
-
-set_errors(InvalidArgumentType, InvalidArgument)  # _objects' own argument errors, typed
 
 KEY_BYTES: int = lib.ENGINE_KEY_BYTES
 TAG_BYTES: int = lib.ENGINE_TAG_BYTES
@@ -39,15 +46,6 @@ BACKENDS: dict[str, int] = {
     "openssl": lib.ENGINE_BACKEND_OPENSSL,
 }
 _BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
-
-# One-message outputs are written straight into a fresh bytes object, as a C extension does with
-# PyBytes_FromStringAndSize(NULL, n) before filling it: the object is new, referenced only here
-# and not yet hashed. Small ones come from bytes(n) (never n < 2: CPython shares b"" and the
-# one-byte objects); large ones from PyBytes_FromStringAndSize(NULL, n), which skips zeroing.
-_UNINITIALISED_MIN = 16384
-_bytes_new = ctypes.pythonapi.PyBytes_FromStringAndSize
-_bytes_new.restype = ctypes.py_object
-_bytes_new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 
 _NULL = ffi.NULL
 
@@ -66,9 +64,21 @@ def _check(rc: int) -> int:
         raise MemoryError("the native library could not allocate memory")
     if rc == lib.ENGINE_ERANDOM:
         raise NativeError("the CSPRNG (OpenSSL RAND_bytes) failed")
+    if rc == lib.ENGINE_EOVERLAP:
+        raise InvalidArgument(
+            "the output buffer overlaps an input (or another output) at a different position; "
+            "give a separate buffer, or exactly the input's own memory to work in place"
+        )
     if rc == lib.ENGINE_ETHREAD:
         raise NativeError("a worker thread could not be started")
     raise NativeError(f"native error {rc}")
+
+
+# _objects raises its argument errors as the engine's and core result codes through _check, and
+# calls the core's single-message functions in this module (one copy of the core in the process).
+set_errors(InvalidArgumentType, InvalidArgument, MessageTooLong, InvalidTag, _check)
+set_core(int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_seal"))),
+         int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_open"))))
 
 
 def backend_available(name: str) -> bool:
@@ -93,15 +103,18 @@ def backend_details(name: str) -> tuple[str, str]:
 class KeyHandle:
     """A native key: key schedule and GHASH tables, wiped by C when this object is collected.
 
-    Not picklable: native state is created in each process from key material it fetched itself.
+    ``address`` is where it lives, for :func:`seal_message` and :func:`open_message` (valid while
+    this object is alive: hold it across the call). Not picklable: native state is created in
+    each process from key material it fetched itself.
     """
 
-    __slots__ = ("_ptr", "backend", "__weakref__")
+    __slots__ = ("_ptr", "address", "backend", "__weakref__")
 
     def __init__(self, key, backend: str) -> None:
         out = ffi.new("engine_key **")
         _check(lib.engine_key_new(out, BACKENDS[backend], ffi.from_buffer(key)))
         self._ptr = ffi.gc(out[0], lib.engine_key_free)
+        self.address = int(ffi.cast("uintptr_t", self._ptr))
         self.backend = backend
 
     def __repr__(self) -> str:
@@ -113,92 +126,6 @@ class KeyHandle:
 
 def _from(buf):
     return _NULL if buf is None else ffi.from_buffer(buf)
-
-
-_seal_chars = lib.engine_seal_chars
-_open_chars = lib.engine_open_chars
-
-
-def bytes_fast_paths(key: KeyHandle, encrypt_general, decrypt_general):
-    """``encrypt(nonce, data, associated_data=None)`` and ``decrypt(...)`` specialised for one
-    key and ``bytes`` arguments, for AESGCM-style single-message calls where a few hundred
-    nanoseconds of Python matter. Anything else (other buffer types, out-of-range sizes) goes to
-    ``*_general``, which validates fully and raises the documented errors."""
-    ptr, seal_c, open_c, null, new_bytes = key._ptr, _seal_chars, _open_chars, _NULL, _bytes_new
-    lo, hi, cap, tag = NONCE_MIN_BYTES, NONCE_MAX_BYTES, MESSAGE_MAX_BYTES, TAG_BYTES
-    small = _UNINITIALISED_MIN
-
-    def encrypt(nonce, data, associated_data=None):
-        if type(nonce) is bytes and type(data) is bytes and lo <= len(nonce) <= hi:
-            if associated_data is None:
-                aad, aad_len = null, 0
-            elif type(associated_data) is bytes:
-                aad, aad_len = associated_data, len(associated_data)
-            else:
-                return encrypt_general(nonce, data, associated_data)
-            length = len(data)
-            if length < small:
-                out = bytes(length + tag)
-            elif length <= cap:
-                out = new_bytes(None, length + tag)
-            else:
-                return encrypt_general(nonce, data, associated_data)
-            rc = seal_c(ptr, out, data, length, nonce, len(nonce), aad, aad_len)
-            if rc:
-                _check(rc)
-            return out
-        return encrypt_general(nonce, data, associated_data)
-
-    def decrypt(nonce, data, associated_data=None):
-        if type(nonce) is bytes and type(data) is bytes and lo <= len(nonce) <= hi:
-            if associated_data is None:
-                aad, aad_len = null, 0
-            elif type(associated_data) is bytes:
-                aad, aad_len = associated_data, len(associated_data)
-            else:
-                return decrypt_general(nonce, data, associated_data)
-            length = len(data) - tag
-            if length < 2 or length > cap:  # b"" and one-byte bytes are shared: general path
-                return decrypt_general(nonce, data, associated_data)
-            out = bytes(length) if length < small else new_bytes(None, length)
-            rc = open_c(ptr, out, data, length, nonce, len(nonce), aad, aad_len)
-            if rc:
-                _check(rc)
-            return out
-        return decrypt_general(nonce, data, associated_data)
-
-    return encrypt, decrypt
-
-
-def _as_chars(buf):
-    """A ``char *`` argument: bytes as they are (cffi passes their buffer), anything else through
-    ffi.from_buffer."""
-    return buf if type(buf) is bytes else ffi.from_buffer("char[]", buf)
-
-
-def seal(key: KeyHandle, nonce, nonce_len: int, data, length: int, aad, aad_len: int) -> bytes:
-    """Encrypts one message; returns ciphertext followed by the 16-byte tag. Arguments that are
-    not ``bytes`` must be C-contiguous buffers; ``aad`` may be None."""
-    total = length + TAG_BYTES
-    out = bytes(total) if total < _UNINITIALISED_MIN else _bytes_new(None, total)
-    nonce, data, aad = _as_chars(nonce), _as_chars(data), _NULL if aad is None else _as_chars(aad)
-    rc = _seal_chars(key._ptr, out, data, length, nonce, nonce_len, aad, aad_len)
-    if rc:
-        _check(rc)
-    return out
-
-
-def open_(key: KeyHandle, nonce, nonce_len: int, data, length: int, aad, aad_len: int) -> bytes:
-    """Decrypts one message whose last 16 bytes are the tag; raises InvalidTag on failure."""
-    if length < 2:  # CPython shares b"" and the one-byte bytes objects: never write into them
-        obj, out = None, ffi.new("char[]", 2)
-    else:
-        obj = out = bytes(length) if length < _UNINITIALISED_MIN else _bytes_new(None, length)
-    nonce, data, aad = _as_chars(nonce), _as_chars(data), _NULL if aad is None else _as_chars(aad)
-    rc = _open_chars(key._ptr, out, data, length, nonce, nonce_len, aad, aad_len)
-    if rc:
-        _check(rc)
-    return obj if obj is not None else ffi.buffer(out, length)[:]
 
 
 def seal_batch(key: KeyHandle, n: int, data, offsets, out, nonces, nonce_len: int,

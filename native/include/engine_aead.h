@@ -7,7 +7,9 @@
  * functions re-check only what would otherwise corrupt memory.
  *
  * A batch is Arrow's layout: record i of `in` is in[offsets[i] .. offsets[i+1]) and its output
- * goes to out + (offsets[i] - offsets[0]), so `out` may be `in + offsets[0]` (in place).
+ * goes to out + (offsets[i] - offsets[0]). `out` is either exactly `in + offsets[0]` (in place: every
+ * record is written over itself) or shares no byte with any input or other output; anything else
+ * (an output shifted against its input would overwrite records not yet read) is ENGINE_EOVERLAP.
  * Nonce i is nonces[i*nonce_len ..], tag i is tags[i*16 ..]. AAD is either one value for all
  * records (aad_offsets == NULL) or record i's aad[aad_offsets[i] .. aad_offsets[i+1]).
  */
@@ -45,6 +47,7 @@ extern "C" {
 #define ENGINE_EBACKEND (-4) /* the backend is not built in or the CPU cannot run it */
 #define ENGINE_ENOMEM (-5)
 #define ENGINE_ETHREAD (-6)  /* a worker thread could not be started */
+#define ENGINE_EOVERLAP (-7) /* an output overlaps an input or another output (see batches below) */
 
 typedef struct engine_key engine_key;
 
@@ -77,8 +80,10 @@ int engine_seal_batch(const engine_key *key, size_t n, const uint8_t *in, const 
                       uint8_t *out, uint8_t *nonces, size_t nonce_len, int fill_nonces,
                       uint8_t *tags, const uint8_t *aad, const int64_t *aad_offsets,
                       uint64_t aad_len, int threads) ENGINE_WUR;
-/* Opens n records; failed[i] is set to 1 for each record whose tag does not verify (its output
- * zeroed) and 0 otherwise. Returns the number of failed records (>= 0) or ENGINE_E*. */
+/* Opens n records; failed[i] is set to 1 for each record whose tag does not verify and 0 otherwise.
+ * A failed record's output is zeroed, except in place, where its ciphertext is put back as it was
+ * (so a retry with the right AAD or key can still open it). Returns the number of failed records
+ * (>= 0) or ENGINE_E*. */
 int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
                           const int64_t *offsets, uint8_t *out, const uint8_t *nonces,
                           size_t nonce_len, const uint8_t *tags, const uint8_t *aad,
@@ -93,9 +98,10 @@ int engine_seal_tokens(const engine_key *key, size_t n, const uint8_t *in, const
                        size_t nonce_len, uint8_t *out, const int64_t *out_starts,
                        const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
                        int threads) ENGINE_WUR;
-/* Opens tokens laid out as above; record i's plaintext goes to out + out_starts[i]. Its AAD is
- * (header_is_aad ? the token's own first header_len bytes : nothing) || the caller's AAD. Returns
- * the number of failed records (failed[i] = 1, output zeroed) or ENGINE_E*. */
+/* Opens tokens laid out as above; record i's plaintext goes to out + out_starts[i], which must not
+ * overlap the tokens or the AAD (ENGINE_EOVERLAP). Its AAD is (header_is_aad ? the token's own
+ * first header_len bytes : nothing) || the caller's AAD. Returns the number of failed records
+ * (failed[i] = 1, output zeroed) or ENGINE_E*. */
 int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
                            const int64_t *offsets, size_t header_len, int header_is_aad,
                            size_t nonce_len, uint8_t *out, const int64_t *out_starts,
@@ -123,7 +129,8 @@ int64_t engine_b64url_decode_batch(size_t n, const uint8_t *in, const int64_t *o
 int engine_gather(size_t n, const uint8_t *src, const int64_t *src_starts, const int64_t *lengths,
                   uint8_t *dst, const int64_t *dst_starts, int threads) ENGINE_WUR;
 
-/* Fills buf with len bytes from OpenSSL's CSPRNG (fork-safe: OpenSSL reseeds in a child). */
+/* Fills buf with len bytes from OpenSSL's CSPRNG. Safe across fork(), also while other threads
+ * draw: a child never hangs on a lock held at fork time and never repeats its parent's bytes. */
 int engine_random(uint8_t *buf, size_t len) ENGINE_WUR;
 
 #ifdef __cplusplus

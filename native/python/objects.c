@@ -5,40 +5,82 @@
  *   - with_field(records, field, values): new dicts, each a copy of records[i] with
  *     field = values[i] (a None value for a record without the field leaves it absent);
  *   - value_kinds(values): which kinds of value (str, bytes, None, other) a list holds;
- *   - pack(values): str/bytes records into one buffer plus int64 offsets (Batch.from_list).
+ *   - pack(values): str/bytes records into one buffer plus int64 offsets (Batch.from_list);
+ *   - seal/open (messages.c): one message, AESGCM-style, into a bytes object made here.
  * Plain dicts are read from their storage; a dict subclass through its own get()/__contains__.
  * Python code can run inside these loops (a key's __hash__/__eq__, a dict subclass's keys(), a
  * gc callback), so result lists stay untracked until filled, every item is re-read and held
  * while in use, and buffers are checked after the last allocation that can run a collection.
  * No key, plaintext or token appears in an error message. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
 #include <string.h>
 
-/* engine.errors.InvalidArgumentType / InvalidArgument, given once by engine._native (see
- * set_errors): this module's own argument errors are typed like the rest of the engine's, while
- * exceptions raised by the caller's objects (a key's __eq__, say) pass through unchanged. */
-static PyObject *g_type_error, *g_value_error;
+#include "module.h"
 
+PyObject *g_type_error, *g_value_error, *g_too_long, *g_invalid_tag, *g_check;
+core_api g_core;
+
+/* set_errors(InvalidArgumentType, InvalidArgument, MessageTooLong, InvalidTag, check): this
+ * module's own argument errors are typed like the rest of the engine's, core result codes are
+ * raised by engine._native._check (one mapping for both native modules), and exceptions raised by
+ * the caller's objects (a key's __eq__, say) pass through unchanged. */
 static PyObject *set_errors(PyObject *self, PyObject *args) {
-    PyObject *type_error, *value_error;
-    if (!PyArg_ParseTuple(args, "OO:set_errors", &type_error, &value_error)) return NULL;
+    PyObject *type_error, *value_error, *too_long, *invalid_tag, *check;
+    if (!PyArg_ParseTuple(args, "OOOOO:set_errors", &type_error, &value_error, &too_long,
+                          &invalid_tag, &check))
+        return NULL;
     Py_XSETREF(g_type_error, Py_NewRef(type_error));
     Py_XSETREF(g_value_error, Py_NewRef(value_error));
+    Py_XSETREF(g_too_long, Py_NewRef(too_long));
+    Py_XSETREF(g_invalid_tag, Py_NewRef(invalid_tag));
+    Py_XSETREF(g_check, Py_NewRef(check));
     Py_RETURN_NONE;
 }
 
-#define TYPE_ERROR (g_type_error ? g_type_error : PyExc_TypeError)
-#define VALUE_ERROR (g_value_error ? g_value_error : PyExc_ValueError)
+/* set_core(seal, open): addresses of engine_seal and engine_open in the cffi module. */
+static PyObject *set_core(PyObject *self, PyObject *args) {
+    PyObject *seal, *open;
+    void *ps, *po;
+    if (!PyArg_ParseTuple(args, "OO:set_core", &seal, &open)) return NULL;
+    ps = PyLong_AsVoidPtr(seal);
+    po = PyLong_AsVoidPtr(open);
+    if (PyErr_Occurred()) return NULL;
+    if (ps == NULL || po == NULL) {
+        PyErr_SetString(PyExc_ValueError, "set_core needs the core's function addresses");
+        return NULL;
+    }
+    g_core.seal = (int (*)(const engine_key *, uint8_t *, uint8_t *, const uint8_t *, uint64_t,
+                           const uint8_t *, size_t, const uint8_t *, uint64_t))ps;
+    g_core.open = (int (*)(const engine_key *, uint8_t *, const uint8_t *, uint64_t,
+                           const uint8_t *, const uint8_t *, size_t, const uint8_t *, uint64_t))po;
+    Py_RETURN_NONE;
+}
 
-/* A read-only contiguous view of obj (bytes, bytearray, memoryview, numpy array). */
-static int get_view(PyObject *obj, Py_buffer *view, const char *what, int flags) {
+PyObject *raise_code(int rc) {
+    PyObject *code, *r;
+    if (g_check == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "native error %d", rc);
+        return NULL;
+    }
+    if ((code = PyLong_FromLong(rc)) == NULL) return NULL;
+    r = PyObject_CallOneArg(g_check, code);
+    Py_DECREF(code);
+    Py_XDECREF(r);
+    if (!PyErr_Occurred()) PyErr_Format(PyExc_RuntimeError, "native error %d", rc);
+    return NULL;
+}
+
+int get_view(PyObject *obj, Py_buffer *view, const char *what, int flags) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | flags) != 0) {
         if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
+        if (PyObject_CheckBuffer(obj)) { /* numpy raises ValueError, memoryview BufferError */
+            PyErr_Clear();
+            PyErr_Format(VALUE_ERROR, "%s must be a C-contiguous buffer", what);
+            return -1;
+        }
         PyErr_Clear();
-        PyErr_Format(TYPE_ERROR, "%s must be a contiguous buffer, not %.100s", what,
-                     Py_TYPE(obj)->tp_name);
+        PyErr_Format(TYPE_ERROR,
+                     "%s must be bytes-like (bytes, bytearray, memoryview, numpy array), not %.100s",
+                     what, Py_TYPE(obj)->tp_name);
         return -1;
     }
     return 0;
@@ -365,8 +407,14 @@ static PyMethodDef methods[] = {
      "pack(values) -> (data, offsets) bytes, or None unless all are str, bytes or bytearray."},
     {"value_kinds", value_kinds, METH_O,
      "value_kinds(values) -> int: bits 1 str, 2 bytes-like, 4 None, 8 anything else."},
+    {"seal", (PyCFunction)(void (*)(void))message_seal, METH_FASTCALL,
+     "seal(key_address, nonce, data, associated_data=None) -> ciphertext || tag."},
+    {"open", (PyCFunction)(void (*)(void))message_open, METH_FASTCALL,
+     "open(key_address, nonce, ciphertext_and_tag, associated_data=None) -> plaintext."},
     {"set_errors", set_errors, METH_VARARGS,
-     "set_errors(type_error, value_error): the classes of this module's argument errors."},
+     "set_errors(type_error, value_error, too_long, invalid_tag, check): exception classes."},
+    {"set_core", set_core, METH_VARARGS,
+     "set_core(seal, open): addresses of the native core's single-message functions."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -300,7 +300,14 @@ static int64_t crypt_range(void *arg, size_t begin, size_t end) {
             rc = key->ops->seal(key, &w, dst, tag, src, len, nonce, nl, aad, aad_len);
         } else {
             rc = key->ops->open(key, &w, dst, src, len, tag, nonce, nl, aad, aad_len);
-            if (rc != ENGINE_OK && len > 0) engine_wipe(dst, (size_t)len); /* never unverified */
+            if (rc != ENGINE_OK && len > 0) {
+                /* Never leave unverified plaintext. In place, GCM's counter mode run again over
+                 * it restores the ciphertext exactly (the tag it computes is thrown away). */
+                uint8_t scratch_tag[ENGINE_TAG_BYTES];
+                if (dst != src || key->ops->seal(key, &w, dst, scratch_tag, dst, len, nonce, nl,
+                                                 aad, aad_len) != ENGINE_OK)
+                    engine_wipe(dst, (size_t)len);
+            }
             if (rc == ENGINE_EAUTH) {
                 c->failed[i] = 1;
                 nfailed++;
@@ -314,6 +321,46 @@ static int64_t crypt_range(void *arg, size_t begin, size_t end) {
     free(scratch);
     key->ops->worker_free(&w);
     return rc != ENGINE_OK ? rc : nfailed;
+}
+
+/* ---- aliasing between a call's buffers ---- */
+
+typedef struct region {
+    const uint8_t *p;
+    uint64_t len;
+} region;
+
+static int share_bytes(region a, region b) {
+    const uintptr_t x = (uintptr_t)a.p, y = (uintptr_t)b.p;
+    return a.len > 0 && b.len > 0 && x < y + b.len && y < x + a.len;
+}
+
+/* 0 when no written region shares a byte with any other region, else ENGINE_EOVERLAP. The first
+ * written region may coincide exactly with the first read region (a batch sealed or opened in
+ * place): each record is then read and written at the same address by one thread. */
+static int disjoint(const region *writes, size_t nw, const region *reads, size_t nr) {
+    size_t i, j;
+    for (i = 0; i < nw; i++) {
+        for (j = 0; j < nr; j++) {
+            if (i == 0 && j == 0 && writes[0].p == reads[0].p && writes[0].len == reads[0].len)
+                continue;
+            if (share_bytes(writes[i], reads[j])) return ENGINE_EOVERLAP;
+        }
+        for (j = i + 1; j < nw; j++)
+            if (share_bytes(writes[i], writes[j])) return ENGINE_EOVERLAP;
+    }
+    return ENGINE_OK;
+}
+
+static region aad_region(size_t n, const uint8_t *aad, const int64_t *aad_offsets,
+                         uint64_t aad_len) {
+    region r = {aad, aad_len};
+    if (aad_offsets != NULL) {
+        r.p = aad == NULL ? NULL : aad + aad_offsets[0];
+        r.len = (uint64_t)(aad_offsets[n] - aad_offsets[0]);
+    }
+    if (r.p == NULL) r.len = 0;
+    return r;
 }
 
 static int batch_args_ok(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
@@ -339,6 +386,18 @@ int engine_seal_batch(const engine_key *key, size_t n, const uint8_t *in, const 
     if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets, aad_len))
         return ENGINE_EINVAL;
     if (n == 0) return ENGINE_OK;
+    {
+        const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
+        const region data = {in == NULL ? NULL : in + offsets[0], bytes},
+                     nonce_r = {nonces, (uint64_t)n * nonce_len},
+                     tag_r = {tags, (uint64_t)n * ENGINE_TAG_BYTES},
+                     off_r = {(const uint8_t *)offsets, (uint64_t)(n + 1) * sizeof(int64_t)},
+                     aad_r = aad_region(n, aad, aad_offsets, aad_len);
+        const region none = {NULL, 0};
+        const region writes[] = {{out, bytes}, tag_r, fill_nonces ? nonce_r : none};
+        const region reads[] = {data, fill_nonces ? none : nonce_r, aad_r, off_r};
+        if (disjoint(writes, 3, reads, 4) != ENGINE_OK) return ENGINE_EOVERLAP;
+    }
     if (fill_nonces && engine_random(nonces, n * nonce_len) != ENGINE_OK) return ENGINE_ERANDOM;
     crypt_ctx c = {.key = key, .seal = 1, .in = in, .offsets = offsets, .out = out,
                    .nonces = nonces, .nonce_len = nonce_len, .tags = tags, .aad = aad,
@@ -357,6 +416,17 @@ int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
         (n > 0 && failed == NULL))
         return ENGINE_EINVAL;
     if (n == 0) return 0;
+    {
+        const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
+        const region data = {in == NULL ? NULL : in + offsets[0], bytes},
+                     nonce_r = {nonces, (uint64_t)n * nonce_len},
+                     tag_r = {tags, (uint64_t)n * ENGINE_TAG_BYTES},
+                     off_r = {(const uint8_t *)offsets, (uint64_t)(n + 1) * sizeof(int64_t)},
+                     aad_r = aad_region(n, aad, aad_offsets, aad_len);
+        const region writes[] = {{out, bytes}, {failed, n}};
+        const region reads[] = {data, nonce_r, tag_r, aad_r, off_r};
+        if (disjoint(writes, 2, reads, 5) != ENGINE_OK) return ENGINE_EOVERLAP;
+    }
     crypt_ctx c = {.key = key, .in = in, .offsets = offsets, .out = out,
                    .nonces = (uint8_t *)nonces, .nonce_len = nonce_len, .tags = (uint8_t *)tags,
                    .aad = aad, .aad_offsets = aad_offsets, .aad_len = aad_len, .failed = failed};
@@ -396,6 +466,7 @@ int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
                            size_t nonce_len, uint8_t *out, const int64_t *out_starts,
                            const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
                            uint8_t *failed, int threads) {
+    const uint8_t *first_out = NULL, *end_out = NULL;
     size_t i;
     if (key == NULL || offsets == NULL || out_starts == NULL || (n > 0 && failed == NULL) ||
         nonce_len < ENGINE_NONCE_MIN_BYTES || nonce_len > ENGINE_NONCE_MAX_BYTES ||
@@ -403,9 +474,22 @@ int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
         return ENGINE_EINVAL;
     if (n == 0) return 0;
     if (in == NULL || out == NULL) return ENGINE_EINVAL;
-    for (i = 0; i < n; i++)
-        if (offsets[i + 1] - offsets[i] < (int64_t)(header_len + nonce_len + ENGINE_TAG_BYTES))
-            return ENGINE_EINVAL;
+    for (i = 0; i < n; i++) {
+        const int64_t len = offsets[i + 1] - offsets[i] -
+                            (int64_t)(header_len + nonce_len + ENGINE_TAG_BYTES);
+        if (len < 0) return ENGINE_EINVAL;
+        if (len > 0) {
+            if (first_out == NULL || out + out_starts[i] < first_out) first_out = out + out_starts[i];
+            if (out + out_starts[i] + len > end_out) end_out = out + out_starts[i] + len;
+        }
+    }
+    {
+        const region writes[] = {{first_out, (uint64_t)(end_out - first_out)}, {failed, n}};
+        const region reads[] = {{in + offsets[0], (uint64_t)(offsets[n] - offsets[0])},
+                                aad_region(n, aad, aad_offsets, aad_len),
+                                {(const uint8_t *)offsets, (uint64_t)(n + 1) * sizeof(int64_t)}};
+        if (disjoint(writes, 2, reads, 3) != ENGINE_OK) return ENGINE_EOVERLAP;
+    }
     crypt_ctx c = {.key = key, .token = 1, .in = in, .offsets = offsets, .out = out,
                    .out_starts = out_starts, .nonce_len = nonce_len, .header_len = header_len,
                    .header_is_aad = header_is_aad, .aad = aad, .aad_offsets = aad_offsets,
@@ -413,9 +497,36 @@ int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
     return engine_parallel(n, offsets, threads, crypt_range, &c);
 }
 
-int engine_random(uint8_t *buf, size_t len) {
+/* ---- the CSPRNG, safe across fork() ----
+ * OpenSSL's RAND_bytes holds a lock of its DRBG while it runs; a child forked by another thread at
+ * that moment inherits that lock taken and hangs on its first draw. So every draw holds g_rand,
+ * and a pthread_atfork handler takes g_rand before fork: the fork waits for the draw in flight and
+ * no new one starts until it is done. OpenSSL reseeds its DRBG in the child (it checks the pid).
+ * Small draws (single-message nonces) come from a per-process pool refilled in bulk: one RAND_bytes
+ * call per POOL_BYTES instead of one per nonce. The child discards the pool it inherited, so a
+ * parent and its children never hand out the same bytes. */
+#define POOL_BYTES 4096
+#define POOL_MAX_DRAW 64
+
+static pthread_mutex_t g_rand = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t g_pool[POOL_BYTES];
+static size_t g_pool_left; /* unused bytes at the end of g_pool */
+static pthread_once_t g_fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void) { pthread_mutex_lock(&g_rand); }
+static void fork_parent(void) { pthread_mutex_unlock(&g_rand); }
+
+static void fork_child(void) {
+    engine_wipe(g_pool, sizeof(g_pool));
+    g_pool_left = 0;
+    pthread_mutex_unlock(&g_rand);
+}
+
+static void fork_handlers(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+
+/* RAND_bytes in steps its int length can express; the caller holds g_rand. */
+static int draw_locked(uint8_t *buf, size_t len) {
     const size_t step = (size_t)1 << 30;
-    if (buf == NULL && len > 0) return ENGINE_EINVAL;
     while (len > 0) {
         size_t k = len < step ? len : step;
         if (RAND_bytes(buf, (int)k) != 1) return ENGINE_ERANDOM;
@@ -423,4 +534,28 @@ int engine_random(uint8_t *buf, size_t len) {
         len -= k;
     }
     return ENGINE_OK;
+}
+
+int engine_random(uint8_t *buf, size_t len) {
+    int rc = ENGINE_OK;
+    if (buf == NULL && len > 0) return ENGINE_EINVAL;
+    if (len == 0) return ENGINE_OK;
+    pthread_once(&g_fork_once, fork_handlers);
+    pthread_mutex_lock(&g_rand);
+    if (len > POOL_MAX_DRAW) {
+        rc = draw_locked(buf, len);
+    } else {
+        if (g_pool_left < len) {
+            rc = draw_locked(g_pool, sizeof(g_pool));
+            g_pool_left = rc == ENGINE_OK ? sizeof(g_pool) : 0;
+        }
+        if (rc == ENGINE_OK) {
+            uint8_t *src = g_pool + sizeof(g_pool) - g_pool_left;
+            memcpy(buf, src, len);
+            engine_wipe(src, len); /* handed out once, never again (not even to a child) */
+            g_pool_left -= len;
+        }
+    }
+    pthread_mutex_unlock(&g_rand);
+    return rc;
 }

@@ -89,6 +89,20 @@ static void run_kat(int backend, const kat *t) {
     CHECK(engine_open_batch(k, 1, ct, offsets, back, iv, ivl, tag, aad, NULL, aadl, &failed, 1) == 1 &&
               failed == 1,
           "%s: batch tamper", t->name);
+    /* in place, a failed record keeps its ciphertext; an output shifted by a byte is refused */
+    memcpy(out, ct, ptl);
+    CHECK(engine_open_batch(k, 1, out, offsets, out, iv, ivl, tag, aad, NULL, aadl, &failed, 2) ==
+                  1 &&
+              failed == 1 && memcmp(out, ct, ptl) == 0,
+          "%s: a failed in-place open changed the ciphertext", t->name);
+    if (ptl > 1) {
+        CHECK(engine_seal_batch(k, 1, out, offsets, out + 1, iv, ivl, 0, otag, aad, NULL, aadl, 1) ==
+                  ENGINE_EOVERLAP,
+              "%s: shifted seal output accepted", t->name);
+        CHECK(engine_open_batch(k, 1, out + 1, offsets, out, iv, ivl, tag, aad, NULL, aadl, &failed,
+                                1) == ENGINE_EOVERLAP,
+              "%s: shifted open output accepted", t->name);
+    }
     engine_key_free(k);
 }
 

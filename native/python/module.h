@@ -1,0 +1,39 @@
+/* Shared by the C files of engine._native._objects: the engine's exception classes (given once by
+ * engine._native through set_errors) and the native core's entry points (given once through
+ * set_core: the core is linked into the cffi module only, so there is one copy of its state, its
+ * CSPRNG pool among it). */
+#ifndef ENGINE_OBJECTS_MODULE_H
+#define ENGINE_OBJECTS_MODULE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#include "engine_aead.h"
+
+/* InvalidArgumentType, InvalidArgument, MessageTooLong, InvalidTag; and engine._native._check,
+ * called with a negative result code of the core to raise the matching exception. */
+extern PyObject *g_type_error, *g_value_error, *g_too_long, *g_invalid_tag, *g_check;
+
+#define TYPE_ERROR (g_type_error ? g_type_error : PyExc_TypeError)
+#define VALUE_ERROR (g_value_error ? g_value_error : PyExc_ValueError)
+
+typedef struct core_api {
+    int (*seal)(const engine_key *, uint8_t *, uint8_t *, const uint8_t *, uint64_t,
+                const uint8_t *, size_t, const uint8_t *, uint64_t);
+    int (*open)(const engine_key *, uint8_t *, const uint8_t *, uint64_t, const uint8_t *,
+                const uint8_t *, size_t, const uint8_t *, uint64_t);
+} core_api;
+
+extern core_api g_core;
+
+/* Raises the exception for a core result code (< 0) through engine._native._check; NULL. */
+PyObject *raise_code(int rc);
+
+/* A read-only C-contiguous view of obj; on failure a typed error naming `what`. */
+int get_view(PyObject *obj, Py_buffer *view, const char *what, int flags);
+
+PyObject *message_seal(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *message_open(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
+#endif
