@@ -38,7 +38,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import backend_info  # noqa: E402
-from engine.batch import batch_to_text, with_field  # noqa: E402
+from engine.codecs import batch_to_text  # noqa: E402
+from engine.records import with_field  # noqa: E402
 from engine.envelope import text_tokens_batch, token_header  # noqa: E402
 from engine.fields import FieldEncryption  # noqa: E402
 from engine.keys import DerivationPolicy, EnvironmentKeyProvider, StaticKeyProvider  # noqa: E402

@@ -13,23 +13,13 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from .batch import (
-    Batch,
-    SealedBatch,
-    as_batch,
-    byte_view,
-    check_threads,
-    default_threads,
-    empty_bytes,
-    fixed_width,
-    offsets_of,
-)
+from .batch import Batch, SealedBatch, as_batch, fixed_width
+from .buffers import byte_view, check_threads, default_threads, empty_bytes, is_arrow, offsets_of
 from .errors import (
     BackendUnavailable,
     BatchInvalidTag,
     InvalidArgument,
     InvalidArgumentType,
-    InvalidTag,
     MessageTooLong,
 )
 
@@ -93,28 +83,6 @@ def random_bytes(n: int) -> bytes:
     return bytes(buf)
 
 
-def _buffer(obj: Any, name: str) -> tuple[Any, int]:
-    """(what to hand to the binding, size in bytes) of a C-contiguous bytes-like argument.
-
-    Anything but ``bytes`` comes back as a flat memoryview that the caller keeps until the native
-    call returns: while it exists, a bytearray cannot be resized under the native code.
-    """
-    if type(obj) is bytes:
-        return obj, len(obj)
-    try:
-        view = memoryview(obj)
-    except TypeError:
-        raise InvalidArgumentType(
-            f"{name} must be bytes-like (bytes, bytearray, memoryview, numpy array), "
-            f"not {type(obj).__name__}"
-        ) from None
-    if not view.c_contiguous:
-        raise InvalidArgument(f"{name} must be a C-contiguous buffer")
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view, view.nbytes
-
-
 def _check_nonce_size(size: int) -> None:
     if not NONCE_MIN_BYTES <= size <= NONCE_MAX_BYTES:
         raise InvalidArgument(
@@ -131,7 +99,7 @@ def _batch_aad(associated_data: Any, n: int) -> tuple[Any, Any, int]:
     """(buffer, offsets or None, length) for the native call: one value for all, or n values."""
     if associated_data is None:
         return None, None, 0
-    if isinstance(associated_data, Batch) or type(associated_data).__module__.startswith("pyarrow"):
+    if isinstance(associated_data, Batch) or is_arrow(associated_data):
         aad = as_batch(associated_data, "associated_data")
         if len(aad) != n:
             raise InvalidArgument(
@@ -171,8 +139,8 @@ class AesGcm:
     __slots__ = ("_key", "_address", "__weakref__")
 
     def __init__(self, key: Any, *, backend: str | None = None) -> None:
-        key, size = _buffer(key, "key")
-        if size != KEY_BYTES:
+        key = byte_view(key, "key")
+        if key.shape[0] != KEY_BYTES:
             raise InvalidArgument(f"AesGcm key must be {KEY_BYTES} bytes (AES-256)")
         self._key = _native.KeyHandle(key, selected_backend(backend))
         self._address = self._key.address

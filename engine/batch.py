@@ -9,63 +9,23 @@ and an ``n x 16`` tag array, each of which can be stored as a column and handed 
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import _native
+from .buffers import (
+    byte_view,
+    check_threads,
+    empty_bytes,
+    is_arrow,
+    offsets_of,
+    pyarrow_module,
+    readonly,
+)
 from .errors import InvalidArgument, InvalidArgumentType
 
-__all__ = [
-    "Batch",
-    "SealedBatch",
-    "b64url_decode",
-    "b64url_encode",
-    "b64url_lengths",
-    "batch_to_text",
-    "check_threads",
-    "default_threads",
-    "byte_view",
-    "empty_bytes",
-    "field_values",
-    "offsets_of",
-    "prefix_each",
-    "scatter",
-    "value_kinds",
-    "with_field",
-]
-
-TAG_BYTES = 16
-
-
-def byte_view(obj: Any, name: str, *, writable: bool = False) -> np.ndarray:
-    """A zero-copy 1-D ``uint8`` view of any C-contiguous buffer.
-
-    Raises:
-        InvalidArgumentType: ``obj`` does not expose the buffer protocol (a ``str``, say).
-        InvalidArgument: the buffer is not C-contiguous, or not writable when ``writable``.
-    """
-    if isinstance(obj, np.ndarray) and obj.dtype == np.uint8 and obj.ndim == 1:
-        if not obj.flags.c_contiguous:
-            raise InvalidArgument(f"{name} must be a C-contiguous buffer")
-        if writable and not obj.flags.writeable:
-            raise InvalidArgument(f"{name} must be writable")
-        return obj
-    try:
-        view = memoryview(obj)
-    except TypeError:
-        raise InvalidArgumentType(
-            f"{name} must be bytes-like (bytes, bytearray, memoryview, numpy array), "
-            f"not {type(obj).__name__}"
-        ) from None
-    if not view.c_contiguous:
-        raise InvalidArgument(f"{name} must be a C-contiguous buffer")
-    if writable and view.readonly:
-        raise InvalidArgument(f"{name} must be writable")
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return np.frombuffer(view, dtype=np.uint8)
+__all__ = ["Batch", "SealedBatch", "as_batch", "fixed_width"]
 
 
 def _checked_offsets(offsets: Any, data_len: int, name: str) -> np.ndarray:
@@ -78,7 +38,7 @@ def _checked_offsets(offsets: Any, data_len: int, name: str) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer):
         raise InvalidArgumentType(f"{name} must hold integers, not {arr.dtype}")
     # Our own read-only copy: later changes to the caller's array cannot reach the native code.
-    arr = _readonly(np.array(arr, dtype=np.int64, copy=True))
+    arr = readonly(np.array(arr, dtype=np.int64, copy=True))
     _check_bounds(arr, data_len, name)
     return arr
 
@@ -92,34 +52,6 @@ def _check_bounds(offsets: np.ndarray, data_len: int, name: str) -> None:
         raise InvalidArgument(
             f"{name} run past the end of the data buffer ({int(offsets[-1])} > {data_len})"
         )
-
-
-# pyarrow is imported with the engine, not on first use: a first import that runs in one thread
-# while another forks leaves the child waiting forever on the module's import lock (a CPython
-# hazard that a lazy import in the batch path would expose to every multiprocessing user).
-try:
-    import pyarrow as _PYARROW
-except ImportError:  # an optional extra
-    _PYARROW = None
-
-
-def _pyarrow() -> Any:
-    """The pyarrow module, or None when it is not installed (it is an optional extra)."""
-    return _PYARROW
-
-
-def _readonly(arr: np.ndarray) -> np.ndarray:
-    """A read-only view whose flag cannot be turned back on: numpy refuses
-    ``flags.writeable = True`` on a view of a read-only array, so the array that owns the memory
-    (always one this package made: callers' offsets are copied first) is locked too."""
-    owner = arr
-    while isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    if owner.base is None:
-        owner.flags.writeable = False
-    view = arr.view()
-    view.flags.writeable = False
-    return view
 
 
 class Batch:
@@ -147,7 +79,7 @@ class Batch:
         """A batch from arrays this package built itself and already knows to be consistent."""
         self = cls.__new__(cls)
         self._data = data
-        self._offsets = _readonly(offsets)
+        self._offsets = readonly(offsets)
         return self
 
     @classmethod
@@ -164,7 +96,7 @@ class Batch:
         """
         if isinstance(values, (bytes, bytearray, memoryview, str)):
             raise InvalidArgumentType("from_list takes a sequence of records, not one value")
-        pa = _pyarrow()
+        pa = pyarrow_module()
         if pa is not None:
             text = len(values) > 0 and isinstance(values[0], str)
             try:  # pyarrow's builders are fastest when the type matches the values
@@ -350,220 +282,11 @@ class Batch:
         return Batch, (self._data, self._offsets)
 
 
-_PREFAULT_MIN = 4 << 20
-_PAGE = 4096
-
-
-def empty_bytes(n: int, *, secret: bool = False) -> np.ndarray:
-    """An uninitialised ``uint8`` buffer for native output, its pages faulted in by this thread.
-
-    Large public outputs (ciphertexts, tokens, nonces, tags) come from pyarrow's memory pool
-    when pyarrow is installed: it keeps freed memory mapped, so the next batch writes into pages
-    that are already there instead of faulting in fresh ones (measured: 110 MB allocated and
-    filled in 4 ms against 15 ms). Buffers that will hold plaintext (``secret``) never do: the
-    pool hands freed pages out again as they are, so a later uninitialised allocation anywhere
-    in the process would get the plaintext back, every time.
-    numpy asks the kernel for transparent huge pages on large arrays; when several native
-    threads then fault the same fresh mapping at once they contend in the kernel and run slower
-    than one thread (measured: a 70 MB token pass took 140 ms on two threads, 90 ms on one).
-    Touching one byte per page here first costs little and removes that.
-    """
-    pa = _pyarrow() if n >= _PREFAULT_MIN and not secret else None
-    out = np.frombuffer(pa.allocate_buffer(n), np.uint8) if pa else np.empty(n, dtype=np.uint8)
-    if n >= _PREFAULT_MIN:
-        out[::_PAGE] = 0
-    return out
-
-
-def offsets_of(lengths: np.ndarray) -> np.ndarray:
-    """n+1 offsets (starting at 0) for records of the given lengths."""
-    off = np.empty(lengths.shape[0] + 1, dtype=np.int64)
-    off[0] = 0
-    np.cumsum(lengths, out=off[1:])
-    return off
-
-
-MAX_THREADS = 256
-
-
-def default_threads() -> int:
-    """Threads used when ``threads=None``: the cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def check_threads(threads: int | None) -> int:
-    """``threads`` for a native call: None means all cores.
-
-    Raises:
-        InvalidArgument: not an integer from 1 to 256.
-    """
-    if threads is None:
-        return default_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
-        raise InvalidArgument(f"threads must be an integer from 1 to {MAX_THREADS}, or None")
-    return threads
-
-
-def b64url_lengths(lengths: np.ndarray) -> np.ndarray:
-    """base64url (no padding) sizes of records of the given lengths."""
-    return lengths // 3 * 4 + np.where(lengths % 3 != 0, lengths % 3 + 1, 0)
-
-
-def scatter(out: Any, starts: Sequence[Any], parts: Sequence[Batch], *,
-            threads: int | None = None) -> None:
-    """Copies record i of ``parts[k]`` to ``out[starts[k][i]:]`` for every k and i (native).
-
-    Raises:
-        InvalidArgument: ``out`` is not writable, or a record would land outside it.
-    """
-    target = byte_view(out, "out", writable=True)
-    for where, part in zip(starts, parts):
-        n = len(part)
-        where = np.ascontiguousarray(where, dtype=np.int64)
-        if where.shape != (n,):
-            raise InvalidArgument("scatter needs one start per record")
-        lengths = part.lengths()
-        if n and (int(where.min()) < 0 or bool((where > target.shape[0] - lengths).any())):
-            raise InvalidArgument("a record would land outside the output buffer")
-        if n:
-            _native.gather(n, part.data, part.offsets[:-1], lengths, target, where,
-                           check_threads(threads))
-
-
-def batch_to_text(batch: Batch) -> list[str]:
-    """Each record of a batch decoded from UTF-8 as one str, without a per-record Python loop.
-
-    ASCII records (text tokens, most identifiers) become str objects straight from the buffer in
-    C. Other text is joined with an ASCII control byte that occurs in none of the records, and the
-    whole buffer is decoded and split in C; only when every candidate separator occurs in the data
-    does it fall back to decoding record by record.
-
-    Raises:
-        InvalidArgument: a record is not valid UTF-8 (the message shows no content).
-    """
-    n = len(batch)
-    if n == 0:
-        return []
-    try:
-        return _native.ascii_strings(batch.data, batch.offsets)
-    except ValueError:  # not ASCII: UTF-8 below
-        pass
-    data, off = batch.data, batch.offsets
-    data = data[int(off[0]) : int(off[-1])]
-    off = off - off[0] if off[0] else off
-    sep = next((c for c in _SEPARATORS if not (data == c).any()), None)
-    try:
-        if sep is None:
-            return [bytes(v).decode("utf-8") for v in batch]
-        lengths = np.diff(off)
-        out_off = offsets_of(lengths + 1)
-        out = empty_bytes(int(out_off[-1]), secret=True)
-        scatter(out, [out_off[:-1]], [batch])
-        out[out_off[1:] - 1] = sep
-        return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
-    except UnicodeDecodeError:
-        raise InvalidArgument("decrypted data is not valid UTF-8 text") from None
-
-
-_SEPARATORS = (0, 31, 30, 29, 28, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21,
-               22, 23, 24, 25, 26, 27, 127, 10, 9, 13)
-
-
-def field_values(records: list | tuple, field: Any) -> list:
-    """``[r.get(field) for r in records]`` for a list of dicts, in one C loop (a dict subclass's
-    own ``get`` is called).
-
-    Raises:
-        InvalidArgumentType: ``records`` is not a list or tuple of dicts.
-        RuntimeError: the list changed size during the call (code run by a key's ``__eq__``).
-    """
-    return _native.field_values(records, field)
-
-
-def with_field(records: list | tuple, field: Any, values: list | tuple) -> list[dict]:
-    """New plain dicts, each a shallow copy of ``records[i]`` with ``field`` set to
-    ``values[i]``; a ``None`` value for a record that lacks the field leaves it absent. One C
-    loop.
-
-    Raises:
-        InvalidArgumentType: ``records`` is not a list or tuple of dicts, or ``values`` not a
-            list or tuple.
-        InvalidArgument: ``values`` does not have one item per record.
-        RuntimeError: a list changed size during the call (code run by a key's ``__eq__``).
-    """
-    return _native.with_field(records, field, values)
-
-
-STR_VALUES, BYTES_VALUES, NONE_VALUES, OTHER_VALUES = 1, 2, 4, 8
-
-
-def value_kinds(values: list | tuple) -> int:
-    """Which kinds of value a list holds, as bits: :data:`STR_VALUES`, :data:`BYTES_VALUES`
-    (bytes, bytearray, memoryview), :data:`NONE_VALUES`, :data:`OTHER_VALUES` (one C pass)."""
-    return _native.value_kinds(values)
-
-
-def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> Batch:
-    """A new batch whose record i is ``prefix || batch[i]`` (two native gathers, no loop)."""
-    n, p = len(batch), len(prefix)
-    lengths = batch.lengths()
-    off = offsets_of(lengths + p)
-    out = empty_bytes(int(off[-1]))
-    starts = off[:-1]
-    if n and p:
-        _native.gather(n, prefix, None, np.full(n, p, dtype=np.int64), out, starts, check_threads(threads))
-    if n:
-        _native.gather(n, batch.data, batch.offsets[:-1], lengths, out, starts + p, check_threads(threads))
-    return Batch._trusted(out, off)
-
-
-def b64url_encode(batch: Batch, *, prefix: bytes = b"",
-                  threads: int | None = None) -> Batch:
-    """A batch of ``prefix || base64url(record)`` for every record (RFC 4648 section 5 alphabet,
-    no padding), written by native code on threads."""
-    off = offsets_of(b64url_lengths(batch.lengths()) + len(prefix))
-    out = empty_bytes(int(off[-1]))
-    _native.b64url_encode(len(batch), batch.data, batch.offsets, prefix, out, off,
-                          check_threads(threads))
-    return Batch._trusted(out, off)
-
-
-B64_PREFIX = _native.B64_PREFIX
-B64_LENGTH = _native.B64_LENGTH
-B64_CHARACTER = _native.B64_CHARACTER
-B64_NONCANONICAL = _native.B64_NONCANONICAL
-
-
-def b64url_decode(batch: Batch, *, prefix: bytes = b"",
-                  threads: int | None = None) -> tuple[Batch, np.ndarray]:
-    """Checks each record's prefix and decodes the rest (strict: base64url alphabet, no padding,
-    canonical trailing bits).
-
-    Returns:
-        ``(decoded, status)``: a batch of decoded records (bad ones zero-filled) and a
-        ``uint8`` status per record: 0 ok, or ``B64_PREFIX``, ``B64_LENGTH``, ``B64_CHARACTER``,
-        ``B64_NONCANONICAL``.
-    """
-    p = len(prefix)
-    chars = np.maximum(batch.lengths() - p, 0)
-    rem = chars % 4
-    sizes = chars // 4 * 3 + np.where(rem > 1, rem - 1, 0)
-    off = offsets_of(sizes)
-    out = empty_bytes(int(off[-1]))
-    status = np.empty(len(batch), dtype=np.uint8)
-    _native.b64url_decode(len(batch), batch.data, batch.offsets, prefix, out, off, status,
-                          check_threads(threads))
-    return Batch._trusted(out, off), status
-
-
 def as_batch(values: Any, name: str) -> Batch:
     """A :class:`Batch` from a Batch, a pyarrow array or a sequence of bytes-like values."""
     if isinstance(values, Batch):
         return values
-    if type(values).__module__.startswith("pyarrow"):
+    if is_arrow(values):
         return Batch.from_arrow(values)
     if isinstance(values, (list, tuple)):
         return Batch.from_list(values)
@@ -592,7 +315,7 @@ def fixed_width(values: Any, n: int, width: int, name: str) -> np.ndarray:
         if not arr.flags.c_contiguous:
             raise InvalidArgument(f"{name} must be C-contiguous")
         return arr
-    if type(values).__module__.startswith("pyarrow"):
+    if is_arrow(values):
         import pyarrow as pa
 
         if isinstance(values, pa.ChunkedArray):
@@ -658,7 +381,7 @@ class SealedBatch:
         width = _row_width(nonces, n, "nonces")
         self._ciphertexts = ct
         self._nonces = np.ascontiguousarray(fixed_width(nonces, n, width, "nonces"))
-        self._tags = np.ascontiguousarray(fixed_width(tags, n, TAG_BYTES, "tags"))
+        self._tags = np.ascontiguousarray(fixed_width(tags, n, _native.TAG_BYTES, "tags"))
 
     @classmethod
     def _trusted(cls, nonces: np.ndarray, tags: np.ndarray, ciphertexts: Batch) -> "SealedBatch":

@@ -44,18 +44,17 @@ from typing import Any
 
 import numpy as np
 
-from .batch import (
+from .aead import TAG_BYTES
+from .batch import Batch, as_batch
+from .buffers import empty_bytes, offsets_of
+from .codecs import (
     B64_CHARACTER,
     B64_LENGTH,
     B64_NONCANONICAL,
     B64_PREFIX,
-    Batch,
-    as_batch,
     b64url_decode,
     b64url_encode,
     batch_to_text,
-    empty_bytes,
-    offsets_of,
     scatter,
 )
 from .errors import EngineError
@@ -92,8 +91,7 @@ FORMAT_BOUND = 1
 FORMAT_SEED = 2
 FORMATS = (FORMAT_BOUND, FORMAT_SEED)
 HEADER_BYTES = 6
-IV_BYTES = 16
-TAG_BYTES = 16
+IV_BYTES = 16  # the formats' 128-bit IV
 OVERHEAD = HEADER_BYTES + IV_BYTES + TAG_BYTES
 MAX_KEY_VERSION = 2**32 - 1
 TEXT_PREFIX = "ef1:"
@@ -394,7 +392,7 @@ def is_text_token(value: Any) -> bool:
 
 # ---------------------------------------------------------------- bulk tokens
 #
-# Whole batches go through native passes (engine.batch.b64url_encode/decode, Batch.take and the
+# Whole batches go through native passes (engine.codecs.b64url_encode/decode, Batch.take and the
 # token seal/open of engine.AesGcm); here only header checks run, as numpy array operations.
 
 

@@ -18,17 +18,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .batch import (
-    BYTES_VALUES,
-    NONE_VALUES,
-    STR_VALUES,
-    Batch,
-    _pyarrow,
-    field_values,
-    prefix_each,
-    value_kinds,
-    with_field,
-)
+from .batch import Batch
+from .buffers import is_arrow, pyarrow_module
+from .codecs import prefix_each
+from .records import BYTES_VALUES, NONE_VALUES, STR_VALUES, field_values, value_kinds, with_field
 from .envelope import is_text_token, text_token_mask
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
@@ -201,8 +194,8 @@ class _Column:
             # pandas stores a missing value as NaN/NA; the engine's "missing" is None
             values = records.astype(object).where(records.notna(), None).tolist()
             return cls(fe, field, values, ids, rebuild)
-        if module.startswith("pyarrow"):
-            pa = _pyarrow()
+        if is_arrow(records):
+            pa = pyarrow_module()
             arr = records.combine_chunks() if isinstance(records, pa.ChunkedArray) else records
             return cls(fe, field, None, ids, None, arrow=arr)
         if not isinstance(records, (list, tuple)):
@@ -236,7 +229,7 @@ class _Column:
         as for :meth:`FieldEncryption.encrypt_field`. "Which are str" is a bool for the whole
         column or an array of one bool per present value.
         """
-        pa = _pyarrow()
+        pa = pyarrow_module()
         if self.arrow is not None:
             present, batch = self._present(self.arrow)
             t = self.arrow.type
@@ -258,7 +251,7 @@ class _Column:
 
     def _present(self, arr: Any) -> tuple[np.ndarray, Batch]:
         """Indices of non-null values and a Batch of them (str as UTF-8)."""
-        pa = _pyarrow()
+        pa = pyarrow_module()
         if arr.null_count:
             present = np.flatnonzero(~arr.is_null().to_numpy(zero_copy_only=False))
             arr = arr.drop_null()
@@ -289,10 +282,10 @@ class _Column:
         if self.ids is None:
             raise InvalidArgument("bind_context needs the record ids (ids=... for a column)")
         ids = self.ids
-        pa = _pyarrow()
+        pa = pyarrow_module()
         if pa is not None:
             try:
-                arr = ids if type(ids).__module__.startswith("pyarrow") else pa.array(ids)
+                arr = ids if is_arrow(ids) else pa.array(ids)
                 if isinstance(arr, pa.ChunkedArray):
                     arr = arr.combine_chunks()
                 if len(arr) != self._count():
@@ -337,7 +330,7 @@ class _Column:
 
     def _output(self, indices: np.ndarray, new_values: Any) -> Any:
         if self.arrow is not None:
-            pa = _pyarrow()
+            pa = pyarrow_module()
             import pyarrow.compute as pc
 
             arr, t = self.arrow, self.arrow.type

@@ -16,10 +16,13 @@ from typing import Any, Mapping
 import numpy as np
 
 from .aead import random_bytes
-from .batch import Batch, as_batch, batch_to_text, empty_bytes, offsets_of
+from .batch import Batch, as_batch
+from .buffers import empty_bytes, is_arrow, offsets_of
+from .codecs import batch_to_text
 from .envelope import (
     FORMAT_BOUND,
     HEADER_BYTES,
+    IV_BYTES,
     OVERHEAD,
     TEXT_PREFIX,
     EncryptedData,
@@ -40,7 +43,6 @@ __all__ = [
     "reset_encryption_service",
 ]
 
-IV_BYTES = 16
 VAULT_ENABLED_ENV = "VAULT_ENABLED"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -70,7 +72,7 @@ def _aad_bytes(aad: Any) -> bytes:
 
 
 def _is_per_record(aad: Any) -> bool:
-    return isinstance(aad, (list, tuple, Batch)) or type(aad).__module__.startswith("pyarrow")
+    return isinstance(aad, (list, tuple, Batch)) or is_arrow(aad)
 
 
 def _aad_batch(aad: Any, n: int) -> Batch:

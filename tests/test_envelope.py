@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine import AesGcm, Batch, SealedBatch
-from engine.batch import (
+from engine.codecs import (
     B64_CHARACTER,
     B64_LENGTH,
     B64_NONCANONICAL,

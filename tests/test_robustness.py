@@ -81,7 +81,7 @@ def test_sealing_one_gib_in_place_allocates_no_second_gib():
 REVIEW_CASES = textwrap.dedent(
     r"""
     import numpy as np, pyarrow as pa, engine
-    from engine.batch import scatter
+    from engine.codecs import scatter
     a = engine.AesGcm(engine.AesGcm.generate_key())
     results = []
     def expect(exc, fn):
@@ -148,7 +148,8 @@ OBJECT_LOOP_CASES = textwrap.dedent(
     """
     import gc
     from engine import Batch, InvalidArgument
-    from engine.batch import batch_to_text, field_values, with_field
+    from engine.codecs import batch_to_text
+    from engine.records import field_values, with_field
 
     results = []
 

@@ -24,6 +24,10 @@ from ..errors import (
 )
 from ._ffi import ffi, lib
 from ._objects import (  # noqa: F401 (re-exported)
+    BYTES_VALUES,
+    NONE_VALUES,
+    OTHER_VALUES,
+    STR_VALUES,
     ascii_strings,
     field_values,
     open as open_message,

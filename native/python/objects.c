@@ -153,9 +153,9 @@ done:
     return list;
 }
 
-/* The records as a new reference to a list or tuple; each item is checked to be a dict when the
- * loop reads it (record_at), which must re-check anyway. */
-static PyObject *dict_records(PyObject *records) {
+/* The records as a new reference to a list or tuple (each item is checked to be a dict when the
+ * loop reads it, by record_at, which must re-check anyway). */
+static PyObject *records_sequence(PyObject *records) {
     if (!PyList_Check(records) && !PyTuple_Check(records)) {
         PyErr_Format(TYPE_ERROR, "records must be a list of dicts, not %.100s",
                      Py_TYPE(records)->tp_name);
@@ -194,7 +194,7 @@ static PyObject *field_values(PyObject *self, PyObject *args) {
     PyObject *records, *field, *seq, *list;
     Py_ssize_t i, n;
     if (!PyArg_ParseTuple(args, "OO:field_values", &records, &field)) return NULL;
-    if ((seq = dict_records(records)) == NULL) return NULL;
+    if ((seq = records_sequence(records)) == NULL) return NULL;
     n = PySequence_Fast_GET_SIZE(seq);
     list = PyList_New(n);
     if (list != NULL) PyObject_GC_UnTrack(list); /* NULL slots: keep it out of gc.get_objects() */
@@ -245,7 +245,7 @@ static PyObject *with_field(PyObject *self, PyObject *args) {
     Py_ssize_t i, n;
     int paused = 0;
     if (!PyArg_ParseTuple(args, "OOO:with_field", &records, &field, &values)) return NULL;
-    if ((seq = dict_records(records)) == NULL) return NULL;
+    if ((seq = records_sequence(records)) == NULL) return NULL;
     if (!PyList_Check(values) && !PyTuple_Check(values)) {
         PyErr_Format(TYPE_ERROR, "values must be a list, not %.100s", Py_TYPE(values)->tp_name);
         goto done;
@@ -378,7 +378,12 @@ done:
     return result;
 }
 
-/* What a list of values holds, as bits: 1 str, 2 bytes/bytearray/memoryview, 4 None, 8 other. */
+/* What a list of values holds, as bits (exported as the module's *_VALUES constants). */
+#define STR_VALUES 1
+#define BYTES_VALUES 2 /* bytes, bytearray, memoryview */
+#define NONE_VALUES 4
+#define OTHER_VALUES 8
+
 static PyObject *value_kinds(PyObject *self, PyObject *values) {
     Py_ssize_t i;
     long kinds = 0;
@@ -386,12 +391,14 @@ static PyObject *value_kinds(PyObject *self, PyObject *values) {
         PyErr_Format(TYPE_ERROR, "values must be a list, not %.100s", Py_TYPE(values)->tp_name);
         return NULL;
     }
-    for (i = 0; i < PySequence_Fast_GET_SIZE(values) && kinds != 15; i++) {
+    const long all = STR_VALUES | BYTES_VALUES | NONE_VALUES | OTHER_VALUES;
+    for (i = 0; i < PySequence_Fast_GET_SIZE(values) && kinds != all; i++) {
         PyObject *v = PySequence_Fast_GET_ITEM(values, i);
-        if (PyUnicode_Check(v)) kinds |= 1;
-        else if (v == Py_None) kinds |= 4;
-        else if (PyBytes_Check(v) || PyByteArray_Check(v) || PyMemoryView_Check(v)) kinds |= 2;
-        else kinds |= 8;
+        if (PyUnicode_Check(v)) kinds |= STR_VALUES;
+        else if (v == Py_None) kinds |= NONE_VALUES;
+        else if (PyBytes_Check(v) || PyByteArray_Check(v) || PyMemoryView_Check(v))
+            kinds |= BYTES_VALUES;
+        else kinds |= OTHER_VALUES;
     }
     return PyLong_FromLong(kinds);
 }
@@ -406,7 +413,7 @@ static PyMethodDef methods[] = {
     {"pack", pack, METH_O,
      "pack(values) -> (data, offsets) bytes, or None unless all are str, bytes or bytearray."},
     {"value_kinds", value_kinds, METH_O,
-     "value_kinds(values) -> int: bits 1 str, 2 bytes-like, 4 None, 8 anything else."},
+     "value_kinds(values) -> int: bits STR_VALUES, BYTES_VALUES, NONE_VALUES, OTHER_VALUES."},
     {"seal", (PyCFunction)(void (*)(void))message_seal, METH_FASTCALL,
      "seal(key_address, nonce, data, associated_data=None) -> ciphertext || tag."},
     {"open", (PyCFunction)(void (*)(void))message_open, METH_FASTCALL,
@@ -422,4 +429,15 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_objects", NULL, -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__objects(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__objects(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "STR_VALUES", STR_VALUES) < 0 ||
+        PyModule_AddIntConstant(m, "BYTES_VALUES", BYTES_VALUES) < 0 ||
+        PyModule_AddIntConstant(m, "NONE_VALUES", NONE_VALUES) < 0 ||
+        PyModule_AddIntConstant(m, "OTHER_VALUES", OTHER_VALUES) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
