@@ -121,6 +121,16 @@ def _print_demo(r: dict[str, Any]) -> None:
     print(f"round trip    {'ok' if r['round_trip_ok'] else 'FAILED'}")
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crypto-engine", description="AES-256-GCM encryption engine")
     parser.add_argument("--backend", default=None, help="ipsec-mb or openssl (default: $ENGINE_BACKEND, else the fastest)")
@@ -138,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="rotate only when the interval or the usage limit says so")
     rotate.add_argument("--json", action="store_true", help="print JSON")
     sched = sub.add_parser("rotation-scheduler", help="check on an interval and rotate when needed")
-    sched.add_argument("--check-every", type=float, default=3600.0, metavar="SECONDS")
+    sched.add_argument("--check-every", type=_positive_seconds, default=3600.0, metavar="SECONDS")
     sched.add_argument("--max-checks", type=int, default=None, help="stop after this many checks")
     verify = sub.add_parser("audit-verify", help="check an audit log's HMAC chain")
     verify.add_argument("path")

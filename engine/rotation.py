@@ -21,7 +21,6 @@ file lock serialises threads and processes, or the provider's own lock when it h
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import threading
@@ -33,8 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from . import audit as audit_events
-from .errors import EngineError, InvalidArgument, InvalidTag
-from .keys.base import KeyLockBusy, KeyProvider, KeyState, KeyVersionInfo
+from .errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
+from .keys.base import GCM_RANDOM_IV_LIMIT, KeyLockBusy, KeyProvider, KeyState, KeyVersionInfo
+from .settings import env_flag
 from .aead import random_bytes
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 STEPS = ("pre_validation", "generate", "move_pointer", "post_verification", "deprecate", "handover")
-GCM_RANDOM_IV_LIMIT = 2**32  # NIST SP 800-38D 8.3: invocations per key with random IVs
 
 
 class RotationFailed(EngineError):
@@ -60,17 +59,6 @@ class RotationFailed(EngineError):
 
 class RotationInProgress(EngineError):
     """Another rotation holds the lock (when ``wait=False``)."""
-
-
-def _env_bool(value: str | None, default: bool) -> bool:
-    if value is None or value.strip() == "":
-        return default
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise InvalidArgument(f"expected true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -125,12 +113,8 @@ class RotationPolicy:
             except ValueError:
                 raise InvalidArgument(f"{name} must be a number, got {raw!r}") from None
 
-        try:
-            enabled = _env_bool(env.get("KEY_ROTATION_ENABLED"), True)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"KEY_ROTATION_ENABLED: {exc}") from None
         return cls(
-            enabled=enabled,
+            enabled=env_flag(env, "KEY_ROTATION_ENABLED", True),
             interval_days=num("KEY_ROTATION_INTERVAL_DAYS", 30.0, float),
             retention_versions=num("KEY_RETENTION_VERSIONS", 5, int),
             webhook=env.get("KEY_ROTATION_WEBHOOK") or None,
@@ -222,9 +206,10 @@ class KeyRotationService:
                  metrics: Any = None, observer: Callable[[str, dict], None] | None = None,
                  on_rotated: Callable[[RotationResult], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        for needed in ("set_state", "set_current", "create_version", "list_versions"):
-            if not callable(getattr(provider, needed, None)):
-                raise InvalidArgument(f"the provider cannot rotate: it has no {needed}()")
+        if not isinstance(provider, KeyProvider):
+            raise InvalidArgumentType(
+                f"the provider must be an engine.keys.KeyProvider, not {type(provider).__name__}"
+            )
         self.provider = provider
         self.policy = policy if policy is not None else RotationPolicy.from_environment()
         self.state_dir = Path(state_dir) if state_dir is not None else _default_state_dir(provider)
@@ -253,8 +238,7 @@ class KeyRotationService:
         age = timedelta(seconds=self.clock()) - timedelta(seconds=current.created_at.timestamp())
         if age >= timedelta(days=self.policy.interval_days):
             return "interval"
-        usage = getattr(self.provider, "usage", None)
-        if usage is not None and usage(current.version) >= self.policy.usage_fraction * self.policy.usage_limit:
+        if self.provider.usage(current.version) >= self.policy.usage_fraction * self.policy.usage_limit:
             return "usage"
         return None
 
@@ -266,27 +250,19 @@ class KeyRotationService:
 
     @contextlib.contextmanager
     def _exclusive(self, wait: bool) -> Iterator[None]:
-        provider_lock = getattr(self.provider, "rotation_lock", None)
         if not self._thread_lock.acquire(blocking=wait):
             raise RotationInProgress("another key rotation is running in this process")
         try:
-            if provider_lock is not None:
+            with contextlib.ExitStack() as stack:
                 try:
-                    with provider_lock(wait=wait):
-                        yield
+                    stack.enter_context(self.provider.rotation_lock(wait=wait))
                 except KeyLockBusy as exc:
-                    raise RotationInProgress(str(exc)) from None
-                return
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.state_dir / "rotation.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                except BlockingIOError:
-                    raise RotationInProgress("another process is rotating the keys") from None
+                    busy = str(exc)
+                else:
+                    busy = None
+                if busy is not None:
+                    raise RotationInProgress(busy)
                 yield
-            finally:
-                os.close(fd)
         finally:
             self._thread_lock.release()
 
@@ -409,10 +385,7 @@ class KeyRotationService:
         states = {i.version: i.state for i in self.provider.list_versions()}
         if states.get(version) is not KeyState.DEPRECATED:
             raise InvalidArgument(f"only deprecated versions can be purged; v{version} is not")
-        purge = getattr(self.provider, "purge", None)
-        if purge is None:
-            raise InvalidArgument("this provider cannot delete key versions")
-        purge(version)
+        self.provider.purge(version)
 
     # ---- the webhook ----
 
@@ -453,7 +426,14 @@ class KeyRotationService:
                     max_checks: int | None = None) -> int:
         """Checks every ``check_every`` seconds and rotates when needed; returns the number of
         rotations done when ``stop`` is set or after ``max_checks`` checks. A failed rotation is
-        recorded (audit, metrics, webhook) and retried at the next check."""
+        recorded (audit, metrics, webhook) and retried at the next check.
+
+        Raises:
+            InvalidArgument: ``check_every`` is not a positive number of seconds (0 would spin).
+        """
+        if (isinstance(check_every, bool) or not isinstance(check_every, (int, float))
+                or not 0 < check_every < float("inf")):
+            raise InvalidArgument("check_every must be a positive, finite number of seconds")
         stop = stop if stop is not None else threading.Event()
         rotations = checks = 0
         while not stop.is_set() and (max_checks is None or checks < max_checks):
@@ -476,19 +456,12 @@ def _current_info(provider: KeyProvider, versions: list[KeyVersionInfo]) -> KeyV
 
 
 def _current_version(provider: KeyProvider) -> int | None:
-    if hasattr(provider, "current_version"):  # a property: None before the first version
-        current = provider.current_version
-        return current() if callable(current) else current
-    try:
-        return provider.get_current_key().version
-    except EngineError:
-        return None
+    return provider.current_version
 
 
 def _default_state_dir(provider: KeyProvider) -> Path:
-    state_path = getattr(provider, "state_path", None)
-    if state_path is not None:
-        return Path(state_path).parent
+    if provider.local_state_dir is not None:
+        return provider.local_state_dir
     base = os.environ.get("ENGINE_STATE_DIR")
     return Path(base) if base else Path.home() / ".local" / "state" / "engine"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -34,7 +35,16 @@ from .envelope import (
     token_header,
 )
 from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
-from .keys.base import KeyProvider, KeyState, KeyVersionNotUsable, UnknownKeyVersion, VersionedKey
+from .keys.base import (
+    GCM_RANDOM_IV_LIMIT,
+    KeyProvider,
+    KeyProviderError,
+    KeyUsageExhausted,
+    UnknownKeyVersion,
+    VersionedKey,
+    require_active,
+)
+from .settings import env_flag
 
 __all__ = [
     "EncryptionService",
@@ -44,8 +54,6 @@ __all__ = [
 ]
 
 VAULT_ENABLED_ENV = "VAULT_ENABLED"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 class ServiceConfigurationError(EngineError, RuntimeError):
@@ -97,30 +105,74 @@ def _caller_aad(aad: Any, n: int) -> Any:
     return _aad_batch(aad, n) if _is_per_record(aad) else _aad_bytes(aad)
 
 
+_MIN_LEASE = 1024
+_METERS: "weakref.WeakSet[_UsageMeter]" = weakref.WeakSet()
+
+
 class _UsageMeter:
-    """Counts encryptions per key version for the NIST SP 800-38D limit (2**32 per key with
-    random IVs), cheaply: in memory, reserving leases of ``lease`` encryptions from the provider
-    (one persisted ``record_usage`` per lease, not per call or batch). Unused reservations are never
-    given back, so the persisted count can only err on the safe side."""
+    """Counts encryptions per key version against GCM's limit for one key with random IVs
+    (2**32, NIST SP 800-38D 8.3), cheaply: encryptions are reserved from the provider's shared
+    count in leases (one persisted write per lease, not per call), starting at 1,024 and doubling
+    up to ``max_lease`` while a process keeps encrypting. What a lease did not use is given back
+    when the service is collected or the process exits, so short-lived processes count exactly;
+    a process killed outright over-counts by at most its last lease (the safe side). A forked
+    child starts with nothing reserved. At the limit, encrypting under the version is refused
+    (:class:`~engine.keys.KeyUsageExhausted`)."""
 
-    __slots__ = ("_record", "_lease", "_left", "_lock")
+    __slots__ = ("_provider", "_max_lease", "_limit", "_left", "_lease", "_lock", "__weakref__")
 
-    def __init__(self, provider: KeyProvider, lease: int) -> None:
-        self._record = getattr(provider, "record_usage", None)
-        self._lease = lease
-        self._left: dict[int, int] = {}
+    def __init__(self, provider: KeyProvider, max_lease: int,
+                 limit: int = GCM_RANDOM_IV_LIMIT) -> None:
+        self._provider = provider
+        self._max_lease = max(max_lease, 1)
+        self._limit = limit
+        self._left: dict[int, int] = {}  # version -> reserved and not used yet
+        self._lease: dict[int, int] = {}  # version -> size of the next lease
         self._lock = threading.Lock()
+        _METERS.add(self)
+        weakref.finalize(self, _give_back, provider, self._left)
 
     def add(self, version: int, count: int) -> None:
-        if self._record is None:
-            return
         with self._lock:
             left = self._left.get(version, 0)
             if count > left:
-                reserve = max(count - left, self._lease)
-                self._record(version, reserve)
-                left += reserve
+                need = count - left
+                lease = self._lease.get(version, min(_MIN_LEASE, self._max_lease))
+                want = max(need, lease)
+                try:
+                    self._provider.record_usage(version, want, limit=self._limit)
+                except KeyUsageExhausted:
+                    if want == need:
+                        raise
+                    self._provider.record_usage(version, need, limit=self._limit)
+                    want = need
+                left += want
+                self._lease[version] = min(lease * 2, self._max_lease)
             self._left[version] = left - count
+
+    def _forget(self) -> None:
+        """In a forked child: the parent's reservations are the parent's."""
+        self._left.clear()
+        self._lease.clear()
+        self._lock = threading.Lock()
+
+
+def _give_back(provider: KeyProvider, left: dict[int, int]) -> None:
+    for version, unused in list(left.items()):
+        if unused > 0:
+            try:
+                provider.record_usage(version, -unused)
+            except Exception:  # noqa: BLE001 - at exit, an over-count is the safe outcome
+                continue
+            left[version] = 0
+
+
+def _forget_reservations_in_child() -> None:
+    for meter in list(_METERS):
+        meter._forget()
+
+
+os.register_at_fork(after_in_child=_forget_reservations_in_child)
 
 
 def _default_metrics() -> Any:
@@ -141,9 +193,9 @@ class EncryptionService:
             prometheus_client's default registry); ``False`` turns counting off.
         audit: an :class:`engine.audit.AuditLog`: one ``KEY_ACCESS`` entry per call (per
             batch, not per record).
-        usage_lease: encryptions reserved from the provider's usage count at a time (16 M: a
-            persisted write per 16 M encryptions; a process that exits over-counts by at most
-            that, 0.4 % of the 2**32 limit).
+        usage_lease: the largest number of encryptions reserved from the provider's shared
+            usage count at a time (leases start at 1,024 and double up to this: a persisted write
+            per lease, unused reservations given back at exit; see :class:`_UsageMeter`).
 
     Thread-safe: the provider, the metrics, the audit log and the usage meter are.
     """
@@ -196,10 +248,7 @@ class EncryptionService:
 
     def _encryption_key(self) -> VersionedKey:
         key = self._provider.get_current_key()
-        if key.state is not KeyState.ACTIVE:
-            raise KeyVersionNotUsable(
-                f"key version {key.version} is {key.state.value}; it cannot encrypt"
-            )
+        require_active(key.version, key.state)
         return key
 
     # ---- single values ----
@@ -389,13 +438,18 @@ def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvi
         VaultError: Vault is enabled but unreachable or misconfigured.
     """
     env = os.environ if env is None else env
-    raw = env.get(VAULT_ENABLED_ENV, "").strip().lower()
-    if raw in _TRUE:
+    try:
+        vault = env_flag(env, VAULT_ENABLED_ENV, False)
+    except InvalidArgument as exc:
+        problem = str(exc)
+    else:
+        problem = None
+    if problem is not None:
+        raise ServiceConfigurationError(problem)
+    if vault:
         from .keys.vault import VaultKeyProvider
 
         return VaultKeyProvider.from_environment(env)
-    if raw not in _FALSE:
-        raise ServiceConfigurationError(f"{VAULT_ENABLED_ENV} must be true or false")
     from .keys.environment import EnvironmentKeyProvider
 
     return EnvironmentKeyProvider(env=env)
@@ -410,13 +464,17 @@ def _audit_from_environment(provider: KeyProvider, env: Mapping[str, str] | None
     path = env.get(AUDIT_LOG_ENV)
     if not path:
         return None
-    audit_key = getattr(provider, "audit_key", None)
-    if audit_key is None:
-        raise ServiceConfigurationError(
-            f"{AUDIT_LOG_ENV} is set but the key provider has no audit key")
+    try:
+        audit_key = provider.audit_key()
+    except KeyProviderError as exc:
+        problem = str(exc)
+    else:
+        problem = None
+    if problem is not None:
+        raise ServiceConfigurationError(f"{AUDIT_LOG_ENV} is set but {problem}")
     from .audit import AuditLog
 
-    return AuditLog(path, audit_key())
+    return AuditLog(path, audit_key)
 
 
 def get_encryption_service() -> EncryptionService:

@@ -19,10 +19,13 @@ from engine.keys import (
     EnvironmentKeyProvider,
     InvalidKeyMaterial,
     KeyProvider,
+    KeyProviderError,
     KeyState,
     KeyStateCorrupted,
+    KeyUsageExhausted,
     KeyVersionNotUsable,
     MasterKeyError,
+    MasterKeyMismatch,
     StaticKeyProvider,
     UnknownKeyVersion,
 )
@@ -228,11 +231,22 @@ def test_versions_have_distinct_salts_and_keys(tmp_path):
     assert len(set(salts)) == 2
 
 
-def test_other_master_key_gives_other_keys(tmp_path):
-    p = provider(tmp_path)
-    k = p.get_current_key()
-    q = provider(tmp_path, master_key="another-master-key-that-is-long-enough")
-    assert not roundtrip_safe(k, q.get_key(1))
+def test_another_master_key_is_refused_for_encryption_and_decryption(tmp_path):
+    """A changed master key (even the right one with a trailing newline) must not go on
+    encrypting under keys the real master key cannot reproduce."""
+    master = "m" * 40
+    p = provider(tmp_path, master_key=master)
+    p.get_current_key()
+    p.create_version()
+    for other in ("another-master-key-that-is-long-enough", master + "\n", master + " "):
+        q = provider(tmp_path, master_key=other)
+        with pytest.raises(MasterKeyMismatch) as err:
+            q.get_current_key()
+        assert master not in str(err.value) and other.strip() not in str(err.value)
+        for version in (1, 2):
+            with pytest.raises(MasterKeyMismatch):
+                q.get_key(version)
+    assert provider(tmp_path, master_key=master).get_current_key().version == 2
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -343,7 +357,7 @@ def test_state_file_is_written_atomically(tmp_path, monkeypatch):
         raise OSError("simulated crash before rename")
 
     monkeypatch.setattr(_state.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(KeyProviderError, match="cannot write the key state file"):
         p.create_version()
     monkeypatch.undo()
     assert p.state_path.read_bytes() == before  # the old file, whole
@@ -418,8 +432,16 @@ def test_usage_and_purge(kind, tmp_path):
     assert p.usage(1) == 500
     with pytest.raises(UnknownKeyVersion):
         p.record_usage(9, 1)
-    with pytest.raises(InvalidArgument):
-        p.record_usage(1, -1)
+    assert p.record_usage(1, -100) == 400  # reserved and not used: given back
+    assert p.record_usage(1, -1000) == 0  # never below zero
+    assert p.record_usage(1, 500) == 500
+    for bad in (1.5, True, "3", None):
+        with pytest.raises(InvalidArgument):
+            p.record_usage(1, bad)
+    with pytest.raises(KeyUsageExhausted):
+        p.record_usage(1, 501, limit=1000)
+    assert p.usage(1) == 500 and p.record_usage(1, 500, limit=1000) == 1000
+    p.record_usage(1, -500)
     p.create_version()
     assert p.usage(2) == 0 and p.usage(1) == 500
     with pytest.raises(KeyVersionNotUsable):

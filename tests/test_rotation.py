@@ -3,6 +3,7 @@ concurrency, the usage-limit trigger, the webhook over real HTTP, and the audit 
 
 from __future__ import annotations
 
+import gc
 import http.server
 import json
 import multiprocessing
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 import engine
 from engine import audit, rotation
-from engine.keys import KeyState
+from engine.keys import KeyState, MasterKeyMismatch
 from engine.keys.environment import DerivationPolicy, EnvironmentKeyProvider
 from engine.keys.static import StaticKeyProvider
 from engine.metrics import EngineMetrics
@@ -113,17 +114,30 @@ def test_failure_at_each_step_leaves_everything_as_before(provider, tmp_path, fa
     assert svc.rotate_keys().previous_version == before_current  # and rotation works again
 
 
-def test_a_changed_key_fails_post_verification(tmp_path):
+def test_a_retained_key_that_changed_fails_post_verification(tmp_path):
+    """The canaries sealed when each version was made catch a retained key that is no longer
+    the same key, even where the provider itself cannot tell (keys handed in from elsewhere)."""
+    keys = {1: os.urandom(32)}
+    svc = service_for(StaticKeyProvider(keys), tmp_path)
+    result = svc.rotate_keys()
+    assert result.new_version == 2
+    changed = StaticKeyProvider({1: os.urandom(32), 2: os.urandom(32)})
+    with pytest.raises(rotation.RotationFailed) as err:
+        service_for(changed, tmp_path).rotate_keys()
+    assert err.value.step == "post_verification"
+
+
+def test_another_master_key_is_caught_before_anything_changes(tmp_path):
     provider = env_provider(tmp_path)
-    svc = service_for(provider, tmp_path)
-    svc.rotate_keys()
-    # Same state file, other master key: every version now derives a different key.
+    service_for(provider, tmp_path).rotate_keys()
+    before = (tmp_path / "keys.json").read_bytes()
     other = EnvironmentKeyProvider(master_key="x" * 48, state_path=tmp_path / "keys.json",
                                    policy=DerivationPolicy(iterations=1000))
-    svc2 = service_for(other, tmp_path)
     with pytest.raises(rotation.RotationFailed) as err:
-        svc2.rotate_keys()
-    assert err.value.step == "post_verification"
+        service_for(other, tmp_path).rotate_keys()
+    assert err.value.step == "pre_validation"
+    assert isinstance(err.value.__cause__, MasterKeyMismatch)
+    assert (tmp_path / "keys.json").read_bytes() == before
 
 
 def test_interval_and_usage_triggers(tmp_path):
@@ -310,31 +324,30 @@ def test_service_follows_rotation_at_once_here_and_in_other_processes(tmp_path):
 
 
 def test_usage_is_counted_per_batch_with_leases_and_triggers_rotation(tmp_path):
-    provider = env_provider(tmp_path)
     calls = []
 
-    class Counting:  # the provider has __slots__: count its record_usage calls through a proxy
-        def __init__(self, inner):
-            self.inner = inner
+    class Counting(EnvironmentKeyProvider):
+        __slots__ = ()
 
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
+        def record_usage(self, version, count, **kw):
+            calls.append(count)
+            return super().record_usage(version, count, **kw)
 
-        def record_usage(self, v, n):
-            calls.append(n)
-            return self.inner.record_usage(v, n)
-
-    counted = Counting(provider)
-    svc = EncryptionService(counted, metrics=False, usage_lease=1000)
+    provider = Counting(master_key=MASTER, state_path=tmp_path / "keys.json",
+                        policy=DerivationPolicy(iterations=1000))
+    svc = EncryptionService(provider, metrics=False, usage_lease=1000)
     for _ in range(5):
         svc.encrypt_many([b"x"] * 300)
     svc.encrypt(b"one more")
     assert calls == [1000, 1000]  # 1501 encryptions: two leases, persisted twice
     assert provider.usage(1) == 2000 >= 1501
-    rot = service_for(provider, tmp_path, policy=rotation.RotationPolicy(usage_limit=4000, usage_fraction=0.5))
+    rot = service_for(provider, tmp_path, policy=rotation.RotationPolicy(usage_limit=3000, usage_fraction=0.5))
     assert rot.rotation_reason() == "usage"
     rot.rotate_keys(reason="usage")
     assert svc.encrypt(b"x").key_version == 2 and not rot.is_rotation_needed()
+    del svc
+    gc.collect()  # the unused reservations go back: the count is what was used
+    assert provider.usage(1) == 1501 and provider.usage(2) == 1
 
 
 def test_service_metrics_count_records_and_errors(tmp_path):

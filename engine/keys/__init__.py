@@ -6,12 +6,20 @@ from .base import (
     KeyProvider,
     KeyProviderError,
     KeyState,
+    KeyUsageExhausted,
     KeyVersionInfo,
     KeyVersionNotUsable,
+    MasterKeyMismatch,
+    ProviderConfig,
     UnknownKeyVersion,
     VersionedKey,
 )
-from .environment import DerivationPolicy, EnvironmentKeyProvider, MasterKeyError
+from .environment import (
+    DerivationPolicy,
+    EnvironmentKeyProvider,
+    EnvironmentProviderConfig,
+    MasterKeyError,
+)
 from .static import InvalidKeyMaterial, StaticKeyProvider
 
 # The Vault provider needs hvac (the `vault` extra): imported on first use.
@@ -33,15 +41,19 @@ def __getattr__(name: str):
 __all__ = [*sorted(_VAULT),
     "DerivationPolicy",
     "EnvironmentKeyProvider",
+    "EnvironmentProviderConfig",
     "InvalidKeyMaterial",
     "KeyLockBusy",
     "KeyProvider",
     "KeyProviderError",
     "KeyState",
     "KeyStateCorrupted",
+    "KeyUsageExhausted",
     "KeyVersionInfo",
     "KeyVersionNotUsable",
     "MasterKeyError",
+    "MasterKeyMismatch",
+    "ProviderConfig",
     "StaticKeyProvider",
     "UnknownKeyVersion",
     "VersionedKey",

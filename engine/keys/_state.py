@@ -1,7 +1,7 @@
 """Private helpers shared by the key providers: the local key-state file and the derived-key cache.
 
-The state file holds public facts only (versions, states, creation times, salts, KDF parameters),
-never key material. It is replaced atomically (temporary file in the same directory, fsync,
+The state file holds public facts only (versions, states, creation times, salts, KDF parameters,
+usage counts, key check values), never key material. It is replaced atomically (temporary file in the same directory, fsync,
 ``os.replace``, fsync of the directory), so a crash leaves either the old or the new file, and
 writers serialise on ``fcntl.flock`` of a sibling ``.lock`` file.
 """
@@ -12,6 +12,8 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from ..aead import AesGcm
-from .base import KeyProviderError, KeyState, KeyVersionInfo
+from .base import KeyLockBusy, KeyProviderError, KeyState, KeyVersionInfo
 
 __all__ = [
     "KeyStateCorrupted",
@@ -30,6 +32,8 @@ __all__ = [
     "VersionRecord",
     "cached_cipher",
     "default_state_path",
+    "flocked",
+    "key_check_value",
     "locked",
     "read_state",
     "write_state_atomic",
@@ -39,6 +43,7 @@ STATE_FILE_ENV = "ENGINE_KEY_STATE_FILE"
 STATE_DIR_ENV = "ENGINE_STATE_DIR"
 STATE_FORMAT = 1
 KDF_NAME = "pbkdf2-hmac-sha512"
+CHECK_BYTES = 16
 
 
 class KeyStateCorrupted(KeyProviderError):
@@ -59,12 +64,13 @@ class VersionRecord:
     salt: bytes = field(repr=False)
     iterations: int
     usage: int = 0
+    check: bytes | None = field(default=None, repr=False)  # key check value; None in old files
 
     def info(self) -> KeyVersionInfo:
         return KeyVersionInfo(self.version, self.state, self.created_at)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "version": self.version,
             "state": self.state.value,
             "created_at": self.created_at.isoformat(),
@@ -73,6 +79,9 @@ class VersionRecord:
             "salt": base64.b64encode(self.salt).decode("ascii"),
             "usage": self.usage,
         }
+        if self.check is not None:
+            doc["check"] = self.check.hex()
+        return doc
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class StateSnapshot:
 
 
 EMPTY = StateSnapshot(None, {})
+_NOT_JSON = object()
 
 
 def default_state_path(env: Mapping[str, str] | None = None) -> Path:
@@ -120,10 +130,13 @@ def _parse_record(path: Path, raw: Any) -> VersionRecord:
         iterations = raw["iterations"]
         kdf = raw.get("kdf", KDF_NAME)
         usage = raw.get("usage", 0)
+        check = raw.get("check")
+        check = None if check is None else bytes.fromhex(check)
     except KeyError as exc:
         raise _corrupt(path, f"a version entry lacks {exc.args[0]!r}") from None
-    except (ValueError, TypeError, binascii.Error):
-        raise _corrupt(path, "a version entry has an invalid state, timestamp or salt") from None
+    except (ValueError, TypeError, OverflowError, binascii.Error):
+        raise _corrupt(path, "a version entry has an invalid state, timestamp, salt or check "
+                             "value") from None
     if type(version) is not int or version < 1:
         raise _corrupt(path, "versions must be positive integers")
     if type(iterations) is not int or iterations < 1:
@@ -134,9 +147,11 @@ def _parse_record(path: Path, raw: Any) -> VersionRecord:
         raise _corrupt(path, f"version {version} uses an unknown KDF")
     if len(salt) < 16:
         raise _corrupt(path, f"version {version} has a salt shorter than 16 bytes")
+    if check is not None and len(check) != CHECK_BYTES:
+        raise _corrupt(path, f"version {version} has a key check value of the wrong size")
     if created_at.tzinfo is None:
         created_at = created_at.replace(tzinfo=timezone.utc)
-    return VersionRecord(version, state, created_at, salt, iterations, usage)
+    return VersionRecord(version, state, created_at, salt, iterations, usage, check)
 
 
 def parse_state(path: Path, text: bytes) -> StateSnapshot:
@@ -147,8 +162,10 @@ def parse_state(path: Path, text: bytes) -> StateSnapshot:
     """
     try:
         doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        raise _corrupt(path, "not valid JSON (truncated or overwritten?)") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = _NOT_JSON
+    if doc is _NOT_JSON:
+        raise _corrupt(path, "not valid JSON (truncated or overwritten?)")
     if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
         raise _corrupt(path, f"expected an object with \"format\": {STATE_FORMAT}")
     entries = doc.get("versions")
@@ -182,8 +199,15 @@ def read_state(path: Path) -> tuple[StateSnapshot, tuple[int, int, int] | None]:
     except FileNotFoundError:
         return EMPTY, None
     except OSError as exc:
-        raise KeyProviderError(f"cannot read key state file {str(path)!r}: {exc.strerror}") from None
+        raise _os_error("read", path, exc) from None
     return parse_state(path, text), (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _os_error(what: str, path: Path, exc: OSError) -> KeyProviderError:
+    return KeyProviderError(
+        f"cannot {what} the key state file {str(path)!r}: {exc.strerror or exc} "
+        f"(set ENGINE_KEY_STATE_FILE to a writable place, or fix the directory's permissions)"
+    )
 
 
 def signature(path: Path) -> tuple[int, int, int] | None:
@@ -199,19 +223,29 @@ def write_state_atomic(path: Path, snapshot: StateSnapshot) -> None:
     """Replaces the state file atomically: temp file in the same directory, fsync, rename,
     fsync of the directory. A crash at any point leaves the old or the new file, whole."""
     directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = json.dumps(snapshot.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    failure = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        failure = exc
+    if failure is not None:
+        raise _os_error("write", path, failure)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        if not isinstance(exc, OSError):
+            raise
+        failure = exc
+    if failure is not None:
+        raise _os_error("write", path, failure)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -221,33 +255,73 @@ def write_state_atomic(path: Path, snapshot: StateSnapshot) -> None:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Holds an exclusive ``flock`` on ``<path>.lock`` (serialises writers across processes)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """Holds an exclusive ``flock`` on ``<path>.lock`` (serialises writers across processes).
+
+    Raises:
+        KeyProviderError: the lock file cannot be created (a read-only directory, say).
+        KeyLockBusy: ``wait`` is False and another process holds the lock.
+    """
+    with flocked(Path(f"{path}.lock"), wait=True, what="lock"):
+        yield
+
+
+@contextlib.contextmanager
+def flocked(lock_path: Path, *, wait: bool, what: str) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``lock_path`` (created with mode 0600).
+
+    Raises:
+        KeyProviderError: the file cannot be created or opened.
+        KeyLockBusy: ``wait`` is False and another process holds it.
+    """
+    failure = None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        failure = exc
+    if failure is not None:
+        raise _os_error(what, lock_path, failure)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            busy = True
+        else:
+            busy = False
+        if busy:
+            raise KeyLockBusy(f"another process holds {str(lock_path)!r}")
         yield
     finally:
         os.close(fd)  # closing releases the lock
 
 
-_CACHE: dict[bytes, AesGcm] = {}
+_CACHE: dict[bytes, tuple[AesGcm, bytes]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def cached_cipher(cache_key: bytes, derive: Callable[[], bytes]) -> AesGcm:
-    """The process-wide :class:`AesGcm` for ``cache_key``, deriving its key once per process.
+def key_check_value(key: bytes, version: int) -> bytes:
+    """A version's key check value: HMAC-SHA256(key, label || version)[:16]. It shows whether a
+    key derived later is the same key, and nothing about the key itself."""
+    return hmac.new(key, b"engine key check v1" + version.to_bytes(4, "big"),
+                    hashlib.sha256).digest()[:CHECK_BYTES]
+
+
+def cached_cipher(cache_key: bytes, version: int,
+                  derive: Callable[[], bytes]) -> tuple[AesGcm, bytes]:
+    """The process-wide :class:`AesGcm` for ``cache_key`` and the key's check value for
+    ``version``, deriving the key once per process.
 
     ``cache_key`` must identify the key without revealing it (a keyed hash of the inputs).
     """
-    cipher = _CACHE.get(cache_key)
-    if cipher is None:
+    entry = _CACHE.get(cache_key)
+    if entry is None:
         with _CACHE_LOCK:
-            cipher = _CACHE.get(cache_key)
-            if cipher is None:
-                cipher = AesGcm(derive())
-                _CACHE[cache_key] = cipher
-    return cipher
+            entry = _CACHE.get(cache_key)
+            if entry is None:
+                key = derive()
+                entry = (AesGcm(key), key_check_value(key, version))
+                _CACHE[cache_key] = entry
+    return entry
 
 
 def clear_cache() -> None:

@@ -1,30 +1,48 @@
-"""The key-provider contract: versioned keys, their lifecycle states, and the provider protocol.
+"""The key-provider contract: versioned keys, their lifecycle states, and what every provider does.
 
 A provider hands out :class:`VersionedKey` objects: a version number and a ready native key
 handle (:class:`engine.AesGcm`). Raw key bytes never leave the provider except into the native
-handle; nothing here is printable or picklable.
+handle; nothing here is printable or picklable. :class:`KeyProvider` declares the whole contract
+that the encryption service, key rotation and the re-encryption workers rely on; the shared
+argument checks live here too, so that every provider refuses the same things the same way.
 """
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import enum
+import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ContextManager, Iterator
 
 from ..aead import AesGcm
 from ..errors import EngineError, InvalidArgument
 
 __all__ = [
-    "KeyProvider",
+    "GCM_RANDOM_IV_LIMIT",
     "KeyLockBusy",
+    "KeyProvider",
     "KeyProviderError",
     "KeyState",
+    "KeyUsageExhausted",
     "KeyVersionInfo",
     "KeyVersionNotUsable",
+    "MasterKeyMismatch",
+    "ProviderConfig",
+    "ThreadRotationLock",
     "UnknownKeyVersion",
     "VersionedKey",
+    "check_count",
+    "check_state",
+    "check_version",
+    "next_usage",
+    "require_active",
 ]
+
+GCM_RANDOM_IV_LIMIT = 2**32  # NIST SP 800-38D 8.3: encryptions per key with random IVs
 
 
 class KeyProviderError(EngineError):
@@ -34,8 +52,8 @@ class KeyProviderError(EngineError):
 class UnknownKeyVersion(KeyProviderError, LookupError):
     """No key with this version exists (or it was purged)."""
 
-    def __init__(self, version: int) -> None:
-        super().__init__(f"unknown key version {version}")
+    def __init__(self, version: int, hint: str = "") -> None:
+        super().__init__(f"unknown key version {version}{hint}")
         self.version = version
 
 
@@ -44,12 +62,23 @@ class KeyVersionNotUsable(KeyProviderError):
     decrypt-only or deprecated version)."""
 
 
+class KeyUsageExhausted(KeyVersionNotUsable):
+    """The version has done as many encryptions as one AES-GCM key with random IVs allows
+    (2**32, NIST SP 800-38D 8.3); rotate to a new version to encrypt again."""
+
+
+class MasterKeyMismatch(KeyProviderError):
+    """The key derived for a version does not match the key check value recorded when the
+    version was created: the master secret (or its wrapping) has changed. Nothing is encrypted or
+    decrypted under it; the message never shows either key."""
+
+
 class KeyLockBusy(KeyProviderError):
     """Another process holds the provider's lock (a rotation is running elsewhere)."""
 
 
 class KeyState(str, enum.Enum):
-    """Lifecycle of a key version (seed: rotation with retention)."""
+    """Lifecycle of a key version (rotation with retention)."""
 
     ACTIVE = "active"  # may encrypt and decrypt; the current version is always active
     DECRYPT_ONLY = "decrypt-only"  # retained: decrypts old data, never encrypts new data
@@ -71,9 +100,7 @@ class VersionedKey:
     __slots__ = ("version", "cipher", "state")
 
     def __init__(self, version: int, cipher: AesGcm, state: KeyState = KeyState.ACTIVE) -> None:
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise InvalidArgument("key versions are positive integers")
-        self.version = version
+        self.version = check_version(version)
         self.cipher = cipher
         self.state = state
 
@@ -84,31 +111,235 @@ class VersionedKey:
         raise TypeError("keys cannot be pickled; fetch them from the provider in each process")
 
 
-def refuse_pickle(provider: Any) -> None:
-    """``__reduce__`` of every key provider: they hold key material."""
-    raise TypeError("key providers hold key material and cannot be pickled")
+# ---------------------------------------------------------------- shared checks
 
 
-@runtime_checkable
-class KeyProvider(Protocol):
+def check_version(version: Any) -> int:
+    """``version`` if it is a positive int (not a bool).
+
+    Raises:
+        InvalidArgument: anything else.
+    """
+    if type(version) is not int or version < 1:
+        raise InvalidArgument("key versions are positive integers")
+    return version
+
+
+def check_state(state: Any) -> KeyState:
+    """A :class:`KeyState` from a member or its value (``"decrypt-only"``).
+
+    Raises:
+        InvalidArgument: not a state.
+    """
+    try:
+        return KeyState(state)
+    except ValueError:
+        pass
+    raise InvalidArgument("state must be one of: " + ", ".join(s.value for s in KeyState))
+
+
+def check_count(count: Any) -> int:
+    """A usage count (an int, not a bool; negative to give back reserved encryptions).
+
+    Raises:
+        InvalidArgument: not an int.
+    """
+    if type(count) is not int:
+        raise InvalidArgument("usage counts are integers")
+    return count
+
+
+def require_active(version: int, state: KeyState) -> None:
+    """The rule for the current key: only an active version encrypts.
+
+    Raises:
+        KeyVersionNotUsable: the version is decrypt-only or deprecated.
+    """
+    if state is not KeyState.ACTIVE:
+        raise KeyVersionNotUsable(
+            f"current key version {version} is {state.value}; it cannot encrypt"
+        )
+
+
+def next_usage(version: int, used: int, count: int, limit: int | None) -> int:
+    """The usage total after adding ``count`` (negative: encryptions given back) to ``used``.
+
+    Raises:
+        KeyUsageExhausted: the total would pass ``limit``.
+    """
+    total = max(used + count, 0)
+    if limit is not None and count > 0 and total > limit:
+        raise KeyUsageExhausted(
+            f"key version {version} has done {used:,} of the {limit:,} encryptions one key may do "
+            f"with random IVs; rotate the keys to encrypt again"
+        )
+    return total
+
+
+# ---------------------------------------------------------------- the contract
+
+
+class ProviderConfig(abc.ABC):
+    """How to build a provider again in another process: picklable, and holding no secret (the
+    new process reads its secrets itself, from its environment or from Vault)."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def build(self) -> "KeyProvider":
+        """A new provider, in this process, from this configuration."""
+
+
+class KeyProvider(abc.ABC):
     """Where versioned keys come from (environment master key, Vault, a static map).
 
     Implementations are thread-safe, derive or unwrap each version at most once per process,
     and never put key material in ``repr``, logs, exceptions or pickles.
     """
 
+    __slots__ = ()
+
+    # ---- reading keys and versions ----
+
+    @abc.abstractmethod
     def get_current_key(self) -> VersionedKey:
-        """The version new data is encrypted under."""
-        ...
+        """The version new data is encrypted under.
 
+        Raises:
+            KeyVersionNotUsable: the current version is not active.
+        """
+
+    @abc.abstractmethod
     def get_key(self, version: int) -> VersionedKey:
-        """A specific version, for decryption. Raises :class:`UnknownKeyVersion`."""
-        ...
+        """A specific version, in whatever state, for decryption.
 
+        Raises:
+            UnknownKeyVersion: no such version.
+        """
+
+    @abc.abstractmethod
     def list_versions(self) -> list[KeyVersionInfo]:
         """Every known version, ascending, with its state and creation time."""
-        ...
 
+    @property
+    @abc.abstractmethod
+    def current_version(self) -> int | None:
+        """The version new data is encrypted under, or None before the first one exists."""
+
+    # ---- the lifecycle (used by key rotation) ----
+
+    @abc.abstractmethod
     def create_version(self) -> KeyVersionInfo:
-        """Makes a new version and makes it current (used by key rotation)."""
-        ...
+        """Makes a new version, makes it current and active, and moves the previously active
+        versions to decrypt-only."""
+
+    @abc.abstractmethod
+    def set_state(self, version: int, state: KeyState | str) -> KeyVersionInfo:
+        """Changes a version's lifecycle state.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            InvalidArgument: not a state.
+        """
+
+    @abc.abstractmethod
+    def set_current(self, version: int) -> None:
+        """Makes an existing version current and active (a rotation rolled back); the previously
+        active versions become decrypt-only.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            KeyVersionNotUsable: the version is deprecated.
+        """
+
+    @abc.abstractmethod
+    def purge(self, version: int) -> None:
+        """Deletes a version: data still under it can no longer be decrypted.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            KeyVersionNotUsable: it is the current version.
+        """
+
+    @abc.abstractmethod
+    def rotation_lock(self, wait: bool = True) -> ContextManager[None]:
+        """A lock that serialises rotations across threads and processes (across machines, for
+        a shared store).
+
+        Raises:
+            KeyLockBusy: ``wait`` is False and another holder has it.
+        """
+
+    # ---- usage accounting (GCM allows 2**32 encryptions per key with random IVs) ----
+
+    @abc.abstractmethod
+    def record_usage(self, version: int, count: int, *, limit: int | None = None) -> int:
+        """Adds ``count`` encryptions to a version's shared count (negative: gives back
+        encryptions reserved earlier and not used; the count never goes below zero).
+
+        Args:
+            limit: refuse, changing nothing, when the count would pass it.
+
+        Returns:
+            The new total.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            KeyUsageExhausted: ``limit`` would be passed.
+        """
+
+    @abc.abstractmethod
+    def usage(self, version: int) -> int:
+        """Encryptions recorded for a version.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+        """
+
+    # ---- the rest of the provider's duties ----
+
+    @abc.abstractmethod
+    def audit_key(self) -> bytes:
+        """The audit trail's HMAC key (32+ bytes), derived or stored by the provider; never a
+        data key.
+
+        Raises:
+            KeyProviderError: this provider has none.
+        """
+
+    @abc.abstractmethod
+    def config(self) -> ProviderConfig:
+        """A picklable, secret-free configuration from which another process builds the same
+        provider (``config().build()``); re-encryption workers use it.
+
+        Raises:
+            KeyProviderError: this provider cannot be rebuilt elsewhere (keys given in memory).
+        """
+
+    @property
+    def local_state_dir(self) -> Path | None:
+        """A local directory where tools beside the provider (rotation canaries) may keep their
+        files, or None when the provider keeps no local state."""
+        return None
+
+    def __reduce__(self):
+        raise TypeError("key providers hold key material and cannot be pickled; "
+                        "use provider.config() to build one in another process")
+
+
+class ThreadRotationLock:
+    """The rotation lock of a provider whose keys live only in this process."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self, wait: bool = True) -> Iterator[None]:
+        if not self._lock.acquire(blocking=wait):
+            raise KeyLockBusy("another thread is rotating this provider's keys")
+        try:
+            yield
+        finally:
+            self._lock.release()

@@ -1,8 +1,15 @@
-"""Keys derived from a master secret in the environment (the seed's ``EnvironmentKeyProvider``).
+"""Keys derived from a master secret in the environment (``EnvironmentKeyProvider``).
 
-Each version's 256-bit key is PBKDF2-HMAC-SHA512(master, salt_v, iterations_v), with a random
-per-version salt kept in the local key-state file (see :mod:`engine.keys._state`). Derivation
-runs once per version per process; every later use is a dictionary lookup.
+Each version's 256-bit key is PBKDF2-HMAC-SHA512(master, salt_v, iterations_v). The salt of a
+version is itself derived from the master secret and the version number, so every version's key
+can be derived again from the master secret alone: the local key-state file (see
+:mod:`engine.keys._state`) records which versions exist, their states, usage counts and a key
+check value per version, and losing it loses no key. Derivation runs once per version per
+process; every later use is a dictionary lookup.
+
+The key check value of each version is compared, in constant time, with the key derived in this
+process before the key is used: a different ``ENCRYPTION_MASTER_KEY`` (one with a trailing
+newline, say) is refused instead of silently encrypting under keys nobody can reproduce.
 """
 
 from __future__ import annotations
@@ -10,43 +17,63 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
-from ..aead import KEY_BYTES, random_bytes
-from ..errors import InvalidArgument
+from ..aead import KEY_BYTES
+from ..errors import InvalidArgument, InvalidArgumentType
 from . import _state
 from ._state import KeyStateCorrupted, StateSnapshot, VersionRecord
 from .base import (
+    KeyProvider,
     KeyProviderError,
     KeyState,
     KeyVersionInfo,
     KeyVersionNotUsable,
+    MasterKeyMismatch,
+    ProviderConfig,
     UnknownKeyVersion,
     VersionedKey,
-    refuse_pickle,
+    check_count,
+    check_state,
+    check_version,
+    next_usage,
+    require_active,
 )
-from .static import check_state, check_version
 
-__all__ = ["DerivationPolicy", "EnvironmentKeyProvider", "KeyStateCorrupted", "MasterKeyError"]
+__all__ = [
+    "DerivationPolicy",
+    "EnvironmentKeyProvider",
+    "EnvironmentProviderConfig",
+    "KeyStateCorrupted",
+    "MasterKeyError",
+]
 
 MASTER_KEY_ENV = "ENCRYPTION_MASTER_KEY"
 ITERATIONS_ENV = "ENCRYPTION_KDF_ITERATIONS"
 MASTER_KEY_MIN_BYTES = 32
+# How long a read of the state file is trusted before the file is looked at again: versions made
+# or switched by another process are seen within this time, and a single encryption costs no
+# stat() call.
+STATE_RECHECK_SECONDS = 0.25
+
+_log = logging.getLogger("engine.keys")
 
 
 class MasterKeyError(KeyProviderError, ValueError):
-    """``ENCRYPTION_MASTER_KEY`` is missing or too short. The message says what to set and never
-    shows what was read."""
+    """``ENCRYPTION_MASTER_KEY`` is missing, too short or of the wrong type. The message says
+    what to set and never shows what was read."""
 
 
 @dataclass(frozen=True)
 class DerivationPolicy:
-    """How new versions' keys are derived (the seed's figures by default).
+    """How new versions' keys are derived (PBKDF2-SHA512 with 100,000 iterations by default).
 
     Existing versions keep the iteration count recorded for them in the state file.
     """
@@ -57,8 +84,8 @@ class DerivationPolicy:
     def __post_init__(self) -> None:
         if type(self.iterations) is not int or self.iterations < 1:
             raise InvalidArgument("iterations must be a positive integer")
-        if type(self.salt_bytes) is not int or self.salt_bytes < 16:
-            raise InvalidArgument("salt_bytes must be an integer of at least 16")
+        if type(self.salt_bytes) is not int or not 16 <= self.salt_bytes <= 64:
+            raise InvalidArgument("salt_bytes must be an integer from 16 to 64")
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> "DerivationPolicy":
@@ -66,18 +93,28 @@ class DerivationPolicy:
         if not raw:
             return cls()
         try:
-            return cls(iterations=int(raw))
+            iterations = int(raw)
         except ValueError:
-            raise InvalidArgument(f"{ITERATIONS_ENV} must be a positive integer") from None
+            iterations = None
+        if iterations is None:
+            raise InvalidArgument(f"{ITERATIONS_ENV} must be a positive integer")
+        return cls(iterations=iterations)
 
 
-def _master_key(value: str | bytes | None) -> bytes:
+def _master_key(value: Any) -> bytes:
     if value is None or value == "" or value == b"":
         raise MasterKeyError(
             f"{MASTER_KEY_ENV} is not set; set it to a random secret of at least "
             f"{MASTER_KEY_MIN_BYTES} bytes (e.g. the output of `openssl rand -base64 48`)"
         )
-    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+    else:  # bytes(40) would be forty zero bytes: only text and bytes-like keys are keys
+        raise InvalidArgumentType(
+            f"the master key must be str or bytes-like, not {type(value).__name__}"
+        )
     if len(raw) < MASTER_KEY_MIN_BYTES:
         raise MasterKeyError(
             f"{MASTER_KEY_ENV} is too short; set it to a random secret of at least "
@@ -86,17 +123,43 @@ def _master_key(value: str | bytes | None) -> bytes:
     return raw
 
 
-class EnvironmentKeyProvider:
+@dataclass(frozen=True)
+class EnvironmentProviderConfig(ProviderConfig):
+    """What another process needs to build the same :class:`EnvironmentKeyProvider`: the state
+    file and the derivation policy. The master secret is not here: the new process reads it
+    from its own environment (``master_key_env``), and the key check values refuse a different
+    one."""
+
+    state_path: str
+    iterations: int
+    salt_bytes: int
+    master_key_env: str = MASTER_KEY_ENV
+
+    def build(self) -> "EnvironmentKeyProvider":
+        return EnvironmentKeyProvider(
+            master_key=os.environ.get(self.master_key_env),
+            state_path=self.state_path,
+            policy=DerivationPolicy(self.iterations, self.salt_bytes),
+        )
+
+
+class EnvironmentKeyProvider(KeyProvider):
     """Versioned keys derived from ``$ENCRYPTION_MASTER_KEY`` and a local key-state file.
 
     The state file (default: ``$ENGINE_KEY_STATE_FILE``, else ``$ENGINE_STATE_DIR/keys.json``,
-    else ``~/.local/state/engine/keys.json``) records each version's state, creation time and
-    salt, and the current version. It is re-read whenever it changes on disk, so versions created
-    by other processes are seen; writers hold an ``flock`` so two processes never both create the
-    same version. Version 1 is created on first use.
+    else ``~/.local/state/engine/keys.json``) records each version's state, creation time, salt,
+    usage and key check value, and the current version. It is looked at again when it may have
+    changed (at most every 0.25 s), so versions created by other processes are seen; writers hold
+    an ``flock`` so two processes never both create the same version.
+
+    Version 1 is created on first use when the file is missing or lists no version; as every
+    key derives from the master secret and the version, that is the same key as any earlier
+    version 1, and nothing encrypted before is lost. Versions above 1 that a lost file no longer
+    lists are put back with :meth:`restore_versions`.
 
     Args:
-        master_key: the master secret (str as UTF-8, or bytes); default ``$ENCRYPTION_MASTER_KEY``.
+        master_key: the master secret (str as UTF-8, or bytes-like); default
+            ``$ENCRYPTION_MASTER_KEY``.
         state_path: the state file; default as above.
         policy: derivation parameters for new versions; default from ``$ENCRYPTION_KDF_ITERATIONS``
             or 100,000 iterations and 16-byte salts.
@@ -104,9 +167,11 @@ class EnvironmentKeyProvider:
 
     Raises:
         MasterKeyError: no master key, or one under 32 bytes.
+        InvalidArgumentType: a master key that is neither str nor bytes-like.
     """
 
-    __slots__ = ("_master", "_path", "_policy", "_lock", "_snap", "_sig")
+    __slots__ = ("_master", "_path", "_policy", "_lock", "_snap", "_sig", "_checked_at",
+                 "_keys")
 
     def __init__(self, *, master_key: str | bytes | None = None,
                  state_path: str | os.PathLike[str] | None = None,
@@ -120,11 +185,11 @@ class EnvironmentKeyProvider:
         self._lock = threading.Lock()
         self._snap: StateSnapshot = _state.EMPTY
         self._sig: Any = False
+        self._checked_at = -1.0
+        self._keys: dict[int, VersionedKey] = {}  # checked keys of the current snapshot
 
     def __repr__(self) -> str:
         return f"<EnvironmentKeyProvider state_path={str(self._path)!r}>"
-
-    __reduce__ = refuse_pickle
 
     @property
     def state_path(self) -> Path:
@@ -132,38 +197,97 @@ class EnvironmentKeyProvider:
         return self._path
 
     @property
+    def local_state_dir(self) -> Path:
+        """The state file's directory (rotation keeps its canaries and lock there)."""
+        return self._path.parent
+
+    @property
     def policy(self) -> DerivationPolicy:
         """Derivation parameters used for new versions."""
         return self._policy
 
+    def config(self) -> EnvironmentProviderConfig:
+        """The state file and derivation policy; a worker reads the master secret itself."""
+        return EnvironmentProviderConfig(str(self._path.resolve()), self._policy.iterations,
+                                         self._policy.salt_bytes)
+
     # ---- reading ----
 
     def _snapshot(self) -> StateSnapshot:
-        """The state, re-read only when the file's inode, mtime or size changed."""
+        """The state, read again when the file's inode, mtime or size changed (looked at no more
+        often than every STATE_RECHECK_SECONDS)."""
+        now = time.monotonic()
+        if now - self._checked_at < STATE_RECHECK_SECONDS:
+            return self._snap
         sig = _state.signature(self._path)
         if sig == self._sig:
+            self._checked_at = now
             return self._snap
         with self._lock:
             snap, sig = _state.read_state(self._path)
-            self._snap, self._sig = snap, sig
+            self._snap, self._sig, self._checked_at, self._keys = snap, sig, now, {}
             return snap
 
-    def _cipher(self, rec: VersionRecord):
-        # The cache key is a keyed hash: it identifies (master, salt, iterations) without
+    def refresh(self) -> None:
+        """Reads the state file again at the next use (after changing it by other means)."""
+        with self._lock:
+            self._sig, self._checked_at = False, -1.0
+
+    def _salt(self, version: int, size: int) -> bytes:
+        return hmac.new(self._master, b"engine environment key salt v1" + version.to_bytes(4, "big"),
+                        hashlib.sha512).digest()[:size]
+
+    def _derived(self, version: int, salt: bytes, iterations: int):
+        """(AesGcm, key check value) of a version, derived once per process."""
+        # The cache key is a keyed hash: it identifies (master, salt, iterations, version) without
         # letting anyone who sees it test guesses of the master key cheaply.
-        cache_key = hmac.new(self._master, rec.salt + rec.iterations.to_bytes(8, "big"),
-                             hashlib.sha256).digest()
+        cache_key = hmac.new(self._master, salt + iterations.to_bytes(8, "big")
+                             + version.to_bytes(4, "big"), hashlib.sha256).digest()
         return _state.cached_cipher(
-            cache_key,
-            lambda: hashlib.pbkdf2_hmac("sha512", self._master, rec.salt, rec.iterations,
-                                        KEY_BYTES),
+            cache_key, version,
+            lambda: hashlib.pbkdf2_hmac("sha512", self._master, salt, iterations, KEY_BYTES),
         )
 
+    def _key(self, rec: VersionRecord) -> VersionedKey:
+        """The checked key of a version record (derived once per process)."""
+        key = self._keys.get(rec.version)
+        if key is not None and key.state is rec.state:
+            return key
+        cipher, check = self._derived(rec.version, rec.salt, rec.iterations)
+        if rec.check is None:
+            self._record_check(rec.version, check)
+        elif not hmac.compare_digest(rec.check, check):
+            raise MasterKeyMismatch(
+                f"key version {rec.version} in {str(self._path)!r} was created under another "
+                f"{MASTER_KEY_ENV}: the key derived here does not match its key check value, so "
+                f"nothing is encrypted or decrypted with it (check the variable for a changed "
+                f"value or stray whitespace)"
+            )
+        key = VersionedKey(rec.version, cipher, rec.state)
+        self._keys[rec.version] = key
+        return key
+
+    def _record_check(self, version: int, check: bytes) -> None:
+        """Writes the key check value of a version listed by an older state file (trusting this
+        first use); a read-only state file is left as it is."""
+        def change(snap: StateSnapshot):
+            rec = snap.versions.get(version)
+            if rec is None or rec.check is not None:
+                return snap, None
+            rec = dataclasses.replace(rec, check=check)
+            return StateSnapshot(snap.current, {**snap.versions, version: rec}), None
+
+        try:
+            self._update(change)
+        except KeyProviderError:
+            pass
+
     def get_current_key(self) -> VersionedKey:
-        """The current version's key (creating version 1 if there is no state yet).
+        """The current version's key (creating version 1 if the state file lists none).
 
         Raises:
             KeyVersionNotUsable: the current version is not active.
+            MasterKeyMismatch: the master secret is not the one the version was created under.
             KeyStateCorrupted: the state file cannot be parsed.
         """
         snap = self._snapshot()
@@ -171,22 +295,26 @@ class EnvironmentKeyProvider:
             self._bootstrap()
             snap = self._snapshot()
         rec = snap.versions[snap.current]
-        if rec.state is not KeyState.ACTIVE:
-            raise KeyVersionNotUsable(
-                f"current key version {rec.version} is {rec.state.value}; it cannot encrypt"
-            )
-        return VersionedKey(rec.version, self._cipher(rec), rec.state)
+        require_active(rec.version, rec.state)
+        return self._key(rec)
 
     def get_key(self, version: int) -> VersionedKey:
         """The key of ``version`` in whatever state (decryption).
 
         Raises:
             UnknownKeyVersion: the state file does not list this version.
+            MasterKeyMismatch: the master secret is not the one the version was created under.
         """
-        rec = self._snapshot().versions.get(version)
+        snap = self._snapshot()
+        rec = snap.versions.get(version)
         if rec is None:
-            raise UnknownKeyVersion(version)
-        return VersionedKey(rec.version, self._cipher(rec), rec.state)
+            newest = max(snap.versions, default=0)
+            hint = (f" (the key state file {str(self._path)!r} lists versions up to {newest}; if "
+                    f"it was lost or replaced, restore_versions(through={version}) lists the "
+                    f"missing versions again: their keys derive from the master key)"
+                    if type(version) is int and version > newest else "")
+            raise UnknownKeyVersion(version, hint)
+        return self._key(rec)
 
     def list_versions(self) -> list[KeyVersionInfo]:
         """Every version, ascending, with its state and creation time."""
@@ -200,42 +328,79 @@ class EnvironmentKeyProvider:
 
     # ---- writing (under the file lock, from a fresh read) ----
 
-    def _update(self, change) -> Any:
+    def _update(self, change: Callable[[StateSnapshot], tuple[StateSnapshot, Any]]) -> Any:
         with _state.locked(self._path):
             snap, _ = _state.read_state(self._path)
             new_snap, result = change(snap)
             if new_snap is not snap:
                 _state.write_state_atomic(self._path, new_snap)
-        with self._lock:
-            self._sig = False  # force a re-read on next use
+        self.refresh()
         return result
 
-    def _new_record(self, version: int) -> VersionRecord:
-        return VersionRecord(version, KeyState.ACTIVE, datetime.now(timezone.utc),
-                             random_bytes(self._policy.salt_bytes), self._policy.iterations)
+    def _new_record(self, version: int, state: KeyState = KeyState.ACTIVE) -> VersionRecord:
+        salt = self._salt(version, self._policy.salt_bytes)
+        _, check = self._derived(version, salt, self._policy.iterations)
+        return VersionRecord(version, state, datetime.now(timezone.utc), salt,
+                             self._policy.iterations, 0, check)
 
     def _bootstrap(self) -> None:
         def change(snap: StateSnapshot):
             if snap.current is not None:
                 return snap, None
+            _log.warning("the key state file %s lists no version: creating version 1 (the same "
+                         "key as any earlier version 1 under this master key)", self._path)
             return StateSnapshot(1, {1: self._new_record(1)}), None
 
         self._update(change)
 
+    @staticmethod
+    def _retired(snap: StateSnapshot) -> dict[int, VersionRecord]:
+        return {
+            v: (dataclasses.replace(r, state=KeyState.DECRYPT_ONLY)
+                if r.state is KeyState.ACTIVE else r)
+            for v, r in snap.versions.items()
+        }
+
     def create_version(self) -> KeyVersionInfo:
-        """Adds the next version with a fresh salt, makes it current, and moves the previous
-        active versions to ``decrypt-only``. Safe against concurrent callers in other processes.
-        """
+        """Adds the next version, makes it current, and moves the previous active versions to
+        ``decrypt-only``. Safe against concurrent callers in other processes."""
         def change(snap: StateSnapshot):
             version = max(snap.versions, default=0) + 1
-            versions = {
-                v: (dataclasses.replace(r, state=KeyState.DECRYPT_ONLY)
-                    if r.state is KeyState.ACTIVE else r)
-                for v, r in snap.versions.items()
-            }
+            versions = self._retired(snap)
             rec = self._new_record(version)
             versions[version] = rec
             return StateSnapshot(version, versions), rec.info()
+
+        return self._update(change)
+
+    def restore_versions(self, through: int) -> list[int]:
+        """Lists versions 1..``through`` again in a state file that lost them (their keys derive
+        from the master key and the version, so data under them decrypts again). Restored
+        versions are decrypt-only, except that the highest becomes current and active when the
+        file named a lower current version.
+
+        Returns:
+            The versions added.
+
+        Raises:
+            InvalidArgument: ``through`` is not a positive integer.
+        """
+        check_version(through)
+
+        def change(snap: StateSnapshot):
+            missing = [v for v in range(1, through + 1) if v not in snap.versions]
+            if not missing:
+                return snap, []
+            versions = dict(snap.versions)
+            for v in missing:
+                versions[v] = self._new_record(v, KeyState.DECRYPT_ONLY)
+            current = snap.current
+            if current is None or current < through:
+                versions = self._retired(StateSnapshot(current, versions))
+                versions[through] = dataclasses.replace(versions[through], state=KeyState.ACTIVE)
+                current = through
+            _log.warning("restored key versions %s in %s", missing, self._path)
+            return StateSnapshot(current, versions), missing
 
         return self._update(change)
 
@@ -274,18 +439,18 @@ class EnvironmentKeyProvider:
                 raise UnknownKeyVersion(version)
             if rec.state is KeyState.DEPRECATED:
                 raise KeyVersionNotUsable(f"key version {version} is deprecated")
-            versions = {
-                v: (dataclasses.replace(r, state=KeyState.DECRYPT_ONLY)
-                    if r.state is KeyState.ACTIVE else r)
-                for v, r in snap.versions.items()
-            }
+            versions = self._retired(snap)
             versions[version] = dataclasses.replace(rec, state=KeyState.ACTIVE)
             return StateSnapshot(version, versions), None
 
         self._update(change)
 
     def purge(self, version: int) -> None:
-        """Deletes a version from the state file: data under it can no longer be decrypted.
+        """Deletes a version from the state file: this provider no longer decrypts under it.
+
+        The key itself derives from the master key and the version, so whoever holds the master
+        key can derive it again (:meth:`restore_versions`): destroying data by destroying its
+        key takes a new master key (or the Vault provider, which deletes wrapped keys).
 
         Raises:
             UnknownKeyVersion: no such version.
@@ -301,28 +466,29 @@ class EnvironmentKeyProvider:
 
         self._update(change)
 
+    def rotation_lock(self, wait: bool = True) -> ContextManager[None]:
+        """An ``flock`` on ``rotation.lock`` beside the state file: one rotation at a time across
+        the processes that share the file.
+
+        Raises:
+            KeyLockBusy: ``wait`` is False and another process holds it.
+        """
+        return _state.flocked(self._path.parent / "rotation.lock", wait=wait, what="lock")
+
     def audit_key(self) -> bytes:
         """The audit trail's HMAC key, derived from the master key (never the key itself)."""
         return hmac.new(self._master, b"engine audit trail v1", hashlib.sha256).digest()
 
-    def record_usage(self, version: int, count: int) -> int:
-        """Adds ``count`` encryptions to a version's usage (kept in the state file, so every
-        process adds to the same count; GCM with random IVs allows 2**32 per key).
-
-        Returns:
-            The new total.
-
-        Raises:
-            UnknownKeyVersion: no such version.
-        """
-        if type(count) is not int or count < 0:
-            raise InvalidArgument("count must be a non-negative integer")
+    def record_usage(self, version: int, count: int, *, limit: int | None = None) -> int:
+        """Adds ``count`` encryptions to a version's usage, kept in the state file so that every
+        process adds to the same count (see :meth:`KeyProvider.record_usage`)."""
+        check_count(count)
 
         def change(snap: StateSnapshot):
             rec = snap.versions.get(version)
             if rec is None:
                 raise UnknownKeyVersion(version)
-            rec = dataclasses.replace(rec, usage=rec.usage + count)
+            rec = dataclasses.replace(rec, usage=next_usage(version, rec.usage, count, limit))
             return StateSnapshot(snap.current, {**snap.versions, version: rec}), rec.usage
 
         return self._update(change)
@@ -337,3 +503,4 @@ class EnvironmentKeyProvider:
         if rec is None:
             raise UnknownKeyVersion(version)
         return rec.usage
+

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, ContextManager, Mapping
 
 from ..aead import KEY_BYTES, AesGcm
 from ..errors import InvalidArgument
 from .base import (
+    KeyProvider,
     KeyProviderError,
     KeyState,
     KeyVersionInfo,
     KeyVersionNotUsable,
+    ProviderConfig,
+    ThreadRotationLock,
     UnknownKeyVersion,
     VersionedKey,
-    refuse_pickle,
+    check_count,
+    check_state,
+    check_version,
+    next_usage,
+    require_active,
 )
 
 __all__ = ["InvalidKeyMaterial", "StaticKeyProvider"]
@@ -25,23 +32,17 @@ class InvalidKeyMaterial(InvalidArgument):
     """A key given to a provider is not 32 bytes (AES-256). The message never shows the key."""
 
 
-def check_state(state: Any) -> KeyState:
-    """A :class:`KeyState` from a member or its value (``"decrypt-only"``)."""
+def _audit_key_bytes(key: Any) -> bytes:
     try:
-        return KeyState(state)
-    except ValueError:
-        raise InvalidArgument(
-            "state must be one of: " + ", ".join(s.value for s in KeyState)
-        ) from None
+        size = memoryview(key).nbytes
+    except TypeError:
+        size = -1
+    if isinstance(key, str) or size < 32:
+        raise InvalidKeyMaterial("audit_key must be bytes-like, at least 32 bytes")
+    return bytes(memoryview(key))
 
 
-def check_version(version: Any) -> int:
-    if type(version) is not int or version < 1:
-        raise InvalidArgument("key versions are positive integers")
-    return version
-
-
-class StaticKeyProvider:
+class StaticKeyProvider(KeyProvider):
     """Versioned keys given as bytes: ``StaticKeyProvider({1: key1, 2: key2})``.
 
     Behaves like the other providers: the current version is the highest unless ``current`` says
@@ -60,7 +61,7 @@ class StaticKeyProvider:
     ``audit_key`` (32+ bytes, optional) is the HMAC key of the audit trail.
     """
 
-    __slots__ = ("_ciphers", "_infos", "_current", "_lock", "_usage", "_audit_key")
+    __slots__ = ("_ciphers", "_infos", "_current", "_lock", "_usage", "_audit_key", "_rotation")
 
     def __init__(self, keys: Mapping[int, Any], *, current: int | None = None,
                  states: Mapping[int, Any] | None = None, audit_key: bytes | None = None) -> None:
@@ -94,15 +95,12 @@ class StaticKeyProvider:
                 raise InvalidArgument(f"states names unknown version {v}")
             self._infos[v] = KeyVersionInfo(v, check_state(s), now)
         self._lock = threading.Lock()
-        if audit_key is not None and len(audit_key) < 32:
-            raise InvalidKeyMaterial("audit_key must be at least 32 bytes")
-        self._audit_key = None if audit_key is None else bytes(audit_key)
+        self._audit_key = None if audit_key is None else _audit_key_bytes(audit_key)
         self._usage: dict[int, int] = {}
+        self._rotation = ThreadRotationLock()
 
     def __repr__(self) -> str:
         return f"<StaticKeyProvider versions={sorted(self._ciphers)} current={self._current}>"
-
-    __reduce__ = refuse_pickle
 
     @property
     def current_version(self) -> int:
@@ -116,10 +114,7 @@ class StaticKeyProvider:
             KeyVersionNotUsable: the current version is not active.
         """
         info = self._infos[self._current]
-        if info.state is not KeyState.ACTIVE:
-            raise KeyVersionNotUsable(
-                f"current key version {self._current} is {info.state.value}; it cannot encrypt"
-            )
+        require_active(self._current, info.state)
         return VersionedKey(self._current, self._ciphers[self._current], info.state)
 
     def get_key(self, version: int) -> VersionedKey:
@@ -208,18 +203,14 @@ class StaticKeyProvider:
             raise KeyProviderError("this StaticKeyProvider was built without an audit_key")
         return self._audit_key
 
-    def record_usage(self, version: int, count: int) -> int:
-        """Adds ``count`` encryptions to a version's usage (in memory); returns the total.
-
-        Raises:
-            UnknownKeyVersion: no such version.
-        """
-        if type(count) is not int or count < 0:
-            raise InvalidArgument("count must be a non-negative integer")
+    def record_usage(self, version: int, count: int, *, limit: int | None = None) -> int:
+        """Adds ``count`` encryptions to a version's usage, in memory (see
+        :meth:`KeyProvider.record_usage`); returns the total."""
+        check_count(count)
         with self._lock:
             if version not in self._ciphers:
                 raise UnknownKeyVersion(version)
-            total = self._usage.get(version, 0) + count
+            total = next_usage(version, self._usage.get(version, 0), count, limit)
             self._usage[version] = total
             return total
 
@@ -228,6 +219,21 @@ class StaticKeyProvider:
         if version not in self._ciphers:
             raise UnknownKeyVersion(version)
         return self._usage.get(version, 0)
+
+    def rotation_lock(self, wait: bool = True) -> ContextManager[None]:
+        """Serialises rotations of this provider between threads (its keys live only here)."""
+        return self._rotation(wait)
+
+    def config(self) -> ProviderConfig:
+        """Not available: keys given in memory cannot be rebuilt in another process.
+
+        Raises:
+            KeyProviderError: always.
+        """
+        raise KeyProviderError(
+            "a StaticKeyProvider's keys exist only in this process; give workers a provider "
+            "they can build from configuration (environment or Vault)"
+        )
 
     def _retire_active(self) -> None:
         for v, info in self._infos.items():

@@ -57,9 +57,11 @@ from .base import (
     KeyVersionNotUsable,
     UnknownKeyVersion,
     VersionedKey,
-    refuse_pickle,
+    check_count,
+    check_state,
+    check_version,
+    next_usage,
 )
-from .static import check_state, check_version
 
 __all__ = [
     "DEFAULT_JWT_PATH",
@@ -800,7 +802,8 @@ class VaultKeyProvider:
                 f"transit={self._transit.mount}/{self._transit.name} "
                 f"kv={self._store.mount}/{self._store.path}{' closed' if self._closed else ''}>")
 
-    __reduce__ = refuse_pickle
+    def __reduce__(self):
+        raise TypeError("key providers hold key material and cannot be pickled")
 
     def __enter__(self) -> "VaultKeyProvider":
         return self
@@ -1124,19 +1127,20 @@ class VaultKeyProvider:
 
     # ---- usage, the rotation lock, the audit key, purge ----
 
-    def record_usage(self, version: int, count: int) -> int:
+    def record_usage(self, version: int, count: int, *, limit: int | None = None) -> int:
         """Adds ``count`` encryptions to a version's usage, stored in its KV entry
-        (check-and-set, so every process adds to one count). Returns the new total.
+        (check-and-set, so every process adds to one count); a negative count gives back
+        reserved encryptions. Returns the new total.
 
         Raises:
             UnknownKeyVersion: no such version.
+            KeyUsageExhausted: the total would pass ``limit``.
         """
         self._check_open()
-        if type(count) is not int or count < 0:
-            raise InvalidArgument("count must be a non-negative integer")
+        check_count(count)
 
         def change(entry: dict[str, Any]) -> dict | None:
-            entry["usage"] = int(entry.get("usage") or 0) + count
+            entry["usage"] = next_usage(version, int(entry.get("usage") or 0), count, limit)
             return entry
 
         return int(self._store.update_entry(version, change)["usage"])

@@ -1,0 +1,30 @@
+"""Reading the engine's settings from environment variables: one rule for what a boolean is."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from .errors import InvalidArgument
+
+__all__ = ["env_flag"]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """The boolean in ``env[name]``: 1/true/yes/on or 0/false/no/off, any case; ``default``
+    when the variable is unset or blank.
+
+    Raises:
+        InvalidArgument: any other value (the message names the variable, not the value).
+    """
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InvalidArgument(f"{name} must be true or false (1/0, yes/no, on/off)")
