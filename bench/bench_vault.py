@@ -1,6 +1,6 @@
 """Vault envelope encryption vs a local key vs Vault Transit, side by side in one run.
 
-Starts its own OpenBao dev server (``tests/openbao.py``, the same helper the tests use) and times:
+Starts its own OpenBao dev server (:mod:`engine.testing.openbao`, as the tests do) and times:
 
 * **vault cold**: a new :class:`~engine.keys.vault.VaultKeyProvider` (token check, Transit key
   check), ``get_current_key()`` (KV read + Transit unwrap), then ``AesGcm.seal_batch`` over N
@@ -35,9 +35,7 @@ import numpy as np
 
 import engine
 from engine.keys.vault import VaultKeyProvider
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from openbao import BaoServer  # noqa: E402  (the one server helper, shared with the tests)
+from engine.testing.openbao import BaoServer
 
 VALUE_BYTES = 64
 TRANSIT_BATCH = 200  # OpenBao refuses 500 (too many JSON strings per request)

