@@ -1,24 +1,31 @@
-"""The HTTP connection to Vault or OpenBao: one hvac client with authentication, timeouts,
+"""The HTTP connection to Vault or OpenBao: one hvac client with authentication, TLS, timeouts,
 bounded retries and the mapping of every failure to :mod:`engine.vault.errors`.
 
 Authentication is a token, an AppRole login or a Kubernetes service-account login; a login is
 repeated once when Vault answers 403 (an expired login token). Only transport failures and
-429/5xx answers are retried, with exponential backoff.
+429/5xx answers are retried, with exponential backoff. Whatever fails (an HTTP status, a refused
+or reset connection, a TLS handshake, an answer that is not Vault's JSON) leaves as an exception
+of :mod:`engine.vault.errors` with no exception context attached, and the address it names has
+its credentials removed (:func:`redact_url`).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import ssl
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 try:
     import hvac
     import hvac.exceptions as hvac_errors
     import requests
+    import urllib3.exceptions
 except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "engine.vault needs hvac: pip install 'engine[vault]' (or pip install hvac)"
@@ -31,23 +38,51 @@ from .errors import (
     VaultPathNotFound,
     VaultPermissionDenied,
     VaultRequestRejected,
+    VaultTLSError,
     VaultUnavailable,
 )
 
-__all__ = ["DEFAULT_JWT_PATH", "RetryPolicy", "VaultConnection"]
+__all__ = ["DEFAULT_JWT_PATH", "RetryPolicy", "VaultConnection", "redact_url"]
 
 T = TypeVar("T")
 
 DEFAULT_JWT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what an HTTP header carries unchanged
 
 
-def _reason(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    text = str(errors[0]) if isinstance(errors, (list, tuple)) and errors else ""
-    text = " ".join(text.replace("*", " ").split())
-    # Batch answers carry whole response bodies; keep only a short, single-item reason.
-    return text[:160] if not text.startswith("{") else "request rejected"
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown: user name and password replaced by ``***``, the query
+    replaced by ``***``, and no fragment.
 
+    >>> redact_url("https://user:pw@vault:8200/x?token=s.abc")
+    'https://***@vault:8200/x?***'
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "***" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _check_address(address: Any) -> str:
+    """The address without a trailing ``/``; refuses what hvac cannot use as a base URL. The
+    message never repeats the address: it may hold a password."""
+    try:
+        parts = urllib.parse.urlsplit(address) if isinstance(address, str) else None
+        usable = parts is not None and parts.scheme in ("http", "https") and \
+            bool(parts.hostname) and (parts.port is None or parts.port > 0) and \
+            not parts.query and not parts.fragment and not re.search(r"\s", address)
+    except ValueError:  # a port that is not a number
+        usable = False
+    if not usable:
+        raise VaultConfigurationError(
+            "Vault address must be an http(s) URL such as https://vault.example.com:8200, "
+            "with an optional path and no query (argument address= or $VAULT_ADDR)")
+    return address.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -79,7 +114,75 @@ class RetryPolicy:
 _TRANSIENT_STATUS = {hvac_errors.RateLimitExceeded: 429, hvac_errors.InternalServerError: 500,
                      hvac_errors.VaultNotInitialized: 501, hvac_errors.BadGateway: 502,
                      hvac_errors.VaultDown: 503}
-_TRANSIENT_HTTP = tuple(_TRANSIENT_STATUS)
+# Requests that requests/urllib3 could not even build: retrying cannot help.
+_UNUSABLE_REQUEST = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                     requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
+                     requests.exceptions.InvalidJSONError, urllib3.exceptions.LocationValueError)
+
+
+def _reason(exc: Exception) -> str:
+    """Vault's first error string, shortened; never request data."""
+    errors = getattr(exc, "errors", None)
+    text = str(errors[0]) if isinstance(errors, (list, tuple)) and errors else ""
+    if not text and "HTTP request to an HTTPS server" in str(getattr(exc, "text", "") or ""):
+        text = "the server speaks HTTPS at this address: use https://"
+    text = " ".join(text.replace("*", " ").split())
+    # Batch answers carry whole response bodies; keep only a short, single-item reason.
+    return text[:160] if not text.startswith("{") else "request rejected"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it wraps (requests -> urllib3 -> ssl/socket)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < 16:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [x for x in (e.__cause__, e.__context__, getattr(e, "reason", None),
+                             *getattr(e, "args", ())) if isinstance(x, BaseException)]
+
+
+_VERIFY_PROBLEMS = {
+    2: "untrusted", 7: "untrusted", 18: "untrusted", 19: "untrusted", 20: "untrusted",
+    21: "untrusted", 9: "not-yet-valid", 10: "expired", 23: "revoked",
+    62: "hostname-mismatch", 64: "hostname-mismatch",
+}
+_TLS_PROBLEM_TEXT = {
+    "untrusted": "the server's certificate is not issued by a CA this client trusts "
+                 "(VAULT_CACERT or verify=)",
+    "expired": "the server's certificate has expired",
+    "not-yet-valid": "the server's certificate is not valid yet",
+    "hostname-mismatch": "the server's certificate is not valid for the host name or IP "
+                         "address of this Vault address",
+    "revoked": "the server's certificate is revoked",
+    "client-certificate": "the server requires a client certificate it trusts, or refused the "
+                          "one sent (VAULT_CLIENT_CERT, VAULT_CLIENT_KEY)",
+    "not-tls": "the server does not speak TLS at this address (http:// or another port?)",
+    "configuration": "the CA bundle, client certificate or key cannot be loaded",
+    "handshake": "the TLS handshake failed",
+}
+_CLIENT_CERT_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
+                       "CERTIFICATE_UNKNOWN", "HANDSHAKE_FAILURE")
+
+
+def _tls_problem(exc: BaseException) -> tuple[str, str] | None:
+    """(problem, OpenSSL's words) when ``exc`` wraps a TLS failure, else None."""
+    for e in _chain(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return _VERIFY_PROBLEMS.get(e.verify_code, "handshake"), str(e.verify_message)
+        if isinstance(e, ssl.SSLError):
+            reason = str(e.reason or e.__class__.__name__)
+            if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
+                return "not-tls", reason
+            if any(alert in reason for alert in _CLIENT_CERT_ALERTS):
+                return "client-certificate", reason
+            if e.library in ("PEM", "X509") or "NO_CERTIFICATE" in reason:
+                return "configuration", reason
+            return "handshake", reason
+    return None
 
 
 class VaultConnection:
@@ -90,16 +193,21 @@ class VaultConnection:
     (expired login).
 
     Args:
-        address: Vault's URL, e.g. ``https://vault.example.com:8200``.
+        address: Vault's URL, e.g. ``https://vault.example.com:8200`` (a path is allowed, a query
+            is not).
         token: a Vault token; or
         role_id, secret_id: AppRole credentials (``approle_mount``, default ``approle``); or
         role, jwt_path: Kubernetes auth (service-account JWT file; ``k8s_mount``).
         policy: timeout and retries.
-        verify: TLS verification: True, False, or a CA bundle path.
+        verify: TLS verification: True (the system's CAs), False, or the path of a CA bundle
+            file or directory (``VAULT_CACERT``).
         namespace: a Vault Enterprise namespace, if any.
+        client: an existing ``hvac.Client`` to use instead of building one.
 
     Raises:
-        VaultConfigurationError: no address, or not exactly one way to authenticate.
+        VaultConfigurationError: a bad address, token or CA bundle; not exactly one way to
+            authenticate; or an address where no Vault server answers the token lookup.
+        VaultTLSError: the TLS connection failed (the message says why).
         VaultUnavailable: Vault did not answer.
         VaultAuthError: the token is invalid or the login failed.
     """
@@ -115,12 +223,8 @@ class VaultConnection:
                  client: "hvac.Client | None" = None) -> None:
         if client is not None:
             address = address or client.url
-        if not isinstance(address, str) or not re.match(r"^https?://[^\s/]+", address or ""):
-            raise VaultConfigurationError(
-                "Vault address must be an http(s) URL such as https://vault.example.com:8200 "
-                "(argument address= or $VAULT_ADDR)"
-            )
-        self.address = address.rstrip("/")
+        real_address = _check_address(address)
+        self.address = redact_url(real_address)
         self.policy = policy or RetryPolicy()
         self._lock = threading.Lock()
         methods = [m for m, given in (("token", token), ("approle", role_id or secret_id),
@@ -134,12 +238,15 @@ class VaultConnection:
             )
         if methods == ["approle"] and not (role_id and secret_id):
             raise VaultConfigurationError("AppRole needs both role_id and secret_id")
+        if token is not None and not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+            raise VaultConfigurationError(
+                "the Vault token must be printable ASCII without spaces or line breaks")
         self._method = methods[0]
         self._owned = client is None
         if client is None:
-            session = requests.Session()
-            client = hvac.Client(url=self.address, token=token, timeout=self.policy.timeout,
-                                 verify=verify, namespace=namespace, session=session)
+            client = hvac.Client(url=real_address, token=token, timeout=self.policy.timeout,
+                                 verify=_check_verify(verify), namespace=namespace,
+                                 session=requests.Session())
         elif token:
             client.token = token
         self._client = client
@@ -155,8 +262,7 @@ class VaultConnection:
             if self._login is not None:
                 self.login()
             else:
-                self.call("look up the token", "auth/token/lookup-self",
-                          self._client.auth.token.lookup_self, forbidden=self._bad_token)
+                self._look_up_token()
         except BaseException:
             self.close()
             raise
@@ -177,6 +283,21 @@ class VaultConnection:
             f"Vault at {self.address} rejected the token (invalid, expired or revoked)"
         )
 
+    def _look_up_token(self) -> None:
+        """Checks the token, and that a Vault server answers at the address at all."""
+        try:
+            self.call_data("look up the token", "auth/token/lookup-self",
+                           self._client.auth.token.lookup_self, forbidden=self._bad_token)
+            return
+        except (VaultAuthError, VaultPermissionDenied, VaultUnavailable, VaultTLSError,
+                VaultConfigurationError):
+            raise
+        except VaultError as exc:  # 404, 400, another status, or an answer that is not JSON
+            problem = str(exc)
+        raise VaultConfigurationError(
+            f"{problem}; is {self.address} the base URL of a Vault or OpenBao server (and the "
+            f"namespace, if any, right)?")
+
     def login(self) -> None:
         """Logs in with the configured auth method (AppRole or Kubernetes).
 
@@ -195,9 +316,11 @@ class VaultConnection:
             try:
                 self.call(f"log in with {self._method}", "auth/", self._login, forbidden=failed,
                           relogin=False)
+                self._logged_in = True
+                return
             except (VaultRequestRejected, VaultPathNotFound, VaultPermissionDenied):
-                raise failed() from None
-            self._logged_in = True
+                pass
+        raise failed()
 
     def call(self, what: str, path: str, fn: Callable[..., T], /, *args: Any,
              forbidden: Callable[[], VaultError] | None = None, relogin: bool = True,
@@ -213,8 +336,9 @@ class VaultConnection:
             retries: overrides the policy's retry count.
 
         Raises:
-            VaultUnavailable, VaultAuthError, VaultPermissionDenied, VaultPathNotFound (HTTP
-            404), VaultRequestRejected (HTTP 400), VaultError (any other answer).
+            VaultUnavailable, VaultTLSError, VaultAuthError, VaultPermissionDenied,
+            VaultPathNotFound (HTTP 404), VaultRequestRejected (HTTP 400), VaultError (any
+            other answer).
         """
         policy = self.policy
         attempts = 1 + (policy.retries if retries is None else retries)
@@ -223,37 +347,85 @@ class VaultConnection:
         for attempt in range(attempts):
             try:
                 return fn(*args, **kwargs)
-            except requests.exceptions.Timeout:
-                cause = f"timed out after {policy.timeout:g} s"
-            except requests.exceptions.RequestException as exc:
-                cause = "connection refused" if "refused" in str(exc).lower() \
-                    else "connection failed"
-            except _TRANSIENT_HTTP as exc:
-                cause = f"HTTP {_TRANSIENT_STATUS.get(type(exc), 'error')}: {_reason(exc)}"
             except hvac_errors.Forbidden:
+                outcome: VaultError | str | None = None
+            except (hvac_errors.VaultError, requests.exceptions.RequestException,
+                    urllib3.exceptions.HTTPError, OSError, ValueError, RecursionError) as exc:
+                outcome = self._map(exc, what, path)
+            # Raised here, after the except clauses, so that no exception context (hvac's
+            # response, requests' request with its headers) travels with the engine's error.
+            if outcome is None:
                 if relogin and self._login is not None:
                     relogin = False
                     self.login()
                     continue
-                raise (forbidden() if forbidden else self._denied(what, path)) from None
-            except hvac_errors.Unauthorized:
-                raise self._bad_token() from None
-            except hvac_errors.InvalidPath:
-                raise VaultPathNotFound(f"Vault at {self.address} has nothing at {path!r} "
-                                        f"(HTTP 404) to {what}") from None
-            except hvac_errors.InvalidRequest as exc:
-                reason = _reason(exc)
-                raise VaultRequestRejected(f"Vault at {self.address} refused to {what} on "
-                                           f"{path!r}: {reason or 'HTTP 400'}", reason) from None
-            except hvac_errors.VaultError as exc:
-                raise VaultError(f"Vault at {self.address} failed to {what} on {path}: "
-                                 f"{_reason(exc) or type(exc).__name__}") from None
+                raise forbidden() if forbidden else self._denied(what, path)
+            if isinstance(outcome, VaultError):
+                raise outcome
+            cause = outcome
             if attempt + 1 < attempts:
                 time.sleep(policy.delay(attempt))
         raise VaultUnavailable(
             f"Vault at {self.address} is unavailable ({cause}); could not {what} after "
             f"{attempts} attempt(s) in {time.monotonic() - start:.1f} s"
-        ) from None
+        )
+
+    def call_data(self, what: str, path: str, fn: Callable[..., Any], /, *args: Any,
+                  **kwargs: Any) -> dict[str, Any]:
+        """:meth:`call`, then the ``data`` object of Vault's JSON answer ({} when it has none).
+
+        Raises:
+            VaultError: the answer is not Vault's JSON (the address leads to another server);
+            and what :meth:`call` raises.
+        """
+        answer = self.call(what, path, fn, *args, **kwargs)
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if isinstance(data, dict) or (isinstance(answer, dict) and data is None):
+            return data or {}
+        raise self._not_json(what, path)
+
+    def _not_json(self, what: str, path: str) -> VaultError:
+        return VaultError(f"Vault at {self.address} answered the request to {what} on {path!r} "
+                          f"with something other than Vault's JSON")
+
+    def _map(self, exc: BaseException, what: str, path: str) -> VaultError | str:
+        """The engine's exception for a failed call, or the cause of a retryable failure."""
+        where = f"Vault at {self.address}"
+        if isinstance(exc, tuple(_TRANSIENT_STATUS)):
+            return f"HTTP {_TRANSIENT_STATUS[type(exc)]}: {_reason(exc)}"
+        if isinstance(exc, hvac_errors.Unauthorized):
+            return self._bad_token()
+        if isinstance(exc, hvac_errors.InvalidPath):
+            reason = _reason(exc)
+            return VaultPathNotFound(f"{where} answered HTTP 404 to {what} on {path!r}"
+                                     f"{': ' + reason if reason else ''}")
+        if isinstance(exc, hvac_errors.InvalidRequest):
+            reason = _reason(exc)
+            return VaultRequestRejected(f"{where} refused to {what} on {path!r}: "
+                                        f"{reason or 'HTTP 400'}", reason)
+        if isinstance(exc, hvac_errors.VaultError):  # another status, or hvac's own checks
+            return VaultError(f"{where} failed to {what} on {path!r}: "
+                              f"{_reason(exc) or type(exc).__name__}")
+        tls = _tls_problem(exc)
+        if tls is not None:
+            problem, detail = tls
+            return VaultTLSError(f"TLS connection to {where} refused: "
+                                 f"{_TLS_PROBLEM_TEXT[problem]} (OpenSSL: {detail})", problem)
+        if isinstance(exc, requests.exceptions.Timeout):
+            return f"timed out after {self.policy.timeout:g} s"
+        if isinstance(exc, _UNUSABLE_REQUEST):
+            return VaultConfigurationError(f"the request to {what} could not be sent to {where} "
+                                           f"({type(exc).__name__})")
+        if isinstance(exc, (ValueError, RecursionError)):  # JSON that does not parse
+            return self._not_json(what, path)
+        chain = list(_chain(exc))
+        if any(isinstance(e, ConnectionRefusedError) for e in chain):
+            return "connection refused"
+        if any(isinstance(e, ConnectionResetError) for e in chain):
+            return "connection reset"
+        if isinstance(exc, OSError) and not isinstance(exc, requests.exceptions.RequestException):
+            return f"connection failed: {exc.strerror or type(exc).__name__}"
+        return "connection failed"
 
     def _denied(self, what: str, path: str) -> VaultError:
         """A 403 means a bad token or a policy that denies the path; one probe tells which."""
@@ -288,15 +460,34 @@ class VaultConnection:
             close()
 
 
+def _check_verify(verify: Any) -> bool | str:
+    """``verify`` as requests takes it, once the CA bundle is known to load."""
+    if isinstance(verify, bool):
+        return verify
+    if not isinstance(verify, str) or not verify:
+        raise VaultConfigurationError("verify must be True, False or the path of a CA bundle")
+    is_dir = os.path.isdir(verify)
+    try:
+        ssl.create_default_context().load_verify_locations(
+            cafile=None if is_dir else verify, capath=verify if is_dir else None)
+        problem = ""
+    except FileNotFoundError:
+        problem = "does not exist"
+    except (ssl.SSLError, OSError, ValueError):
+        problem = "holds no PEM certificate that loads"
+    if problem:
+        raise VaultConfigurationError(f"the CA bundle {verify!r} (VAULT_CACERT or verify=) "
+                                      f"{problem}")
+    return verify
+
+
 def _read_jwt(path: str) -> str:
     try:
         with open(path, encoding="ascii") as f:
             jwt = f.read().strip()
-    except OSError as exc:
-        raise VaultAuthError(
-            f"cannot read the Kubernetes service-account token at {path!r}: "
-            f"{exc.strerror or type(exc).__name__}"
-        ) from None
-    if not jwt:
-        raise VaultAuthError(f"the Kubernetes service-account token at {path!r} is empty")
+        problem = "" if jwt else "is empty"
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = f"cannot be read: {getattr(exc, 'strerror', None) or type(exc).__name__}"
+    if problem:
+        raise VaultAuthError(f"the Kubernetes service-account token at {path!r} {problem}")
     return jwt

@@ -20,6 +20,7 @@ __all__ = [
     "VaultPathNotFound",
     "VaultPermissionDenied",
     "VaultRequestRejected",
+    "VaultTLSError",
     "VaultUnavailable",
     "WrappedKeyInvalid",
 ]
@@ -36,6 +37,27 @@ class VaultConfigurationError(VaultError, ValueError):
 
 class VaultUnavailable(VaultError):
     """Vault did not answer (refused, timed out, sealed, 5xx) within the retry budget."""
+
+
+class VaultTLSError(VaultError):
+    """The TLS connection to Vault failed for a reason that retrying does not fix; the message
+    names it.
+
+    Attributes:
+        problem: ``"untrusted"`` (the server's certificate is not from a CA this client trusts),
+            ``"expired"``, ``"not-yet-valid"``, ``"hostname-mismatch"`` (issued for another host
+            name or IP address), ``"revoked"``, ``"client-certificate"`` (the server requires a
+            client certificate, or refused the one sent), ``"not-tls"`` (no TLS at that address),
+            ``"configuration"`` (a CA bundle, client certificate or key that cannot be loaded)
+            or ``"handshake"`` (any other handshake failure).
+    """
+
+    def __init__(self, message: str, problem: str = "handshake") -> None:
+        super().__init__(message)
+        self.problem = problem
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.problem))
 
 
 class VaultAuthError(VaultError):

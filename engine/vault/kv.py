@@ -63,6 +63,16 @@ def _iso_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+def _fields(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _kv_version(metadata: dict[str, Any]) -> int:
+    version = metadata.get("version")
+    return version if type(version) is int else 0
+
+
 class KVStore:
     """One KV version 2 mount: read, write with check-and-set, read-modify-write, list, delete.
 
@@ -94,13 +104,12 @@ class KVStore:
             :meth:`VaultConnection.call`.
         """
         try:
-            resp = self._conn.call(what, self.shown(path), self._api.read_secret_version,
-                                   path=path, version=version, mount_point=self.mount,
-                                   raise_on_deleted_version=True)
+            data = self._conn.call_data(what, self.shown(path), self._api.read_secret_version,
+                                        path=path, version=version, mount_point=self.mount,
+                                        raise_on_deleted_version=True)
         except VaultPathNotFound:
             return None
-        data = resp.get("data") or {}
-        return data.get("data") or {}, int((data.get("metadata") or {}).get("version") or 0)
+        return _fields(data, "data"), _kv_version(_fields(data, "metadata"))
 
     def write(self, path: str, data: dict[str, Any], what: str,
               cas: int | None = None) -> int | None:
@@ -111,13 +120,14 @@ class KVStore:
             The new KV version, or None when ``cas`` no longer matches.
         """
         try:
-            resp = self._conn.call(what, self.shown(path), self._api.create_or_update_secret,
-                                   path=path, secret=data, cas=cas, mount_point=self.mount)
+            written = self._conn.call_data(what, self.shown(path),
+                                           self._api.create_or_update_secret, path=path,
+                                           secret=data, cas=cas, mount_point=self.mount)
         except VaultRequestRejected as exc:
-            if exc.cas_mismatch:
-                return None
-            raise
-        return int((resp.get("data") or {}).get("version") or 0)
+            if not exc.cas_mismatch:
+                raise
+            return None
+        return _kv_version(written)
 
     def update(self, path: str, change: Change, what: str,
                missing: Callable[[], VaultError]) -> dict[str, Any]:
@@ -149,11 +159,12 @@ class KVStore:
     def list(self, path: str, what: str) -> list[str]:
         """The names in the folder ``path`` (sub-folders end with ``/``); [] when empty."""
         try:
-            resp = self._conn.call(what, f"{self.mount}/metadata/{path}", self._api.list_secrets,
-                                   path=path, mount_point=self.mount)
+            data = self._conn.call_data(what, f"{self.mount}/metadata/{path}",
+                                        self._api.list_secrets, path=path, mount_point=self.mount)
         except VaultPathNotFound:
             return []
-        return list((resp.get("data") or {}).get("keys") or [])
+        keys = data.get("keys") or []
+        return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
 
     def destroy(self, path: str, what: str) -> None:
         """Deletes every version of ``path`` and its metadata."""
