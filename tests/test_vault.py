@@ -70,13 +70,6 @@ def admin(bao):
 
 
 @pytest.fixture
-def names():
-    """A fresh Transit key name and KV folder per test, so tests share one server safely."""
-    tag = uuid.uuid4().hex[:10]
-    return {"key_name": f"k-{tag}", "kv_path": f"test/{tag}/encryption"}
-
-
-@pytest.fixture
 def make_provider(bao, names):
     made = []
 

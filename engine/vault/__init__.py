@@ -26,6 +26,7 @@ from .errors import (
     VaultPathNotFound,
     VaultPermissionDenied,
     VaultRequestRejected,
+    VaultTLSError,
     VaultUnavailable,
     WrappedKeyInvalid,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "VaultPermissionDenied",
     "VaultRequestRejected",
     "VaultSecrets",
+    "VaultTLSError",
     "VaultUnavailable",
     "WrappedKeyInvalid",
 ]

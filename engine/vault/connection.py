@@ -1,8 +1,9 @@
 """The HTTP connection to Vault or OpenBao: one hvac client with authentication, TLS, timeouts,
 bounded retries and the mapping of every failure to :mod:`engine.vault.errors`.
 
-Authentication is a token, an AppRole login or a Kubernetes service-account login; a login is
-repeated once when Vault answers 403 (an expired login token). Only transport failures and
+Authentication is a token, an AppRole login, a Kubernetes service-account login or a TLS client
+certificate (the ``cert`` auth method); a login is repeated once when Vault answers 403 (an
+expired login token). Only transport failures and
 429/5xx answers are retried, with exponential backoff. Whatever fails (an HTTP status, a refused
 or reset connection, a TLS handshake, an answer that is not Vault's JSON) leaves as an exception
 of :mod:`engine.vault.errors` with no exception context attached, and the address it names has
@@ -11,7 +12,6 @@ its credentials removed (:func:`redact_url`).
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import ssl
@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 try:
     import hvac
@@ -42,7 +42,8 @@ from .errors import (
     VaultUnavailable,
 )
 
-__all__ = ["DEFAULT_JWT_PATH", "RetryPolicy", "VaultConnection", "redact_url"]
+__all__ = ["DEFAULT_JWT_PATH", "RetryPolicy", "VaultConnection", "environment_number",
+           "environment_settings", "redact_url"]
 
 T = TypeVar("T")
 
@@ -173,6 +174,8 @@ def _tls_problem(exc: BaseException) -> tuple[str, str] | None:
     for e in _chain(exc):
         if isinstance(e, ssl.SSLCertVerificationError):
             return _VERIFY_PROBLEMS.get(e.verify_code, "handshake"), str(e.verify_message)
+        if isinstance(e, ssl.SSLEOFError):
+            return "handshake", "the server closed the connection during the handshake"
         if isinstance(e, ssl.SSLError):
             reason = str(e.reason or e.__class__.__name__)
             if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
@@ -189,24 +192,30 @@ class VaultConnection:
     """An authenticated hvac client with timeouts, retries and exception mapping.
 
     Shared by :class:`~engine.vault.VaultKeyProvider` and :class:`~engine.vault.VaultSecrets`.
-    Logging in with AppRole or Kubernetes happens here, and again once when Vault answers 403
-    (expired login).
+    Logging in (AppRole, Kubernetes, TLS certificate) happens here, and again once when Vault
+    answers 403 (expired login).
 
     Args:
         address: Vault's URL, e.g. ``https://vault.example.com:8200`` (a path is allowed, a query
             is not).
         token: a Vault token; or
         role_id, secret_id: AppRole credentials (``approle_mount``, default ``approle``); or
-        role, jwt_path: Kubernetes auth (service-account JWT file; ``k8s_mount``).
+        role, jwt_path: Kubernetes auth (service-account JWT file; ``k8s_mount``); or
+        client_cert alone: log in with the TLS client certificate (``cert_mount``, default
+            ``cert``; ``cert_role`` names the certificate role, else Vault tries them all).
         policy: timeout and retries.
-        verify: TLS verification: True (the system's CAs), False, or the path of a CA bundle
-            file or directory (``VAULT_CACERT``).
+        verify: TLS verification: True (the system's CAs), False, or the path of a PEM file of
+            CA certificates (``VAULT_CACERT``).
+        client_cert, client_key: a client certificate and its unencrypted key, PEM files
+            (``VAULT_CLIENT_CERT``, ``VAULT_CLIENT_KEY``; the key may be inside the certificate
+            file): sent to listeners that ask for one, with any auth method.
         namespace: a Vault Enterprise namespace, if any.
         client: an existing ``hvac.Client`` to use instead of building one.
 
     Raises:
-        VaultConfigurationError: a bad address, token or CA bundle; not exactly one way to
-            authenticate; or an address where no Vault server answers the token lookup.
+        VaultConfigurationError: a bad address, token, CA bundle or client certificate; not
+            exactly one way to authenticate; or an address where no Vault server answers the
+            token lookup.
         VaultTLSError: the TLS connection failed (the message says why).
         VaultUnavailable: Vault did not answer.
         VaultAuthError: the token is invalid or the login failed.
@@ -219,7 +228,9 @@ class VaultConnection:
                  secret_id: str | None = None, approle_mount: str = "approle",
                  role: str | None = None, jwt_path: str = DEFAULT_JWT_PATH,
                  k8s_mount: str = "kubernetes", policy: RetryPolicy | None = None,
-                 verify: bool | str = True, namespace: str | None = None,
+                 verify: bool | str = True, client_cert: str | None = None,
+                 client_key: str | None = None, cert_role: str | None = None,
+                 cert_mount: str = "cert", namespace: str | None = None,
                  client: "hvac.Client | None" = None) -> None:
         if client is not None:
             address = address or client.url
@@ -231,11 +242,16 @@ class VaultConnection:
                                       ("kubernetes", role)) if given]
         if client is not None and not methods:
             methods = ["client"]
+        elif client_cert and not methods:
+            methods = ["cert"]
         if len(methods) != 1:
             raise VaultConfigurationError(
                 "give exactly one way to authenticate to Vault: token, role_id + secret_id "
-                f"(AppRole), or role (Kubernetes); got {', '.join(methods) or 'none'}"
+                "(AppRole), role (Kubernetes), or client_cert alone (TLS certificate); got "
+                f"{', '.join(methods) or 'none'}"
             )
+        if cert_role is not None and methods != ["cert"]:
+            raise VaultConfigurationError("cert_role is for the TLS certificate login only")
         if methods == ["approle"] and not (role_id and secret_id):
             raise VaultConfigurationError("AppRole needs both role_id and secret_id")
         if token is not None and not (isinstance(token, str) and _TOKEN.fullmatch(token)):
@@ -244,20 +260,33 @@ class VaultConnection:
         self._method = methods[0]
         self._owned = client is None
         if client is None:
+            # hvac takes TLS settings from a session it is given, not from its own arguments
+            # (verify= was silently ignored): they are set on the session.
+            session = requests.Session()
+            session.verify = _check_verify(verify)
+            session.cert = _check_client_cert(client_cert, client_key)
             client = hvac.Client(url=real_address, token=token, timeout=self.policy.timeout,
-                                 verify=_check_verify(verify), namespace=namespace,
-                                 session=requests.Session())
+                                 verify=session.verify, cert=session.cert, namespace=namespace,
+                                 session=session)
         elif token:
             client.token = token
         self._client = client
         self._login: Callable[[], None] | None = None
         self._logged_in = False
+        # Each login returns Vault's answer; login() takes the token from it (use_token=False:
+        # hvac's own extraction fails with TypeError on an answer that is not Vault's JSON).
         if methods == ["approle"]:
             self._login = lambda: self._client.auth.approle.login(
-                role_id=role_id, secret_id=secret_id, mount_point=approle_mount)
+                role_id=role_id, secret_id=secret_id, mount_point=approle_mount, use_token=False)
         elif methods == ["kubernetes"]:
             self._login = lambda: self._client.auth.kubernetes.login(
-                role=role, jwt=_read_jwt(jwt_path), mount_point=k8s_mount)
+                role=role, jwt=_read_jwt(jwt_path), mount_point=k8s_mount, use_token=False)
+        elif methods == ["cert"]:
+            # hvac's auth.cert.login refuses verify=False and wants the files again; the
+            # session already presents the certificate, so the login is a plain POST.
+            body = {"name": cert_role} if cert_role else {}
+            self._login = lambda: self._client.adapter.post(
+                f"/v1/auth/{cert_mount.strip('/')}/login", json=body)
         try:
             if self._login is not None:
                 self.login()
@@ -299,7 +328,7 @@ class VaultConnection:
             f"namespace, if any, right)?")
 
     def login(self) -> None:
-        """Logs in with the configured auth method (AppRole or Kubernetes).
+        """Logs in with the configured auth method (AppRole, Kubernetes, TLS certificate).
 
         Raises:
             VaultAuthError: the credentials were rejected, or the auth method is not enabled.
@@ -314,12 +343,16 @@ class VaultConnection:
 
         with self._lock:
             try:
-                self.call(f"log in with {self._method}", "auth/", self._login, forbidden=failed,
-                          relogin=False)
+                answer = self.call(f"log in with {self._method}", "auth/", self._login,
+                                   forbidden=failed, relogin=False)
+            except (VaultRequestRejected, VaultPathNotFound, VaultPermissionDenied):
+                answer = None
+            auth = answer.get("auth") if isinstance(answer, dict) else None
+            token = auth.get("client_token") if isinstance(auth, dict) else None
+            if isinstance(token, str) and _TOKEN.fullmatch(token):
+                self._client.token = token
                 self._logged_in = True
                 return
-            except (VaultRequestRejected, VaultPathNotFound, VaultPermissionDenied):
-                pass
         raise failed()
 
     def call(self, what: str, path: str, fn: Callable[..., T], /, *args: Any,
@@ -409,6 +442,11 @@ class VaultConnection:
         tls = _tls_problem(exc)
         if tls is not None:
             problem, detail = tls
+            if problem == "handshake" and detail.startswith("the server closed") and \
+                    self._client.adapter.session.cert:
+                # What a server that requires client certificates does with one it does not
+                # trust (OpenBao closes the connection without an alert).
+                problem = "client-certificate"
             return VaultTLSError(f"TLS connection to {where} refused: "
                                  f"{_TLS_PROBLEM_TEXT[problem]} (OpenSSL: {detail})", problem)
         if isinstance(exc, requests.exceptions.Timeout):
@@ -466,10 +504,8 @@ def _check_verify(verify: Any) -> bool | str:
         return verify
     if not isinstance(verify, str) or not verify:
         raise VaultConfigurationError("verify must be True, False or the path of a CA bundle")
-    is_dir = os.path.isdir(verify)
     try:
-        ssl.create_default_context().load_verify_locations(
-            cafile=None if is_dir else verify, capath=verify if is_dir else None)
+        ssl.create_default_context().load_verify_locations(cafile=verify)
         problem = ""
     except FileNotFoundError:
         problem = "does not exist"
@@ -479,6 +515,87 @@ def _check_verify(verify: Any) -> bool | str:
         raise VaultConfigurationError(f"the CA bundle {verify!r} (VAULT_CACERT or verify=) "
                                       f"{problem}")
     return verify
+
+
+def environment_number(env: Mapping[str, str], var: str, conv: Callable[[str], T]) -> T | None:
+    """``conv(env[var])``, or None when the variable is unset or empty.
+
+    Raises:
+        VaultConfigurationError: the value is not a number.
+    """
+    text = env.get(var)
+    if not text:
+        return None
+    try:
+        number = conv(text)
+    except ValueError:
+        number = None
+    if number is None:
+        raise VaultConfigurationError(f"{var} must be a number")
+    return number
+
+
+def environment_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The connection's keyword arguments given by ``VAULT_*`` variables (unset ones are left
+    out).
+
+    ``VAULT_ADDR`` (address); ``VAULT_TOKEN``, or ``VAULT_ROLE_ID`` + ``VAULT_SECRET_ID``, or
+    ``VAULT_K8S_ROLE`` (+ ``VAULT_K8S_JWT_PATH``), or else ``VAULT_CLIENT_CERT`` (+
+    ``VAULT_CERT_ROLE``) logs in with the certificate; ``VAULT_CACERT`` or
+    ``VAULT_SKIP_VERIFY`` (verify); ``VAULT_CLIENT_CERT``, ``VAULT_CLIENT_KEY``;
+    ``VAULT_NAMESPACE``; ``VAULT_TIMEOUT``, ``VAULT_RETRIES`` (timeout, retries).
+
+    Raises:
+        VaultConfigurationError: ``VAULT_TIMEOUT`` or ``VAULT_RETRIES`` is not a number.
+    """
+    kw: dict[str, Any] = {}
+    for var, arg in (("VAULT_ADDR", "address"), ("VAULT_NAMESPACE", "namespace"),
+                     ("VAULT_K8S_JWT_PATH", "jwt_path"), ("VAULT_CACERT", "verify"),
+                     ("VAULT_CLIENT_CERT", "client_cert"), ("VAULT_CLIENT_KEY", "client_key")):
+        if env.get(var):
+            kw[arg] = env[var]
+    for var, arg, conv in (("VAULT_TIMEOUT", "timeout", float), ("VAULT_RETRIES", "retries", int)):
+        number = environment_number(env, var, conv)
+        if number is not None:
+            kw[arg] = number
+    if env.get("VAULT_SKIP_VERIFY", "").strip().lower() in ("1", "true", "yes"):
+        kw["verify"] = False
+    if env.get("VAULT_TOKEN"):
+        kw["token"] = env["VAULT_TOKEN"]
+    elif env.get("VAULT_ROLE_ID") or env.get("VAULT_SECRET_ID"):
+        kw["role_id"], kw["secret_id"] = env.get("VAULT_ROLE_ID"), env.get("VAULT_SECRET_ID")
+    elif env.get("VAULT_K8S_ROLE"):
+        kw["role"] = env["VAULT_K8S_ROLE"]
+    elif env.get("VAULT_CLIENT_CERT") and env.get("VAULT_CERT_ROLE"):
+        kw["cert_role"] = env["VAULT_CERT_ROLE"]
+    return kw
+
+
+def _no_password() -> bytes:
+    """For an encrypted key: fail instead of OpenSSL's interactive prompt."""
+    return b""
+
+
+def _check_client_cert(cert: Any, key: Any) -> str | tuple[str, str] | None:
+    """The ``cert`` setting of requests, once the certificate and key are known to load."""
+    if cert is None:
+        if key is not None:
+            raise VaultConfigurationError("client_key needs client_cert")
+        return None
+    if not isinstance(cert, str) or not cert or not (key is None or isinstance(key, str) and key):
+        raise VaultConfigurationError("client_cert and client_key must be paths of PEM files")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_password)
+        problem = ""
+    except FileNotFoundError:
+        problem = "does not exist"
+    except (ssl.SSLError, OSError, ValueError):
+        problem = "is not a PEM certificate with its unencrypted private key"
+    if problem:
+        files = repr(cert) if key is None else f"{cert!r} + {key!r}"
+        raise VaultConfigurationError(f"the client certificate {files} (VAULT_CLIENT_CERT, "
+                                      f"VAULT_CLIENT_KEY) {problem}")
+    return cert if key is None else (cert, key)
 
 
 def _read_jwt(path: str) -> str:

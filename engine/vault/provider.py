@@ -40,7 +40,13 @@ from ..keys.base import (
     refuse_pickle,
 )
 from ..keys.static import check_state, check_version
-from .connection import DEFAULT_JWT_PATH, RetryPolicy, VaultConnection
+from .connection import (
+    DEFAULT_JWT_PATH,
+    RetryPolicy,
+    VaultConnection,
+    environment_number,
+    environment_settings,
+)
 from .errors import (
     VaultConfigurationError,
     VaultConflict,
@@ -93,7 +99,8 @@ class VaultKeyProvider:
     Args:
         address: Vault's URL (``$VAULT_ADDR`` via :meth:`from_environment`).
         token: a Vault token; or ``role_id`` + ``secret_id`` (AppRole); or ``role`` +
-            ``jwt_path`` (Kubernetes auth).
+            ``jwt_path`` (Kubernetes auth); or ``client_cert`` + ``client_key`` without the
+            others (TLS certificate login; ``cert_role``, ``cert_mount``).
         key_name: the Transit key that wraps the data keys.
         mount: the Transit mount.
         kv_mount: the KV v2 mount.
@@ -103,12 +110,19 @@ class VaultKeyProvider:
         timeout: seconds per HTTP call.
         retries: extra attempts after a transport error or 5xx, with exponential backoff.
         create_key: create the Transit key (``aes256-gcm96``) when it is missing.
-        verify: TLS verification (True, False, or a CA bundle path).
+        verify: TLS verification: True (the system's CAs), False, or the path of a CA bundle
+            file or directory (``VAULT_CACERT``).
         namespace: Vault Enterprise namespace.
         client: an existing ``hvac.Client`` to use instead of building one.
+        client_cert, client_key: a TLS client certificate and its key (PEM files), for
+            listeners that require one and for the certificate login.
+        cert_role, cert_mount: the certificate login's role and mount (see
+            :class:`~engine.vault.VaultConnection`).
 
     Raises:
-        VaultConfigurationError: invalid settings.
+        VaultConfigurationError: invalid settings, or no Vault server at the address.
+        VaultTLSError: the TLS connection failed (untrusted, expired or misnamed certificate,
+            a client certificate required, ...).
         VaultUnavailable: Vault did not answer within the retry budget (the message names it).
         VaultAuthError: bad token or failed login.
         VaultKeyMissing: the Transit key is missing and ``create_key`` is False (or it could not
@@ -126,7 +140,9 @@ class VaultKeyProvider:
                  approle_mount: str = "approle", role: str | None = None,
                  jwt_path: str = DEFAULT_JWT_PATH, k8s_mount: str = "kubernetes",
                  create_key: bool = True, verify: bool | str = True,
-                 namespace: str | None = None, client: "hvac.Client | None" = None) -> None:
+                 namespace: str | None = None, client: "hvac.Client | None" = None,
+                 client_cert: str | None = None, client_key: str | None = None,
+                 cert_role: str | None = None, cert_mount: str = "cert") -> None:
         for name, value in (("key_name", key_name), ("mount", mount), ("kv_mount", kv_mount),
                             ("kv_path", kv_path)):
             if not isinstance(value, str) or not _PATH_RE.fullmatch(value.strip("/")):
@@ -144,7 +160,8 @@ class VaultKeyProvider:
             address, token=token, role_id=role_id, secret_id=secret_id,
             approle_mount=approle_mount, role=role, jwt_path=jwt_path, k8s_mount=k8s_mount,
             policy=RetryPolicy(timeout=timeout, retries=retries), verify=verify,
-            namespace=namespace, client=client)
+            client_cert=client_cert, client_key=client_key, cert_role=cert_role,
+            cert_mount=cert_mount, namespace=namespace, client=client)
         self._store = KeyStore(self._conn, kv_mount.strip("/"), kv_path.strip("/"))
         self._transit = TransitKey(self._conn, mount.strip("/"), key_name)
         try:
@@ -158,49 +175,37 @@ class VaultKeyProvider:
                          **overrides: Any) -> "VaultKeyProvider":
         """A provider configured by the environment.
 
-        Reads ``VAULT_ADDR`` (required); ``VAULT_TOKEN``, or ``VAULT_ROLE_ID`` +
-        ``VAULT_SECRET_ID``, or ``VAULT_K8S_ROLE`` (+ ``VAULT_K8S_JWT_PATH``); and optionally
+        Reads ``VAULT_ADDR`` (required) and credentials: ``VAULT_TOKEN``, or ``VAULT_ROLE_ID``
+        + ``VAULT_SECRET_ID``, or ``VAULT_K8S_ROLE`` (+ ``VAULT_K8S_JWT_PATH``), or
+        ``VAULT_CLIENT_CERT`` + ``VAULT_CLIENT_KEY`` (+ ``VAULT_CERT_ROLE``); and optionally
         ``VAULT_TRANSIT_KEY``, ``VAULT_TRANSIT_MOUNT``, ``VAULT_KV_MOUNT``, ``VAULT_KV_PATH``,
         ``VAULT_KEY_CACHE_TTL``, ``VAULT_TIMEOUT``, ``VAULT_RETRIES``, ``VAULT_CACERT``,
-        ``VAULT_SKIP_VERIFY``, ``VAULT_NAMESPACE``. Keyword arguments override them.
+        ``VAULT_SKIP_VERIFY``, ``VAULT_NAMESPACE`` (see
+        :func:`~engine.vault.connection.environment_settings`). Keyword arguments override them.
 
         Raises:
             VaultConfigurationError: ``VAULT_ADDR`` or credentials missing, or a bad number.
             (and whatever the constructor raises)
         """
         env = os.environ if env is None else env
-        kw: dict[str, Any] = {}
+        kw = environment_settings(env)
         for var, arg in (("VAULT_TRANSIT_KEY", "key_name"), ("VAULT_TRANSIT_MOUNT", "mount"),
-                         ("VAULT_KV_MOUNT", "kv_mount"), ("VAULT_KV_PATH", "kv_path"),
-                         ("VAULT_NAMESPACE", "namespace"), ("VAULT_K8S_JWT_PATH", "jwt_path")):
+                         ("VAULT_KV_MOUNT", "kv_mount"), ("VAULT_KV_PATH", "kv_path")):
             if env.get(var):
                 kw[arg] = env[var]
-        for var, arg, conv in (("VAULT_KEY_CACHE_TTL", "cache_ttl", float),
-                               ("VAULT_TIMEOUT", "timeout", float),
-                               ("VAULT_RETRIES", "retries", int)):
-            if env.get(var):
-                try:
-                    kw[arg] = conv(env[var])
-                except ValueError:
-                    raise VaultConfigurationError(f"{var} must be a number") from None
-        if env.get("VAULT_CACERT"):
-            kw["verify"] = env["VAULT_CACERT"]
-        if env.get("VAULT_SKIP_VERIFY", "").strip().lower() in ("1", "true", "yes"):
-            kw["verify"] = False
-        if env.get("VAULT_TOKEN"):
-            kw["token"] = env["VAULT_TOKEN"]
-        elif env.get("VAULT_ROLE_ID") or env.get("VAULT_SECRET_ID"):
-            kw["role_id"], kw["secret_id"] = env.get("VAULT_ROLE_ID"), env.get("VAULT_SECRET_ID")
-        elif env.get("VAULT_K8S_ROLE"):
-            kw["role"] = env["VAULT_K8S_ROLE"]
+        cache_ttl = environment_number(env, "VAULT_KEY_CACHE_TTL", float)
+        if cache_ttl is not None:
+            kw["cache_ttl"] = cache_ttl
         kw.update(overrides)
-        address = kw.pop("address", None) or env.get("VAULT_ADDR")
+        address = kw.pop("address", None)
         if not address:
             raise VaultConfigurationError("VAULT_ADDR is not set; set it to Vault's URL")
-        if not any(kw.get(k) for k in ("token", "role_id", "secret_id", "role", "client")):
+        if not any(kw.get(k) for k in ("token", "role_id", "secret_id", "role", "client",
+                                       "client_cert")):
             raise VaultConfigurationError(
                 "no Vault credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID "
-                "(AppRole), or VAULT_K8S_ROLE (Kubernetes auth)"
+                "(AppRole), or VAULT_K8S_ROLE (Kubernetes auth), or VAULT_CLIENT_CERT and "
+                "VAULT_CLIENT_KEY (TLS certificate login)"
             )
         return cls(address, **kw)
 
