@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import itertools
 import logging
 import multiprocessing
 import os
@@ -393,6 +394,31 @@ def test_tampered_wrapped_key(tamper, make_provider, admin, names):
     assert fresh.get_key(2).version == 2  # the other versions are unaffected
     assert kv_read(admin, path)[1] == kv_version  # nothing was written back
     assert sorted(kv_entries(admin, names["kv_path"])) == ["current", "v1", "v2"]
+
+
+@pytest.mark.parametrize("relabel", [False, True])
+def test_a_whole_entry_copied_over_another_version_is_refused(make_provider, admin, names,
+                                                              relabel):
+    """The key check value binds the data key to its version number: a version's entire KV entry
+    written over another's (and with its ``version`` field relabelled) is refused, both ways."""
+    p = make_provider()
+    p.get_current_key()
+    p.create_version()
+    p.create_version()
+    original = {v: kv_read(admin, f"{names['kv_path']}/v{v}")[0] for v in (1, 2, 3)}
+    for src, dst in itertools.permutations((1, 2, 3), 2):
+        copied = dict(original[src], **({"version": dst} if relabel else {}))
+        path = f"{names['kv_path']}/v{dst}"
+        admin.secrets.kv.v2.create_or_update_secret(path=path, secret=copied, mount_point="secret")
+        fresh = make_provider()
+        with pytest.raises(WrappedKeyInvalid, match=f"version {dst}"):
+            fresh.get_key(dst)
+        if dst == 3:  # the current version: nothing can be encrypted under the wrong key
+            with pytest.raises(WrappedKeyInvalid):
+                fresh.get_current_key()
+        admin.secrets.kv.v2.create_or_update_secret(path=path, secret=original[dst],
+                                                    mount_point="secret")
+        assert make_provider().get_key(dst).version == dst
 
 
 def _race_worker(address, token, names, barrier, rounds, out):
