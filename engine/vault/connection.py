@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 try:
     import hvac
@@ -41,6 +41,7 @@ from .errors import (
     VaultTLSError,
     VaultUnavailable,
 )
+from .failures import TLS_PROBLEMS, exception_chain, tls_problem, vault_reason
 
 __all__ = ["DEFAULT_JWT_PATH", "RetryPolicy", "VaultConnection", "environment_number",
            "environment_settings", "redact_url"]
@@ -119,73 +120,6 @@ _TRANSIENT_STATUS = {hvac_errors.RateLimitExceeded: 429, hvac_errors.InternalSer
 _UNUSABLE_REQUEST = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                      requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
                      requests.exceptions.InvalidJSONError, urllib3.exceptions.LocationValueError)
-
-
-def _reason(exc: Exception) -> str:
-    """Vault's first error string, shortened; never request data."""
-    errors = getattr(exc, "errors", None)
-    text = str(errors[0]) if isinstance(errors, (list, tuple)) and errors else ""
-    if not text and "HTTP request to an HTTPS server" in str(getattr(exc, "text", "") or ""):
-        text = "the server speaks HTTPS at this address: use https://"
-    text = " ".join(text.replace("*", " ").split())
-    # Batch answers carry whole response bodies; keep only a short, single-item reason.
-    return text[:160] if not text.startswith("{") else "request rejected"
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it wraps (requests -> urllib3 -> ssl/socket)."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo and len(seen) < 16:
-        e = todo.pop(0)
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [x for x in (e.__cause__, e.__context__, getattr(e, "reason", None),
-                             *getattr(e, "args", ())) if isinstance(x, BaseException)]
-
-
-_VERIFY_PROBLEMS = {
-    2: "untrusted", 7: "untrusted", 18: "untrusted", 19: "untrusted", 20: "untrusted",
-    21: "untrusted", 9: "not-yet-valid", 10: "expired", 23: "revoked",
-    62: "hostname-mismatch", 64: "hostname-mismatch",
-}
-_TLS_PROBLEM_TEXT = {
-    "untrusted": "the server's certificate is not issued by a CA this client trusts "
-                 "(VAULT_CACERT or verify=)",
-    "expired": "the server's certificate has expired",
-    "not-yet-valid": "the server's certificate is not valid yet",
-    "hostname-mismatch": "the server's certificate is not valid for the host name or IP "
-                         "address of this Vault address",
-    "revoked": "the server's certificate is revoked",
-    "client-certificate": "the server requires a client certificate it trusts, or refused the "
-                          "one sent (VAULT_CLIENT_CERT, VAULT_CLIENT_KEY)",
-    "not-tls": "the server does not speak TLS at this address (http:// or another port?)",
-    "configuration": "the CA bundle, client certificate or key cannot be loaded",
-    "handshake": "the TLS handshake failed",
-}
-_CLIENT_CERT_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
-                       "CERTIFICATE_UNKNOWN", "HANDSHAKE_FAILURE")
-
-
-def _tls_problem(exc: BaseException) -> tuple[str, str] | None:
-    """(problem, OpenSSL's words) when ``exc`` wraps a TLS failure, else None."""
-    for e in _chain(exc):
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return _VERIFY_PROBLEMS.get(e.verify_code, "handshake"), str(e.verify_message)
-        if isinstance(e, ssl.SSLEOFError):
-            return "handshake", "the server closed the connection during the handshake"
-        if isinstance(e, ssl.SSLError):
-            reason = str(e.reason or e.__class__.__name__)
-            if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
-                return "not-tls", reason
-            if any(alert in reason for alert in _CLIENT_CERT_ALERTS):
-                return "client-certificate", reason
-            if e.library in ("PEM", "X509") or "NO_CERTIFICATE" in reason:
-                return "configuration", reason
-            return "handshake", reason
-    return None
 
 
 class VaultConnection:
@@ -425,21 +359,21 @@ class VaultConnection:
         """The engine's exception for a failed call, or the cause of a retryable failure."""
         where = f"Vault at {self.address}"
         if isinstance(exc, tuple(_TRANSIENT_STATUS)):
-            return f"HTTP {_TRANSIENT_STATUS[type(exc)]}: {_reason(exc)}"
+            return f"HTTP {_TRANSIENT_STATUS[type(exc)]}: {vault_reason(exc)}"
         if isinstance(exc, hvac_errors.Unauthorized):
             return self._bad_token()
         if isinstance(exc, hvac_errors.InvalidPath):
-            reason = _reason(exc)
+            reason = vault_reason(exc)
             return VaultPathNotFound(f"{where} answered HTTP 404 to {what} on {path!r}"
                                      f"{': ' + reason if reason else ''}")
         if isinstance(exc, hvac_errors.InvalidRequest):
-            reason = _reason(exc)
+            reason = vault_reason(exc)
             return VaultRequestRejected(f"{where} refused to {what} on {path!r}: "
                                         f"{reason or 'HTTP 400'}", reason)
         if isinstance(exc, hvac_errors.VaultError):  # another status, or hvac's own checks
             return VaultError(f"{where} failed to {what} on {path!r}: "
-                              f"{_reason(exc) or type(exc).__name__}")
-        tls = _tls_problem(exc)
+                              f"{vault_reason(exc) or type(exc).__name__}")
+        tls = tls_problem(exc)
         if tls is not None:
             problem, detail = tls
             if problem == "handshake" and detail.startswith("the server closed") and \
@@ -448,7 +382,7 @@ class VaultConnection:
                 # trust (OpenBao closes the connection without an alert).
                 problem = "client-certificate"
             return VaultTLSError(f"TLS connection to {where} refused: "
-                                 f"{_TLS_PROBLEM_TEXT[problem]} (OpenSSL: {detail})", problem)
+                                 f"{TLS_PROBLEMS[problem]} (OpenSSL: {detail})", problem)
         if isinstance(exc, requests.exceptions.Timeout):
             return f"timed out after {self.policy.timeout:g} s"
         if isinstance(exc, _UNUSABLE_REQUEST):
@@ -456,7 +390,7 @@ class VaultConnection:
                                            f"({type(exc).__name__})")
         if isinstance(exc, (ValueError, RecursionError)):  # JSON that does not parse
             return self._not_json(what, path)
-        chain = list(_chain(exc))
+        chain = list(exception_chain(exc))
         if any(isinstance(e, ConnectionRefusedError) for e in chain):
             return "connection refused"
         if any(isinstance(e, ConnectionResetError) for e in chain):
@@ -498,19 +432,25 @@ class VaultConnection:
             close()
 
 
+def _load_problem(load: Callable[[], object], invalid: str) -> str:
+    """"" when ``load()`` reads its TLS files, else why not (never their content)."""
+    try:
+        load()
+        return ""
+    except FileNotFoundError:
+        return "does not exist"
+    except (ssl.SSLError, OSError, ValueError):
+        return invalid
+
+
 def _check_verify(verify: Any) -> bool | str:
     """``verify`` as requests takes it, once the CA bundle is known to load."""
     if isinstance(verify, bool):
         return verify
     if not isinstance(verify, str) or not verify:
         raise VaultConfigurationError("verify must be True, False or the path of a CA bundle")
-    try:
-        ssl.create_default_context().load_verify_locations(cafile=verify)
-        problem = ""
-    except FileNotFoundError:
-        problem = "does not exist"
-    except (ssl.SSLError, OSError, ValueError):
-        problem = "holds no PEM certificate that loads"
+    problem = _load_problem(lambda: ssl.create_default_context().load_verify_locations(verify),
+                            "holds no PEM certificate that loads")
     if problem:
         raise VaultConfigurationError(f"the CA bundle {verify!r} (VAULT_CACERT or verify=) "
                                       f"{problem}")
@@ -584,13 +524,9 @@ def _check_client_cert(cert: Any, key: Any) -> str | tuple[str, str] | None:
         return None
     if not isinstance(cert, str) or not cert or not (key is None or isinstance(key, str) and key):
         raise VaultConfigurationError("client_cert and client_key must be paths of PEM files")
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_password)
-        problem = ""
-    except FileNotFoundError:
-        problem = "does not exist"
-    except (ssl.SSLError, OSError, ValueError):
-        problem = "is not a PEM certificate with its unencrypted private key"
+    problem = _load_problem(
+        lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, _no_password),
+        "is not a PEM certificate with its unencrypted private key")
     if problem:
         files = repr(cert) if key is None else f"{cert!r} + {key!r}"
         raise VaultConfigurationError(f"the client certificate {files} (VAULT_CLIENT_CERT, "
