@@ -46,7 +46,9 @@ from engine.vault import (
     VaultKeyMissing,
     VaultKeyProvider,
     VaultPermissionDenied,
+    VaultRequestRejected,
     VaultSecrets,
+    VaultTLSError,
     VaultUnavailable,
     WrappedKeyInvalid,
 )
@@ -489,6 +491,8 @@ def raised(fn) -> Exception:
     exc = info.value
     assert isinstance(exc, VaultError), type(exc)
     assert exc.__context__ is None and exc.__cause__ is None
+    again = pickle.loads(pickle.dumps(exc))
+    assert type(again) is type(exc) and str(again) == str(exc)
     return exc
 
 
@@ -610,6 +614,14 @@ def test_redact_url_hides_userinfo_and_query_and_keeps_the_rest(user, password, 
         assert shown.startswith(f"{scheme}://***@{location}")
 
 
+def test_errors_with_attributes_survive_pickling():
+    for exc in (VaultRequestRejected("refused", "check-and-set parameter did not match"),
+                VaultTLSError("refused", "expired")):
+        again = pickle.loads(pickle.dumps(exc))
+        assert (type(again), str(again), vars(again)) == (type(exc), str(exc), vars(exc))
+    assert again.problem == "expired" and VaultRequestRejected("x", "check-and-set").cas_mismatch
+
+
 def test_addresses_that_cannot_be_a_base_url_are_refused_without_echo():
     for address in ("https://vault:8200/?token=s.SECRET", "https://vault:8200/#s.SECRET",
                     "https://u:SECRET@vault:SECRET", "https://vault:8200/a b", "ftp://vault",
@@ -720,6 +732,9 @@ def test_secrets_read_write_list_and_cas(provider, admin):
         secrets.read("../encryption")
     with pytest.raises(InvalidArgument):
         secrets.write("encryption", {"x": 1})
+    with pytest.raises(InvalidArgument, match="JSON") as not_json:
+        secrets.write("config", {"blob": b"SECRET bytes"})
+    assert not_json.value.__context__ is None and "SECRET" not in str(not_json.value)
     assert "SECRET" not in repr(secrets)
     # An hvac.Client works too, on the seed's default path secret/data/intelliflow/.
     plain = VaultSecrets(admin)

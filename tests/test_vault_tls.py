@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pickle
 import types
 import uuid
 
@@ -91,6 +92,9 @@ def refused(fn) -> VaultError:
         fn()
     exc = info.value
     assert isinstance(exc, VaultError) and exc.__context__ is None and exc.__cause__ is None
+    again = pickle.loads(pickle.dumps(exc))  # e.g. from a worker process
+    assert type(again) is type(exc) and str(again) == str(exc)
+    assert getattr(again, "problem", None) == getattr(exc, "problem", None)
     return exc
 
 

@@ -46,8 +46,8 @@ class VaultTLSError(VaultError):
     Attributes:
         problem: ``"untrusted"`` (the server's certificate is not from a CA this client trusts),
             ``"expired"``, ``"not-yet-valid"``, ``"hostname-mismatch"`` (issued for another host
-            name or IP address), ``"revoked"``, ``"client-certificate"`` (the server requires a
-            client certificate, or refused the one sent), ``"not-tls"`` (no TLS at that address),
+            name or IP address), ``"client-certificate"`` (the server requires a client
+            certificate, or refused the one sent), ``"not-tls"`` (no TLS at that address),
             ``"configuration"`` (a CA bundle, client certificate or key that cannot be loaded)
             or ``"handshake"`` (any other handshake failure).
     """

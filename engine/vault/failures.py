@@ -41,7 +41,7 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
 
 _VERIFY_PROBLEMS = {
     2: "untrusted", 7: "untrusted", 18: "untrusted", 19: "untrusted", 20: "untrusted",
-    21: "untrusted", 9: "not-yet-valid", 10: "expired", 23: "revoked",
+    21: "untrusted", 9: "not-yet-valid", 10: "expired",
     62: "hostname-mismatch", 64: "hostname-mismatch",
 }
 TLS_PROBLEMS = {
@@ -51,7 +51,6 @@ TLS_PROBLEMS = {
     "not-yet-valid": "the server's certificate is not valid yet",
     "hostname-mismatch": "the server's certificate is not valid for the host name or IP "
                          "address of this Vault address",
-    "revoked": "the server's certificate is revoked",
     "client-certificate": "the server requires a client certificate it trusts, or refused the "
                           "one sent (VAULT_CLIENT_CERT, VAULT_CLIENT_KEY)",
     "not-tls": "the server does not speak TLS at this address (http:// or another port?)",
