@@ -299,7 +299,7 @@ class VaultConnection:
             path: the Vault path, for messages.
             forbidden: builds the exception for a 403 (default: probe the token, then
                 :class:`VaultAuthError` or :class:`VaultPermissionDenied`).
-            relogin: on a 403, log in again once first (AppRole/Kubernetes only).
+            relogin: on a 403, log in again once first (AppRole, Kubernetes, certificate).
             retries: overrides the policy's retry count.
 
         Raises:
