@@ -1,8 +1,8 @@
 """Vault envelope encryption vs a local key vs Vault Transit, side by side in one run.
 
-Starts its own OpenBao dev server (``tests/openbao.py``, the same helper the tests use) and times:
+Starts its own OpenBao dev server (:mod:`engine.testing.openbao`, as the tests do) and times:
 
-* **vault cold**: a new :class:`~engine.keys.vault.VaultKeyProvider` (token check, Transit key
+* **vault cold**: a new :class:`~engine.vault.VaultKeyProvider` (token check, Transit key
   check), ``get_current_key()`` (KV read + Transit unwrap), then ``AesGcm.seal_batch`` over N
   64-byte values;
 * **local cold**: the same with an ``EnvironmentKeyProvider`` (PBKDF2 derivation of the key from
@@ -34,10 +34,8 @@ from typing import Any, Callable
 import numpy as np
 
 import engine
-from engine.keys.vault import VaultKeyProvider
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from openbao import BaoServer  # noqa: E402  (the one server helper, shared with the tests)
+from engine.testing.openbao import BaoServer
+from engine.vault import VaultKeyProvider
 
 VALUE_BYTES = 64
 TRANSIT_BATCH = 200  # OpenBao refuses 500 (too many JSON strings per request)

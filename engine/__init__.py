@@ -2,8 +2,9 @@
 
 The layers, from the bottom: ``engine._native`` (the only module that touches cffi),
 ``engine.aead`` and ``engine.batch`` (cipher and batch types), ``engine.envelope`` (ciphertext
-formats), ``engine.keys`` (key providers), ``engine.rotation``/``audit``/``metrics``/``tls``,
-and ``engine.service``/``engine.fields`` (the seed's application-facing API).
+formats), ``engine.keys`` and ``engine.vault`` (key providers),
+``engine.rotation``/``audit``/``metrics``/``tls``, and ``engine.service``/``engine.fields`` (the
+seed's application-facing API).
 """
 
 from .aead import AesGcm, backend_info, random_bytes
@@ -51,7 +52,7 @@ from .service import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"VaultKeyProvider": "keys.vault", "VaultSecrets": "secrets"}  # need hvac (`vault` extra)
+_LAZY = {"VaultKeyProvider": "vault", "VaultSecrets": "vault"}  # need hvac (`vault` extra)
 
 
 def __getattr__(name: str):

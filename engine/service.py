@@ -429,7 +429,7 @@ _service_lock = threading.Lock()
 def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvider:
     """The key provider the environment asks for.
 
-    ``VAULT_ENABLED`` true: :class:`~engine.keys.vault.VaultKeyProvider` from ``VAULT_ADDR`` and
+    ``VAULT_ENABLED`` true: :class:`~engine.vault.VaultKeyProvider` from ``VAULT_ADDR`` and
     ``VAULT_TOKEN`` (or AppRole); false or absent: :class:`~engine.keys.EnvironmentKeyProvider`.
 
     Raises:
@@ -447,7 +447,7 @@ def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvi
     if problem is not None:
         raise ServiceConfigurationError(problem)
     if vault:
-        from .keys.vault import VaultKeyProvider
+        from .vault.provider import VaultKeyProvider
 
         return VaultKeyProvider.from_environment(env)
     from .keys.environment import EnvironmentKeyProvider

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
@@ -19,7 +20,7 @@ def pytest_report_header(config):
 def bao():
     """A real OpenBao dev server on a free loopback port, for the whole session (started only
     when a test asks for it; a missing binary fails the test, never skips it)."""
-    from openbao import BaoNotFound, BaoServer
+    from engine.testing.openbao import BaoNotFound, BaoServer
 
     try:
         server = BaoServer().start()
@@ -27,6 +28,13 @@ def bao():
         pytest.fail(f"OpenBao is required for the Vault tests: {exc}", pytrace=False)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def names():
+    """A fresh Transit key name and KV folder per test, so Vault tests share a server safely."""
+    tag = uuid.uuid4().hex[:10]
+    return {"key_name": f"k-{tag}", "kv_path": f"test/{tag}/encryption"}
 
 
 @pytest.fixture

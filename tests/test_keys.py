@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import engine
 from engine import AesGcm, InvalidArgument
 from engine.keys import (
     DerivationPolicy,
@@ -461,3 +462,43 @@ def test_usage_is_shared_through_the_state_file(tmp_path):
     b.record_usage(1, 5)
     assert a.usage(1) == 15 == b.usage(1)
     assert json.loads(a.state_path.read_text())["versions"][0]["usage"] == 15
+
+
+def test_a_provider_is_rebuilt_in_another_process_from_its_config(tmp_path):
+    """Workers build their own provider from a picklable configuration with no secret in it;
+    the worker's own master key must be the right one (its key check values say so)."""
+    import multiprocessing
+
+    p = provider(tmp_path)
+    token = engine.EncryptionService(p, metrics=False).encrypt_token("ssn 123")
+    config = p.config()
+    blob = pickle.dumps(config)
+    assert MASTER.encode() not in blob and b"secret" not in blob
+    ctx = multiprocessing.get_context("spawn")
+    for master, expected in ((MASTER, "ssn 123"), ("w" * 40, "MasterKeyMismatch")):
+        with ctx.Pool(1, initializer=_set_master, initargs=(master,)) as pool:
+            assert pool.apply(_decrypt_with_config, (blob, token)) == expected
+
+
+def _set_master(master: str) -> None:
+    os.environ["ENCRYPTION_MASTER_KEY"] = master
+
+
+def _decrypt_with_config(blob: bytes, token: str) -> str:
+    config = pickle.loads(blob)
+    try:
+        return engine.EncryptionService(config.build(), metrics=False).decrypt_text(token)
+    except MasterKeyMismatch as exc:
+        return type(exc).__name__
+
+
+def test_static_keys_cannot_travel():
+    with pytest.raises(KeyProviderError, match="only in this process"):
+        StaticKeyProvider({1: b"a" * 32}).config()
+
+
+def test_every_provider_implements_the_whole_contract():
+    import engine.vault
+
+    for cls in (EnvironmentKeyProvider, StaticKeyProvider, engine.vault.VaultKeyProvider):
+        assert issubclass(cls, KeyProvider) and not cls.__abstractmethods__

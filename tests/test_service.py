@@ -282,7 +282,7 @@ def test_get_encryption_service_from_environment(monkeypatch, tmp_path):
 
 
 def test_vault_enabled_without_an_address_is_a_clear_error(monkeypatch):
-    from engine.keys.vault import VaultConfigurationError
+    from engine.vault import VaultConfigurationError
 
     monkeypatch.setenv("ENCRYPTION_MASTER_KEY", MASTER)
     monkeypatch.setenv("VAULT_ENABLED", "true")

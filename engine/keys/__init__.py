@@ -1,4 +1,7 @@
-"""Key providers: where versioned AES-256 keys come from."""
+"""Key providers: where versioned AES-256 keys come from.
+
+The Vault/OpenBao provider is :mod:`engine.vault`, built on this package's contract.
+"""
 
 from ._state import KeyStateCorrupted
 from .base import (
@@ -22,23 +25,7 @@ from .environment import (
 )
 from .static import InvalidKeyMaterial, StaticKeyProvider
 
-# The Vault provider needs hvac (the `vault` extra): imported on first use.
-_VAULT = frozenset({
-    "RetryPolicy", "RewrapReport", "VaultAuthError", "VaultConfigurationError", "VaultConflict",
-    "VaultConnection", "VaultError", "VaultKeyMissing", "VaultKeyProvider",
-    "VaultPermissionDenied", "VaultUnavailable", "WrappedKeyInvalid",
-})
-
-
-def __getattr__(name: str):
-    if name in _VAULT:
-        from . import vault
-
-        return getattr(vault, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [*sorted(_VAULT),
+__all__ = [
     "DerivationPolicy",
     "EnvironmentKeyProvider",
     "EnvironmentProviderConfig",

@@ -8,35 +8,21 @@ names only.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Mapping
 
-from .errors import InvalidArgument
-from .keys.vault import (
-    RetryPolicy,
-    VaultConnection,
-    VaultConflict,
-    VaultError,
-    VaultKeyProvider,
-    _BadRequest,
-    _is_cas_mismatch,
-    _NotFound,
-)
+from ..errors import InvalidArgument
+from .connection import RetryPolicy, VaultConnection
+from .errors import SecretNotFound, SecretVersionConflict
+from .kv import KVStore
+from .provider import VaultKeyProvider
 
-__all__ = ["SEED_SECRET_NAMES", "SecretData", "SecretNotFound", "SecretVersionConflict",
-           "VaultSecrets"]
+__all__ = ["SEED_SECRET_NAMES", "SecretData", "VaultSecrets"]
 
 SEED_SECRET_NAMES = ("config", "openai", "supabase", "redis")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _RESERVED = frozenset({"encryption"})  # the key provider's folder
-
-
-class SecretNotFound(VaultError, LookupError):
-    """No secret (or no such version of it) exists under that name."""
-
-
-class SecretVersionConflict(VaultConflict):
-    """A write with ``cas=N`` found another latest version (someone else wrote first)."""
 
 
 class SecretData(dict):
@@ -65,8 +51,8 @@ class VaultSecrets:
     """Reads and writes named secrets in KV v2 (``<mount>/data/<base_path>/<name>``).
 
     Args:
-        source: a :class:`~engine.keys.vault.VaultKeyProvider` (its connection is shared), a
-            :class:`~engine.keys.vault.VaultConnection`, or an authenticated ``hvac.Client``.
+        source: a :class:`~engine.vault.VaultKeyProvider` (its connection is shared), a
+            :class:`~engine.vault.VaultConnection`, or an authenticated ``hvac.Client``.
         mount: the KV v2 mount (seed: ``secret``).
         base_path: the folder of the secrets (seed: ``intelliflow``).
         timeout, retries: for an ``hvac.Client`` source only.
@@ -75,7 +61,7 @@ class VaultSecrets:
         InvalidArgument: an unusable source or path.
     """
 
-    __slots__ = ("_conn", "_mount", "_base")
+    __slots__ = ("_conn", "_kv", "_base")
 
     def __init__(self, source: Any, *, mount: str = "secret", base_path: str = "intelliflow",
                  timeout: float = 5.0, retries: int = 3) -> None:
@@ -89,13 +75,13 @@ class VaultSecrets:
         else:
             raise InvalidArgument("VaultSecrets needs a VaultKeyProvider, a VaultConnection or an "
                                   f"hvac.Client, not {type(source).__name__}")
-        self._mount = mount.strip("/")
+        self._kv = KVStore(self._conn, mount.strip("/"))
         self._base = base_path.strip("/")
-        if not self._mount or not self._base:
+        if not self._kv.mount or not self._base:
             raise InvalidArgument("mount and base_path must not be empty")
 
     def __repr__(self) -> str:
-        return f"<VaultSecrets address={self._conn.address!r} path={self._mount}/{self._base}>"
+        return f"<VaultSecrets address={self._conn.address!r} path={self._kv.mount}/{self._base}>"
 
     def __reduce__(self):
         raise TypeError("VaultSecrets holds Vault credentials and cannot be pickled")
@@ -108,9 +94,6 @@ class VaultSecrets:
             )
         return f"{self._base}/{name}"
 
-    def _shown(self, path: str) -> str:
-        return f"{self._mount}/data/{path}"
-
     def read(self, name: str, version: int | None = None) -> SecretData:
         """The secret's fields (the latest version, or ``version``).
 
@@ -121,20 +104,11 @@ class VaultSecrets:
         path = self._path(name)
         if version is not None and (type(version) is not int or version < 1):
             raise InvalidArgument("secret versions are positive integers")
-        kv = self._conn.client.secrets.kv.v2
-        try:
-            resp = self._conn.call(f"read secret {name!r}", self._shown(path),
-                                   kv.read_secret_version, path=path, version=version,
-                                   mount_point=self._mount, raise_on_deleted_version=True)
-        except _NotFound:
+        found = self._kv.read(path, f"read secret {name!r}", version)
+        if found is None:
             at = "" if version is None else f" version {version}"
-            raise SecretNotFound(f"no secret {name!r}{at} at {self._shown(path)!r}") from None
-        except _BadRequest as exc:
-            raise VaultError(f"Vault refused to read {self._shown(path)!r}: {exc.reason}") \
-                from None
-        data = resp.get("data") or {}
-        return SecretData(data.get("data") or {},
-                          int((data.get("metadata") or {}).get("version") or 0))
+            raise SecretNotFound(f"no secret {name!r}{at} at {self._kv.shown(path)!r}")
+        return SecretData(*found)
 
     def write(self, name: str, data: Mapping[str, Any], cas: int | None = None) -> int:
         """Stores ``data`` as a new version of the secret.
@@ -156,22 +130,18 @@ class VaultSecrets:
             raise InvalidArgument("secret data must be a mapping with string keys")
         if cas is not None and (type(cas) is not int or cas < 0):
             raise InvalidArgument("cas must be a non-negative integer")
-        kv = self._conn.client.secrets.kv.v2
         try:
-            resp = self._conn.call(f"write secret {name!r}", self._shown(path),
-                                   kv.create_or_update_secret, path=path, secret=dict(data),
-                                   cas=cas, mount_point=self._mount)
-        except _BadRequest as exc:
-            if _is_cas_mismatch(exc.reason):
-                raise SecretVersionConflict(
-                    f"secret {name!r} was not written: check-and-set version {cas} is not the "
-                    f"latest"
-                ) from None
-            raise VaultError(f"Vault refused to write {self._shown(path)!r}: {exc.reason}") \
-                from None
-        except TypeError:
-            raise InvalidArgument(f"secret {name!r}: data is not JSON-serialisable") from None
-        return int((resp.get("data") or {}).get("version") or 0)
+            json.dumps(dict(data))
+            serialisable = True
+        except (TypeError, ValueError, RecursionError):
+            serialisable = False
+        if not serialisable:  # raised here so that no exception context holds the data
+            raise InvalidArgument(f"secret {name!r}: data is not JSON-serialisable")
+        written = self._kv.write(path, dict(data), f"write secret {name!r}", cas)
+        if written is None:
+            raise SecretVersionConflict(
+                f"secret {name!r} was not written: check-and-set version {cas} is not the latest")
+        return written
 
     def list(self) -> list[str]:
         """The names of the secrets under ``base_path``, sorted (sub-folders are left out).
@@ -179,11 +149,5 @@ class VaultSecrets:
         Raises:
             VaultPermissionDenied, VaultAuthError, VaultUnavailable.
         """
-        kv = self._conn.client.secrets.kv.v2
-        try:
-            resp = self._conn.call("list secrets", f"{self._mount}/metadata/{self._base}",
-                                   kv.list_secrets, path=self._base, mount_point=self._mount)
-        except _NotFound:
-            return []
-        keys = (resp.get("data") or {}).get("keys") or []
+        keys = self._kv.list(self._base, "list secrets")
         return sorted(k for k in keys if not k.endswith("/"))

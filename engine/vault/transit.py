@@ -1,0 +1,179 @@
+"""The Transit key that wraps the data keys: ``datakey``, ``decrypt``, ``rewrap``, ``rotate``.
+
+Data keys cross Python only as ``bytearray`` objects that the caller wipes once the native key
+handle is built; Vault's answers holding a plaintext key are cleared as soon as it is read.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any, Callable
+
+from ..aead import KEY_BYTES
+from .connection import VaultConnection
+from .errors import (
+    VaultError,
+    VaultKeyMissing,
+    VaultPathNotFound,
+    VaultPermissionDenied,
+    VaultRequestRejected,
+    WrappedKeyInvalid,
+)
+
+__all__ = ["TransitKey", "wipe"]
+
+
+def wipe(buf: bytearray | None) -> None:
+    """Overwrites a key held in a ``bytearray`` with zeros (None is ignored)."""
+    if buf is not None:
+        buf[:] = bytes(len(buf))
+
+
+def _key_from_b64(value: Any) -> bytearray | None:
+    """The 32-byte key as a bytearray (which the caller wipes), or None if ``value`` is not one.
+    The transient ``bytes`` from the base64 decoder cannot be wiped from Python; it is dropped at
+    once."""
+    try:
+        raw = binascii.a2b_base64(value) if isinstance(value, str) else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    try:
+        return bytearray(raw) if len(raw) == KEY_BYTES else None
+    finally:
+        del raw
+
+
+class TransitKey:
+    """The Transit key that wraps the data keys: datakey, decrypt, rewrap, rotate.
+
+    Args:
+        conn: the authenticated connection.
+        mount: the Transit mount (``transit``).
+        name: the key's name.
+    """
+
+    __slots__ = ("_conn", "mount", "name")
+
+    def __init__(self, conn: VaultConnection, mount: str, name: str) -> None:
+        self._conn, self.mount, self.name = conn, mount, name
+
+    def _call(self, what: str, endpoint: str, fn: Callable[..., Any], /, *, data: bool = False,
+              **kwargs: Any) -> Any:
+        """``fn`` through the connection (``data``: return the answer's ``data`` object); a
+        404 or "key not found" becomes :class:`VaultKeyMissing`."""
+        call = self._conn.call_data if data else self._conn.call
+        try:
+            return call(what, f"{self.mount}/{endpoint}/{self.name}", fn, name=self.name,
+                        mount_point=self.mount, **kwargs)
+        except (VaultPathNotFound, VaultRequestRejected) as exc:
+            if isinstance(exc, VaultRequestRejected) and "key not found" not in exc.reason:
+                raise
+        raise self.missing()
+
+    def missing(self) -> VaultKeyMissing:
+        """The exception for a Transit key that does not exist."""
+        return VaultKeyMissing(f"Transit key {self.name!r} does not exist at {self.mount}/ on "
+                               f"{self._conn.address}")
+
+    @property
+    def _api(self) -> Any:
+        return self._conn.client.secrets.transit
+
+    def ensure(self, create: bool) -> None:
+        """Checks that the key exists; creates it (``aes256-gcm96``) when missing and allowed.
+        A token that may not read key metadata is let through: use will tell.
+
+        Raises:
+            VaultKeyMissing: the key is missing and ``create`` is False, or creating it failed.
+        """
+        try:
+            self._call("read the Transit key", "keys", self._api.read_key)
+            return
+        except VaultPermissionDenied:
+            return
+        except VaultKeyMissing:
+            if not create:
+                raise
+        try:
+            self._call("create the Transit key", "keys", self._api.create_key,
+                       key_type="aes256-gcm96")
+            return
+        except (VaultRequestRejected, VaultKeyMissing):
+            pass
+        raise VaultKeyMissing(
+            f"Transit key {self.name!r} is missing and could not be created at "
+            f"{self.mount}/ on {self._conn.address} (is the Transit engine mounted?)")
+
+    def new_data_key(self) -> tuple[bytearray, str]:
+        """(key, wrapped key) from ``datakey/plaintext``; the caller wipes the key.
+
+        Raises:
+            VaultError: Transit's answer holds no 256-bit key or no wrapped key.
+        """
+        data = self._call("generate a data key", "datakey/plaintext",
+                          self._api.generate_data_key, data=True, key_type="plaintext")
+        wrapped = data.get("ciphertext")
+        key = _key_from_b64(data.pop("plaintext", None))
+        data.clear()
+        if key is None:
+            raise VaultError("Transit datakey returned no usable 256-bit key")
+        if not isinstance(wrapped, str) or not wrapped.startswith("vault:"):
+            wipe(key)
+            raise VaultError("Transit datakey returned no wrapped key")
+        return key, wrapped
+
+    def unwrap(self, version: int, wrapped: str) -> bytearray:
+        """The data key of ``version``; the caller wipes it.
+
+        Raises:
+            WrappedKeyInvalid: Transit rejects the ciphertext, or it is not a 256-bit key.
+        """
+        try:
+            data = self._call("unwrap a data key", "decrypt", self._api.decrypt_data,
+                              data=True, ciphertext=wrapped)
+            rejected = None
+        except VaultRequestRejected as exc:
+            data, rejected = {}, exc.reason
+        if rejected is not None:
+            raise WrappedKeyInvalid(
+                f"Transit key {self.name!r} rejected the wrapped key of version {version} "
+                f"(tampered, or not wrapped by this key: {rejected})")
+        key = _key_from_b64(data.pop("plaintext", None))
+        data.clear()
+        if key is None:
+            raise WrappedKeyInvalid(
+                f"the wrapped key of version {version} does not unwrap to a 256-bit key")
+        return key
+
+    def rewrap(self, version: int, wrapped: str) -> str:
+        """``wrapped`` rewrapped under the key's newest version (inside Vault).
+
+        Raises:
+            WrappedKeyInvalid: Transit rejects the ciphertext.
+        """
+        try:
+            data = self._call("rewrap a data key", "rewrap", self._api.rewrap_data, data=True,
+                              ciphertext=wrapped)
+            rejected = None
+        except VaultRequestRejected as exc:
+            data, rejected = {}, exc.reason
+        if rejected is not None:
+            raise WrappedKeyInvalid(
+                f"Transit could not rewrap key version {version}: {rejected}")
+        rewrapped = data.get("ciphertext")
+        if not isinstance(rewrapped, str) or not rewrapped.startswith("vault:"):
+            raise VaultError(f"Transit rewrap of key version {version} returned no ciphertext")
+        return rewrapped
+
+    def rotate(self) -> None:
+        """Adds a new version of the Transit key."""
+        self._call("rotate the Transit key", "keys", self._api.rotate_key)
+
+    def info(self) -> dict[str, Any]:
+        """The key's metadata (``latest_version``, ``min_decryption_version``, ...)."""
+        return self._call("read the Transit key", "keys", self._api.read_key, data=True)
+
+    def set_min_decryption_version(self, version: int) -> None:
+        """Refuses decryption with Transit key versions below ``version``."""
+        self._call("set the minimum decryption version", "keys",
+                   self._api.update_key_configuration, min_decryption_version=version)
