@@ -45,6 +45,10 @@ def selected_backend(name: str | None = None) -> str:
         BackendUnavailable: the backend asked for is not built in or cannot run on this CPU.
     """
     requested = name if name is not None else os.environ.get(BACKEND_ENV, "auto")
+    if not isinstance(requested, str):
+        raise InvalidArgumentType(
+            f"backend must be a name (auto, ipsec-mb, openssl), not {type(requested).__name__}"
+        )
     key = requested.strip().lower()
     if key in ("", "auto"):
         return _native.default_backend()
@@ -84,6 +88,8 @@ def random_bytes(n: int) -> bytes:
 
 
 def _check_nonce_size(size: int) -> None:
+    if type(size) is not int:
+        raise InvalidArgumentType(f"nonce_size must be an int, not {type(size).__name__}")
     if not NONCE_MIN_BYTES <= size <= NONCE_MAX_BYTES:
         raise InvalidArgument(
             f"nonce must be {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes, got {size}"
@@ -394,6 +400,48 @@ class AesGcm:
         if nfailed:
             raise BatchInvalidTag(np.flatnonzero(failed), result)
         return result
+
+
+    # ---- one token as text: prefix || base64url(header || nonce || ciphertext || tag) ----
+
+    def seal_text_token(self, header: bytes, data: Any, associated_data: Any = None, *,
+                        prefix: bytes = b"") -> str:
+        """Seals one value into a text token under a fresh random 16-byte nonce, in one native
+        call (the single-value twin of :meth:`seal_tokens` followed by base64url).
+
+        Args:
+            header: bytes written before the nonce, and the start of the AAD.
+            data, associated_data: str (as UTF-8) or bytes-like; associated_data may be None.
+            prefix: ASCII text put before the base64url body.
+
+        Raises:
+            InvalidArgumentType: an argument is neither str nor bytes-like.
+            InvalidArgument: a str that UTF-8 cannot encode (the message shows no text).
+        """
+        return _native.seal_text_token(self._address, header, data, associated_data, prefix)
+
+    def open_text_token(self, token: Any, header_size: int, associated_data: Any = None, *,
+                        bind_header: bool = True, prefix: bytes = b"",
+                        text: bool = False) -> str | bytes | None:
+        """Opens one token made by :meth:`seal_text_token` (``bind_header``: its own header
+        starts the AAD).
+
+        Returns:
+            The plaintext (``str`` when ``text``), or None when ``token`` is not ``prefix`` and
+            strict base64url of at least header, nonce and tag (parse it to learn why).
+
+        Raises:
+            InvalidTag: authentication failed.
+            InvalidArgument: ``text`` and the plaintext is not UTF-8 (the message shows none).
+        """
+        return _native.open_text_token(self._address, token, associated_data, prefix,
+                                       header_size, bind_header, text)
+
+
+def text_token_header(token: Any, prefix: bytes, header_size: int) -> bytes | None:
+    """The first ``header_size`` bytes (a multiple of 3) of a text token's binary form, decoded
+    natively from its first characters; None when it is not ``prefix`` and strict base64url."""
+    return _native.token_header(token, prefix, header_size)
 
 
 def _rebased(offsets: np.ndarray) -> np.ndarray:

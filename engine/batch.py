@@ -20,12 +20,19 @@ from .buffers import (
     empty_bytes,
     is_arrow,
     offsets_of,
-    pyarrow_module,
     readonly,
 )
 from .errors import InvalidArgument, InvalidArgumentType
 
 __all__ = ["Batch", "SealedBatch", "as_batch", "fixed_width"]
+
+
+def _pack_one(text: str) -> np.ndarray:
+    """One str as UTF-8, encoded by the C packer (a lone surrogate is a typed error that does
+    not carry the text)."""
+    out = np.empty(_native.packed_size([text]), dtype=np.uint8)
+    _native.pack_into([text], out)
+    return out
 
 
 def _checked_offsets(offsets: Any, data_len: int, name: str) -> np.ndarray:
@@ -84,49 +91,30 @@ class Batch:
 
     @classmethod
     def from_list(cls, values: Sequence[Any]) -> "Batch":
-        """Packs a sequence of records: bytes-like values, or ``str`` (encoded as UTF-8).
+        """Packs a list or tuple of records: bytes-like values, or ``str`` (encoded as UTF-8).
 
-        The bytes are copied once into one buffer; no per-record object is kept. With pyarrow
-        installed its builder packs them (into its memory pool, whose pages are reused from one
-        batch to the next); otherwise, and for mixtures it refuses, one C loop packs str, bytes
-        and bytearray, and ``bytes.join`` any other buffers (memoryview, numpy arrays).
+        The bytes are copied once into one buffer; no per-record object is kept. Lists of str,
+        bytes and bytearray are packed by one C pass (large buffers come from pyarrow's memory
+        pool when it is installed, whose pages are reused from one batch to the next); other
+        buffers (memoryview, numpy arrays) are joined.
 
         Raises:
-            InvalidArgumentType: a value is None or not bytes-like.
+            InvalidArgumentType: not a list or tuple, or a value that is None or not bytes-like.
+            InvalidArgument: a str that UTF-8 cannot encode (the message shows no text).
         """
-        if isinstance(values, (bytes, bytearray, memoryview, str)):
-            raise InvalidArgumentType("from_list takes a sequence of records, not one value")
-        pa = pyarrow_module()
-        if pa is not None:
-            text = len(values) > 0 and isinstance(values[0], str)
-            try:  # pyarrow's builders are fastest when the type matches the values
-                arr = pa.array(values, type=pa.large_string() if text else pa.large_binary())
-            except (pa.ArrowException, TypeError, ValueError):
-                arr = None  # mixed kinds, or numpy arrays among the values: packed below
-            if arr is not None and not arr.null_count:
-                return cls.from_arrow(arr)
-        packed = _native.pack(values)
-        if packed is not None:
-            return cls._trusted(np.frombuffer(packed[0], dtype=np.uint8),
-                                np.frombuffer(packed[1], dtype=np.int64))
-        n = len(values)
-        try:
-            items = [v.encode() if isinstance(v, str) else v for v in values]
-        except UnicodeEncodeError:  # its message would carry the text
-            raise InvalidArgument("a record is str that UTF-8 cannot encode (a lone surrogate)") from None
-        for i, v in enumerate(items):
-            if not isinstance(v, bytes):
-                byte_view(v, f"record {i}")  # raises a clear error for None, int, ...
-        joined = b"".join(items)
-        offsets = np.empty(n + 1, dtype=np.int64)
-        offsets[0] = 0
-        lengths = np.fromiter(
-            (len(v) if isinstance(v, bytes) else memoryview(v).nbytes for v in items),
-            dtype=np.int64,
-            count=n,
-        )
-        np.cumsum(lengths, out=offsets[1:])
-        return cls._trusted(np.frombuffer(joined, dtype=np.uint8), offsets)
+        if not isinstance(values, (list, tuple)):
+            raise InvalidArgumentType(
+                f"from_list takes a list or tuple of records, not {type(values).__name__}"
+            )
+        size = _native.packed_size(values)
+        if size is not None:
+            out = empty_bytes(size)
+            offsets = np.frombuffer(_native.pack_into(values, out), dtype=np.int64)
+            return cls._trusted(out, offsets)
+        items = [_pack_one(v) if isinstance(v, str) else byte_view(v, f"record {i}")
+                 for i, v in enumerate(values)]  # a clear error for None, int, ...
+        lengths = np.fromiter((v.shape[0] for v in items), dtype=np.int64, count=len(items))
+        return cls._trusted(np.frombuffer(b"".join(items), dtype=np.uint8), offsets_of(lengths))
 
     @classmethod
     def from_arrow(cls, array: Any) -> "Batch":
@@ -245,8 +233,20 @@ class Batch:
         return Batch._trusted(out, off)
 
     def take(self, indices: Any, *, threads: int | None = None) -> "Batch":
-        """The records at ``indices`` (in that order), packed into a new batch by native code."""
-        idx = np.asarray(indices, dtype=np.int64)
+        """The records at ``indices`` (in that order), packed into a new batch by native code.
+
+        Raises:
+            InvalidArgument: an index is outside the batch (negative indices count from the end).
+            InvalidArgumentType: the indices are not integers.
+        """
+        arr = np.asarray(indices)
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise InvalidArgumentType(f"indices must be integers, not {arr.dtype}")
+        idx = arr.astype(np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (int(idx.min()) < -n or int(idx.max()) >= n):
+            raise InvalidArgument(f"an index is outside the batch of {n} records")
+        idx = np.where(idx < 0, idx + n, idx)
         lengths = self.lengths()[idx]
         off = offsets_of(lengths)
         out = empty_bytes(int(off[-1]), secret=True)  # the records may be plaintext
@@ -379,6 +379,11 @@ class SealedBatch:
         ct = as_batch(ciphertexts, "ciphertexts")
         n = len(ct)
         width = _row_width(nonces, n, "nonces")
+        if n and not _native.NONCE_MIN_BYTES <= width <= _native.NONCE_MAX_BYTES:
+            raise InvalidArgument(
+                f"nonces must be {_native.NONCE_MIN_BYTES} to {_native.NONCE_MAX_BYTES} bytes, "
+                f"got {width}"
+            )
         self._ciphertexts = ct
         self._nonces = np.ascontiguousarray(fixed_width(nonces, n, width, "nonces"))
         self._tags = np.ascontiguousarray(fixed_width(tags, n, _native.TAG_BYTES, "tags"))

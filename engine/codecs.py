@@ -83,8 +83,9 @@ def batch_to_text(batch: Batch) -> list[str]:
         scatter(out, [out_off[:-1]], [batch])
         out[out_off[1:] - 1] = sep
         return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
-    except UnicodeDecodeError:
-        raise InvalidArgument("decrypted data is not valid UTF-8 text") from None
+    except UnicodeDecodeError:  # it holds the decrypted buffer: not to be the error's context
+        pass
+    raise InvalidArgument("decrypted data is not valid UTF-8 text")
 
 
 _SEPARATORS = (0, 31, 30, 29, 28, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21,

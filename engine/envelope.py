@@ -64,6 +64,7 @@ __all__ = [
     "FORMAT_BOUND",
     "FORMAT_SEED",
     "TEXT_PREFIX",
+    "TEXT_PREFIX_BYTES",
     "EncryptedData",
     "EnvelopeError",
     "InvalidBase64",
@@ -95,7 +96,7 @@ IV_BYTES = 16  # the formats' 128-bit IV
 OVERHEAD = HEADER_BYTES + IV_BYTES + TAG_BYTES
 MAX_KEY_VERSION = 2**32 - 1
 TEXT_PREFIX = "ef1:"
-_PREFIX_BYTES = TEXT_PREFIX.encode("ascii")
+TEXT_PREFIX_BYTES = TEXT_PREFIX.encode("ascii")
 
 
 class EnvelopeError(EngineError, ValueError):
@@ -119,6 +120,7 @@ class UnknownFormat(EnvelopeError):
 
 
 _OK, _MALFORMED, _BASE64, _LENGTH, _FORMAT = range(5)
+_NOT_JSON = object()
 _ERRORS = {
     _MALFORMED: (MalformedEnvelope, "not an engine token"),
     _BASE64: (InvalidBase64, "invalid base64url in token"),
@@ -200,8 +202,16 @@ def _timestamp(value: Any) -> datetime | None:
             raise MalformedEnvelope("timestamp must be an ISO-8601 string") from None
     else:
         raise MalformedEnvelope("timestamp must be an ISO-8601 string or a datetime")
-    if ts is not None and ts.tzinfo is None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
         ts = ts.replace(tzinfo=timezone.utc)
+    try:  # an offset of almost a day near year 1 or 9999 has no UTC time
+        ts.astimezone(timezone.utc)
+    except OverflowError:
+        ts = None
+    if ts is None:
+        raise MalformedEnvelope("timestamp is out of range once converted to UTC")
     return ts
 
 
@@ -292,7 +302,8 @@ class EncryptedData:
         if not isinstance(algorithm, str) or algorithm.lower() != ALGORITHM:
             raise UnknownFormat(f"unsupported algorithm (only {ALGORITHM!r} is known)")
         version = doc["keyVersion"]
-        if isinstance(version, str) and version.isdecimal() and version.isascii():
+        if (isinstance(version, str) and version.isdecimal() and version.isascii()
+                and len(version) <= 10):
             version = int(version)
         if type(version) is not int:
             raise MalformedEnvelope("keyVersion must be an integer")
@@ -317,8 +328,10 @@ class EncryptedData:
         """
         try:
             doc = json.loads(text)
-        except (ValueError, TypeError):
-            raise MalformedEnvelope("not valid JSON") from None
+        except (ValueError, TypeError, RecursionError):  # RecursionError: thousands of levels
+            doc = _NOT_JSON
+        if doc is _NOT_JSON:
+            raise MalformedEnvelope("not valid JSON")
         return cls.from_dict(doc)
 
     # ---- tokens ----
@@ -346,11 +359,9 @@ class EncryptedData:
         else:
             raw = _coerce_bytes(token, "token")
             if raw[:1] != bytes((MAGIC,)):
-                try:
-                    text = raw.decode("ascii")
-                except UnicodeDecodeError:
-                    raise UnknownFormat("not an engine token (bad magic byte)") from None
-                raw = _text_to_binary(text)
+                if not raw.isascii():
+                    raise UnknownFormat("not an engine token (bad magic byte)")
+                raw = _text_to_binary(raw.decode("ascii"))
         if len(raw) < OVERHEAD:
             raise InvalidLength(f"token too short (a token holds at least {OVERHEAD} bytes)")
         if raw[0] != MAGIC:
@@ -365,14 +376,20 @@ class EncryptedData:
 
     @classmethod
     def parse(cls, value: Any) -> "EncryptedData":
-        """An :class:`EncryptedData` from itself, its dict, its JSON string or a token."""
+        """An :class:`EncryptedData` from itself, its dict, its JSON (str, or bytes as redis-py and
+        files opened ``'rb'`` give it) or a token."""
         if isinstance(value, EncryptedData):
             return value
         if isinstance(value, dict):
             return cls.from_dict(value)
         if isinstance(value, str) and value.lstrip().startswith("{"):
             return cls.from_json(value)
-        if isinstance(value, (str, bytes, bytearray, memoryview)):
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+            if raw.lstrip().startswith(b"{"):
+                return cls.from_json(raw)
+            return cls.from_token(raw)
+        if isinstance(value, str):
             return cls.from_token(value)
         raise MalformedEnvelope(
             f"expected EncryptedData, a dict, JSON or a token, not {type(value).__name__}"
@@ -511,7 +528,7 @@ def encode_text_tokens(tokens: Batch, *, threads: int | None = None) -> list[str
 def text_tokens_batch(tokens: Batch, *, threads: int | None = None) -> Batch:
     """Text tokens as a :class:`~engine.Batch` of ASCII records (``Batch.to_arrow(text=True)``
     makes a pyarrow string column of them without creating a Python object per token)."""
-    return b64url_encode(tokens, prefix=_PREFIX_BYTES, threads=threads)
+    return b64url_encode(tokens, prefix=TEXT_PREFIX_BYTES, threads=threads)
 
 
 def sealed_to_text_tokens(sealed: Any, key_version: int, fmt: int = FORMAT_BOUND, *,
@@ -538,7 +555,7 @@ _B64_CODES[[B64_LENGTH, B64_CHARACTER, B64_NONCANONICAL]] = _BASE64
 
 def _decode_text(batch: Batch, threads: int | None = None) -> tuple[Batch, np.ndarray]:
     """(binary tokens, per-record error codes); failed records decode to zero bytes."""
-    binary, status = b64url_decode(batch, prefix=_PREFIX_BYTES, threads=threads)
+    binary, status = b64url_decode(batch, prefix=TEXT_PREFIX_BYTES, threads=threads)
     codes = _B64_CODES[status]
     wrong_prefix = np.flatnonzero(status == B64_PREFIX)
     if wrong_prefix.shape[0]:  # "ef..." with another version is an unknown format, not junk
@@ -581,8 +598,8 @@ def text_token_mask(batch: Batch) -> np.ndarray:
     n = len(batch)
     mask = np.zeros(n, dtype=bool)
     starts = batch.offsets[:-1]
-    candidates = np.flatnonzero(batch.lengths() >= len(_PREFIX_BYTES))
-    for k, byte in enumerate(_PREFIX_BYTES):
+    candidates = np.flatnonzero(batch.lengths() >= len(TEXT_PREFIX_BYTES))
+    for k, byte in enumerate(TEXT_PREFIX_BYTES):
         candidates = candidates[batch.data[starts[candidates] + k] == byte]
     if candidates.shape[0]:
         sub = batch if candidates.shape[0] == n else batch.take(candidates)

@@ -16,18 +16,19 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .aead import random_bytes
+from .aead import random_bytes, text_token_header
 from .batch import Batch, as_batch
 from .buffers import empty_bytes, is_arrow, offsets_of
 from .codecs import batch_to_text
 from .envelope import (
     FORMAT_BOUND,
+    FORMATS,
     HEADER_BYTES,
     IV_BYTES,
+    MAGIC,
     OVERHEAD,
-    TEXT_PREFIX,
+    TEXT_PREFIX_BYTES,
     EncryptedData,
-    _b64url,
     as_binary_tokens,
     encode_text_tokens,
     parse_headers,
@@ -42,7 +43,6 @@ from .keys.base import (
     KeyUsageExhausted,
     UnknownKeyVersion,
     VersionedKey,
-    require_active,
 )
 from .settings import env_flag
 
@@ -60,23 +60,66 @@ class ServiceConfigurationError(EngineError, RuntimeError):
     """The environment asks for a configuration the service cannot provide."""
 
 
-def _data_bytes(data: Any, name: str = "data") -> bytes:
-    if isinstance(data, str):
-        try:
-            return data.encode("utf-8")
-        except UnicodeEncodeError:  # its message would carry the text
-            raise InvalidArgument(f"{name} is str that UTF-8 cannot encode (a lone surrogate)") from None
-    if isinstance(data, bytes):
+def _checked_value(data: Any, name: str) -> Any:
+    """``data`` if it is a value the service encrypts: str, or a buffer of bytes (bytes,
+    bytearray, memoryview, a uint8 array). Numbers are refused, numpy scalars included: their
+    buffer holds machine bytes, not the value.
+
+    Raises:
+        InvalidArgumentType: anything else.
+    """
+    if type(data) is str or type(data) is bytes or isinstance(data, (str, bytes, bytearray)):
         return data
     try:
-        return memoryview(data).tobytes()
+        itemsize = memoryview(data).itemsize
     except TypeError:
-        raise InvalidArgumentType(f"{name} must be str or bytes-like, not {type(data).__name__}") \
-            from None
+        itemsize = 0
+    if itemsize != 1 or isinstance(data, np.generic):
+        raise InvalidArgumentType(
+            f"{name} must be str or bytes-like (bytes, bytearray, a uint8 buffer), "
+            f"not {type(data).__name__}"
+        )
+    return data
+
+
+def _data_bytes(data: Any, name: str = "data") -> bytes:
+    """A value as the bytes that are encrypted (str as UTF-8).
+
+    Raises:
+        InvalidArgumentType: not a str or bytes-like value.
+        InvalidArgument: a str that UTF-8 cannot encode (the message shows no text).
+    """
+    data = _checked_value(data, name)
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return bytes(Batch.from_list([data]).data)
+    return memoryview(data).tobytes()
+
+
+def _utf8(plain: bytes) -> str:
+    """Plaintext as text. The error carries no trace of the plaintext: a UnicodeDecodeError
+    holds the whole buffer (``.object``), so it must not become the new error's context."""
+    try:
+        return plain.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    raise InvalidArgument("decrypted data is not valid UTF-8 text")
 
 
 def _aad_bytes(aad: Any) -> bytes:
     return b"" if aad is None else _data_bytes(aad, "aad")
+
+
+_BOUND_HEADERS: dict[int, bytes] = {}
+
+
+def _bound_header(version: int) -> bytes:
+    """The format-1 token header of a key version (made once per version)."""
+    header = _BOUND_HEADERS.get(version)
+    if header is None:
+        header = _BOUND_HEADERS[version] = token_header(version, FORMAT_BOUND)
+    return header
 
 
 def _is_per_record(aad: Any) -> bool:
@@ -247,9 +290,7 @@ class EncryptionService:
         return self._metrics
 
     def _encryption_key(self) -> VersionedKey:
-        key = self._provider.get_current_key()
-        require_active(key.version, key.state)
-        return key
+        return self._provider.get_current_key()  # active, or the provider raises
 
     # ---- single values ----
 
@@ -275,20 +316,26 @@ class EncryptionService:
                              datetime.now(timezone.utc))
 
     def encrypt_token(self, data: str | bytes, aad: str | bytes | None = None) -> str:
-        """Encrypts one value as a text token (format 1: the header is bound into the AAD).
+        """Encrypts one value as a text token (format 1: the header is bound into the AAD),
+        in one native call.
 
         Raises:
             KeyVersionNotUsable: the current key version may not encrypt.
+            KeyUsageExhausted: the current version has done 2**32 encryptions.
+            InvalidArgumentType: ``data`` or ``aad`` is neither str nor bytes-like.
         """
+        if type(data) is not str and type(data) is not bytes:
+            _checked_value(data, "data")
+        if aad is not None and type(aad) is not str and type(aad) is not bytes:
+            _checked_value(aad, "aad")
         key = self._encryption_key()
-        header = token_header(key.version, FORMAT_BOUND)
-        iv = random_bytes(IV_BYTES)
-        sealed = key.cipher.encrypt(iv, _data_bytes(data), header + _aad_bytes(aad))
+        token = key.cipher.seal_text_token(_bound_header(key.version), data, aad,
+                                           prefix=TEXT_PREFIX_BYTES)
         self._used(key.version, "encrypt", 1)
-        return TEXT_PREFIX + _b64url(header + iv + sealed)
+        return token
 
     def decrypt(self, encrypted: Any, aad: str | bytes | None = None) -> bytes:
-        """Decrypts an :class:`EncryptedData`, its dict or JSON form, or a token.
+        """Decrypts an :class:`EncryptedData`, its dict or JSON form (str or bytes), or a token.
 
         Returns:
             The plaintext bytes.
@@ -298,7 +345,27 @@ class EncryptionService:
             UnknownKeyVersion: the provider has no key of the recorded version.
             InvalidTag: wrong key, AAD or tampered data; nothing is returned.
         """
-        e = EncryptedData.parse(encrypted)
+        return self._open_one(encrypted, aad, False)
+
+    def _open_one(self, encrypted: Any, aad: Any, text: bool) -> Any:
+        if aad is not None and type(aad) is not str and type(aad) is not bytes:
+            _checked_value(aad, "aad")
+        if type(encrypted) is str:  # a text token, the common case: one native call
+            head = text_token_header(encrypted, TEXT_PREFIX_BYTES, HEADER_BYTES)
+            if head is not None and head[0] == MAGIC and head[1] in FORMATS and any(head[2:]):
+                version = int.from_bytes(head[2:], "big")
+                key = self._key_for(version)
+                try:
+                    plain = key.cipher.open_text_token(
+                        encrypted, HEADER_BYTES, aad, bind_header=head[1] == FORMAT_BOUND,
+                        prefix=TEXT_PREFIX_BYTES, text=text)
+                except InvalidTag:
+                    self._failed("invalid_tag")
+                    raise
+                if plain is not None:
+                    self._used(version, "decrypt", 1)
+                    return plain
+        e = EncryptedData.parse(encrypted)  # raises the precise envelope error
         key = self._key_for(e.key_version)
         try:
             plain = key.cipher.decrypt(e.iv, e.ciphertext + e.auth_tag,
@@ -307,7 +374,7 @@ class EncryptionService:
             self._failed("invalid_tag")
             raise
         self._used(key.version, "decrypt", 1)
-        return plain
+        return _utf8(plain) if text else plain
 
     def _key_for(self, version: int) -> VersionedKey:
         try:
@@ -322,10 +389,7 @@ class EncryptionService:
         Raises:
             InvalidArgument: the plaintext is not UTF-8 (and everything :meth:`decrypt` raises).
         """
-        try:
-            return self.decrypt(encrypted, aad).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidArgument("decrypted data is not valid UTF-8 text") from None
+        return self._open_one(encrypted, aad, True)
 
     # ---- batches ----
 

@@ -278,8 +278,9 @@ def test_from_list_and_the_c_packer_match_the_python_reference(values):
     b = engine.Batch.from_list(values)
     assert b.to_list() == expected and b.offsets.tolist() == offsets
     assert len(engine.Batch.from_list(tuple(values))) == len(values)
-    data, offs = _native.pack(values)  # the path without pyarrow, or for mixtures it refuses
-    assert data == b"".join(expected) and np.frombuffer(offs, np.int64).tolist() == offsets
+    out = np.empty(_native.packed_size(values), np.uint8)
+    offs = _native.pack_into(values, out)
+    assert out.tobytes() == b"".join(expected) and np.frombuffer(offs, np.int64).tolist() == offsets
 
 
 def test_from_list_edge_cases():
@@ -428,3 +429,25 @@ def test_a_failed_open_into_a_separate_buffer_zero_fills_the_failures(aead):
         aead.open_batch_into(sealed, out, [b"1", b"x"])
     assert err.value.failed.tolist() == [1]
     assert out[:40].tobytes() == b"a" * 40 and not out[40:].any()
+
+
+def test_small_argument_mistakes_are_typed_errors(aead):
+    batch = engine.Batch.from_list([b"a", b"bb"])
+    with pytest.raises(engine.InvalidArgumentType, match="list or tuple"):
+        engine.Batch.from_list({b"a": 1})
+    with pytest.raises(engine.InvalidArgument, match="outside"):
+        batch.take([5])
+    with pytest.raises(engine.InvalidArgument, match="outside"):
+        batch.take([-3])
+    assert batch.take([-1, 0]).to_list() == [b"bb", b"a"]
+    with pytest.raises(engine.InvalidArgumentType):
+        batch.take([0.5])
+    with pytest.raises(engine.InvalidArgumentType, match="nonce_size"):
+        aead.seal_batch(batch, nonce_size=16.0)
+    with pytest.raises(engine.InvalidArgumentType, match="backend"):
+        engine.AesGcm(bytes(32), backend=5)
+    sealed = aead.seal_batch(batch)
+    for width in (0, 4, 200):
+        with pytest.raises(engine.InvalidArgument, match="nonces must be"):
+            engine.SealedBatch(nonces=np.zeros((2, width), np.uint8), tags=sealed.tags,
+                               ciphertexts=sealed.ciphertexts)

@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -404,7 +405,10 @@ def test_second_process_create_version_is_seen(tmp_path):
     assert p.get_current_key().version == 1
     version, ct = run_child(p.state_path)
     assert version == 2
-    key = p.get_current_key()  # re-read because the file changed
+    deadline = time.monotonic() + 5  # the file is looked at again every 0.25 s
+    while p.get_current_key().version != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    key = p.get_current_key()
     assert key.version == 2
     assert key.cipher.decrypt(b"c" * 16, ct) == b"from child"
     assert [i.version for i in p.list_versions()] == [1, 2]

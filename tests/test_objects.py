@@ -214,12 +214,18 @@ def test_the_collector_pause_is_never_visible_to_python_code():
         gc.enable()
 
 
-def test_the_c_packer_survives_a_gc_callback_that_empties_the_list():
+def test_the_c_packer_survives_a_list_changed_between_its_two_calls():
+    """packed_size and pack_into are two calls: whatever runs in between (a gc callback, another
+    thread) may change the list; pack_into then fails cleanly or packs what is there, and never
+    writes outside its buffer."""
     import gc
 
     from engine import _native
 
     values = ["é" * 10, b"x" * 10, "abc"] * 300
+    size = _native.packed_size(values)
+    guard = np.full(size + 64, 0x5A, np.uint8)
+    out = guard[:size]
 
     def empty(phase, info):
         values.clear()
@@ -227,12 +233,17 @@ def test_the_c_packer_survives_a_gc_callback_that_empties_the_list():
     gc.callbacks.append(empty)
     gc.set_threshold(1)
     try:
-        packed = _native.pack(values)
+        gc.collect()
     finally:
         gc.set_threshold(700)
         gc.callbacks.remove(empty)
-    # the records as they were when packing began, or none: never a torn mix (the packer
-    # allocates no container between its passes, so no collection can run in between)
-    data, offs = packed
-    assert data in (b"", (("é" * 10).encode() + b"x" * 10 + b"abc") * 300)
-
+    with pytest.raises(RuntimeError, match="changed"):
+        _native.pack_into(values, out)  # now empty: 0 bytes for a buffer of `size`
+    grown = ["é" * 10, b"x" * 10, "abc"] * 400
+    with pytest.raises(RuntimeError, match="changed"):
+        _native.pack_into(grown, out)  # more than the buffer holds: refused, not overrun
+    assert (guard[size:] == 0x5A).all()
+    with pytest.raises(engine.InvalidArgumentType, match="record 1"):
+        _native.pack_into(["a", 5], np.empty(2, np.uint8))
+    with pytest.raises(engine.InvalidArgument, match="writable"):
+        _native.pack_into(["a"], b"x")

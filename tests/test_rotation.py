@@ -360,9 +360,9 @@ def test_service_metrics_count_records_and_errors(tmp_path):
         svc.decrypt(svc.encrypt(b"z"), aad=b"wrong")
     with pytest.raises(engine.BatchInvalidTag):
         svc.decrypt_many(tokens[:3], aad=b"wrong")
-    ops = metrics.operations
-    assert ops.labels(type="encrypt")._value.get() == 1002
-    assert ops.labels(type="decrypt")._value.get() == 1001
+    sample = metrics.registry.get_sample_value
+    assert sample("encryption_operations_total", {"type": "encrypt"}) == 1002
+    assert sample("encryption_operations_total", {"type": "decrypt"}) == 1001
     assert metrics.errors.labels(error_type="invalid_tag")._value.get() == 4
 
 

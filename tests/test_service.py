@@ -12,6 +12,7 @@ from engine import Batch, BatchInvalidTag, InvalidArgument, InvalidArgumentType,
 from engine.envelope import (
     EncryptedData,
     InvalidBase64,
+    InvalidLength,
     MalformedEnvelope,
     UnknownFormat,
     token_header,
@@ -340,3 +341,99 @@ def test_encrypt_many_as_an_arrow_column():
     assert isinstance(column, pa.Array) and column.type == pa.large_string()
     assert svc.decrypt_many(column, "ctx").to_list() == [b"a", b"bb", b"ccc"]
     assert [svc.decrypt_text(t, "ctx") for t in column.to_pylist()] == ["a", "bb", "ccc"]
+
+
+# ---------------------------------------------------------------- single values: fast path
+
+
+def _context_chain(exc: BaseException) -> list[BaseException]:
+    chain = []
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+@pytest.mark.parametrize("value", ["alice@example.com", "", "é€😀" * 50, b"\x00\xff" * 300,
+                                   bytearray(b"raw"), "x" * 5000])
+@pytest.mark.parametrize("aad", [None, "users:1", b"\x00ctx", ""])
+def test_single_tokens_and_batch_tokens_are_one_format(svc, value, aad):
+    """The one-call single-value path and the batch path read each other's tokens, and both
+    match an independent reading of the layout with cryptography."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw_value = value.encode() if isinstance(value, str) else bytes(value)
+    single = svc.encrypt_token(value, aad)
+    batch_aad = None if aad is None else [aad]
+    assert svc.decrypt_many([single], batch_aad).to_list() == [raw_value]
+    many = svc.encrypt_many([value], batch_aad)[0]
+    assert svc.decrypt(many, aad) == raw_value == svc.decrypt(single, aad)
+    if isinstance(value, str):
+        assert svc.decrypt_text(single, aad) == value
+    body = base64.urlsafe_b64decode(single[4:] + "=" * (-len(single[4:]) % 4))
+    aad_bytes = b"" if aad is None else (aad.encode() if isinstance(aad, str) else aad)
+    assert AESGCM(b"\x11" * 32).decrypt(body[6:22], body[22:], body[:6] + aad_bytes) == raw_value
+    assert len({svc.encrypt_token(value, aad) for _ in range(50)}) == 50  # fresh nonces
+
+
+def test_single_value_errors_are_typed_and_carry_no_plaintext(svc):
+    import numpy as np
+
+    for bad in (np.float64(1.5), np.uint8(7), 12, 1.5, None, np.arange(3, dtype=np.float64),
+                ["a"], {"a": 1}):
+        for call in (svc.encrypt, svc.encrypt_token):
+            with pytest.raises(InvalidArgumentType):
+                call(bad)
+    with pytest.raises(InvalidArgumentType):
+        svc.encrypt_token("x", aad=np.float32(2))
+    assert svc.decrypt(svc.encrypt_token(np.frombuffer(b"u8", np.uint8))) == b"u8"
+    secret = b"card 4111 \xff\xfe not utf-8"
+    for token in (svc.encrypt_token(secret), svc.encrypt(secret).to_json()):
+        with pytest.raises(InvalidArgument, match="UTF-8") as err:
+            svc.decrypt_text(token)
+        for exc in _context_chain(err.value):
+            assert b"4111" not in repr(exc).encode() and "4111" not in str(exc)
+            assert not hasattr(exc, "object")  # a UnicodeDecodeError holds the whole plaintext
+    with pytest.raises(InvalidArgument) as err:
+        svc.decrypt_many_text([svc.encrypt_token(secret)])
+    assert all(not hasattr(e, "object") for e in _context_chain(err.value))
+
+
+def test_malformed_text_tokens_fall_back_to_precise_errors(svc):
+    good = svc.encrypt_token("v")
+    with pytest.raises(InvalidBase64):
+        svc.decrypt(good[:-1] + "*")
+    with pytest.raises(InvalidLength):
+        svc.decrypt("ef1:")
+    with pytest.raises(UnknownFormat):
+        svc.decrypt("ef2:" + good[4:])
+    with pytest.raises(MalformedEnvelope):
+        svc.decrypt("hello")
+    with pytest.raises(InvalidTag):
+        svc.decrypt(good, aad="other")
+    zero_version = base64.urlsafe_b64decode(good[4:] + "=" * (-len(good[4:]) % 4))
+    with pytest.raises(MalformedEnvelope):
+        svc.decrypt(as_text(zero_version[:2] + bytes(4) + zero_version[6:]))
+
+
+def test_the_json_shape_is_read_from_bytes_too(svc):
+    doc = svc.encrypt("stored in redis").to_json()
+    for form in (doc.encode(), bytearray(doc.encode()), memoryview(doc.encode()),
+                 b"  " + doc.encode()):
+        assert svc.decrypt_text(form) == "stored in redis"
+
+
+def test_hostile_envelopes_are_typed_errors(svc):
+    deep = "[" * 100_000 + "]" * 100_000
+    for text in (deep, '{"a":' * 50_000 + "1" + "}" * 50_000):
+        with pytest.raises(MalformedEnvelope):
+            svc.decrypt(text)
+        with pytest.raises(MalformedEnvelope):
+            EncryptedData.from_json(text)
+    doc = svc.encrypt("x").to_dict()
+    for version in ("9" * 5000, "1" * 11):
+        with pytest.raises(MalformedEnvelope):
+            EncryptedData.from_dict({**doc, "keyVersion": version})
+    for ts in ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"):
+        with pytest.raises(MalformedEnvelope, match="range"):
+            EncryptedData.from_dict({**doc, "timestamp": ts})

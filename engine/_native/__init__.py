@@ -7,7 +7,8 @@ sizes this module reads from C at import time.
 
 Beside the cffi module sits ``_objects`` (``native/python/``), which builds Python objects where
 cffi cannot: in bulk where a batch must end as one per record (:func:`ascii_strings`,
-:func:`field_values`, :func:`with_field`, :func:`value_kinds`, :func:`pack`), and the bytes of one
+:func:`field_values`, :func:`with_field`, :func:`value_kinds`, :func:`packed_size`,
+:func:`pack_into`), and the bytes of one
 message (:func:`seal_message`, :func:`open_message`, which take a :attr:`KeyHandle.address`). It
 is imported only here, and reaches the core through addresses this module hands it.
 """
@@ -31,10 +32,14 @@ from ._objects import (  # noqa: F401 (re-exported)
     ascii_strings,
     field_values,
     open as open_message,
-    pack,
+    open_text_token,
+    pack_into,
+    packed_size,
     seal as seal_message,
+    seal_text_token,
     set_core,
     set_errors,
+    token_header,
     value_kinds,
     with_field,
 )
@@ -81,8 +86,9 @@ def _check(rc: int) -> int:
 # _objects raises its argument errors as the engine's and core result codes through _check, and
 # calls the core's single-message functions in this module (one copy of the core in the process).
 set_errors(InvalidArgumentType, InvalidArgument, MessageTooLong, InvalidTag, _check)
-set_core(int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_seal"))),
-         int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_open"))))
+set_core({name: int(ffi.cast("uintptr_t", ffi.addressof(lib, f"engine_{name}")))
+          for name in ("seal", "open", "seal_tokens", "open_tokens", "b64url_encode_batch",
+                       "b64url_decode_batch")})
 
 
 def backend_available(name: str) -> bool:

@@ -171,7 +171,7 @@ class EnvironmentKeyProvider(KeyProvider):
     """
 
     __slots__ = ("_master", "_path", "_policy", "_lock", "_snap", "_sig", "_checked_at",
-                 "_keys")
+                 "_keys", "_current_key")
 
     def __init__(self, *, master_key: str | bytes | None = None,
                  state_path: str | os.PathLike[str] | None = None,
@@ -187,6 +187,7 @@ class EnvironmentKeyProvider(KeyProvider):
         self._sig: Any = False
         self._checked_at = -1.0
         self._keys: dict[int, VersionedKey] = {}  # checked keys of the current snapshot
+        self._current_key: VersionedKey | None = None
 
     def __repr__(self) -> str:
         return f"<EnvironmentKeyProvider state_path={str(self._path)!r}>"
@@ -226,12 +227,13 @@ class EnvironmentKeyProvider(KeyProvider):
         with self._lock:
             snap, sig = _state.read_state(self._path)
             self._snap, self._sig, self._checked_at, self._keys = snap, sig, now, {}
+            self._current_key = None
             return snap
 
     def refresh(self) -> None:
         """Reads the state file again at the next use (after changing it by other means)."""
         with self._lock:
-            self._sig, self._checked_at = False, -1.0
+            self._sig, self._checked_at, self._current_key = False, -1.0, None
 
     def _salt(self, version: int, size: int) -> bytes:
         return hmac.new(self._master, b"engine environment key salt v1" + version.to_bytes(4, "big"),
@@ -290,13 +292,17 @@ class EnvironmentKeyProvider(KeyProvider):
             MasterKeyMismatch: the master secret is not the one the version was created under.
             KeyStateCorrupted: the state file cannot be parsed.
         """
+        key = self._current_key  # the single-value path: no stat(), no lookup
+        if key is not None and time.monotonic() - self._checked_at < STATE_RECHECK_SECONDS:
+            return key
         snap = self._snapshot()
         if snap.current is None:
             self._bootstrap()
             snap = self._snapshot()
         rec = snap.versions[snap.current]
         require_active(rec.version, rec.state)
-        return self._key(rec)
+        key = self._current_key = self._key(rec)
+        return key
 
     def get_key(self, version: int) -> VersionedKey:
         """The key of ``version`` in whatever state (decryption).

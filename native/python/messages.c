@@ -140,3 +140,267 @@ PyObject *message_open(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     return out;
 }
+
+/* ---- one text token: prefix || base64url(header || nonce || ciphertext || tag) ----
+ * Built on the core's batch token calls with n = 1 (one thread, no copy of the token layout
+ * here): the nonce comes from the core's CSPRNG pool, the AAD is header || the caller's AAD. */
+
+#define TOKEN_NONCE_BYTES 16
+#define STACK_BYTES 1024
+
+/* A readable view of str (as UTF-8) or a bytes-like object; str views point into the str's
+ * cached UTF-8 (no copy for ASCII text). */
+typedef struct text_view {
+    const uint8_t *p;
+    Py_ssize_t len;
+    Py_buffer buf;
+    int have_buf;
+} text_view;
+
+static int text_view_get(PyObject *obj, text_view *v, const char *what) {
+    memset(v, 0, sizeof(*v));
+    if (obj == Py_None) return 0;
+    if (PyUnicode_Check(obj)) {
+        const char *u = PyUnicode_AsUTF8AndSize(obj, &v->len);
+        if (u == NULL) {
+            /* a lone surrogate: the UnicodeEncodeError would carry the text */
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
+            PyErr_Clear();
+            PyErr_Format(VALUE_ERROR, "%s is str that UTF-8 cannot encode (a lone surrogate)",
+                         what);
+            return -1;
+        }
+        v->p = (const uint8_t *)u;
+        return 0;
+    }
+    if (get_view(obj, &v->buf, what, 0) != 0) return -1;
+    v->have_buf = 1;
+    v->p = (const uint8_t *)v->buf.buf;
+    v->len = v->buf.len;
+    return 0;
+}
+
+static void text_view_release(text_view *v) {
+    if (v->have_buf) PyBuffer_Release(&v->buf);
+}
+
+static Py_ssize_t b64url_len(Py_ssize_t n) { return n / 3 * 4 + (n % 3 ? n % 3 + 1 : 0); }
+
+/* seal_text_token(key_address, header, data, aad, prefix) -> str */
+PyObject *token_seal_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const engine_key *key;
+    text_view data, aad;
+    Py_buffer header, prefix;
+    PyObject *out = NULL;
+    uint8_t stack[STACK_BYTES], *bin = stack;
+    Py_ssize_t bin_len, text_len;
+    int64_t offsets[2], start = 0, out_offsets[2];
+    int rc;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "seal_text_token(key_address, header, data, aad, prefix)");
+        return NULL;
+    }
+    if ((key = key_at(args[0])) == NULL) return NULL;
+    if (get_view(args[1], &header, "header", 0) != 0) return NULL;
+    if (get_view(args[4], &prefix, "prefix", 0) != 0) {
+        PyBuffer_Release(&header);
+        return NULL;
+    }
+    if (text_view_get(args[2], &data, "data") != 0) goto done_views;
+    if (args[2] == Py_None) {
+        PyErr_Format(TYPE_ERROR, "data must be str or bytes-like, not None");
+        goto done_data;
+    }
+    if (text_view_get(args[3], &aad, "aad") != 0) goto done_data;
+    if ((uint64_t)data.len > ENGINE_MESSAGE_MAX_BYTES) {
+        too_long();
+        goto done_all;
+    }
+    bin_len = header.len + TOKEN_NONCE_BYTES + data.len + ENGINE_TAG_BYTES;
+    if (bin_len > STACK_BYTES && (bin = PyMem_Malloc((size_t)bin_len)) == NULL) {
+        PyErr_NoMemory();
+        goto done_all;
+    }
+    offsets[0] = 0;
+    offsets[1] = data.len;
+    rc = g_core.seal_tokens(key, 1, data.p, offsets, header.buf, (size_t)header.len, 1,
+                            TOKEN_NONCE_BYTES, bin, &start, aad.p, NULL, (uint64_t)aad.len, 1);
+    if (rc != ENGINE_OK) {
+        raise_code(rc);
+        goto done_bin;
+    }
+    text_len = prefix.len + b64url_len(bin_len);
+    if ((out = PyUnicode_New(text_len, 127)) == NULL) goto done_bin;
+    offsets[1] = bin_len;
+    out_offsets[0] = 0;
+    out_offsets[1] = text_len;
+    rc = g_core.b64url_encode(1, bin, offsets, prefix.buf, (size_t)prefix.len,
+                              PyUnicode_1BYTE_DATA(out), out_offsets, 1);
+    if (rc != ENGINE_OK) {
+        Py_CLEAR(out);
+        raise_code(rc);
+    }
+done_bin:
+    if (bin != stack) PyMem_Free(bin);
+done_all:
+    text_view_release(&aad);
+done_data:
+    text_view_release(&data);
+done_views:
+    PyBuffer_Release(&header);
+    PyBuffer_Release(&prefix);
+    return out;
+}
+
+/* An ASCII view of a text token given as str or bytes-like; 0, or -1 when it cannot be one
+ * (the caller's general path then says why). */
+static int token_chars(PyObject *obj, text_view *v) {
+    memset(v, 0, sizeof(*v));
+    if (PyUnicode_Check(obj)) {
+        if (!PyUnicode_IS_ASCII(obj)) return -1;
+        v->p = PyUnicode_1BYTE_DATA(obj);
+        v->len = PyUnicode_GET_LENGTH(obj);
+        return 0;
+    }
+    if (PyObject_GetBuffer(obj, &v->buf, PyBUF_C_CONTIGUOUS) != 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    v->have_buf = 1;
+    v->p = v->buf.buf;
+    v->len = v->buf.len;
+    return 0;
+}
+
+/* token_header(token, prefix, header_len) -> bytes of the token's header, or None when the
+ * token is not prefix || strict base64url long enough to hold one. */
+PyObject *token_header_of(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    text_view tok;
+    Py_buffer prefix;
+    Py_ssize_t header_len, chars;
+    uint8_t head[64], status;
+    int64_t offsets[2], out_offsets[2];
+    int64_t bad;
+    PyObject *result = Py_None;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "token_header(token, prefix, header_len)");
+        return NULL;
+    }
+    header_len = PyLong_AsSsize_t(args[2]);
+    if (header_len == -1 && PyErr_Occurred()) return NULL;
+    if (header_len < 1 || header_len > (Py_ssize_t)sizeof(head) - 2 || header_len % 3 != 0) {
+        PyErr_SetString(VALUE_ERROR, "header_len must be a positive multiple of 3, at most 60");
+        return NULL;
+    }
+    if (get_view(args[1], &prefix, "prefix", 0) != 0) return NULL;
+    chars = header_len / 3 * 4;
+    if (token_chars(args[0], &tok) == 0 && tok.len >= prefix.len + chars) {
+        offsets[0] = 0;
+        offsets[1] = prefix.len + chars;
+        out_offsets[0] = 0;
+        out_offsets[1] = header_len;
+        bad = g_core.b64url_decode(1, tok.p, offsets, prefix.buf, (size_t)prefix.len, head,
+                                   out_offsets, &status, 1);
+        if (bad < 0) {
+            text_view_release(&tok);
+            PyBuffer_Release(&prefix);
+            return raise_code((int)bad);
+        }
+        if (bad == 0) result = PyBytes_FromStringAndSize((const char *)head, header_len);
+        else Py_INCREF(result);
+    } else {
+        Py_INCREF(result);
+    }
+    text_view_release(&tok);
+    PyBuffer_Release(&prefix);
+    return result;
+}
+
+/* open_text_token(key_address, token, aad, prefix, header_len, bind_header, as_text)
+ * -> str (as_text) or bytes; None when the token is not strict prefix || base64url of at least
+ * header, nonce and tag (the caller's general path then says why). Raises InvalidTag on a
+ * failed tag, and a ValueError without the data when as_text and the plaintext is not UTF-8. */
+PyObject *token_open_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const engine_key *key;
+    text_view tok, aad;
+    Py_buffer prefix;
+    Py_ssize_t header_len, body, bin_len, plain_len;
+    uint8_t stack[STACK_BYTES], *bin = stack, *plain, failed = 0, status;
+    int64_t offsets[2], out_offsets[2], start = 0;
+    int64_t bad;
+    int bind, as_text;
+    PyObject *out = NULL;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "open_text_token(key_address, token, aad, prefix, "
+                                         "header_len, bind_header, as_text)");
+        return NULL;
+    }
+    if ((key = key_at(args[0])) == NULL) return NULL;
+    header_len = PyLong_AsSsize_t(args[4]);
+    if (header_len == -1 && PyErr_Occurred()) return NULL;
+    if (header_len < 0 || header_len > 4096) {
+        PyErr_SetString(VALUE_ERROR, "header_len must be from 0 to 4096");
+        return NULL;
+    }
+    bind = PyObject_IsTrue(args[5]);
+    as_text = PyObject_IsTrue(args[6]);
+    if (bind < 0 || as_text < 0) return NULL;
+    if (get_view(args[3], &prefix, "prefix", 0) != 0) return NULL;
+    if (text_view_get(args[2], &aad, "aad") != 0) {
+        PyBuffer_Release(&prefix);
+        return NULL;
+    }
+    if (token_chars(args[1], &tok) != 0 || tok.len < prefix.len) goto not_a_token;
+    body = tok.len - prefix.len;
+    if (body % 4 == 1) goto not_a_token;
+    bin_len = body / 4 * 3 + (body % 4 ? body % 4 - 1 : 0);
+    if (bin_len < header_len + TOKEN_NONCE_BYTES + ENGINE_TAG_BYTES) goto not_a_token;
+    /* one buffer: the binary token, then room for its plaintext */
+    plain_len = bin_len - header_len - TOKEN_NONCE_BYTES - ENGINE_TAG_BYTES;
+    if (bin_len + plain_len > STACK_BYTES &&
+        (bin = PyMem_Malloc((size_t)(bin_len + plain_len))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    plain = bin + bin_len;
+    offsets[0] = 0;
+    offsets[1] = tok.len;
+    out_offsets[0] = 0;
+    out_offsets[1] = bin_len;
+    bad = g_core.b64url_decode(1, tok.p, offsets, prefix.buf, (size_t)prefix.len, bin,
+                               out_offsets, &status, 1);
+    if (bad < 0) {
+        raise_code((int)bad);
+        goto done;
+    }
+    if (bad > 0) goto not_a_token;
+    offsets[1] = bin_len;
+    bad = g_core.open_tokens(key, 1, bin, offsets, (size_t)header_len, bind, TOKEN_NONCE_BYTES,
+                             plain, &start, aad.p, NULL, (uint64_t)aad.len, &failed, 1);
+    if (bad < 0) {
+        raise_code((int)bad);
+        goto done;
+    }
+    if (bad > 0) {
+        raise_code(ENGINE_EAUTH);
+        goto done;
+    }
+    if (!as_text) {
+        out = PyBytes_FromStringAndSize((const char *)plain, plain_len);
+    } else if ((out = PyUnicode_DecodeUTF8((const char *)plain, plain_len, "strict")) == NULL) {
+        /* the UnicodeDecodeError holds the plaintext: drop it, raise one without */
+        PyErr_Clear();
+        PyErr_SetString(VALUE_ERROR, "decrypted data is not valid UTF-8 text");
+    }
+    wipe(plain, (size_t)plain_len);
+    goto done;
+not_a_token:
+    out = Py_NewRef(Py_None);
+done:
+    if (bin != stack) PyMem_Free(bin);
+    text_view_release(&tok);
+    text_view_release(&aad);
+    PyBuffer_Release(&prefix);
+    return out;
+}

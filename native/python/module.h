@@ -18,11 +18,14 @@ extern PyObject *g_type_error, *g_value_error, *g_too_long, *g_invalid_tag, *g_c
 #define TYPE_ERROR (g_type_error ? g_type_error : PyExc_TypeError)
 #define VALUE_ERROR (g_value_error ? g_value_error : PyExc_ValueError)
 
+/* The core's entry points this module calls, with the types of native/include/engine_aead.h. */
 typedef struct core_api {
-    int (*seal)(const engine_key *, uint8_t *, uint8_t *, const uint8_t *, uint64_t,
-                const uint8_t *, size_t, const uint8_t *, uint64_t);
-    int (*open)(const engine_key *, uint8_t *, const uint8_t *, uint64_t, const uint8_t *,
-                const uint8_t *, size_t, const uint8_t *, uint64_t);
+    __typeof__(&engine_seal) seal;
+    __typeof__(&engine_open) open;
+    __typeof__(&engine_seal_tokens) seal_tokens;
+    __typeof__(&engine_open_tokens) open_tokens;
+    __typeof__(&engine_b64url_encode_batch) b64url_encode;
+    __typeof__(&engine_b64url_decode_batch) b64url_decode;
 } core_api;
 
 extern core_api g_core;
@@ -33,7 +36,16 @@ PyObject *raise_code(int rc);
 /* A read-only C-contiguous view of obj; on failure a typed error naming `what`. */
 int get_view(PyObject *obj, Py_buffer *view, const char *what, int flags);
 
+/* Zeroes n bytes in a way the compiler cannot drop (plaintext left in scratch buffers). */
+static inline void wipe(void *p, size_t n) {
+    volatile uint8_t *v = (volatile uint8_t *)p;
+    while (n--) *v++ = 0;
+}
+
 PyObject *message_seal(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *message_open(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *token_seal_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *token_header_of(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *token_open_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

@@ -5,8 +5,10 @@
  *   - with_field(records, field, values): new dicts, each a copy of records[i] with
  *     field = values[i] (a None value for a record without the field leaves it absent);
  *   - value_kinds(values): which kinds of value (str, bytes, None, other) a list holds;
- *   - pack(values): str/bytes records into one buffer plus int64 offsets (Batch.from_list);
- *   - seal/open (messages.c): one message, AESGCM-style, into a bytes object made here.
+ *   - packed_size(values), pack_into(values, out): str/bytes records into one buffer plus int64
+ *     offsets (Batch.from_list);
+ *   - seal/open (messages.c): one message, AESGCM-style, into a bytes object made here;
+ *   - seal_text_token/token_header/open_text_token (messages.c): one text token.
  * Plain dicts are read from their storage; a dict subclass through its own get()/__contains__.
  * Python code can run inside these loops (a key's __hash__/__eq__, a dict subclass's keys(), a
  * gc callback), so result lists stay untracked until filled, every item is re-read and held
@@ -36,22 +38,39 @@ static PyObject *set_errors(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* set_core(seal, open): addresses of engine_seal and engine_open in the cffi module. */
-static PyObject *set_core(PyObject *self, PyObject *args) {
-    PyObject *seal, *open;
-    void *ps, *po;
-    if (!PyArg_ParseTuple(args, "OO:set_core", &seal, &open)) return NULL;
-    ps = PyLong_AsVoidPtr(seal);
-    po = PyLong_AsVoidPtr(open);
-    if (PyErr_Occurred()) return NULL;
-    if (ps == NULL || po == NULL) {
-        PyErr_SetString(PyExc_ValueError, "set_core needs the core's function addresses");
+/* set_core(addresses): a dict of the core's function addresses in the cffi module, by the names
+ * of engine_aead.h without the "engine_" prefix (seal, open, seal_tokens, open_tokens,
+ * b64url_encode_batch, b64url_decode_batch). */
+static int core_entry(PyObject *addresses, const char *name, void **slot) {
+    PyObject *addr = PyDict_GetItemString(addresses, name); /* borrowed */
+    void *p;
+    if (addr == NULL) {
+        PyErr_Format(PyExc_KeyError, "set_core: no address for %s", name);
+        return -1;
+    }
+    p = PyLong_AsVoidPtr(addr);
+    if (p == NULL) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "set_core: null address for %s", name);
+        return -1;
+    }
+    *slot = p;
+    return 0;
+}
+
+static PyObject *set_core(PyObject *self, PyObject *addresses) {
+    core_api api;
+    if (!PyDict_Check(addresses)) {
+        PyErr_SetString(PyExc_TypeError, "set_core takes a dict of addresses");
         return NULL;
     }
-    g_core.seal = (int (*)(const engine_key *, uint8_t *, uint8_t *, const uint8_t *, uint64_t,
-                           const uint8_t *, size_t, const uint8_t *, uint64_t))ps;
-    g_core.open = (int (*)(const engine_key *, uint8_t *, const uint8_t *, uint64_t,
-                           const uint8_t *, const uint8_t *, size_t, const uint8_t *, uint64_t))po;
+    if (core_entry(addresses, "seal", (void **)&api.seal) != 0 ||
+        core_entry(addresses, "open", (void **)&api.open) != 0 ||
+        core_entry(addresses, "seal_tokens", (void **)&api.seal_tokens) != 0 ||
+        core_entry(addresses, "open_tokens", (void **)&api.open_tokens) != 0 ||
+        core_entry(addresses, "b64url_encode_batch", (void **)&api.b64url_encode) != 0 ||
+        core_entry(addresses, "b64url_decode_batch", (void **)&api.b64url_decode) != 0)
+        return NULL;
+    g_core = api;
     Py_RETURN_NONE;
 }
 
@@ -73,8 +92,13 @@ int get_view(PyObject *obj, Py_buffer *view, const char *what, int flags) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | flags) != 0) {
         if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
         if (PyObject_CheckBuffer(obj)) { /* numpy raises ValueError, memoryview BufferError */
+            int readable;
             PyErr_Clear();
-            PyErr_Format(VALUE_ERROR, "%s must be a C-contiguous buffer", what);
+            readable = PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) == 0;
+            if (readable) PyBuffer_Release(view);
+            else PyErr_Clear();
+            PyErr_Format(VALUE_ERROR, "%s must be a %s buffer", what,
+                         readable ? "writable" : "C-contiguous");
             return -1;
         }
         PyErr_Clear();
@@ -297,85 +321,149 @@ done:
     return list;
 }
 
-/* pack(values) -> (data, offsets) as bytes, or None. Records are str (as UTF-8) or bytes or
- * bytearray; anything else (memoryview, numpy arrays, None) gets None, for the caller's general
- * path. ASCII str are copied straight from their storage; other str are encoded once. Nothing
- * between the two passes runs Python code or allocates a container (which could start a
- * collection, and so a gc callback), so the list cannot change under them. */
-static PyObject *pack(PyObject *self, PyObject *values) {
-    PyObject *offsets = NULL, *data = NULL, *result = NULL, **utf8 = NULL;
-    Py_ssize_t n, i, total = 0;
-    int64_t *o;
-    char *d;
+/* Packing str/bytes records into one buffer (Batch.from_list), in two calls so that the caller
+ * allocates the buffer (from a memory pool whose pages are already mapped): packed_size() counts
+ * the bytes, pack_into() writes them and the offsets. Neither allocates anything but the offsets
+ * object nor runs Python code between reading an item and copying it: str are encoded to UTF-8
+ * here, straight from their storage; and every copy is bounds-checked, so a list changed in
+ * between (by another thread) is an error, never an overrun. */
+
+/* UTF-8 size of a str, or -1 for a lone surrogate (which UTF-8 cannot encode). */
+static Py_ssize_t utf8_size(PyObject *s) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), i, size = 0;
+    int kind = PyUnicode_KIND(s);
+    const void *d = PyUnicode_DATA(s);
+    if (PyUnicode_IS_ASCII(s)) return n;
+    for (i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, d, i);
+        if (c < 0x80) size += 1;
+        else if (c < 0x800) size += 2;
+        else if (c >= 0xD800 && c <= 0xDFFF) return -1;
+        else if (c < 0x10000) size += 3;
+        else size += 4;
+    }
+    return size;
+}
+
+static void utf8_write(PyObject *s, uint8_t *out) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), i;
+    int kind = PyUnicode_KIND(s);
+    const void *d = PyUnicode_DATA(s);
+    if (PyUnicode_IS_ASCII(s)) {
+        memcpy(out, d, (size_t)n);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, d, i);
+        if (c < 0x80) {
+            *out++ = (uint8_t)c;
+        } else if (c < 0x800) {
+            *out++ = (uint8_t)(0xC0 | c >> 6);
+            *out++ = (uint8_t)(0x80 | (c & 0x3F));
+        } else if (c < 0x10000) {
+            *out++ = (uint8_t)(0xE0 | c >> 12);
+            *out++ = (uint8_t)(0x80 | (c >> 6 & 0x3F));
+            *out++ = (uint8_t)(0x80 | (c & 0x3F));
+        } else {
+            *out++ = (uint8_t)(0xF0 | c >> 18);
+            *out++ = (uint8_t)(0x80 | (c >> 12 & 0x3F));
+            *out++ = (uint8_t)(0x80 | (c >> 6 & 0x3F));
+            *out++ = (uint8_t)(0x80 | (c & 0x3F));
+        }
+    }
+}
+
+/* The packed size of one item: 0 and *size set, 1 when it is not str/bytes/bytearray, -1 on a
+ * lone surrogate (error set). */
+static int item_size(PyObject *v, Py_ssize_t i, Py_ssize_t *size) {
+    if (PyUnicode_Check(v)) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(v) < 0) return -1; /* legacy str objects */
+#endif
+        if ((*size = utf8_size(v)) < 0) { /* the UnicodeEncodeError would carry the text */
+            PyErr_Format(VALUE_ERROR, "record %zd is str that UTF-8 cannot encode (a lone surrogate)",
+                         i);
+            return -1;
+        }
+        return 0;
+    }
+    if (PyBytes_Check(v)) *size = PyBytes_GET_SIZE(v);
+    else if (PyByteArray_Check(v)) *size = PyByteArray_GET_SIZE(v);
+    else return 1;
+    return 0;
+}
+
+/* packed_size(values) -> int: total bytes of the records as UTF-8/bytes, or None unless every
+ * value is str, bytes or bytearray. */
+static PyObject *packed_size(PyObject *self, PyObject *values) {
+    Py_ssize_t n, i, total = 0, size;
     if (!PyList_Check(values) && !PyTuple_Check(values)) Py_RETURN_NONE;
     n = PySequence_Fast_GET_SIZE(values);
     for (i = 0; i < n; i++) {
-        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
-        if (!PyUnicode_Check(v) && !PyBytes_Check(v) && !PyByteArray_Check(v)) Py_RETURN_NONE;
-#if PY_VERSION_HEX < 0x030C0000
-        if (PyUnicode_Check(v) && PyUnicode_READY(v) < 0) return NULL; /* legacy str objects */
-#endif
+        int rc = item_size(PySequence_Fast_GET_ITEM(values, i), i, &size);
+        if (rc < 0) return NULL;
+        if (rc > 0) Py_RETURN_NONE;
+        if (size > PY_SSIZE_T_MAX - total) {
+            PyErr_SetString(PyExc_OverflowError, "the records are too large to pack");
+            return NULL;
+        }
+        total += size;
     }
+    return PyLong_FromSsize_t(total);
+}
+
+/* pack_into(values, out) -> offsets (bytes holding n+1 int64): writes the records one after the
+ * other into the writable buffer out, which packed_size(values) bytes fill exactly. */
+static PyObject *pack_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *values, *offsets = NULL;
+    Py_buffer out;
+    Py_ssize_t n, i, total = 0, size;
+    int64_t *o;
+    uint8_t *d;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pack_into(values, out)");
+        return NULL;
+    }
+    values = args[0];
+    if (!PyList_Check(values) && !PyTuple_Check(values)) {
+        PyErr_Format(TYPE_ERROR, "values must be a list, not %.100s", Py_TYPE(values)->tp_name);
+        return NULL;
+    }
+    if (get_view(args[1], &out, "out", PyBUF_WRITABLE) != 0) return NULL;
+    n = PySequence_Fast_GET_SIZE(values);
     /* bytes payloads are 8-byte aligned (allocator alignment 16, header 32 bytes) */
     offsets = PyBytes_FromStringAndSize(NULL, (n + 1) * (Py_ssize_t)sizeof(int64_t));
-    if (offsets == NULL) return NULL;
+    if (offsets == NULL) goto done;
+    /* nothing below runs Python code: the list and its items are as they are now */
+    if (PySequence_Fast_GET_SIZE(values) != n) goto changed;
     o = (int64_t *)PyBytes_AS_STRING(offsets);
+    d = (uint8_t *)out.buf;
     o[0] = 0;
     for (i = 0; i < n; i++) {
         PyObject *v = PySequence_Fast_GET_ITEM(values, i);
-        Py_ssize_t len;
-        if (PyUnicode_Check(v)) {
-            if (PyUnicode_IS_ASCII(v)) {
-                len = PyUnicode_GET_LENGTH(v);
-            } else {
-                PyObject *b = PyUnicode_AsUTF8String(v);
-                if (b == NULL) { /* a lone surrogate: the UnicodeEncodeError would carry the text */
-                    if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-                        PyErr_Clear();
-                        PyErr_Format(VALUE_ERROR,
-                                     "record %zd is str that UTF-8 cannot encode (a lone surrogate)", i);
-                    }
-                    goto done;
-                }
-                if (utf8 == NULL && (utf8 = PyMem_Calloc((size_t)n, sizeof(PyObject *))) == NULL) {
-                    Py_DECREF(b);
-                    PyErr_NoMemory();
-                    goto done;
-                }
-                utf8[i] = b;
-                len = PyBytes_GET_SIZE(b);
-            }
-        } else {
-            len = PyBytes_Check(v) ? PyBytes_GET_SIZE(v) : PyByteArray_GET_SIZE(v);
+        int rc = item_size(v, i, &size);
+        if (rc < 0) goto fail;
+        if (rc > 0) {
+            PyErr_Format(TYPE_ERROR, "record %zd is a %.100s, not str or bytes", i,
+                         Py_TYPE(v)->tp_name);
+            goto fail;
         }
-        if (len > PY_SSIZE_T_MAX - total) {
-            PyErr_SetString(PyExc_OverflowError, "the records are too large to pack");
-            goto done;
-        }
-        total += len;
+        if (size > out.len - total) goto changed;
+        if (PyUnicode_Check(v)) utf8_write(v, d + total);
+        else memcpy(d + total, PyBytes_Check(v) ? PyBytes_AS_STRING(v) : PyByteArray_AS_STRING(v),
+                    (size_t)size);
+        total += size;
         o[i + 1] = total;
     }
-    data = PyBytes_FromStringAndSize(NULL, total);
-    if (data == NULL) goto done;
-    d = PyBytes_AS_STRING(data);
-    for (i = 0; i < n; i++) {
-        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
-        const char *src;
-        if (utf8 != NULL && utf8[i] != NULL) src = PyBytes_AS_STRING(utf8[i]);
-        else if (PyUnicode_Check(v)) src = (const char *)PyUnicode_DATA(v);
-        else if (PyBytes_Check(v)) src = PyBytes_AS_STRING(v);
-        else src = PyByteArray_AS_STRING(v);
-        memcpy(d + o[i], src, (size_t)(o[i + 1] - o[i]));
-    }
-    result = PyTuple_Pack(2, data, offsets);
+    if (total != out.len) goto changed;
+    goto done;
+changed:
+    PyErr_SetString(PyExc_RuntimeError, "the records changed during the call");
+fail:
+    Py_CLEAR(offsets);
 done:
-    if (utf8 != NULL) {
-        for (i = 0; i < n; i++) Py_XDECREF(utf8[i]);
-        PyMem_Free(utf8);
-    }
-    Py_XDECREF(data);
-    Py_XDECREF(offsets);
-    return result;
+    PyBuffer_Release(&out);
+    return offsets;
 }
 
 /* What a list of values holds, as bits (exported as the module's *_VALUES constants). */
@@ -410,8 +498,10 @@ static PyMethodDef methods[] = {
      "field_values(records, field) -> list: each dict's value for field, None where absent."},
     {"with_field", with_field, METH_VARARGS,
      "with_field(records, field, values) -> list[dict]: copies with field set to values[i]."},
-    {"pack", pack, METH_O,
-     "pack(values) -> (data, offsets) bytes, or None unless all are str, bytes or bytearray."},
+    {"packed_size", packed_size, METH_O,
+     "packed_size(values) -> int bytes as UTF-8/bytes, or None unless all are str/bytes."},
+    {"pack_into", (PyCFunction)(void (*)(void))pack_into, METH_FASTCALL,
+     "pack_into(values, out) -> int64 offsets (bytes); out holds packed_size(values) bytes."},
     {"value_kinds", value_kinds, METH_O,
      "value_kinds(values) -> int: bits STR_VALUES, BYTES_VALUES, NONE_VALUES, OTHER_VALUES."},
     {"seal", (PyCFunction)(void (*)(void))message_seal, METH_FASTCALL,
@@ -420,8 +510,14 @@ static PyMethodDef methods[] = {
      "open(key_address, nonce, ciphertext_and_tag, associated_data=None) -> plaintext."},
     {"set_errors", set_errors, METH_VARARGS,
      "set_errors(type_error, value_error, too_long, invalid_tag, check): exception classes."},
-    {"set_core", set_core, METH_VARARGS,
-     "set_core(seal, open): addresses of the native core's single-message functions."},
+    {"seal_text_token", (PyCFunction)(void (*)(void))token_seal_text, METH_FASTCALL,
+     "seal_text_token(key_address, header, data, aad, prefix) -> str: one text token."},
+    {"token_header", (PyCFunction)(void (*)(void))token_header_of, METH_FASTCALL,
+     "token_header(token, prefix, header_len) -> bytes, or None if not a text token."},
+    {"open_text_token", (PyCFunction)(void (*)(void))token_open_text, METH_FASTCALL,
+     "open_text_token(key_address, token, aad, prefix, header_len, bind_header, as_text)."},
+    {"set_core", set_core, METH_O,
+     "set_core(addresses): the native core's function addresses, by name."},
     {NULL, NULL, 0, NULL},
 };
 
