@@ -275,3 +275,19 @@ def random_into(buf) -> None:
     """Fills a writable buffer from OpenSSL's CSPRNG."""
     view = memoryview(buf)
     _check(lib.engine_random(ffi.from_buffer(view), view.nbytes))
+
+
+DERIVE_EXTRA_MAX: int = lib.ENGINE_DERIVE_EXTRA_MAX
+
+
+def derive_key(key: KeyHandle, info, info_len: int, extra_len: int) -> tuple[KeyHandle, bytes]:
+    """HKDF-Expand-SHA512 keyed with ``key`` (see engine_key_derive): a new handle on the same
+    backend from the first 32 output bytes, and the ``extra_len`` bytes after them."""
+    out = ffi.new("engine_key **")
+    extra = bytearray(extra_len)
+    _check(lib.engine_key_derive(out, key._ptr, ffi.from_buffer(info), info_len,
+                                 ffi.from_buffer(extra), extra_len))
+    handle = KeyHandle.__new__(KeyHandle)
+    handle._ptr = ffi.gc(out[0], lib.engine_key_free)
+    handle.backend = key.backend
+    return handle, bytes(extra)
