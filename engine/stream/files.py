@@ -293,11 +293,17 @@ def _temporary(directory: str, name: str) -> tuple[int, str | None]:
 
 
 def _link_unnamed(fd: int, directory: str, name: str) -> str:
-    for _ in range(100):
-        candidate = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.part")
-        try:
-            os.link(f"/proc/self/fd/{fd}", candidate, follow_symlinks=True)
-            return candidate
-        except FileExistsError:
-            continue
+    # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N gives an O_TMPFILE file a name; os.link uses
+    # linkat (not link, which would link the symlink itself) only when given a directory fd.
+    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(100):
+            candidate = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.part")
+            try:
+                os.link(str(fd), candidate, src_dir_fd=proc, follow_symlinks=True)
+                return candidate
+            except FileExistsError:
+                continue
+    finally:
+        os.close(proc)
     raise FileExistsError(f"no free temporary name in {directory}")
