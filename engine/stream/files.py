@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from contextlib import contextmanager
 
-from ..errors import InvalidArgument
+from ..atomic_file import atomic_output
 from ..keys.base import KeyState, KeyVersionNotUsable, VersionedKey
 from ..service import EncryptionService, get_encryption_service
 from . import cobblestone
@@ -244,66 +243,3 @@ def _output(path: str, fsync: bool) -> Iterator[Any]:
         return
     with atomic_output(path, fsync=fsync) as f:
         yield f
-
-
-@contextmanager
-def atomic_output(path: str, *, fsync: bool = False) -> Iterator[Any]:
-    """A raw binary file that becomes ``path`` only when the block ends without an exception.
-
-    The data goes to an unnamed file in ``path``'s directory (``O_TMPFILE``: a crash or SIGKILL
-    leaves nothing behind), linked under a temporary name and renamed over ``path`` at the end;
-    where the file system has no ``O_TMPFILE``, to a hidden temporary file removed on failure.
-    The file is created with mode 0600.
-
-    Raises:
-        InvalidArgument: ``path`` is a directory.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise InvalidArgument(f"{path} is a directory")
-    fd, named = _temporary(directory, os.path.basename(path))
-    f = open(fd, "wb", buffering=0)  # noqa: SIM115
-    done = False
-    try:
-        yield f
-        if fsync:
-            os.fsync(fd)
-        if named is None:
-            named = _link_unnamed(fd, directory, os.path.basename(path))
-        os.replace(named, path)
-        done = True
-    finally:
-        f.close()
-        if not done and named is not None:
-            try:
-                os.unlink(named)
-            except FileNotFoundError:
-                pass
-
-
-def _temporary(directory: str, name: str) -> tuple[int, str | None]:
-    flag = getattr(os, "O_TMPFILE", 0)
-    if flag:
-        try:
-            return os.open(directory, flag | os.O_WRONLY, 0o600), None
-        except OSError:
-            pass  # this file system has no unnamed files: a named one below
-    fd, named = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-    return fd, named
-
-
-def _link_unnamed(fd: int, directory: str, name: str) -> str:
-    # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N gives an O_TMPFILE file a name; os.link uses
-    # linkat (not link, which would link the symlink itself) only when given a directory fd.
-    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(100):
-            candidate = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.part")
-            try:
-                os.link(str(fd), candidate, src_dir_fd=proc, follow_symlinks=True)
-                return candidate
-            except FileExistsError:
-                continue
-    finally:
-        os.close(proc)
-    raise FileExistsError(f"no free temporary name in {directory}")
