@@ -288,3 +288,12 @@ def test_an_aborted_writer_leaves_a_truncated_message():
     del w
     with pytest.raises(stream.TruncatedMessage):
         stream.decrypt(key, out.getvalue())
+
+
+def test_a_4_gib_stream_stays_in_bounded_memory():
+    """Peak RSS of a 4 GiB streaming encrypt, above the interpreter's baseline with the engine
+    imported (in a fresh process): under 64 MiB."""
+    from bench.bench_files import memory_case
+
+    result = memory_case(4 << 30)
+    assert result["above baseline MiB"] < 64, result
