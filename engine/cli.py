@@ -255,6 +255,9 @@ def _data_commands(args: argparse.Namespace) -> int:
     from .stream import FileEncryption, NotAnEngineFile
 
     report_to = sys.stderr if getattr(args, "output", None) == "-" else sys.stdout
+    exit_codes = (((InvalidTag, NotAnEngineFile), EXIT_CHECK_FAILED), (InvalidArgument, EXIT_USAGE),
+                  (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
+    error: BaseException | None = None
     try:
         if args.command in ("encrypt", "decrypt"):
             with _progress_bar(args.input) as bar:
@@ -271,22 +274,15 @@ def _data_commands(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("crypto-engine: interrupted; no output file was left", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (InvalidTag, NotAnEngineFile) as exc:
-        print(f"crypto-engine: {args.input}: {exc}", file=sys.stderr)
-        return EXIT_CHECK_FAILED
-    except InvalidArgument as exc:
-        print(f"crypto-engine: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except UnknownKeyVersion as exc:
-        print(f"crypto-engine: {args.input}: {exc} (not held by the configured key provider)",
-              file=sys.stderr)
-        return EXIT_BACKEND
-    except EngineError as exc:
-        print(f"crypto-engine: {exc}", file=sys.stderr)
-        return EXIT_BACKEND
-    except OSError as exc:
-        print(f"crypto-engine: {exc}", file=sys.stderr)
-        return EXIT_IO
+    except (EngineError, OSError) as exc:
+        error = exc
+    if error is not None:  # reported outside the except block: no chained context
+        about_input = isinstance(error, (InvalidTag, NotAnEngineFile, UnknownKeyVersion))
+        where = f"{args.input}: " if about_input else ""
+        hint = (" (not held by the configured key provider)"
+                if isinstance(error, UnknownKeyVersion) else "")
+        print(f"crypto-engine: {where}{error}{hint}", file=sys.stderr)
+        return next(code for types, code in exit_codes if isinstance(error, types))
     if args.json:
         print(json.dumps(report), file=report_to)
     elif report_to is sys.stdout:
