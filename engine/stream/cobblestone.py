@@ -470,6 +470,7 @@ class RandomAccessReader(io.RawIOBase):
         key, context, threads: as for :func:`decrypt_stream`.
         src: a readable, seekable binary file object holding the message at ``offset``.
         offset: where the message starts in ``src`` (after an outer header, say).
+        close_source: close ``src`` when this reader is closed.
 
     Raises:
         CommitmentMismatch: wrong key or context (checked here, before any chunk).
@@ -478,8 +479,9 @@ class RandomAccessReader(io.RawIOBase):
     """
 
     def __init__(self, key: Any, src: Any, context: Any = b"", *, offset: int = 0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, close_source: bool = False) -> None:
         super().__init__()
+        self._owned = src if close_source else None
         self._src = Source(src)
         self._base = offset
         self._src.seek(offset)
@@ -580,8 +582,12 @@ class RandomAccessReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._win.wipe()
+            win = getattr(self, "_win", None)  # None: __init__ failed early
+            if win is not None:
+                win.wipe()
             self._cached = None
+            if getattr(self, "_owned", None) is not None:
+                self._owned.close()
         super().close()
 
 

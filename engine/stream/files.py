@@ -190,14 +190,22 @@ class FileEncryption:
     def open(self, src: Any, context: Any = b"") -> cobblestone.RandomAccessReader:
         """A readable, seekable file object over the engine file in ``src`` (a path or a
         seekable binary file object); reads decrypt only the chunks they touch."""
-        if isinstance(src, (str, os.PathLike)):
-            src = open(src, "rb", buffering=0)  # noqa: SIM115 (closed with the reader's source)
-        src.seek(0)
-        header = Source(src).read_exact_or_less(FILE_HEADER_BYTES)
-        key = self.service.provider.get_key(read_file_header(header))
+        owned = isinstance(src, (str, os.PathLike))
+        if owned:
+            src = open(src, "rb", buffering=0)  # noqa: SIM115 (closed with the reader)
+        try:
+            src.seek(0)
+            header = Source(src).read_exact_or_less(FILE_HEADER_BYTES)
+            key = self.service.provider.get_key(read_file_header(header))
+            reader = cobblestone.RandomAccessReader(key.cipher, src, _context(header, context),
+                                                    offset=FILE_HEADER_BYTES,
+                                                    threads=self._threads, close_source=owned)
+        except BaseException:
+            if owned:
+                src.close()
+            raise
         self._audit(key.version, "decrypt-file")
-        return cobblestone.RandomAccessReader(key.cipher, src, _context(header, context),
-                                              offset=FILE_HEADER_BYTES, threads=self._threads)
+        return reader
 
     # ---- paths (what `crypto-engine encrypt/decrypt` run) ----
 
