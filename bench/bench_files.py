@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -258,8 +257,14 @@ def table_case(rows: int, rounds: int) -> dict[str, Any]:
             "same output": check.column("email").to_pylist() == emails}
 
 
+# Peak RSS from /proc/self/status (VmHWM): getrusage's ru_maxrss survives fork and exec, so a
+# child would report its parent's peak.
 _RSS_CHILD = r"""
-import io, os, resource, sys
+import io, os, sys
+
+def peak_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 from engine import EncryptionService, StaticKeyProvider
 from engine.stream import FileEncryption
 
@@ -270,10 +275,10 @@ class Zeros(io.RawIOBase):
         k = min(len(b), self.left); self.left -= k; return k
 
 files = FileEncryption(EncryptionService(StaticKeyProvider({1: bytes(32)}), metrics=False))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the interpreter with the engine imported
+base = peak_kib()  # the interpreter with the engine imported
 with open(os.devnull, "wb", buffering=0) as sink:
     files.encrypt_stream(Zeros(int(sys.argv[1])), sink)
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(base, peak_kib())
 """
 
 
