@@ -401,6 +401,37 @@ class AesGcm:
             raise BatchInvalidTag(np.flatnonzero(failed), result)
         return result
 
+    # ---- key derivation ----
+
+    def derive(self, info: Any, *, extra: int = 0) -> tuple["AesGcm", bytes]:
+        """HKDF-Expand with SHA-512 (RFC 5869, no Extract step) keyed with this key: a new
+        :class:`AesGcm` on the first 32 output bytes, and the ``extra`` bytes that follow.
+
+        The derived key is computed and kept in native memory, like this one: no key bytes
+        reach Python. This key must be uniformly random (a CSPRNG or KDF output), as every
+        engine key is.
+
+        Args:
+            info: the HKDF ``info`` (bytes-like, any length).
+            extra: output bytes wanted after the key (0 to 224), for values that are not secret
+                (nonces, key commitments).
+
+        Returns:
+            ``(cipher, extra_bytes)``; the cipher runs on this key's backend.
+
+        Raises:
+            InvalidArgumentType: ``info`` is not bytes-like.
+            InvalidArgument: ``extra`` out of range.
+        """
+        info = byte_view(info, "info")
+        info_len = info.shape[0]
+        if type(extra) is not int or not 0 <= extra <= _native.DERIVE_EXTRA_MAX:
+            raise InvalidArgument(f"extra must be an integer from 0 to {_native.DERIVE_EXTRA_MAX}")
+        handle, extra_bytes = _native.derive_key(self._key, info, info_len, extra)
+        derived = AesGcm.__new__(AesGcm)  # no key bytes to hand to __init__
+        derived._key, derived._address = handle, handle.address
+        return derived, extra_bytes
+
 
     # ---- one token as text: prefix || base64url(header || nonce || ciphertext || tag) ----
 

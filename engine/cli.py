@@ -2,8 +2,10 @@
 the library calls a user could make themselves.
 
 Exit codes: 0 success, 1 a check failed (data did not round-trip, a rotation failed and was
-rolled back, an audit log was tampered with), 2 bad usage, 3 the backend or the configuration is
-not available, 4 another key rotation is running.
+rolled back, an audit log was tampered with, a file or column did not authenticate or is not an
+engine file), 2 bad usage, 3 the backend or the configuration is not available (including a key
+version the provider does not hold), 4 another key rotation is running, 5 a file could not be
+read or written, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from . import AesGcm, Batch, BackendUnavailable, EngineError, InvalidArgument, backend_info
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND, EXIT_BUSY = 0, 1, 2, 3, 4
+EXIT_IO, EXIT_INTERRUPTED = 5, 130
 
 
 def sample_records(count: int, min_size: int, max_size: int, seed: int = 0) -> Batch:
@@ -153,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify = sub.add_parser("audit-verify", help="check an audit log's HMAC chain")
     verify.add_argument("path")
     verify.add_argument("--json", action="store_true", help="print JSON")
+    _add_data_commands(sub)
     args = parser.parse_args(argv)
 
+    if args.command in _DATA_COMMANDS:
+        return _data_commands(args)
     try:
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
             return _key_commands(args)
@@ -221,6 +227,99 @@ def _key_commands(args: argparse.Namespace) -> int:
     except (EngineError, OSError) as exc:
         print(f"crypto-engine: {exc}", file=sys.stderr)
         return EXIT_BACKEND
+
+
+# ---- files, streams and table columns (engine.stream, engine.tables) ---------------------------
+
+_DATA_COMMANDS = ("encrypt", "decrypt", "encrypt-columns", "decrypt-columns")
+
+
+def _add_data_commands(sub: Any) -> None:
+    for name, what in (("encrypt", "encrypt a file or stream (C2SP chunked encryption)"),
+                       ("decrypt", "decrypt a file or stream made by 'encrypt'")):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("input", metavar="IN", help="a file, or - for stdin")
+        cmd.add_argument("output", metavar="OUT", help="a file (written only once complete), or - for stdout")
+        cmd.add_argument("--context", default="", metavar="TEXT",
+                         help="bound into the file; decryption must give the same")
+        cmd.add_argument("--fsync", action="store_true", help="flush OUT to disk before renaming it")
+        cmd.add_argument("--json", action="store_true",
+                         help="print a JSON report (on stderr when OUT is -)")
+    for name, what in (("encrypt-columns", "encrypt columns of a Parquet or CSV file"),
+                       ("decrypt-columns", "decrypt columns made by 'encrypt-columns'")):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("input", metavar="IN", help="a .parquet or .csv file")
+        cmd.add_argument("output", metavar="OUT", help="written only once complete")
+        cmd.add_argument("--column", action="append", required=True, dest="columns",
+                         help="a column to encrypt (repeat for several)")
+        cmd.add_argument("--aad-template", default=None, metavar="TEMPLATE",
+                         help="per-row associated data, e.g. 'users:{id}:{column}'")
+        cmd.add_argument("--format", choices=("parquet", "csv"), default=None,
+                         help="default: from IN's extension")
+        cmd.add_argument("--json", action="store_true", help="print a JSON report")
+
+
+def _data_commands(args: argparse.Namespace) -> int:
+    from .errors import InvalidTag
+    from .keys.base import UnknownKeyVersion
+    from .stream import FileEncryption, NotAnEngineFile
+
+    report_to = sys.stderr if getattr(args, "output", None) == "-" else sys.stdout
+    exit_codes = (((InvalidTag, NotAnEngineFile), EXIT_CHECK_FAILED), (InvalidArgument, EXIT_USAGE),
+                  (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
+    error: BaseException | None = None
+    try:
+        if args.command in ("encrypt", "decrypt"):
+            with _progress_bar(args.input) as bar:
+                files = FileEncryption()
+                run = files.encrypt_file if args.command == "encrypt" else files.decrypt_file
+                result = run(args.input, args.output, args.context, progress=bar, fsync=args.fsync)
+            report = result.to_dict()
+        else:
+            from .tables import decrypt_columns_file, encrypt_columns_file
+
+            run = encrypt_columns_file if args.command == "encrypt-columns" else decrypt_columns_file
+            report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
+                         file_format=args.format)
+    except KeyboardInterrupt:
+        print("crypto-engine: interrupted; no output file was left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (EngineError, OSError) as exc:
+        error = exc
+    if error is not None:  # reported outside the except block: no chained context
+        about_input = isinstance(error, (InvalidTag, NotAnEngineFile, UnknownKeyVersion))
+        where = f"{args.input}: " if about_input else ""
+        hint = (" (not held by the configured key provider)"
+                if isinstance(error, UnknownKeyVersion) else "")
+        print(f"crypto-engine: {where}{error}{hint}", file=sys.stderr)
+        return next(code for types, code in exit_codes if isinstance(error, types))
+    if args.json:
+        print(json.dumps(report), file=report_to)
+    elif report_to is sys.stdout:
+        print(", ".join(f"{k} {v}" for k, v in report.items()))
+    return EXIT_OK
+
+
+class _progress_bar:
+    """A tqdm progress bar in bytes on a terminal's stderr (sized from IN when it is a file);
+    the callable that the library calls with each step."""
+
+    def __init__(self, path: str) -> None:
+        self._bar = None
+        if sys.stderr.isatty():
+            import os
+
+            from tqdm import tqdm
+
+            total = os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+
+    def __enter__(self) -> Any:
+        return self._bar.update if self._bar is not None else None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .records import BYTES_VALUES, NONE_VALUES, STR_VALUES, field_values, value_
 from .envelope import is_text_token, text_token_mask
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
+from .tables import decrypt_columns, encrypt_columns, is_table
 
 __all__ = ["FieldEncryption"]
 
@@ -153,10 +154,17 @@ class FieldEncryption:
             field: the field name (also bound into the AAD with ``bind_context``).
             ids: for a column of values with ``bind_context``: the record ids, one per value.
 
+        A pyarrow ``Table``/``RecordBatch`` or a pandas/polars ``DataFrame`` is handed to
+        :func:`engine.tables.encrypt_columns` (a new table of the same type; with
+        ``bind_context`` the AAD template is ``"{<id_field>}:{column}"``).
+
         Raises:
             InvalidArgumentType: a value is neither str nor bytes.
             InvalidArgument: ``bind_context`` without ids.
         """
+        if is_table(records):
+            return encrypt_columns(records, field, aad_template=self._table_aad(),
+                                   service=self.service)
         return _Column.of(self, records, field, ids).encrypt()
 
     @_dualmethod
@@ -169,7 +177,13 @@ class FieldEncryption:
             EnvelopeError: a present value is not a token (the message gives its index).
             BatchInvalidTag: some values failed authentication; nothing is returned.
         """
+        if is_table(records):
+            return decrypt_columns(records, field, aad_template=self._table_aad(),
+                                   service=self.service)
         return _Column.of(self, records, field, ids).decrypt()
+
+    def _table_aad(self) -> str | None:
+        return "{" + self._id_field + "}:{column}" if self._bind else None
 
 
 class _Column:

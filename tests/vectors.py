@@ -108,3 +108,48 @@ def wycheproof_aes_gcm() -> list[GcmVector]:
                 )
             )
     return out
+
+
+@dataclass(frozen=True)
+class ChunkedVector:
+    """One Wycheproof Cobblestone-256 test (c2sp.org/chunked-encryption)."""
+
+    tc_id: int
+    comment: str
+    key: bytes
+    context: bytes
+    ciphertext: bytes
+    aead_key: bytes | None
+    base_nonce: bytes | None
+    msg_length: int | None
+    msg_sha512: bytes | None
+    valid: bool
+    flags: frozenset
+
+    @property
+    def id(self) -> str:
+        return f"tcId={self.tc_id}"
+
+
+def wycheproof_chunked() -> list[ChunkedVector]:
+    """Wycheproof's Cobblestone-256 decryption tests ([] when absent); ``ct`` is stored there
+    zlib-compressed and hex-encoded."""
+    import zlib
+
+    path = SHARED_VECTORS / "wycheproof_c2sp_chunked_encryption_aes_256_gcm_test.json"
+    if not path.exists():
+        return []
+    doc = json.loads(path.read_text())
+    out = []
+    for group in doc["testGroups"]:
+        assert group["aead"] == "AEAD_AES_256_GCM" and group["sha"] == "SHA-512"
+        for t in group["tests"]:
+            out.append(ChunkedVector(
+                tc_id=t["tcId"], comment=t["comment"], key=bytes.fromhex(t["key"]),
+                context=bytes.fromhex(t["ctx"]), ciphertext=zlib.decompress(bytes.fromhex(t["ct"])),
+                aead_key=bytes.fromhex(t["aeadKey"]) if "aeadKey" in t else None,
+                base_nonce=bytes.fromhex(t["baseNonce"]) if "baseNonce" in t else None,
+                msg_length=t.get("msgLength"),
+                msg_sha512=bytes.fromhex(t["msgSha512"]) if "msgSha512" in t else None,
+                valid=t["result"] == "valid", flags=frozenset(t["flags"])))
+    return out

@@ -123,7 +123,17 @@ class KeyHandle:
     def __init__(self, key, backend: str) -> None:
         out = ffi.new("engine_key **")
         _check(lib.engine_key_new(out, BACKENDS[backend], ffi.from_buffer(key)))
-        self._ptr = ffi.gc(out[0], lib.engine_key_free)
+        self._own(out[0], backend)
+
+    @classmethod
+    def _adopt(cls, ptr, backend: str) -> "KeyHandle":
+        """A handle owning a key the core has just made (a derived key)."""
+        self = cls.__new__(cls)
+        self._own(ptr, backend)
+        return self
+
+    def _own(self, ptr, backend: str) -> None:
+        self._ptr = ffi.gc(ptr, lib.engine_key_free)
         self.address = int(ffi.cast("uintptr_t", self._ptr))
         self.backend = backend
 
@@ -212,3 +222,16 @@ def random_into(buf) -> None:
     """Fills a writable buffer from OpenSSL's CSPRNG."""
     view = memoryview(buf)
     _check(lib.engine_random(ffi.from_buffer(view), view.nbytes))
+
+
+DERIVE_EXTRA_MAX: int = lib.ENGINE_DERIVE_EXTRA_MAX
+
+
+def derive_key(key: KeyHandle, info, info_len: int, extra_len: int) -> tuple[KeyHandle, bytes]:
+    """HKDF-Expand-SHA512 keyed with ``key`` (see engine_key_derive): a new handle on the same
+    backend from the first 32 output bytes, and the ``extra_len`` bytes after them."""
+    out = ffi.new("engine_key **")
+    extra = bytearray(extra_len)
+    _check(lib.engine_key_derive(out, key._ptr, ffi.from_buffer(info), info_len,
+                                 ffi.from_buffer(extra), extra_len))
+    return KeyHandle._adopt(out[0], key.backend), bytes(extra)

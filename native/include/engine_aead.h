@@ -133,6 +133,15 @@ int engine_gather(size_t n, const uint8_t *src, const int64_t *src_starts, const
  * draw: a child never hangs on a lock held at fork time and never repeats its parent's bytes. */
 int engine_random(uint8_t *buf, size_t len) ENGINE_WUR;
 
+/* Key derivation from a key handle, so that a derived key never leaves native memory either:
+ * okm = HKDF-Expand(SHA-512, prk = the 32 bytes of `key`, info, 32 + extra_len) (RFC 5869; no
+ * Extract step, so `key` must be uniformly random). *out receives a new handle on the same
+ * backend keyed with okm[0..32); extra receives okm[32..32 + extra_len), meant for values that
+ * are not secret (nonces, key commitments). okm is wiped. */
+#define ENGINE_DERIVE_EXTRA_MAX 224
+int engine_key_derive(engine_key **out, const engine_key *key, const uint8_t *info,
+                      size_t info_len, uint8_t *extra, size_t extra_len) ENGINE_WUR;
+
 #ifdef __cplusplus
 }
 #endif

@@ -32,6 +32,9 @@ struct engine_key {
     const engine_backend_ops *ops;
     int backend;
     void *impl;
+    /* The key itself, the PRK of engine_key_derive. Keeping it adds no exposure: the expanded
+     * AES key schedule in impl begins with these same 32 bytes. Wiped by engine_key_free. */
+    uint8_t raw[ENGINE_KEY_BYTES];
 };
 
 extern const engine_backend_ops engine_openssl_ops;

@@ -76,6 +76,7 @@ int engine_key_new(engine_key **out, int backend, const uint8_t *raw) {
         free(key);
         return rc;
     }
+    memcpy(key->raw, raw, ENGINE_KEY_BYTES); /* for engine_key_derive; wiped by engine_key_free */
     *out = key;
     return ENGINE_OK;
 }

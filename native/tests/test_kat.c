@@ -170,6 +170,60 @@ static void run_bulk(int backend) {
     engine_key_free(k);
 }
 
+/* engine_key_derive: HKDF-Expand-SHA512 from a handle into a new handle. The expected values were
+ * computed with pyca/cryptography (HKDFExpand(SHA512) and AESGCM): with input key 00..1f and the
+ * chunked-encryption info (Cobblestone-256, salt 40..57, context "ctx"), the public okm[32..76)
+ * and the AES-GCM sealing of 16 zero bytes under okm[0..32) and nonce okm[32..44); then 224
+ * extra bytes over a 3000-byte info (longer than OpenSSL's own HKDF accepts). */
+static void run_derive(int backend) {
+    static const char *info1 =
+        "633273702e6f72672f6368756e6b65642d656e6372797074696f6e4076312b414541445f4145535f3235"
+        "365f47434d00404142434445464748494a4b4c4d4e4f5051525354555657637478";
+    static const char *extra1 =
+        "7ee3561558fce50d11618af066f10a04ed5e793eff41a016ce3ed315537a0c0b80101733e0489269a15d"
+        "fbdf";
+    static const char *sealed1 = "be199059558c79c3b0eb58e5ac88bd5f9fd0512cbbfdcce0a6140e23173ff8e6";
+    static const char *extra2 =
+        "6b6ac563251176e612f1dcd04de5560fa4b0d02d58226ea7697f5c31281eecd95024ef380a124602b3a8"
+        "efd06550daf1a00a85eba5e48c5f2348eda691f2686f41c9238e26fb4a376ba0932577153ee4478258f7"
+        "3f8288bb67eaf83d2b0050921271a8e98943ab75d8e26324cdcd6abdd094978a5658820a433d08f11ac2"
+        "0602f601df9546bcb2015f1acb66e3dce6581667279da0b980518d5d20a81e6c407c6def23c9db87c32e"
+        "b224bc7767e155a8b48cf363a02c6aecfdf1042f7c23fd257fcdc4f5590a7e9ead9332109ce317018089"
+        "b30596c4bec2dd08c65fd979cf76";
+    static const char *tag2 = "d32be5acb2b8851daf46ff2bbca888a2";
+    uint8_t key[32], info[3000], extra[ENGINE_DERIVE_EXTRA_MAX], want[ENGINE_DERIVE_EXTRA_MAX];
+    uint8_t zeros[16] = {0}, out[16], tag[16], want_sealed[32], nonce[12] = {0};
+    engine_key *k, *d;
+    size_t i, info_len = unhex(info1, info);
+    for (i = 0; i < 32; i++) key[i] = (uint8_t)i;
+    CHECK(engine_key_new(&k, backend, key) == ENGINE_OK, "derive: key_new");
+    CHECK(engine_key_derive(&d, k, info, info_len, extra, 44) == ENGINE_OK, "derive");
+    unhex(extra1, want);
+    CHECK(memcmp(extra, want, 44) == 0, "derive: base nonce and commitment");
+    CHECK(engine_key_backend(d) == backend, "derive: same backend");
+    unhex(sealed1, want_sealed);
+    CHECK(engine_seal(d, out, tag, zeros, 16, extra, 12, NULL, 0) == ENGINE_OK &&
+              memcmp(out, want_sealed, 16) == 0 && memcmp(tag, want_sealed + 16, 16) == 0,
+          "derive: the derived key seals as cryptography's");
+    engine_key_free(d);
+    for (i = 0; i < sizeof(info); i++) info[i] = (uint8_t)(i % 251);
+    CHECK(engine_key_derive(&d, k, info, sizeof(info), extra, ENGINE_DERIVE_EXTRA_MAX) == ENGINE_OK,
+          "derive: long info");
+    unhex(extra2, want);
+    CHECK(memcmp(extra, want, ENGINE_DERIVE_EXTRA_MAX) == 0, "derive: long info okm");
+    unhex(tag2, want_sealed);
+    CHECK(engine_seal(d, out, tag, zeros, 0, nonce, 12, NULL, 0) == ENGINE_OK &&
+              memcmp(tag, want_sealed, 16) == 0,
+          "derive: long info key");
+    engine_key_free(d);
+    d = (engine_key *)1;
+    CHECK(engine_key_derive(&d, k, info, 10, extra, ENGINE_DERIVE_EXTRA_MAX + 1) == ENGINE_EINVAL &&
+              d == (engine_key *)1,
+          "derive: too much extra output refused");
+    CHECK(engine_key_derive(&d, k, NULL, 1, extra, 0) == ENGINE_EINVAL, "derive: NULL info");
+    engine_key_free(k);
+}
+
 int main(int argc, char **argv) {
     int backend = argc > 1 && strcmp(argv[1], "ipsec-mb") == 0 ? ENGINE_BACKEND_IPSECMB
                                                                  : ENGINE_BACKEND_OPENSSL;
@@ -181,6 +235,7 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof(KATS) / sizeof(KATS[0]); i++) run_kat(backend, &KATS[i]);
     run_bulk(backend);
+    run_derive(backend);
     /* invalid arguments are refused, not dereferenced */
     CHECK(engine_key_new(&k, 99, key) == ENGINE_EBACKEND, "unknown backend accepted");
     CHECK(engine_key_new(&k, backend, key) == ENGINE_OK, "key_new");

@@ -1,0 +1,596 @@
+"""C2SP chunked encryption (c2sp.org/chunked-encryption) instantiated as Cobblestone-256:
+AES-256-GCM with HKDF-Expand-SHA512, byte-exact with the specification.
+
+A message is ``salt (24) || commitment (32) || chunk 0 || chunk 1 || ...``: 16 KiB chunks, each
+sealed as an independent GCM record (empty AAD, nonce = base nonce XOR the chunk number), the last
+one always shorter than 16 KiB (possibly empty). Key, base nonce and commitment come from
+``HKDF-Expand(SHA-512, input key, "c2sp.org/chunked-encryption@v1+AEAD_AES_256_GCM" || 0x00 ||
+salt || context)``, computed natively from a key handle (:meth:`engine.AesGcm.derive`).
+
+Many chunks go through one native batch call, split across threads with the GIL released; a
+window of chunks is sealed and opened in place, so a stream of any length runs in bounded
+memory (about 16 MiB at the default window).
+
+Decryption checks the commitment before any chunk, releases a chunk's plaintext only after it
+authenticated, and after an error keeps failing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+from typing import Any, Callable
+
+import numpy as np
+
+from ..aead import AesGcm, random_bytes
+from ..batch import Batch, SealedBatch
+from ..errors import BatchInvalidTag, InvalidArgument, InvalidArgumentType, MessageTooLong
+from ._io import CHUNK, SEALED, TAG, Sink, Source, Window
+from .errors import ChunkInvalid, CommitmentMismatch, TruncatedMessage
+
+__all__ = [
+    "CHUNK_BYTES",
+    "ChunkCipher",
+    "Decryptor",
+    "Encryptor",
+    "HEADER_BYTES",
+    "RandomAccessReader",
+    "context_bytes",
+    "decrypt",
+    "decrypt_stream",
+    "encrypt",
+    "encrypt_stream",
+    "open_message",
+]
+
+CHUNK_BYTES = CHUNK
+SALT_BYTES = 24
+COMMITMENT_BYTES = 32
+HEADER_BYTES = SALT_BYTES + COMMITMENT_BYTES
+NONCE_BYTES = 12
+MAX_CHUNKS = 1 << 38
+INFO_PREFIX = b"c2sp.org/chunked-encryption@v1+AEAD_AES_256_GCM\x00"
+# Chunks per native call (read at each call, so tests can make it small): 16 MiB is large enough
+# that the per-call cost is noise, and keeps a stream's memory bounded. Random access reads less.
+WINDOW_CHUNKS = 1024
+RANDOM_ACCESS_CHUNKS = 256
+
+Progress = Callable[[int], Any]
+
+
+def _input_key(key: Any) -> AesGcm:
+    """The input key as a native handle: an :class:`AesGcm`, or 32 bytes."""
+    if isinstance(key, AesGcm):
+        return key
+    try:
+        size = memoryview(key).nbytes
+    except TypeError:
+        raise InvalidArgumentType(
+            f"key must be an engine.AesGcm or 32 bytes, not {type(key).__name__}") from None
+    if size != 32:
+        raise InvalidArgument(f"Cobblestone-256 input keys are 32 bytes, not {size}")
+    return AesGcm(key)
+
+
+def context_bytes(context: Any) -> bytes:
+    """``context`` as bytes: bytes-like as is, str as UTF-8."""
+    if isinstance(context, str):
+        return context.encode("utf-8")
+    try:
+        return memoryview(context).tobytes()
+    except TypeError:
+        raise InvalidArgumentType(
+            f"context must be bytes-like or str, not {type(context).__name__}") from None
+
+
+def derive(key: Any, salt: bytes, context: Any = b"", *,
+           threads: int | None = None) -> tuple["ChunkCipher", bytes]:
+    """The per-message chunk cipher and commitment for ``salt`` and ``context``."""
+    cipher, extra = _input_key(key).derive(INFO_PREFIX + salt + context_bytes(context),
+                                            extra=NONCE_BYTES + COMMITMENT_BYTES)
+    return ChunkCipher(cipher, extra[:NONCE_BYTES], threads=threads), extra[NONCE_BYTES:]
+
+
+class ChunkCipher:
+    """The chunk layer alone: the specification's *raw mode* (key and base nonce given, no salt
+    and no commitment). A hazardous primitive for protocols and known-answer tests: a key and
+    base nonce must never seal two messages. Applications use :func:`encrypt` and friends.
+
+    Args:
+        key: the chunk key, an :class:`~engine.AesGcm` or 32 bytes.
+        base_nonce: 12 bytes.
+        threads: threads per native call (None: all cores).
+    """
+
+    __slots__ = ("_cipher", "_base", "_threads")
+
+    def __init__(self, key: Any, base_nonce: Any, *, threads: int | None = None) -> None:
+        self._cipher = _input_key(key)
+        base = np.frombuffer(bytes(memoryview(base_nonce)), dtype=np.uint8)
+        if base.size != NONCE_BYTES:
+            raise InvalidArgument(f"the base nonce is {NONCE_BYTES} bytes, not {base.size}")
+        self._base = base
+        self._threads = threads
+
+    def __repr__(self) -> str:
+        return "<ChunkCipher>"
+
+    def __reduce__(self):
+        raise TypeError("chunk ciphers hold key material and cannot be pickled")
+
+    def nonces(self, first: int, n: int) -> np.ndarray:
+        """The ``n x 12`` nonces of chunks ``first .. first + n - 1``."""
+        if first + n > MAX_CHUNKS:
+            raise MessageTooLong("a chunked message holds at most 2**38 chunks")
+        out = np.empty((n, NONCE_BYTES), dtype=np.uint8)
+        out[:] = self._base
+        counters = np.arange(first, first + n, dtype=">u8").view(np.uint8).reshape(n, 8)
+        out[:, 4:] ^= counters  # the counter, big-endian, under the last 8 nonce bytes
+        return out
+
+    def seal_window(self, win: Window, n: int, last_len: int, first: int) -> None:
+        """Seals chunks 0..n-1 of ``win`` in place as chunks ``first..``; tags into ``win.tags``."""
+        batch = Batch(win.data, win.offsets_for(n, last_len))
+        tags = self._cipher.seal_batch_into(batch, win.data, nonces=self.nonces(first, n),
+                                            nonce_size=NONCE_BYTES, threads=self._threads).tags
+        win.tags[:n] = tags
+
+    def open_window(self, win: Window, n: int, last_len: int, first: int) -> int | None:
+        """Opens chunks 0..n-1 of ``win`` in place; returns the window index of the first chunk
+        that failed (its plaintext and all after it must not be used), or None."""
+        sealed = SealedBatch(nonces=self.nonces(first, n), tags=win.tags[:n],
+                             ciphertexts=Batch(win.data, win.offsets_for(n, last_len)))
+        failed = None
+        try:
+            self._cipher.open_batch_into(sealed, win.data, threads=self._threads)
+        except BatchInvalidTag as exc:
+            failed = int(exc.failed[0])
+        return failed
+
+    def seal(self, data: Any) -> bytes:
+        """Raw mode: the chunks of ``data`` (no salt, no commitment)."""
+        out = io.BytesIO()
+        _seal_stream(self, Source(io.BytesIO(memoryview(data).tobytes())), Sink(out), None)
+        return out.getvalue()
+
+    def open(self, chunks: Any) -> bytes:
+        """Raw mode: the plaintext of ``chunks``.
+
+        Raises:
+            ChunkInvalid, TruncatedMessage: see :func:`decrypt`.
+        """
+        out = io.BytesIO()
+        _open_stream(self, Source(io.BytesIO(memoryview(chunks).tobytes())), Sink(out), None)
+        return out.getvalue()
+
+
+# ---------------------------------------------------------------- whole streams
+
+def _seal_stream(chunks: ChunkCipher, src: Source, dst: Sink, progress: Progress | None) -> int:
+    window = WINDOW_CHUNKS
+    win = Window(window)
+    first = total = 0
+    try:
+        while True:
+            got = src.read_into(memoryview(win.data))
+            total += got
+            if got == len(win.data):  # full chunks are never the last one
+                chunks.seal_window(win, window, CHUNK, first)
+                dst.write_sealed(win, window, CHUNK)
+                first += window
+            else:
+                full, rest = divmod(got, CHUNK)
+                chunks.seal_window(win, full + 1, rest, first)
+                dst.write_sealed(win, full + 1, rest)
+                return total
+            if progress is not None:
+                progress(got)
+    finally:
+        win.wipe()
+
+
+def _open_stream(chunks: ChunkCipher, src: Source, dst: Sink, progress: Progress | None) -> int:
+    reader = _ChunkReader(chunks, src, WINDOW_CHUNKS)
+    total = 0
+    try:
+        while True:
+            view = reader.next_plaintext()
+            if view is None:
+                return total
+            dst.write(view)
+            total += len(view)
+            if progress is not None:
+                progress(len(view))
+    finally:
+        reader.close()
+
+
+class _ChunkReader:
+    """Reads and opens a window of chunks at a time, handing out only authenticated plaintext;
+    after a failure it hands out the authenticated prefix, then raises, then raises again."""
+
+    __slots__ = ("_chunks", "_src", "_win", "_first", "_done", "_error")
+
+    def __init__(self, chunks: ChunkCipher, src: Source, window: int) -> None:
+        self._chunks, self._src = chunks, src
+        self._win = Window(window)
+        self._first = 0
+        self._done = False
+        self._error: Exception | None = None
+
+    def next_plaintext(self) -> memoryview | None:
+        """The next run of authenticated plaintext (valid until the next call), None at the end."""
+        if self._error is not None:
+            raise _again(self._error)
+        if self._done:
+            return None
+        win = self._win
+        limit = win.chunks * SEALED
+        got = self._src.read_sealed(win, limit)
+        full, rest = divmod(got, SEALED)
+        if got == limit:
+            n, last_len, error = full, CHUNK, None
+        elif rest < TAG:  # no short final chunk: the message ends at a chunk boundary or inside a tag
+            n, last_len, error = full, CHUNK, TruncatedMessage()
+        else:
+            win.place_tail(full, rest)
+            n, last_len, error = full + 1, rest - TAG, None
+            self._done = True
+        failed = self._chunks.open_window(win, n, last_len, self._first) if n else None
+        if failed is not None:
+            error, n, last_len = ChunkInvalid(self._first + failed), failed, CHUNK
+        self._first += n
+        if error is not None:
+            self._error = error
+        size = (n - 1) * CHUNK + last_len if n else 0
+        if size == 0 and error is not None:
+            raise _again(error)
+        return memoryview(win.data)[:size]
+
+    def close(self) -> None:
+        self._win.wipe()
+
+
+def _again(error: Exception) -> Exception:
+    """A fresh exception like ``error`` (no traceback or context carried from the first raise)."""
+    return ChunkInvalid(error.index) if isinstance(error, ChunkInvalid) else type(error)()
+
+
+def _read_header(key: Any, src: Source, context: Any, threads: int | None) -> ChunkCipher:
+    header = src.read_exact_or_less(HEADER_BYTES)
+    if len(header) < HEADER_BYTES:
+        raise TruncatedMessage()
+    chunks, commitment = derive(key, header[:SALT_BYTES], context, threads=threads)
+    if not hmac.compare_digest(commitment, header[SALT_BYTES:]):
+        raise CommitmentMismatch()
+    return chunks
+
+
+def encrypt_stream(key: Any, src: Any, dst: Any, context: Any = b"", *,
+                   progress: Progress | None = None, threads: int | None = None,
+                   salt: bytes | None = None) -> int:
+    """Encrypts everything ``src`` yields into one message written to ``dst``.
+
+    Args:
+        key: the input key: 32 uniformly random bytes, or an :class:`~engine.AesGcm`.
+        src: a readable binary file object (a raw file or pipe is read with no extra copy).
+        dst: a writable binary file object.
+        context: bound into the key derivation (bytes, or str as UTF-8); decryption must repeat it.
+        progress: called with the plaintext bytes done after each window.
+        threads: threads per native call (None: all cores).
+        salt: 24 bytes, for known-answer tests only (default: random; a salt must never repeat
+            under one key).
+
+    Returns:
+        The plaintext length.
+
+    Raises:
+        InvalidArgument: a key of the wrong size, or a salt of the wrong size.
+    """
+    if salt is None:
+        salt = random_bytes(SALT_BYTES)
+    elif len(salt) != SALT_BYTES:
+        raise InvalidArgument(f"the salt is {SALT_BYTES} bytes")
+    source, sink = Source(src), Sink(dst)
+    chunks, commitment = derive(key, bytes(salt), context, threads=threads)
+    sink.write(bytes(salt) + commitment)
+    total = _seal_stream(chunks, source, sink, progress)
+    sink.flush()
+    return total
+
+
+def decrypt_stream(key: Any, src: Any, dst: Any, context: Any = b"", *,
+                   progress: Progress | None = None, threads: int | None = None) -> int:
+    """Decrypts one message from ``src`` into ``dst``, writing only authenticated plaintext.
+
+    On failure, ``dst`` has received the plaintext of the chunks before the bad one and nothing
+    else (write to a temporary file and rename it afterwards to keep none of it).
+
+    Returns:
+        The plaintext length.
+
+    Raises:
+        CommitmentMismatch: wrong key or context (nothing was decrypted).
+        TruncatedMessage: the message ends too early.
+        ChunkInvalid: a chunk failed authentication (modified, reordered, duplicated,
+            trailing data).
+        InvalidArgument: a key of the wrong size.
+    """
+    source, sink = Source(src), Sink(dst)
+    chunks = _read_header(key, source, context, threads)
+    total = _open_stream(chunks, source, sink, progress)
+    sink.flush()
+    return total
+
+
+def encrypt(key: Any, data: Any, context: Any = b"", *, salt: bytes | None = None) -> bytes:
+    """One message from ``data`` (bytes-like). See :func:`encrypt_stream`."""
+    out = io.BytesIO()
+    encrypt_stream(key, io.BytesIO(memoryview(data).tobytes()), out, context, salt=salt)
+    return out.getvalue()
+
+
+def decrypt(key: Any, message: Any, context: Any = b"") -> bytes:
+    """The plaintext of one whole message. See :func:`decrypt_stream` for the errors."""
+    out = io.BytesIO()
+    decrypt_stream(key, io.BytesIO(memoryview(message).tobytes()), out, context)
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- file objects
+
+class Encryptor(io.RawIOBase):
+    """A writable file object that encrypts what is written to it into one message on ``dst``.
+
+    Full windows of chunks are sealed and written as they fill; :meth:`close` seals the final
+    short chunk, so a message is complete only once closed. Leaving a ``with`` block through an
+    exception, :meth:`abort`, or garbage collection without ``close`` never write the final
+    chunk: what was written then fails to decrypt as truncated instead of passing for a shorter
+    message. ``dst`` is not closed.
+
+    Args:
+        key, context, threads: as for :func:`encrypt_stream`.
+        dst: a writable binary file object.
+    """
+
+    def __init__(self, key: Any, dst: Any, context: Any = b"", *,
+                 threads: int | None = None) -> None:
+        super().__init__()
+        self._sink = Sink(dst)
+        salt = random_bytes(SALT_BYTES)
+        self._chunks, commitment = derive(key, salt, context, threads=threads)
+        self._sink.write(salt + commitment)
+        self._win = Window(WINDOW_CHUNKS)
+        self._fill = 0
+        self._first = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError("write to a closed Encryptor")
+        view = memoryview(data).cast("B")
+        win, done = self._win, 0
+        capacity = len(win.data)
+        while done < len(view):
+            take = min(capacity - self._fill, len(view) - done)
+            win.data[self._fill:self._fill + take] = view[done:done + take]
+            self._fill += take
+            done += take
+            if self._fill == capacity:  # full chunks are never the last one
+                self._chunks.seal_window(win, win.chunks, CHUNK, self._first)
+                self._sink.write_sealed(win, win.chunks, CHUNK)
+                self._first += win.chunks
+                self._fill = 0
+        return len(view)
+
+    def abort(self) -> None:
+        """Closes without writing the final chunk (the output stays an incomplete message)."""
+        if not self.closed:
+            win = getattr(self, "_win", None)  # None: __init__ failed, nothing to finish
+            if win is not None:
+                win.wipe()
+            super().close()
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        self.abort()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            full, rest = divmod(self._fill, CHUNK)
+            self._chunks.seal_window(self._win, full + 1, rest, self._first)
+            self._sink.write_sealed(self._win, full + 1, rest)
+            self._sink.flush()
+        finally:
+            self._win.wipe()
+            super().close()
+
+
+class Decryptor(io.RawIOBase):
+    """A readable file object over one message read from ``src``: it hands out a chunk's
+    plaintext only after that chunk authenticated; after an error every further read raises
+    again (never a clean end of file).
+
+    Args:
+        key, context, threads: as for :func:`decrypt_stream`.
+        src: a readable binary file object, positioned at the start of the message.
+
+    Raises:
+        CommitmentMismatch, TruncatedMessage: while reading the header (here), before any chunk.
+    """
+
+    def __init__(self, key: Any, src: Any, context: Any = b"", *,
+                 threads: int | None = None) -> None:
+        super().__init__()
+        source = Source(src)
+        self._reader = _ChunkReader(_read_header(key, source, context, threads), source,
+                                    WINDOW_CHUNKS)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        while not len(self._pending):
+            view = self._reader.next_plaintext()
+            if view is None:
+                return 0
+            self._pending = view
+        k = min(len(out), len(self._pending))
+        out[:k] = self._pending[:k]
+        self._pending = self._pending[k:]
+        return k
+
+    def close(self) -> None:
+        if not self.closed:
+            self._pending = memoryview(b"")
+            self._reader.close()
+        super().close()
+
+
+class RandomAccessReader(io.RawIOBase):
+    """A readable, seekable file object over a message in a seekable ``src``: a ``read``
+    decrypts only the chunks it touches (a window of them per native call).
+
+    The plaintext size follows from the message's length; it is authenticated (by opening the
+    final chunk) before a seek relative to the end and before end of file is reported.
+
+    Args:
+        key, context, threads: as for :func:`decrypt_stream`.
+        src: a readable, seekable binary file object holding the message at ``offset``.
+        offset: where the message starts in ``src`` (after an outer header, say).
+        close_source: close ``src`` when this reader is closed.
+
+    Raises:
+        CommitmentMismatch: wrong key or context (checked here, before any chunk).
+        TruncatedMessage: the length cannot be that of a message (checked here).
+        ChunkInvalid: from ``read``/``seek``, for a chunk that does not authenticate.
+    """
+
+    def __init__(self, key: Any, src: Any, context: Any = b"", *, offset: int = 0,
+                 threads: int | None = None, close_source: bool = False) -> None:
+        super().__init__()
+        self._owned = src if close_source else None
+        self._src = Source(src)
+        self._base = offset
+        self._src.seek(offset)
+        self._chunks = _read_header(key, self._src, context, threads)
+        body = self._src.size() - offset - HEADER_BYTES
+        full, rest = divmod(body, SEALED)
+        if rest < TAG:
+            raise TruncatedMessage()
+        self._last = full  # index of the final chunk
+        self._last_len = rest - TAG
+        self._size = full * CHUNK + self._last_len
+        self._win = Window(RANDOM_ACCESS_CHUNKS)
+        self._cached: tuple[int, int] | None = None  # (first chunk, count) held in the window
+        self._length_ok = False
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            self._authenticate_length()
+            pos = self._size + offset
+        else:
+            raise InvalidArgument(f"invalid whence {whence!r}")
+        if pos < 0:
+            raise InvalidArgument("negative seek position")
+        self._pos = pos
+        return pos
+
+    @property
+    def size(self) -> int:
+        """The plaintext size (authenticated first: the final chunk is opened)."""
+        self._authenticate_length()
+        return self._size
+
+    def _authenticate_length(self) -> None:
+        if not self._length_ok:
+            self._load(self._last, 1)
+
+    def _load(self, first: int, count: int) -> None:
+        """Opens chunks ``first .. first+count-1`` into the window (or raises ChunkInvalid)."""
+        if self._cached == (first, count):
+            return
+        self._cached = None
+        win = self._win
+        includes_last = first + count - 1 == self._last
+        length = (count - 1) * SEALED + (self._last_len + TAG if includes_last else SEALED)
+        self._src.seek(self._base + HEADER_BYTES + first * SEALED)
+        got = self._src.read_sealed(win, length)
+        if got != length:  # the source shrank under us
+            raise TruncatedMessage()
+        last_len = CHUNK
+        if includes_last:
+            last_len = self._last_len
+            win.place_tail(count - 1, last_len + TAG)
+        failed = self._chunks.open_window(win, count, last_len, first)
+        if failed is not None:
+            win.wipe()
+            raise ChunkInvalid(first + failed)
+        if includes_last:
+            self._length_ok = True
+        self._cached = (first, count)
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        if self._pos >= self._size:
+            self._authenticate_length()
+            return 0
+        want = min(len(out), self._size - self._pos)
+        done = 0
+        while done < want:
+            pos = self._pos + done
+            chunk = pos // CHUNK
+            cached = self._cached
+            if cached is None or not cached[0] <= chunk < cached[0] + cached[1]:
+                last_needed = (self._pos + want - 1) // CHUNK
+                count = min(self._win.chunks, last_needed - chunk + 1)
+                self._load(chunk, count)
+                cached = self._cached
+            start = pos - cached[0] * CHUNK
+            end = min((cached[0] + cached[1]) * CHUNK, self._size) - cached[0] * CHUNK
+            k = min(want - done, end - start)
+            out[done:done + k] = self._win.data[start:start + k]
+            done += k
+        self._pos += done
+        return done
+
+    def close(self) -> None:
+        if not self.closed:
+            win = getattr(self, "_win", None)  # None: __init__ failed early
+            if win is not None:
+                win.wipe()
+            self._cached = None
+            if getattr(self, "_owned", None) is not None:
+                self._owned.close()
+        super().close()
+
+
+def open_message(key: Any, src: Any, context: Any = b"", **kwargs: Any) -> RandomAccessReader:
+    """A :class:`RandomAccessReader` over the message in ``src`` (a seekable file object)."""
+    return RandomAccessReader(key, src, context, **kwargs)

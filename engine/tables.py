@@ -1,0 +1,330 @@
+"""Columns of tables in data pipelines: encrypt and decrypt named columns of a pyarrow ``Table``
+or ``RecordBatch`` (pandas and polars data frames through Arrow), and of Parquet and CSV files.
+
+An encrypted column holds the engine's text tokens (``ef1:...``, as :meth:`EncryptionService.
+encrypt_many` makes them) as ``large_string``, in the same place in the schema; its field
+metadata records the original type (``engine.encrypted_from``), to which decryption casts back.
+NULLs stay NULLs. Each column of each record batch (each Parquet row group) is one native call.
+
+Associated data can be bound per row with a template over the row's other columns, like
+``"users:{id}:{column}"`` (``{column}`` is the encrypted column's name): a value copied into
+another row or column then fails to decrypt.
+
+Services cannot be pickled: in Dask or a ``multiprocessing`` pool, call these functions inside
+the worker, where :func:`engine.get_encryption_service` builds the service from the environment
+(see the README's recipes).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import time
+from typing import Any, Sequence
+
+from .atomic_file import atomic_output
+from .batch import Batch
+from .errors import InvalidArgument, InvalidArgumentType
+from .service import EncryptionService, get_encryption_service
+
+__all__ = ["decrypt_columns", "decrypt_columns_file", "encrypt_columns", "encrypt_columns_file",
+           "is_table"]
+
+ORIGINAL_TYPE_KEY = b"engine.encrypted_from"
+_TEXT_TYPES = ("string", "large_string", "binary", "large_binary")
+
+
+def _pa() -> Any:
+    try:
+        import pyarrow
+    except ImportError:
+        raise InvalidArgumentType("tables need pyarrow (the `arrow` extra)") from None
+    return pyarrow
+
+
+def is_table(obj: Any) -> bool:
+    """Whether ``obj`` is a table these functions take: a pyarrow ``Table``/``RecordBatch`` or a
+    pandas/polars ``DataFrame`` (checked without importing any of them)."""
+    name, module = type(obj).__name__, type(obj).__module__
+    return ((module.startswith("pyarrow") and name in ("Table", "RecordBatch"))
+            or (module.startswith(("pandas", "polars")) and name == "DataFrame"))
+
+
+def _as_arrow(table: Any) -> tuple[Any, Any]:
+    """(a pyarrow Table or RecordBatch, how to turn the result back into the caller's type)."""
+    pa = _pa()
+    if isinstance(table, (pa.Table, pa.RecordBatch)):
+        return table, lambda t: t
+    module = type(table).__module__
+    if module.startswith("pandas"):
+        return pa.Table.from_pandas(table, preserve_index=True), lambda t: t.to_pandas()
+    if module.startswith("polars"):
+        import polars as pl
+
+        return table.to_arrow(), pl.from_arrow
+    raise InvalidArgumentType(
+        f"expected a pyarrow Table/RecordBatch or a pandas/polars DataFrame, not {type(table).__name__}")
+
+
+class _Template:
+    """An AAD template: literal text and ``{name}`` placeholders (``{column}``: the column)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, template: str) -> None:
+        if not isinstance(template, str):
+            raise InvalidArgumentType("aad_template must be a str")
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise InvalidArgument(f"bad aad_template: {exc}") from None
+        self.parts: list[tuple[str, str | None]] = []
+        for literal, field, spec, conv in parsed:
+            if spec or conv:
+                raise InvalidArgument("aad_template placeholders take no format spec or conversion")
+            if field is not None and not re.fullmatch(r"[^{}]+", field):
+                raise InvalidArgument("aad_template has an empty placeholder")
+            self.parts.append((literal, field))
+
+    def columns(self) -> set[str]:
+        return {f for _, f in self.parts if f is not None and f != "column"}
+
+    def render(self, table: Any, column: str) -> Any:
+        """One AAD value per row (a ``large_string`` array), built by pyarrow without a loop."""
+        pa = _pa()
+        import pyarrow.compute as pc
+
+        n = table.num_rows
+        pieces = []
+        for literal, field in self.parts:
+            if literal:
+                pieces.append(literal)
+            if field == "column":
+                pieces.append(column)
+            elif field is not None:
+                if field not in table.schema.names:
+                    raise InvalidArgument(f"aad_template names {field!r}, which is not a column")
+                values = table.column(field)
+                if values.null_count:
+                    raise InvalidArgument(f"aad_template: column {field!r} has NULLs")
+                pieces.append(pc.cast(_combine(values), pa.large_string()))
+        if all(isinstance(p, str) for p in pieces):
+            return pa.array(["".join(pieces)] * n, type=pa.large_string())
+        args = [pa.scalar(p, pa.large_string()) if isinstance(p, str) else p for p in pieces]
+        return pc.binary_join_element_wise(*args, pa.scalar("", pa.large_string()))
+
+
+def _columns_arg(table: Any, columns: Any) -> list[str]:
+    if isinstance(columns, str):
+        columns = [columns]
+    columns = list(columns)
+    if not columns:
+        raise InvalidArgument("name at least one column")
+    for c in columns:
+        if c not in table.schema.names:
+            raise InvalidArgument(f"no column {c!r} in the table")
+    return columns
+
+
+def _as_batch(arr: Any) -> Batch:
+    pa = _pa()
+    t = arr.type
+    if pa.types.is_large_string(t):
+        arr = arr.view(pa.large_binary())
+    elif not pa.types.is_large_binary(t):
+        arr = arr.cast(pa.large_binary())
+    return Batch.from_arrow(arr)
+
+
+def _combine(arr: Any) -> Any:
+    pa = _pa()
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    return arr
+
+
+def _with_nulls(values: Any, valid: Any, n: int, type_: Any) -> Any:
+    pa = _pa()
+    import pyarrow.compute as pc
+
+    if len(values) == n:
+        return values
+    return pc.replace_with_mask(pa.nulls(n, type_), valid, values)
+
+
+def _transform(table: Any, columns: Sequence[str], aad_template: str | None,
+               service: EncryptionService, encrypt: bool) -> Any:
+    pa = _pa()
+    template = _Template(aad_template) if aad_template is not None else None
+    schema = table.schema
+    out = table
+    for name in columns:
+        index = schema.get_field_index(name)
+        field = schema.field(index)
+        arr = _combine(table.column(index))
+        n = len(arr)
+        valid = arr.is_valid()
+        present = arr.drop_null() if arr.null_count else arr
+        aad = None
+        if template is not None:
+            aad = template.render(table, name)
+            if arr.null_count:
+                aad = aad.filter(valid)
+            aad = _as_batch(aad)
+        if encrypt:
+            if str(field.type) not in _TEXT_TYPES:
+                raise InvalidArgumentType(f"column {name!r} is {field.type}; only string or binary "
+                                          "columns are encrypted")
+            values = (service.encrypt_many(_as_batch(present), aad, arrow=True) if len(present)
+                      else pa.array([], type=pa.large_string()))
+            new_type = pa.large_string()
+            metadata = {**(field.metadata or {}), ORIGINAL_TYPE_KEY: str(field.type).encode()}
+        else:
+            original = (field.metadata or {}).get(ORIGINAL_TYPE_KEY, b"large_string").decode()
+            if original not in _TEXT_TYPES:
+                raise InvalidArgument(f"column {name!r} records an unknown original type")
+            new_type = getattr(pa, original)()
+            plain = service.decrypt_many(_as_batch(present), aad) if len(present) else Batch.from_list([])
+            values = plain.to_arrow(text=original.endswith("string")).cast(new_type)
+            metadata = {k: v for k, v in (field.metadata or {}).items() if k != ORIGINAL_TYPE_KEY}
+        column = _with_nulls(values, valid, n, new_type)
+        new_field = pa.field(name, new_type, nullable=field.nullable, metadata=metadata or None)
+        if isinstance(out, pa.RecordBatch):
+            arrays = list(out.columns)
+            arrays[index] = column
+            fields = list(out.schema)
+            fields[index] = new_field
+            out = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, out.schema.metadata))
+        else:
+            out = out.set_column(index, new_field, column)
+    return out
+
+
+def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
+                    service: EncryptionService | None = None) -> Any:
+    """A copy of ``table`` with ``columns`` encrypted to text tokens (one native batch call per
+    column and record batch); other columns are shared, not copied.
+
+    Args:
+        table: a pyarrow ``Table``/``RecordBatch``, or a pandas or polars ``DataFrame`` (the
+            result has the same type).
+        columns: a column name or several; string or binary columns.
+        aad_template: per-row associated data over other columns, e.g. ``"users:{id}:{column}"``;
+            decryption needs the same template and the same values in those columns.
+        service: default: the process-wide :func:`engine.get_encryption_service`.
+
+    Raises:
+        InvalidArgument: an unknown column, or a template naming a missing column or one with NULLs.
+        InvalidArgumentType: a column that is not string or binary; not a table.
+        KeyVersionNotUsable: the current key version may not encrypt.
+    """
+    arrow, back = _as_arrow(table)
+    cols = _columns_arg(arrow, columns)
+    return back(_transform(arrow, cols, aad_template, service or get_encryption_service(), True))
+
+
+def decrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
+                    service: EncryptionService | None = None) -> Any:
+    """A copy of ``table`` with ``columns`` decrypted back to their original types.
+
+    Raises:
+        EnvelopeError: a value is not a token.
+        UnknownKeyVersion: a token names a version the provider does not hold.
+        BatchInvalidTag: values failed authentication (wrong AAD template, moved or edited).
+    """
+    arrow, back = _as_arrow(table)
+    cols = _columns_arg(arrow, columns)
+    return back(_transform(arrow, cols, aad_template, service or get_encryption_service(), False))
+
+
+# ---- files: Parquet and CSV (what `crypto-engine encrypt-columns/decrypt-columns` run) ----
+
+def _file_format(path: str, file_format: str | None) -> str:
+    if file_format is None:
+        ext = os.path.splitext(path)[1].lower()
+        file_format = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}.get(ext)
+        if file_format is None:
+            raise InvalidArgument(f"cannot tell the format of {path}; give --format parquet or csv")
+    if file_format not in ("parquet", "csv"):
+        raise InvalidArgument(f"unknown format {file_format!r}")
+    return file_format
+
+
+def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str | None,
+                  file_format: str | None, service: EncryptionService | None,
+                  encrypt: bool) -> dict[str, Any]:
+    pa = _pa()
+    fmt = _file_format(src, file_format)
+    service = service or get_encryption_service()
+    start = time.perf_counter()
+    rows = groups = 0
+    with atomic_output(dst) as out:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            reader = pq.ParquetFile(src)
+            writer = None
+            try:
+                for i in range(reader.num_row_groups):  # one row group in memory at a time
+                    group = reader.read_row_group(i)
+                    cols = _columns_arg(group, columns)
+                    done = _transform(group, cols, aad_template, service, encrypt)
+                    if writer is None:
+                        writer = pq.ParquetWriter(out, done.schema)
+                    writer.write_table(done)
+                    rows += group.num_rows
+                    groups += 1
+                if writer is None:  # no row groups: an empty file with the new schema
+                    empty = reader.schema_arrow.empty_table()
+                    done = _transform(empty, _columns_arg(empty, columns), aad_template, service, encrypt)
+                    writer = pq.ParquetWriter(out, done.schema)
+            finally:
+                if writer is not None:
+                    writer.close()
+        else:
+            import pyarrow.csv as pacsv
+
+            # Encrypted columns and the columns a template names are read as text, as written.
+            keep = set(columns) | (_Template(aad_template).columns() if aad_template else set())
+            # NULL is written unquoted-empty and "" quoted, and read back the same way.
+            options = pacsv.ConvertOptions(column_types={c: pa.large_string() for c in keep},
+                                           strings_can_be_null=True,
+                                           quoted_strings_can_be_null=False)
+            reader = pacsv.open_csv(src, convert_options=options)
+            writer = None
+            try:
+                for batch in reader:
+                    done = _transform(pa.Table.from_batches([batch]), _columns_arg(batch, columns),
+                                      aad_template, service, encrypt)
+                    if writer is None:
+                        writer = pacsv.CSVWriter(out, done.schema)
+                    writer.write_table(done)
+                    rows += batch.num_rows
+                    groups += 1
+            finally:
+                if writer is not None:
+                    writer.close()
+    return {"operation": "encrypt-columns" if encrypt else "decrypt-columns", "format": fmt,
+            "columns": list(columns), "rows": rows, "batches": groups,
+            "seconds": time.perf_counter() - start}
+
+
+def encrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
+                         aad_template: str | None = None, file_format: str | None = None,
+                         service: EncryptionService | None = None) -> dict[str, Any]:
+    """Encrypts ``columns`` of a Parquet or CSV file into ``dst`` (same format), one row group
+    (or CSV block) at a time; ``dst`` appears only once complete.
+
+    Returns:
+        A report: format, columns, rows, batches, seconds.
+    """
+    return _columns_file(src, dst, columns, aad_template, file_format, service, True)
+
+
+def decrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
+                         aad_template: str | None = None, file_format: str | None = None,
+                         service: EncryptionService | None = None) -> dict[str, Any]:
+    """Decrypts ``columns`` of a file made by :func:`encrypt_columns_file`; ``dst`` appears only
+    if every value authenticated."""
+    return _columns_file(src, dst, columns, aad_template, file_format, service, False)

@@ -1,0 +1,299 @@
+"""C2SP chunked encryption (Cobblestone-256): Wycheproof vectors, a differential test against an
+independent implementation on pyca/cryptography, bad input, and the file objects."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cobblestone_reference as ref
+import engine
+from engine import stream
+from engine.stream import cobblestone
+from vectors import SHARED_VECTORS, wycheproof_chunked
+
+CHUNK = 16384
+SEALED = CHUNK + 16
+VECTORS = wycheproof_chunked()
+needs_vectors = pytest.mark.skipif(
+    not VECTORS, reason=f"Wycheproof chunked-encryption vectors not found in {SHARED_VECTORS}")
+
+
+def _release_until_error(key, message, context) -> tuple[bytes, Exception | None]:
+    """Streams ``message`` in small pieces, as a consumer would, until the end or an error."""
+    got = bytearray()
+    try:
+        reader = stream.Decryptor(key, io.BytesIO(message), context)
+        while True:
+            part = reader.read(5000)
+            if not part:
+                return bytes(got), None
+            got += part
+    except engine.EngineError as exc:
+        return bytes(got), exc
+
+
+# ---------------------------------------------------------------- Wycheproof
+
+@needs_vectors
+def test_all_vectors_are_there():
+    assert len(VECTORS) == 35
+
+
+@needs_vectors
+@pytest.mark.parametrize("v", [v for v in VECTORS if v.valid], ids=lambda v: v.id)
+def test_wycheproof_valid(v):
+    plain = stream.decrypt(v.key, v.ciphertext, v.context)
+    assert len(plain) == v.msg_length and hashlib.sha512(plain).digest() == v.msg_sha512
+    # streaming, random access (whole, and from the end), raw mode
+    assert stream.Decryptor(v.key, io.BytesIO(v.ciphertext), v.context).read() == plain
+    reader = stream.open_message(v.key, io.BytesIO(v.ciphertext), v.context)
+    assert reader.seek(0, io.SEEK_END) == len(plain)
+    reader.seek(0)
+    assert reader.read() == plain
+    raw = stream.ChunkCipher(v.aead_key, v.base_nonce)
+    assert raw.open(v.ciphertext[56:]) == plain
+    # encryption: raw mode is deterministic, and so is the whole message given the salt
+    assert raw.seal(plain) == v.ciphertext[56:]
+    assert stream.encrypt(v.key, plain, v.context, salt=v.ciphertext[:24]) == v.ciphertext
+
+
+@needs_vectors
+@pytest.mark.parametrize("v", [v for v in VECTORS if not v.valid], ids=lambda v: v.id)
+def test_wycheproof_invalid(v):
+    expected = engine.InvalidArgument if "InvalidKeySize" in v.flags else stream.MessageInvalid
+    with pytest.raises(expected):
+        stream.decrypt(v.key, v.ciphertext, v.context)
+    if "InvalidKeySize" in v.flags:
+        return
+    if "HeaderFailure" in v.flags:  # refused before any chunk, by every interface
+        with pytest.raises((stream.CommitmentMismatch, stream.TruncatedMessage)):
+            stream.Decryptor(v.key, io.BytesIO(v.ciphertext), v.context)
+        with pytest.raises((stream.CommitmentMismatch, stream.TruncatedMessage)):
+            stream.open_message(v.key, io.BytesIO(v.ciphertext), v.context)
+        return
+    # streaming: exactly the authenticated prefix, then an error, then errors again
+    released, error = _release_until_error(v.key, v.ciphertext, v.context)
+    assert isinstance(error, stream.MessageInvalid)
+    if "PartialPlaintext" in v.flags:
+        assert len(released) == v.msg_length
+        assert hashlib.sha512(released).digest() == v.msg_sha512
+    else:
+        assert released == b""
+    reader = stream.Decryptor(v.key, io.BytesIO(v.ciphertext), v.context)
+    with pytest.raises(stream.MessageInvalid):
+        reader.read()
+    for _ in range(3):
+        with pytest.raises(stream.MessageInvalid):
+            reader.read(1)
+    # random access: reading everything fails; authenticating the length fails unless only
+    # the final chunk is valid
+    with pytest.raises(stream.MessageInvalid):
+        stream.open_message(v.key, io.BytesIO(v.ciphertext), v.context).read()
+    if "ValidFinalChunk" not in v.flags:
+        with pytest.raises(stream.MessageInvalid):
+            stream.open_message(v.key, io.BytesIO(v.ciphertext), v.context).seek(-1, io.SEEK_END)
+    # raw mode
+    with pytest.raises(stream.MessageInvalid):
+        stream.ChunkCipher(v.aead_key, v.base_nonce).open(v.ciphertext[56:])
+
+
+# ---------------------------------------------------------------- differential
+
+BOUNDARIES = [0, 1, 15, 16, 17, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK - 1, 2 * CHUNK,
+              2 * CHUNK + 1, 3 * CHUNK]
+
+
+@pytest.fixture
+def small_window(monkeypatch):
+    """Three chunks per native call, so that short messages cross window boundaries too."""
+    monkeypatch.setattr(cobblestone, "WINDOW_CHUNKS", 3)
+    monkeypatch.setattr(cobblestone, "RANDOM_ACCESS_CHUNKS", 2)
+
+
+lengths = st.one_of(st.sampled_from(BOUNDARIES),
+                    st.builds(lambda k, d: max(0, k * CHUNK + d), st.integers(0, 8), st.integers(-2, 2)),
+                    st.integers(0, 12 * CHUNK))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(length=lengths, key=st.binary(min_size=32, max_size=32), salt=st.binary(min_size=24, max_size=24),
+       context=st.binary(max_size=40), seed=st.integers(0, 2**32 - 1))
+def test_matches_the_reference(small_window, length, key, salt, context, seed):
+    data = __import__("random").Random(seed).randbytes(length)
+    ours = stream.encrypt(key, data, context, salt=salt)
+    assert ours == ref.seal(key, data, context, salt)
+    assert stream.decrypt(key, ours, context) == data
+    assert stream.decrypt(key, stream.encrypt(key, data, context), context) == data
+    fresh = stream.encrypt(key, data, context)
+    assert ref.open_(key, fresh, context) == data and fresh[:24] != salt
+
+
+@pytest.mark.parametrize("length", [3 * 2**20, 5 * 2**20 + 1, 4 * 2**20 - 7])
+def test_several_mib_match_the_reference(length):
+    key, salt = os.urandom(32), os.urandom(24)
+    data = os.urandom(length)
+    ours = stream.encrypt(key, data, b"ctx", salt=salt)
+    assert ours == ref.seal(key, data, b"ctx", salt)
+    assert ref.open_(key, ours, b"ctx") == data
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(length=lengths, pieces=st.lists(st.integers(1, 3 * CHUNK), min_size=1, max_size=20),
+       start=st.integers(0, 12 * CHUNK), size=st.integers(0, 5 * CHUNK))
+def test_file_objects(small_window, length, pieces, start, size):
+    key, data = os.urandom(32), os.urandom(length)
+    out = io.BytesIO()
+    with stream.Encryptor(key, out, "ctx") as w:
+        pos = 0
+        for p in pieces * (1 + length // max(1, sum(pieces))):
+            if pos >= length:
+                break
+            assert w.write(data[pos:pos + p]) == len(data[pos:pos + p])
+            pos += p
+        w.write(data[pos:])
+    message = out.getvalue()
+    assert ref.open_(key, message, b"ctx") == data
+    reader = stream.Decryptor(key, io.BytesIO(message), "ctx")
+    assert b"".join(iter(lambda: reader.read(7777), b"")) == data
+    ra = stream.open_message(key, io.BytesIO(message), "ctx")
+    ra.seek(start)
+    assert ra.read(size) == data[start:start + size]
+    assert ra.tell() == min(start + size, max(start, length)) or start > length
+    assert ra.seek(-min(size, length), io.SEEK_END) == length - min(size, length)
+    assert ra.read() == data[length - min(size, length):]
+
+
+def test_pipes_with_short_reads_and_writes():
+    """A raw pipe (read with readv, resumed after each short read) both ways."""
+    key, data = os.urandom(32), os.urandom(5 * SEALED + 12345)
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+
+    def feed(fd, payload):
+        with open(fd, "wb", buffering=0) as f:
+            for i in range(0, len(payload), 1000):
+                f.write(payload[i:i + 1000])
+
+    t = threading.Thread(target=feed, args=(w1, data))
+    t.start()
+    sealed = io.BytesIO()
+    with open(r1, "rb", buffering=0) as src:
+        stream.encrypt_stream(key, src, sealed)
+    t.join()
+    t = threading.Thread(target=feed, args=(w2, sealed.getvalue()))
+    t.start()
+    out = io.BytesIO()
+    with open(r2, "rb", buffering=0) as src:
+        assert stream.decrypt_stream(key, src, out) == len(data)
+    t.join()
+    assert out.getvalue() == data
+
+
+# ---------------------------------------------------------------- bad input
+
+def _chunks(message: bytes) -> list[bytes]:
+    body = message[56:]
+    return [body[i:i + SEALED] for i in range(0, len(body), SEALED)]
+
+
+@pytest.fixture(scope="module")
+def sample():
+    key, data = os.urandom(32), os.urandom(4 * CHUNK + 100)
+    return key, data, stream.encrypt(key, data, b"ctx")
+
+
+def test_truncation_anywhere_is_refused(sample):
+    key, data, message = sample
+    cuts = {0, 1, 23, 24, 55, 56, 57, 71, 72, len(message) - 1, len(message) - 16,
+            len(message) - 17} | {56 + k * SEALED + d for k in range(1, 5) for d in (-1, 0, 1, 16)}
+    for cut in sorted(c for c in cuts if 0 <= c < len(message)):
+        with pytest.raises(stream.MessageInvalid):
+            stream.decrypt(key, message[:cut], b"ctx")
+        released, error = _release_until_error(key, message[:cut], b"ctx")
+        assert isinstance(error, stream.MessageInvalid) and data.startswith(released)
+        assert len(released) % CHUNK == 0 and len(released) <= max(0, cut - 56) // SEALED * CHUNK
+
+
+def test_reordered_duplicated_flipped_trailing(sample):
+    key, data, message = sample
+    header, chunks = message[:56], _chunks(message)
+    bad = {
+        "swapped": header + b"".join([chunks[1], chunks[0], *chunks[2:]]),
+        "duplicated": header + b"".join([chunks[0], chunks[0], *chunks[2:]]),
+        "dropped": header + b"".join([chunks[0], *chunks[2:]]),
+        "trailing byte": message + b"\x00",
+        "trailing chunk": message + chunks[-1],
+        "final chunk moved": header + b"".join([*chunks[:-2], chunks[-1]]),
+    }
+    for pos in (0, 23, 24, 55, 56, 56 + CHUNK, 56 + SEALED - 1, len(message) - 1):
+        flipped = bytearray(message)
+        flipped[pos] ^= 0x80
+        bad[f"flip {pos}"] = bytes(flipped)
+    for name, m in bad.items():
+        with pytest.raises(stream.MessageInvalid):
+            stream.decrypt(key, m, b"ctx")
+        released, error = _release_until_error(key, m, b"ctx")
+        assert isinstance(error, stream.MessageInvalid) and data.startswith(released), name
+
+
+def test_wrong_key_or_context_fails_the_commitment(sample):
+    key, _, message = sample
+    with pytest.raises(stream.CommitmentMismatch) as info:
+        stream.decrypt(os.urandom(32), message, b"ctx")
+    assert str(info.value) == "wrong key or context (the key commitment does not match)"
+    with pytest.raises(stream.CommitmentMismatch):
+        stream.decrypt(key, message, b"ctx2")
+    with pytest.raises(engine.InvalidTag):
+        stream.decrypt(key, message, "")
+
+
+def test_arguments():
+    with pytest.raises(engine.InvalidArgument):
+        stream.encrypt(b"short", b"x")
+    with pytest.raises(engine.InvalidArgumentType):
+        stream.encrypt("a str key is not a key", b"x")
+    with pytest.raises(engine.InvalidArgumentType):
+        stream.encrypt(bytes(32), b"x", context=3)
+    with pytest.raises(engine.InvalidArgument):
+        stream.encrypt(bytes(32), b"x", salt=b"too short")
+    with pytest.raises(engine.InvalidArgument):
+        stream.ChunkCipher(bytes(32), bytes(11))
+    with pytest.raises(engine.InvalidArgumentType):
+        stream.decrypt_stream(bytes(32), object(), io.BytesIO())
+    with pytest.raises(TypeError):
+        __import__("pickle").dumps(stream.ChunkCipher(bytes(32), bytes(12)))
+    err = stream.ChunkInvalid(3)
+    assert __import__("pickle").loads(__import__("pickle").dumps(err)).index == 3
+    assert isinstance(err, engine.InvalidTag) and "3" in str(err)
+
+
+def test_an_aborted_writer_leaves_a_truncated_message():
+    key, out = os.urandom(32), io.BytesIO()
+    with pytest.raises(RuntimeError):
+        with stream.Encryptor(key, out) as w:
+            w.write(b"x" * 100)
+            raise RuntimeError("the producer failed")
+    with pytest.raises(stream.TruncatedMessage):
+        stream.decrypt(key, out.getvalue())
+    out = io.BytesIO()
+    w = stream.Encryptor(key, out)
+    w.write(b"y" * 10)
+    del w
+    with pytest.raises(stream.TruncatedMessage):
+        stream.decrypt(key, out.getvalue())
+
+
+def test_a_4_gib_stream_stays_in_bounded_memory():
+    """Peak RSS of a 4 GiB streaming encrypt, above the interpreter's baseline with the engine
+    imported (in a fresh process): under 64 MiB."""
+    from bench.bench_files import memory_case
+
+    result = memory_case(4 << 30)
+    assert result["above baseline MiB"] < 64, result

@@ -1,0 +1,219 @@
+"""Table columns: pyarrow, pandas and polars; AAD templates; NULLs; Parquet/CSV through the
+command line; the Dask and multiprocessing recipes of the README."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+import engine
+from engine import EncryptionService, FieldEncryption, StaticKeyProvider, tables
+
+TEMPLATE = "users:{id}:{column}"
+
+
+@pytest.fixture
+def service():
+    return EncryptionService(StaticKeyProvider({1: os.urandom(32)}), metrics=False)
+
+
+def sample(n=1000):
+    return pa.table({
+        "id": pa.array(range(n), pa.int64()),
+        "email": pa.array([None if i % 7 == 3 else f"user{i}@example.com" for i in range(n)]),
+        "ssn": pa.array([f"{i:09d}".encode() for i in range(n)], pa.binary()),
+        "score": pa.array([i / 3 for i in range(n)]),
+    })
+
+
+def test_round_trip_keeps_schema_and_nulls(service):
+    t = sample()
+    e = tables.encrypt_columns(t, ["email", "ssn"], aad_template=TEMPLATE, service=service)
+    assert e.schema.names == t.schema.names
+    assert e.column("score").chunk(0).buffers()[1].address == t.column("score").chunk(0).buffers()[1].address
+    assert e.column("email").null_count == t.column("email").null_count
+    assert e.column("email").is_null().equals(t.column("email").is_null())
+    assert all(v.startswith("ef1:") for v in e.column("ssn").to_pylist())
+    assert tables.decrypt_columns(e, ["email", "ssn"], aad_template=TEMPLATE, service=service).equals(t)
+    # the tokens are the service's own, bound to the AAD the template describes (built here in Python)
+    present = [(i, v) for i, v in enumerate(e.column("email").to_pylist()) if v is not None]
+    plain = service.decrypt_many_text([v for _, v in present],
+                                      aad=[f"users:{i}:email" for i, _ in present])
+    assert plain == [t.column("email")[i].as_py() for i, _ in present]
+
+
+def test_the_template_binds_rows_and_columns(service):
+    t = sample(10)
+    e = tables.encrypt_columns(t, "ssn", aad_template=TEMPLATE, service=service)
+    swapped = e.set_column(0, "id", pa.array([1, 0, *range(2, 10)], pa.int64()))
+    with pytest.raises(engine.BatchInvalidTag) as info:
+        tables.decrypt_columns(swapped, "ssn", aad_template=TEMPLATE, service=service)
+    assert info.value.failed.tolist() == [0, 1]
+    with pytest.raises(engine.InvalidTag):
+        tables.decrypt_columns(e, "ssn", service=service)
+    moved = e.set_column(1, pa.field("email", pa.large_string()), e.column("ssn"))
+    with pytest.raises(engine.InvalidTag):
+        tables.decrypt_columns(moved, "email", aad_template=TEMPLATE, service=service)
+
+
+def test_record_batches_pandas_and_polars(service):
+    t = sample(50)
+    batch = t.to_batches()[0]
+    back = tables.decrypt_columns(tables.encrypt_columns(batch, "email", service=service), "email",
+                                  service=service)
+    assert isinstance(back, pa.RecordBatch) and back.equals(batch)
+    df = t.to_pandas()
+    enc = tables.encrypt_columns(df, ["email"], aad_template=TEMPLATE, service=service)
+    assert isinstance(enc, pd.DataFrame) and enc["email"].isna().equals(df["email"].isna())
+    pd.testing.assert_frame_equal(
+        tables.decrypt_columns(enc, ["email"], aad_template=TEMPLATE, service=service), df)
+    pf = pl.from_arrow(t)
+    enc = tables.encrypt_columns(pf, "email", service=service)
+    assert isinstance(enc, pl.DataFrame) and enc["email"].null_count() == pf["email"].null_count()
+    assert tables.decrypt_columns(enc, "email", service=service).equals(pf)
+
+
+def test_field_encryption_dispatches_tables(service):
+    t = sample(20)
+    fe = FieldEncryption(service)
+    enc = fe.encrypt_column(t, "email")
+    assert isinstance(enc, pa.Table) and fe.decrypt_column(enc, "email").equals(t)
+    df = t.to_pandas()
+    bound = FieldEncryption(service, bind_context=True)
+    enc = bound.encrypt_column(df, "email")
+    pd.testing.assert_frame_equal(bound.decrypt_column(enc, "email"), df)
+    with pytest.raises(engine.InvalidTag):
+        fe.decrypt_column(enc, "email")  # bound to id and column: the unbound AAD fails
+
+
+def test_bad_arguments(service):
+    t = sample(5)
+    with pytest.raises(engine.InvalidArgument):
+        tables.encrypt_columns(t, "nope", service=service)
+    with pytest.raises(engine.InvalidArgument):
+        tables.encrypt_columns(t, [], service=service)
+    with pytest.raises(engine.InvalidArgumentType):
+        tables.encrypt_columns(t, "score", service=service)
+    with pytest.raises(engine.InvalidArgument):
+        tables.encrypt_columns(t, "ssn", aad_template="{missing}", service=service)
+    with pytest.raises(engine.InvalidArgument):
+        tables.encrypt_columns(t, "ssn", aad_template="{email}", service=service)  # has NULLs
+    with pytest.raises(engine.InvalidArgument):
+        tables.encrypt_columns(t, "ssn", aad_template="{id!r}", service=service)
+    with pytest.raises(engine.InvalidArgumentType):
+        tables.encrypt_columns({"email": ["x"]}, "email", service=service)
+    with pytest.raises(engine.EnvelopeError):
+        tables.decrypt_columns(t, "ssn", service=service)
+
+
+# ---------------------------------------------------------------- the command line
+
+@pytest.fixture
+def env(tmp_path):
+    return {**os.environ, "ENCRYPTION_MASTER_KEY": "c" * 40, "VAULT_ENABLED": "false",
+            "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"), "ENCRYPTION_KDF_ITERATIONS": "1000"}
+
+
+def cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_parquet_and_csv_through_the_cli(env, tmp_path):
+    t = sample(5000)
+    pq.write_table(t, tmp_path / "in.parquet", row_group_size=1000)
+    args = ["--column", "email", "--column", "ssn", "--aad-template", TEMPLATE]
+    r = cli("encrypt-columns", str(tmp_path / "in.parquet"), str(tmp_path / "enc.parquet"), *args,
+            "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["batches"] == 5
+    meta = pq.ParquetFile(tmp_path / "enc.parquet")
+    assert meta.num_row_groups == 5 and meta.schema_arrow.names == t.schema.names
+    r = cli("decrypt-columns", str(tmp_path / "enc.parquet"), str(tmp_path / "out.parquet"), *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(tmp_path / "out.parquet").equals(t)
+    # a wrong template: exit 1 and no output file
+    r = cli("decrypt-columns", str(tmp_path / "enc.parquet"), str(tmp_path / "bad.parquet"),
+            "--column", "email", env=env)
+    assert r.returncode == 1 and not (tmp_path / "bad.parquet").exists()
+
+    csv_in = t.drop_columns(["ssn"])
+    pacsv.write_csv(csv_in, tmp_path / "in.csv")
+    r = cli("encrypt-columns", str(tmp_path / "in.csv"), str(tmp_path / "enc.csv"), "--column", "email",
+            env=env)
+    assert r.returncode == 0, r.stderr
+    assert "user1@example.com" not in (tmp_path / "enc.csv").read_text()
+    r = cli("decrypt-columns", str(tmp_path / "enc.csv"), str(tmp_path / "out.csv"), "--column", "email",
+            env=env)
+    assert r.returncode == 0, r.stderr
+    back = pacsv.read_csv(tmp_path / "out.csv", convert_options=pacsv.ConvertOptions(
+        strings_can_be_null=True, quoted_strings_can_be_null=False))
+    assert back.column("email").to_pylist() == csv_in.column("email").to_pylist()
+    assert cli("encrypt-columns", str(tmp_path / "in.csv"), str(tmp_path / "x.txt"), "--column", "nope",
+               env=env).returncode == 2
+    assert cli("encrypt-columns", str(tmp_path / "in.txt"), str(tmp_path / "x"), "--column", "a",
+               env=env).returncode == 2
+
+
+# ---------------------------------------------------------------- the recipes
+
+def encrypt_partition(df: pd.DataFrame) -> pd.DataFrame:
+    """The README's recipe: the service is built inside the worker, from the environment."""
+    return tables.encrypt_columns(df, ["email"], aad_template=TEMPLATE)
+
+
+def decrypt_partition(df: pd.DataFrame) -> pd.DataFrame:
+    return tables.decrypt_columns(df, ["email"], aad_template=TEMPLATE)
+
+
+def same_frame(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal values and NULLs (Dask may turn object strings into its own string dtype)."""
+    assert list(a.columns) == list(b.columns) and a.index.equals(b.index)
+    for c in a.columns:
+        assert a[c].isna().equals(b[c].isna()), c
+        assert a[c].dropna().tolist() == b[c].dropna().tolist(), c
+
+
+@pytest.fixture
+def worker_env(env, monkeypatch):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    engine.reset_encryption_service()
+    yield
+    engine.reset_encryption_service()
+
+
+def test_dask_map_partitions_on_a_local_cluster(worker_env):
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    df = sample(4000).drop_columns(["ssn"]).to_pandas()  # Dask would turn bytes into str
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        ddf = dd.from_pandas(df, npartitions=4)
+        encrypted = ddf.map_partitions(encrypt_partition, meta=ddf._meta).compute()
+        assert encrypted["email"].dropna().str.startswith("ef1:").all()
+        back = dd.from_pandas(encrypted, npartitions=3).map_partitions(
+            decrypt_partition, meta=ddf._meta).compute()
+    same_frame(back, df)
+    same_frame(decrypt_partition(encrypted), df)  # and here, in the parent
+
+
+def test_multiprocessing_pool(worker_env):
+    df = sample(3000).to_pandas()
+    parts = [df.iloc[i:i + 1000] for i in range(0, len(df), 1000)]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        encrypted = pool.map(encrypt_partition, parts)
+        back = pool.map(decrypt_partition, encrypted)
+    pd.testing.assert_frame_equal(pd.concat(back), df)
+    pd.testing.assert_frame_equal(decrypt_partition(pd.concat(encrypted)), df)
