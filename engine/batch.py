@@ -30,8 +30,8 @@ __all__ = ["Batch", "SealedBatch", "as_batch", "fixed_width"]
 def _pack_one(text: str) -> np.ndarray:
     """One str as UTF-8, encoded by the C packer (a lone surrogate is a typed error that does
     not carry the text)."""
-    out = np.empty(_native.packed_size([text]), dtype=np.uint8)
-    _native.pack_into([text], out)
+    out = np.empty(_native.packed_size([text], False), dtype=np.uint8)
+    _native.pack_into([text], out, None)
     return out
 
 
@@ -106,10 +106,10 @@ class Batch:
             raise InvalidArgumentType(
                 f"from_list takes a list or tuple of records, not {type(values).__name__}"
             )
-        size = _native.packed_size(values)
+        size = _native.packed_size(values, False)
         if size is not None:
             out = empty_bytes(size)
-            offsets = np.frombuffer(_native.pack_into(values, out), dtype=np.int64)
+            offsets = np.frombuffer(_native.pack_into(values, out, None), dtype=np.int64)
             return cls._trusted(out, offsets)
         items = [_pack_one(v) if isinstance(v, str) else byte_view(v, f"record {i}")
                  for i, v in enumerate(values)]  # a clear error for None, int, ...

@@ -1,10 +1,17 @@
-"""Field-level encryption of records (the seed's ``FieldEncryption``).
+"""Field-level encryption of records (``FieldEncryption``).
 
-``FieldEncryption.encrypt_field(user, "ssn")`` works on the class, as in the seed, with the
-process-wide service; ``FieldEncryption(service, bind_context=True).encrypt_field(...)`` works the
-same on an instance. Encrypted fields hold text tokens (``"ef1:..."``); a value that already is a
-strictly valid token is never encrypted twice, and ``None`` or missing fields are left alone.
-Every method returns new objects and leaves its input unchanged.
+``FieldEncryption.encrypt_field(user, "ssn")`` works on the class with the process-wide service;
+``FieldEncryption(service, bind_context=True).encrypt_field(...)`` works the same on an instance.
+Fields hold text: encrypted fields hold text tokens (``"ef1:..."``), decryption gives ``str``
+back, and other values are refused (bytes included: encrypt them with
+:meth:`EncryptionService.encrypt_many`, whose results decrypt to bytes). ``None`` or missing fields
+are left alone. Every method returns new objects and leaves its input unchanged.
+
+Encrypting always encrypts: a value that happens to look like a token is sealed like any other
+text. To make re-running a job idempotent, pass ``skip_encrypted=True``: a value that is a token
+is then opened (with this record's binding, under whatever retained key version it names) and
+kept as it is when it authenticates, and refused when it does not, so that a token copied from
+another record, or forged, is never stored as if it were this record's.
 
 With ``bind_context`` the record id and the field name are bound into the AAD
 (``b"efld1" || uint32 len(field) || field || str(id)``), so a token copied to another record or
@@ -19,11 +26,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .batch import Batch
-from .buffers import is_arrow, pyarrow_module
+from .buffers import empty_bytes, is_arrow, pyarrow_module
 from .codecs import prefix_each
-from .records import BYTES_VALUES, NONE_VALUES, STR_VALUES, field_values, value_kinds, with_field
 from .envelope import is_text_token, text_token_mask
-from .errors import InvalidArgument, InvalidArgumentType
+from .errors import BatchInvalidTag, InvalidArgument, InvalidArgumentType
+from .records import (
+    NONE_VALUES,
+    STR_VALUES,
+    field_values,
+    pack_into as _pack_into,
+    packed_size as _native_packed_size,
+    value_kinds,
+    with_field,
+)
 from .service import EncryptionService, get_encryption_service
 from .tables import decrypt_columns, encrypt_columns, is_table
 
@@ -32,11 +47,12 @@ __all__ = ["FieldEncryption"]
 _CONTEXT_MAGIC = b"efld1"
 
 
-def _check_encryptable(field: str, value: Any) -> None:
-    """Raises InvalidArgumentType unless ``value`` is str or bytes-like."""
-    if not isinstance(value, (str, bytes, bytearray, memoryview)):
+def _check_text(field: str, value: Any) -> None:
+    """Raises InvalidArgumentType unless ``value`` is str (the message shows no value)."""
+    if not isinstance(value, str):
         raise InvalidArgumentType(
-            f"field {field!r} holds {type(value).__name__}; only str or bytes are encrypted"
+            f"field {field!r} holds {type(value).__name__}; FieldEncryption encrypts text (str): "
+            f"encrypt bytes with EncryptionService.encrypt_many(..., binary=True)"
         )
 
 
@@ -96,16 +112,21 @@ class FieldEncryption:
     # ---- one record ----
 
     @_dualmethod
-    def encrypt_field(self, record: dict, field: str) -> dict:
-        """A copy of ``record`` with ``field`` encrypted to a text token.
+    def encrypt_field(self, record: dict, field: str, *, skip_encrypted: bool = False) -> dict:
+        """A copy of ``record`` with ``field`` encrypted to a text token (``None`` and a missing
+        field are left as they are).
 
-        ``None``, a missing field and a value that already is a token are left as they are.
+        Args:
+            skip_encrypted: keep a value that already is a token of this record, after opening
+                it; refuse one that does not open (see the module docstring).
 
         Raises:
-            InvalidArgumentType: the value is neither str nor bytes.
+            InvalidArgumentType: the value is not str.
             InvalidArgument: ``bind_context`` and the record has no id.
+            InvalidTag, UnknownKeyVersion: ``skip_encrypted`` and the value is a token that is
+                not this record's.
         """
-        return self.encrypt_fields(record, [field])
+        return self.encrypt_fields(record, [field], skip_encrypted=skip_encrypted)
 
     @_dualmethod
     def decrypt_field(self, record: dict, field: str) -> dict:
@@ -118,16 +139,21 @@ class FieldEncryption:
         return self.decrypt_fields(record, [field])
 
     @_dualmethod
-    def encrypt_fields(self, record: dict, fields: Sequence[str]) -> dict:
+    def encrypt_fields(self, record: dict, fields: Sequence[str], *,
+                       skip_encrypted: bool = False) -> dict:
         """A copy of ``record`` with each of ``fields`` encrypted (see :meth:`encrypt_field`)."""
         out = dict(record)
         service = self.service
         for field in fields:
             value = out.get(field)
-            if value is None or is_text_token(value):
+            if value is None:
                 continue
-            _check_encryptable(field, value)
-            out[field] = service.encrypt_token(value, self._aad(record, field))
+            _check_text(field, value)
+            aad = self._aad(record, field)
+            if skip_encrypted and is_text_token(value):
+                service.decrypt(value, aad)  # this record's token: kept; anything else: raises
+                continue
+            out[field] = service.encrypt_token(value, aad)
         return out
 
     @_dualmethod
@@ -144,7 +170,8 @@ class FieldEncryption:
     # ---- columns ----
 
     @_dualmethod
-    def encrypt_column(self, records: Any, field: str, *, ids: Any = None) -> Any:
+    def encrypt_column(self, records: Any, field: str, *, ids: Any = None,
+                       skip_encrypted: bool = False) -> Any:
         """Encrypts ``field`` across many records in one native batch call.
 
         Args:
@@ -153,19 +180,23 @@ class FieldEncryption:
                 ``large_string`` array) or a list of values (returns a list).
             field: the field name (also bound into the AAD with ``bind_context``).
             ids: for a column of values with ``bind_context``: the record ids, one per value.
+            skip_encrypted: keep values that already are this column's tokens, after opening
+                them all in one batch; refuse the column when any does not open.
 
         A pyarrow ``Table``/``RecordBatch`` or a pandas/polars ``DataFrame`` is handed to
         :func:`engine.tables.encrypt_columns` (a new table of the same type; with
         ``bind_context`` the AAD template is ``"{<id_field>}:{column}"``).
 
         Raises:
-            InvalidArgumentType: a value is neither str nor bytes.
+            InvalidArgumentType: a present value is not str.
             InvalidArgument: ``bind_context`` without ids.
+            BatchInvalidTag: ``skip_encrypted`` and some tokens are not this column's (``.failed``
+                gives their record indices); nothing is returned.
         """
         if is_table(records):
             return encrypt_columns(records, field, aad_template=self._table_aad(),
                                    service=self.service)
-        return _Column.of(self, records, field, ids).encrypt()
+        return _Column.of(self, records, field, ids).encrypt(skip_encrypted)
 
     @_dualmethod
     def decrypt_column(self, records: Any, field: str, *, ids: Any = None) -> Any:
@@ -234,61 +265,44 @@ class _Column:
 
     # ---- the vectorized core ----
 
-    def _packed(self) -> tuple[np.ndarray, Batch, Any]:
-        """(indices of the present values, a Batch of them, which of them are str).
+    def _packed(self) -> tuple[np.ndarray, Batch]:
+        """(indices of the present values, a Batch of them as UTF-8).
 
-        A pyarrow column is wrapped as it is. Python values that are all str or all bytes are
-        packed in C (with None among them, by pyarrow when installed); a mixture is classified
-        value by value in :meth:`_fallback`, so that only str values count as tokens already,
-        as for :meth:`FieldEncryption.encrypt_field`. "Which are str" is a bool for the whole
-        column or an array of one bool per present value.
+        A pyarrow string column is wrapped as it is; Python values are checked and packed in one
+        C pass each (``None`` marks a missing value).
+
+        Raises:
+            InvalidArgumentType: a present value (or the column) is not text.
         """
-        pa = pyarrow_module()
         if self.arrow is not None:
-            present, batch = self._present(self.arrow)
-            t = self.arrow.type
-            return present, batch, pa.types.is_string(t) or pa.types.is_large_string(t)
-        kinds = value_kinds(self.values)
-        if kinds in (STR_VALUES, BYTES_VALUES):
-            return np.arange(len(self.values)), Batch.from_list(self.values), kinds == STR_VALUES
-        kinds &= ~NONE_VALUES
-        if pa is not None and kinds in (0, STR_VALUES, BYTES_VALUES):
-            try:
-                arr = pa.array(self.values, type=pa.large_binary() if kinds == BYTES_VALUES
-                               else pa.large_string())
-            except (pa.ArrowException, TypeError, ValueError):
-                arr = None
-            if arr is not None:
-                present, batch = self._present(arr)
-                return present, batch, kinds != BYTES_VALUES
-        return self._fallback()
+            return self._present(self.arrow)
+        values = self.values
+        kinds = value_kinds(values)
+        if kinds & ~(STR_VALUES | NONE_VALUES):
+            bad = next(v for v in values if v is not None and not isinstance(v, str))
+            _check_text(self.field, bad)
+        if kinds & NONE_VALUES:
+            mask = np.empty(len(values), dtype=np.uint8)
+            out = empty_bytes(_native_packed_size(values, True))
+            offsets = np.frombuffer(_pack_into(values, out, mask), dtype=np.int64)
+            present = np.flatnonzero(mask == 0)
+            return present, Batch._trusted(out, offsets).take(present)
+        return np.arange(len(values)), Batch.from_list(values)
 
     def _present(self, arr: Any) -> tuple[np.ndarray, Batch]:
-        """Indices of non-null values and a Batch of them (str as UTF-8)."""
+        """Indices of non-null values and a Batch of them (UTF-8)."""
         pa = pyarrow_module()
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            raise InvalidArgumentType(
+                f"column {self.field!r} is {arr.type}; FieldEncryption encrypts text (string) "
+                f"columns (engine.tables keeps other types)"
+            )
         if arr.null_count:
             present = np.flatnonzero(~arr.is_null().to_numpy(zero_copy_only=False))
             arr = arr.drop_null()
         else:
-            present = None
-        if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type):
-            arr = arr.cast(pa.large_binary())
-        elif pa.types.is_large_string(arr.type):
-            arr = arr.view(pa.large_binary())
-        elif not pa.types.is_large_binary(arr.type):
-            raise InvalidArgumentType(f"a {arr.type} column cannot be encrypted; use str or bytes")
-        n = len(arr)
-        return (np.arange(n) if present is None else present), Batch.from_arrow(arr)
-
-    def _fallback(self) -> tuple[np.ndarray, Batch, np.ndarray]:
-        """Without pyarrow (or with mixed str/bytes): classify the Python values one by one."""
-        present = np.flatnonzero(np.fromiter((v is not None for v in self.values), dtype=bool,
-                                             count=len(self.values)))
-        vals = [self.values[i] for i in present.tolist()]
-        for v in vals:
-            _check_encryptable(self.field, v)
-        is_str = np.fromiter((isinstance(v, str) for v in vals), dtype=bool, count=len(vals))
-        return present, Batch.from_list(vals), is_str
+            present = np.arange(len(arr))
+        return present, Batch.from_arrow(arr)
 
     def _aad(self, indices: np.ndarray) -> Any:
         if not self.fe._bind:
@@ -296,44 +310,48 @@ class _Column:
         if self.ids is None:
             raise InvalidArgument("bind_context needs the record ids (ids=... for a column)")
         ids = self.ids
-        pa = pyarrow_module()
-        if pa is not None:
-            try:
-                arr = ids if is_arrow(ids) else pa.array(ids)
-                if isinstance(arr, pa.ChunkedArray):
-                    arr = arr.combine_chunks()
-                if len(arr) != self._count():
-                    raise InvalidArgument("ids must have one value per record")
-                if arr.null_count:
-                    raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
-                id_batch = Batch.from_arrow(arr.cast(pa.large_string()))
-            except (pa.ArrowException, TypeError):
-                id_batch = Batch.from_list([str(i) for i in ids])
-        else:
-            if any(i is None for i in ids):
-                raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
-            id_batch = Batch.from_list([str(i) for i in ids])
+        if is_arrow(ids):
+            ids = ids.to_pylist()
+        if len(ids) != self._count():
+            raise InvalidArgument("ids must have one value per record")
+        if any(i is None for i in ids):
+            raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
+        id_batch = Batch.from_list(list(map(str, ids)))  # str(id), as for one record
         sub = id_batch if len(indices) == len(id_batch) else id_batch.take(indices)
         return prefix_each(_context_prefix(self.field), sub)
 
     def _count(self) -> int:
         return len(self.arrow) if self.arrow is not None else len(self.values)
 
-    def encrypt(self) -> Any:
+    def encrypt(self, skip_encrypted: bool) -> Any:
         service = self.fe.service
-        present, batch, is_str = self._packed()
-        already = text_token_mask(batch) & is_str
-        todo_local = np.flatnonzero(~already)
-        todo = present[todo_local]
-        if len(todo_local) < len(batch):
-            batch = batch.take(todo_local)
+        present, batch = self._packed()
+        todo_local = None
+        if skip_encrypted:
+            tokens = np.flatnonzero(text_token_mask(batch))
+            if tokens.shape[0]:
+                self._verify(service, present[tokens], batch.take(tokens))
+                todo_local = np.flatnonzero(~np.isin(np.arange(len(batch)), tokens))
+                batch = batch.take(todo_local)
+        todo = present if todo_local is None else present[todo_local]
         arrow = self.arrow is not None
         tokens = service.encrypt_many(batch, self._aad(todo), arrow=arrow) if len(todo) else []
         return self._output(todo, tokens)
 
+    def _verify(self, service: EncryptionService, where: np.ndarray, tokens: Batch) -> None:
+        """Opens the column's existing tokens in one batch; raises, naming the records, unless
+        every one is this column's."""
+        try:
+            service.decrypt_many(tokens, self._aad(where))
+        except BatchInvalidTag as exc:
+            failed = where[exc.failed]
+        else:
+            return
+        raise BatchInvalidTag(failed, None)
+
     def decrypt(self) -> Any:
         service = self.fe.service
-        present, batch, _ = self._packed()
+        present, batch = self._packed()
         if not len(present):
             texts: Any = []
         elif self.arrow is not None:  # straight back into a string column, no Python str
@@ -352,12 +370,7 @@ class _Column:
                 new_values = pa.array(new_values, type=pa.large_string())
             if len(indices) == len(arr):
                 return new_values
-            if pa.types.is_large_string(t):
-                base = arr
-            elif pa.types.is_string(t):
-                base = arr.cast(pa.large_string())
-            else:  # binary input: every present value is replaced, the rest are nulls
-                base = pa.nulls(len(arr), pa.large_string())
+            base = arr if pa.types.is_large_string(t) else arr.cast(pa.large_string())
             mask = np.zeros(len(arr), dtype=bool)
             mask[indices] = True
             return pc.replace_with_mask(base, pa.array(mask), new_values)

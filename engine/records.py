@@ -14,6 +14,8 @@ __all__ = [
     "OTHER_VALUES",
     "STR_VALUES",
     "field_values",
+    "pack_into",
+    "packed_size",
     "value_kinds",
     "with_field",
 ]
@@ -53,3 +55,25 @@ def value_kinds(values: list | tuple) -> int:
     """Which kinds of value a list holds, as bits: :data:`STR_VALUES`, :data:`BYTES_VALUES`
     (bytes, bytearray, memoryview), :data:`NONE_VALUES`, :data:`OTHER_VALUES` (one C pass)."""
     return _native.value_kinds(values)
+
+
+def packed_size(values: list | tuple, with_none: bool = False) -> int | None:
+    """Bytes that ``values`` take packed (str as UTF-8), or None unless every value is str,
+    bytes or bytearray (or None, when ``with_none``). One C pass.
+
+    Raises:
+        InvalidArgument: a str that UTF-8 cannot encode (the message shows no text).
+    """
+    return _native.packed_size(values, with_none)
+
+
+def pack_into(values: list | tuple, out: Any, none_mask: Any = None) -> bytes:
+    """Writes the records of ``values`` one after the other into ``out`` (exactly
+    :func:`packed_size` bytes) and returns their n+1 ``int64`` offsets as bytes. With
+    ``none_mask`` (n writable bytes) a None value becomes an empty record marked 1 there.
+
+    Raises:
+        InvalidArgumentType: a value that is not str, bytes or bytearray (or None).
+        RuntimeError: ``values`` changed since :func:`packed_size`.
+    """
+    return _native.pack_into(values, out, none_mask)

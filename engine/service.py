@@ -155,8 +155,8 @@ _METERS: "weakref.WeakSet[_UsageMeter]" = weakref.WeakSet()
 class _UsageMeter:
     """Counts encryptions per key version against GCM's limit for one key with random IVs
     (2**32, NIST SP 800-38D 8.3), cheaply: encryptions are reserved from the provider's shared
-    count in leases (one persisted write per lease, not per call), starting at 1,024 and doubling
-    up to ``max_lease`` while a process keeps encrypting. What a lease did not use is given back
+    count in leases (one persisted write per lease, not per call), starting at 1,024 and each
+    twice the last reservation, up to ``max_lease``, while a process keeps encrypting. What a lease did not use is given back
     when the service is collected or the process exits, so short-lived processes count exactly;
     a process killed outright over-counts by at most its last lease (the safe side). A forked
     child starts with nothing reserved. At the limit, encrypting under the version is refused
@@ -190,7 +190,7 @@ class _UsageMeter:
                     self._provider.record_usage(version, need, limit=self._limit)
                     want = need
                 left += want
-                self._lease[version] = min(lease * 2, self._max_lease)
+                self._lease[version] = min(want * 2, self._max_lease)
             self._left[version] = left - count
 
     def _forget(self) -> None:

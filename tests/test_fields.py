@@ -68,13 +68,48 @@ def test_none_missing_and_double_encryption(svc):
     assert fe.decrypt_field({"id": 1}, "ssn") == {"id": 1}
     assert fe.decrypt_field(rec, "ssn") == rec
     once = fe.encrypt_field(USER, "ssn")
-    twice = fe.encrypt_field(once, "ssn")
-    assert twice == once
-    # Only a strictly valid token counts as encrypted: look-alikes are data.
+    assert fe.encrypt_field(once, "ssn", skip_encrypted=True) == once  # idempotent on request
+    twice = fe.encrypt_field(once, "ssn")  # encrypting encrypts: the token text is the data
+    assert fe.decrypt_field(twice, "ssn") == once
     lookalike = {"id": 1, "ssn": "ef1:not-really-a-token"}
-    enc = fe.encrypt_field(lookalike, "ssn")
-    assert enc["ssn"] != lookalike["ssn"]
-    assert fe.decrypt_field(enc, "ssn") == lookalike
+    for skip in (False, True):  # not a valid token: data either way
+        enc = fe.encrypt_field(lookalike, "ssn", skip_encrypted=skip)
+        assert enc["ssn"] != lookalike["ssn"] and fe.decrypt_field(enc, "ssn") == lookalike
+
+
+def test_a_token_submitted_as_plaintext_is_never_stored_as_is(svc):
+    """Another row's token submitted as a value must not come back as this row's plaintext,
+    and a forged token must not break the column."""
+    fe = FieldEncryption(svc, bind_context=True)
+    theirs = fe.encrypt_field({"id": 2, "ssn": "their SSN"}, "ssn")["ssn"]
+    mine = fe.encrypt_field({"id": 1, "ssn": theirs}, "ssn")
+    assert fe.decrypt_field(mine, "ssn")["ssn"] == theirs  # my value is the text I sent
+    with pytest.raises(InvalidTag):
+        fe.encrypt_field({"id": 1, "ssn": theirs}, "ssn", skip_encrypted=True)
+    forged = "ef1:" + "A" * 60
+    rows = [{"id": i, "ssn": f"s{i}"} for i in range(5)] + [{"id": 5, "ssn": forged}]
+    out = fe.encrypt_column(rows, "ssn")
+    assert fe.decrypt_column(out, "ssn") == rows
+    with pytest.raises(BatchInvalidTag) as err:
+        fe.encrypt_column(rows + [{"id": 6, "ssn": theirs}], "ssn", skip_encrypted=True)
+    assert err.value.failed.tolist() == [6] and err.value.result is None
+    done = fe.encrypt_column(rows[:5], "ssn")
+    again = fe.encrypt_column(done + [{"id": 9, "ssn": "new"}], "ssn", skip_encrypted=True)
+    assert again[:5] == done and fe.decrypt_column(again, "ssn")[5] == {"id": 9, "ssn": "new"}
+
+
+def test_fields_hold_text_and_bytes_are_refused_up_front(svc):
+    fe = FieldEncryption(svc)
+    for value in (b"raw", bytearray(b"raw"), memoryview(b"raw"), 5, 1.5):
+        with pytest.raises(InvalidArgumentType, match="encrypts text"):
+            fe.encrypt_field({"f": value}, "f")
+        with pytest.raises(InvalidArgumentType, match="encrypts text"):
+            fe.encrypt_column([{"f": "ok"}, {"f": value}], "f")
+        with pytest.raises(InvalidArgumentType, match="encrypts text"):
+            fe.encrypt_column(["ok", None, value], "f")
+    pa = pytest.importorskip("pyarrow")
+    with pytest.raises(InvalidArgumentType, match="encrypts text"):
+        fe.encrypt_column(pa.array([b"\xff"]), "f")
 
 
 def test_bad_values(svc):
@@ -114,7 +149,7 @@ def test_column_of_dicts(svc):
     assert out[3] == records[3] and "ssn" not in out[4]
     assert all(is_text_token(r["ssn"]) for i, r in enumerate(out) if i not in (3, 4))
     assert out[0] is not records[3]
-    again = fe.encrypt_column(out, "ssn")  # nothing encrypted twice
+    again = fe.encrypt_column(out, "ssn", skip_encrypted=True)  # nothing encrypted twice
     assert again == out
     assert fe.decrypt_column(out, "ssn") == records
     assert [fe.decrypt_field(r, "ssn") for r in out[:10]] == records[:10]
@@ -124,7 +159,7 @@ def test_column_partially_encrypted(svc):
     fe = FieldEncryption(svc)
     records = [{"id": i, "v": f"value {i}"} for i in range(20)]
     half = [fe.encrypt_field(r, "v") if i % 2 else r for i, r in enumerate(records)]
-    out = fe.encrypt_column(half, "v")
+    out = fe.encrypt_column(half, "v", skip_encrypted=True)
     assert [out[i]["v"] for i in range(1, 20, 2)] == [half[i]["v"] for i in range(1, 20, 2)]
     assert fe.decrypt_column(out, "v") == records
 
@@ -146,23 +181,14 @@ def test_column_with_context_binding(svc):
     assert fe.decrypt_column(fe.encrypt_column(str_ids, "ssn"), "ssn") == str_ids
 
 
-def test_column_of_values_and_mixed_types(svc):
+def test_column_of_values(svc):
     fe = FieldEncryption(svc)
-    values = ["a", None, b"raw-bytes", "d"]
+    values = ["a", None, "é€", "", "d"]
     out = fe.encrypt_column(values, "f")
-    assert out[1] is None and all(is_text_token(out[i]) for i in (0, 2, 3))
-    assert fe.decrypt_column(out, "f") == ["a", None, "raw-bytes", "d"]
+    assert out[1] is None and all(is_text_token(out[i]) for i in (0, 2, 3, 4))
+    assert fe.decrypt_column(out, "f") == values
     with pytest.raises(InvalidArgumentType):
         fe.encrypt_column(["a", 5], "f")
-    # str and bytes mixed: only str values count as tokens already, as for encrypt_field
-    tok = svc.encrypt_token("secret")
-    for other in (b"\xff", b"ok"):
-        out = fe.encrypt_column([{"ssn": tok}, {"ssn": other}], "ssn")
-        assert out[0]["ssn"] == tok and svc.decrypt(out[1]["ssn"]) == other
-    out = fe.encrypt_column([{"ssn": tok.encode()}, {"ssn": "x"}], "ssn")
-    assert svc.decrypt(out[0]["ssn"]) == tok.encode()
-    assert fe.encrypt_column([{"ssn": tok.encode()}], "ssn")[0]["ssn"] != tok.encode()
-    assert fe.encrypt_field({"ssn": tok.encode()}, "ssn")["ssn"] != tok.encode()
     bound = FieldEncryption(svc, bind_context=True)
     out = bound.encrypt_column(["x", "y"], "f", ids=[10, 11])
     assert bound.decrypt_column(out, "f", ids=[10, 11]) == ["x", "y"]
@@ -213,13 +239,13 @@ tokens = svc.encrypt_many(values)
 assert svc.decrypt_many_text(tokens) == values
 b = engine.Batch.from_list([b"a", memoryview(b"bc"), np.frombuffer(b"d", np.uint8)])
 assert b.to_list() == [b"a", b"bc", b"d"]
-records = [{"id": 1, "ssn": "x"}, {"id": 2}, {"id": 3, "ssn": None}, {"id": 4, "ssn": b"raw"},
+records = [{"id": 1, "ssn": "x"}, {"id": 2}, {"id": 3, "ssn": None}, {"id": 4, "ssn": "é"},
            {"id": 5, "ssn": tokens[0]}]
-out = fe.encrypt_column(records, "ssn")
+out = fe.encrypt_column(records, "ssn", skip_encrypted=True)
 assert out[1] == {"id": 2} and out[2]["ssn"] is None and out[4]["ssn"] == tokens[0]
 assert all(is_text_token(out[i]["ssn"]) for i in (0, 3))
 back = fe.decrypt_column(out, "ssn")
-assert [r.get("ssn") for r in back] == ["x", None, None, "raw", values[0]]
+assert [r.get("ssn") for r in back] == ["x", None, None, "é", values[0]]
 bound = FieldEncryption(svc, bind_context=True)
 enc = bound.encrypt_column([{"id": 7, "ssn": "y"}], "ssn")
 assert bound.decrypt_column(enc, "ssn") == [{"id": 7, "ssn": "y"}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import threading
 
 import numpy as np
@@ -437,3 +438,68 @@ def test_hostile_envelopes_are_typed_errors(svc):
     for ts in ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"):
         with pytest.raises(MalformedEnvelope, match="range"):
             EncryptedData.from_dict({**doc, "timestamp": ts})
+
+
+# ---------------------------------------------------------------- usage accounting
+
+
+USAGE_CHILD = """
+import os, sys
+import engine
+svc = engine.get_encryption_service()
+for i in range(8):
+    svc.encrypt_token(f"value {i}")
+"""
+
+
+def test_short_lived_processes_count_what_they_encrypt(tmp_path, monkeypatch):
+    """128 encryptions by 16 processes are 128 uses, not 16 leases of millions."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "keys.json"
+    env = {**os.environ, "ENCRYPTION_MASTER_KEY": MASTER, "ENGINE_KEY_STATE_FILE": str(state),
+           "ENCRYPTION_KDF_ITERATIONS": "1000"}
+    procs = [subprocess.Popen([sys.executable, "-c", USAGE_CHILD], env=env) for _ in range(16)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 16
+    provider = EnvironmentKeyProvider(master_key=MASTER, state_path=state)
+    assert provider.usage(1) == 128
+
+
+def test_a_forked_child_does_not_spend_its_parents_reservation(tmp_path):
+    provider = EnvironmentKeyProvider(master_key=MASTER, state_path=tmp_path / "k.json",
+                                      policy=DerivationPolicy(iterations=1000))
+    svc = EncryptionService(provider, metrics=False)
+    svc.encrypt_many(["a"] * 10)  # reserves a lease of 1,024 in the parent
+    pid = os.fork()
+    if pid == 0:
+        try:
+            svc.encrypt_many(["b"] * 5)  # must reserve its own
+            del svc
+            import gc
+
+            gc.collect()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    del svc
+    import gc
+
+    gc.collect()
+    assert provider.usage(1) == 15
+
+
+def test_the_gcm_limit_itself_refuses_to_encrypt(tmp_path):
+    from engine.keys import KeyUsageExhausted
+    from engine.keys.base import GCM_RANDOM_IV_LIMIT
+
+    provider = StaticKeyProvider({1: os.urandom(32)})
+    provider.record_usage(1, GCM_RANDOM_IV_LIMIT - 10)
+    svc = EncryptionService(provider, metrics=False)
+    tokens = svc.encrypt_many(["x"] * 10)  # exactly what is left
+    assert provider.usage(1) == GCM_RANDOM_IV_LIMIT
+    for call in (lambda: svc.encrypt_token("y"), lambda: svc.encrypt_many(["y"]),
+                 lambda: svc.encrypt("y")):
+        with pytest.raises(KeyUsageExhausted, match="rotate"):
+            call()
+    assert svc.decrypt_many_text(tokens) == ["x"] * 10  # decryption is not limited

@@ -353,8 +353,9 @@ class EnvironmentKeyProvider(KeyProvider):
         def change(snap: StateSnapshot):
             if snap.current is not None:
                 return snap, None
-            _log.warning("the key state file %s lists no version: creating version 1 (the same "
-                         "key as any earlier version 1 under this master key)", self._path)
+            _log.warning("no key version in %s (a new or a lost key state file): created version "
+                         "1, the same key as any earlier version 1 under this master key",
+                         self._path)
             return StateSnapshot(1, {1: self._new_record(1)}), None
 
         self._update(change)

@@ -393,14 +393,25 @@ static int item_size(PyObject *v, Py_ssize_t i, Py_ssize_t *size) {
     return 0;
 }
 
-/* packed_size(values) -> int: total bytes of the records as UTF-8/bytes, or None unless every
- * value is str, bytes or bytearray. */
-static PyObject *packed_size(PyObject *self, PyObject *values) {
+/* packed_size(values, with_none=False) -> int: total bytes of the records as UTF-8/bytes, or
+ * None unless every value is str, bytes or bytearray (or None, when with_none). */
+static PyObject *packed_size(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *values;
     Py_ssize_t n, i, total = 0, size;
+    int with_none = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "packed_size(values, with_none=False)");
+        return NULL;
+    }
+    values = args[0];
+    if (nargs == 2 && (with_none = PyObject_IsTrue(args[1])) < 0) return NULL;
     if (!PyList_Check(values) && !PyTuple_Check(values)) Py_RETURN_NONE;
     n = PySequence_Fast_GET_SIZE(values);
     for (i = 0; i < n; i++) {
-        int rc = item_size(PySequence_Fast_GET_ITEM(values, i), i, &size);
+        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
+        int rc;
+        if (with_none && v == Py_None) continue;
+        rc = item_size(v, i, &size);
         if (rc < 0) return NULL;
         if (rc > 0) Py_RETURN_NONE;
         if (size > PY_SSIZE_T_MAX - total) {
@@ -412,16 +423,19 @@ static PyObject *packed_size(PyObject *self, PyObject *values) {
     return PyLong_FromSsize_t(total);
 }
 
-/* pack_into(values, out) -> offsets (bytes holding n+1 int64): writes the records one after the
- * other into the writable buffer out, which packed_size(values) bytes fill exactly. */
+/* pack_into(values, out, none_mask=None) -> offsets (bytes holding n+1 int64): writes the
+ * records one after the other into the writable buffer out, which packed_size(values) bytes fill
+ * exactly. With none_mask (n writable bytes), a None value is an empty record and its byte is
+ * set to 1 (0 for the others); without it, None is refused. */
 static PyObject *pack_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *values, *offsets = NULL;
-    Py_buffer out;
+    Py_buffer out, mask;
     Py_ssize_t n, i, total = 0, size;
     int64_t *o;
-    uint8_t *d;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "pack_into(values, out)");
+    uint8_t *d, *m = NULL;
+    mask.obj = NULL;
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "pack_into(values, out, none_mask=None)");
         return NULL;
     }
     values = args[0];
@@ -431,6 +445,17 @@ static PyObject *pack_into(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     if (get_view(args[1], &out, "out", PyBUF_WRITABLE) != 0) return NULL;
     n = PySequence_Fast_GET_SIZE(values);
+    if (nargs == 3 && args[2] != Py_None) {
+        if (get_view(args[2], &mask, "none_mask", PyBUF_WRITABLE) != 0) {
+            mask.obj = NULL;
+            goto done;
+        }
+        if (mask.len != n) {
+            PyErr_SetString(VALUE_ERROR, "none_mask must hold one byte per value");
+            goto done;
+        }
+        m = (uint8_t *)mask.buf;
+    }
     /* bytes payloads are 8-byte aligned (allocator alignment 16, header 32 bytes) */
     offsets = PyBytes_FromStringAndSize(NULL, (n + 1) * (Py_ssize_t)sizeof(int64_t));
     if (offsets == NULL) goto done;
@@ -441,7 +466,15 @@ static PyObject *pack_into(PyObject *self, PyObject *const *args, Py_ssize_t nar
     o[0] = 0;
     for (i = 0; i < n; i++) {
         PyObject *v = PySequence_Fast_GET_ITEM(values, i);
-        int rc = item_size(v, i, &size);
+        int rc;
+        if (m != NULL) {
+            m[i] = v == Py_None;
+            if (v == Py_None) {
+                o[i + 1] = total;
+                continue;
+            }
+        }
+        rc = item_size(v, i, &size);
         if (rc < 0) goto fail;
         if (rc > 0) {
             PyErr_Format(TYPE_ERROR, "record %zd is a %.100s, not str or bytes", i,
@@ -463,6 +496,7 @@ fail:
     Py_CLEAR(offsets);
 done:
     PyBuffer_Release(&out);
+    if (mask.obj != NULL) PyBuffer_Release(&mask);
     return offsets;
 }
 
@@ -498,10 +532,10 @@ static PyMethodDef methods[] = {
      "field_values(records, field) -> list: each dict's value for field, None where absent."},
     {"with_field", with_field, METH_VARARGS,
      "with_field(records, field, values) -> list[dict]: copies with field set to values[i]."},
-    {"packed_size", packed_size, METH_O,
-     "packed_size(values) -> int bytes as UTF-8/bytes, or None unless all are str/bytes."},
+    {"packed_size", (PyCFunction)(void (*)(void))packed_size, METH_FASTCALL,
+     "packed_size(values, with_none=False) -> int bytes, or None unless all are str/bytes."},
     {"pack_into", (PyCFunction)(void (*)(void))pack_into, METH_FASTCALL,
-     "pack_into(values, out) -> int64 offsets (bytes); out holds packed_size(values) bytes."},
+     "pack_into(values, out, none_mask=None) -> int64 offsets (bytes)."},
     {"value_kinds", value_kinds, METH_O,
      "value_kinds(values) -> int: bits STR_VALUES, BYTES_VALUES, NONE_VALUES, OTHER_VALUES."},
     {"seal", (PyCFunction)(void (*)(void))message_seal, METH_FASTCALL,
