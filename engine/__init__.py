@@ -1,10 +1,11 @@
 """engine: AES-256-GCM encryption for data at rest, on a native batched core.
 
 The layers, from the bottom: ``engine._native`` (the only module that touches cffi),
-``engine.aead`` and ``engine.batch`` (cipher and batch types), ``engine.envelope`` (ciphertext
-formats), ``engine.keys`` and ``engine.vault`` (key providers),
-``engine.rotation``/``audit``/``metrics``/``tls``, and ``engine.service``/``engine.fields`` (the
-seed's application-facing API).
+``engine.aead`` and ``engine.batch`` (cipher and batch types, with ``buffers``/``codecs``/
+``records`` beneath them), ``engine.envelope`` (ciphertext formats), ``engine.keys`` and
+``engine.vault`` (key providers), ``engine.rotation``/``audit``/``metrics``/``tls``,
+``engine.service``/``engine.fields``/``engine.tables`` (the application-facing API), and the jobs
+over data above them (``engine.stream``).
 """
 
 from .aead import AesGcm, backend_info, random_bytes

@@ -153,7 +153,7 @@ class AesGcm:
 
     @staticmethod
     def generate_key(bit_length: int = 256) -> bytes:
-        """A fresh random key; only 256 bits is supported (the seed's only algorithm)."""
+        """A fresh random key; only 256 bits is supported (AES-256-GCM is the only algorithm)."""
         if bit_length != 256:
             raise InvalidArgument("only 256-bit keys are supported (AES-256-GCM)")
         return random_bytes(KEY_BYTES)
@@ -206,7 +206,7 @@ class AesGcm:
         Args:
             batch: an :class:`~engine.Batch`, a pyarrow binary array or a list of bytes.
             associated_data: one bytes value for all records, or n values (a Batch or a list).
-            nonce_size: bytes per nonce (16 as in the seed; 12 is GCM's native size).
+            nonce_size: bytes per nonce (16, the 128-bit IV of the token and JSON formats; 12 is GCM's native size).
             threads: worker threads (``None``: all cores); records are split by bytes.
 
         Returns:

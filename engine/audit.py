@@ -105,7 +105,7 @@ class AuditLog:
         """Appends one entry and returns it.
 
         Args:
-            event: ``KEY_ACCESS``, ``KEY_ROTATION`` and the other seed event names.
+            event: ``KEY_ACCESS``, ``KEY_ROTATION`` and the other event names.
             details: JSON-serialisable facts (key_version, operation, records, ...).
 
         Raises:

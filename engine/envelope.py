@@ -1,6 +1,6 @@
-"""Ciphertext formats: the seed's JSON shape and a compact, versioned token.
+"""Ciphertext formats: the IntelliFlow JSON envelope and a compact, versioned token.
 
-**JSON shape** (the seed's TypeScript service reads and writes it)::
+**JSON envelope** (what the IntelliFlow TypeScript service reads and writes)::
 
     {"iv": b64, "ciphertext": b64, "authTag": b64, "keyVersion": 3,
      "timestamp": "2026-01-31T12:00:00.000Z", "algorithm": "aes-256-gcm"}
@@ -13,7 +13,7 @@ Standard base64 with padding; the AAD is only the caller's.
 
 The first 6 bytes are the *header*. Format 1 (what the engine writes) binds the header into the
 AAD: ``AAD = header || caller's aad``, so editing the format byte or the key version fails
-authentication. Format 2 marks a value converted from the seed's JSON shape (its AAD is the
+authentication. Format 2 marks a value converted from the JSON envelope (its AAD is the
 caller's only); such a value keeps its tag, and a changed header still fails to decrypt because it
 selects a different key or AAD, but only format 1 authenticates the header itself.
 
@@ -62,7 +62,7 @@ from .errors import EngineError
 __all__ = [
     "ALGORITHM",
     "FORMAT_BOUND",
-    "FORMAT_SEED",
+    "FORMAT_UNBOUND",
     "TEXT_PREFIX",
     "TEXT_PREFIX_BYTES",
     "EncryptedData",
@@ -89,8 +89,8 @@ __all__ = [
 ALGORITHM = "aes-256-gcm"
 MAGIC = 0xEF
 FORMAT_BOUND = 1
-FORMAT_SEED = 2
-FORMATS = (FORMAT_BOUND, FORMAT_SEED)
+FORMAT_UNBOUND = 2  # the header is not in the AAD: values converted from the JSON envelope
+FORMATS = (FORMAT_BOUND, FORMAT_UNBOUND)
 HEADER_BYTES = 6
 IV_BYTES = 16  # the formats' 128-bit IV
 OVERHEAD = HEADER_BYTES + IV_BYTES + TAG_BYTES
@@ -222,7 +222,7 @@ class EncryptedData:
     ``timestamp`` is a timezone-aware :class:`~datetime.datetime` (UTC; naive values and ISO
     strings are accepted and converted), or ``None`` for a value read from a token (tokens carry
     no time). ``header_bound`` is True when the AAD began with the token header (format 1, what
-    :meth:`EncryptionService.encrypt_many` writes) and False for the seed's AAD (the JSON shape).
+    :meth:`EncryptionService.encrypt_many` writes) and False for the JSON envelope's AAD (the caller's only).
 
     Raises:
         InvalidLength: the IV or tag is not 16 bytes.
@@ -250,27 +250,27 @@ class EncryptedData:
 
     @property
     def format(self) -> int:
-        """The token format this value belongs to (1: header bound, 2: seed AAD)."""
-        return FORMAT_BOUND if self.header_bound else FORMAT_SEED
+        """The token format this value belongs to (1: header bound, 2: the caller's AAD only)."""
+        return FORMAT_BOUND if self.header_bound else FORMAT_UNBOUND
 
     def aad(self, aad: bytes | None) -> bytes | None:
         """The full AAD to decrypt with, given the caller's."""
         return token_aad(self.format, self.key_version, aad)
 
-    # ---- the seed's JSON shape ----
+    # ---- the JSON envelope ----
 
     def to_dict(self) -> dict[str, Any]:
-        """The seed's shape: ``iv``, ``ciphertext``, ``authTag`` (base64), ``keyVersion``,
+        """The JSON envelope: ``iv``, ``ciphertext``, ``authTag`` (base64), ``keyVersion``,
         ``timestamp`` (ISO-8601 in UTC with milliseconds and ``Z``, as JavaScript writes it,
         or ``None``), ``algorithm``.
 
         Raises:
-            EnvelopeError: the value is header-bound (format 1): the seed could not open it.
+            EnvelopeError: the value is header-bound (format 1): the JSON envelope cannot express it.
         """
         if self.header_bound:
             raise EnvelopeError(
                 "this value was sealed as a token (its header is part of the AAD); "
-                "keep it as a token, the seed's JSON shape cannot express it"
+                "keep it as a token, the JSON envelope cannot express it"
             )
         ts = self.timestamp
         return {
@@ -285,7 +285,7 @@ class EncryptedData:
 
     @classmethod
     def from_dict(cls, doc: Any) -> "EncryptedData":
-        """Parses the seed's shape strictly.
+        """Parses the JSON envelope strictly.
 
         Raises:
             MalformedEnvelope: not a dict, a missing field, a mistyped key version or timestamp.
@@ -316,12 +316,12 @@ class EncryptedData:
         )
 
     def to_json(self) -> str:
-        """The seed's shape as a JSON string (see :meth:`to_dict`)."""
+        """The JSON envelope as a JSON string (see :meth:`to_dict`)."""
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "EncryptedData":
-        """Parses the seed's JSON string (see :meth:`from_dict`).
+        """Parses the JSON envelope from its JSON text (see :meth:`from_dict`).
 
         Raises:
             MalformedEnvelope: not JSON; and everything :meth:`from_dict` raises.

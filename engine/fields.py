@@ -133,7 +133,7 @@ class FieldEncryption:
         """A copy of ``record`` with ``field`` decrypted back to str (``None``/missing: as is).
 
         Raises:
-            EnvelopeError: the value is not a token (or the seed's JSON shape).
+            EnvelopeError: the value is not a token (or the JSON envelope).
             InvalidTag: wrong key, context, or tampered value.
         """
         return self.decrypt_fields(record, [field])

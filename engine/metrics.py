@@ -1,4 +1,4 @@
-"""Prometheus metrics named in the seed's "Monitoring and Alerting" section.
+"""Prometheus metrics that the IntelliFlow monitoring expects.
 
 ``encryption_operations_total{type="encrypt|decrypt"}`` counts records, not calls: a batch of a
 million adds a million in one increment. Labelled children are resolved once, so counting costs a

@@ -1,6 +1,6 @@
-"""Key rotation: the seed's "Key Rotation Service" and "Key Rotation Flow".
+"""Key rotation: the rotation service and the rotation flow (validate, create, switch, verify, retain).
 
-:meth:`KeyRotationService.rotate_keys` runs the seed's steps in order, each one reported to an
+:meth:`KeyRotationService.rotate_keys` runs these steps in order, each one reported to an
 optional observer and written to the audit trail:
 
 1. ``pre_validation``: the provider answers and the current key round-trips a canary;
@@ -25,8 +25,7 @@ import json
 import os
 import threading
 import time
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -35,6 +34,7 @@ from . import audit as audit_events
 from .errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
 from .keys.base import GCM_RANDOM_IV_LIMIT, KeyLockBusy, KeyProvider, KeyState, KeyVersionInfo
 from .settings import env_flag
+from .webhook import Webhook
 from .aead import random_bytes
 
 __all__ = [
@@ -63,7 +63,7 @@ class RotationInProgress(EngineError):
 
 @dataclass(frozen=True)
 class RotationPolicy:
-    """When to rotate and how many versions to keep (defaults: the seed's figures).
+    """When to rotate and how many versions to keep (defaults: 30 days, 5 versions).
 
     Attributes:
         enabled: ``KEY_ROTATION_ENABLED``; when false, :meth:`is_rotation_needed` is always false.
@@ -193,7 +193,7 @@ class KeyRotationService:
         policy: :class:`RotationPolicy` (default: from the environment).
         state_dir: where the rotation lock and canaries live (default: beside the provider's
             state file, else ``$ENGINE_STATE_DIR`` or ``~/.local/state/engine``).
-        audit: an :class:`engine.audit.AuditLog` for the seed's events (optional).
+        audit: an :class:`engine.audit.AuditLog` for the rotation events (optional).
         metrics: an :class:`engine.metrics.EngineMetrics` (optional).
         observer: called as ``observer(step, detail)`` before each step; raising aborts the
             rotation (tests inject failures this way).
@@ -220,7 +220,9 @@ class KeyRotationService:
         self.clock = clock
         self._canaries = _CanaryStore(self.state_dir / "canaries.json")
         self._thread_lock = threading.Lock()
-        self._webhooks: list[threading.Thread] = []
+        self._webhook = (Webhook(self.policy.webhook, timeout=self.policy.webhook_timeout,
+                                 attempts=self.policy.webhook_retries)
+                         if self.policy.webhook else None)
 
     def __repr__(self) -> str:
         return f"<KeyRotationService provider={self.provider!r}>"
@@ -289,47 +291,26 @@ class KeyRotationService:
             RotationInProgress: ``wait=False`` and another rotation holds the lock.
         """
         with self._exclusive(wait):
-            before = {i.version: i.state for i in self.provider.list_versions()}
-            previous = _current_version(self.provider)
-            step, new_version = "pre_validation", None
+            run = _Run({i.version: i.state for i in self.provider.list_versions()},
+                       _current_version(self.provider))
+            step = STEPS[0]
             try:
-                self._step(step, version=previous)
-                if previous is not None:
-                    _round_trip(self.provider, previous)
-                step = "generate"
-                self._step(step)
-                info = self.provider.create_version()
-                new_version = info.version
-                step = "move_pointer"
-                self._step(step, version=new_version)
-                if _current_version(self.provider) != new_version:
-                    self.provider.set_current(new_version)
-                step = "post_verification"
-                self._step(step, version=new_version)
-                canaries = self._canaries.load()
-                canaries[new_version] = _seal_canary(self.provider, new_version)
-                _round_trip(self.provider, new_version)
-                for version, state in before.items():
-                    if state is not KeyState.DEPRECATED and version in canaries:
-                        _open_canary(self.provider, version, canaries[version])
-                step = "deprecate"
-                self._step(step)
-                deprecated = self._apply_retention()
-                self._canaries.save(canaries)
-                step = "handover"
-                self._step(step, version=new_version)
+                for step, action in _FLOW:
+                    self._step(step, **run.detail(step))
+                    action(self, run)
             except BaseException as exc:
-                self._roll_back(before, previous, new_version)
+                self._roll_back(run.before, run.previous, run.new_version)
                 self._record(audit_events.KEY_ROTATION_FAILED, step=step, reason=reason,
-                             previous_version=previous, failed_version=new_version,
+                             previous_version=run.previous, failed_version=run.new_version,
                              error=type(exc).__name__)
                 self._notify({"event": audit_events.KEY_ROTATION_FAILED, "step": step,
-                              "previous_version": previous, "error": type(exc).__name__})
+                              "previous_version": run.previous, "error": type(exc).__name__})
                 if self.metrics is not None:
                     self.metrics.error("key_rotation_failed")
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 raise RotationFailed(step, exc) from exc
+            previous, new_version, deprecated = run.previous, run.new_version, run.deprecated
             result = RotationResult(previous, new_version, reason,
                                     datetime.fromtimestamp(self.clock(), timezone.utc), deprecated)
             self._record(audit_events.KEY_ROTATION, reason=reason, previous_version=previous,
@@ -345,6 +326,34 @@ class KeyRotationService:
         if self.on_rotated is not None:
             self.on_rotated(result)
         return result
+
+    # ---- the steps of the flow, in order (see _FLOW) ----
+
+    def _pre_validation(self, run: "_Run") -> None:
+        if run.previous is not None:
+            _round_trip(self.provider, run.previous)
+
+    def _generate(self, run: "_Run") -> None:
+        run.new_version = self.provider.create_version().version
+
+    def _move_pointer(self, run: "_Run") -> None:
+        if _current_version(self.provider) != run.new_version:
+            self.provider.set_current(run.new_version)
+
+    def _post_verification(self, run: "_Run") -> None:
+        run.canaries = self._canaries.load()
+        run.canaries[run.new_version] = _seal_canary(self.provider, run.new_version)
+        _round_trip(self.provider, run.new_version)
+        for version, state in run.before.items():
+            if state is not KeyState.DEPRECATED and version in run.canaries:
+                _open_canary(self.provider, version, run.canaries[version])
+
+    def _deprecate(self, run: "_Run") -> None:
+        run.deprecated = self._apply_retention()
+        self._canaries.save(run.canaries)
+
+    def _handover(self, run: "_Run") -> None:
+        """Nothing to undo after this point: on_rotated runs once the rotation is recorded."""
 
     def _apply_retention(self) -> tuple[int, ...]:
         """Versions beyond the newest ``retention_versions`` become deprecated (after passing
@@ -387,38 +396,14 @@ class KeyRotationService:
             raise InvalidArgument(f"only deprecated versions can be purged; v{version} is not")
         self.provider.purge(version)
 
-    # ---- the webhook ----
-
     def _notify(self, payload: dict[str, Any]) -> None:
-        url = self.policy.webhook
-        if not url:
-            return
-        body = json.dumps({**payload, "at": datetime.now(timezone.utc).isoformat()}).encode()
-        thread = threading.Thread(target=self._post, args=(url, body), daemon=True,
-                                  name="key-rotation-webhook")
-        thread.start()
-        self._webhooks.append(thread)
-
-    def _post(self, url: str, body: bytes) -> None:
-        delay = 0.2
-        for attempt in range(self.policy.webhook_retries):
-            try:
-                req = urllib.request.Request(url, data=body, method="POST",
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=self.policy.webhook_timeout) as resp:
-                    if 200 <= resp.status < 300:
-                        return
-            except Exception:  # noqa: BLE001 - a webhook must never fail a rotation
-                pass
-            if attempt + 1 < self.policy.webhook_retries:
-                time.sleep(delay)
-                delay *= 2
+        if self._webhook is not None:
+            self._webhook.send(payload)
 
     def wait_for_webhooks(self, timeout: float | None = None) -> None:
         """Waits for pending webhook deliveries (tests, and clean shutdown)."""
-        for thread in list(self._webhooks):
-            thread.join(timeout)
-        self._webhooks = [t for t in self._webhooks if t.is_alive()]
+        if self._webhook is not None:
+            self._webhook.wait(timeout)
 
     # ---- the scheduler ----
 
@@ -448,6 +433,37 @@ class KeyRotationService:
             if max_checks is None or checks < max_checks:
                 stop.wait(check_every)
         return rotations
+
+
+@dataclass
+class _Run:
+    """What one rotation has done so far (for the next step, and for rolling back)."""
+
+    before: dict[int, KeyState]
+    previous: int | None
+    new_version: int | None = None
+    canaries: dict[int, dict[str, str]] = field(default_factory=dict)
+    deprecated: tuple[int, ...] = ()
+
+    def detail(self, step: str) -> dict[str, Any]:
+        """What the observer is told before ``step``."""
+        if step == "pre_validation":
+            return {"version": self.previous}
+        if step in ("move_pointer", "post_verification", "handover"):
+            return {"version": self.new_version}
+        return {}
+
+
+# The rotation flow: each step's name (as the observer, the audit trail and RotationFailed.step
+# give it) and what it does.
+_FLOW: tuple[tuple[str, Callable[[KeyRotationService, _Run], None]], ...] = (
+    ("pre_validation", KeyRotationService._pre_validation),
+    ("generate", KeyRotationService._generate),
+    ("move_pointer", KeyRotationService._move_pointer),
+    ("post_verification", KeyRotationService._post_verification),
+    ("deprecate", KeyRotationService._deprecate),
+    ("handover", KeyRotationService._handover),
+)
 
 
 def _current_info(provider: KeyProvider, versions: list[KeyVersionInfo]) -> KeyVersionInfo | None:

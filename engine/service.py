@@ -1,4 +1,4 @@
-"""The application-facing encryption service (the seed's ``EncryptionService``).
+"""The application-facing encryption service (``EncryptionService``).
 
 Single values use :meth:`engine.AesGcm.encrypt` with a fresh 16-byte IV; batches go through the
 native batch path in one call per key version, and their tokens are packed and parsed in bulk
@@ -295,7 +295,7 @@ class EncryptionService:
     # ---- single values ----
 
     def encrypt(self, data: str | bytes, aad: str | bytes | None = None) -> EncryptedData:
-        """Encrypts one value in the seed's shape (AAD = the caller's only).
+        """Encrypts one value in the JSON envelope's shape (AAD = the caller's only).
 
         Args:
             data: str (as UTF-8) or bytes-like.

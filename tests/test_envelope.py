@@ -1,4 +1,4 @@
-"""Ciphertext envelopes: the seed's JSON shape, tokens, strict parsing, bulk packing."""
+"""Ciphertext envelopes: the JSON envelope, tokens, strict parsing, bulk packing."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def b64url(raw: bytes) -> str:
 # ---------------------------------------------------------------- EncryptedData
 
 
-def test_json_shape_matches_seed():
+def test_json_envelope_matches_the_typescript_shape():
     doc = sample().to_dict()
     assert set(doc) == {"iv", "ciphertext", "authTag", "keyVersion", "timestamp", "algorithm"}
     assert doc["algorithm"] == "aes-256-gcm"
@@ -96,7 +96,7 @@ def test_token_roundtrip_and_layout():
     assert seed.to_binary_token()[1] == 2 and not EncryptedData.from_token(seed.to_token()).header_bound
 
 
-def test_header_bound_value_has_no_seed_json():
+def test_header_bound_value_has_no_json_envelope():
     with pytest.raises(EnvelopeError):
         sample(header_bound=True).to_dict()
 

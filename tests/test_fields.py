@@ -36,7 +36,7 @@ def process_service(monkeypatch, tmp_path):
 USER = {"id": "123", "email": "user@example.com", "ssn": "123-45-6789"}
 
 
-def test_seed_usage_on_the_class(process_service):
+def test_usage_on_the_class(process_service):
     user = dict(USER)
     encrypted = FieldEncryption.encrypt_field(user, "ssn")
     assert user == USER  # input left alone

@@ -183,7 +183,7 @@ def test_policy_validation(monkeypatch):
 
 
 def test_derivation_matches_pbkdf2_sha512_at_100k_iterations(tmp_path):
-    p = provider(tmp_path, policy=DerivationPolicy())  # the seed's 100,000 iterations
+    p = provider(tmp_path, policy=DerivationPolicy())  # the default 100,000 iterations
     key = p.get_current_key()
     doc = json.loads(p.state_path.read_text())
     entry = doc["versions"][0]

@@ -22,7 +22,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     return out
 
 
-def test_exporter_serves_the_seed_metrics(tmp_path):
+def test_exporter_serves_the_engine_metrics(tmp_path):
     m = metrics.EngineMetrics(CollectorRegistry())
     port = m.serve(0)
     try:

@@ -1,4 +1,4 @@
-"""Interop with the seed's service (Node.js ``crypto`` AES-256-GCM) through the JSON shape."""
+"""Interop with the IntelliFlow TypeScript service (Node.js ``crypto`` AES-256-GCM) through the JSON shape."""
 
 from __future__ import annotations
 

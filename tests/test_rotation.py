@@ -1,4 +1,4 @@
-"""Key rotation end to end: the seed's flow, retention, roll-back on failure at every step,
+"""Key rotation end to end: the rotation flow, retention, roll-back on failure at every step,
 concurrency, the usage-limit trigger, the webhook over real HTTP, and the audit trail."""
 
 from __future__ import annotations

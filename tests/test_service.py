@@ -115,7 +115,7 @@ def test_tampering_with_any_token_part_is_detected(where):
     svc = EncryptionService(StaticKeyProvider(keys, current=1))
     raw = EncryptedData.from_token(svc.encrypt_token("payload")).to_binary_token()
     if where == "format":
-        bad = flip(raw, 1, 3)  # 1 -> 2: the seed's AAD rule
+        bad = flip(raw, 1, 3)  # 1 -> 2: the JSON envelope's AAD rule
     elif where == "version":
         bad = raw[:2] + (3).to_bytes(4, "big") + raw[6:]  # same key, other header
     else:

@@ -736,7 +736,7 @@ def test_secrets_read_write_list_and_cas(provider, admin):
         secrets.write("config", {"blob": b"SECRET bytes"})
     assert not_json.value.__context__ is None and "SECRET" not in str(not_json.value)
     assert "SECRET" not in repr(secrets)
-    # An hvac.Client works too, on the seed's default path secret/data/intelliflow/.
+    # An hvac.Client works too, on the default path secret/data/intelliflow/.
     plain = VaultSecrets(admin)
     plain.write("config", {"feature": "on"})
     assert plain.read("config")["feature"] == "on" and "config" in plain.list()

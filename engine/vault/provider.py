@@ -1,4 +1,4 @@
-"""Keys whose root of trust is HashiCorp Vault or OpenBao (the seed's ``VaultKeyProvider``).
+"""Keys whose root of trust is HashiCorp Vault or OpenBao (``VaultKeyProvider``).
 
 Envelope encryption: Vault never sees the data. Each key version's 256-bit data key comes from
 Transit's ``datakey`` endpoint (:mod:`engine.vault.transit`); only its wrapped form

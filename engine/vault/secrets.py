@@ -1,4 +1,4 @@
-"""The seed's other Vault paths: application secrets in KV v2 under ``secret/data/intelliflow/``.
+"""IntelliFlow's other Vault paths: application secrets in KV v2 under ``secret/data/intelliflow/``.
 
 ``config``, ``openai``, ``supabase`` and ``redis`` (seed, "Vault Integration") are read and written
 as small dictionaries, each write a new KV version. Values never appear in ``repr``, exception
@@ -18,9 +18,9 @@ from .errors import SecretNotFound, SecretVersionConflict
 from .kv import KVStore
 from .provider import VaultKeyProvider
 
-__all__ = ["SEED_SECRET_NAMES", "SecretData", "VaultSecrets"]
+__all__ = ["INTELLIFLOW_SECRET_NAMES", "SecretData", "VaultSecrets"]
 
-SEED_SECRET_NAMES = ("config", "openai", "supabase", "redis")
+INTELLIFLOW_SECRET_NAMES = ("config", "openai", "supabase", "redis")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _RESERVED = frozenset({"encryption"})  # the key provider's folder
 
@@ -90,7 +90,7 @@ class VaultSecrets:
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED:
             raise InvalidArgument(
                 "secret names are 1-128 letters, digits, '.', '_' or '-' "
-                f"(not {', '.join(sorted(_RESERVED))}); e.g. one of {', '.join(SEED_SECRET_NAMES)}"
+                f"(not {', '.join(sorted(_RESERVED))}); e.g. one of {', '.join(INTELLIFLOW_SECRET_NAMES)}"
             )
         return f"{self._base}/{name}"
 
