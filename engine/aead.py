@@ -30,7 +30,11 @@ TAG_BYTES = _native.TAG_BYTES
 NONCE_MIN_BYTES = _native.NONCE_MIN_BYTES
 NONCE_MAX_BYTES = _native.NONCE_MAX_BYTES
 MESSAGE_MAX_BYTES = _native.MESSAGE_MAX_BYTES
-MAX_HEADER_BYTES = 4096  # token headers are a few bytes; this bounds the AAD scratch per thread
+MAX_HEADER_BYTES = 4096
+# From this average record size on, a list of bytes objects is sealed from the objects' own storage
+# (packing them into one buffer first would copy as many bytes as sealing reads); below it the
+# packing copy is cheap beside the per-record work.
+_SEAL_IN_PLACE_MIN_AVERAGE = 64 * 1024  # token headers are a few bytes; this bounds the AAD scratch per thread
 
 BACKEND_ENV = "ENGINE_BACKEND"
 _BACKEND_ALIASES = {"ipsec-mb": "ipsec-mb", "ipsecmb": "ipsec-mb", "ipsec_mb": "ipsec-mb",
@@ -212,10 +216,30 @@ class AesGcm:
         Returns:
             A :class:`~engine.SealedBatch` whose ciphertexts have the input's offsets.
         """
+        if isinstance(batch, (list, tuple)):
+            layout = _native.bytes_layout(batch, _SEAL_IN_PLACE_MIN_AVERAGE)
+            if layout is not None:  # large bytes objects: sealed from where they are
+                return self._seal_list(batch, np.frombuffer(layout, np.int64), associated_data,
+                                       nonce_size, threads)
         batch = as_batch(batch, "batch")
         _check_record_sizes(batch)
         out = empty_bytes(batch.nbytes)
         return self._seal(batch, out, associated_data, nonce_size, threads, None)
+
+    def _seal_list(self, values: list | tuple, offsets: np.ndarray, associated_data: Any,
+                   nonce_size: int, threads: int | None) -> SealedBatch:
+        n = len(values)
+        _check_nonce_size(nonce_size)
+        if int(np.diff(offsets).max()) > MESSAGE_MAX_BYTES:
+            raise MessageTooLong(f"a record exceeds GCM's limit of {MESSAGE_MAX_BYTES} bytes")
+        threads = check_threads(threads)
+        aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
+        out = empty_bytes(int(offsets[-1]))
+        nonces = empty_bytes(n * nonce_size).reshape(n, nonce_size)
+        tags = empty_bytes(n * TAG_BYTES).reshape(n, TAG_BYTES)
+        _native.seal_list(self._address, values, offsets, out, nonces, True, tags, aad,
+                          aad_offsets, aad_len, threads)
+        return SealedBatch._trusted(nonces, tags, Batch._trusted(out, offsets))
 
     def seal_batch_into(self, batch: Any, out: Any, associated_data: Any = None, *,
                         nonce_size: int = 16, threads: int | None = None,
@@ -257,7 +281,8 @@ class AesGcm:
         """Opens every record of ``sealed`` in one native call.
 
         Returns:
-            A :class:`~engine.Batch` of plaintexts with the ciphertexts' offsets.
+            A :class:`~engine.Batch` of plaintexts with the ciphertexts' offsets (for one
+            ``bytes`` object per record, :meth:`open_list` is faster than ``.to_list()``).
 
         Raises:
             BatchInvalidTag: some records failed; ``.failed`` lists them and ``.result`` holds
@@ -282,6 +307,27 @@ class AesGcm:
         self._check_sealed(sealed)
         target = _output(out, sealed.ciphertexts.nbytes, "out")
         return self._open(sealed, target, associated_data, threads)
+
+    def open_list(self, sealed: SealedBatch, associated_data: Any = None, *,
+                  threads: int | None = None) -> list[bytes]:
+        """Opens every record of ``sealed`` straight into one ``bytes`` object per record, in
+        one native call: what ``open_batch(sealed).to_list()`` gives, without the intermediate
+        buffer and its copy (for large records, about twice as fast).
+
+        Raises:
+            BatchInvalidTag: some records failed; ``.failed`` lists them and ``.result`` is the
+                list with those records zero-filled.
+        """
+        self._check_sealed(sealed)
+        ct = sealed.ciphertexts
+        aad, aad_offsets, aad_len = _batch_aad(associated_data, len(ct))
+        if aad is not None and aad_offsets is None and aad_len == 0:
+            aad = None
+        values, failed = _native.open_list(self._address, ct.data, ct.offsets, sealed.nonces,
+                                           sealed.tags, aad, aad_offsets, check_threads(threads))
+        if failed is not None:
+            raise BatchInvalidTag(np.flatnonzero(np.frombuffer(failed, np.uint8)), values)
+        return values
 
     @staticmethod
     def _check_sealed(sealed: Any) -> None:

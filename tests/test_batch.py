@@ -451,3 +451,49 @@ def test_small_argument_mistakes_are_typed_errors(aead):
         with pytest.raises(engine.InvalidArgument, match="nonces must be"):
             engine.SealedBatch(nonces=np.zeros((2, width), np.uint8), tags=sealed.tags,
                                ciphertexts=sealed.ciphertexts)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 70_000), max_size=12), st.sampled_from([1, 2, 3]),
+       st.sampled_from(["none", "one", "each"]), st.sampled_from([12, 16]))
+def test_open_list_gives_what_open_batch_gives(lengths, threads, aad_kind, nonce_size):
+    aead = engine.AesGcm(engine.AesGcm.generate_key())
+    values = [os.urandom(k) for k in lengths]
+    aad = {"none": None, "one": b"ctx",
+           "each": [str(i).encode() * i for i in range(len(values))]}[aad_kind]
+    sealed = aead.seal_batch(values, aad, nonce_size=nonce_size)
+    got = aead.open_list(sealed, aad, threads=threads)
+    assert got == values == aead.open_batch(sealed, aad).to_list()
+    assert all(type(v) is bytes for v in got)
+    if values and aad_kind == "each":
+        wrong = list(aad)
+        wrong[-1] = b"other"
+        with pytest.raises(engine.BatchInvalidTag) as err:
+            aead.open_list(sealed, wrong, threads=threads)
+        assert err.value.failed.tolist() == [len(values) - 1]
+        assert err.value.result[:-1] == values[:-1] and not any(err.value.result[-1])
+    assert b"" == b"" and bytes(1) == b"\x00"  # shared objects left intact
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 300_000), min_size=1, max_size=8), st.sampled_from([1, 2]),
+       st.sampled_from(["none", "one", "each"]), st.sampled_from([12, 16, 32]))
+def test_large_bytes_sealed_where_they_are_match_the_packed_path(lengths, threads, aad_kind,
+                                                                 nonce_size):
+    """A list of large bytes objects is sealed from the objects themselves (no packing copy);
+    every record must be what cryptography makes with the same nonce and AAD."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key = engine.AesGcm.generate_key()
+    aead, ref = engine.AesGcm(key), AESGCM(key)
+    values = [os.urandom(k) for k in lengths]
+    aad = {"none": None, "one": b"ctx", "each": [b"r%d" % i for i in range(len(values))]}[aad_kind]
+    sealed = aead.seal_batch(values, aad, nonce_size=nonce_size, threads=threads)
+    assert sealed.ciphertexts.offsets.tolist() == np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    for i, v in enumerate(values):
+        a = aad[i] if aad_kind == "each" else aad
+        got = bytes(sealed.ciphertexts[i]) + sealed.tags[i].tobytes()
+        assert got == ref.encrypt(sealed.nonces[i].tobytes(), v, a)
+    assert aead.open_list(sealed, aad) == values
+    mixed = values[:-1] + [bytearray(values[-1])]  # not all bytes: packed first, same result
+    assert aead.open_list(aead.seal_batch(mixed, aad, nonce_size=nonce_size), aad) == values

@@ -30,12 +30,15 @@ from ._objects import (  # noqa: F401 (re-exported)
     OTHER_VALUES,
     STR_VALUES,
     ascii_strings,
+    bytes_layout,
     field_values,
     open as open_message,
+    open_list,
     open_text_token,
     pack_into,
     packed_size,
     seal as seal_message,
+    seal_list,
     seal_text_token,
     set_core,
     set_errors,
@@ -87,8 +90,9 @@ def _check(rc: int) -> int:
 # calls the core's single-message functions in this module (one copy of the core in the process).
 set_errors(InvalidArgumentType, InvalidArgument, MessageTooLong, InvalidTag, _check)
 set_core({name: int(ffi.cast("uintptr_t", ffi.addressof(lib, f"engine_{name}")))
-          for name in ("seal", "open", "seal_tokens", "open_tokens", "b64url_encode_batch",
-                       "b64url_decode_batch")})
+          for name in ("seal", "open", "seal_batch_each", "open_batch_each", "seal_tokens",
+                       "open_tokens",
+                       "b64url_encode_batch", "b64url_decode_batch")})
 
 
 def backend_available(name: str) -> bool:

@@ -90,6 +90,23 @@ int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
                           const int64_t *aad_offsets, uint64_t aad_len, uint8_t *failed,
                           int threads) ENGINE_WUR;
 
+/* Like engine_seal_batch, with record i read from ins[i] (offsets[i+1] - offsets[i] bytes; n
+ * separate buffers, none sharing a byte with an output): sealing straight from the objects a
+ * caller holds, one per record, without packing them first. */
+int engine_seal_batch_each(const engine_key *key, size_t n, const uint8_t *const *ins,
+                           const int64_t *offsets, uint8_t *out, uint8_t *nonces, size_t nonce_len,
+                           int fill_nonces, uint8_t *tags, const uint8_t *aad,
+                           const int64_t *aad_offsets, uint64_t aad_len, int threads) ENGINE_WUR;
+
+/* Like engine_open_batch, with record i's plaintext written to outs[i] (n separate buffers, each
+ * of that record's length, sharing no byte with any input or with each other): opening straight
+ * into the objects a caller returns, one per record. */
+int64_t engine_open_batch_each(const engine_key *key, size_t n, const uint8_t *in,
+                               const int64_t *offsets, uint8_t *const *outs,
+                               const uint8_t *nonces, size_t nonce_len, const uint8_t *tags,
+                               const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                               uint8_t *failed, int threads) ENGINE_WUR;
+
 /* Tokens: record i becomes header || nonce || ciphertext || tag at out + out_starts[i] (spaced by
  * the caller: header_len + nonce_len + len + 16 each). Nonces are drawn in one CSPRNG call. The
  * AAD is (header_is_aad ? header : nothing) || the caller's AAD (one value, or per record). */

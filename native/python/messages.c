@@ -404,3 +404,223 @@ done:
     PyBuffer_Release(&prefix);
     return out;
 }
+
+/* ---- a sealed batch opened into one bytes object per record ----
+ * open_list(key_address, data, offsets, nonces, tags, aad, aad_offsets, threads)
+ *   -> (list[bytes], failed) where failed is None, or n bytes (1 = failed, its object zeroed).
+ * The objects are made first (their storage is where the plaintext lands: one pass over the
+ * data, no second buffer), then the core opens into them on threads without the GIL. The
+ * arguments were checked by engine.aead (shapes, sizes); offsets are copied before any object is
+ * made, so nothing a collection runs can move them. */
+PyObject *batch_open_list(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const engine_key *key;
+    Py_buffer data, off, nonces, tags, aad, aad_off;
+    int have_aad = 0, have_aad_off = 0, threads;
+    Py_ssize_t n = 0, i;
+    int64_t *o = NULL, nfailed;
+    uint8_t **outs = NULL, *failed = NULL;
+    PyObject *list = NULL, *result = NULL;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "open_list(key_address, data, offsets, nonces, tags, "
+                                         "aad, aad_offsets, threads)");
+        return NULL;
+    }
+    if ((key = key_at(args[0])) == NULL) return NULL;
+    threads = PyLong_AsLong(args[7]) > 0 ? (int)PyLong_AsLong(args[7]) : 1;
+    if (PyErr_Occurred()) return NULL;
+    if (get_view(args[1], &data, "data", 0) != 0) return NULL;
+    if (get_view(args[2], &off, "offsets", 0) != 0) goto release_data;
+    if (get_view(args[3], &nonces, "nonces", 0) != 0) goto release_off;
+    if (get_view(args[4], &tags, "tags", 0) != 0) goto release_nonces;
+    if (args[5] != Py_None) {
+        if (get_view(args[5], &aad, "aad", 0) != 0) goto release_tags;
+        have_aad = 1;
+    }
+    if (args[6] != Py_None) {
+        if (get_view(args[6], &aad_off, "aad_offsets", 0) != 0) goto release_aad;
+        have_aad_off = 1;
+    }
+    n = off.len / (Py_ssize_t)sizeof(int64_t) - 1;
+    if (n < 0 || off.len % (Py_ssize_t)sizeof(int64_t) != 0 || tags.len != n * ENGINE_TAG_BYTES ||
+        (n > 0 && (nonces.len % n != 0))) {
+        PyErr_SetString(VALUE_ERROR, "open_list: inconsistent batch arrays");
+        goto release_all;
+    }
+    o = PyMem_Malloc((size_t)(n + 1) * sizeof(int64_t));
+    outs = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(uint8_t *));
+    failed = PyMem_Malloc((size_t)(n > 0 ? n : 1));
+    if (o == NULL || outs == NULL || failed == NULL) {
+        PyErr_NoMemory();
+        goto release_all;
+    }
+    memcpy(o, off.buf, (size_t)(n + 1) * sizeof(int64_t));
+    for (i = 0; i < n; i++) {
+        if (o[i] < 0 || o[i] > o[i + 1] || o[i + 1] > (int64_t)data.len) {
+            PyErr_SetString(VALUE_ERROR, "offsets must be non-decreasing and within data");
+            goto release_all;
+        }
+    }
+    if ((list = PyList_New(n)) == NULL) goto release_all;
+    for (i = 0; i < n; i++) {
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(o[i + 1] - o[i]));
+        if (b == NULL) goto release_all;
+        PyList_SET_ITEM(list, i, b);
+        outs[i] = (uint8_t *)PyBytes_AS_STRING(b); /* the shared b"" is never written: length 0 */
+    }
+    Py_BEGIN_ALLOW_THREADS
+    nfailed = g_core.open_batch_each(key, (size_t)n, data.buf, o, outs, nonces.buf,
+                                     n > 0 ? (size_t)(nonces.len / n) : ENGINE_NONCE_MIN_BYTES,
+                                     tags.buf, have_aad ? aad.buf : NULL,
+                                     have_aad_off ? aad_off.buf : NULL,
+                                     have_aad && !have_aad_off ? (uint64_t)aad.len : 0, failed,
+                                     threads);
+    Py_END_ALLOW_THREADS
+    if (nfailed < 0) {
+        raise_code((int)nfailed);
+        goto release_all;
+    }
+    if (nfailed == 0) {
+        result = PyTuple_Pack(2, list, Py_None);
+    } else {
+        PyObject *mask = PyBytes_FromStringAndSize((const char *)failed, n);
+        if (mask != NULL) result = PyTuple_Pack(2, list, mask);
+        Py_XDECREF(mask);
+    }
+release_all:
+    Py_XDECREF(list);
+    PyMem_Free(o);
+    PyMem_Free(outs);
+    PyMem_Free(failed);
+    if (have_aad_off) PyBuffer_Release(&aad_off);
+release_aad:
+    if (have_aad) PyBuffer_Release(&aad);
+release_tags:
+    PyBuffer_Release(&tags);
+release_nonces:
+    PyBuffer_Release(&nonces);
+release_off:
+    PyBuffer_Release(&off);
+release_data:
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* ---- a list of bytes objects sealed where they are (no packing copy) ----
+ * bytes_layout(values, min_average) -> int64 offsets (bytes) of a list or tuple of bytes objects
+ * laid end to end, or None when a value is not exactly bytes or the records average fewer than
+ * min_average bytes (packing them is then as cheap as pointing at them).
+ * seal_list(key_address, values, offsets, out, nonces, fill_nonces, tags, aad, aad_offsets,
+ * aad_len, threads): seals record i from values[i]'s own storage into out at offsets[i]. The
+ * values are held (a tuple of them) while the core runs without the GIL; each must still be the
+ * bytes of the length the layout gave it, or nothing is written. */
+PyObject *list_bytes_layout(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *values, *offsets;
+    Py_ssize_t n, i, min_average;
+    int64_t *o, total = 0;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "bytes_layout(values, min_average)");
+        return NULL;
+    }
+    values = args[0];
+    if ((min_average = PyLong_AsSsize_t(args[1])) < 0 && PyErr_Occurred()) return NULL;
+    if (!PyList_Check(values) && !PyTuple_Check(values)) Py_RETURN_NONE;
+    n = PySequence_Fast_GET_SIZE(values);
+    for (i = 0; i < n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
+        if (!PyBytes_CheckExact(v)) Py_RETURN_NONE;
+        total += PyBytes_GET_SIZE(v);
+    }
+    if (n == 0 || total / n < min_average) Py_RETURN_NONE;
+    offsets = PyBytes_FromStringAndSize(NULL, (n + 1) * (Py_ssize_t)sizeof(int64_t));
+    if (offsets == NULL) return NULL;
+    o = (int64_t *)PyBytes_AS_STRING(offsets);
+    o[0] = 0;
+    for (i = 0, total = 0; i < n && i < PySequence_Fast_GET_SIZE(values); i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(values, i);
+        if (!PyBytes_CheckExact(v)) break;
+        total += PyBytes_GET_SIZE(v);
+        o[i + 1] = total;
+    }
+    if (i != n) { /* changed by a collection that ran when the offsets object was made */
+        Py_DECREF(offsets);
+        Py_RETURN_NONE;
+    }
+    return offsets;
+}
+
+PyObject *list_seal(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const engine_key *key;
+    PyObject *items = NULL, *result = NULL;
+    Py_buffer off, out, nonces, tags, aad, aad_off;
+    int have_aad = 0, have_aad_off = 0, fill, threads, rc;
+    Py_ssize_t n, i;
+    const uint8_t **ins = NULL;
+    uint64_t aad_len;
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "seal_list(key_address, values, offsets, out, nonces, "
+                                         "fill_nonces, tags, aad, aad_offsets, aad_len, threads)");
+        return NULL;
+    }
+    if ((key = key_at(args[0])) == NULL) return NULL;
+    if ((fill = PyObject_IsTrue(args[5])) < 0) return NULL;
+    aad_len = PyLong_AsUnsignedLongLong(args[9]);
+    threads = (int)PyLong_AsLong(args[10]);
+    if (PyErr_Occurred()) return NULL;
+    if ((items = PySequence_Tuple(args[1])) == NULL) return NULL;
+    if (get_view(args[2], &off, "offsets", 0) != 0) goto release_items;
+    if (get_view(args[3], &out, "out", PyBUF_WRITABLE) != 0) goto release_off;
+    if (get_view(args[4], &nonces, "nonces", PyBUF_WRITABLE) != 0) goto release_out;
+    if (get_view(args[6], &tags, "tags", PyBUF_WRITABLE) != 0) goto release_nonces;
+    if (args[7] != Py_None) {
+        if (get_view(args[7], &aad, "aad", 0) != 0) goto release_tags;
+        have_aad = 1;
+    }
+    if (args[8] != Py_None) {
+        if (get_view(args[8], &aad_off, "aad_offsets", 0) != 0) goto release_aad;
+        have_aad_off = 1;
+    }
+    n = PyTuple_GET_SIZE(items);
+    if (off.len != (n + 1) * (Py_ssize_t)sizeof(int64_t) || tags.len != n * ENGINE_TAG_BYTES ||
+        (n > 0 && nonces.len % n != 0)) {
+        PyErr_SetString(VALUE_ERROR, "seal_list: inconsistent batch arrays");
+        goto release_all;
+    }
+    if ((ins = PyMem_Calloc((size_t)(n > 0 ? n : 1), sizeof(*ins))) == NULL) {
+        PyErr_NoMemory();
+        goto release_all;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *v = PyTuple_GET_ITEM(items, i);
+        const int64_t *o = (const int64_t *)off.buf;
+        if (!PyBytes_CheckExact(v) || PyBytes_GET_SIZE(v) != o[i + 1] - o[i] ||
+            o[i + 1] > (int64_t)out.len) {
+            PyErr_SetString(PyExc_RuntimeError, "the records changed during the call");
+            goto release_all;
+        }
+        ins[i] = (const uint8_t *)PyBytes_AS_STRING(v);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = g_core.seal_batch_each(key, (size_t)n, ins, off.buf, out.buf, nonces.buf,
+                                n > 0 ? (size_t)(nonces.len / n) : ENGINE_NONCE_MIN_BYTES, fill,
+                                tags.buf, have_aad ? aad.buf : NULL,
+                                have_aad_off ? aad_off.buf : NULL, aad_len, threads);
+    Py_END_ALLOW_THREADS
+    if (rc != ENGINE_OK) raise_code(rc);
+    else result = Py_NewRef(Py_None);
+release_all:
+    PyMem_Free((void *)ins);
+    if (have_aad_off) PyBuffer_Release(&aad_off);
+release_aad:
+    if (have_aad) PyBuffer_Release(&aad);
+release_tags:
+    PyBuffer_Release(&tags);
+release_nonces:
+    PyBuffer_Release(&nonces);
+release_out:
+    PyBuffer_Release(&out);
+release_off:
+    PyBuffer_Release(&off);
+release_items:
+    Py_DECREF(items);
+    return result;
+}

@@ -22,6 +22,8 @@ extern PyObject *g_type_error, *g_value_error, *g_too_long, *g_invalid_tag, *g_c
 typedef struct core_api {
     __typeof__(&engine_seal) seal;
     __typeof__(&engine_open) open;
+    __typeof__(&engine_open_batch_each) open_batch_each;
+    __typeof__(&engine_seal_batch_each) seal_batch_each;
     __typeof__(&engine_seal_tokens) seal_tokens;
     __typeof__(&engine_open_tokens) open_tokens;
     __typeof__(&engine_b64url_encode_batch) b64url_encode;
@@ -47,5 +49,8 @@ PyObject *message_open(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *token_seal_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *token_header_of(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *token_open_text(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *batch_open_list(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *list_bytes_layout(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *list_seal(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

@@ -8,7 +8,9 @@
  *   - packed_size(values), pack_into(values, out): str/bytes records into one buffer plus int64
  *     offsets (Batch.from_list);
  *   - seal/open (messages.c): one message, AESGCM-style, into a bytes object made here;
- *   - seal_text_token/token_header/open_text_token (messages.c): one text token.
+ *   - seal_text_token/token_header/open_text_token (messages.c): one text token;
+ *   - open_list (messages.c): a sealed batch opened straight into one bytes object per record;
+ *   - bytes_layout/seal_list (messages.c): a list of bytes sealed from the objects themselves.
  * Plain dicts are read from their storage; a dict subclass through its own get()/__contains__.
  * Python code can run inside these loops (a key's __hash__/__eq__, a dict subclass's keys(), a
  * gc callback), so result lists stay untracked until filled, every item is re-read and held
@@ -39,8 +41,8 @@ static PyObject *set_errors(PyObject *self, PyObject *args) {
 }
 
 /* set_core(addresses): a dict of the core's function addresses in the cffi module, by the names
- * of engine_aead.h without the "engine_" prefix (seal, open, seal_tokens, open_tokens,
- * b64url_encode_batch, b64url_decode_batch). */
+ * of engine_aead.h without the "engine_" prefix (seal, open, seal_batch_each, open_batch_each, seal_tokens,
+ * open_tokens, b64url_encode_batch, b64url_decode_batch). */
 static int core_entry(PyObject *addresses, const char *name, void **slot) {
     PyObject *addr = PyDict_GetItemString(addresses, name); /* borrowed */
     void *p;
@@ -65,6 +67,8 @@ static PyObject *set_core(PyObject *self, PyObject *addresses) {
     }
     if (core_entry(addresses, "seal", (void **)&api.seal) != 0 ||
         core_entry(addresses, "open", (void **)&api.open) != 0 ||
+        core_entry(addresses, "open_batch_each", (void **)&api.open_batch_each) != 0 ||
+        core_entry(addresses, "seal_batch_each", (void **)&api.seal_batch_each) != 0 ||
         core_entry(addresses, "seal_tokens", (void **)&api.seal_tokens) != 0 ||
         core_entry(addresses, "open_tokens", (void **)&api.open_tokens) != 0 ||
         core_entry(addresses, "b64url_encode_batch", (void **)&api.b64url_encode) != 0 ||
@@ -550,6 +554,14 @@ static PyMethodDef methods[] = {
      "token_header(token, prefix, header_len) -> bytes, or None if not a text token."},
     {"open_text_token", (PyCFunction)(void (*)(void))token_open_text, METH_FASTCALL,
      "open_text_token(key_address, token, aad, prefix, header_len, bind_header, as_text)."},
+    {"open_list", (PyCFunction)(void (*)(void))batch_open_list, METH_FASTCALL,
+     "open_list(key_address, data, offsets, nonces, tags, aad, aad_offsets, threads) -> "
+     "(list[bytes], failed bytes or None)."},
+    {"bytes_layout", (PyCFunction)(void (*)(void))list_bytes_layout, METH_FASTCALL,
+     "bytes_layout(values, min_average) -> int64 offsets of a list of bytes, or None."},
+    {"seal_list", (PyCFunction)(void (*)(void))list_seal, METH_FASTCALL,
+     "seal_list(key_address, values, offsets, out, nonces, fill_nonces, tags, aad, aad_offsets, "
+     "aad_len, threads): seals each bytes object where it is."},
     {"set_core", set_core, METH_O,
      "set_core(addresses): the native core's function addresses, by name."},
     {NULL, NULL, 0, NULL},

@@ -211,8 +211,10 @@ typedef struct crypt_ctx {
     int seal;
     int token; /* layout */
     const uint8_t *in;
+    const uint8_t *const *ins; /* split layout, sealing from separate buffers: record i's input */
     const int64_t *offsets;
     uint8_t *out;
+    uint8_t *const *outs;      /* split layout, opening into separate buffers: record i's output */
     const int64_t *out_starts; /* token layout: where each token (seal) / plaintext (open) starts */
     uint8_t *nonces;           /* split layout, and the freshly drawn nonces of token sealing */
     size_t nonce_len;
@@ -253,7 +255,7 @@ static int64_t crypt_range(void *arg, size_t begin, size_t end) {
     size_t i;
     if ((rc = key->ops->worker_init(key, &w)) != ENGINE_OK) return rc;
     for (i = begin; i < end; i++) {
-        const uint8_t *rec = nonnull(c->in + c->offsets[i]);
+        const uint8_t *rec = nonnull(c->ins != NULL ? c->ins[i] : c->in + c->offsets[i]);
         const uint64_t rec_len = (uint64_t)(c->offsets[i + 1] - c->offsets[i]);
         const uint8_t *src, *nonce, *header = c->header, *aad = c->aad;
         uint8_t *dst, *tag;
@@ -261,7 +263,7 @@ static int64_t crypt_range(void *arg, size_t begin, size_t end) {
         if (!c->token) {
             src = rec;
             len = rec_len;
-            dst = nonnull_out(c->out + (c->offsets[i] - base));
+            dst = nonnull_out(c->outs != NULL ? c->outs[i] : c->out + (c->offsets[i] - base));
             nonce = c->nonces + i * nl;
             tag = c->tags + i * ENGINE_TAG_BYTES;
         } else if (c->seal) {
@@ -429,6 +431,70 @@ int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
         if (disjoint(writes, 2, reads, 5) != ENGINE_OK) return ENGINE_EOVERLAP;
     }
     crypt_ctx c = {.key = key, .in = in, .offsets = offsets, .out = out,
+                   .nonces = (uint8_t *)nonces, .nonce_len = nonce_len, .tags = (uint8_t *)tags,
+                   .aad = aad, .aad_offsets = aad_offsets, .aad_len = aad_len, .failed = failed};
+    return engine_parallel(n, offsets, threads, crypt_range, &c);
+}
+
+int engine_seal_batch_each(const engine_key *key, size_t n, const uint8_t *const *ins,
+                           const int64_t *offsets, uint8_t *out, uint8_t *nonces, size_t nonce_len,
+                           int fill_nonces, uint8_t *tags, const uint8_t *aad,
+                           const int64_t *aad_offsets, uint64_t aad_len, int threads) {
+    size_t i;
+    int64_t rc;
+    if (ins == NULL || offsets == NULL || key == NULL ||
+        !batch_args_ok(key, n, (const uint8_t *)ins, offsets, out, nonces, nonce_len, tags, aad,
+                       aad_offsets, aad_len))
+        return ENGINE_EINVAL;
+    if (n == 0) return ENGINE_OK;
+    {
+        const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
+        const region none = {NULL, 0};
+        const region writes[] = {{out, bytes}, {tags, (uint64_t)n * ENGINE_TAG_BYTES},
+                                 fill_nonces ? (region){nonces, (uint64_t)n * nonce_len} : none};
+        const region reads[] = {fill_nonces ? none : (region){nonces, (uint64_t)n * nonce_len},
+                                aad_region(n, aad, aad_offsets, aad_len),
+                                {(const uint8_t *)offsets, (uint64_t)(n + 1) * sizeof(int64_t)}};
+        if (disjoint(writes, 3, reads, 3) != ENGINE_OK) return ENGINE_EOVERLAP;
+        for (i = 0; i < n; i++) {
+            const region in_i = {ins[i], (uint64_t)(offsets[i + 1] - offsets[i])};
+            if (in_i.len > 0 && in_i.p == NULL) return ENGINE_EINVAL;
+            if (disjoint(writes, 3, &in_i, 1) != ENGINE_OK) return ENGINE_EOVERLAP;
+        }
+    }
+    if (fill_nonces && engine_random(nonces, n * nonce_len) != ENGINE_OK) return ENGINE_ERANDOM;
+    crypt_ctx c = {.key = key, .seal = 1, .ins = ins, .offsets = offsets, .out = out,
+                   .nonces = nonces, .nonce_len = nonce_len, .tags = tags, .aad = aad,
+                   .aad_offsets = aad_offsets, .aad_len = aad_len};
+    rc = engine_parallel(n, offsets, threads, crypt_range, &c);
+    return rc < 0 ? (int)rc : ENGINE_OK;
+}
+
+int64_t engine_open_batch_each(const engine_key *key, size_t n, const uint8_t *in,
+                               const int64_t *offsets, uint8_t *const *outs,
+                               const uint8_t *nonces, size_t nonce_len, const uint8_t *tags,
+                               const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                               uint8_t *failed, int threads) {
+    size_t i;
+    if (outs == NULL ||
+        !batch_args_ok(key, n, in, offsets, (const uint8_t *)outs, nonces, nonce_len, tags, aad,
+                       aad_offsets, aad_len) ||
+        (n > 0 && failed == NULL))
+        return ENGINE_EINVAL;
+    if (n == 0) return 0;
+    {
+        const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
+        const region reads[] = {{in == NULL ? NULL : in + offsets[0], bytes},
+                                {nonces, (uint64_t)n * nonce_len},
+                                {tags, (uint64_t)n * ENGINE_TAG_BYTES},
+                                aad_region(n, aad, aad_offsets, aad_len)};
+        for (i = 0; i < n; i++) {
+            const region write = {outs[i], (uint64_t)(offsets[i + 1] - offsets[i])};
+            if (write.len > 0 && write.p == NULL) return ENGINE_EINVAL;
+            if (disjoint(&write, 1, reads, 4) != ENGINE_OK) return ENGINE_EOVERLAP;
+        }
+    }
+    crypt_ctx c = {.key = key, .in = in, .offsets = offsets, .outs = outs,
                    .nonces = (uint8_t *)nonces, .nonce_len = nonce_len, .tags = (uint8_t *)tags,
                    .aad = aad, .aad_offsets = aad_offsets, .aad_len = aad_len, .failed = failed};
     return engine_parallel(n, offsets, threads, crypt_range, &c);
