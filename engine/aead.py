@@ -497,7 +497,7 @@ class AesGcm:
         """
         return _native.seal_text_token(self._address, header, data, associated_data, prefix)
 
-    def open_text_token(self, token: Any, header_size: int, associated_data: Any = None, *,
+    def open_text_token(self, token: Any, header_size: int, associated_data: Any = None,
                         bind_header: bool = True, prefix: bytes = b"",
                         text: bool = False) -> str | bytes | None:
         """Opens one token made by :meth:`seal_text_token` (``bind_header``: its own header

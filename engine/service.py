@@ -352,19 +352,27 @@ class EncryptionService:
             _checked_value(aad, "aad")
         if type(encrypted) is str:  # a text token, the common case: one native call
             head = text_token_header(encrypted, TEXT_PREFIX_BYTES, HEADER_BYTES)
-            if head is not None and head[0] == MAGIC and head[1] in FORMATS and any(head[2:]):
+            if head is not None and head[0] == MAGIC and head[1] in FORMATS:
                 version = int.from_bytes(head[2:], "big")
-                key = self._key_for(version)
-                try:
-                    plain = key.cipher.open_text_token(
-                        encrypted, HEADER_BYTES, aad, bind_header=head[1] == FORMAT_BOUND,
-                        prefix=TEXT_PREFIX_BYTES, text=text)
-                except InvalidTag:
-                    self._failed("invalid_tag")
-                    raise
-                if plain is not None:
-                    self._used(version, "decrypt", 1)
-                    return plain
+                if version:
+                    try:
+                        key = self._provider.get_key(version)
+                    except UnknownKeyVersion:
+                        self._failed("unknown_key_version")
+                        raise
+                    try:
+                        plain = key.cipher.open_text_token(encrypted, HEADER_BYTES, aad,
+                                                           head[1] == FORMAT_BOUND,
+                                                           TEXT_PREFIX_BYTES, text)
+                    except InvalidTag:
+                        self._failed("invalid_tag")
+                        raise
+                    if plain is not None:
+                        if self._metrics is not None:
+                            self._metrics.decrypted(1)
+                        if self._audit is not None:
+                            self._audit.key_access(version, "decrypt", 1)
+                        return plain
         e = EncryptedData.parse(encrypted)  # raises the precise envelope error
         key = self._key_for(e.key_version)
         try:

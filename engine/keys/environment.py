@@ -311,6 +311,9 @@ class EnvironmentKeyProvider(KeyProvider):
             UnknownKeyVersion: the state file does not list this version.
             MasterKeyMismatch: the master secret is not the one the version was created under.
         """
+        key = self._keys.get(version)  # checked earlier, and the state file not due for a look
+        if key is not None and time.monotonic() - self._checked_at < STATE_RECHECK_SECONDS:
+            return key
         snap = self._snapshot()
         rec = snap.versions.get(version)
         if rec is None:
