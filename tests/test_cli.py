@@ -62,3 +62,9 @@ def test_rotate_and_verify_the_audit_log(key_env, tmp_path):
 def test_misconfiguration_is_exit_code_3(key_env):
     r = run("rotate", env={**key_env, "ENCRYPTION_MASTER_KEY": "hunter2hunter2"})
     assert r.returncode == 3 and "ENCRYPTION_MASTER_KEY" in r.stderr and "hunter2" not in r.stderr
+
+
+def test_the_scheduler_refuses_an_interval_that_would_spin(key_env):
+    for every in ("0", "-5", "nan", "inf", "soon"):
+        r = run("rotation-scheduler", "--check-every", every, "--max-checks", "1", env=key_env)
+        assert r.returncode == 2 and "positive number of seconds" in r.stderr

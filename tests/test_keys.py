@@ -506,3 +506,58 @@ def test_every_provider_implements_the_whole_contract():
 
     for cls in (EnvironmentKeyProvider, StaticKeyProvider, engine.vault.VaultKeyProvider):
         assert issubclass(cls, KeyProvider) and not cls.__abstractmethods__
+
+
+def test_only_text_and_bytes_are_master_keys(tmp_path):
+    for bad in (40, 4.0e40, ["k" * 40], object()):
+        with pytest.raises(engine.InvalidArgumentType, match="str or bytes-like"):
+            provider(tmp_path, master_key=bad)
+    for good in ("k" * 40, b"k" * 40, bytearray(b"k" * 40), memoryview(b"k" * 40)):
+        assert provider(tmp_path / type(good).__name__, master_key=good).get_current_key()
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied", "replaced by an empty version list"])
+def test_a_lost_state_file_loses_no_key(tmp_path, loss):
+    """Every version's key derives from the master key and the version: a lost, emptied or reset
+    state file gives version 1 back as the same key, and restore_versions lists the others."""
+    p = provider(tmp_path)
+    svc = engine.EncryptionService(p, metrics=False)
+    old = [svc.encrypt_token(f"v{version}") for version in (1,)]
+    for _ in range(3):
+        p.create_version()
+        old.append(svc.encrypt_token(f"v{p.current_version}"))
+    if loss == "deleted":
+        p.state_path.unlink()
+    elif loss == "emptied":
+        p.state_path.write_bytes(b"")
+    else:
+        p.state_path.write_text('{"format": 1, "current": null, "versions": []}')
+    fresh = provider(tmp_path)
+    if loss == "emptied":
+        with pytest.raises(KeyStateCorrupted):
+            fresh.get_current_key()  # an unreadable file is an error, never a silent new key
+        p.state_path.unlink()
+        fresh = provider(tmp_path)
+    assert fresh.get_current_key().version == 1
+    svc = engine.EncryptionService(fresh, metrics=False)
+    assert svc.decrypt_text(old[0]) == "v1"
+    with pytest.raises(UnknownKeyVersion, match="restore_versions"):
+        svc.decrypt_text(old[3])
+    assert fresh.restore_versions(through=4) == [2, 3, 4]
+    assert [svc.decrypt_text(t) for t in old] == ["v1", "v2", "v3", "v4"]
+    assert fresh.current_version == 4 and fresh.get_current_key().version == 4
+
+
+def test_a_read_only_state_directory_is_a_typed_error(tmp_path):
+    if os.geteuid() == 0:  # root writes anyway: make the directory a file's child instead
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("")
+        p = EnvironmentKeyProvider(master_key=MASTER, state_path=blocker / "keys.json",
+                                   policy=FAST)
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        p = EnvironmentKeyProvider(master_key=MASTER, state_path=ro / "keys.json", policy=FAST)
+    with pytest.raises(KeyProviderError, match="key state file") as err:
+        engine.EncryptionService(p, metrics=False).encrypt_token("x")
+    assert not isinstance(err.value, OSError)

@@ -212,10 +212,15 @@ def _os_error(what: str, path: Path, exc: OSError) -> KeyProviderError:
 
 def signature(path: Path) -> tuple[int, int, int] | None:
     """(inode, mtime_ns, size) of the file, or None when it does not exist."""
+    failure = None
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
+    except OSError as exc:  # a path through a file, say
+        failure = exc
+    if failure is not None:
+        raise _os_error("read", path, failure)
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
