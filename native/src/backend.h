@@ -42,9 +42,10 @@ extern const engine_backend_ops engine_openssl_ops;
 extern const engine_backend_ops engine_ipsecmb_ops;
 #endif
 
-/* Runs fn on contiguous ranges of records [0, n) on up to `threads` threads, split so each gets
- * about the same bytes (by offsets; NULL: by count) plus a per-record cost. fn returns a count (summed) or a
- * negative ENGINE_E* code (returned). */
+/* Runs fn on contiguous ranges of records [0, n) on up to `threads` threads: the records are cut
+ * into chunks of about the same weight (bytes, by offsets, or NULL: by count, plus a per-record
+ * cost) that the threads take in turn. fn returns a count (summed) or a negative ENGINE_E* code
+ * (returned; the other threads stop taking chunks). */
 typedef int64_t (*engine_range_fn)(void *ctx, size_t begin, size_t end);
 int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_range_fn fn, void *ctx);
 

@@ -1,5 +1,6 @@
 /* Dispatcher: backend choice, key handles, single-message calls and the threaded batch loop. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,20 +128,29 @@ int engine_open(const engine_key *key, uint8_t *out, const uint8_t *in, uint64_t
     return rc;
 }
 
-/* ---- running a batch on threads ---- */
+/* ---- running a batch on threads ----
+ * The records are cut into chunks of about equal weight (bytes plus a per-record cost), several
+ * per thread, and the threads take chunks in turn from a shared counter. On a machine whose cores
+ * are shared (a VM whose other vCPU is often busy elsewhere), a thread that does not get to run
+ * leaves its chunks to the others instead of holding up the whole call, so asking for more
+ * threads costs little even when they cannot run. */
 
-typedef struct range_job {
+#define CHUNKS_PER_THREAD 8
+
+typedef struct shared_work {
     engine_range_fn fn;
     void *ctx;
-    size_t begin, end;
-    int64_t result;
-} range_job;
+    const int64_t *offsets;
+    size_t n, nchunks;
+    uint64_t total;
+    atomic_size_t next;
+    atomic_int stop;
+} shared_work;
 
-static void *run_range(void *arg) {
-    range_job *job = (range_job *)arg;
-    job->result = job->fn(job->ctx, job->begin, job->end);
-    return NULL;
-}
+typedef struct worker_job {
+    shared_work *work;
+    int64_t result;
+} worker_job;
 
 static uint64_t weight_at(const int64_t *offsets, size_t j) {
     return (offsets == NULL ? 0 : (uint64_t)(offsets[j] - offsets[0])) + (uint64_t)j * RECORD_WEIGHT;
@@ -159,40 +169,71 @@ static size_t split_point(const int64_t *offsets, size_t n, uint64_t target) {
     return lo;
 }
 
+/* The first record of chunk c (the same answer for both chunks that share the boundary). */
+static size_t chunk_start(const shared_work *w, size_t c) {
+    if (c == 0) return 0;
+    if (c >= w->nchunks) return w->n;
+    return split_point(w->offsets, w->n, w->total / w->nchunks * c);
+}
+
+static void *run_chunks(void *arg) {
+    worker_job *job = (worker_job *)arg;
+    shared_work *w = job->work;
+    while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
+        const size_t c = atomic_fetch_add(&w->next, 1);
+        size_t begin, end;
+        int64_t r;
+        if (c >= w->nchunks) break;
+        begin = chunk_start(w, c);
+        end = chunk_start(w, c + 1);
+        if (begin == end) continue;
+        r = w->fn(w->ctx, begin, end);
+        if (r < 0) {
+            job->result = r;
+            atomic_store(&w->stop, 1);
+            break;
+        }
+        job->result += r;
+    }
+    return NULL;
+}
+
 int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_range_fn fn,
                         void *ctx) {
-    range_job jobs[MAX_THREADS];
+    worker_job jobs[MAX_THREADS];
     pthread_t tids[MAX_THREADS];
-    const uint64_t total = weight_at(offsets, n);
-    size_t t, nt, started = 0, prev = 0;
+    shared_work work = {.fn = fn, .ctx = ctx, .offsets = offsets, .n = n,
+                        .total = weight_at(offsets, n)};
+    size_t t, nt, started = 0;
     int64_t sum = 0;
     int rc = ENGINE_OK;
 
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     nt = (size_t)threads;
-    if (total / MIN_THREAD_WEIGHT < nt) nt = (size_t)(total / MIN_THREAD_WEIGHT);
+    if (work.total / MIN_THREAD_WEIGHT < nt) nt = (size_t)(work.total / MIN_THREAD_WEIGHT);
     if (nt > n) nt = n;
     if (nt < 1) nt = 1;
-
+    work.nchunks = nt == 1 ? 1 : nt * CHUNKS_PER_THREAD;
+    if (work.nchunks > work.total / MIN_THREAD_WEIGHT) work.nchunks = work.total / MIN_THREAD_WEIGHT;
+    if (work.nchunks > n) work.nchunks = n;
+    if (work.nchunks < nt) work.nchunks = nt;
+    atomic_init(&work.next, 0);
+    atomic_init(&work.stop, 0);
     for (t = 0; t < nt; t++) {
-        size_t end = t + 1 == nt ? n : split_point(offsets, n, total / nt * (t + 1));
-        jobs[t].fn = fn;
-        jobs[t].ctx = ctx;
-        jobs[t].begin = prev;
-        jobs[t].end = end;
+        jobs[t].work = &work;
         jobs[t].result = 0;
-        prev = end;
     }
-    /* Ranges 1..nt-1 on new threads, range 0 on the calling thread. */
+    /* Workers 1..nt-1 on new threads, worker 0 on the calling thread. */
     for (t = 1; t < nt; t++) {
-        if (pthread_create(&tids[t], NULL, run_range, &jobs[t]) != 0) {
+        if (pthread_create(&tids[t], NULL, run_chunks, &jobs[t]) != 0) {
             rc = ENGINE_ETHREAD;
+            atomic_store(&work.stop, 1);
             break;
         }
         started = t;
     }
-    if (rc == ENGINE_OK) run_range(&jobs[0]);
+    if (rc == ENGINE_OK) run_chunks(&jobs[0]);
     for (t = 1; t <= started; t++) pthread_join(tids[t], NULL);
     if (rc != ENGINE_OK) return rc;
     for (t = 0; t < nt; t++) {
