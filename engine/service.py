@@ -510,15 +510,7 @@ def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvi
         VaultError: Vault is enabled but unreachable or misconfigured.
     """
     env = os.environ if env is None else env
-    try:
-        vault = env_flag(env, VAULT_ENABLED_ENV, False)
-    except InvalidArgument as exc:
-        problem = str(exc)
-    else:
-        problem = None
-    if problem is not None:
-        raise ServiceConfigurationError(problem)
-    if vault:
+    if env_flag(env, VAULT_ENABLED_ENV, False, error=ServiceConfigurationError):
         from .vault.provider import VaultKeyProvider
 
         return VaultKeyProvider.from_environment(env)

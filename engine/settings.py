@@ -12,12 +12,14 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
-def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+def env_flag(env: Mapping[str, str], name: str, default: bool, *,
+             error: type[Exception] = InvalidArgument) -> bool:
     """The boolean in ``env[name]``: 1/true/yes/on or 0/false/no/off, any case; ``default``
     when the variable is unset or blank.
 
     Raises:
-        InvalidArgument: any other value (the message names the variable, not the value).
+        error (InvalidArgument unless the caller names its own configuration error): any other
+            value (the message names the variable, not the value).
     """
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -27,4 +29,4 @@ def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise InvalidArgument(f"{name} must be true or false (1/0, yes/no, on/off)")
+    raise error(f"{name} must be true or false (1/0, yes/no, on/off)")

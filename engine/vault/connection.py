@@ -31,7 +31,6 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         "engine.vault needs hvac: pip install 'engine[vault]' (or pip install hvac)"
     ) from _exc
 
-from ..errors import InvalidArgument
 from ..settings import env_flag
 from .errors import (
     VaultAuthError,
@@ -500,15 +499,7 @@ def environment_settings(env: Mapping[str, str]) -> dict[str, Any]:
         number = environment_number(env, var, conv)
         if number is not None:
             kw[arg] = number
-    try:
-        skip = env_flag(env, "VAULT_SKIP_VERIFY", False)
-    except InvalidArgument as exc:
-        problem = str(exc)
-    else:
-        problem = None
-    if problem is not None:
-        raise VaultConfigurationError(problem)
-    if skip:
+    if env_flag(env, "VAULT_SKIP_VERIFY", False, error=VaultConfigurationError):
         kw["verify"] = False
     if env.get("VAULT_TOKEN"):
         kw["token"] = env["VAULT_TOKEN"]

@@ -422,11 +422,20 @@ static int batch_args_ok(const engine_key *key, size_t n, const uint8_t *in, con
     return 1;
 }
 
+/* The split layout's seal once the arguments are checked: nonces drawn (one CSPRNG call) when
+ * the caller did not give them, then the records on threads. */
+static int seal_split(crypt_ctx *c, size_t n, int fill_nonces, int threads) {
+    int64_t rc;
+    if (fill_nonces && engine_random(c->nonces, n * c->nonce_len) != ENGINE_OK)
+        return ENGINE_ERANDOM;
+    rc = engine_parallel(n, c->offsets, threads, crypt_range, c);
+    return rc < 0 ? (int)rc : ENGINE_OK;
+}
+
 int engine_seal_batch(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
                       uint8_t *out, uint8_t *nonces, size_t nonce_len, int fill_nonces,
                       uint8_t *tags, const uint8_t *aad, const int64_t *aad_offsets,
                       uint64_t aad_len, int threads) {
-    int64_t rc;
     if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets, aad_len))
         return ENGINE_EINVAL;
     if (n == 0) return ENGINE_OK;
@@ -442,12 +451,10 @@ int engine_seal_batch(const engine_key *key, size_t n, const uint8_t *in, const 
         const region reads[] = {data, fill_nonces ? none : nonce_r, aad_r, off_r};
         if (disjoint(writes, 3, reads, 4) != ENGINE_OK) return ENGINE_EOVERLAP;
     }
-    if (fill_nonces && engine_random(nonces, n * nonce_len) != ENGINE_OK) return ENGINE_ERANDOM;
     crypt_ctx c = {.key = key, .seal = 1, .in = in, .offsets = offsets, .out = out,
                    .nonces = nonces, .nonce_len = nonce_len, .tags = tags, .aad = aad,
                    .aad_offsets = aad_offsets, .aad_len = aad_len};
-    rc = engine_parallel(n, offsets, threads, crypt_range, &c);
-    return rc < 0 ? (int)rc : ENGINE_OK;
+    return seal_split(&c, n, fill_nonces, threads);
 }
 
 int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
@@ -482,7 +489,6 @@ int engine_seal_batch_each(const engine_key *key, size_t n, const uint8_t *const
                            int fill_nonces, uint8_t *tags, const uint8_t *aad,
                            const int64_t *aad_offsets, uint64_t aad_len, int threads) {
     size_t i;
-    int64_t rc;
     if (ins == NULL || offsets == NULL || key == NULL ||
         !batch_args_ok(key, n, (const uint8_t *)ins, offsets, out, nonces, nonce_len, tags, aad,
                        aad_offsets, aad_len))
@@ -503,12 +509,10 @@ int engine_seal_batch_each(const engine_key *key, size_t n, const uint8_t *const
             if (disjoint(writes, 3, &in_i, 1) != ENGINE_OK) return ENGINE_EOVERLAP;
         }
     }
-    if (fill_nonces && engine_random(nonces, n * nonce_len) != ENGINE_OK) return ENGINE_ERANDOM;
     crypt_ctx c = {.key = key, .seal = 1, .ins = ins, .offsets = offsets, .out = out,
                    .nonces = nonces, .nonce_len = nonce_len, .tags = tags, .aad = aad,
                    .aad_offsets = aad_offsets, .aad_len = aad_len};
-    rc = engine_parallel(n, offsets, threads, crypt_range, &c);
-    return rc < 0 ? (int)rc : ENGINE_OK;
+    return seal_split(&c, n, fill_nonces, threads);
 }
 
 int64_t engine_open_batch_each(const engine_key *key, size_t n, const uint8_t *in,
