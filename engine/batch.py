@@ -355,7 +355,7 @@ def _row_width(values: Any, n: int, name: str) -> int:
     if width is not None:
         return int(width)
     batch = as_batch(values, name)
-    return int(batch.lengths()[0]) if len(batch) else 0
+    return int(batch.lengths()[0]) if len(batch) else 16  # no record: any valid width
 
 
 class SealedBatch:

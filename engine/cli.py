@@ -134,6 +134,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _audit_head(text: str) -> Any:
+    from .audit import AuditHead
+
+    try:
+        return AuditHead.parse(text)
+    except InvalidArgument as exc:
+        problem = str(exc)
+    raise argparse.ArgumentTypeError(problem)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crypto-engine", description="AES-256-GCM encryption engine")
     parser.add_argument("--backend", default=None, help="ipsec-mb or openssl (default: $ENGINE_BACKEND, else the fastest)")
@@ -155,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sched.add_argument("--max-checks", type=int, default=None, help="stop after this many checks")
     verify = sub.add_parser("audit-verify", help="check an audit log's HMAC chain")
     verify.add_argument("path")
+    verify.add_argument("--expect-head", type=_audit_head, metavar="SEQ:MAC",
+                        help="an entry the log must still hold: the head printed by an earlier run "
+                             "and kept elsewhere")
     verify.add_argument("--json", action="store_true", help="print JSON")
     _add_data_commands(sub)
     args = parser.parse_args(argv)
@@ -193,14 +206,20 @@ def _key_commands(args: argparse.Namespace) -> int:
         if args.command == "audit-verify":
             from .audit import verify
 
-            result = verify(args.path, get_encryption_service().provider.audit_key())
+            result = verify(args.path, get_encryption_service().provider.audit_key(),
+                            expect_head=args.expect_head)
+            head = result.head
             report = {"ok": result.ok, "entries": result.entries,
-                      "problems": [{"line": n, "reason": r} for n, r in result.problems]}
+                      "problems": [{"line": n, "reason": r} for n, r in result.problems],
+                      "head": head and {"seq": head.seq, "mac": head.mac}}
             if args.json:
                 print(json.dumps(report))
             else:
                 print(f"{result.entries} entries: " + ("chain intact" if result.ok else
-                      f"line {result.problems[0][0]}: {result.problems[0][1]}"))
+                      f"line {result.problems[0][0]}: {result.problems[0][1]}")
+                      + (f"; {len(result.problems) - 1} more problem(s)"
+                         if len(result.problems) > 1 else "")
+                      + (f"\nhead {head}" if head else ""))
             return EXIT_OK if result.ok else EXIT_CHECK_FAILED
         service = get_key_rotation_service()
         if args.command == "rotation-scheduler":

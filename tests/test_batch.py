@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -497,3 +498,116 @@ def test_large_bytes_sealed_where_they_are_match_the_packed_path(lengths, thread
     assert aead.open_list(sealed, aad) == values
     mixed = values[:-1] + [bytearray(values[-1])]  # not all bytes: packed first, same result
     assert aead.open_list(aead.seal_batch(mixed, aad, nonce_size=nonce_size), aad) == values
+
+# ---------------------------------------------------------------- threads= reaches the native call
+# Observed from outside, with no hook in the product: while a large native call runs with the GIL
+# released, a Python thread samples /proc/self/task and counts the threads that are running or
+# runnable (state R). threads=1 must never show more than the caller's thread; threads=2 must
+# show two at some point. Counting running threads rather than existing ones holds for workers
+# started per call and for a pool of idle workers alike. Not counted: the sampler, threads on
+# their way out (a joined thread still runs its exit for a moment), and helper threads that
+# libraries start and name for themselves (jemalloc's background purger in pyarrow wakes up
+# after large frees); native workers inherit the process's name. On a loaded machine a sample
+# can miss the second thread, so calls repeat until it is seen (the assertion is on the maximum).
+
+BIG = 16 << 20
+PF_EXITING = 0x4
+
+
+def thread_states() -> dict[int, tuple[bytes, bool]]:
+    """tid -> (name, running) for this process's threads, except those on their way out."""
+    states = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                raw = f.read()
+        except (FileNotFoundError, ProcessLookupError):  # the thread has just gone
+            continue
+        name, _, rest = raw.partition(b" (")[2].rpartition(b") ")
+        fields = rest.split()  # state, ppid, pgrp, session, tty, tpgid, flags, ...
+        if not int(fields[6]) & PF_EXITING:
+            states[int(tid)] = (name, fields[0] == b"R")
+    return states
+
+
+def most_threads_seen(call, want: int, attempts: int) -> int:
+    """The most running threads sampled while ``call()`` repeats (until ``want`` is seen)."""
+    import threading
+
+    stop, ready = threading.Event(), threading.Event()
+    seen = [0]
+    process_name = thread_states()[os.getpid()][0]
+
+    def running(skip):
+        return sum(run for tid, (_, run) in thread_states().items() if tid not in skip)
+
+    def sample():
+        me = threading.get_native_id()
+        helpers = {tid for tid, (name, _) in thread_states().items() if name != process_name}
+        deadline = time.monotonic() + 5
+        while running({me, os.getpid(), *helpers}) and time.monotonic() < deadline:
+            time.sleep(0.001)  # the previous round's sampler, runnable but waiting for a CPU
+        ready.set()
+        while not stop.wait(0.0002):  # a thread that wakes up is scheduled sooner than one
+            seen[0] = max(seen[0], running({me, *helpers}))  # that spins
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        ready.wait()
+        for _ in range(attempts):
+            call()
+            if seen[0] >= want:
+                break
+    finally:
+        stop.set()
+        sampler.join()
+    return seen[0]
+
+
+def _threaded_calls():
+    """name -> function(threads) running one large native batch call of that kind."""
+    key = os.urandom(32)
+    aead = engine.AesGcm(key)
+    data = np.full(BIG, 7, np.uint8)
+    batch = engine.Batch(data, np.arange(0, BIG + 1, BIG // 64))
+    out = np.ones(BIG, np.uint8)
+    sealed = aead.seal_batch(batch)
+    header = b"\xef\x01\x00\x00\x00\x01"
+    tokens = aead.seal_tokens(batch, header)
+    from engine.keys import StaticKeyProvider
+    from engine.service import EncryptionService
+
+    def service(threads):
+        return EncryptionService(StaticKeyProvider({1: key}), threads=threads, metrics=False)
+
+    binary = service(1).encrypt_many(batch, binary=True)
+    return {
+        "seal_batch_into": lambda t: aead.seal_batch_into(batch, out, threads=t),
+        "open_batch_into": lambda t: aead.open_batch_into(sealed, out, threads=t),
+        "seal_tokens": lambda t: aead.seal_tokens(batch, header, threads=t),
+        "open_tokens": lambda t: aead.open_tokens(tokens, len(header), out=out,
+                                                  out_starts=np.arange(0, BIG, BIG // 64),
+                                                  threads=t),
+        "encrypt_many": lambda t: service(t).encrypt_many(batch, binary=True),
+        "decrypt_many": lambda t: service(t).decrypt_many(binary),
+    }
+
+
+@pytest.fixture(scope="module")
+def threaded_calls():
+    return _threaded_calls()
+
+
+@pytest.mark.parametrize("name", ["seal_batch_into", "open_batch_into", "seal_tokens",
+                                  "open_tokens", "encrypt_many", "decrypt_many"])
+def test_threads_argument_sets_how_many_threads_run(threaded_calls, name):
+    call = threaded_calls[name]
+    assert most_threads_seen(lambda: call(1), want=2, attempts=5) <= 1
+    assert most_threads_seen(lambda: call(2), want=2, attempts=50) == 2
+    assert most_threads_seen(lambda: call(1), want=2, attempts=5) <= 1
+
+
+def test_an_empty_sealed_batch_from_empty_lists_opens(aead):
+    empty = engine.SealedBatch(nonces=[], tags=[], ciphertexts=[])
+    assert aead.open_batch(empty).to_list() == [] and aead.open_list(empty) == []

@@ -68,3 +68,23 @@ def test_the_scheduler_refuses_an_interval_that_would_spin(key_env):
     for every in ("0", "-5", "nan", "inf", "soon"):
         r = run("rotation-scheduler", "--check-every", every, "--max-checks", "1", env=key_env)
         assert r.returncode == 2 and "positive number of seconds" in r.stderr
+
+def test_audit_verify_prints_the_head_to_keep_and_checks_it_later(key_env, tmp_path):
+    log = key_env["ENGINE_AUDIT_LOG"]
+    assert run("rotate", env=key_env).returncode == 0
+    old_log, old_head = (tmp_path / "audit.jsonl").read_bytes(), (tmp_path / "audit.jsonl.head").read_bytes()
+    assert run("rotate", env=key_env).returncode == 0
+    r = run("audit-verify", log, "--json", env=key_env)
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and report["ok"] and report["head"]["seq"] == report["entries"]
+    anchor = f"{report['head']['seq']}:{report['head']['mac']}"
+    r = run("audit-verify", log, env=key_env)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == f"head {anchor}"
+    # an older log put back with its own head verifies alone, but not against the kept anchor
+    (tmp_path / "audit.jsonl").write_bytes(old_log)
+    (tmp_path / "audit.jsonl.head").write_bytes(old_head)
+    assert run("audit-verify", log, env=key_env).returncode == 0
+    r = run("audit-verify", log, "--expect-head", anchor, "--json", env=key_env)
+    assert r.returncode == 1 and "truncated" in json.loads(r.stdout)["problems"][0]["reason"]
+    r = run("audit-verify", log, "--expect-head", "12:nothex", env=key_env)
+    assert r.returncode == 2 and "an audit head is" in r.stderr

@@ -49,50 +49,73 @@ def test_cavp_decrypt(v: GcmVector):
             a.decrypt(v.iv, v.ciphertext + v.tag, v.aad)
 
 
-def _by_key_and_iv_size(vectors):
-    groups: dict[tuple[bytes, int], list[GcmVector]] = {}
-    for v in vectors:
-        if usable(v):
-            groups.setdefault((v.key, len(v.iv)), []).append(v)
-    return groups
+# ---- through the batch API: every vector inside a real multi-record batch ----
+# CAVP gives every record its own key, and a batch has one key and one nonce size, so each
+# vector is sealed and opened inside a batch of its own key and nonce size where it appears
+# three times (first, middle, last) among unrelated records: other vectors' plaintexts and AADs
+# (other lengths), fresh nonces, and one large record that makes the native code split the batch
+# across two threads with the vector on both sides of the split. Every record carries its own
+# AAD. The vector's copies must give the known answer at every position; the other records must
+# match cryptography's AESGCM given the same nonce and AAD.
+
+SPLIT_FILLER = bytes(range(256)) * 2400  # ~600 KB: two threads' worth of work
+LAYOUT = ["v", 0, 1, "big", "v", 2, 3, "v"]
+POSITIONS = [i for i, part in enumerate(LAYOUT) if part == "v"]
+USABLE = [v for v in CAVP_ENCRYPT + CAVP_DECRYPT if usable(v)]
+
+
+def kat_batch(v: GcmVector, rng, big: bytes):
+    """(plaintexts, aads, nonces) of the batch around vector ``v``; fillers from other vectors."""
+    others = rng.sample(USABLE, 4)
+    plaintexts, aads, nonces = [], [], []
+    for part in LAYOUT:
+        if part == "v":
+            plaintexts.append(v.plaintext), aads.append(v.aad), nonces.append(v.iv)
+        else:
+            other = others[0] if part == "big" else others[part]
+            plaintexts.append(big if part == "big" else other.plaintext or other.ciphertext)
+            aads.append(other.aad)
+            nonces.append(rng.randbytes(len(v.iv)))
+    return plaintexts, aads, np.frombuffer(b"".join(nonces), np.uint8).reshape(len(LAYOUT), -1)
+
+
+def same(view, data: bytes) -> bool:
+    return np.array_equal(np.asarray(view), np.frombuffer(data, np.uint8))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_cavp_through_the_batch_path(threads):
-    """Every usable CAVP record, sealed and opened in batches (one batch per key and IV size),
-    with the vectors' own nonces; invalid decrypt records must be exactly the failed ones."""
-    for (key, iv_size), vs in _by_key_and_iv_size(CAVP_ENCRYPT + CAVP_DECRYPT).items():
-        a = engine.AesGcm(key)
-        nonces = np.frombuffer(b"".join(v.iv for v in vs), np.uint8).reshape(len(vs), iv_size)
-        aad = engine.Batch.from_list([v.aad for v in vs])
-        valid = [v for v in vs if v.valid]
-        if valid:
-            idx = [i for i, v in enumerate(vs) if v.valid]
-            sealed = a.seal_batch_into(
-                [v.plaintext for v in valid],
-                np.empty(sum(len(v.plaintext) for v in valid), np.uint8),
-                [v.aad for v in valid],
-                nonce_size=iv_size,
-                nonces=nonces[idx],
-                threads=threads,
-            )
-            assert sealed.ciphertexts.to_list() == [v.ciphertext for v in valid]
-            assert [t.tobytes() for t in sealed.tags] == [v.tag for v in valid]
-        sealed = engine.SealedBatch(
-            nonces=nonces,
-            tags=[v.tag for v in vs],
-            ciphertexts=[v.ciphertext for v in vs],
-        )
-        expected_failed = [i for i, v in enumerate(vs) if not v.valid]
-        if expected_failed:
-            with pytest.raises(engine.BatchInvalidTag) as err:
-                a.open_batch(sealed, aad, threads=threads)
-            assert err.value.failed.tolist() == expected_failed
-            result = err.value.result
+def test_cavp_inside_multi_record_batches(threads):
+    import random
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    rng = random.Random(2024)
+    big = SPLIT_FILLER if threads > 1 else SPLIT_FILLER[:1000]  # one thread: no split to force
+    out = np.zeros(2 * len(SPLIT_FILLER), np.uint8)  # reused: no fresh pages to fault in each time
+    for v in USABLE:
+        a, ref = engine.AesGcm(v.key), AESGCM(v.key)
+        plaintexts, aads, nonces = kat_batch(v, rng, big)
+        aads = engine.Batch.from_list(aads)
+        expected = [v.ciphertext + v.tag if i in POSITIONS else ref.encrypt(n.tobytes(), p, aad)
+                    for i, (n, p, aad) in enumerate(zip(nonces, plaintexts, aads.to_list()))]
+        if v.valid:
+            sealed = a.seal_batch_into(plaintexts, out, aads, nonce_size=len(v.iv), nonces=nonces,
+                                       threads=threads)
+            for i, want in enumerate(expected):
+                assert same(sealed.ciphertexts[i], want[:-16]) and same(sealed.tags[i], want[-16:]), (
+                    v.id, i)
+            result = a.open_batch_into(sealed, out, aads, threads=threads)  # in place
         else:
-            result = a.open_batch(sealed, aad, threads=threads)
-        for i, v in enumerate(vs):
-            assert result[i].tobytes() == (v.plaintext if v.valid else bytes(len(v.ciphertext)))
+            sealed = engine.SealedBatch(nonces=nonces, tags=[e[-16:] for e in expected],
+                                        ciphertexts=[e[:-16] for e in expected])
+            with pytest.raises(engine.BatchInvalidTag) as err:
+                a.open_batch_into(sealed, out, aads, threads=threads)
+            assert err.value.failed.tolist() == POSITIONS, v.id
+            result = err.value.result
+            for i in POSITIONS:
+                plaintexts[i] = bytes(len(v.ciphertext))
+        for i, plaintext in enumerate(plaintexts):
+            assert same(result[i], plaintext), (v.id, i)
 
 
 @pytest.mark.skipif(not WYCHEPROOF, reason=f"Wycheproof vectors not found in {SHARED_VECTORS}")

@@ -306,8 +306,24 @@ def test_refuses_weak_cipher_client(tls_strict_server, tls_ca, tls_client_pair):
     assert_refused(handshake(tls_strict_server, client), "no shared cipher")
 
 
-def test_client_verifies_hostname(tls_strict_server, tls_good_client):
-    assert_refused(handshake(tls_strict_server, tls_good_client, server_hostname="evil.example"))
+X509_V_ERR_HOSTNAME_MISMATCH = 62  # OpenSSL's verify code for a name the certificate lacks
+X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+
+
+@pytest.mark.parametrize("name, code", [("evil.example", X509_V_ERR_HOSTNAME_MISMATCH),
+                                        ("engine.svc", X509_V_ERR_HOSTNAME_MISMATCH),
+                                        ("127.0.0.2", X509_V_ERR_IP_ADDRESS_MISMATCH)])
+def test_client_verifies_hostname(tls_strict_server, tls_good_client, name, code):
+    """The same client, server and certificate: refused for a name the certificate does not
+    carry, for that reason and on the client's side, and accepted for each name it does carry."""
+    for good in ("localhost", "api.engine.svc", "127.0.0.1"):
+        result = handshake(tls_strict_server, tls_good_client, server_hostname=good)
+        assert result.ok, (good, result)
+    result = handshake(tls_strict_server, tls_good_client, server_hostname=name)
+    error = result.client.get("error")
+    assert isinstance(error, ssl.SSLCertVerificationError), result
+    assert error.verify_code == code and "mismatch" in error.verify_message.lower(), error
+    assert_refused(result)
 
 
 def test_context_settings(tls_strict_server, tls_good_client, tls_ca):
