@@ -171,6 +171,12 @@ def _rotate_in_child(state_path, state_dir, barrier, results):
         results.put(("busy", None))
 
 
+# GCC 12's AddressSanitizer runtime takes no lock around fork(): a child forked while another thread
+# is inside the sanitizer's allocator inherits that lock held and hangs at its first allocation of
+# the same size. This test forks with other threads alive, and under `make test-asan` (which preloads
+# that runtime) its children hung in both full runs; everywhere else it runs.
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="GCC 12's ASan runtime can hang a child forked while other threads allocate")
 def test_two_processes_cannot_rotate_at_once(tmp_path):
     provider = env_provider(tmp_path)
     provider.get_current_key()
