@@ -493,6 +493,7 @@ def test_nesting_around_the_recursion_limit_never_raises(tmp_path):
     assert result.head.seq == 2  # the writer continued from its head past all of them
 
 
+@pytest.mark.forks_with_threads
 def test_a_child_forked_while_another_thread_appends_can_append(tmp_path):
     import threading
 

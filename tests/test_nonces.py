@@ -65,6 +65,7 @@ def test_single_random_calls_differ_across_fork():
     assert len(theirs) == 32 and mine != theirs
 
 
+@pytest.mark.forks_with_threads
 def test_children_forked_while_threads_seal_never_hang_and_never_repeat_a_nonce():
     """Hundreds of forks while two threads draw nonces without pause (batches and single
     messages): every child finishes its own draws, and no nonce appears twice anywhere.

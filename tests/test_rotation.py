@@ -185,6 +185,7 @@ def _rotate_in_child(state_path, state_dir, barrier, results):
         results.put(("busy", None))
 
 
+@pytest.mark.forks_with_threads
 def test_two_processes_cannot_rotate_at_once(tmp_path):
     provider = env_provider(tmp_path)
     provider.get_current_key()

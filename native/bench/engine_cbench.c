@@ -21,11 +21,11 @@ static int cmp(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     size_t size, count, nonce_len = 16, i;
-    int threads = 1, backend = ENGINE_BACKEND_AUTO, repeats = 7, r;
-    uint8_t key[32], *in, *out, *nonces, *tags;
-    int64_t *offsets;
-    double *t;
-    engine_key *k;
+    int threads = 1, backend = ENGINE_BACKEND_AUTO, repeats = 7, r, rc = 0;
+    uint8_t key[32], *in = NULL, *out = NULL, *nonces = NULL, *tags = NULL;
+    int64_t *offsets = NULL;
+    double *t = NULL;
+    engine_key *k = NULL;
     if (argc < 3) {
         fprintf(stderr, "usage: %s SIZE COUNT [THREADS] [ipsec-mb|openssl|auto] [REPEATS] [NONCE_LEN]\n", argv[0]);
         return 2;
@@ -46,19 +46,25 @@ int main(int argc, char **argv) {
     tags = malloc(count * 16);
     offsets = malloc((count + 1) * sizeof(int64_t));
     t = malloc(sizeof(double) * (size_t)repeats);
-    if (!in || !out || !nonces || !tags || !offsets || !t) return 3;
+    if (!in || !out || !nonces || !tags || !offsets || !t) {
+        rc = 3;
+        goto done;
+    }
     memset(in, 0x5a, size * count + 1);
     memset(out, 0, size * count + 1);
     for (i = 0; i <= count; i++) offsets[i] = (int64_t)(i * size);
     if (engine_random(key, sizeof(key)) != ENGINE_OK || engine_key_new(&k, backend, key) != ENGINE_OK) {
         fprintf(stderr, "cannot create a key for this backend\n");
-        return 3;
+        rc = 3;
+        goto done;
     }
     for (r = 0; r < repeats; r++) {
         double t0 = now();
         if (engine_seal_batch(k, count, in, offsets, out, nonces, nonce_len, 1, tags, NULL, NULL, 0,
-                              threads) != ENGINE_OK)
-            return 4;
+                              threads) != ENGINE_OK) {
+            rc = 4;
+            goto done;
+        }
         t[r] = now() - t0;
     }
     qsort(t, (size_t)repeats, sizeof(double), cmp);
@@ -67,6 +73,13 @@ int main(int argc, char **argv) {
            engine_backend_name(engine_key_backend(k)), engine_backend_isa(engine_key_backend(k)), size,
            count, threads, t[repeats / 2], (double)count / t[repeats / 2],
            (double)(size * count) / t[repeats / 2]);
+done:
     engine_key_free(k);
-    return 0;
+    free(in);
+    free(out);
+    free(nonces);
+    free(tags);
+    free(offsets);
+    free(t);
+    return rc;
 }
