@@ -9,6 +9,7 @@ seed's application-facing API).
 
 from .aead import AesGcm, backend_info, random_bytes
 from .batch import Batch, SealedBatch
+from .xaes import XAesGcm
 from .envelope import (
     EncryptedData,
     EnvelopeError,
@@ -85,6 +86,7 @@ __all__ = [
     "UnknownKeyVersion",
     "VaultKeyProvider",
     "VaultSecrets",
+    "XAesGcm",
     "get_encryption_service",
     "get_key_rotation_service",
     "reset_encryption_service",

@@ -7,7 +7,8 @@
  *   - value_kinds(values): which kinds of value (str, bytes, None, other) a list holds;
  *   - packed_size(values), pack_into(values, out): str/bytes records into one buffer plus int64
  *     offsets (Batch.from_list);
- *   - seal/open (messages.c): one message, AESGCM-style, into a bytes object made here;
+ *   - seal/open (messages.c): one message, AESGCM-style (XAES-256-GCM too), into a bytes
+ *     object made here;
  *   - seal_text_token/token_header/open_text_token (messages.c): one text token.
  * Plain dicts are read from their storage; a dict subclass through its own get()/__contains__.
  * Python code can run inside these loops (a key's __hash__/__eq__, a dict subclass's keys(), a
@@ -40,7 +41,7 @@ static PyObject *set_errors(PyObject *self, PyObject *args) {
 
 /* set_core(addresses): a dict of the core's function addresses in the cffi module, by the names
  * of engine_aead.h without the "engine_" prefix (seal, open, seal_tokens, open_tokens,
- * b64url_encode_batch, b64url_decode_batch). */
+ * b64url_encode_batch, b64url_decode_batch, key_algorithm). */
 static int core_entry(PyObject *addresses, const char *name, void **slot) {
     PyObject *addr = PyDict_GetItemString(addresses, name); /* borrowed */
     void *p;
@@ -68,7 +69,8 @@ static PyObject *set_core(PyObject *self, PyObject *addresses) {
         core_entry(addresses, "seal_tokens", (void **)&api.seal_tokens) != 0 ||
         core_entry(addresses, "open_tokens", (void **)&api.open_tokens) != 0 ||
         core_entry(addresses, "b64url_encode_batch", (void **)&api.b64url_encode) != 0 ||
-        core_entry(addresses, "b64url_decode_batch", (void **)&api.b64url_decode) != 0)
+        core_entry(addresses, "b64url_decode_batch", (void **)&api.b64url_decode) != 0 ||
+        core_entry(addresses, "key_algorithm", (void **)&api.key_algorithm) != 0)
         return NULL;
     g_core = api;
     Py_RETURN_NONE;

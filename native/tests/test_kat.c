@@ -224,6 +224,100 @@ static void run_derive(int backend) {
     engine_key_free(k);
 }
 
+/* XAES-256-GCM: the two vectors of c2sp.org/XAES-256-GCM, through the single-message call, a
+ * batch (given nonces, in place), a batch with a key per record and a token; then tampering,
+ * and nonces of the wrong size refused. */
+typedef struct {
+    const char *key, *aad, *sealed;
+} xaes_kat;
+
+static const xaes_kat XAES_KATS[] = {
+    {"0101010101010101010101010101010101010101010101010101010101010101", "",
+     "ce546ef63c9cc60765923609b33a9a1974e96e52daf2fcf7075e2271"},
+    {"0303030303030303030303030303030303030303030303030303030303030303", "c2sp.org/XAES-256-GCM",
+     "986ec1832593df5443a179437fd083bf3fdb41abd740a21f71eb769d"},
+};
+
+static void run_xaes(int backend) {
+    static const uint8_t nonce[24] = "ABCDEFGHIJKLMNOPQRSTUVWX", pt[12] = "XAES-256-GCM";
+    uint8_t key[64], want[28], out[28], tag[16], back[12], failed = 9, token[4 + 24 + 28];
+    int64_t offsets[2] = {0, 12}, token_off[2] = {0, sizeof(token)}, zero = 0;
+    engine_key *k;
+    size_t i;
+    for (i = 0; i < sizeof(XAES_KATS) / sizeof(XAES_KATS[0]); i++) {
+        const xaes_kat *t = &XAES_KATS[i];
+        const uint8_t *aad = (const uint8_t *)t->aad;
+        const size_t aadl = strlen(t->aad);
+        unhex(t->key, key);
+        unhex(t->sealed, want);
+        CHECK(engine_key_new_alg(&k, backend, ENGINE_ALG_XAES_GCM, key) == ENGINE_OK &&
+                  engine_key_algorithm(k) == ENGINE_ALG_XAES_GCM,
+              "xaes %zu: key_new", i);
+        CHECK(engine_seal(k, out, tag, pt, 12, nonce, 24, aad, aadl) == ENGINE_OK &&
+                  memcmp(out, want, 12) == 0 && memcmp(tag, want + 12, 16) == 0,
+              "xaes %zu: seal", i);
+        CHECK(engine_open(k, back, want, 12, want + 12, nonce, 24, aad, aadl) == ENGINE_OK &&
+                  memcmp(back, pt, 12) == 0,
+              "xaes %zu: open", i);
+        memcpy(out, pt, 12);
+        CHECK(engine_seal_batch(k, 1, out, offsets, out, (uint8_t *)nonce, 24, 0, tag, aad, NULL,
+                                aadl, 2) == ENGINE_OK &&
+                  memcmp(out, want, 12) == 0 && memcmp(tag, want + 12, 16) == 0,
+              "xaes %zu: seal_batch", i);
+        CHECK(engine_open_batch(k, 1, out, offsets, out, nonce, 24, tag, aad, NULL, aadl, &failed,
+                                1) == 0 &&
+                  failed == 0 && memcmp(out, pt, 12) == 0,
+              "xaes %zu: open_batch", i);
+        memset(out, 0, sizeof(out));
+        CHECK(engine_seal_batch_keys(backend, ENGINE_ALG_XAES_GCM, 1, key, pt, offsets, out, nonce,
+                                     24, tag, aad, NULL, aadl, 1) == ENGINE_OK &&
+                  memcmp(out, want, 12) == 0 && memcmp(tag, want + 12, 16) == 0,
+              "xaes %zu: seal_batch_keys", i);
+        CHECK(engine_open_batch_keys(backend, ENGINE_ALG_XAES_GCM, 1, key, want, offsets, back,
+                                     nonce, 24, want + 12, aad, NULL, aadl, &failed, 1) == 0 &&
+                  memcmp(back, pt, 12) == 0,
+              "xaes %zu: open_batch_keys", i);
+        /* a token: header || 24-byte nonce || ciphertext || tag, opened and checked */
+        CHECK(engine_seal_tokens(k, 1, pt, offsets, (const uint8_t *)"HDR1", 4, 1, 24, token, &zero,
+                                 aad, NULL, aadl, 1) == ENGINE_OK,
+              "xaes %zu: seal_tokens", i);
+        CHECK(engine_open_tokens(k, 1, token, token_off, 4, 1, 24, back, &zero, aad, NULL, aadl,
+                                 &failed, 1) == 0 &&
+                  memcmp(back, pt, 12) == 0,
+              "xaes %zu: open_tokens", i);
+        /* tampering: the last nonce byte (GCM's nonce) and the first (the key derivation) */
+        memcpy(out, want, 28);
+        for (size_t at = 0; at < 24; at += 23) {
+            uint8_t bad[24];
+            memcpy(bad, nonce, 24);
+            bad[at] ^= 1;
+            memset(back, 0xAA, sizeof(back));
+            CHECK(engine_open(k, back, want, 12, want + 12, bad, 24, aad, aadl) == ENGINE_EAUTH &&
+                      back[0] == 0 && back[11] == 0,
+                  "xaes %zu: nonce byte %zu tampered", i, at);
+        }
+        CHECK(engine_open_batch_keys(backend, ENGINE_ALG_XAES_GCM, 1, key, out, offsets, out, nonce,
+                                     24, want + 12, aad, NULL, aadl + 1, &failed, 1) == 1 &&
+                  failed == 1 && memcmp(out, want, 12) == 0,
+              "xaes %zu: a failed in-place open kept the ciphertext", i);
+        /* XAES takes 24-byte nonces only; AES-GCM calls take any other size as before */
+        CHECK(engine_seal(k, out, tag, pt, 12, nonce, 16, NULL, 0) == ENGINE_EINVAL &&
+                  engine_seal_batch(k, 1, out, offsets, out, (uint8_t *)nonce, 12, 0, tag, NULL,
+                                    NULL, 0, 1) == ENGINE_EINVAL &&
+                  engine_seal_tokens(k, 1, pt, offsets, NULL, 0, 0, 16, token, &zero, NULL, NULL,
+                                     0, 1) == ENGINE_EINVAL,
+              "xaes %zu: a nonce that is not 24 bytes was accepted", i);
+        engine_key_free(k);
+    }
+    CHECK(engine_key_new_alg(&k, backend, 7, key) == ENGINE_EINVAL, "unknown algorithm accepted");
+    CHECK(engine_seal_batch_keys(backend, 7, 1, key, pt, offsets, out, nonce, 24, tag, NULL, NULL, 0,
+                                 1) == ENGINE_EINVAL,
+          "seal_batch_keys: unknown algorithm accepted");
+    CHECK(engine_seal_batch_keys(backend, ENGINE_ALG_XAES_GCM, 1, key, key, offsets, key, nonce, 24,
+                                 tag, NULL, NULL, 0, 1) == ENGINE_EOVERLAP,
+          "seal_batch_keys: output over the keys accepted");
+}
+
 int main(int argc, char **argv) {
     int backend = argc > 1 && strcmp(argv[1], "ipsec-mb") == 0 ? ENGINE_BACKEND_IPSECMB
                                                                  : ENGINE_BACKEND_OPENSSL;
@@ -236,6 +330,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof(KATS) / sizeof(KATS[0]); i++) run_kat(backend, &KATS[i]);
     run_bulk(backend);
     run_derive(backend);
+    run_xaes(backend);
     /* invalid arguments are refused, not dereferenced */
     CHECK(engine_key_new(&k, 99, key) == ENGINE_EBACKEND, "unknown backend accepted");
     CHECK(engine_key_new(&k, backend, key) == ENGINE_OK, "key_new");
