@@ -1,7 +1,8 @@
 """The key-provider contract: versioned keys, their lifecycle states, and what every provider does.
 
 A provider hands out :class:`VersionedKey` objects: a version number and a ready native key
-handle (:class:`engine.AesGcm`). Raw key bytes never leave the provider except into the native
+handle (:class:`engine.AesGcm`, or :class:`engine.XAesGcm` for a version made for XAES-256-GCM:
+each version records its algorithm). Raw key bytes never leave the provider except into the native
 handle; nothing here is printable or picklable. :class:`KeyProvider` declares the whole contract
 that the encryption service, key rotation and the re-encryption workers rely on; the shared
 argument checks live here too, so that every provider refuses the same things the same way.
@@ -16,12 +17,15 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ContextManager, Iterator
+from typing import Any, ContextManager, Iterator, Mapping
 
 from ..aead import AesGcm
 from ..errors import EngineError, InvalidArgument
+from ..xaes import XAesGcm
 
 __all__ = [
+    "ALGORITHMS",
+    "DEFAULT_ALGORITHM",
     "GCM_RANDOM_IV_LIMIT",
     "KeyLockBusy",
     "KeyProvider",
@@ -35,14 +39,20 @@ __all__ = [
     "ThreadRotationLock",
     "UnknownKeyVersion",
     "VersionedKey",
+    "algorithm_from_environment",
+    "check_algorithm",
     "check_count",
     "check_state",
     "check_version",
+    "cipher_for",
     "next_usage",
     "require_active",
+    "usage_limit",
 ]
 
 GCM_RANDOM_IV_LIMIT = 2**32  # NIST SP 800-38D 8.3: encryptions per key with random IVs
+ALGORITHMS = {AesGcm.ALGORITHM: AesGcm, XAesGcm.ALGORITHM: XAesGcm}
+DEFAULT_ALGORITHM = AesGcm.ALGORITHM
 
 
 class KeyProviderError(EngineError):
@@ -92,10 +102,12 @@ class KeyVersionInfo:
     version: int
     state: KeyState
     created_at: datetime
+    algorithm: str = DEFAULT_ALGORITHM
 
 
 class VersionedKey:
-    """A key version ready for use: ``version`` and ``cipher`` (an :class:`engine.AesGcm`)."""
+    """A key version ready for use: ``version`` and ``cipher`` (an :class:`engine.AesGcm`, or
+    its subclass :class:`engine.XAesGcm`)."""
 
     __slots__ = ("version", "cipher", "state")
 
@@ -104,8 +116,19 @@ class VersionedKey:
         self.cipher = cipher
         self.state = state
 
+    @property
+    def algorithm(self) -> str:
+        """``"aes-256-gcm"`` or ``"xaes-256-gcm"``."""
+        return self.cipher.ALGORITHM
+
+    @property
+    def usage_limit(self) -> int | None:
+        """Encryptions this version may do (None: no limit that usage counting must enforce)."""
+        return usage_limit(self.cipher.ALGORITHM)
+
     def __repr__(self) -> str:
-        return f"<VersionedKey version={self.version} state={self.state.value}>"
+        return (f"<VersionedKey version={self.version} state={self.state.value} "
+                f"algorithm={self.algorithm}>")
 
     def __reduce__(self):
         raise TypeError("keys cannot be pickled; fetch them from the provider in each process")
@@ -136,6 +159,45 @@ def check_state(state: Any) -> KeyState:
     except ValueError:
         pass
     raise InvalidArgument("state must be one of: " + ", ".join(s.value for s in KeyState))
+
+
+def check_algorithm(algorithm: Any) -> str:
+    """``algorithm`` if it names one the engine has (``"aes-256-gcm"``, ``"xaes-256-gcm"``).
+
+    Raises:
+        InvalidArgument: anything else.
+    """
+    if isinstance(algorithm, str) and algorithm in ALGORITHMS:
+        return algorithm
+    raise InvalidArgument("algorithm must be one of: " + ", ".join(ALGORITHMS))
+
+
+ALGORITHM_ENV = "ENCRYPTION_ALGORITHM"
+
+
+def algorithm_from_environment(env: Mapping[str, str]) -> str:
+    """The algorithm of new key versions: ``$ENCRYPTION_ALGORITHM``, else ``"aes-256-gcm"``.
+
+    Raises:
+        InvalidArgument: the variable names no algorithm the engine has.
+    """
+    algorithm = (env.get(ALGORITHM_ENV) or DEFAULT_ALGORITHM).strip().lower()
+    if algorithm not in ALGORITHMS:
+        raise InvalidArgument(f"{ALGORITHM_ENV} must be one of: {', '.join(ALGORITHMS)}")
+    return algorithm
+
+
+def cipher_for(algorithm: str, key: Any) -> AesGcm:
+    """The native cipher of a key version: :class:`AesGcm` or :class:`XAesGcm` over ``key``."""
+    return ALGORITHMS[check_algorithm(algorithm)](key)
+
+
+def usage_limit(algorithm: str) -> int | None:
+    """Encryptions one key may do with random nonces: 2**32 for AES-256-GCM (NIST SP 800-38D
+    8.3). None for XAES-256-GCM: each message has a key of its own, derived from the first half
+    of its 24-byte random nonce, and 2**80 messages keep the collision risk at 2**-32, a count
+    no deployment reaches, so its versions are never rotated or refused for usage."""
+    return None if check_algorithm(algorithm) == XAesGcm.ALGORITHM else GCM_RANDOM_IV_LIMIT
 
 
 def check_count(count: Any) -> int:

@@ -5,7 +5,7 @@ store below and :class:`~engine.vault.VaultSecrets` both use it. :class:`KeyStor
 key provider keeps its versions::
 
     <mount>/data/<path>/v1              {format, version, wrapped_key, transit_key, transit_mount,
-                                         state, created_at, kcv, usage}
+                                         state, created_at, kcv, usage, algorithm}
     <mount>/data/<path>/v2              ...
     <mount>/data/<path>/current         {version: 2, updated_at}
     <mount>/data/<path>/rotation-lock   {owner, expires}
@@ -13,8 +13,10 @@ key provider keeps its versions::
 
 Entries are created with check-and-set (``cas=0``) and updated with the KV version they were read
 at, so two processes never both create version N and never overwrite each other's changes. Each
-entry's ``kcv`` (key check value) is an HMAC of the version number under the data key: a data key
-copied into another version's entry, alone or with the whole entry, fails it.
+entry's ``kcv`` (key check value) is an HMAC of the version number (and, for XAES-256-GCM, the
+algorithm) under the data key: a data key copied into another version's entry, alone or with the
+whole entry, fails it, and so does an entry whose algorithm was edited. Entries written before
+``algorithm`` existed are AES-256-GCM.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ..keys.base import KeyState, UnknownKeyVersion
+from ..keys.base import ALGORITHMS, DEFAULT_ALGORITHM, KeyState, UnknownKeyVersion
 from .connection import VaultConnection
 from .errors import (
     VaultConflict,
@@ -45,6 +47,7 @@ __all__ = [
     "KVStore",
     "KeyStore",
     "check_entry_key",
+    "entry_algorithm",
     "key_check_value",
     "new_entry",
     "parse_entry",
@@ -174,20 +177,40 @@ class KVStore:
 
 # ---- the key provider's entries ----
 
-def key_check_value(key: bytes | bytearray, version: int) -> bytes:
-    """16 bytes that tie a data key to its version number (see the module docstring)."""
-    return hmac.new(key, _KCV_DOMAIN + str(version).encode(), hashlib.sha256).digest()[:16]
+def key_check_value(key: bytes | bytearray, version: int,
+                    algorithm: str = DEFAULT_ALGORITHM) -> bytes:
+    """16 bytes that tie a data key to its version number and algorithm (see the module
+    docstring; AES-256-GCM keys keep the value they always had)."""
+    label = _KCV_DOMAIN + str(version).encode()
+    if algorithm != DEFAULT_ALGORITHM:
+        label += b"\x00algorithm=" + algorithm.encode("ascii")
+    return hmac.new(key, label, hashlib.sha256).digest()[:16]
 
 
 def new_entry(version: int, key: bytearray, wrapped: str, transit_name: str,
-              transit_mount: str, created: datetime) -> dict[str, Any]:
+              transit_mount: str, created: datetime,
+              algorithm: str = DEFAULT_ALGORITHM) -> dict[str, Any]:
     """The KV entry of a new, active version."""
     return {
         "format": ENTRY_FORMAT, "version": version, "wrapped_key": wrapped,
         "transit_key": transit_name, "transit_mount": transit_mount,
         "state": KeyState.ACTIVE.value, "created_at": created.isoformat(),
-        "kcv": base64.b64encode(key_check_value(key, version)).decode("ascii"),
+        "kcv": base64.b64encode(key_check_value(key, version, algorithm)).decode("ascii"),
+        "algorithm": algorithm,
     }
+
+
+def entry_algorithm(version: int, entry: dict[str, Any]) -> str:
+    """The algorithm of an entry (AES-256-GCM for entries written before it was recorded).
+
+    Raises:
+        WrappedKeyInvalid: an algorithm the engine does not have.
+    """
+    algorithm = entry.get("algorithm", DEFAULT_ALGORITHM)
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise WrappedKeyInvalid(f"key version {version}'s entry in Vault names an unknown "
+                                f"algorithm")
+    return algorithm
 
 
 def parse_entry(version: int, entry: dict[str, Any]) -> tuple[KeyState, datetime]:
@@ -219,9 +242,11 @@ def check_entry_key(version: int, entry: dict[str, Any], key: bytearray) -> None
         expected = base64.b64decode(entry.get("kcv") or "", validate=True)
     except (binascii.Error, TypeError, ValueError):
         expected = b""
-    if not hmac.compare_digest(key_check_value(key, version), expected):
+    if not hmac.compare_digest(key_check_value(key, version, entry_algorithm(version, entry)),
+                               expected):
         raise WrappedKeyInvalid(f"the wrapped key of version {version} fails its key check "
-                                f"value (tampered or moved from another version)")
+                                f"value (tampered, moved from another version, or its algorithm "
+                                f"edited)")
 
 
 class KeyStore:
