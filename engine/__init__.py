@@ -9,6 +9,7 @@ seed's application-facing API).
 
 from .aead import AesGcm, backend_info, random_bytes
 from .batch import Batch, SealedBatch
+from .blind_index import BlindIndex, BlindIndexes
 from .xaes import XAesGcm
 from .envelope import (
     EncryptedData,
@@ -66,6 +67,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "AesGcm",
+    "BlindIndex",
+    "BlindIndexes",
     "EncryptedData",
     "EncryptionService",
     "EnvelopeError",

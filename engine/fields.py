@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .batch import Batch
+from .blind_index import BlindIndex, BlindIndexes
 from .buffers import is_arrow, pyarrow_module
 from .codecs import prefix_each
 from .records import BYTES_VALUES, NONE_VALUES, STR_VALUES, field_values, value_kinds, with_field
@@ -144,7 +145,8 @@ class FieldEncryption:
     # ---- columns ----
 
     @_dualmethod
-    def encrypt_column(self, records: Any, field: str, *, ids: Any = None) -> Any:
+    def encrypt_column(self, records: Any, field: str, *, ids: Any = None,
+                       blind_indexes: BlindIndexes | BlindIndex | None = None) -> Any:
         """Encrypts ``field`` across many records in one native batch call.
 
         Args:
@@ -153,6 +155,8 @@ class FieldEncryption:
                 ``large_string`` array) or a list of values (returns a list).
             field: the field name (also bound into the AAD with ``bind_context``).
             ids: for a column of values with ``bind_context``: the record ids, one per value.
+            blind_indexes: blind indexes (:mod:`engine.blind_index`) written beside the field
+                (``email_idx``) from the plaintext, into records or tables only.
 
         A pyarrow ``Table``/``RecordBatch`` or a pandas/polars ``DataFrame`` is handed to
         :func:`engine.tables.encrypt_columns` (a new table of the same type; with
@@ -160,11 +164,19 @@ class FieldEncryption:
 
         Raises:
             InvalidArgumentType: a value is neither str nor bytes.
-            InvalidArgument: ``bind_context`` without ids.
+            InvalidArgument: ``bind_context`` without ids; blind indexes for a bare column.
+            NormalisationError: a value fails its index's normaliser (nothing is encrypted).
         """
         if is_table(records):
             return encrypt_columns(records, field, aad_template=self._table_aad(),
-                                   service=self.service)
+                                   service=self.service, blind_indexes=blind_indexes)
+        if blind_indexes is not None:
+            if not (isinstance(records, (list, tuple)) and records
+                    and isinstance(records[0], dict)):
+                raise InvalidArgument("blind indexes are written into dict records or tables")
+            if isinstance(blind_indexes, BlindIndex):
+                blind_indexes = BlindIndexes(blind_indexes)
+            records = blind_indexes.add_to_records(records)
         return _Column.of(self, records, field, ids).encrypt()
 
     @_dualmethod

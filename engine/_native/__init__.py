@@ -245,6 +245,13 @@ def gather(n: int, src, src_starts, lengths, dst, dst_starts, threads: int) -> N
                              _i64(dst_starts), threads))
 
 
+def hmac_sha256_batch(key: bytes, n: int, data, offsets, out, bits: int, threads: int) -> None:
+    """The first ``bits`` bits of HMAC-SHA-256(key, record i) into ``out`` (n rows of
+    ceil(bits / 8) bytes)."""
+    _check(lib.engine_hmac_sha256_batch(ffi.from_buffer(key), len(key), n, _from(data),
+                                        _i64(offsets), _from(out), bits, threads))
+
+
 def random_into(buf) -> None:
     """Fills a writable buffer from OpenSSL's CSPRNG."""
     view = memoryview(buf)

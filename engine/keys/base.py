@@ -13,6 +13,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import hashlib
+import hmac
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +47,7 @@ __all__ = [
     "check_state",
     "check_version",
     "cipher_for",
+    "derive_index_key",
     "next_usage",
     "require_active",
     "usage_limit",
@@ -53,6 +56,7 @@ __all__ = [
 GCM_RANDOM_IV_LIMIT = 2**32  # NIST SP 800-38D 8.3: encryptions per key with random IVs
 ALGORITHMS = {AesGcm.ALGORITHM: AesGcm, XAesGcm.ALGORITHM: XAesGcm}
 DEFAULT_ALGORITHM = AesGcm.ALGORITHM
+INDEX_KEY_BYTES = 32
 
 
 class KeyProviderError(EngineError):
@@ -198,6 +202,23 @@ def usage_limit(algorithm: str) -> int | None:
     of its 24-byte random nonce, and 2**80 messages keep the collision risk at 2**-32, a count
     no deployment reaches, so its versions are never rotated or refused for usage."""
     return None if check_algorithm(algorithm) == XAesGcm.ALGORITHM else GCM_RANDOM_IV_LIMIT
+
+
+def derive_index_key(secret: bytes, table: str, column: str, version: int) -> bytes:
+    """A blind-index key: HMAC-SHA-256 under a provider's index secret of ``"engine blind index
+    v1"``, the table and column names (UTF-8, each after its 4-byte length) and the version.
+
+    Raises:
+        InvalidArgument: a name that is not a non-empty str.
+    """
+    message = bytearray(b"engine blind index v1")
+    for what, name in (("table", table), ("column", column)):
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"the {what} of a blind index must be a non-empty str")
+        encoded = name.encode("utf-8", "surrogatepass")
+        message += len(encoded).to_bytes(4, "big") + encoded
+    message += check_version(version).to_bytes(4, "big")
+    return hmac.new(secret, bytes(message), hashlib.sha256).digest()
 
 
 def check_count(count: Any) -> int:
@@ -367,6 +388,20 @@ class KeyProvider(abc.ABC):
 
         Raises:
             KeyProviderError: this provider has none.
+        """
+
+    @abc.abstractmethod
+    def index_key(self, table: str, column: str, version: int) -> bytes:
+        """The HMAC key of blind indexes on ``column`` of ``table`` under key version
+        ``version``: 32 bytes (:func:`derive_index_key` from a secret of the provider's that is
+        neither a data key nor the audit key), a different key for each table, column and
+        version. An index follows the key versions: its rows are indexed under the version of
+        their ciphertext.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            InvalidArgument: an empty table or column name.
+            KeyProviderError: this provider has no index secret.
         """
 
     @abc.abstractmethod

@@ -46,6 +46,7 @@ from .base import (
     check_count,
     check_state,
     check_version,
+    derive_index_key,
     next_usage,
     require_active,
 )
@@ -500,6 +501,19 @@ class EnvironmentKeyProvider(KeyProvider):
     def audit_key(self) -> bytes:
         """The audit trail's HMAC key, derived from the master key (never the key itself)."""
         return hmac.new(self._master, b"engine audit trail v1", hashlib.sha256).digest()
+
+    def index_key(self, table: str, column: str, version: int) -> bytes:
+        """A blind-index key, derived from the master key (a secret of its own, separate from
+        the data keys and the audit key) for a version the state file lists.
+
+        Raises:
+            UnknownKeyVersion: the state file does not list this version.
+        """
+        check_version(version)
+        if version not in self._snapshot().versions:
+            raise UnknownKeyVersion(version)
+        secret = hmac.new(self._master, b"engine blind index secret v1", hashlib.sha256).digest()
+        return derive_index_key(secret, table, column, version)
 
     def record_usage(self, version: int, count: int, *, limit: int | None = None) -> int:
         """Adds ``count`` encryptions to a version's usage, kept in the state file so that every

@@ -25,6 +25,7 @@ from .base import (
     check_state,
     check_version,
     cipher_for,
+    derive_index_key,
     next_usage,
     require_active,
 )
@@ -36,13 +37,13 @@ class InvalidKeyMaterial(InvalidArgument):
     """A key given to a provider is not 32 bytes (AES-256). The message never shows the key."""
 
 
-def _audit_key_bytes(key: Any) -> bytes:
+def _secret_bytes(key: Any, name: str) -> bytes:
     try:
         size = memoryview(key).nbytes
     except TypeError:
         size = -1
     if isinstance(key, str) or size < 32:
-        raise InvalidKeyMaterial("audit_key must be bytes-like, at least 32 bytes")
+        raise InvalidKeyMaterial(f"{name} must be bytes-like, at least 32 bytes")
     return bytes(memoryview(key))
 
 
@@ -66,16 +67,18 @@ class StaticKeyProvider(KeyProvider):
         InvalidArgument: no keys, a bad version number, ``current`` not among them, or an
             unknown algorithm.
 
-    ``audit_key`` (32+ bytes, optional) is the HMAC key of the audit trail.
+    ``audit_key`` (32+ bytes, optional) is the HMAC key of the audit trail; ``index_key``
+    (32+ bytes, optional) the secret from which blind-index keys are derived.
     """
 
     __slots__ = ("_ciphers", "_infos", "_current", "_lock", "_usage", "_audit_key", "_rotation",
-                 "_algorithm")
+                 "_algorithm", "_index_secret")
 
     def __init__(self, keys: Mapping[int, Any], *, current: int | None = None,
                  states: Mapping[int, Any] | None = None, audit_key: bytes | None = None,
                  algorithm: str = DEFAULT_ALGORITHM,
-                 algorithms: Mapping[int, str] | None = None) -> None:
+                 algorithms: Mapping[int, str] | None = None,
+                 index_key: bytes | None = None) -> None:
         if not isinstance(keys, Mapping) or not keys:
             raise InvalidArgument("StaticKeyProvider needs a non-empty {version: key} mapping")
         now = datetime.now(timezone.utc)
@@ -110,7 +113,8 @@ class StaticKeyProvider(KeyProvider):
                 raise InvalidArgument(f"states names unknown version {v}")
             self._infos[v] = dataclasses.replace(self._infos[v], state=check_state(s))
         self._lock = threading.Lock()
-        self._audit_key = None if audit_key is None else _audit_key_bytes(audit_key)
+        self._audit_key = None if audit_key is None else _secret_bytes(audit_key, "audit_key")
+        self._index_secret = None if index_key is None else _secret_bytes(index_key, "index_key")
         self._usage: dict[int, int] = {}
         self._rotation = ThreadRotationLock()
 
@@ -218,6 +222,19 @@ class StaticKeyProvider(KeyProvider):
         if self._audit_key is None:
             raise KeyProviderError("this StaticKeyProvider was built without an audit_key")
         return self._audit_key
+
+    def index_key(self, table: str, column: str, version: int) -> bytes:
+        """A blind-index key derived from the ``index_key`` given to the constructor.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            KeyProviderError: no ``index_key`` was given.
+        """
+        if version not in self._ciphers:
+            raise UnknownKeyVersion(version)
+        if self._index_secret is None:
+            raise KeyProviderError("this StaticKeyProvider was built without an index_key")
+        return derive_index_key(self._index_secret, table, column, version)
 
     def record_usage(self, version: int, count: int, *, limit: int | None = None) -> int:
         """Adds ``count`` encryptions to a version's usage, in memory (see

@@ -10,6 +10,7 @@ key provider keeps its versions::
     <mount>/data/<path>/current         {version: 2, updated_at}
     <mount>/data/<path>/rotation-lock   {owner, expires}
     <mount>/data/<path>/audit           {key}
+    <mount>/data/<path>/index-v1        {key}   (the blind-index secret of version 1)
 
 Entries are created with check-and-set (``cas=0``) and updated with the KV version they were read
 at, so two processes never both create version N and never overwrite each other's changes. Each
@@ -57,7 +58,7 @@ ENTRY_FORMAT = 1
 CAS_ATTEMPTS = 32
 _KCV_DOMAIN = b"engine/vault/kcv/v1\x00version="
 _VERSION_KEY = re.compile(r"v([1-9][0-9]{0,9})")
-_AUDIT_KEY_BYTES = 32
+_SECRET_BYTES = 32  # the audit key and the index secrets
 
 Change = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -361,17 +362,34 @@ class KeyStore:
             WrappedKeyInvalid: the stored entry is malformed.
             VaultConflict: too many concurrent creators.
         """
-        path = f"{self.path}/audit"
+        return self._random_secret("audit", "the audit key")
+
+    def index_secret(self, version: int) -> bytes:
+        """The secret blind-index keys of a version derive from: 32 random bytes at
+        ``<path>/index-v<version>``, created once with check-and-set.
+
+        Raises:
+            WrappedKeyInvalid: the stored entry is malformed.
+            VaultConflict: too many concurrent creators.
+        """
+        return self._random_secret(f"index-v{version}", f"the index secret of version {version}")
+
+    def destroy_index_secret(self, version: int) -> None:
+        """Deletes a version's blind-index secret and all its KV versions."""
+        self.kv.destroy(f"{self.path}/index-v{version}", f"purge the index secret of {version}")
+
+    def _random_secret(self, name: str, what: str) -> bytes:
+        path = f"{self.path}/{name}"
         for _ in range(CAS_ATTEMPTS):
-            found = self.kv.read(path, "read the audit key")
+            found = self.kv.read(path, f"read {what}")
             if found is not None:
                 try:
                     key = base64.b64decode(found[0]["key"], validate=True)
                 except (KeyError, TypeError, binascii.Error):
                     key = b""
-                if len(key) != _AUDIT_KEY_BYTES:
-                    raise WrappedKeyInvalid("the audit key entry in Vault is malformed")
+                if len(key) != _SECRET_BYTES:
+                    raise WrappedKeyInvalid(f"{what} in Vault is malformed")
                 return key
-            fresh = base64.b64encode(os.urandom(_AUDIT_KEY_BYTES)).decode()
-            self.kv.write(path, {"key": fresh}, "create the audit key", cas=0)
-        raise VaultConflict("could not create the audit key: too many conflicts")
+            fresh = base64.b64encode(os.urandom(_SECRET_BYTES)).decode()
+            self.kv.write(path, {"key": fresh}, f"create {what}", cas=0)
+        raise VaultConflict(f"could not create {what}: too many conflicts")

@@ -45,6 +45,7 @@ from ..keys.base import (
     check_state,
     check_version,
     cipher_for,
+    derive_index_key,
     next_usage,
 )
 from .connection import (
@@ -615,9 +616,22 @@ class VaultKeyProvider(KeyProvider):
         self._check_open()
         return self._store.audit_key()
 
+    def index_key(self, table: str, column: str, version: int) -> bytes:
+        """A blind-index key derived from the version's index secret, 32 random bytes kept in KV
+        (``<kv_path>/index-v<version>``, created with check-and-set on first use).
+
+        Raises:
+            UnknownKeyVersion: no such version in Vault.
+        """
+        self._check_open()
+        check_version(version)
+        if self._store.entry(version) is None:
+            raise UnknownKeyVersion(version)
+        return derive_index_key(self._store.index_secret(version), table, column, version)
+
     def purge(self, version: int) -> None:
-        """Deletes a version's entry and every KV version of it: data sealed under it can no
-        longer be decrypted. Refuses the current version.
+        """Deletes a version's entry and every KV version of it, and its blind-index secret:
+        data sealed under it can no longer be decrypted. Refuses the current version.
 
         Raises:
             UnknownKeyVersion: no such version.
@@ -629,6 +643,7 @@ class VaultKeyProvider(KeyProvider):
         if version == self._current_version():
             raise KeyVersionNotUsable(f"key version {version} is current; it cannot be purged")
         self._store.destroy_entry(version)
+        self._store.destroy_index_secret(version)
         with self._lock:
             self._entries.pop(version, None)
 

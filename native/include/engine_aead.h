@@ -163,6 +163,13 @@ int64_t engine_b64url_decode_batch(size_t n, const uint8_t *in, const int64_t *o
 int engine_gather(size_t n, const uint8_t *src, const int64_t *src_starts, const int64_t *lengths,
                   uint8_t *dst, const int64_t *dst_starts, int threads) ENGINE_WUR;
 
+/* HMAC-SHA-256 of each record under one key (1 to 64 bytes), truncated to its first `bits`
+ * bits (1 to 256): out + i * ceil(bits / 8) receives them, the unused low bits of the last byte
+ * zeroed. For blind indexes; runs on OpenSSL whatever the AES-GCM backend. */
+int engine_hmac_sha256_batch(const uint8_t *key, size_t key_len, size_t n, const uint8_t *in,
+                             const int64_t *offsets, uint8_t *out, size_t bits,
+                             int threads) ENGINE_WUR;
+
 /* Fills buf with len bytes from OpenSSL's CSPRNG. Safe across fork(), also while other threads
  * draw: a child never hangs on a lock held at fork time and never repeats its parent's bytes. */
 int engine_random(uint8_t *buf, size_t len) ENGINE_WUR;

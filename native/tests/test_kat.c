@@ -318,6 +318,30 @@ static void run_xaes(int backend) {
           "seal_batch_keys: output over the keys accepted");
 }
 
+/* HMAC-SHA-256 (blind indexes): RFC 4231 test cases 1 and 2 in one batch, and truncation. */
+static void run_hmac(void) {
+    static const char *tc1 = "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7";
+    static const char *tc2 = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+    uint8_t key1[20], want[32], out[2 * 32], data[64];
+    int64_t off1[2] = {0, 8}, off2[3] = {0, 28, 28};
+    memset(key1, 0x0b, sizeof(key1));
+    memcpy(data, "Hi There", 8);
+    unhex(tc1, want);
+    CHECK(engine_hmac_sha256_batch(key1, 20, 1, data, off1, out, 256, 1) == ENGINE_OK &&
+              memcmp(out, want, 32) == 0,
+          "hmac: RFC 4231 test case 1");
+    memcpy(data, "what do ya want for nothing?", 28);
+    unhex(tc2, want);
+    CHECK(engine_hmac_sha256_batch((const uint8_t *)"Jefe", 4, 2, data, off2, out, 12, 2) ==
+                  ENGINE_OK &&
+              out[0] == want[0] && out[1] == (want[1] & 0xF0) && out[2] == 0x92 && out[3] == 0x30,
+          "hmac: RFC 4231 test case 2 and an empty record (Python's hmac: 9235...), 12 bits");
+    CHECK(engine_hmac_sha256_batch(key1, 20, 1, data, off1, out, 0, 1) == ENGINE_EINVAL &&
+              engine_hmac_sha256_batch(key1, 20, 1, data, off1, out, 257, 1) == ENGINE_EINVAL &&
+              engine_hmac_sha256_batch(key1, 65, 1, data, off1, out, 8, 1) == ENGINE_EINVAL,
+          "hmac: bad sizes accepted");
+}
+
 int main(int argc, char **argv) {
     int backend = argc > 1 && strcmp(argv[1], "ipsec-mb") == 0 ? ENGINE_BACKEND_IPSECMB
                                                                  : ENGINE_BACKEND_OPENSSL;
@@ -331,6 +355,7 @@ int main(int argc, char **argv) {
     run_bulk(backend);
     run_derive(backend);
     run_xaes(backend);
+    run_hmac();
     /* invalid arguments are refused, not dereferenced */
     CHECK(engine_key_new(&k, 99, key) == ENGINE_EBACKEND, "unknown backend accepted");
     CHECK(engine_key_new(&k, backend, key) == ENGINE_OK, "key_new");
