@@ -80,91 +80,26 @@ def bits_for_rows(expected_rows: int) -> int:
 
 # ---------------------------------------------------------------- normalisers
 #
-# Each takes a Batch of UTF-8 or raw bytes and returns (Batch, bad), bad a bool per record. They
-# act on ASCII only (case folding and whitespace of other scripts stay as they are), which keeps
-# them exact, the same on every path, and array operations.
-
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
-_LOWER = np.arange(256, dtype=np.uint8)
-_LOWER[65:91] += 32
-
-
-def _span(batch: Batch) -> np.ndarray:
-    return batch.data[batch.offsets[0]:batch.offsets[-1]]
-
-
-def _none_bad(batch: Batch) -> np.ndarray:
-    return np.zeros(len(batch), dtype=bool)
-
-
-def _exact(batch: Batch) -> tuple[Batch, np.ndarray]:
-    return batch, _none_bad(batch)
-
-
-def _trim(batch: Batch) -> tuple[Batch, np.ndarray]:
-    base = int(batch.offsets[0])
-    starts, ends = batch.offsets[:-1], batch.offsets[1:]
-    kept = np.flatnonzero(~_WHITESPACE[_span(batch)]) + base  # positions of non-space bytes
-    if kept.shape[0] == 0:
-        return Batch._trusted(np.empty(0, np.uint8), np.zeros(len(batch) + 1, np.int64)), \
-            _none_bad(batch)
-    first = np.searchsorted(kept, starts)  # first non-space at or after each start
-    last = np.searchsorted(kept, ends) - 1  # last non-space before each end
-    some = first <= last
-    new_starts = np.where(some, kept[np.minimum(first, kept.shape[0] - 1)], starts)
-    new_ends = np.where(some, kept[np.maximum(last, 0)] + 1, starts)
-    return batch.slices(new_starts, new_ends - new_starts), _none_bad(batch)
-
-
-def _lower(batch: Batch) -> tuple[Batch, np.ndarray]:
-    return Batch._trusted(_LOWER[_span(batch)], batch.offsets - batch.offsets[0]), _none_bad(batch)
-
-
-def _text(batch: Batch) -> tuple[Batch, np.ndarray]:
-    return _lower(_trim(batch)[0])
-
-
-def _counts(mask: np.ndarray, batch: Batch) -> np.ndarray:
-    """How many bytes of each record ``mask`` marks (mask over the batch's span)."""
-    cs = np.zeros(mask.shape[0] + 1, dtype=np.int64)
-    np.cumsum(mask, out=cs[1:])
-    rel = batch.offsets - batch.offsets[0]
-    return cs[rel[1:]] - cs[rel[:-1]]
-
-
-def _email(batch: Batch) -> tuple[Batch, np.ndarray]:
-    batch = _text(batch)[0]
-    span = _span(batch)
-    rel = batch.offsets - batch.offsets[0]
-    at = span == ord("@")
-    ats = np.flatnonzero(at)
-    first_at = ats[np.minimum(np.searchsorted(ats, rel[:-1]), max(ats.shape[0] - 1, 0))] \
-        if ats.shape[0] else rel[:-1]
-    bad = ((_counts(at, batch) != 1) | (_counts(_WHITESPACE[span], batch) > 0)
-           | (first_at <= rel[:-1]) | (first_at >= rel[1:] - 1) | (np.diff(rel) > 254))
-    return batch, bad
-
-
-def _digits(batch: Batch) -> tuple[Batch, np.ndarray]:
-    span = _span(batch)
-    keep = (span >= ord("0")) & (span <= ord("9"))
-    counts = _counts(keep, batch)
-    return Batch._trusted(span[keep], offsets_of(counts)), counts == 0
-
+# The named ones run natively over the packed batch, on threads (engine_normalize_batch). They
+# act on ASCII only (case and whitespace of other scripts stay as they are), which keeps them
+# exact and the same on every path.
 
 #: The named normalisers: ``exact`` (the bytes as given), ``trim`` (ASCII whitespace off both
-#: ends), ``lower`` (ASCII letters lower-cased), ``text`` (trim, then lower), ``email`` (text,
-#: then exactly one ``@`` with something on each side, no whitespace, at most 254 bytes),
-#: ``digits`` (only the digits 0-9 kept; at least one). A callable ``str -> str`` also works
-#: (called once per value, in Python).
-NORMALIZERS: dict[str, Callable[[Batch], tuple[Batch, np.ndarray]]] = {
-    "exact": _exact, "trim": _trim, "lower": _lower, "text": _text, "email": _email,
-    "digits": _digits,
+#: ends), ``lower`` (A-Z lower-cased), ``text`` (trim, then lower), ``email`` (text, then exactly
+#: one ``@`` with something on each side, no whitespace, at most 254 bytes), ``digits`` (only
+#: 0-9 kept; at least one). A callable ``str -> str`` also works (called once per value, in
+#: Python).
+NORMALIZERS: dict[str, int] = {
+    "exact": 0,
+    "trim": _native.NORM_TRIM,
+    "lower": _native.NORM_LOWER,
+    "text": _native.NORM_TRIM | _native.NORM_LOWER,
+    "email": _native.NORM_TRIM | _native.NORM_LOWER | _native.NORM_EMAIL,
+    "digits": _native.NORM_DIGITS,
 }
 
 
-def _normalizer(spec: Any) -> Any:
+def _normalizer(spec: Any) -> int | Callable[[str], str]:
     if callable(spec):
         return spec
     if isinstance(spec, str) and spec in NORMALIZERS:
@@ -173,10 +108,23 @@ def _normalizer(spec: Any) -> Any:
                           + ", ".join(NORMALIZERS))
 
 
-def _apply(normalizer: Any, batch: Batch) -> tuple[Batch, np.ndarray]:
-    if any(normalizer is f for f in NORMALIZERS.values()):
-        return normalizer(batch)
-    return _apply_callable(normalizer, batch)
+def _apply(normalizer: int | Callable[[str], str], batch: Batch,
+           threads: int) -> tuple[Batch, np.ndarray]:
+    """(the normalised batch, a bool per record: fails the normaliser)."""
+    n = len(batch)
+    if callable(normalizer):
+        return _apply_callable(normalizer, batch)
+    if not normalizer or not n:
+        return batch, np.zeros(n, dtype=bool)
+    out = empty_bytes(batch.nbytes, secret=True)
+    lengths = np.empty(n, dtype=np.int64)
+    bad = np.empty(n, dtype=np.uint8)
+    _native.normalize_batch(normalizer, n, batch.data, batch.offsets, out, lengths, bad, threads)
+    starts = batch.offsets[:-1] - batch.offsets[0]
+    whole = Batch._trusted(out, np.array([0, out.shape[0]], dtype=np.int64))
+    same = np.array_equal(lengths, batch.lengths())
+    normalised = Batch._trusted(out, offsets_of(lengths)) if same else whole.slices(starts, lengths)
+    return normalised, bad.view(bool)
 
 
 def _apply_callable(fn: Callable[[str], str], batch: Batch) -> tuple[Batch, np.ndarray]:
@@ -257,13 +205,19 @@ def _length_prefixed(parts: list[Batch]) -> Batch:
     return Batch._trusted(out, off)
 
 
-_HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), np.uint8).reshape(256, 2)
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 
 def _hex_batch(digests: np.ndarray, chars: int) -> Batch:
+    """Each row of (at most 4) digest bytes as its first ``chars`` hex digits."""
     n = digests.shape[0]
-    text = np.ascontiguousarray(_HEX[digests].reshape(n, -1)[:, :chars]).reshape(-1)
-    return Batch._trusted(text, np.arange(n + 1, dtype=np.int64) * chars)
+    word = np.zeros((n, 4), dtype=np.uint8)
+    word[:, :digests.shape[1]] = digests
+    value = word.view(">u4").reshape(n)
+    text = np.empty((n, chars), dtype=np.uint8)
+    for k in range(chars):
+        text[:, k] = _HEX_DIGITS[(value >> np.uint32(28 - 4 * k)) & np.uint32(15)]
+    return Batch._trusted(text.reshape(-1), np.arange(n + 1, dtype=np.int64) * chars)
 
 
 # ---------------------------------------------------------------- the index
@@ -379,7 +333,7 @@ class BlindIndex:
             raise InvalidArgument(f"the columns of index {self.name!r} have different lengths")
         normalised = []
         for (_, where, batch), column, normalizer in zip(packed, self.columns, self._normalizers):
-            batch, bad = _apply(normalizer, batch)
+            batch, bad = _apply(normalizer, batch, self._threads)
             if bad.any():
                 failed = np.flatnonzero(bad) if where is None else where[bad]
                 more = f" (and {failed.shape[0] - 1} more)" if failed.shape[0] > 1 else ""

@@ -252,6 +252,19 @@ def hmac_sha256_batch(key: bytes, n: int, data, offsets, out, bits: int, threads
                                         _i64(offsets), _from(out), bits, threads))
 
 
+NORM_TRIM: int = lib.ENGINE_NORM_TRIM
+NORM_LOWER: int = lib.ENGINE_NORM_LOWER
+NORM_EMAIL: int = lib.ENGINE_NORM_EMAIL
+NORM_DIGITS: int = lib.ENGINE_NORM_DIGITS
+
+
+def normalize_batch(flags: int, n: int, data, offsets, out, lengths, bad, threads: int) -> None:
+    """Normalises n records (see engine_normalize_batch): record i to ``out`` at its input
+    position, its length to ``lengths[i]``, ``bad[i]`` = 1 when it fails the rules."""
+    _check(lib.engine_normalize_batch(flags, n, _from(data), _i64(offsets), _from(out),
+                                      _i64(lengths), ffi.from_buffer(bad), threads))
+
+
 def random_into(buf) -> None:
     """Fills a writable buffer from OpenSSL's CSPRNG."""
     view = memoryview(buf)

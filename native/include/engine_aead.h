@@ -165,10 +165,25 @@ int engine_gather(size_t n, const uint8_t *src, const int64_t *src_starts, const
 
 /* HMAC-SHA-256 of each record under one key (1 to 64 bytes), truncated to its first `bits`
  * bits (1 to 256): out + i * ceil(bits / 8) receives them, the unused low bits of the last byte
- * zeroed. For blind indexes; runs on OpenSSL whatever the AES-GCM backend. */
+ * zeroed. For blind indexes; runs on ipsec-mb's multi-buffer HMAC where it is built in and the
+ * batch is large, else on OpenSSL, whatever the backend of the AES-GCM keys. */
 int engine_hmac_sha256_batch(const uint8_t *key, size_t key_len, size_t n, const uint8_t *in,
                              const int64_t *offsets, uint8_t *out, size_t bits,
                              int threads) ENGINE_WUR;
+
+/* Normalises index values (ASCII only; other bytes pass unchanged), per record: TRIM drops
+ * whitespace (space, \t \n \v \f \r) at both ends, DIGITS keeps only 0-9, LOWER lower-cases
+ * A-Z; bad[i] = 1 when EMAIL is asked and the result has not exactly one '@' with bytes on both
+ * sides, or has whitespace, or is over 254 bytes, or when DIGITS is asked and none is left.
+ * Record i goes to out + (offsets[i] - offsets[0]) (room for the input is enough), its new
+ * length to lengths[i]. `out` may be the input's own memory. */
+#define ENGINE_NORM_TRIM 1u
+#define ENGINE_NORM_LOWER 2u
+#define ENGINE_NORM_EMAIL 4u
+#define ENGINE_NORM_DIGITS 8u
+#define ENGINE_NORM_ALL 15u
+int engine_normalize_batch(unsigned flags, size_t n, const uint8_t *in, const int64_t *offsets,
+                           uint8_t *out, int64_t *lengths, uint8_t *bad, int threads) ENGINE_WUR;
 
 /* Fills buf with len bytes from OpenSSL's CSPRNG. Safe across fork(), also while other threads
  * draw: a child never hangs on a lock held at fork time and never repeats its parent's bytes. */

@@ -51,6 +51,11 @@ struct engine_key {
 extern const engine_backend_ops engine_openssl_ops;
 #ifdef ENGINE_HAVE_IPSECMB
 extern const engine_backend_ops engine_ipsecmb_ops;
+/* HMAC-SHA-256 of the non-empty records of [begin, end) (see hmac.c), through ipsec-mb's job API
+ * on this thread. */
+int engine_ipsecmb_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *in,
+                               const int64_t *offsets, size_t begin, size_t end, uint8_t *out,
+                               size_t out_len, uint8_t last_mask);
 #endif
 
 /* Runs fn on contiguous ranges of records [0, n) on up to `threads` threads, split so each gets

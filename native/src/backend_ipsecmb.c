@@ -215,3 +215,81 @@ const engine_backend_ops engine_ipsecmb_ops = {
     .seal = imb_seal,
     .open = imb_open,
 };
+
+/* ---- HMAC-SHA-256 for blind indexes, through the job API ----
+ * Multi-buffer, and SHA-NI where the CPU has it (an SSE-arch manager then, the fastest here).
+ * The manager is the calling thread's own, placed in memory this function allocates, so that it
+ * is wiped before it is freed: its lanes keep the last message blocks. The job API refuses
+ * empty messages: those records are left to the caller. */
+
+static int hmac_done(IMB_JOB *job, uint8_t *out, size_t out_len, uint8_t last_mask) {
+    uint8_t *dst = out + (size_t)(uintptr_t)job->user_data * out_len;
+    if (job->status != IMB_STATUS_COMPLETED) return ENGINE_EBACKEND;
+    memcpy(dst, job->auth_tag_output, out_len);
+    dst[out_len - 1] &= last_mask;
+    return ENGINE_OK;
+}
+
+int engine_ipsecmb_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *in,
+                               const int64_t *offsets, size_t begin, size_t end, uint8_t *out,
+                               size_t out_len, uint8_t last_mask) {
+    const size_t mgr_bytes = imb_get_mb_mgr_size(), ring = IMB_MAX_JOBS;
+    const size_t total = mgr_bytes + ring * IMB_SHA256_DIGEST_SIZE_IN_BYTES;
+    _Alignas(16) uint8_t pads[2][IMB_SHA256_DIGEST_SIZE_IN_BYTES];
+    uint8_t block[64], *tags;
+    IMB_MGR *mgr;
+    IMB_JOB *job;
+    void *mem;
+    size_t i, j;
+    int rc = ENGINE_OK;
+    if (!imb_available()) return ENGINE_EBACKEND;
+    if (posix_memalign(&mem, 64, total) != 0) return ENGINE_ENOMEM;
+    tags = (uint8_t *)mem + mgr_bytes;
+    mgr = imb_set_pointers_mb_mgr(mem, 0, 1);
+    if (mgr->features & IMB_FEATURE_SHANI) {
+        init_mb_mgr_sse(mgr);
+    } else {
+        IMB_ARCH arch;
+        init_mb_mgr_auto(mgr, &arch);
+    }
+    if (imb_get_errno(mgr) != 0) {
+        rc = ENGINE_EBACKEND;
+        goto out;
+    }
+    for (j = 0; j < 2; j++) {
+        memset(block, j == 0 ? 0x36 : 0x5c, sizeof(block));
+        for (i = 0; i < key_len; i++) block[i] ^= key[i];
+        IMB_SHA256_ONE_BLOCK(mgr, block, pads[j]);
+    }
+    for (i = begin; i < end && rc == ENGINE_OK; i++) {
+        if (offsets[i + 1] == offsets[i]) continue;
+        job = IMB_GET_NEXT_JOB(mgr);
+        job->cipher_mode = IMB_CIPHER_NULL;
+        job->cipher_direction = IMB_DIR_ENCRYPT;
+        job->chain_order = IMB_ORDER_HASH_CIPHER;
+        job->src = in + offsets[i];
+        job->dst = NULL;
+        job->msg_len_to_cipher_in_bytes = 0;
+        job->cipher_start_src_offset_in_bytes = 0;
+        job->hash_alg = IMB_AUTH_HMAC_SHA_256;
+        job->hash_start_src_offset_in_bytes = 0;
+        job->msg_len_to_hash_in_bytes = (uint64_t)(offsets[i + 1] - offsets[i]);
+        /* a job is returned before its slot of the ring comes round again */
+        job->auth_tag_output = tags + (i % ring) * IMB_SHA256_DIGEST_SIZE_IN_BYTES;
+        job->auth_tag_output_len_in_bytes = IMB_SHA256_DIGEST_SIZE_IN_BYTES;
+        job->u.HMAC._hashed_auth_key_xor_ipad = pads[0];
+        job->u.HMAC._hashed_auth_key_xor_opad = pads[1];
+        job->user_data = (void *)(uintptr_t)i;
+        for (job = IMB_SUBMIT_JOB(mgr); job != NULL && rc == ENGINE_OK;
+             job = IMB_GET_COMPLETED_JOB(mgr))
+            rc = hmac_done(job, out, out_len, last_mask);
+    }
+    while ((job = IMB_FLUSH_JOB(mgr)) != NULL)
+        if (rc == ENGINE_OK) rc = hmac_done(job, out, out_len, last_mask);
+out:
+    engine_wipe(block, sizeof(block));
+    engine_wipe(pads, sizeof(pads));
+    engine_wipe(mem, total);
+    free(mem);
+    return rc;
+}

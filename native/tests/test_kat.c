@@ -336,6 +336,25 @@ static void run_hmac(void) {
                   ENGINE_OK &&
               out[0] == want[0] && out[1] == (want[1] & 0xF0) && out[2] == 0x92 && out[3] == 0x30,
           "hmac: RFC 4231 test case 2 and an empty record (Python's hmac: 9235...), 12 bits");
+    {   /* a batch large enough for ipsec-mb's multi-buffer path, against one record at a time */
+        enum { N = 10000 };
+        static uint8_t many[N * 40], tags[N * 4], one[4];
+        static int64_t offs[N + 1];
+        size_t i, bad = 0;
+        for (i = 0; i < N * 40; i++) many[i] = (uint8_t)(i * 131 + 7);
+        for (i = 0; i < N; i++) offs[i] = (int64_t)(i * 40 - (i % 7) * 5); /* uneven lengths */
+        offs[101] = offs[100];                                              /* and empty ones */
+        offs[5001] = offs[5000];
+        offs[N] = N * 40;
+        CHECK(engine_hmac_sha256_batch(key1, 20, N, many, offs, tags, 30, 2) == ENGINE_OK,
+              "hmac: large batch");
+        for (i = 0; i < N; i++) {
+            if (engine_hmac_sha256_batch(key1, 20, 1, many, offs + i, one, 30, 1) != ENGINE_OK ||
+                memcmp(one, tags + 4 * i, 4) != 0)
+                bad++;
+        }
+        CHECK(bad == 0, "hmac: %zu records of the large batch differ from single calls", bad);
+    }
     CHECK(engine_hmac_sha256_batch(key1, 20, 1, data, off1, out, 0, 1) == ENGINE_EINVAL &&
               engine_hmac_sha256_batch(key1, 20, 1, data, off1, out, 257, 1) == ENGINE_EINVAL &&
               engine_hmac_sha256_batch(key1, 65, 1, data, off1, out, 8, 1) == ENGINE_EINVAL,
