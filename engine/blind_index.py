@@ -32,7 +32,7 @@ from .buffers import check_threads, empty_bytes, is_arrow, offsets_of, pyarrow_m
 from .codecs import batch_to_text, scatter
 from .errors import EngineError, InvalidArgument, InvalidArgumentType
 from .keys.base import KeyProvider, KeyState
-from .records import BYTES_VALUES, NONE_VALUES, STR_VALUES, value_kinds
+from .records import BYTES_VALUES, STR_VALUES, value_kinds
 
 __all__ = [
     "NORMALIZERS",
