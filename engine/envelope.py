@@ -65,7 +65,7 @@ from .xaes import XAesGcm
 
 __all__ = [
     "ALGORITHM",
-    "ALGORITHMS",
+    "ALGORITHM_IV_BYTES",
     "BOUND_FORMATS",
     "FORMAT_ALGORITHMS",
     "FORMAT_BOUND",
@@ -99,7 +99,7 @@ __all__ = [
 ]
 
 ALGORITHM = AesGcm.ALGORITHM
-ALGORITHMS = {AesGcm.ALGORITHM: AesGcm.NONCE_SIZE, XAesGcm.ALGORITHM: XAesGcm.NONCE_SIZE}
+ALGORITHM_IV_BYTES = {AesGcm.ALGORITHM: AesGcm.NONCE_SIZE, XAesGcm.ALGORITHM: XAesGcm.NONCE_SIZE}
 MAGIC = 0xEF
 FORMAT_BOUND = 1
 FORMAT_SEED = 2
@@ -114,7 +114,8 @@ IV_BYTES = 16  # the AES-256-GCM formats' 128-bit IV
 OVERHEAD = HEADER_BYTES + IV_BYTES + TAG_BYTES  # the shortest token (formats 1 and 2)
 # IV bytes and header + IV + tag bytes of each format, indexed by the format byte (0: unknown)
 FORMAT_IV_BYTES = np.zeros(256, dtype=np.int64)
-FORMAT_IV_BYTES[list(FORMAT_ALGORITHMS)] = [ALGORITHMS[a] for a in FORMAT_ALGORITHMS.values()]
+FORMAT_IV_BYTES[list(FORMAT_ALGORITHMS)] = [ALGORITHM_IV_BYTES[a]
+                                           for a in FORMAT_ALGORITHMS.values()]
 FORMAT_OVERHEAD = np.where(FORMAT_IV_BYTES > 0, FORMAT_IV_BYTES + HEADER_BYTES + TAG_BYTES, 0)
 MAX_KEY_VERSION = 2**32 - 1
 TEXT_PREFIX = "ef1:"
@@ -161,7 +162,7 @@ def token_format(algorithm: str, bound: bool = True) -> int:
         return FORMAT_BOUND if bound else FORMAT_SEED
     if algorithm == XAesGcm.ALGORITHM:
         return FORMAT_XAES if bound else FORMAT_XAES_SEED
-    raise UnknownFormat(f"unknown algorithm (known: {', '.join(ALGORITHMS)})")
+    raise UnknownFormat(f"unknown algorithm (known: {', '.join(ALGORITHM_IV_BYTES)})")
 
 
 def token_header(key_version: int, fmt: int = FORMAT_BOUND) -> bytes:
@@ -278,9 +279,9 @@ class EncryptedData:
     def __post_init__(self) -> None:
         for name in ("iv", "ciphertext", "auth_tag"):
             object.__setattr__(self, name, _coerce_bytes(getattr(self, name), name))
-        iv_bytes = ALGORITHMS.get(self.algorithm) if isinstance(self.algorithm, str) else None
+        iv_bytes = ALGORITHM_IV_BYTES.get(self.algorithm) if isinstance(self.algorithm, str) else None
         if iv_bytes is None:
-            raise UnknownFormat(f"unknown algorithm (known: {', '.join(ALGORITHMS)})")
+            raise UnknownFormat(f"unknown algorithm (known: {', '.join(ALGORITHM_IV_BYTES)})")
         if len(self.iv) != iv_bytes:
             raise InvalidLength(f"iv must be {iv_bytes} bytes for {self.algorithm}, "
                                 f"got {len(self.iv)}")
@@ -344,8 +345,8 @@ class EncryptedData:
         if missing:
             raise MalformedEnvelope(f"missing field(s): {', '.join(missing)}")
         algorithm = doc.get("algorithm", ALGORITHM)
-        if not isinstance(algorithm, str) or algorithm.lower() not in ALGORITHMS:
-            raise UnknownFormat(f"unsupported algorithm (known: {', '.join(ALGORITHMS)})")
+        if not isinstance(algorithm, str) or algorithm.lower() not in ALGORITHM_IV_BYTES:
+            raise UnknownFormat(f"unsupported algorithm (known: {', '.join(ALGORITHM_IV_BYTES)})")
         version = doc["keyVersion"]
         if (isinstance(version, str) and version.isdecimal() and version.isascii()
                 and len(version) <= 10):
