@@ -253,7 +253,8 @@ class BlindIndex:
         if not isinstance(provider, KeyProvider):
             raise InvalidArgumentType("provider must be an engine.keys.KeyProvider")
         cols = (columns,) if isinstance(columns, str) else tuple(columns)
-        if not cols or not all(isinstance(c, str) and c for c in cols) or len(set(cols)) < len(cols):
+        if (not cols or not all(isinstance(c, str) and c for c in cols)
+                or len(set(cols)) < len(cols)):
             raise InvalidArgument("a blind index needs one or more distinct column names")
         if not isinstance(table, str) or not table:
             raise InvalidArgument("the table name must be a non-empty str")

@@ -279,7 +279,8 @@ class EncryptedData:
     def __post_init__(self) -> None:
         for name in ("iv", "ciphertext", "auth_tag"):
             object.__setattr__(self, name, _coerce_bytes(getattr(self, name), name))
-        iv_bytes = ALGORITHM_IV_BYTES.get(self.algorithm) if isinstance(self.algorithm, str) else None
+        iv_bytes = (ALGORITHM_IV_BYTES.get(self.algorithm) if isinstance(self.algorithm, str)
+                    else None)
         if iv_bytes is None:
             raise UnknownFormat(f"unknown algorithm (known: {', '.join(ALGORITHM_IV_BYTES)})")
         if len(self.iv) != iv_bytes:

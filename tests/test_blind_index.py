@@ -92,7 +92,7 @@ def test_many_rows_on_threads_match_python():
 # ---------------------------------------------------------------- normalisation
 
 
-text = st.text(alphabet=st.sampled_from(list("aAbBzZ09 @.\t\n-_") + ["é", "Ö", "ß"]), max_size=30)
+text = st.text(alphabet=st.sampled_from(list("aAbBzZ09 @.\t\n-_é") + ["Ö", "ß"]), max_size=30)
 
 
 @settings(max_examples=200, deadline=None)
