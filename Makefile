@@ -17,6 +17,7 @@ test: setup ctest pytest asv-smoke
 	$(BIN)/python -m bench.bench_service --quick
 	$(BIN)/python -m bench.bench_vault --quick
 	$(BIN)/python -m bench.bench_files --quick
+	$(BIN)/python -m bench.bench_index --quick
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

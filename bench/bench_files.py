@@ -13,7 +13,6 @@ Page cache warm (the input is read once first); 2 threads is this machine's all.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics

@@ -10,6 +10,8 @@ over data above them (``engine.stream``).
 
 from .aead import AesGcm, backend_info, random_bytes
 from .batch import Batch, SealedBatch
+from .blind_index import BlindIndex, BlindIndexes
+from .xaes import XAesGcm
 from .envelope import (
     EncryptedData,
     EnvelopeError,
@@ -66,6 +68,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "AesGcm",
+    "BlindIndex",
+    "BlindIndexes",
     "EncryptedData",
     "EncryptionService",
     "EnvelopeError",
@@ -86,6 +90,7 @@ __all__ = [
     "UnknownKeyVersion",
     "VaultKeyProvider",
     "VaultSecrets",
+    "XAesGcm",
     "get_encryption_service",
     "get_key_rotation_service",
     "reset_encryption_service",

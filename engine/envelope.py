@@ -9,13 +9,15 @@ Standard base64 with padding; the AAD is only the caller's.
 
 **Binary token** (database columns, bulk data)::
 
-    0xEF | format (1 byte) | key version (uint32 big-endian) | IV (16) | ciphertext | tag (16)
+    0xEF | format (1 byte) | key version (uint32 big-endian) | IV | ciphertext | tag (16)
 
 The first 6 bytes are the *header*. Format 1 (what the engine writes) binds the header into the
 AAD: ``AAD = header || caller's aad``, so editing the format byte or the key version fails
 authentication. Format 2 marks a value converted from the JSON envelope (its AAD is the
 caller's only); such a value keeps its tag, and a changed header still fails to decrypt because it
-selects a different key or AAD, but only format 1 authenticates the header itself.
+selects a different key or AAD, but only format 1 authenticates the header itself. Formats 3 and
+4 are formats 1 and 2 for key versions of XAES-256-GCM (:class:`engine.XAesGcm`), whose IV is
+its 24-byte nonce; formats 1 and 2 carry AES-256-GCM's 16-byte IV.
 
 **Text token**: ``"ef1:"`` followed by the binary token in base64url without padding. The prefix
 names the text encoding (version 1); the format byte inside names the binary layout.
@@ -26,7 +28,8 @@ Errors (all :class:`EnvelopeError`, a ``ValueError``):
 
 - :class:`MalformedEnvelope` -- not JSON / not a token / a missing or mistyped field;
 - :class:`InvalidBase64` -- bad characters, bad length or non-canonical base64;
-- :class:`InvalidLength` -- an IV or tag that is not 16 bytes, a token shorter than 38 bytes;
+- :class:`InvalidLength` -- an IV of the wrong size for its algorithm, a tag that is not 16
+  bytes, a token shorter than its format's header, IV and tag;
 - :class:`UnknownFormat` -- an unknown algorithm, text prefix, magic byte or format byte.
 
 An unknown key version is reported by the key provider as :class:`engine.keys.UnknownKeyVersion`.
@@ -44,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .aead import TAG_BYTES
+from .aead import TAG_BYTES, AesGcm
 from .batch import Batch, as_batch
 from .buffers import empty_bytes, offsets_of
 from .codecs import (
@@ -58,11 +61,19 @@ from .codecs import (
     scatter,
 )
 from .errors import EngineError
+from .xaes import XAesGcm
 
 __all__ = [
     "ALGORITHM",
+    "ALGORITHM_IV_BYTES",
+    "BOUND_FORMATS",
+    "FORMAT_ALGORITHMS",
     "FORMAT_BOUND",
+    "FORMAT_IV_BYTES",
+    "FORMAT_OVERHEAD",
     "FORMAT_UNBOUND",
+    "FORMAT_XAES",
+    "FORMAT_XAES_UNBOUND",
     "TEXT_PREFIX",
     "TEXT_PREFIX_BYTES",
     "EncryptedData",
@@ -83,17 +94,29 @@ __all__ = [
     "sealed_to_text_tokens",
     "text_token_mask",
     "text_tokens_batch",
+    "token_format",
     "token_header",
 ]
 
-ALGORITHM = "aes-256-gcm"
+ALGORITHM = AesGcm.ALGORITHM
+ALGORITHM_IV_BYTES = {AesGcm.ALGORITHM: AesGcm.NONCE_SIZE, XAesGcm.ALGORITHM: XAesGcm.NONCE_SIZE}
 MAGIC = 0xEF
 FORMAT_BOUND = 1
 FORMAT_UNBOUND = 2  # the header is not in the AAD: values converted from the JSON envelope
-FORMATS = (FORMAT_BOUND, FORMAT_UNBOUND)
+FORMAT_XAES = 3  # as 1 and 2, under XAES-256-GCM (24-byte nonces)
+FORMAT_XAES_UNBOUND = 4
+FORMATS = (FORMAT_BOUND, FORMAT_UNBOUND, FORMAT_XAES, FORMAT_XAES_UNBOUND)
+BOUND_FORMATS = (FORMAT_BOUND, FORMAT_XAES)
+FORMAT_ALGORITHMS = {FORMAT_BOUND: AesGcm.ALGORITHM, FORMAT_UNBOUND: AesGcm.ALGORITHM,
+                     FORMAT_XAES: XAesGcm.ALGORITHM, FORMAT_XAES_UNBOUND: XAesGcm.ALGORITHM}
 HEADER_BYTES = 6
-IV_BYTES = 16  # the formats' 128-bit IV
-OVERHEAD = HEADER_BYTES + IV_BYTES + TAG_BYTES
+IV_BYTES = 16  # the AES-256-GCM formats' 128-bit IV
+OVERHEAD = HEADER_BYTES + IV_BYTES + TAG_BYTES  # the shortest token (formats 1 and 2)
+# IV bytes and header + IV + tag bytes of each format, indexed by the format byte (0: unknown)
+FORMAT_IV_BYTES = np.zeros(256, dtype=np.int64)
+FORMAT_IV_BYTES[list(FORMAT_ALGORITHMS)] = [ALGORITHM_IV_BYTES[a]
+                                           for a in FORMAT_ALGORITHMS.values()]
+FORMAT_OVERHEAD = np.where(FORMAT_IV_BYTES > 0, FORMAT_IV_BYTES + HEADER_BYTES + TAG_BYTES, 0)
 MAX_KEY_VERSION = 2**32 - 1
 TEXT_PREFIX = "ef1:"
 TEXT_PREFIX_BYTES = TEXT_PREFIX.encode("ascii")
@@ -124,9 +147,22 @@ _NOT_JSON = object()
 _ERRORS = {
     _MALFORMED: (MalformedEnvelope, "not an engine token"),
     _BASE64: (InvalidBase64, "invalid base64url in token"),
-    _LENGTH: (InvalidLength, f"token too short (a token holds at least {OVERHEAD} bytes)"),
+    _LENGTH: (InvalidLength, "token too short for its format's header, IV and tag"),
     _FORMAT: (UnknownFormat, "unknown token format"),
 }
+
+
+def token_format(algorithm: str, bound: bool = True) -> int:
+    """The token format of values sealed with ``algorithm`` (header bound, or the caller's AAD only).
+
+    Raises:
+        UnknownFormat: an unknown algorithm.
+    """
+    if algorithm == AesGcm.ALGORITHM:
+        return FORMAT_BOUND if bound else FORMAT_UNBOUND
+    if algorithm == XAesGcm.ALGORITHM:
+        return FORMAT_XAES if bound else FORMAT_XAES_UNBOUND
+    raise UnknownFormat(f"unknown algorithm (known: {', '.join(ALGORITHM_IV_BYTES)})")
 
 
 def token_header(key_version: int, fmt: int = FORMAT_BOUND) -> bytes:
@@ -138,7 +174,7 @@ def token_header(key_version: int, fmt: int = FORMAT_BOUND) -> bytes:
 
 def token_aad(fmt: int, key_version: int, aad: bytes | None) -> bytes | None:
     """The AAD a token of this format was sealed with."""
-    if fmt == FORMAT_BOUND:
+    if fmt in BOUND_FORMATS:
         return token_header(key_version, fmt) + (aad or b"")
     return aad
 
@@ -221,12 +257,15 @@ class EncryptedData:
 
     ``timestamp`` is a timezone-aware :class:`~datetime.datetime` (UTC; naive values and ISO
     strings are accepted and converted), or ``None`` for a value read from a token (tokens carry
-    no time). ``header_bound`` is True when the AAD began with the token header (format 1, what
-    :meth:`EncryptionService.encrypt_many` writes) and False for the JSON envelope's AAD (the caller's only).
+    no time). ``header_bound`` is True when the AAD began with the token header (formats 1 and 3,
+    what :meth:`EncryptionService.encrypt_many` writes) and False for the JSON envelope's AAD (the
+    caller's only). ``algorithm`` is ``"aes-256-gcm"`` (a 16-byte IV) or ``"xaes-256-gcm"`` (the
+    IV is the 24-byte nonce).
 
     Raises:
-        InvalidLength: the IV or tag is not 16 bytes.
+        InvalidLength: the IV is not the algorithm's size, or the tag is not 16 bytes.
         MalformedEnvelope: a field has the wrong type or the key version is out of range.
+        UnknownFormat: an unknown algorithm.
     """
 
     iv: bytes = field(repr=False)
@@ -235,12 +274,18 @@ class EncryptedData:
     key_version: int
     timestamp: datetime | None = None
     header_bound: bool = False
+    algorithm: str = ALGORITHM
 
     def __post_init__(self) -> None:
         for name in ("iv", "ciphertext", "auth_tag"):
             object.__setattr__(self, name, _coerce_bytes(getattr(self, name), name))
-        if len(self.iv) != IV_BYTES:
-            raise InvalidLength(f"iv must be {IV_BYTES} bytes, got {len(self.iv)}")
+        iv_bytes = (ALGORITHM_IV_BYTES.get(self.algorithm) if isinstance(self.algorithm, str)
+                    else None)
+        if iv_bytes is None:
+            raise UnknownFormat(f"unknown algorithm (known: {', '.join(ALGORITHM_IV_BYTES)})")
+        if len(self.iv) != iv_bytes:
+            raise InvalidLength(f"iv must be {iv_bytes} bytes for {self.algorithm}, "
+                                f"got {len(self.iv)}")
         if len(self.auth_tag) != TAG_BYTES:
             raise InvalidLength(f"authTag must be {TAG_BYTES} bytes, got {len(self.auth_tag)}")
         v = self.key_version
@@ -250,8 +295,9 @@ class EncryptedData:
 
     @property
     def format(self) -> int:
-        """The token format this value belongs to (1: header bound, 2: the caller's AAD only)."""
-        return FORMAT_BOUND if self.header_bound else FORMAT_UNBOUND
+        """The token format this value belongs to (1: header bound, 2: the caller's AAD only; 3
+        and 4 the same for XAES-256-GCM)."""
+        return token_format(self.algorithm, self.header_bound)
 
     def aad(self, aad: bytes | None) -> bytes | None:
         """The full AAD to decrypt with, given the caller's."""
@@ -280,7 +326,7 @@ class EncryptedData:
             "keyVersion": self.key_version,
             "timestamp": None if ts is None else
             ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "algorithm": ALGORITHM,
+            "algorithm": self.algorithm,
         }
 
     @classmethod
@@ -290,8 +336,9 @@ class EncryptedData:
         Raises:
             MalformedEnvelope: not a dict, a missing field, a mistyped key version or timestamp.
             InvalidBase64: a field is not canonical standard base64.
-            InvalidLength: IV or tag not 16 bytes.
-            UnknownFormat: ``algorithm`` is present and is not ``aes-256-gcm``.
+            InvalidLength: IV or tag of the wrong size.
+            UnknownFormat: ``algorithm`` is present and is neither ``aes-256-gcm`` nor
+                ``xaes-256-gcm``.
         """
         if not isinstance(doc, dict):
             raise MalformedEnvelope("an encrypted value must be a JSON object")
@@ -299,8 +346,8 @@ class EncryptedData:
         if missing:
             raise MalformedEnvelope(f"missing field(s): {', '.join(missing)}")
         algorithm = doc.get("algorithm", ALGORITHM)
-        if not isinstance(algorithm, str) or algorithm.lower() != ALGORITHM:
-            raise UnknownFormat(f"unsupported algorithm (only {ALGORITHM!r} is known)")
+        if not isinstance(algorithm, str) or algorithm.lower() not in ALGORITHM_IV_BYTES:
+            raise UnknownFormat(f"unsupported algorithm (known: {', '.join(ALGORITHM_IV_BYTES)})")
         version = doc["keyVersion"]
         if (isinstance(version, str) and version.isdecimal() and version.isascii()
                 and len(version) <= 10):
@@ -313,6 +360,7 @@ class EncryptedData:
             auth_tag=_unb64(doc["authTag"], "authTag"),
             key_version=version,
             timestamp=_timestamp(doc.get("timestamp")),
+            algorithm=algorithm.lower(),
         )
 
     def to_json(self) -> str:
@@ -368,11 +416,16 @@ class EncryptedData:
             raise UnknownFormat("not an engine token (bad magic byte)")
         if raw[1] not in FORMATS:
             raise UnknownFormat(f"unknown token format {raw[1]}")
+        if len(raw) < FORMAT_OVERHEAD[raw[1]]:
+            raise InvalidLength(f"token too short (a format {raw[1]} token holds at least "
+                                f"{int(FORMAT_OVERHEAD[raw[1]])} bytes)")
         version = int.from_bytes(raw[2:6], "big")
         if version < 1:
             raise MalformedEnvelope("key version 0 is not valid")
-        return cls(iv=raw[6:22], ciphertext=raw[22:-TAG_BYTES], auth_tag=raw[-TAG_BYTES:],
-                   key_version=version, header_bound=raw[1] == FORMAT_BOUND)
+        iv_end = HEADER_BYTES + int(FORMAT_IV_BYTES[raw[1]])
+        return cls(iv=raw[HEADER_BYTES:iv_end], ciphertext=raw[iv_end:-TAG_BYTES],
+                   auth_tag=raw[-TAG_BYTES:], key_version=version,
+                   header_bound=raw[1] in BOUND_FORMATS, algorithm=FORMAT_ALGORITHMS[raw[1]])
 
     @classmethod
     def parse(cls, value: Any) -> "EncryptedData":
@@ -424,6 +477,8 @@ def _header_codes(lengths: np.ndarray, heads: np.ndarray | None) -> np.ndarray:
     if heads is not None and heads.shape[0]:
         bad = (heads[:, 0] != MAGIC) | ~np.isin(heads[:, 1], FORMATS)
         codes[(codes == _OK) & bad] = _FORMAT
+        short = lengths < FORMAT_OVERHEAD[heads[:, 1]]
+        codes[(codes == _OK) & short] = _LENGTH
         zero = ~heads[:, 2:6].any(axis=1)
         codes[(codes == _OK) & zero] = _MALFORMED
     return codes
@@ -450,7 +505,7 @@ def parse_headers(tokens: Batch) -> TokenHeaders:
     """Checks and reads the headers of binary tokens, with array operations only.
 
     Raises:
-        InvalidLength: a token is shorter than 38 bytes.
+        InvalidLength: a token is shorter than its format's header, IV and tag.
         UnknownFormat: a bad magic byte or an unknown format byte.
         MalformedEnvelope: key version 0.
     """
@@ -464,28 +519,32 @@ def parse_headers(tokens: Batch) -> TokenHeaders:
 
 
 def pack_tokens(sealed: Any, key_version: int, fmt: int = FORMAT_BOUND) -> Batch:
-    """Binary tokens from a sealed batch (16-byte nonces) under one key version: header, nonce,
-    ciphertext and tag gathered into one buffer by native code.
+    """Binary tokens from a sealed batch under one key version: header, nonce, ciphertext and
+    tag gathered into one buffer by native code. The nonces must be the format's IV size (16
+    bytes; 24 for the XAES-256-GCM formats).
 
     (:meth:`engine.AesGcm.seal_tokens` seals straight into this layout; this is for batches
     sealed earlier.)
     """
     ct = sealed.ciphertexts
     n = len(ct)
-    if sealed.nonces.shape[1:] != (IV_BYTES,):
-        raise InvalidLength(f"tokens need {IV_BYTES}-byte nonces")
+    iv_bytes = int(FORMAT_IV_BYTES[fmt]) if fmt in FORMATS else 0
+    if not iv_bytes:
+        raise UnknownFormat(f"unknown token format {fmt}")
+    if sealed.nonces.shape[1:] != (iv_bytes,):
+        raise InvalidLength(f"format {fmt} tokens need {iv_bytes}-byte nonces")
     lengths = ct.lengths()
-    off = offsets_of(lengths + OVERHEAD)
+    off = offsets_of(lengths + HEADER_BYTES + iv_bytes + TAG_BYTES)
     out = empty_bytes(int(off[-1]))
     starts = off[:-1]
-    head = np.empty((n, HEADER_BYTES + IV_BYTES), dtype=np.uint8)
+    head = np.empty((n, HEADER_BYTES + iv_bytes), dtype=np.uint8)
     head[:, :HEADER_BYTES] = np.frombuffer(token_header(key_version, fmt), dtype=np.uint8)
     head[:, HEADER_BYTES:] = sealed.nonces
-    parts = [Batch._trusted(head.reshape(-1), offsets_of(np.full(n, HEADER_BYTES + IV_BYTES))),
+    parts = [Batch._trusted(head.reshape(-1), offsets_of(np.full(n, HEADER_BYTES + iv_bytes))),
              ct,
              Batch._trusted(np.ascontiguousarray(sealed.tags).reshape(-1),
                             offsets_of(np.full(n, TAG_BYTES)))]
-    scatter(out, [starts, starts + HEADER_BYTES + IV_BYTES, off[1:] - TAG_BYTES], parts)
+    scatter(out, [starts, starts + HEADER_BYTES + iv_bytes, off[1:] - TAG_BYTES], parts)
     return Batch._trusted(out, off)
 
 
@@ -495,7 +554,7 @@ class ParsedTokens:
 
     formats: np.ndarray  # uint8 (n,)
     key_versions: np.ndarray  # int64 (n,)
-    nonces: np.ndarray  # uint8 (n, 16)
+    nonces: np.ndarray  # uint8 (n, IV bytes of the formats)
     tags: np.ndarray  # uint8 (n, 16)
     ciphertexts: Batch
 
@@ -505,16 +564,22 @@ class ParsedTokens:
 
 def parse_tokens(tokens: Batch) -> ParsedTokens:
     """Splits binary tokens into formats, key versions, nonces, tags and ciphertexts (copies).
+    The tokens must have one IV size (AES-256-GCM formats, or XAES-256-GCM formats).
 
     Raises:
         InvalidLength, UnknownFormat, MalformedEnvelope: as :func:`parse_headers`.
+        InvalidLength: tokens of both IV sizes in one batch.
     """
     headers = parse_headers(tokens)
+    iv_sizes = np.unique(FORMAT_IV_BYTES[headers.formats])
+    if iv_sizes.shape[0] > 1:
+        raise InvalidLength("tokens with 16- and 24-byte IVs; parse each kind on its own")
+    iv_bytes = int(iv_sizes[0]) if iv_sizes.shape[0] else IV_BYTES
     starts, ends = tokens.offsets[:-1], tokens.offsets[1:]
-    rows = tokens.data[starts[:, None] + np.arange(HEADER_BYTES, HEADER_BYTES + IV_BYTES)]
+    rows = tokens.data[starts[:, None] + np.arange(HEADER_BYTES, HEADER_BYTES + iv_bytes)]
     tags = tokens.data[(ends - TAG_BYTES)[:, None] + np.arange(TAG_BYTES)]
-    lengths = tokens.lengths() - OVERHEAD
-    ct = Batch._trusted(tokens.data, tokens.offsets).slices(starts + HEADER_BYTES + IV_BYTES,
+    lengths = tokens.lengths() - (HEADER_BYTES + iv_bytes + TAG_BYTES)
+    ct = Batch._trusted(tokens.data, tokens.offsets).slices(starts + HEADER_BYTES + iv_bytes,
                                                              lengths)
     return ParsedTokens(headers.formats, headers.key_versions, rows, tags, ct)
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .batch import Batch
+from .blind_index import BlindIndex, BlindIndexes
 from .buffers import empty_bytes, is_arrow, pyarrow_module
 from .codecs import prefix_each
 from .envelope import is_text_token, text_token_mask
@@ -171,7 +172,8 @@ class FieldEncryption:
 
     @_dualmethod
     def encrypt_column(self, records: Any, field: str, *, ids: Any = None,
-                       skip_encrypted: bool = False) -> Any:
+                       skip_encrypted: bool = False,
+                       blind_indexes: BlindIndexes | BlindIndex | None = None) -> Any:
         """Encrypts ``field`` across many records in one native batch call.
 
         Args:
@@ -182,6 +184,8 @@ class FieldEncryption:
             ids: for a column of values with ``bind_context``: the record ids, one per value.
             skip_encrypted: keep values that already are this column's tokens, after opening
                 them all in one batch; refuse the column when any does not open.
+            blind_indexes: blind indexes (:mod:`engine.blind_index`) written beside the field
+                (``email_idx``) from the plaintext, into records or tables only.
 
         A pyarrow ``Table``/``RecordBatch`` or a pandas/polars ``DataFrame`` is handed to
         :func:`engine.tables.encrypt_columns` (a new table of the same type; with
@@ -189,13 +193,21 @@ class FieldEncryption:
 
         Raises:
             InvalidArgumentType: a present value is not str.
-            InvalidArgument: ``bind_context`` without ids.
+            InvalidArgument: ``bind_context`` without ids; blind indexes for a bare column.
             BatchInvalidTag: ``skip_encrypted`` and some tokens are not this column's (``.failed``
                 gives their record indices); nothing is returned.
+            NormalisationError: a value fails its index's normaliser (nothing is encrypted).
         """
         if is_table(records):
             return encrypt_columns(records, field, aad_template=self._table_aad(),
-                                   service=self.service)
+                                   service=self.service, blind_indexes=blind_indexes)
+        if blind_indexes is not None:
+            if not (isinstance(records, (list, tuple)) and records
+                    and isinstance(records[0], dict)):
+                raise InvalidArgument("blind indexes are written into dict records or tables")
+            if isinstance(blind_indexes, BlindIndex):
+                blind_indexes = BlindIndexes(blind_indexes)
+            records = blind_indexes.add_to_records(records)
         return _Column.of(self, records, field, ids).encrypt(skip_encrypted)
 
     @_dualmethod

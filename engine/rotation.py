@@ -32,7 +32,14 @@ from typing import Any, Callable, Iterator, Mapping
 
 from . import audit as audit_events
 from .errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
-from .keys.base import GCM_RANDOM_IV_LIMIT, KeyLockBusy, KeyProvider, KeyState, KeyVersionInfo
+from .keys.base import (
+    GCM_RANDOM_IV_LIMIT,
+    KeyLockBusy,
+    KeyProvider,
+    KeyState,
+    KeyVersionInfo,
+    usage_limit,
+)
 from .settings import env_flag
 from .webhook import Webhook
 from .aead import random_bytes
@@ -72,6 +79,8 @@ class RotationPolicy:
             the current one included; older ones become deprecated.
         usage_limit: encryptions allowed under one key with random IVs (2**32).
         usage_fraction: rotate once a version has done this fraction of ``usage_limit``.
+            Versions of XAES-256-GCM are never rotated for usage (see
+            :func:`engine.keys.base.usage_limit`); the interval applies to them as to any.
         webhook: ``KEY_ROTATION_WEBHOOK``: a URL that receives a JSON POST per rotation.
         webhook_timeout, webhook_retries: per attempt timeout and attempts (bounded; never blocks).
     """
@@ -166,7 +175,7 @@ class _CanaryStore:
 
 def _seal_canary(provider: KeyProvider, version: int) -> dict[str, str]:
     key = provider.get_key(version)
-    nonce, secret = random_bytes(16), random_bytes(32)
+    nonce, secret = random_bytes(key.cipher.NONCE_SIZE), random_bytes(32)
     aad = f"engine-canary:v{version}".encode()
     sealed = key.cipher.encrypt(nonce, secret, aad)
     # The canary's plaintext is random and worthless; only its round trip matters.
@@ -240,7 +249,8 @@ class KeyRotationService:
         age = timedelta(seconds=self.clock()) - timedelta(seconds=current.created_at.timestamp())
         if age >= timedelta(days=self.policy.interval_days):
             return "interval"
-        if self.provider.usage(current.version) >= self.policy.usage_fraction * self.policy.usage_limit:
+        if (usage_limit(current.algorithm) is not None and self.provider.usage(current.version)
+                >= self.policy.usage_fraction * self.policy.usage_limit):
             return "usage"
         return None
 

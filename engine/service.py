@@ -3,7 +3,10 @@
 Single values use :meth:`engine.AesGcm.encrypt` with a fresh 16-byte IV; batches go through the
 native batch path in one call per key version, and their tokens are packed and parsed in bulk
 (:mod:`engine.envelope`). Decryption always takes the key version recorded in the ciphertext, so
-data written under any retained version decrypts after the current version has moved on.
+data written under any retained version decrypts after the current version has moved on. A key
+version made for XAES-256-GCM writes tokens of formats 3 and 4 (24-byte nonces) and is never
+refused for usage; a token whose format names another algorithm than its key version's fails
+authentication.
 """
 
 from __future__ import annotations
@@ -21,18 +24,20 @@ from .batch import Batch, as_batch
 from .buffers import empty_bytes, is_arrow, offsets_of
 from .codecs import batch_to_text
 from .envelope import (
-    FORMAT_BOUND,
+    BOUND_FORMATS,
+    FORMAT_ALGORITHMS,
+    FORMAT_IV_BYTES,
+    FORMAT_OVERHEAD,
     FORMATS,
     HEADER_BYTES,
-    IV_BYTES,
     MAGIC,
-    OVERHEAD,
     TEXT_PREFIX_BYTES,
     EncryptedData,
     as_binary_tokens,
     encode_text_tokens,
     parse_headers,
     text_tokens_batch,
+    token_format,
     token_header,
 )
 from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
@@ -111,14 +116,16 @@ def _aad_bytes(aad: Any) -> bytes:
     return b"" if aad is None else _data_bytes(aad, "aad")
 
 
-_BOUND_HEADERS: dict[int, bytes] = {}
+_BOUND_HEADERS: dict[tuple[int, str], bytes] = {}
 
 
-def _bound_header(version: int) -> bytes:
-    """The format-1 token header of a key version (made once per version)."""
-    header = _BOUND_HEADERS.get(version)
+def _bound_header(key: VersionedKey) -> bytes:
+    """The header-bound token header (format 1, or 3 for XAES-256-GCM) of a key version (made
+    once per version)."""
+    header = _BOUND_HEADERS.get((key.version, key.algorithm))
     if header is None:
-        header = _BOUND_HEADERS[version] = token_header(version, FORMAT_BOUND)
+        header = token_header(key.version, token_format(key.algorithm))
+        _BOUND_HEADERS[(key.version, key.algorithm)] = header
     return header
 
 
@@ -153,29 +160,28 @@ _METERS: "weakref.WeakSet[_UsageMeter]" = weakref.WeakSet()
 
 
 class _UsageMeter:
-    """Counts encryptions per key version against GCM's limit for one key with random IVs
-    (2**32, NIST SP 800-38D 8.3), cheaply: encryptions are reserved from the provider's shared
-    count in leases (one persisted write per lease, not per call), starting at 1,024 and each
-    twice the last reservation, up to ``max_lease``, while a process keeps encrypting. What a lease did not use is given back
+    """Counts encryptions per key version against the limit of its algorithm (for AES-256-GCM
+    2**32, NIST SP 800-38D 8.3, for one key with random IVs; none for XAES-256-GCM), cheaply:
+    encryptions are reserved from the provider's shared count in leases (one persisted write per
+    lease, not per call), starting at 1,024 and each twice the last reservation, up to
+    ``max_lease``, while a process keeps encrypting. What a lease did not use is given back
     when the service is collected or the process exits, so short-lived processes count exactly;
     a process killed outright over-counts by at most its last lease (the safe side). A forked
     child starts with nothing reserved. At the limit, encrypting under the version is refused
     (:class:`~engine.keys.KeyUsageExhausted`)."""
 
-    __slots__ = ("_provider", "_max_lease", "_limit", "_left", "_lease", "_lock", "__weakref__")
+    __slots__ = ("_provider", "_max_lease", "_left", "_lease", "_lock", "__weakref__")
 
-    def __init__(self, provider: KeyProvider, max_lease: int,
-                 limit: int = GCM_RANDOM_IV_LIMIT) -> None:
+    def __init__(self, provider: KeyProvider, max_lease: int) -> None:
         self._provider = provider
         self._max_lease = max(max_lease, 1)
-        self._limit = limit
         self._left: dict[int, int] = {}  # version -> reserved and not used yet
         self._lease: dict[int, int] = {}  # version -> size of the next lease
         self._lock = threading.Lock()
         _METERS.add(self)
         weakref.finalize(self, _give_back, provider, self._left)
 
-    def add(self, version: int, count: int) -> None:
+    def add(self, version: int, count: int, limit: int | None = GCM_RANDOM_IV_LIMIT) -> None:
         with self._lock:
             left = self._left.get(version, 0)
             if count > left:
@@ -183,11 +189,11 @@ class _UsageMeter:
                 lease = self._lease.get(version, min(_MIN_LEASE, self._max_lease))
                 want = max(need, lease)
                 try:
-                    self._provider.record_usage(version, want, limit=self._limit)
+                    self._provider.record_usage(version, want, limit=limit)
                 except KeyUsageExhausted:
                     if want == need:
                         raise
-                    self._provider.record_usage(version, need, limit=self._limit)
+                    self._provider.record_usage(version, need, limit=limit)
                     want = need
                 left += want
                 self._lease[version] = min(want * 2, self._max_lease)
@@ -253,10 +259,12 @@ class EncryptionService:
         self._audit = audit
         self._usage = _UsageMeter(self._provider, usage_lease)
 
-    def _used(self, version: int, operation: str, records: int) -> None:
-        """Accounting for one call: usage (encryptions), metrics, one audit entry per call."""
+    def _used(self, version: int, operation: str, records: int,
+              limit: int | None = GCM_RANDOM_IV_LIMIT) -> None:
+        """Accounting for one call: usage (encryptions, against ``limit``), metrics, one audit
+        entry per call."""
         if operation == "encrypt":
-            self._usage.add(version, records)
+            self._usage.add(version, records, limit)
             if self._metrics is not None:
                 self._metrics.encrypted(records)
         elif self._metrics is not None:
@@ -302,22 +310,23 @@ class EncryptionService:
             aad: optional associated data (str or bytes) that decryption must repeat.
 
         Returns:
-            An :class:`~engine.envelope.EncryptedData` with a fresh 16-byte IV and the time.
+            An :class:`~engine.envelope.EncryptedData` with a fresh 16-byte IV (24 bytes under
+            an XAES-256-GCM key version) and the time.
 
         Raises:
             KeyVersionNotUsable: the current key version may not encrypt.
             InvalidArgumentType: ``data`` is neither str nor bytes-like.
         """
         key = self._encryption_key()
-        iv = random_bytes(IV_BYTES)
+        iv = random_bytes(key.cipher.NONCE_SIZE)
         sealed = key.cipher.encrypt(iv, _data_bytes(data), None if aad is None else _aad_bytes(aad))
-        self._used(key.version, "encrypt", 1)
+        self._used(key.version, "encrypt", 1, key.usage_limit)
         return EncryptedData(iv, sealed[:-16], sealed[-16:], key.version,
-                             datetime.now(timezone.utc))
+                             datetime.now(timezone.utc), algorithm=key.algorithm)
 
     def encrypt_token(self, data: str | bytes, aad: str | bytes | None = None) -> str:
-        """Encrypts one value as a text token (format 1: the header is bound into the AAD),
-        in one native call.
+        """Encrypts one value as a text token (format 1, or 3 under an XAES-256-GCM key version:
+        the header is bound into the AAD), in one native call.
 
         Raises:
             KeyVersionNotUsable: the current key version may not encrypt.
@@ -329,9 +338,9 @@ class EncryptionService:
         if aad is not None and type(aad) is not str and type(aad) is not bytes:
             _checked_value(aad, "aad")
         key = self._encryption_key()
-        token = key.cipher.seal_text_token(_bound_header(key.version), data, aad,
+        token = key.cipher.seal_text_token(_bound_header(key), data, aad,
                                            prefix=TEXT_PREFIX_BYTES)
-        self._used(key.version, "encrypt", 1)
+        self._used(key.version, "encrypt", 1, key.usage_limit)
         return token
 
     def decrypt(self, encrypted: Any, aad: str | bytes | None = None) -> bytes:
@@ -343,7 +352,8 @@ class EncryptionService:
         Raises:
             EnvelopeError: the value cannot be parsed (subclasses name the problem).
             UnknownKeyVersion: the provider has no key of the recorded version.
-            InvalidTag: wrong key, AAD or tampered data; nothing is returned.
+            InvalidTag: wrong key, AAD or tampered data (or a format of another algorithm than
+                the key version's); nothing is returned.
         """
         return self._open_one(encrypted, aad, False)
 
@@ -360,9 +370,10 @@ class EncryptionService:
                     except UnknownKeyVersion:
                         self._failed("unknown_key_version")
                         raise
+                    self._check_algorithm(key, FORMAT_ALGORITHMS[head[1]])
                     try:
                         plain = key.cipher.open_text_token(encrypted, HEADER_BYTES, aad,
-                                                           head[1] == FORMAT_BOUND,
+                                                           head[1] in BOUND_FORMATS,
                                                            TEXT_PREFIX_BYTES, text)
                     except InvalidTag:
                         self._failed("invalid_tag")
@@ -375,6 +386,7 @@ class EncryptionService:
                         return plain
         e = EncryptedData.parse(encrypted)  # raises the precise envelope error
         key = self._key_for(e.key_version)
+        self._check_algorithm(key, e.algorithm)
         try:
             plain = key.cipher.decrypt(e.iv, e.ciphertext + e.auth_tag,
                                        e.aad(None if aad is None else _aad_bytes(aad)))
@@ -383,6 +395,16 @@ class EncryptionService:
             raise
         self._used(key.version, "decrypt", 1)
         return _utf8(plain) if text else plain
+
+    def _check_algorithm(self, key: VersionedKey, algorithm: str) -> None:
+        """A value sealed with another algorithm than its key version's cannot be authentic.
+
+        Raises:
+            InvalidTag: the algorithms differ.
+        """
+        if key.algorithm != algorithm:
+            self._failed("invalid_tag")
+            raise InvalidTag()
 
     def _key_for(self, version: int) -> VersionedKey:
         try:
@@ -414,7 +436,8 @@ class EncryptionService:
                 object per token).
 
         Returns:
-            Tokens in the order of ``values`` (format 1: header bound into the AAD).
+            Tokens in the order of ``values`` (format 1, or 3 under an XAES-256-GCM key
+            version: header bound into the AAD).
 
         Raises:
             KeyVersionNotUsable: the current key version may not encrypt.
@@ -422,9 +445,9 @@ class EncryptionService:
         """
         batch = _values_batch(values)
         key = self._encryption_key()
-        tokens = key.cipher.seal_tokens(batch, token_header(key.version, FORMAT_BOUND),
-                                        _caller_aad(aad, len(batch)), threads=self._threads)
-        self._used(key.version, "encrypt", len(batch))
+        tokens = key.cipher.seal_tokens(batch, _bound_header(key), _caller_aad(aad, len(batch)),
+                                        threads=self._threads)
+        self._used(key.version, "encrypt", len(batch), key.usage_limit)
         if binary:
             return tokens
         if arrow:
@@ -444,14 +467,15 @@ class EncryptionService:
         Raises:
             EnvelopeError: a token cannot be parsed (the message gives its index).
             UnknownKeyVersion: a token names a version the provider does not have.
-            BatchInvalidTag: some tokens failed authentication; ``.failed`` lists their indices
-                and ``.result`` is None: nothing is returned.
+            BatchInvalidTag: some tokens failed authentication (a format of another algorithm
+                than the token's key version included); ``.failed`` lists their indices and
+                ``.result`` is None: nothing is returned.
         """
         tokens = as_binary_tokens(tokens)
         headers = parse_headers(tokens)
         n = len(tokens)
         caller_aad = _caller_aad(aad, n)
-        off = offsets_of(tokens.lengths() - OVERHEAD)
+        off = offsets_of(tokens.lengths() - FORMAT_OVERHEAD[headers.formats])
         out = empty_bytes(int(off[-1]), secret=True)
         group_key = headers.key_versions * 256 + headers.formats
         if n == 0 or bool((group_key == group_key[0]).all()):
@@ -462,6 +486,10 @@ class EncryptionService:
         keys = {g: self._key_for(g // 256) for g, _ in groups}  # all known, or raise
         failed: list[np.ndarray] = []
         for g, idx in groups:
+            fmt = g % 256
+            if keys[g].algorithm != FORMAT_ALGORITHMS[fmt]:
+                failed.append(np.arange(n) if idx is None else idx)
+                continue
             sub, starts, sub_aad = tokens, off[:-1], caller_aad
             if idx is not None:
                 sub, starts = tokens.take(idx), starts[idx]
@@ -469,7 +497,8 @@ class EncryptionService:
                     sub_aad = caller_aad.take(idx)
             try:
                 keys[g].cipher.open_tokens(sub, HEADER_BYTES, sub_aad,
-                                           bind_header=g % 256 == FORMAT_BOUND, out=out,
+                                           bind_header=fmt in BOUND_FORMATS,
+                                           nonce_size=int(FORMAT_IV_BYTES[fmt]), out=out,
                                            out_starts=starts, threads=self._threads)
             except BatchInvalidTag as exc:
                 failed.append(exc.failed if idx is None else idx[exc.failed])

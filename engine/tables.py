@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from .atomic_file import atomic_output
 from .batch import Batch
+from .blind_index import BlindIndex, BlindIndexes
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
 
@@ -202,7 +203,8 @@ def _transform(table: Any, columns: Sequence[str], aad_template: str | None,
 
 
 def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
-                    service: EncryptionService | None = None) -> Any:
+                    service: EncryptionService | None = None,
+                    blind_indexes: BlindIndexes | BlindIndex | None = None) -> Any:
     """A copy of ``table`` with ``columns`` encrypted to text tokens (one native batch call per
     column and record batch); other columns are shared, not copied.
 
@@ -213,14 +215,22 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
         aad_template: per-row associated data over other columns, e.g. ``"users:{id}:{column}"``;
             decryption needs the same template and the same values in those columns.
         service: default: the process-wide :func:`engine.get_encryption_service`.
+        blind_indexes: blind indexes (:mod:`engine.blind_index`) computed from the plaintext
+            and written beside it (``email_idx`` beside ``email``: appended, or replaced where
+            the table has the column), under the current key version.
 
     Raises:
         InvalidArgument: an unknown column, or a template naming a missing column or one with NULLs.
         InvalidArgumentType: a column that is not string or binary; not a table.
         KeyVersionNotUsable: the current key version may not encrypt.
+        NormalisationError: a value fails its index's normaliser (nothing is encrypted).
     """
     arrow, back = _as_arrow(table)
     cols = _columns_arg(arrow, columns)
+    if isinstance(blind_indexes, BlindIndex):
+        blind_indexes = BlindIndexes(blind_indexes)
+    if blind_indexes is not None:
+        arrow = blind_indexes.add_to_arrow(arrow)
     return back(_transform(arrow, cols, aad_template, service or get_encryption_service(), True))
 
 

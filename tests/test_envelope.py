@@ -261,7 +261,7 @@ def test_bulk_errors_name_the_record_and_type():
     with pytest.raises(InvalidLength):
         parse_tokens(Batch.from_list([b"\xef\x01" + b"\x00" * 5]))
     with pytest.raises(UnknownFormat):
-        parse_tokens(Batch.from_list([b"\xef\x03" + b"\x00" * 40]))
+        parse_tokens(Batch.from_list([b"\xef\x09" + b"\x00" * 40]))
     assert text_token_mask(Batch.from_list([good, "ef1:zz", "x", good])).tolist() == [
         True, False, False, True]
     mixed = Batch.from_list(["", "ef", "ef1:", "Ef1:" + good[4:], "x" + good, good, good + "=",

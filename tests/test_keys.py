@@ -561,3 +561,34 @@ def test_a_read_only_state_directory_is_a_typed_error(tmp_path):
     with pytest.raises(KeyProviderError, match="key state file") as err:
         engine.EncryptionService(p, metrics=False).encrypt_token("x")
     assert not isinstance(err.value, OSError)
+
+
+@pytest.mark.forks_with_threads
+def test_a_child_forked_while_another_thread_writes_the_state_file_can_write_it(tmp_path):
+    import threading
+
+    p = provider(tmp_path)
+    p.get_current_key()
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            p.record_usage(1, 1)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    p.record_usage(1, 1)  # would wait forever on a lock copied at fork time
+                finally:
+                    os._exit(0)
+            deadline = time.monotonic() + 20
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                assert time.monotonic() < deadline, "a forked child hung on the state-file lock"
+                time.sleep(0.001)
+    finally:
+        stop.set()
+        t.join()

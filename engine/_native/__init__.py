@@ -52,6 +52,12 @@ TAG_BYTES: int = lib.ENGINE_TAG_BYTES
 NONCE_MIN_BYTES: int = lib.ENGINE_NONCE_MIN_BYTES
 NONCE_MAX_BYTES: int = lib.ENGINE_NONCE_MAX_BYTES
 MESSAGE_MAX_BYTES: int = lib.ENGINE_MESSAGE_MAX_BYTES
+XAES_NONCE_BYTES: int = lib.ENGINE_XAES_NONCE_BYTES
+
+ALGORITHMS: dict[str, int] = {
+    "aes-256-gcm": lib.ENGINE_ALG_AES_GCM,
+    "xaes-256-gcm": lib.ENGINE_ALG_XAES_GCM,
+}
 
 BACKENDS: dict[str, int] = {
     "ipsec-mb": lib.ENGINE_BACKEND_IPSECMB,
@@ -91,8 +97,8 @@ def _check(rc: int) -> int:
 set_errors(InvalidArgumentType, InvalidArgument, MessageTooLong, InvalidTag, _check)
 set_core({name: int(ffi.cast("uintptr_t", ffi.addressof(lib, f"engine_{name}")))
           for name in ("seal", "open", "seal_batch_each", "open_batch_each", "seal_tokens",
-                       "open_tokens",
-                       "b64url_encode_batch", "b64url_decode_batch")})
+                       "open_tokens", "b64url_encode_batch", "b64url_decode_batch",
+                       "key_algorithm")})
 
 
 def backend_available(name: str) -> bool:
@@ -115,7 +121,8 @@ def backend_details(name: str) -> tuple[str, str]:
 
 
 class KeyHandle:
-    """A native key: key schedule and GHASH tables, wiped by C when this object is collected.
+    """A native key: key schedule and GHASH tables (for ``"xaes-256-gcm"``, the derivation's key
+    schedule and subkey), wiped by C when this object is collected.
 
     ``address`` is where it lives, for :func:`seal_message` and :func:`open_message` (valid while
     this object is alive: hold it across the call). Not picklable: native state is created in
@@ -124,9 +131,10 @@ class KeyHandle:
 
     __slots__ = ("_ptr", "address", "backend", "__weakref__")
 
-    def __init__(self, key, backend: str) -> None:
+    def __init__(self, key, backend: str, algorithm: str = "aes-256-gcm") -> None:
         out = ffi.new("engine_key **")
-        _check(lib.engine_key_new(out, BACKENDS[backend], ffi.from_buffer(key)))
+        _check(lib.engine_key_new_alg(out, BACKENDS[backend], ALGORITHMS[algorithm],
+                                      ffi.from_buffer(key)))
         self._own(out[0], backend)
 
     @classmethod
@@ -176,6 +184,25 @@ def _i64(arr):
     return _NULL if arr is None else ffi.from_buffer("int64_t[]", arr)
 
 
+def seal_batch_keys(backend: str, algorithm: str, n: int, keys, data, offsets, out, nonces,
+                    nonce_len: int, tags, aad, aad_offsets, aad_length: int, threads: int) -> None:
+    """Seals n records, record i under ``keys[i]`` (see engine_seal_batch_keys)."""
+    _check(lib.engine_seal_batch_keys(
+        BACKENDS[backend], ALGORITHMS[algorithm], n, ffi.from_buffer(keys), _from(data),
+        _i64(offsets), _from(out), ffi.from_buffer(nonces), nonce_len, ffi.from_buffer(tags),
+        _from(aad), _i64(aad_offsets), aad_length, threads))
+
+
+def open_batch_keys(backend: str, algorithm: str, n: int, keys, data, offsets, out, nonces,
+                    nonce_len: int, tags, aad, aad_offsets, aad_length: int, failed,
+                    threads: int) -> int:
+    """Opens n records, record i under ``keys[i]``; marks failures and returns how many."""
+    return _check(lib.engine_open_batch_keys(
+        BACKENDS[backend], ALGORITHMS[algorithm], n, ffi.from_buffer(keys), _from(data),
+        _i64(offsets), _from(out), ffi.from_buffer(nonces), nonce_len, ffi.from_buffer(tags),
+        _from(aad), _i64(aad_offsets), aad_length, ffi.from_buffer(failed), threads))
+
+
 def seal_tokens(key: KeyHandle, n: int, data, offsets, header: bytes, header_is_aad: bool,
                 nonce_len: int, out, out_starts, aad, aad_offsets, aad_len: int,
                 threads: int) -> None:
@@ -220,6 +247,26 @@ def gather(n: int, src, src_starts, lengths, dst, dst_starts, threads: int) -> N
     """Copies ``lengths[i]`` bytes from ``src_starts[i]`` to ``dst_starts[i]`` for each i."""
     _check(lib.engine_gather(n, _from(src), _i64(src_starts), _i64(lengths), _from(dst),
                              _i64(dst_starts), threads))
+
+
+def hmac_sha256_batch(key: bytes, n: int, data, offsets, out, bits: int, threads: int) -> None:
+    """The first ``bits`` bits of HMAC-SHA-256(key, record i) into ``out`` (n rows of
+    ceil(bits / 8) bytes)."""
+    _check(lib.engine_hmac_sha256_batch(ffi.from_buffer(key), len(key), n, _from(data),
+                                        _i64(offsets), _from(out), bits, threads))
+
+
+NORM_TRIM: int = lib.ENGINE_NORM_TRIM
+NORM_LOWER: int = lib.ENGINE_NORM_LOWER
+NORM_EMAIL: int = lib.ENGINE_NORM_EMAIL
+NORM_DIGITS: int = lib.ENGINE_NORM_DIGITS
+
+
+def normalize_batch(flags: int, n: int, data, offsets, out, lengths, bad, threads: int) -> None:
+    """Normalises n records (see engine_normalize_batch): record i to ``out`` at its input
+    position, its length to ``lengths[i]``, ``bad[i]`` = 1 when it fails the rules."""
+    _check(lib.engine_normalize_batch(flags, n, _from(data), _i64(offsets), _from(out),
+                                      _i64(lengths), ffi.from_buffer(bad), threads))
 
 
 def random_into(buf) -> None:

@@ -117,6 +117,9 @@ class AuditLog:
             finally:
                 if head_fd >= 0:
                     os.close(head_fd)
+                # Unlock before closing: a child forked during the append holds a copy of this
+                # descriptor, and the lock would otherwise last until both copies are closed.
+                fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
             raise AuditError(problem)
 

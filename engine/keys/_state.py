@@ -1,7 +1,7 @@
 """Private helpers shared by the key providers: the local key-state file and the derived-key cache.
 
 The state file holds public facts only (versions, states, creation times, salts, KDF parameters,
-usage counts, key check values), never key material. It is replaced atomically (temporary file in the same directory, fsync,
+algorithms, usage counts, key check values), never key material. It is replaced atomically (temporary file in the same directory, fsync,
 ``os.replace``, fsync of the directory), so a crash leaves either the old or the new file, and
 writers serialise on ``fcntl.flock`` of a sibling ``.lock`` file.
 """
@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from ..aead import AesGcm
-from .base import KeyLockBusy, KeyProviderError, KeyState, KeyVersionInfo
+from .base import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    KeyLockBusy,
+    KeyProviderError,
+    KeyState,
+    KeyVersionInfo,
+    cipher_for,
+)
 
 __all__ = [
     "KeyStateCorrupted",
@@ -65,9 +73,10 @@ class VersionRecord:
     iterations: int
     usage: int = 0
     check: bytes | None = field(default=None, repr=False)  # key check value; None in old files
+    algorithm: str = DEFAULT_ALGORITHM  # absent in files older than XAES-256-GCM
 
     def info(self) -> KeyVersionInfo:
-        return KeyVersionInfo(self.version, self.state, self.created_at)
+        return KeyVersionInfo(self.version, self.state, self.created_at, self.algorithm)
 
     def to_json(self) -> dict[str, Any]:
         doc = {
@@ -78,6 +87,7 @@ class VersionRecord:
             "iterations": self.iterations,
             "salt": base64.b64encode(self.salt).decode("ascii"),
             "usage": self.usage,
+            "algorithm": self.algorithm,
         }
         if self.check is not None:
             doc["check"] = self.check.hex()
@@ -132,6 +142,7 @@ def _parse_record(path: Path, raw: Any) -> VersionRecord:
         usage = raw.get("usage", 0)
         check = raw.get("check")
         check = None if check is None else bytes.fromhex(check)
+        algorithm = raw.get("algorithm", DEFAULT_ALGORITHM)
     except KeyError as exc:
         raise _corrupt(path, f"a version entry lacks {exc.args[0]!r}") from None
     except (ValueError, TypeError, OverflowError, binascii.Error):
@@ -145,13 +156,15 @@ def _parse_record(path: Path, raw: Any) -> VersionRecord:
         raise _corrupt(path, f"version {version} has an invalid usage count")
     if kdf != KDF_NAME:
         raise _corrupt(path, f"version {version} uses an unknown KDF")
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise _corrupt(path, f"version {version} names an unknown algorithm")
     if len(salt) < 16:
         raise _corrupt(path, f"version {version} has a salt shorter than 16 bytes")
     if check is not None and len(check) != CHECK_BYTES:
         raise _corrupt(path, f"version {version} has a key check value of the wrong size")
     if created_at.tzinfo is None:
         created_at = created_at.replace(tzinfo=timezone.utc)
-    return VersionRecord(version, state, created_at, salt, iterations, usage, check)
+    return VersionRecord(version, state, created_at, salt, iterations, usage, check, algorithm)
 
 
 def parse_state(path: Path, text: bytes) -> StateSnapshot:
@@ -295,37 +308,47 @@ def flocked(lock_path: Path, *, wait: bool, what: str) -> Iterator[None]:
             busy = False
         if busy:
             raise KeyLockBusy(f"another process holds {str(lock_path)!r}")
-        yield
+        try:
+            yield
+        finally:
+            # Unlocked explicitly: a child forked meanwhile holds a copy of the descriptor, and
+            # closing ours alone would leave the lock held until the child closes its copy too.
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)  # closing releases the lock
+        os.close(fd)
 
 
-_CACHE: dict[bytes, tuple[AesGcm, bytes]] = {}
+_CACHE: dict[tuple[bytes, str], tuple[AesGcm, bytes]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def key_check_value(key: bytes, version: int) -> bytes:
-    """A version's key check value: HMAC-SHA256(key, label || version)[:16]. It shows whether a
-    key derived later is the same key, and nothing about the key itself."""
-    return hmac.new(key, b"engine key check v1" + version.to_bytes(4, "big"),
-                    hashlib.sha256).digest()[:CHECK_BYTES]
+def key_check_value(key: bytes, version: int, algorithm: str = DEFAULT_ALGORITHM) -> bytes:
+    """A version's key check value: HMAC-SHA256(key, label || version [|| algorithm])[:16]. It
+    shows whether a key derived later is the same key, and nothing about the key itself. The
+    algorithm of an XAES-256-GCM version is bound in (AES-256-GCM versions keep the value they
+    always had), so that a record whose algorithm was edited is refused instead of using its
+    key with another algorithm."""
+    label = b"engine key check v1" + version.to_bytes(4, "big")
+    if algorithm != DEFAULT_ALGORITHM:
+        label += b"/" + algorithm.encode("ascii")
+    return hmac.new(key, label, hashlib.sha256).digest()[:CHECK_BYTES]
 
 
-def cached_cipher(cache_key: bytes, version: int,
-                  derive: Callable[[], bytes]) -> tuple[AesGcm, bytes]:
-    """The process-wide :class:`AesGcm` for ``cache_key`` and the key's check value for
+def cached_cipher(cache_key: bytes, version: int, derive: Callable[[], bytes],
+                  algorithm: str = DEFAULT_ALGORITHM) -> tuple[AesGcm, bytes]:
+    """The process-wide cipher of ``algorithm`` for ``cache_key`` and the key's check value for
     ``version``, deriving the key once per process.
 
     ``cache_key`` must identify the key without revealing it (a keyed hash of the inputs).
     """
-    entry = _CACHE.get(cache_key)
+    entry = _CACHE.get((cache_key, algorithm))
     if entry is None:
         with _CACHE_LOCK:
-            entry = _CACHE.get(cache_key)
+            entry = _CACHE.get((cache_key, algorithm))
             if entry is None:
                 key = derive()
-                entry = (AesGcm(key), key_check_value(key, version))
-                _CACHE[cache_key] = entry
+                entry = (cipher_for(algorithm, key), key_check_value(key, version, algorithm))
+                _CACHE[(cache_key, algorithm)] = entry
     return entry
 
 

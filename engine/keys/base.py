@@ -1,7 +1,8 @@
 """The key-provider contract: versioned keys, their lifecycle states, and what every provider does.
 
 A provider hands out :class:`VersionedKey` objects: a version number and a ready native key
-handle (:class:`engine.AesGcm`). Raw key bytes never leave the provider except into the native
+handle (:class:`engine.AesGcm`, or :class:`engine.XAesGcm` for a version made for XAES-256-GCM:
+each version records its algorithm). Raw key bytes never leave the provider except into the native
 handle; nothing here is printable or picklable. :class:`KeyProvider` declares the whole contract
 that the encryption service, key rotation and the re-encryption workers rely on; the shared
 argument checks live here too, so that every provider refuses the same things the same way.
@@ -12,16 +13,21 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import hashlib
+import hmac
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ContextManager, Iterator
+from typing import Any, ContextManager, Iterator, Mapping
 
 from ..aead import AesGcm
 from ..errors import EngineError, InvalidArgument
+from ..xaes import XAesGcm
 
 __all__ = [
+    "ALGORITHMS",
+    "DEFAULT_ALGORITHM",
     "GCM_RANDOM_IV_LIMIT",
     "KeyLockBusy",
     "KeyProvider",
@@ -35,14 +41,22 @@ __all__ = [
     "ThreadRotationLock",
     "UnknownKeyVersion",
     "VersionedKey",
+    "algorithm_from_environment",
+    "check_algorithm",
     "check_count",
     "check_state",
     "check_version",
+    "cipher_for",
+    "derive_index_key",
     "next_usage",
     "require_active",
+    "usage_limit",
 ]
 
 GCM_RANDOM_IV_LIMIT = 2**32  # NIST SP 800-38D 8.3: encryptions per key with random IVs
+ALGORITHMS = {AesGcm.ALGORITHM: AesGcm, XAesGcm.ALGORITHM: XAesGcm}
+DEFAULT_ALGORITHM = AesGcm.ALGORITHM
+INDEX_KEY_BYTES = 32
 
 
 class KeyProviderError(EngineError):
@@ -92,10 +106,12 @@ class KeyVersionInfo:
     version: int
     state: KeyState
     created_at: datetime
+    algorithm: str = DEFAULT_ALGORITHM
 
 
 class VersionedKey:
-    """A key version ready for use: ``version`` and ``cipher`` (an :class:`engine.AesGcm`)."""
+    """A key version ready for use: ``version`` and ``cipher`` (an :class:`engine.AesGcm`, or
+    its subclass :class:`engine.XAesGcm`)."""
 
     __slots__ = ("version", "cipher", "state")
 
@@ -104,8 +120,19 @@ class VersionedKey:
         self.cipher = cipher
         self.state = state
 
+    @property
+    def algorithm(self) -> str:
+        """``"aes-256-gcm"`` or ``"xaes-256-gcm"``."""
+        return self.cipher.ALGORITHM
+
+    @property
+    def usage_limit(self) -> int | None:
+        """Encryptions this version may do (None: no limit that usage counting must enforce)."""
+        return usage_limit(self.cipher.ALGORITHM)
+
     def __repr__(self) -> str:
-        return f"<VersionedKey version={self.version} state={self.state.value}>"
+        return (f"<VersionedKey version={self.version} state={self.state.value} "
+                f"algorithm={self.algorithm}>")
 
     def __reduce__(self):
         raise TypeError("keys cannot be pickled; fetch them from the provider in each process")
@@ -136,6 +163,62 @@ def check_state(state: Any) -> KeyState:
     except ValueError:
         pass
     raise InvalidArgument("state must be one of: " + ", ".join(s.value for s in KeyState))
+
+
+def check_algorithm(algorithm: Any) -> str:
+    """``algorithm`` if it names one the engine has (``"aes-256-gcm"``, ``"xaes-256-gcm"``).
+
+    Raises:
+        InvalidArgument: anything else.
+    """
+    if isinstance(algorithm, str) and algorithm in ALGORITHMS:
+        return algorithm
+    raise InvalidArgument("algorithm must be one of: " + ", ".join(ALGORITHMS))
+
+
+ALGORITHM_ENV = "ENCRYPTION_ALGORITHM"
+
+
+def algorithm_from_environment(env: Mapping[str, str]) -> str:
+    """The algorithm of new key versions: ``$ENCRYPTION_ALGORITHM``, else ``"aes-256-gcm"``.
+
+    Raises:
+        InvalidArgument: the variable names no algorithm the engine has.
+    """
+    algorithm = (env.get(ALGORITHM_ENV) or DEFAULT_ALGORITHM).strip().lower()
+    if algorithm not in ALGORITHMS:
+        raise InvalidArgument(f"{ALGORITHM_ENV} must be one of: {', '.join(ALGORITHMS)}")
+    return algorithm
+
+
+def cipher_for(algorithm: str, key: Any) -> AesGcm:
+    """The native cipher of a key version: :class:`AesGcm` or :class:`XAesGcm` over ``key``."""
+    return ALGORITHMS[check_algorithm(algorithm)](key)
+
+
+def usage_limit(algorithm: str) -> int | None:
+    """Encryptions one key may do with random nonces: 2**32 for AES-256-GCM (NIST SP 800-38D
+    8.3). None for XAES-256-GCM: each message has a key of its own, derived from the first half
+    of its 24-byte random nonce, and 2**80 messages keep the collision risk at 2**-32, a count
+    no deployment reaches, so its versions are never rotated or refused for usage."""
+    return None if check_algorithm(algorithm) == XAesGcm.ALGORITHM else GCM_RANDOM_IV_LIMIT
+
+
+def derive_index_key(secret: bytes, table: str, column: str, version: int) -> bytes:
+    """A blind-index key: HMAC-SHA-256 under a provider's index secret of ``"engine blind index
+    v1"``, the table and column names (UTF-8, each after its 4-byte length) and the version.
+
+    Raises:
+        InvalidArgument: a name that is not a non-empty str.
+    """
+    message = bytearray(b"engine blind index v1")
+    for what, name in (("table", table), ("column", column)):
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"the {what} of a blind index must be a non-empty str")
+        encoded = name.encode("utf-8", "surrogatepass")
+        message += len(encoded).to_bytes(4, "big") + encoded
+    message += check_version(version).to_bytes(4, "big")
+    return hmac.new(secret, bytes(message), hashlib.sha256).digest()
 
 
 def check_count(count: Any) -> int:
@@ -305,6 +388,20 @@ class KeyProvider(abc.ABC):
 
         Raises:
             KeyProviderError: this provider has none.
+        """
+
+    @abc.abstractmethod
+    def index_key(self, table: str, column: str, version: int) -> bytes:
+        """The HMAC key of blind indexes on ``column`` of ``table`` under key version
+        ``version``: 32 bytes (:func:`derive_index_key` from a secret of the provider's that is
+        neither a data key nor the audit key), a different key for each table, column and
+        version. An index follows the key versions: its rows are indexed under the version of
+        their ciphertext.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            InvalidArgument: an empty table or column name.
+            KeyProviderError: this provider has no index secret.
         """
 
     @abc.abstractmethod

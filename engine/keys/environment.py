@@ -31,6 +31,7 @@ from ..errors import InvalidArgument, InvalidArgumentType
 from . import _state
 from ._state import KeyStateCorrupted, StateSnapshot, VersionRecord
 from .base import (
+    DEFAULT_ALGORITHM,
     KeyProvider,
     KeyProviderError,
     KeyState,
@@ -40,9 +41,12 @@ from .base import (
     ProviderConfig,
     UnknownKeyVersion,
     VersionedKey,
+    algorithm_from_environment,
+    check_algorithm,
     check_count,
     check_state,
     check_version,
+    derive_index_key,
     next_usage,
     require_active,
 )
@@ -73,32 +77,41 @@ class MasterKeyError(KeyProviderError, ValueError):
 
 @dataclass(frozen=True)
 class DerivationPolicy:
-    """How new versions' keys are derived (PBKDF2-SHA512 with 100,000 iterations by default).
+    """How new versions' keys are derived (PBKDF2-SHA512 with 100,000 iterations by default)
+    and the algorithm they encrypt with (``"aes-256-gcm"`` by default, or ``"xaes-256-gcm"``).
 
-    Existing versions keep the iteration count recorded for them in the state file.
+    Existing versions keep the iteration count and algorithm recorded for them in the state file.
     """
 
     iterations: int = 100_000
     salt_bytes: int = 16
+    algorithm: str = DEFAULT_ALGORITHM
 
     def __post_init__(self) -> None:
         if type(self.iterations) is not int or self.iterations < 1:
             raise InvalidArgument("iterations must be a positive integer")
         if type(self.salt_bytes) is not int or not 16 <= self.salt_bytes <= 64:
             raise InvalidArgument("salt_bytes must be an integer from 16 to 64")
+        check_algorithm(self.algorithm)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> "DerivationPolicy":
+        """From ``$ENCRYPTION_KDF_ITERATIONS`` and ``$ENCRYPTION_ALGORITHM`` (defaults when unset).
+
+        Raises:
+            InvalidArgument: a value that is not a positive integer or an algorithm.
+        """
+        algorithm = algorithm_from_environment(env)
         raw = env.get(ITERATIONS_ENV)
         if not raw:
-            return cls()
+            return cls(algorithm=algorithm)
         try:
             iterations = int(raw)
         except ValueError:
             iterations = None
         if iterations is None:
             raise InvalidArgument(f"{ITERATIONS_ENV} must be a positive integer")
-        return cls(iterations=iterations)
+        return cls(iterations=iterations, algorithm=algorithm)
 
 
 def _master_key(value: Any) -> bytes:
@@ -134,12 +147,13 @@ class EnvironmentProviderConfig(ProviderConfig):
     iterations: int
     salt_bytes: int
     master_key_env: str = MASTER_KEY_ENV
+    algorithm: str = DEFAULT_ALGORITHM
 
     def build(self) -> "EnvironmentKeyProvider":
         return EnvironmentKeyProvider(
             master_key=os.environ.get(self.master_key_env),
             state_path=self.state_path,
-            policy=DerivationPolicy(self.iterations, self.salt_bytes),
+            policy=DerivationPolicy(self.iterations, self.salt_bytes, self.algorithm),
         )
 
 
@@ -161,7 +175,8 @@ class EnvironmentKeyProvider(KeyProvider):
         master_key: the master secret (str as UTF-8, or bytes-like); default
             ``$ENCRYPTION_MASTER_KEY``.
         state_path: the state file; default as above.
-        policy: derivation parameters for new versions; default from ``$ENCRYPTION_KDF_ITERATIONS``
+        policy: derivation parameters and algorithm for new versions; default from
+            ``$ENCRYPTION_KDF_ITERATIONS`` and ``$ENCRYPTION_ALGORITHM``
             or 100,000 iterations and 16-byte salts.
         env: the environment to read (default ``os.environ``).
 
@@ -210,7 +225,8 @@ class EnvironmentKeyProvider(KeyProvider):
     def config(self) -> EnvironmentProviderConfig:
         """The state file and derivation policy; a worker reads the master secret itself."""
         return EnvironmentProviderConfig(str(self._path.resolve()), self._policy.iterations,
-                                         self._policy.salt_bytes)
+                                         self._policy.salt_bytes,
+                                         algorithm=self._policy.algorithm)
 
     # ---- reading ----
 
@@ -239,8 +255,8 @@ class EnvironmentKeyProvider(KeyProvider):
         return hmac.new(self._master, b"engine environment key salt v1" + version.to_bytes(4, "big"),
                         hashlib.sha512).digest()[:size]
 
-    def _derived(self, version: int, salt: bytes, iterations: int):
-        """(AesGcm, key check value) of a version, derived once per process."""
+    def _derived(self, version: int, salt: bytes, iterations: int, algorithm: str):
+        """(cipher, key check value) of a version, derived once per process."""
         # The cache key is a keyed hash: it identifies (master, salt, iterations, version) without
         # letting anyone who sees it test guesses of the master key cheaply.
         cache_key = hmac.new(self._master, salt + iterations.to_bytes(8, "big")
@@ -248,6 +264,7 @@ class EnvironmentKeyProvider(KeyProvider):
         return _state.cached_cipher(
             cache_key, version,
             lambda: hashlib.pbkdf2_hmac("sha512", self._master, salt, iterations, KEY_BYTES),
+            algorithm,
         )
 
     def _key(self, rec: VersionRecord) -> VersionedKey:
@@ -255,7 +272,7 @@ class EnvironmentKeyProvider(KeyProvider):
         key = self._keys.get(rec.version)
         if key is not None and key.state is rec.state:
             return key
-        cipher, check = self._derived(rec.version, rec.salt, rec.iterations)
+        cipher, check = self._derived(rec.version, rec.salt, rec.iterations, rec.algorithm)
         if rec.check is None:
             self._record_check(rec.version, check)
         elif not hmac.compare_digest(rec.check, check):
@@ -263,7 +280,7 @@ class EnvironmentKeyProvider(KeyProvider):
                 f"key version {rec.version} in {str(self._path)!r} was created under another "
                 f"{MASTER_KEY_ENV}: the key derived here does not match its key check value, so "
                 f"nothing is encrypted or decrypted with it (check the variable for a changed "
-                f"value or stray whitespace)"
+                f"value or stray whitespace, and the file for an edited record)"
             )
         key = VersionedKey(rec.version, cipher, rec.state)
         self._keys[rec.version] = key
@@ -348,9 +365,9 @@ class EnvironmentKeyProvider(KeyProvider):
 
     def _new_record(self, version: int, state: KeyState = KeyState.ACTIVE) -> VersionRecord:
         salt = self._salt(version, self._policy.salt_bytes)
-        _, check = self._derived(version, salt, self._policy.iterations)
+        _, check = self._derived(version, salt, self._policy.iterations, self._policy.algorithm)
         return VersionRecord(version, state, datetime.now(timezone.utc), salt,
-                             self._policy.iterations, 0, check)
+                             self._policy.iterations, 0, check, self._policy.algorithm)
 
     def _bootstrap(self) -> None:
         def change(snap: StateSnapshot):
@@ -488,6 +505,19 @@ class EnvironmentKeyProvider(KeyProvider):
     def audit_key(self) -> bytes:
         """The audit trail's HMAC key, derived from the master key (never the key itself)."""
         return hmac.new(self._master, b"engine audit trail v1", hashlib.sha256).digest()
+
+    def index_key(self, table: str, column: str, version: int) -> bytes:
+        """A blind-index key, derived from the master key (a secret of its own, separate from
+        the data keys and the audit key) for a version the state file lists.
+
+        Raises:
+            UnknownKeyVersion: the state file does not list this version.
+        """
+        check_version(version)
+        if version not in self._snapshot().versions:
+            raise UnknownKeyVersion(version)
+        secret = hmac.new(self._master, b"engine blind index secret v1", hashlib.sha256).digest()
+        return derive_index_key(secret, table, column, version)
 
     def record_usage(self, version: int, count: int, *, limit: int | None = None) -> int:
         """Adds ``count`` encryptions to a version's usage, kept in the state file so that every

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import datetime, timezone
 from typing import Any, ContextManager, Mapping
@@ -9,6 +10,7 @@ from typing import Any, ContextManager, Mapping
 from ..aead import KEY_BYTES, AesGcm
 from ..errors import InvalidArgument
 from .base import (
+    DEFAULT_ALGORITHM,
     KeyProvider,
     KeyProviderError,
     KeyState,
@@ -18,9 +20,12 @@ from .base import (
     ThreadRotationLock,
     UnknownKeyVersion,
     VersionedKey,
+    check_algorithm,
     check_count,
     check_state,
     check_version,
+    cipher_for,
+    derive_index_key,
     next_usage,
     require_active,
 )
@@ -32,13 +37,13 @@ class InvalidKeyMaterial(InvalidArgument):
     """A key given to a provider is not 32 bytes (AES-256). The message never shows the key."""
 
 
-def _audit_key_bytes(key: Any) -> bytes:
+def _secret_bytes(key: Any, name: str) -> bytes:
     try:
         size = memoryview(key).nbytes
     except TypeError:
         size = -1
     if isinstance(key, str) or size < 32:
-        raise InvalidKeyMaterial("audit_key must be bytes-like, at least 32 bytes")
+        raise InvalidKeyMaterial(f"{name} must be bytes-like, at least 32 bytes")
     return bytes(memoryview(key))
 
 
@@ -53,21 +58,34 @@ class StaticKeyProvider(KeyProvider):
         keys: version (positive int) -> 32-byte key (any bytes-like).
         current: the version to encrypt under (default: the highest).
         states: optional version -> :class:`KeyState` overrides.
+        algorithm: the algorithm of the keys given and of versions created later
+            (``"aes-256-gcm"``, or ``"xaes-256-gcm"``).
+        algorithms: optional version -> algorithm overrides.
 
     Raises:
         InvalidKeyMaterial: a key is not 32 bytes or not bytes-like (the key is never shown).
-        InvalidArgument: no keys, a bad version number, or ``current`` not among them.
+        InvalidArgument: no keys, a bad version number, ``current`` not among them, or an
+            unknown algorithm.
 
-    ``audit_key`` (32+ bytes, optional) is the HMAC key of the audit trail.
+    ``audit_key`` (32+ bytes, optional) is the HMAC key of the audit trail; ``index_key``
+    (32+ bytes, optional) the secret from which blind-index keys are derived.
     """
 
-    __slots__ = ("_ciphers", "_infos", "_current", "_lock", "_usage", "_audit_key", "_rotation")
+    __slots__ = ("_ciphers", "_infos", "_current", "_lock", "_usage", "_audit_key", "_rotation",
+                 "_algorithm", "_index_secret")
 
     def __init__(self, keys: Mapping[int, Any], *, current: int | None = None,
-                 states: Mapping[int, Any] | None = None, audit_key: bytes | None = None) -> None:
+                 states: Mapping[int, Any] | None = None, audit_key: bytes | None = None,
+                 algorithm: str = DEFAULT_ALGORITHM,
+                 algorithms: Mapping[int, str] | None = None,
+                 index_key: bytes | None = None) -> None:
         if not isinstance(keys, Mapping) or not keys:
             raise InvalidArgument("StaticKeyProvider needs a non-empty {version: key} mapping")
         now = datetime.now(timezone.utc)
+        self._algorithm = check_algorithm(algorithm)
+        algorithms = dict(algorithms or {})
+        if not set(algorithms) <= set(keys):
+            raise InvalidArgument("algorithms names a version that is not among the keys")
         self._ciphers: dict[int, AesGcm] = {}
         for version, key in keys.items():
             check_version(version)
@@ -81,21 +99,22 @@ class StaticKeyProvider(KeyProvider):
                 raise InvalidKeyMaterial(
                     f"key version {version} must be {KEY_BYTES} bytes (AES-256), got {size} bytes"
                 )
-            self._ciphers[version] = AesGcm(key)
+            self._ciphers[version] = cipher_for(algorithms.get(version, algorithm), key)
         self._current = max(self._ciphers) if current is None else check_version(current)
         if self._current not in self._ciphers:
             raise InvalidArgument(f"current version {current} is not among the keys given")
         self._infos = {
             v: KeyVersionInfo(v, KeyState.ACTIVE if v == self._current else KeyState.DECRYPT_ONLY,
-                              now)
-            for v in self._ciphers
+                              now, c.ALGORITHM)
+            for v, c in self._ciphers.items()
         }
         for v, s in (states or {}).items():
             if v not in self._infos:
                 raise InvalidArgument(f"states names unknown version {v}")
-            self._infos[v] = KeyVersionInfo(v, check_state(s), now)
+            self._infos[v] = dataclasses.replace(self._infos[v], state=check_state(s))
         self._lock = threading.Lock()
-        self._audit_key = None if audit_key is None else _audit_key_bytes(audit_key)
+        self._audit_key = None if audit_key is None else _secret_bytes(audit_key, "audit_key")
+        self._index_secret = None if index_key is None else _secret_bytes(index_key, "index_key")
         self._usage: dict[int, int] = {}
         self._rotation = ThreadRotationLock()
 
@@ -137,9 +156,10 @@ class StaticKeyProvider(KeyProvider):
         previous active versions to ``decrypt-only``."""
         with self._lock:
             version = max(self._ciphers) + 1
-            self._ciphers[version] = AesGcm(AesGcm.generate_key())
+            self._ciphers[version] = cipher_for(self._algorithm, AesGcm.generate_key())
             self._retire_active()
-            info = KeyVersionInfo(version, KeyState.ACTIVE, datetime.now(timezone.utc))
+            info = KeyVersionInfo(version, KeyState.ACTIVE, datetime.now(timezone.utc),
+                                  self._algorithm)
             self._infos[version] = info
             self._current = version
             return info
@@ -156,7 +176,7 @@ class StaticKeyProvider(KeyProvider):
             info = self._infos.get(version)
             if info is None:
                 raise UnknownKeyVersion(version)
-            info = KeyVersionInfo(version, new_state, info.created_at)
+            info = dataclasses.replace(info, state=new_state)
             self._infos[version] = info
             return info
 
@@ -175,7 +195,7 @@ class StaticKeyProvider(KeyProvider):
             if info.state is KeyState.DEPRECATED:
                 raise KeyVersionNotUsable(f"key version {version} is deprecated")
             self._retire_active()
-            self._infos[version] = KeyVersionInfo(version, KeyState.ACTIVE, info.created_at)
+            self._infos[version] = dataclasses.replace(info, state=KeyState.ACTIVE)
             self._current = version
 
     def purge(self, version: int) -> None:
@@ -202,6 +222,19 @@ class StaticKeyProvider(KeyProvider):
         if self._audit_key is None:
             raise KeyProviderError("this StaticKeyProvider was built without an audit_key")
         return self._audit_key
+
+    def index_key(self, table: str, column: str, version: int) -> bytes:
+        """A blind-index key derived from the ``index_key`` given to the constructor.
+
+        Raises:
+            UnknownKeyVersion: no such version.
+            KeyProviderError: no ``index_key`` was given.
+        """
+        if version not in self._ciphers:
+            raise UnknownKeyVersion(version)
+        if self._index_secret is None:
+            raise KeyProviderError("this StaticKeyProvider was built without an index_key")
+        return derive_index_key(self._index_secret, table, column, version)
 
     def record_usage(self, version: int, count: int, *, limit: int | None = None) -> int:
         """Adds ``count`` encryptions to a version's usage, in memory (see
@@ -238,4 +271,4 @@ class StaticKeyProvider(KeyProvider):
     def _retire_active(self) -> None:
         for v, info in self._infos.items():
             if info.state is KeyState.ACTIVE:
-                self._infos[v] = KeyVersionInfo(v, KeyState.DECRYPT_ONLY, info.created_at)
+                self._infos[v] = dataclasses.replace(info, state=KeyState.DECRYPT_ONLY)

@@ -5,16 +5,19 @@ store below and :class:`~engine.vault.VaultSecrets` both use it. :class:`KeyStor
 key provider keeps its versions::
 
     <mount>/data/<path>/v1              {format, version, wrapped_key, transit_key, transit_mount,
-                                         state, created_at, kcv, usage}
+                                         state, created_at, kcv, usage, algorithm}
     <mount>/data/<path>/v2              ...
     <mount>/data/<path>/current         {version: 2, updated_at}
     <mount>/data/<path>/rotation-lock   {owner, expires}
     <mount>/data/<path>/audit           {key}
+    <mount>/data/<path>/index-v1        {key}   (the blind-index secret of version 1)
 
 Entries are created with check-and-set (``cas=0``) and updated with the KV version they were read
 at, so two processes never both create version N and never overwrite each other's changes. Each
-entry's ``kcv`` (key check value) is an HMAC of the version number under the data key: a data key
-copied into another version's entry, alone or with the whole entry, fails it.
+entry's ``kcv`` (key check value) is an HMAC of the version number (and, for XAES-256-GCM, the
+algorithm) under the data key: a data key copied into another version's entry, alone or with the
+whole entry, fails it, and so does an entry whose algorithm was edited. Entries written before
+``algorithm`` existed are AES-256-GCM.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ..keys.base import KeyState, UnknownKeyVersion
+from ..keys.base import ALGORITHMS, DEFAULT_ALGORITHM, KeyState, UnknownKeyVersion
 from .connection import VaultConnection
 from .errors import (
     VaultConflict,
@@ -45,6 +48,7 @@ __all__ = [
     "KVStore",
     "KeyStore",
     "check_entry_key",
+    "entry_algorithm",
     "key_check_value",
     "new_entry",
     "parse_entry",
@@ -54,7 +58,7 @@ ENTRY_FORMAT = 1
 CAS_ATTEMPTS = 32
 _KCV_DOMAIN = b"engine/vault/kcv/v1\x00version="
 _VERSION_KEY = re.compile(r"v([1-9][0-9]{0,9})")
-_AUDIT_KEY_BYTES = 32
+_SECRET_BYTES = 32  # the audit key and the index secrets
 
 Change = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -174,20 +178,40 @@ class KVStore:
 
 # ---- the key provider's entries ----
 
-def key_check_value(key: bytes | bytearray, version: int) -> bytes:
-    """16 bytes that tie a data key to its version number (see the module docstring)."""
-    return hmac.new(key, _KCV_DOMAIN + str(version).encode(), hashlib.sha256).digest()[:16]
+def key_check_value(key: bytes | bytearray, version: int,
+                    algorithm: str = DEFAULT_ALGORITHM) -> bytes:
+    """16 bytes that tie a data key to its version number and algorithm (see the module
+    docstring; AES-256-GCM keys keep the value they always had)."""
+    label = _KCV_DOMAIN + str(version).encode()
+    if algorithm != DEFAULT_ALGORITHM:
+        label += b"\x00algorithm=" + algorithm.encode("ascii")
+    return hmac.new(key, label, hashlib.sha256).digest()[:16]
 
 
 def new_entry(version: int, key: bytearray, wrapped: str, transit_name: str,
-              transit_mount: str, created: datetime) -> dict[str, Any]:
+              transit_mount: str, created: datetime,
+              algorithm: str = DEFAULT_ALGORITHM) -> dict[str, Any]:
     """The KV entry of a new, active version."""
     return {
         "format": ENTRY_FORMAT, "version": version, "wrapped_key": wrapped,
         "transit_key": transit_name, "transit_mount": transit_mount,
         "state": KeyState.ACTIVE.value, "created_at": created.isoformat(),
-        "kcv": base64.b64encode(key_check_value(key, version)).decode("ascii"),
+        "kcv": base64.b64encode(key_check_value(key, version, algorithm)).decode("ascii"),
+        "algorithm": algorithm,
     }
+
+
+def entry_algorithm(version: int, entry: dict[str, Any]) -> str:
+    """The algorithm of an entry (AES-256-GCM for entries written before it was recorded).
+
+    Raises:
+        WrappedKeyInvalid: an algorithm the engine does not have.
+    """
+    algorithm = entry.get("algorithm", DEFAULT_ALGORITHM)
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise WrappedKeyInvalid(f"key version {version}'s entry in Vault names an unknown "
+                                f"algorithm")
+    return algorithm
 
 
 def parse_entry(version: int, entry: dict[str, Any]) -> tuple[KeyState, datetime]:
@@ -219,9 +243,11 @@ def check_entry_key(version: int, entry: dict[str, Any], key: bytearray) -> None
         expected = base64.b64decode(entry.get("kcv") or "", validate=True)
     except (binascii.Error, TypeError, ValueError):
         expected = b""
-    if not hmac.compare_digest(key_check_value(key, version), expected):
+    if not hmac.compare_digest(key_check_value(key, version, entry_algorithm(version, entry)),
+                               expected):
         raise WrappedKeyInvalid(f"the wrapped key of version {version} fails its key check "
-                                f"value (tampered or moved from another version)")
+                                f"value (tampered, moved from another version, or its algorithm "
+                                f"edited)")
 
 
 class KeyStore:
@@ -336,17 +362,34 @@ class KeyStore:
             WrappedKeyInvalid: the stored entry is malformed.
             VaultConflict: too many concurrent creators.
         """
-        path = f"{self.path}/audit"
+        return self._random_secret("audit", "the audit key")
+
+    def index_secret(self, version: int) -> bytes:
+        """The secret blind-index keys of a version derive from: 32 random bytes at
+        ``<path>/index-v<version>``, created once with check-and-set.
+
+        Raises:
+            WrappedKeyInvalid: the stored entry is malformed.
+            VaultConflict: too many concurrent creators.
+        """
+        return self._random_secret(f"index-v{version}", f"the index secret of version {version}")
+
+    def destroy_index_secret(self, version: int) -> None:
+        """Deletes a version's blind-index secret and all its KV versions."""
+        self.kv.destroy(f"{self.path}/index-v{version}", f"purge the index secret of {version}")
+
+    def _random_secret(self, name: str, what: str) -> bytes:
+        path = f"{self.path}/{name}"
         for _ in range(CAS_ATTEMPTS):
-            found = self.kv.read(path, "read the audit key")
+            found = self.kv.read(path, f"read {what}")
             if found is not None:
                 try:
                     key = base64.b64decode(found[0]["key"], validate=True)
                 except (KeyError, TypeError, binascii.Error):
                     key = b""
-                if len(key) != _AUDIT_KEY_BYTES:
-                    raise WrappedKeyInvalid("the audit key entry in Vault is malformed")
+                if len(key) != _SECRET_BYTES:
+                    raise WrappedKeyInvalid(f"{what} in Vault is malformed")
                 return key
-            fresh = base64.b64encode(os.urandom(_AUDIT_KEY_BYTES)).decode()
-            self.kv.write(path, {"key": fresh}, "create the audit key", cas=0)
-        raise VaultConflict("could not create the audit key: too many conflicts")
+            fresh = base64.b64encode(os.urandom(_SECRET_BYTES)).decode()
+            self.kv.write(path, {"key": fresh}, f"create {what}", cas=0)
+        raise VaultConflict(f"could not create {what}: too many conflicts")

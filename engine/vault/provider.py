@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..aead import AesGcm
 from ..keys.base import (
+    DEFAULT_ALGORITHM,
     KeyLockBusy,
     KeyProvider,
     KeyProviderError,
@@ -38,9 +39,13 @@ from ..keys.base import (
     ProviderConfig,
     UnknownKeyVersion,
     VersionedKey,
+    algorithm_from_environment,
+    check_algorithm,
     check_count,
     check_state,
     check_version,
+    cipher_for,
+    derive_index_key,
     next_usage,
 )
 from .connection import (
@@ -56,7 +61,7 @@ from .errors import (
     VaultError,
     WrappedKeyInvalid,
 )
-from .kv import CAS_ATTEMPTS, KeyStore, check_entry_key, new_entry, parse_entry
+from .kv import CAS_ATTEMPTS, KeyStore, check_entry_key, entry_algorithm, new_entry, parse_entry
 from .transit import TransitKey, wipe
 
 if TYPE_CHECKING:
@@ -112,7 +117,8 @@ class VaultProviderConfig(ProviderConfig):
 # Constructor arguments that are not secrets, and so may travel in a VaultProviderConfig.
 _SHAREABLE = ("address", "key_name", "mount", "kv_mount", "kv_path", "cache_ttl", "timeout",
               "retries", "approle_mount", "role", "jwt_path", "k8s_mount", "create_key",
-              "verify", "namespace", "client_cert", "client_key", "cert_role", "cert_mount")
+              "verify", "namespace", "client_cert", "client_key", "cert_role", "cert_mount",
+              "algorithm")
 
 
 class VaultKeyProvider(KeyProvider):
@@ -140,6 +146,8 @@ class VaultKeyProvider(KeyProvider):
             listeners that require one and for the certificate login.
         cert_role, cert_mount: the certificate login's role and mount (see
             :class:`~engine.vault.VaultConnection`).
+        algorithm: the algorithm of versions created from now on (``"aes-256-gcm"``, or
+            ``"xaes-256-gcm"``); each version's KV entry records its own.
 
     Raises:
         VaultConfigurationError: invalid settings, or no Vault server at the address.
@@ -152,7 +160,7 @@ class VaultKeyProvider(KeyProvider):
     """
 
     __slots__ = ("_conn", "_store", "_transit", "_ttl", "_lock", "_entries", "_current",
-                 "_closed", "_unwraps", "_conflicts", "_settings")
+                 "_closed", "_unwraps", "_conflicts", "_settings", "_algorithm")
 
     def __init__(self, address: str, *, token: str | None = None,
                  key_name: str = "intelliflow-data-key", mount: str = "transit",
@@ -164,13 +172,15 @@ class VaultKeyProvider(KeyProvider):
                  create_key: bool = True, verify: bool | str = True,
                  namespace: str | None = None, client: "hvac.Client | None" = None,
                  client_cert: str | None = None, client_key: str | None = None,
-                 cert_role: str | None = None, cert_mount: str = "cert") -> None:
+                 cert_role: str | None = None, cert_mount: str = "cert",
+                 algorithm: str = DEFAULT_ALGORITHM) -> None:
         for name, value in (("key_name", key_name), ("mount", mount), ("kv_mount", kv_mount),
                             ("kv_path", kv_path)):
             if not isinstance(value, str) or not _PATH_RE.fullmatch(value.strip("/")):
                 raise VaultConfigurationError(f"{name} must be a Vault path, got {value!r}")
         if not isinstance(cache_ttl, (int, float)) or cache_ttl < 0:
             raise VaultConfigurationError("cache_ttl must be a non-negative number of seconds")
+        self._algorithm = check_algorithm(algorithm)
         arguments = dict(locals())
         self._settings = tuple((k, arguments[k]) for k in _SHAREABLE)
         self._ttl = float(cache_ttl)
@@ -205,7 +215,8 @@ class VaultKeyProvider(KeyProvider):
         ``VAULT_TRANSIT_KEY``, ``VAULT_TRANSIT_MOUNT``, ``VAULT_KV_MOUNT``, ``VAULT_KV_PATH``,
         ``VAULT_KEY_CACHE_TTL``, ``VAULT_TIMEOUT``, ``VAULT_RETRIES``, ``VAULT_CACERT``,
         ``VAULT_SKIP_VERIFY``, ``VAULT_NAMESPACE`` (see
-        :func:`~engine.vault.connection.environment_settings`). Keyword arguments override them.
+        :func:`~engine.vault.connection.environment_settings`), and ``ENCRYPTION_ALGORITHM`` for
+        new versions. Keyword arguments override them.
 
         Raises:
             VaultConfigurationError: ``VAULT_ADDR`` or credentials missing, or a bad number.
@@ -220,6 +231,7 @@ class VaultKeyProvider(KeyProvider):
         cache_ttl = environment_number(env, "VAULT_KEY_CACHE_TTL", float)
         if cache_ttl is not None:
             kw["cache_ttl"] = cache_ttl
+        kw["algorithm"] = algorithm_from_environment(env)
         kw.update(overrides)
         address = kw.pop("address", None)
         if not address:
@@ -315,7 +327,7 @@ class VaultKeyProvider(KeyProvider):
         try:
             check_entry_key(version, entry, key)
             self._unwraps += 1
-            return AesGcm(key)
+            return cipher_for(entry_algorithm(version, entry), key)
         finally:
             wipe(key)
 
@@ -386,7 +398,8 @@ class VaultKeyProvider(KeyProvider):
         for v in self._store.versions():
             found = self._store.entry(v)
             if found is not None:
-                infos.append(KeyVersionInfo(v, *parse_entry(v, found[0])))
+                infos.append(KeyVersionInfo(v, *parse_entry(v, found[0]),
+                                            entry_algorithm(v, found[0])))
         return infos
 
     @property
@@ -425,18 +438,18 @@ class VaultKeyProvider(KeyProvider):
                 version = only or (max(self._store.versions(), default=0) + 1)
                 now = datetime.now(timezone.utc)
                 entry = new_entry(version, key, wrapped, self._transit.name,
-                                  self._transit.mount, now)
+                                  self._transit.mount, now, self._algorithm)
                 if self._store.create_entry(version, entry):
                     break
                 self._conflicts += 1
                 if only is not None:  # another process made it; its pointer may lag
                     self._store.set_pointer(only, only_up=True)
-                    return KeyVersionInfo(only, KeyState.ACTIVE, now)
+                    return KeyVersionInfo(only, KeyState.ACTIVE, now, self._algorithm)
             else:
                 raise VaultConflict(f"could not create a key version in "
                                     f"{self._store.kv.shown(self._store.path)!r}: "
                                     f"{CAS_ATTEMPTS} check-and-set conflicts")
-            cipher = AesGcm(key)
+            cipher = cipher_for(self._algorithm, key)
         finally:
             wipe(key)
         current = self._store.set_pointer(version, only_up=True)
@@ -444,7 +457,7 @@ class VaultKeyProvider(KeyProvider):
         state = KeyState.ACTIVE if current == version else KeyState.DECRYPT_ONLY
         self._remember(version, _Cached(cipher, state, now, time.monotonic() + self._ttl))
         self._current = (current, time.monotonic() + self._ttl)
-        return KeyVersionInfo(version, KeyState.ACTIVE, now)
+        return KeyVersionInfo(version, KeyState.ACTIVE, now, self._algorithm)
 
     def _retire_below(self, version: int) -> None:
         def retire(entry: dict[str, Any]) -> dict | None:
@@ -485,7 +498,7 @@ class VaultKeyProvider(KeyProvider):
             cached = self._entries.get(version)
             if cached is not None:
                 cached.state = new_state
-            return KeyVersionInfo(version, new_state, created)
+            return KeyVersionInfo(version, new_state, created, entry_algorithm(version, entry))
 
     def set_current(self, version: int) -> None:
         """Makes an existing, active version current (e.g. to roll back a rotation).
@@ -603,9 +616,22 @@ class VaultKeyProvider(KeyProvider):
         self._check_open()
         return self._store.audit_key()
 
+    def index_key(self, table: str, column: str, version: int) -> bytes:
+        """A blind-index key derived from the version's index secret, 32 random bytes kept in KV
+        (``<kv_path>/index-v<version>``, created with check-and-set on first use).
+
+        Raises:
+            UnknownKeyVersion: no such version in Vault.
+        """
+        self._check_open()
+        check_version(version)
+        if self._store.entry(version) is None:
+            raise UnknownKeyVersion(version)
+        return derive_index_key(self._store.index_secret(version), table, column, version)
+
     def purge(self, version: int) -> None:
-        """Deletes a version's entry and every KV version of it: data sealed under it can no
-        longer be decrypted. Refuses the current version.
+        """Deletes a version's entry and every KV version of it, and its blind-index secret:
+        data sealed under it can no longer be decrypted. Refuses the current version.
 
         Raises:
             UnknownKeyVersion: no such version.
@@ -617,6 +643,7 @@ class VaultKeyProvider(KeyProvider):
         if version == self._current_version():
             raise KeyVersionNotUsable(f"key version {version} is current; it cannot be purged")
         self._store.destroy_entry(version)
+        self._store.destroy_index_secret(version)
         with self._lock:
             self._entries.pop(version, None)
 

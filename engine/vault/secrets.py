@@ -1,6 +1,6 @@
 """IntelliFlow's other Vault paths: application secrets in KV v2 under ``secret/data/intelliflow/``.
 
-``config``, ``openai``, ``supabase`` and ``redis`` (seed, "Vault Integration") are read and written
+``config``, ``openai``, ``supabase`` and ``redis`` (the IntelliFlow secret paths) are read and written
 as small dictionaries, each write a new KV version. Values never appear in ``repr``, exception
 messages or logs; a read returns a :class:`SecretData`, a ``dict`` whose ``repr`` shows the field
 names only.
@@ -53,8 +53,8 @@ class VaultSecrets:
     Args:
         source: a :class:`~engine.vault.VaultKeyProvider` (its connection is shared), a
             :class:`~engine.vault.VaultConnection`, or an authenticated ``hvac.Client``.
-        mount: the KV v2 mount (seed: ``secret``).
-        base_path: the folder of the secrets (seed: ``intelliflow``).
+        mount: the KV v2 mount (default ``secret``).
+        base_path: the folder of the secrets (default ``intelliflow``).
         timeout, retries: for an ``hvac.Client`` source only.
 
     Raises:

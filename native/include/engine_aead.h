@@ -12,6 +12,12 @@
  * (an output shifted against its input would overwrite records not yet read) is ENGINE_EOVERLAP.
  * Nonce i is nonces[i*nonce_len ..], tag i is tags[i*16 ..]. AAD is either one value for all
  * records (aad_offsets == NULL) or record i's aad[aad_offsets[i] .. aad_offsets[i+1]).
+ *
+ * Two algorithms share every entry point; the key handle says which. AES-256-GCM takes nonces of
+ * 8 to 128 bytes. XAES-256-GCM (c2sp.org/XAES-256-GCM) takes nonces of exactly 24 bytes: each
+ * message's AES-256-GCM key is derived from the handle's key and the first 12 nonce bytes (NIST
+ * SP 800-108r1 counter KDF with CMAC-AES-256: two AES block encryptions), and the last 12 are
+ * the GCM nonce, so random nonces are safe for practically unlimited messages under one key.
  */
 #ifndef ENGINE_AEAD_H
 #define ENGINE_AEAD_H
@@ -35,6 +41,10 @@ extern "C" {
 #define ENGINE_NONCE_MAX_BYTES 128
 /* NIST SP 800-38D: plaintext of at most 2^39 - 256 bits. */
 #define ENGINE_MESSAGE_MAX_BYTES 68719476704ULL
+
+#define ENGINE_ALG_AES_GCM 0  /* AES-256-GCM */
+#define ENGINE_ALG_XAES_GCM 1 /* XAES-256-GCM */
+#define ENGINE_XAES_NONCE_BYTES 24
 
 #define ENGINE_BACKEND_AUTO 0
 #define ENGINE_BACKEND_IPSECMB 1
@@ -63,8 +73,16 @@ const char *engine_backend_isa(int backend);
 /* A key handle: key schedule and GHASH tables are computed here, once. The 32 key bytes are not
  * kept; the derived tables are wiped by engine_key_free. Returns 0 and sets *out, or ENGINE_E*. */
 int engine_key_new(engine_key **out, int backend, const uint8_t *key) ENGINE_WUR;
+/* A key handle for `algorithm` (ENGINE_ALG_*); engine_key_new is this with ENGINE_ALG_AES_GCM.
+ * An XAES-256-GCM handle holds the AES-256 key schedule of the derivation and its CMAC subkey
+ * K1, computed once here; per message, the derived key is expanded on the calling thread and
+ * wiped once the thread's records are done. */
+int engine_key_new_alg(engine_key **out, int backend, int algorithm,
+                       const uint8_t *key) ENGINE_WUR;
 void engine_key_free(engine_key *key);
 int engine_key_backend(const engine_key *key);
+/* ENGINE_ALG_* of the handle, or -1 for NULL. */
+int engine_key_algorithm(const engine_key *key);
 
 /* One message: out receives len bytes of ciphertext and tag 16 bytes. */
 int engine_seal(const engine_key *key, uint8_t *out, uint8_t *tag, const uint8_t *in, uint64_t len,
@@ -125,6 +143,22 @@ int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
                            const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
                            uint8_t *failed, int threads) ENGINE_WUR;
 
+/* Batches with a key of their own per record: record i under keys[i*32 ..], a handle of
+ * `algorithm` made and freed for each record on the thread that seals or opens it. Layouts and
+ * results as engine_seal_batch (with the caller's nonces) and engine_open_batch. For data kept
+ * under one key per record and for tests over many keys (the XAES-256-GCM accumulated test: a
+ * million keys in one call); `keys` must not overlap an output. */
+int engine_seal_batch_keys(int backend, int algorithm, size_t n, const uint8_t *keys,
+                           const uint8_t *in, const int64_t *offsets, uint8_t *out,
+                           const uint8_t *nonces, size_t nonce_len, uint8_t *tags,
+                           const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                           int threads) ENGINE_WUR;
+int64_t engine_open_batch_keys(int backend, int algorithm, size_t n, const uint8_t *keys,
+                               const uint8_t *in, const int64_t *offsets, uint8_t *out,
+                               const uint8_t *nonces, size_t nonce_len, const uint8_t *tags,
+                               const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                               uint8_t *failed, int threads) ENGINE_WUR;
+
 /* base64url without padding (RFC 4648 section 5), record by record. */
 #define ENGINE_B64_OK 0
 #define ENGINE_B64_PREFIX 1       /* the record does not start with the prefix */
@@ -146,14 +180,36 @@ int64_t engine_b64url_decode_batch(size_t n, const uint8_t *in, const int64_t *o
 int engine_gather(size_t n, const uint8_t *src, const int64_t *src_starts, const int64_t *lengths,
                   uint8_t *dst, const int64_t *dst_starts, int threads) ENGINE_WUR;
 
+/* HMAC-SHA-256 of each record under one key (1 to 64 bytes), truncated to its first `bits`
+ * bits (1 to 256): out + i * ceil(bits / 8) receives them, the unused low bits of the last byte
+ * zeroed. For blind indexes; runs on ipsec-mb's multi-buffer HMAC where it is built in and the
+ * batch is large, else on OpenSSL, whatever the backend of the AES-GCM keys. */
+int engine_hmac_sha256_batch(const uint8_t *key, size_t key_len, size_t n, const uint8_t *in,
+                             const int64_t *offsets, uint8_t *out, size_t bits,
+                             int threads) ENGINE_WUR;
+
+/* Normalises index values (ASCII only; other bytes pass unchanged), per record: TRIM drops
+ * whitespace (space, \t \n \v \f \r) at both ends, DIGITS keeps only 0-9, LOWER lower-cases
+ * A-Z; bad[i] = 1 when EMAIL is asked and the result has not exactly one '@' with bytes on both
+ * sides, or has whitespace, or is over 254 bytes, or when DIGITS is asked and none is left.
+ * Record i goes to out + (offsets[i] - offsets[0]) (room for the input is enough), its new
+ * length to lengths[i]. `out` may be the input's own memory. */
+#define ENGINE_NORM_TRIM 1u
+#define ENGINE_NORM_LOWER 2u
+#define ENGINE_NORM_EMAIL 4u
+#define ENGINE_NORM_DIGITS 8u
+#define ENGINE_NORM_ALL 15u
+int engine_normalize_batch(unsigned flags, size_t n, const uint8_t *in, const int64_t *offsets,
+                           uint8_t *out, int64_t *lengths, uint8_t *bad, int threads) ENGINE_WUR;
+
 /* Fills buf with len bytes from OpenSSL's CSPRNG. Safe across fork(), also while other threads
  * draw: a child never hangs on a lock held at fork time and never repeats its parent's bytes. */
 int engine_random(uint8_t *buf, size_t len) ENGINE_WUR;
 
 /* Key derivation from a key handle, so that a derived key never leaves native memory either:
  * okm = HKDF-Expand(SHA-512, prk = the 32 bytes of `key`, info, 32 + extra_len) (RFC 5869; no
- * Extract step, so `key` must be uniformly random). *out receives a new handle on the same
- * backend keyed with okm[0..32); extra receives okm[32..32 + extra_len), meant for values that
+ * Extract step, so `key` must be uniformly random). *out receives a new AES-256-GCM handle
+ * (whatever the algorithm of `key`) on the same backend keyed with okm[0..32); extra receives okm[32..32 + extra_len), meant for values that
  * are not secret (nonces, key commitments). okm is wiped. */
 #define ENGINE_DERIVE_EXTRA_MAX 224
 int engine_key_derive(engine_key **out, const engine_key *key, const uint8_t *info,

@@ -27,6 +27,11 @@ static void release3(args3 *a) {
     if (a->have_aad) PyBuffer_Release(&a->aad);
 }
 
+/* Nonce bytes of a token sealed with this key: the engine's 16, or XAES-256-GCM's 24. */
+static size_t token_nonce_bytes(const engine_key *key) {
+    return g_core.key_algorithm(key) == ENGINE_ALG_XAES_GCM ? ENGINE_XAES_NONCE_BYTES : 16;
+}
+
 /* (key address, nonce, data[, associated_data]) -> views, the nonce size checked. */
 static const engine_key *parse(PyObject *const *args, Py_ssize_t nargs, const char *name,
                                args3 *a) {
@@ -39,7 +44,13 @@ static const engine_key *parse(PyObject *const *args, Py_ssize_t nargs, const ch
     }
     if ((key = key_at(args[0])) == NULL) return NULL;
     if (get_view(args[1], &a->nonce, "nonce", 0) != 0) return NULL;
-    if (a->nonce.len < ENGINE_NONCE_MIN_BYTES || a->nonce.len > ENGINE_NONCE_MAX_BYTES) {
+    if (g_core.key_algorithm(key) == ENGINE_ALG_XAES_GCM) {
+        if (a->nonce.len != ENGINE_XAES_NONCE_BYTES) {
+            PyErr_Format(VALUE_ERROR, "XAES-256-GCM nonces are %d bytes, got %zd",
+                         ENGINE_XAES_NONCE_BYTES, a->nonce.len);
+            goto fail;
+        }
+    } else if (a->nonce.len < ENGINE_NONCE_MIN_BYTES || a->nonce.len > ENGINE_NONCE_MAX_BYTES) {
         PyErr_Format(VALUE_ERROR, "nonce must be %d to %d bytes, got %zd", ENGINE_NONCE_MIN_BYTES,
                      ENGINE_NONCE_MAX_BYTES, a->nonce.len);
         goto fail;
@@ -143,9 +154,9 @@ PyObject *message_open(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
 
 /* ---- one text token: prefix || base64url(header || nonce || ciphertext || tag) ----
  * Built on the core's batch token calls with n = 1 (one thread, no copy of the token layout
- * here): the nonce comes from the core's CSPRNG pool, the AAD is header || the caller's AAD. */
+ * here): the nonce (token_nonce_bytes) comes from the core's CSPRNG pool, the AAD is header ||
+ * the caller's AAD. */
 
-#define TOKEN_NONCE_BYTES 16
 #define STACK_BYTES 1024
 
 /* A readable view of str (as UTF-8) or a bytes-like object; str views point into the str's
@@ -193,7 +204,7 @@ PyObject *token_seal_text(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_buffer header, prefix;
     PyObject *out = NULL;
     uint8_t stack[STACK_BYTES], *bin = stack;
-    Py_ssize_t bin_len, text_len;
+    Py_ssize_t bin_len, text_len, nonce_len;
     int64_t offsets[2], start = 0, out_offsets[2];
     int rc;
     if (nargs != 5) {
@@ -217,7 +228,8 @@ PyObject *token_seal_text(PyObject *self, PyObject *const *args, Py_ssize_t narg
         too_long();
         goto done_all;
     }
-    bin_len = header.len + TOKEN_NONCE_BYTES + data.len + ENGINE_TAG_BYTES;
+    nonce_len = (Py_ssize_t)token_nonce_bytes(key);
+    bin_len = header.len + nonce_len + data.len + ENGINE_TAG_BYTES;
     if (bin_len > STACK_BYTES && (bin = PyMem_Malloc((size_t)bin_len)) == NULL) {
         PyErr_NoMemory();
         goto done_all;
@@ -225,7 +237,7 @@ PyObject *token_seal_text(PyObject *self, PyObject *const *args, Py_ssize_t narg
     offsets[0] = 0;
     offsets[1] = data.len;
     rc = g_core.seal_tokens(key, 1, data.p, offsets, header.buf, (size_t)header.len, 1,
-                            TOKEN_NONCE_BYTES, bin, &start, aad.p, NULL, (uint64_t)aad.len, 1);
+                            (size_t)nonce_len, bin, &start, aad.p, NULL, (uint64_t)aad.len, 1);
     if (rc != ENGINE_OK) {
         raise_code(rc);
         goto done_bin;
@@ -325,7 +337,7 @@ PyObject *token_open_text(PyObject *self, PyObject *const *args, Py_ssize_t narg
     const engine_key *key;
     text_view tok, aad;
     Py_buffer prefix;
-    Py_ssize_t header_len, body, bin_len, plain_len;
+    Py_ssize_t header_len, body, bin_len, plain_len, nonce_len;
     uint8_t stack[STACK_BYTES], *bin = stack, *plain, failed = 0, status;
     int64_t offsets[2], out_offsets[2], start = 0;
     int64_t bad;
@@ -337,6 +349,7 @@ PyObject *token_open_text(PyObject *self, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     if ((key = key_at(args[0])) == NULL) return NULL;
+    nonce_len = (Py_ssize_t)token_nonce_bytes(key);
     header_len = PyLong_AsSsize_t(args[4]);
     if (header_len == -1 && PyErr_Occurred()) return NULL;
     if (header_len < 0 || header_len > 4096) {
@@ -355,9 +368,9 @@ PyObject *token_open_text(PyObject *self, PyObject *const *args, Py_ssize_t narg
     body = tok.len - prefix.len;
     if (body % 4 == 1) goto not_a_token;
     bin_len = body / 4 * 3 + (body % 4 ? body % 4 - 1 : 0);
-    if (bin_len < header_len + TOKEN_NONCE_BYTES + ENGINE_TAG_BYTES) goto not_a_token;
+    if (bin_len < header_len + nonce_len + ENGINE_TAG_BYTES) goto not_a_token;
     /* one buffer: the binary token, then room for its plaintext */
-    plain_len = bin_len - header_len - TOKEN_NONCE_BYTES - ENGINE_TAG_BYTES;
+    plain_len = bin_len - header_len - nonce_len - ENGINE_TAG_BYTES;
     if (bin_len + plain_len > STACK_BYTES &&
         (bin = PyMem_Malloc((size_t)(bin_len + plain_len))) == NULL) {
         PyErr_NoMemory();
@@ -376,7 +389,7 @@ PyObject *token_open_text(PyObject *self, PyObject *const *args, Py_ssize_t narg
     }
     if (bad > 0) goto not_a_token;
     offsets[1] = bin_len;
-    bad = g_core.open_tokens(key, 1, bin, offsets, (size_t)header_len, bind, TOKEN_NONCE_BYTES,
+    bad = g_core.open_tokens(key, 1, bin, offsets, (size_t)header_len, bind, (size_t)nonce_len,
                              plain, &start, aad.p, NULL, (uint64_t)aad.len, &failed, 1);
     if (bad < 0) {
         raise_code((int)bad);

@@ -28,6 +28,7 @@ typedef struct core_api {
     __typeof__(&engine_open_tokens) open_tokens;
     __typeof__(&engine_b64url_encode_batch) b64url_encode;
     __typeof__(&engine_b64url_decode_batch) b64url_decode;
+    __typeof__(&engine_key_algorithm) key_algorithm;
 } core_api;
 
 extern core_api g_core;

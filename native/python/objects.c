@@ -7,7 +7,8 @@
  *   - value_kinds(values): which kinds of value (str, bytes, None, other) a list holds;
  *   - packed_size(values), pack_into(values, out): str/bytes records into one buffer plus int64
  *     offsets (Batch.from_list);
- *   - seal/open (messages.c): one message, AESGCM-style, into a bytes object made here;
+ *   - seal/open (messages.c): one message, AESGCM-style (XAES-256-GCM too), into a bytes
+ *     object made here;
  *   - seal_text_token/token_header/open_text_token (messages.c): one text token;
  *   - open_list (messages.c): a sealed batch opened straight into one bytes object per record;
  *   - bytes_layout/seal_list (messages.c): a list of bytes sealed from the objects themselves.
@@ -41,8 +42,8 @@ static PyObject *set_errors(PyObject *self, PyObject *args) {
 }
 
 /* set_core(addresses): a dict of the core's function addresses in the cffi module, by the names
- * of engine_aead.h without the "engine_" prefix (seal, open, seal_batch_each, open_batch_each, seal_tokens,
- * open_tokens, b64url_encode_batch, b64url_decode_batch). */
+ * of engine_aead.h without the "engine_" prefix (seal, open, seal_batch_each, open_batch_each,
+ * seal_tokens, open_tokens, b64url_encode_batch, b64url_decode_batch, key_algorithm). */
 static int core_entry(PyObject *addresses, const char *name, void **slot) {
     PyObject *addr = PyDict_GetItemString(addresses, name); /* borrowed */
     void *p;
@@ -72,7 +73,8 @@ static PyObject *set_core(PyObject *self, PyObject *addresses) {
         core_entry(addresses, "seal_tokens", (void **)&api.seal_tokens) != 0 ||
         core_entry(addresses, "open_tokens", (void **)&api.open_tokens) != 0 ||
         core_entry(addresses, "b64url_encode_batch", (void **)&api.b64url_encode) != 0 ||
-        core_entry(addresses, "b64url_decode_batch", (void **)&api.b64url_decode) != 0)
+        core_entry(addresses, "b64url_decode_batch", (void **)&api.b64url_decode) != 0 ||
+        core_entry(addresses, "key_algorithm", (void **)&api.key_algorithm) != 0)
         return NULL;
     g_core = api;
     Py_RETURN_NONE;

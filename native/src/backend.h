@@ -4,21 +4,29 @@
 
 #include "engine_aead.h"
 
-/* Per-thread scratch state. A backend whose state is small keeps it in `inline_state`, so a
- * single-message call allocates nothing. */
+/* Per-thread scratch state. A backend keeps its state in `inline_state` when it fits (ipsec-mb:
+ * the GCM context, and for XAES-256-GCM the expanded message key), so a single-message call
+ * allocates nothing. */
 typedef struct engine_worker {
     void *state;
-    _Alignas(64) unsigned char inline_state[256];
+    _Alignas(64) unsigned char inline_state[1536];
 } engine_worker;
 
 typedef struct engine_backend_ops {
     int (*available)(void);
     const char *(*version)(void);
     const char *(*isa)(void);
+    /* By key->algorithm: AES-256-GCM's key schedule and GHASH tables, or for XAES-256-GCM the
+     * AES-256 key schedule of the derivation. */
     int (*key_init)(engine_key *key, const uint8_t *raw);
     void (*key_wipe)(engine_key *key);
     int (*worker_init)(const engine_key *key, engine_worker *w);
     void (*worker_free)(engine_worker *w);
+    /* XAES-256-GCM: out = AES-256_K(in[0..16)) || AES-256_K(in[16..32)) with K the handle's key. */
+    int (*encrypt_blocks2)(const engine_key *key, engine_worker *w, uint8_t *out, const uint8_t *in);
+    /* XAES-256-GCM: `raw` becomes the AES-256-GCM key of the worker's next seal and open, for a
+     * message of `len` bytes (a backend may choose its code by the length). */
+    int (*set_message_key)(engine_worker *w, const uint8_t *raw, uint64_t len);
     int (*seal)(const engine_key *key, engine_worker *w, uint8_t *out, uint8_t *tag, const uint8_t *in,
                 uint64_t len, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
                 uint64_t aad_len);
@@ -31,15 +39,23 @@ typedef struct engine_backend_ops {
 struct engine_key {
     const engine_backend_ops *ops;
     int backend;
+    int algorithm; /* ENGINE_ALG_* */
     void *impl;
     /* The key itself, the PRK of engine_key_derive. Keeping it adds no exposure: the expanded
      * AES key schedule in impl begins with these same 32 bytes. Wiped by engine_key_free. */
     uint8_t raw[ENGINE_KEY_BYTES];
+    /* XAES-256-GCM: the CMAC subkey K1 = dbl(AES-256_K(0^128)) of the derivation. */
+    uint8_t k1[16];
 };
 
 extern const engine_backend_ops engine_openssl_ops;
 #ifdef ENGINE_HAVE_IPSECMB
 extern const engine_backend_ops engine_ipsecmb_ops;
+/* HMAC-SHA-256 of the non-empty records of [begin, end) (see hmac.c), through ipsec-mb's job API
+ * on this thread. */
+int engine_ipsecmb_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *in,
+                               const int64_t *offsets, size_t begin, size_t end, uint8_t *out,
+                               size_t out_len, uint8_t last_mask);
 #endif
 
 /* Runs fn on contiguous ranges of records [0, n) on up to `threads` threads: the records are cut

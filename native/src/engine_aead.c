@@ -62,24 +62,52 @@ const char *engine_backend_isa(int backend) {
     return ops == NULL || !ops->available() ? "none" : ops->isa();
 }
 
-int engine_key_new(engine_key **out, int backend, const uint8_t *raw) {
+/* XAES-256-GCM's subkey: K1 = dbl(L), L = AES-256_K(0^128) (the CMAC subkey of NIST SP 800-38B,
+ * doubling in GF(2^128) as a big-endian integer). */
+static int xaes_subkey(engine_key *key) {
+    static const uint8_t zeros[32];
+    uint8_t l[32];
+    engine_worker w;
+    int rc, i;
+    if ((rc = key->ops->worker_init(key, &w)) != ENGINE_OK) return rc;
+    rc = key->ops->encrypt_blocks2(key, &w, l, zeros);
+    key->ops->worker_free(&w);
+    if (rc == ENGINE_OK) {
+        for (i = 0; i < 15; i++) key->k1[i] = (uint8_t)(l[i] << 1 | l[i + 1] >> 7);
+        key->k1[15] = (uint8_t)(l[15] << 1) ^ (uint8_t)(0x87 & -(l[0] >> 7));
+    }
+    engine_wipe(l, sizeof(l));
+    return rc;
+}
+
+int engine_key_new_alg(engine_key **out, int backend, int algorithm, const uint8_t *raw) {
     engine_key *key;
     int rc;
     if (out == NULL || raw == NULL) return ENGINE_EINVAL;
     *out = NULL;
+    if (algorithm != ENGINE_ALG_AES_GCM && algorithm != ENGINE_ALG_XAES_GCM) return ENGINE_EINVAL;
     if (backend == ENGINE_BACKEND_AUTO) backend = engine_backend_default();
     if (!engine_backend_available(backend)) return ENGINE_EBACKEND;
     key = calloc(1, sizeof(*key));
     if (key == NULL) return ENGINE_ENOMEM;
     key->ops = ops_for(backend);
     key->backend = backend;
+    key->algorithm = algorithm;
     if ((rc = key->ops->key_init(key, raw)) != ENGINE_OK) {
         free(key);
+        return rc;
+    }
+    if (algorithm == ENGINE_ALG_XAES_GCM && (rc = xaes_subkey(key)) != ENGINE_OK) {
+        engine_key_free(key);
         return rc;
     }
     memcpy(key->raw, raw, ENGINE_KEY_BYTES); /* for engine_key_derive; wiped by engine_key_free */
     *out = key;
     return ENGINE_OK;
+}
+
+int engine_key_new(engine_key **out, int backend, const uint8_t *raw) {
+    return engine_key_new_alg(out, backend, ENGINE_ALG_AES_GCM, raw);
 }
 
 void engine_key_free(engine_key *key) {
@@ -91,8 +119,41 @@ void engine_key_free(engine_key *key) {
 
 int engine_key_backend(const engine_key *key) { return key == NULL ? -1 : key->backend; }
 
-static int nonce_ok(const uint8_t *nonce, size_t nonce_len) {
-    return nonce != NULL && nonce_len >= ENGINE_NONCE_MIN_BYTES && nonce_len <= ENGINE_NONCE_MAX_BYTES;
+int engine_key_algorithm(const engine_key *key) { return key == NULL ? -1 : key->algorithm; }
+
+static int nonce_len_ok(int algorithm, size_t nonce_len) {
+    if (algorithm == ENGINE_ALG_XAES_GCM) return nonce_len == ENGINE_XAES_NONCE_BYTES;
+    return nonce_len >= ENGINE_NONCE_MIN_BYTES && nonce_len <= ENGINE_NONCE_MAX_BYTES;
+}
+
+static int nonce_ok(const engine_key *key, const uint8_t *nonce, size_t nonce_len) {
+    return nonce != NULL && nonce_len_ok(key->algorithm, nonce_len);
+}
+
+/* Sets the worker up for one message and gives the AES-256-GCM nonce to use. AES-256-GCM: the
+ * handle's key, the nonce as given. XAES-256-GCM (c2sp.org/XAES-256-GCM): the message key
+ * AES-256_K(M1 ^ K1) || AES-256_K(M2 ^ K1), Mj = 00 0j 'X' 00 || nonce[0..12), and nonce[12..24). */
+static int message_setup(const engine_key *key, engine_worker *w, const uint8_t **nonce,
+                         size_t *nonce_len, uint64_t len) {
+    uint8_t m[32], message_key[32];
+    int rc, i;
+    if (key->algorithm != ENGINE_ALG_XAES_GCM) return ENGINE_OK;
+    for (i = 0; i < 2; i++) {
+        uint8_t *block = m + 16 * i;
+        block[0] = 0;
+        block[1] = (uint8_t)(i + 1);
+        block[2] = 'X';
+        block[3] = 0;
+        memcpy(block + 4, *nonce, 12);
+    }
+    for (i = 0; i < 32; i++) m[i] ^= key->k1[i % 16];
+    rc = key->ops->encrypt_blocks2(key, w, message_key, m);
+    if (rc == ENGINE_OK) rc = key->ops->set_message_key(w, message_key, len);
+    engine_wipe(message_key, sizeof(message_key));
+    engine_wipe(m, sizeof(m)); /* holds K1 */
+    *nonce += 12;
+    *nonce_len = 12;
+    return rc;
 }
 
 static const uint8_t *nonnull(const uint8_t *p) { return p == NULL ? g_empty : p; }
@@ -102,12 +163,14 @@ int engine_seal(const engine_key *key, uint8_t *out, uint8_t *tag, const uint8_t
                 const uint8_t *nonce, size_t nonce_len, const uint8_t *aad, uint64_t aad_len) {
     engine_worker w;
     int rc;
-    if (key == NULL || tag == NULL || !nonce_ok(nonce, nonce_len) || len > ENGINE_MESSAGE_MAX_BYTES ||
-        (len > 0 && (in == NULL || out == NULL)) || (aad_len > 0 && aad == NULL))
+    if (key == NULL || tag == NULL || !nonce_ok(key, nonce, nonce_len) ||
+        len > ENGINE_MESSAGE_MAX_BYTES || (len > 0 && (in == NULL || out == NULL)) ||
+        (aad_len > 0 && aad == NULL))
         return ENGINE_EINVAL;
     if ((rc = key->ops->worker_init(key, &w)) != ENGINE_OK) return rc;
-    rc = key->ops->seal(key, &w, nonnull_out(out), tag, nonnull(in), len, nonce,
-                        nonce_len, nonnull(aad), aad_len);
+    if ((rc = message_setup(key, &w, &nonce, &nonce_len, len)) == ENGINE_OK)
+        rc = key->ops->seal(key, &w, nonnull_out(out), tag, nonnull(in), len, nonce, nonce_len,
+                            nonnull(aad), aad_len);
     key->ops->worker_free(&w);
     return rc;
 }
@@ -117,12 +180,14 @@ int engine_open(const engine_key *key, uint8_t *out, const uint8_t *in, uint64_t
                 uint64_t aad_len) {
     engine_worker w;
     int rc;
-    if (key == NULL || tag == NULL || !nonce_ok(nonce, nonce_len) || len > ENGINE_MESSAGE_MAX_BYTES ||
-        (len > 0 && (in == NULL || out == NULL)) || (aad_len > 0 && aad == NULL))
+    if (key == NULL || tag == NULL || !nonce_ok(key, nonce, nonce_len) ||
+        len > ENGINE_MESSAGE_MAX_BYTES || (len > 0 && (in == NULL || out == NULL)) ||
+        (aad_len > 0 && aad == NULL))
         return ENGINE_EINVAL;
     if ((rc = key->ops->worker_init(key, &w)) != ENGINE_OK) return rc;
-    rc = key->ops->open(key, &w, nonnull_out(out), nonnull(in), len, tag, nonce,
-                        nonce_len, nonnull(aad), aad_len);
+    if ((rc = message_setup(key, &w, &nonce, &nonce_len, len)) == ENGINE_OK)
+        rc = key->ops->open(key, &w, nonnull_out(out), nonnull(in), len, tag, nonce, nonce_len,
+                            nonnull(aad), aad_len);
     key->ops->worker_free(&w);
     if (rc != ENGINE_OK && len > 0) engine_wipe(out, (size_t)len); /* never unverified plaintext */
     return rc;
@@ -249,6 +314,8 @@ int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_ra
 
 typedef struct crypt_ctx {
     const engine_key *key;
+    const uint8_t *keys; /* a raw key per record (with backend and algorithm) instead of `key` */
+    int backend, algorithm;
     int seal;
     int token; /* layout */
     const uint8_t *in;
@@ -269,101 +336,136 @@ typedef struct crypt_ctx {
     uint8_t *failed;
 } crypt_ctx;
 
-/* header || aad in a growing scratch buffer (only when both are present). */
-static const uint8_t *joined_aad(uint8_t **scratch, size_t *cap, const uint8_t *header, size_t hl,
-                                 const uint8_t *aad, uint64_t aad_len) {
-    if ((uint64_t)*cap < hl + aad_len) {
-        uint8_t *grown = realloc(*scratch, hl + aad_len);
+/* A growing scratch buffer of one thread: header || aad, when a token's AAD has both parts. */
+typedef struct scratch {
+    uint8_t *p;
+    size_t cap;
+} scratch;
+
+static const uint8_t *joined_aad(scratch *s, const uint8_t *header, size_t hl, const uint8_t *aad,
+                                 uint64_t aad_len) {
+    if ((uint64_t)s->cap < hl + aad_len) {
+        uint8_t *grown = realloc(s->p, hl + aad_len);
         if (grown == NULL) return NULL;
-        *scratch = grown;
-        *cap = hl + aad_len;
+        s->p = grown;
+        s->cap = hl + aad_len;
     }
-    memcpy(*scratch, header, hl);
-    memcpy(*scratch + hl, aad, aad_len);
-    return *scratch;
+    memcpy(s->p, header, hl);
+    memcpy(s->p + hl, aad, aad_len);
+    return s->p;
+}
+
+/* Seals or opens record i with `key` on worker w. Returns ENGINE_OK, ENGINE_EAUTH (a failed
+ * record: marked in c->failed, its output zeroed or, in place, its ciphertext restored) or
+ * another ENGINE_E* code. */
+static int crypt_record(const crypt_ctx *c, const engine_key *key, engine_worker *w, size_t i,
+                        scratch *sc) {
+    const size_t hl = c->header_len;
+    const uint8_t *rec = nonnull(c->ins != NULL ? c->ins[i] : c->in + c->offsets[i]);
+    const uint64_t rec_len = (uint64_t)(c->offsets[i + 1] - c->offsets[i]);
+    const uint8_t *src, *nonce, *header = c->header, *aad = c->aad;
+    size_t nl = c->nonce_len;
+    uint8_t *dst, *tag;
+    uint64_t len, aad_len = c->aad_len;
+    int rc;
+    if (!c->token) {
+        src = rec;
+        len = rec_len;
+        dst = nonnull_out(c->outs != NULL ? c->outs[i] : c->out + (c->offsets[i] - c->offsets[0]));
+        nonce = c->nonces + i * nl;
+        tag = c->tags + i * ENGINE_TAG_BYTES;
+    } else if (c->seal) {
+        uint8_t *tok = c->out + c->out_starts[i];
+        memcpy(tok, c->header, hl);
+        memcpy(tok + hl, c->nonces + i * nl, nl);
+        src = rec;
+        len = rec_len;
+        nonce = tok + hl;
+        dst = tok + hl + nl;
+        tag = dst + len;
+    } else {
+        len = rec_len - hl - nl - ENGINE_TAG_BYTES; /* sizes were checked before */
+        header = rec;
+        nonce = rec + hl;
+        src = rec + hl + nl;
+        tag = (uint8_t *)src + len;
+        dst = nonnull_out(c->out + c->out_starts[i]);
+    }
+    if (c->aad_offsets != NULL) {
+        aad = c->aad + c->aad_offsets[i];
+        aad_len = (uint64_t)(c->aad_offsets[i + 1] - c->aad_offsets[i]);
+    }
+    if (c->token && c->header_is_aad) {
+        if (aad_len == 0) {
+            aad = header;
+            aad_len = hl;
+        } else if ((aad = joined_aad(sc, header, hl, aad, aad_len)) == NULL) {
+            return ENGINE_ENOMEM;
+        } else {
+            aad_len += hl;
+        }
+    }
+    aad = nonnull(aad);
+    if ((rc = message_setup(key, w, &nonce, &nl, len)) != ENGINE_OK) return rc;
+    if (c->seal) return key->ops->seal(key, w, dst, tag, src, len, nonce, nl, aad, aad_len);
+    rc = key->ops->open(key, w, dst, src, len, tag, nonce, nl, aad, aad_len);
+    if (rc != ENGINE_OK && len > 0) {
+        /* Never leave unverified plaintext. In place, GCM's counter mode run again over it
+         * restores the ciphertext exactly (the tag it computes is thrown away). */
+        uint8_t scratch_tag[ENGINE_TAG_BYTES];
+        if (dst != src ||
+            key->ops->seal(key, w, dst, scratch_tag, dst, len, nonce, nl, aad, aad_len) != ENGINE_OK)
+            engine_wipe(dst, (size_t)len);
+    }
+    c->failed[i] = rc == ENGINE_EAUTH;
+    return rc;
 }
 
 static int64_t crypt_range(void *arg, size_t begin, size_t end) {
     const crypt_ctx *c = (const crypt_ctx *)arg;
     const engine_key *key = c->key;
-    const int64_t base = c->offsets[0];
-    const size_t nl = c->nonce_len, hl = c->header_len;
-    uint8_t *scratch = NULL;
-    size_t scratch_cap = 0;
+    scratch sc = {NULL, 0};
     engine_worker w;
     int64_t nfailed = 0;
     int rc = ENGINE_OK;
     size_t i;
     if ((rc = key->ops->worker_init(key, &w)) != ENGINE_OK) return rc;
     for (i = begin; i < end; i++) {
-        const uint8_t *rec = nonnull(c->ins != NULL ? c->ins[i] : c->in + c->offsets[i]);
-        const uint64_t rec_len = (uint64_t)(c->offsets[i + 1] - c->offsets[i]);
-        const uint8_t *src, *nonce, *header = c->header, *aad = c->aad;
-        uint8_t *dst, *tag;
-        uint64_t len, aad_len = c->aad_len;
-        if (!c->token) {
-            src = rec;
-            len = rec_len;
-            dst = nonnull_out(c->outs != NULL ? c->outs[i] : c->out + (c->offsets[i] - base));
-            nonce = c->nonces + i * nl;
-            tag = c->tags + i * ENGINE_TAG_BYTES;
-        } else if (c->seal) {
-            uint8_t *tok = c->out + c->out_starts[i];
-            memcpy(tok, c->header, hl);
-            memcpy(tok + hl, c->nonces + i * nl, nl);
-            src = rec;
-            len = rec_len;
-            nonce = tok + hl;
-            dst = tok + hl + nl;
-            tag = dst + len;
-        } else {
-            len = rec_len - hl - nl - ENGINE_TAG_BYTES; /* sizes were checked before */
-            header = rec;
-            nonce = rec + hl;
-            src = rec + hl + nl;
-            tag = (uint8_t *)src + len;
-            dst = nonnull_out(c->out + c->out_starts[i]);
-        }
-        if (c->aad_offsets != NULL) {
-            aad = c->aad + c->aad_offsets[i];
-            aad_len = (uint64_t)(c->aad_offsets[i + 1] - c->aad_offsets[i]);
-        }
-        if (c->token && c->header_is_aad) {
-            if (aad_len == 0) {
-                aad = header;
-                aad_len = hl;
-            } else if ((aad = joined_aad(&scratch, &scratch_cap, header, hl, aad, aad_len)) == NULL) {
-                rc = ENGINE_ENOMEM;
-                break;
-            } else {
-                aad_len += hl;
-            }
-        }
-        aad = nonnull(aad);
-        if (c->seal) {
-            rc = key->ops->seal(key, &w, dst, tag, src, len, nonce, nl, aad, aad_len);
-        } else {
-            rc = key->ops->open(key, &w, dst, src, len, tag, nonce, nl, aad, aad_len);
-            if (rc != ENGINE_OK && len > 0) {
-                /* Never leave unverified plaintext. In place, GCM's counter mode run again over
-                 * it restores the ciphertext exactly (the tag it computes is thrown away). */
-                uint8_t scratch_tag[ENGINE_TAG_BYTES];
-                if (dst != src || key->ops->seal(key, &w, dst, scratch_tag, dst, len, nonce, nl,
-                                                 aad, aad_len) != ENGINE_OK)
-                    engine_wipe(dst, (size_t)len);
-            }
-            if (rc == ENGINE_EAUTH) {
-                c->failed[i] = 1;
-                nfailed++;
-                rc = ENGINE_OK;
-                continue;
-            }
-            c->failed[i] = 0;
+        rc = crypt_record(c, key, &w, i, &sc);
+        if (rc == ENGINE_EAUTH) {
+            nfailed++;
+            rc = ENGINE_OK;
         }
         if (rc != ENGINE_OK) break;
     }
-    free(scratch);
+    free(sc.p);
     key->ops->worker_free(&w);
+    return rc != ENGINE_OK ? rc : nfailed;
+}
+
+/* As crypt_range, with a key handle made for each record from c->keys. */
+static int64_t crypt_range_keys(void *arg, size_t begin, size_t end) {
+    const crypt_ctx *c = (const crypt_ctx *)arg;
+    scratch sc = {NULL, 0};
+    int64_t nfailed = 0;
+    int rc = ENGINE_OK;
+    size_t i;
+    for (i = begin; i < end && rc == ENGINE_OK; i++) {
+        engine_key *key;
+        engine_worker w;
+        rc = engine_key_new_alg(&key, c->backend, c->algorithm, c->keys + i * ENGINE_KEY_BYTES);
+        if (rc != ENGINE_OK) break;
+        if ((rc = key->ops->worker_init(key, &w)) == ENGINE_OK) {
+            rc = crypt_record(c, key, &w, i, &sc);
+            key->ops->worker_free(&w);
+        }
+        engine_key_free(key);
+        if (rc == ENGINE_EAUTH) {
+            nfailed++;
+            rc = ENGINE_OK;
+        }
+    }
+    free(sc.p);
     return rc != ENGINE_OK ? rc : nfailed;
 }
 
@@ -376,7 +478,8 @@ typedef struct region {
 
 static int share_bytes(region a, region b) {
     const uintptr_t x = (uintptr_t)a.p, y = (uintptr_t)b.p;
-    return a.len > 0 && b.len > 0 && x < y + b.len && y < x + a.len;
+    return a.p != NULL && b.p != NULL && a.len > 0 && b.len > 0 && x < y + b.len &&
+           y < x + a.len;
 }
 
 /* 0 when no written region shares a byte with any other region, else ENGINE_EOVERLAP. The first
@@ -407,54 +510,68 @@ static region aad_region(size_t n, const uint8_t *aad, const int64_t *aad_offset
     return r;
 }
 
-static int batch_args_ok(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
+static int algorithm_ok(int algorithm) {
+    return algorithm == ENGINE_ALG_AES_GCM || algorithm == ENGINE_ALG_XAES_GCM;
+}
+
+static int batch_args_ok(int algorithm, size_t n, const uint8_t *in, const int64_t *offsets,
                          const uint8_t *out, const uint8_t *nonces, size_t nonce_len,
                          const uint8_t *tags, const uint8_t *aad, const int64_t *aad_offsets,
                          uint64_t aad_len) {
-    if (key == NULL || offsets == NULL) return 0;
+    if (offsets == NULL) return 0;
     if (n == 0) return 1;
-    if (nonces == NULL || tags == NULL || nonce_len < ENGINE_NONCE_MIN_BYTES ||
-        nonce_len > ENGINE_NONCE_MAX_BYTES)
-        return 0;
+    if (nonces == NULL || tags == NULL || !nonce_len_ok(algorithm, nonce_len)) return 0;
     if (offsets[n] > offsets[0] && (in == NULL || out == NULL)) return 0;
     if (aad_offsets == NULL && aad_len > 0 && aad == NULL) return 0;
     if (aad_offsets != NULL && aad_offsets[n] > aad_offsets[0] && aad == NULL) return 0;
     return 1;
 }
 
-/* The split layout's seal once the arguments are checked: nonces drawn (one CSPRNG call) when
- * the caller did not give them, then the records on threads. */
-static int seal_split(crypt_ctx *c, size_t n, int fill_nonces, int threads) {
-    int64_t rc;
-    if (fill_nonces && engine_random(c->nonces, n * c->nonce_len) != ENGINE_OK)
-        return ENGINE_ERANDOM;
-    rc = engine_parallel(n, c->offsets, threads, crypt_range, c);
-    return rc < 0 ? (int)rc : ENGINE_OK;
+/* The aliasing rule of the header for a split-layout batch (n > 0): sealing writes the outputs,
+ * the tags and (fill_nonces) the nonces; opening writes the outputs and `failed`. `keys` (n keys,
+ * or NULL) is read. ENGINE_OK or ENGINE_EOVERLAP. */
+static int batch_disjoint(int seal, size_t n, const uint8_t *in, const int64_t *offsets,
+                          const uint8_t *out, const uint8_t *nonces, size_t nonce_len,
+                          int fill_nonces, const uint8_t *tags, const uint8_t *aad,
+                          const int64_t *aad_offsets, uint64_t aad_len, const uint8_t *failed,
+                          const uint8_t *keys) {
+    const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
+    const region data = {in == NULL ? NULL : in + offsets[0], bytes},
+                 nonce_r = {nonces, (uint64_t)n * nonce_len},
+                 tag_r = {tags, (uint64_t)n * ENGINE_TAG_BYTES},
+                 off_r = {(const uint8_t *)offsets, (uint64_t)(n + 1) * sizeof(int64_t)},
+                 aad_r = aad_region(n, aad, aad_offsets, aad_len),
+                 key_r = {keys, keys == NULL ? 0 : (uint64_t)n * ENGINE_KEY_BYTES};
+    const region none = {NULL, 0};
+    if (seal) {
+        const region writes[] = {{out, bytes}, tag_r, fill_nonces ? nonce_r : none};
+        const region reads[] = {data, fill_nonces ? none : nonce_r, aad_r, off_r, key_r};
+        return disjoint(writes, 3, reads, 5);
+    } else {
+        const region writes[] = {{out, bytes}, {failed, n}};
+        const region reads[] = {data, nonce_r, tag_r, aad_r, off_r, key_r};
+        return disjoint(writes, 2, reads, 6);
+    }
 }
 
 int engine_seal_batch(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
                       uint8_t *out, uint8_t *nonces, size_t nonce_len, int fill_nonces,
                       uint8_t *tags, const uint8_t *aad, const int64_t *aad_offsets,
                       uint64_t aad_len, int threads) {
-    if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets, aad_len))
+    int64_t rc;
+    if (key == NULL || !batch_args_ok(key->algorithm, n, in, offsets, out, nonces, nonce_len, tags,
+                                      aad, aad_offsets, aad_len))
         return ENGINE_EINVAL;
     if (n == 0) return ENGINE_OK;
-    {
-        const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
-        const region data = {in == NULL ? NULL : in + offsets[0], bytes},
-                     nonce_r = {nonces, (uint64_t)n * nonce_len},
-                     tag_r = {tags, (uint64_t)n * ENGINE_TAG_BYTES},
-                     off_r = {(const uint8_t *)offsets, (uint64_t)(n + 1) * sizeof(int64_t)},
-                     aad_r = aad_region(n, aad, aad_offsets, aad_len);
-        const region none = {NULL, 0};
-        const region writes[] = {{out, bytes}, tag_r, fill_nonces ? nonce_r : none};
-        const region reads[] = {data, fill_nonces ? none : nonce_r, aad_r, off_r};
-        if (disjoint(writes, 3, reads, 4) != ENGINE_OK) return ENGINE_EOVERLAP;
-    }
+    if (batch_disjoint(1, n, in, offsets, out, nonces, nonce_len, fill_nonces, tags, aad,
+                       aad_offsets, aad_len, NULL, NULL) != ENGINE_OK)
+        return ENGINE_EOVERLAP;
+    if (fill_nonces && engine_random(nonces, n * nonce_len) != ENGINE_OK) return ENGINE_ERANDOM;
     crypt_ctx c = {.key = key, .seal = 1, .in = in, .offsets = offsets, .out = out,
                    .nonces = nonces, .nonce_len = nonce_len, .tags = tags, .aad = aad,
                    .aad_offsets = aad_offsets, .aad_len = aad_len};
-    return seal_split(&c, n, fill_nonces, threads);
+    rc = engine_parallel(n, offsets, threads, crypt_range, &c);
+    return rc < 0 ? (int)rc : ENGINE_OK;
 }
 
 int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
@@ -462,57 +579,57 @@ int64_t engine_open_batch(const engine_key *key, size_t n, const uint8_t *in,
                           size_t nonce_len, const uint8_t *tags, const uint8_t *aad,
                           const int64_t *aad_offsets, uint64_t aad_len, uint8_t *failed,
                           int threads) {
-    if (!batch_args_ok(key, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets,
-                       aad_len) ||
+    if (key == NULL || !batch_args_ok(key->algorithm, n, in, offsets, out, nonces, nonce_len, tags,
+                                      aad, aad_offsets, aad_len) ||
         (n > 0 && failed == NULL))
         return ENGINE_EINVAL;
     if (n == 0) return 0;
-    {
-        const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
-        const region data = {in == NULL ? NULL : in + offsets[0], bytes},
-                     nonce_r = {nonces, (uint64_t)n * nonce_len},
-                     tag_r = {tags, (uint64_t)n * ENGINE_TAG_BYTES},
-                     off_r = {(const uint8_t *)offsets, (uint64_t)(n + 1) * sizeof(int64_t)},
-                     aad_r = aad_region(n, aad, aad_offsets, aad_len);
-        const region writes[] = {{out, bytes}, {failed, n}};
-        const region reads[] = {data, nonce_r, tag_r, aad_r, off_r};
-        if (disjoint(writes, 2, reads, 5) != ENGINE_OK) return ENGINE_EOVERLAP;
-    }
+    if (batch_disjoint(0, n, in, offsets, out, nonces, nonce_len, 0, tags, aad, aad_offsets,
+                       aad_len, failed, NULL) != ENGINE_OK)
+        return ENGINE_EOVERLAP;
     crypt_ctx c = {.key = key, .in = in, .offsets = offsets, .out = out,
                    .nonces = (uint8_t *)nonces, .nonce_len = nonce_len, .tags = (uint8_t *)tags,
                    .aad = aad, .aad_offsets = aad_offsets, .aad_len = aad_len, .failed = failed};
     return engine_parallel(n, offsets, threads, crypt_range, &c);
 }
 
+/* Record i of ins / outs must share no byte with what the call writes / reads besides itself. */
+static int each_disjoint(size_t n, const uint8_t *const *bufs, const int64_t *offsets,
+                         const region *others, size_t nothers) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        const region r = {bufs[i], (uint64_t)(offsets[i + 1] - offsets[i])};
+        if (r.len > 0 && r.p == NULL) return ENGINE_EINVAL;
+        if (disjoint(&r, 1, others, nothers) != ENGINE_OK) return ENGINE_EOVERLAP;
+    }
+    return ENGINE_OK;
+}
+
 int engine_seal_batch_each(const engine_key *key, size_t n, const uint8_t *const *ins,
                            const int64_t *offsets, uint8_t *out, uint8_t *nonces, size_t nonce_len,
                            int fill_nonces, uint8_t *tags, const uint8_t *aad,
                            const int64_t *aad_offsets, uint64_t aad_len, int threads) {
-    size_t i;
-    if (ins == NULL || offsets == NULL || key == NULL ||
-        !batch_args_ok(key, n, (const uint8_t *)ins, offsets, out, nonces, nonce_len, tags, aad,
-                       aad_offsets, aad_len))
+    int64_t rc;
+    if (key == NULL || ins == NULL ||
+        !batch_args_ok(key->algorithm, n, (const uint8_t *)ins, offsets, out, nonces, nonce_len,
+                       tags, aad, aad_offsets, aad_len))
         return ENGINE_EINVAL;
     if (n == 0) return ENGINE_OK;
+    if (batch_disjoint(1, n, NULL, offsets, out, nonces, nonce_len, fill_nonces, tags, aad,
+                       aad_offsets, aad_len, NULL, NULL) != ENGINE_OK)
+        return ENGINE_EOVERLAP;
     {
-        const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
-        const region none = {NULL, 0};
-        const region writes[] = {{out, bytes}, {tags, (uint64_t)n * ENGINE_TAG_BYTES},
-                                 fill_nonces ? (region){nonces, (uint64_t)n * nonce_len} : none};
-        const region reads[] = {fill_nonces ? none : (region){nonces, (uint64_t)n * nonce_len},
-                                aad_region(n, aad, aad_offsets, aad_len),
-                                {(const uint8_t *)offsets, (uint64_t)(n + 1) * sizeof(int64_t)}};
-        if (disjoint(writes, 3, reads, 3) != ENGINE_OK) return ENGINE_EOVERLAP;
-        for (i = 0; i < n; i++) {
-            const region in_i = {ins[i], (uint64_t)(offsets[i + 1] - offsets[i])};
-            if (in_i.len > 0 && in_i.p == NULL) return ENGINE_EINVAL;
-            if (disjoint(writes, 3, &in_i, 1) != ENGINE_OK) return ENGINE_EOVERLAP;
-        }
+        const region writes[] = {{out, (uint64_t)(offsets[n] - offsets[0])},
+                                 {tags, (uint64_t)n * ENGINE_TAG_BYTES},
+                                 {fill_nonces ? nonces : NULL, (uint64_t)n * nonce_len}};
+        if ((rc = each_disjoint(n, ins, offsets, writes, 3)) != ENGINE_OK) return (int)rc;
     }
+    if (fill_nonces && engine_random(nonces, n * nonce_len) != ENGINE_OK) return ENGINE_ERANDOM;
     crypt_ctx c = {.key = key, .seal = 1, .ins = ins, .offsets = offsets, .out = out,
                    .nonces = nonces, .nonce_len = nonce_len, .tags = tags, .aad = aad,
                    .aad_offsets = aad_offsets, .aad_len = aad_len};
-    return seal_split(&c, n, fill_nonces, threads);
+    rc = engine_parallel(n, offsets, threads, crypt_range, &c);
+    return rc < 0 ? (int)rc : ENGINE_OK;
 }
 
 int64_t engine_open_batch_each(const engine_key *key, size_t n, const uint8_t *in,
@@ -520,29 +637,79 @@ int64_t engine_open_batch_each(const engine_key *key, size_t n, const uint8_t *i
                                const uint8_t *nonces, size_t nonce_len, const uint8_t *tags,
                                const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
                                uint8_t *failed, int threads) {
-    size_t i;
-    if (outs == NULL ||
-        !batch_args_ok(key, n, in, offsets, (const uint8_t *)outs, nonces, nonce_len, tags, aad,
-                       aad_offsets, aad_len) ||
+    int rc;
+    if (key == NULL || outs == NULL ||
+        !batch_args_ok(key->algorithm, n, in, offsets, (const uint8_t *)outs, nonces, nonce_len,
+                       tags, aad, aad_offsets, aad_len) ||
         (n > 0 && failed == NULL))
         return ENGINE_EINVAL;
     if (n == 0) return 0;
+    if (batch_disjoint(0, n, in, offsets, NULL, nonces, nonce_len, 0, tags, aad, aad_offsets,
+                       aad_len, failed, NULL) != ENGINE_OK)
+        return ENGINE_EOVERLAP;
     {
-        const uint64_t bytes = (uint64_t)(offsets[n] - offsets[0]);
-        const region reads[] = {{in == NULL ? NULL : in + offsets[0], bytes},
+        const region reads[] = {{in + offsets[0], (uint64_t)(offsets[n] - offsets[0])},
                                 {nonces, (uint64_t)n * nonce_len},
                                 {tags, (uint64_t)n * ENGINE_TAG_BYTES},
-                                aad_region(n, aad, aad_offsets, aad_len)};
-        for (i = 0; i < n; i++) {
-            const region write = {outs[i], (uint64_t)(offsets[i + 1] - offsets[i])};
-            if (write.len > 0 && write.p == NULL) return ENGINE_EINVAL;
-            if (disjoint(&write, 1, reads, 4) != ENGINE_OK) return ENGINE_EOVERLAP;
-        }
+                                aad_region(n, aad, aad_offsets, aad_len),
+                                {failed, n}};
+        if ((rc = each_disjoint(n, (const uint8_t *const *)outs, offsets, reads, 5)) != ENGINE_OK)
+            return rc;
     }
     crypt_ctx c = {.key = key, .in = in, .offsets = offsets, .outs = outs,
                    .nonces = (uint8_t *)nonces, .nonce_len = nonce_len, .tags = (uint8_t *)tags,
                    .aad = aad, .aad_offsets = aad_offsets, .aad_len = aad_len, .failed = failed};
     return engine_parallel(n, offsets, threads, crypt_range, &c);
+}
+
+/* The backend the per-record-key calls run on, or -1. */
+static int keys_backend(int backend) {
+    if (backend == ENGINE_BACKEND_AUTO) backend = engine_backend_default();
+    return engine_backend_available(backend) ? backend : -1;
+}
+
+int engine_seal_batch_keys(int backend, int algorithm, size_t n, const uint8_t *keys,
+                           const uint8_t *in, const int64_t *offsets, uint8_t *out,
+                           const uint8_t *nonces, size_t nonce_len, uint8_t *tags,
+                           const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                           int threads) {
+    int64_t rc;
+    if ((backend = keys_backend(backend)) < 0) return ENGINE_EBACKEND;
+    if (!algorithm_ok(algorithm) || (n > 0 && keys == NULL) ||
+        !batch_args_ok(algorithm, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets,
+                       aad_len))
+        return ENGINE_EINVAL;
+    if (n == 0) return ENGINE_OK;
+    if (batch_disjoint(1, n, in, offsets, out, nonces, nonce_len, 0, tags, aad, aad_offsets,
+                       aad_len, NULL, keys) != ENGINE_OK)
+        return ENGINE_EOVERLAP;
+    crypt_ctx c = {.keys = keys, .backend = backend, .algorithm = algorithm, .seal = 1, .in = in,
+                   .offsets = offsets, .out = out, .nonces = (uint8_t *)nonces,
+                   .nonce_len = nonce_len, .tags = tags, .aad = aad, .aad_offsets = aad_offsets,
+                   .aad_len = aad_len};
+    rc = engine_parallel(n, offsets, threads, crypt_range_keys, &c);
+    return rc < 0 ? (int)rc : ENGINE_OK;
+}
+
+int64_t engine_open_batch_keys(int backend, int algorithm, size_t n, const uint8_t *keys,
+                               const uint8_t *in, const int64_t *offsets, uint8_t *out,
+                               const uint8_t *nonces, size_t nonce_len, const uint8_t *tags,
+                               const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
+                               uint8_t *failed, int threads) {
+    if ((backend = keys_backend(backend)) < 0) return ENGINE_EBACKEND;
+    if (!algorithm_ok(algorithm) || (n > 0 && (keys == NULL || failed == NULL)) ||
+        !batch_args_ok(algorithm, n, in, offsets, out, nonces, nonce_len, tags, aad, aad_offsets,
+                       aad_len))
+        return ENGINE_EINVAL;
+    if (n == 0) return 0;
+    if (batch_disjoint(0, n, in, offsets, out, nonces, nonce_len, 0, tags, aad, aad_offsets,
+                       aad_len, failed, keys) != ENGINE_OK)
+        return ENGINE_EOVERLAP;
+    crypt_ctx c = {.keys = keys, .backend = backend, .algorithm = algorithm, .in = in,
+                   .offsets = offsets, .out = out, .nonces = (uint8_t *)nonces,
+                   .nonce_len = nonce_len, .tags = (uint8_t *)tags, .aad = aad,
+                   .aad_offsets = aad_offsets, .aad_len = aad_len, .failed = failed};
+    return engine_parallel(n, offsets, threads, crypt_range_keys, &c);
 }
 
 int engine_seal_tokens(const engine_key *key, size_t n, const uint8_t *in, const int64_t *offsets,
@@ -553,8 +720,8 @@ int engine_seal_tokens(const engine_key *key, size_t n, const uint8_t *in, const
     uint8_t *nonces;
     int64_t rc;
     if (key == NULL || offsets == NULL || out_starts == NULL ||
-        nonce_len < ENGINE_NONCE_MIN_BYTES || nonce_len > ENGINE_NONCE_MAX_BYTES ||
-        (header_len > 0 && header == NULL) || (aad_offsets == NULL && aad_len > 0 && aad == NULL))
+        !nonce_len_ok(key->algorithm, nonce_len) || (header_len > 0 && header == NULL) ||
+        (aad_offsets == NULL && aad_len > 0 && aad == NULL))
         return ENGINE_EINVAL;
     if (n == 0) return ENGINE_OK;
     if (out == NULL || (offsets[n] > offsets[0] && in == NULL)) return ENGINE_EINVAL;
@@ -581,7 +748,7 @@ int64_t engine_open_tokens(const engine_key *key, size_t n, const uint8_t *in,
     const uint8_t *first_out = NULL, *end_out = NULL;
     size_t i;
     if (key == NULL || offsets == NULL || out_starts == NULL || (n > 0 && failed == NULL) ||
-        nonce_len < ENGINE_NONCE_MIN_BYTES || nonce_len > ENGINE_NONCE_MAX_BYTES ||
+        !nonce_len_ok(key->algorithm, nonce_len) ||
         (aad_offsets == NULL && aad_len > 0 && aad == NULL))
         return ENGINE_EINVAL;
     if (n == 0) return 0;

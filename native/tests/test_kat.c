@@ -224,6 +224,143 @@ static void run_derive(int backend) {
     engine_key_free(k);
 }
 
+/* XAES-256-GCM: the two vectors of c2sp.org/XAES-256-GCM, through the single-message call, a
+ * batch (given nonces, in place), a batch with a key per record and a token; then tampering,
+ * and nonces of the wrong size refused. */
+typedef struct {
+    const char *key, *aad, *sealed;
+} xaes_kat;
+
+static const xaes_kat XAES_KATS[] = {
+    {"0101010101010101010101010101010101010101010101010101010101010101", "",
+     "ce546ef63c9cc60765923609b33a9a1974e96e52daf2fcf7075e2271"},
+    {"0303030303030303030303030303030303030303030303030303030303030303", "c2sp.org/XAES-256-GCM",
+     "986ec1832593df5443a179437fd083bf3fdb41abd740a21f71eb769d"},
+};
+
+static void run_xaes(int backend) {
+    static const uint8_t nonce[24] = "ABCDEFGHIJKLMNOPQRSTUVWX", pt[12] = "XAES-256-GCM";
+    uint8_t key[64], want[28], out[28], tag[16], back[12], failed = 9, token[4 + 24 + 28];
+    int64_t offsets[2] = {0, 12}, token_off[2] = {0, sizeof(token)}, zero = 0;
+    engine_key *k;
+    size_t i;
+    for (i = 0; i < sizeof(XAES_KATS) / sizeof(XAES_KATS[0]); i++) {
+        const xaes_kat *t = &XAES_KATS[i];
+        const uint8_t *aad = (const uint8_t *)t->aad;
+        const size_t aadl = strlen(t->aad);
+        unhex(t->key, key);
+        unhex(t->sealed, want);
+        CHECK(engine_key_new_alg(&k, backend, ENGINE_ALG_XAES_GCM, key) == ENGINE_OK &&
+                  engine_key_algorithm(k) == ENGINE_ALG_XAES_GCM,
+              "xaes %zu: key_new", i);
+        CHECK(engine_seal(k, out, tag, pt, 12, nonce, 24, aad, aadl) == ENGINE_OK &&
+                  memcmp(out, want, 12) == 0 && memcmp(tag, want + 12, 16) == 0,
+              "xaes %zu: seal", i);
+        CHECK(engine_open(k, back, want, 12, want + 12, nonce, 24, aad, aadl) == ENGINE_OK &&
+                  memcmp(back, pt, 12) == 0,
+              "xaes %zu: open", i);
+        memcpy(out, pt, 12);
+        CHECK(engine_seal_batch(k, 1, out, offsets, out, (uint8_t *)nonce, 24, 0, tag, aad, NULL,
+                                aadl, 2) == ENGINE_OK &&
+                  memcmp(out, want, 12) == 0 && memcmp(tag, want + 12, 16) == 0,
+              "xaes %zu: seal_batch", i);
+        CHECK(engine_open_batch(k, 1, out, offsets, out, nonce, 24, tag, aad, NULL, aadl, &failed,
+                                1) == 0 &&
+                  failed == 0 && memcmp(out, pt, 12) == 0,
+              "xaes %zu: open_batch", i);
+        memset(out, 0, sizeof(out));
+        CHECK(engine_seal_batch_keys(backend, ENGINE_ALG_XAES_GCM, 1, key, pt, offsets, out, nonce,
+                                     24, tag, aad, NULL, aadl, 1) == ENGINE_OK &&
+                  memcmp(out, want, 12) == 0 && memcmp(tag, want + 12, 16) == 0,
+              "xaes %zu: seal_batch_keys", i);
+        CHECK(engine_open_batch_keys(backend, ENGINE_ALG_XAES_GCM, 1, key, want, offsets, back,
+                                     nonce, 24, want + 12, aad, NULL, aadl, &failed, 1) == 0 &&
+                  memcmp(back, pt, 12) == 0,
+              "xaes %zu: open_batch_keys", i);
+        /* a token: header || 24-byte nonce || ciphertext || tag, opened and checked */
+        CHECK(engine_seal_tokens(k, 1, pt, offsets, (const uint8_t *)"HDR1", 4, 1, 24, token, &zero,
+                                 aad, NULL, aadl, 1) == ENGINE_OK,
+              "xaes %zu: seal_tokens", i);
+        CHECK(engine_open_tokens(k, 1, token, token_off, 4, 1, 24, back, &zero, aad, NULL, aadl,
+                                 &failed, 1) == 0 &&
+                  memcmp(back, pt, 12) == 0,
+              "xaes %zu: open_tokens", i);
+        /* tampering: the last nonce byte (GCM's nonce) and the first (the key derivation) */
+        memcpy(out, want, 28);
+        for (size_t at = 0; at < 24; at += 23) {
+            uint8_t bad[24];
+            memcpy(bad, nonce, 24);
+            bad[at] ^= 1;
+            memset(back, 0xAA, sizeof(back));
+            CHECK(engine_open(k, back, want, 12, want + 12, bad, 24, aad, aadl) == ENGINE_EAUTH &&
+                      back[0] == 0 && back[11] == 0,
+                  "xaes %zu: nonce byte %zu tampered", i, at);
+        }
+        CHECK(engine_open_batch_keys(backend, ENGINE_ALG_XAES_GCM, 1, key, out, offsets, out, nonce,
+                                     24, want + 12, aad, NULL, aadl + 1, &failed, 1) == 1 &&
+                  failed == 1 && memcmp(out, want, 12) == 0,
+              "xaes %zu: a failed in-place open kept the ciphertext", i);
+        /* XAES takes 24-byte nonces only; AES-GCM calls take any other size as before */
+        CHECK(engine_seal(k, out, tag, pt, 12, nonce, 16, NULL, 0) == ENGINE_EINVAL &&
+                  engine_seal_batch(k, 1, out, offsets, out, (uint8_t *)nonce, 12, 0, tag, NULL,
+                                    NULL, 0, 1) == ENGINE_EINVAL &&
+                  engine_seal_tokens(k, 1, pt, offsets, NULL, 0, 0, 16, token, &zero, NULL, NULL,
+                                     0, 1) == ENGINE_EINVAL,
+              "xaes %zu: a nonce that is not 24 bytes was accepted", i);
+        engine_key_free(k);
+    }
+    CHECK(engine_key_new_alg(&k, backend, 7, key) == ENGINE_EINVAL, "unknown algorithm accepted");
+    CHECK(engine_seal_batch_keys(backend, 7, 1, key, pt, offsets, out, nonce, 24, tag, NULL, NULL, 0,
+                                 1) == ENGINE_EINVAL,
+          "seal_batch_keys: unknown algorithm accepted");
+    CHECK(engine_seal_batch_keys(backend, ENGINE_ALG_XAES_GCM, 1, key, key, offsets, key, nonce, 24,
+                                 tag, NULL, NULL, 0, 1) == ENGINE_EOVERLAP,
+          "seal_batch_keys: output over the keys accepted");
+}
+
+/* HMAC-SHA-256 (blind indexes): RFC 4231 test cases 1 and 2 in one batch, and truncation. */
+static void run_hmac(void) {
+    static const char *tc1 = "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7";
+    static const char *tc2 = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+    uint8_t key1[20], want[32], out[2 * 32], data[64];
+    int64_t off1[2] = {0, 8}, off2[3] = {0, 28, 28};
+    memset(key1, 0x0b, sizeof(key1));
+    memcpy(data, "Hi There", 8);
+    unhex(tc1, want);
+    CHECK(engine_hmac_sha256_batch(key1, 20, 1, data, off1, out, 256, 1) == ENGINE_OK &&
+              memcmp(out, want, 32) == 0,
+          "hmac: RFC 4231 test case 1");
+    memcpy(data, "what do ya want for nothing?", 28);
+    unhex(tc2, want);
+    CHECK(engine_hmac_sha256_batch((const uint8_t *)"Jefe", 4, 2, data, off2, out, 12, 2) ==
+                  ENGINE_OK &&
+              out[0] == want[0] && out[1] == (want[1] & 0xF0) && out[2] == 0x92 && out[3] == 0x30,
+          "hmac: RFC 4231 test case 2 and an empty record (Python's hmac: 9235...), 12 bits");
+    {   /* a batch large enough for ipsec-mb's multi-buffer path, against one record at a time */
+        enum { N = 10000 };
+        static uint8_t many[N * 40], tags[N * 4], one[4];
+        static int64_t offs[N + 1];
+        size_t i, bad = 0;
+        for (i = 0; i < N * 40; i++) many[i] = (uint8_t)(i * 131 + 7);
+        for (i = 0; i < N; i++) offs[i] = (int64_t)(i * 40 - (i % 7) * 5); /* uneven lengths */
+        offs[101] = offs[100];                                              /* and empty ones */
+        offs[5001] = offs[5000];
+        offs[N] = N * 40;
+        CHECK(engine_hmac_sha256_batch(key1, 20, N, many, offs, tags, 30, 2) == ENGINE_OK,
+              "hmac: large batch");
+        for (i = 0; i < N; i++) {
+            if (engine_hmac_sha256_batch(key1, 20, 1, many, offs + i, one, 30, 1) != ENGINE_OK ||
+                memcmp(one, tags + 4 * i, 4) != 0)
+                bad++;
+        }
+        CHECK(bad == 0, "hmac: %zu records of the large batch differ from single calls", bad);
+    }
+    CHECK(engine_hmac_sha256_batch(key1, 20, 1, data, off1, out, 0, 1) == ENGINE_EINVAL &&
+              engine_hmac_sha256_batch(key1, 20, 1, data, off1, out, 257, 1) == ENGINE_EINVAL &&
+              engine_hmac_sha256_batch(key1, 65, 1, data, off1, out, 8, 1) == ENGINE_EINVAL,
+          "hmac: bad sizes accepted");
+}
+
 int main(int argc, char **argv) {
     int backend = argc > 1 && strcmp(argv[1], "ipsec-mb") == 0 ? ENGINE_BACKEND_IPSECMB
                                                                  : ENGINE_BACKEND_OPENSSL;
@@ -236,6 +373,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof(KATS) / sizeof(KATS[0]); i++) run_kat(backend, &KATS[i]);
     run_bulk(backend);
     run_derive(backend);
+    run_xaes(backend);
+    run_hmac();
     /* invalid arguments are refused, not dereferenced */
     CHECK(engine_key_new(&k, 99, key) == ENGINE_EBACKEND, "unknown backend accepted");
     CHECK(engine_key_new(&k, backend, key) == ENGINE_OK, "key_new");

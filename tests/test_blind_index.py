@@ -1,0 +1,369 @@
+"""Blind indexes (engine.blind_index): known answers against Python's hmac, properties of
+truncation and normalisation, keys per table, column and version from every provider, lookups
+across versions, a real SQLite search, and the errors."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import pickle
+import sqlite3
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import (
+    BlindIndex,
+    BlindIndexes,
+    Batch,
+    EncryptionService,
+    EnvironmentKeyProvider,
+    FieldEncryption,
+    InvalidArgument,
+    InvalidArgumentType,
+    KeyState,
+    StaticKeyProvider,
+    UnknownKeyVersion,
+)
+from engine import tables
+from engine.blind_index import NormalisationError, UnknownBlindIndex, bits_for_rows
+from engine.keys import KeyProviderError
+
+MASTER = "dev-only-master-key-of-at-least-32-bytes!"
+
+
+def provider(versions=(1,), **kw) -> StaticKeyProvider:
+    return StaticKeyProvider({v: os.urandom(32) for v in versions}, index_key=os.urandom(32), **kw)
+
+
+def reference(key: bytes, message: bytes, bits: int) -> str:
+    """Python's hmac, truncated to ``bits`` (low bits of the last hex digit zeroed)."""
+    value = int.from_bytes(hmac.new(key, message, hashlib.sha256).digest(), "big") >> (256 - bits)
+    chars = (bits + 3) // 4
+    return format(value << (4 * chars - bits), f"0{chars}x")
+
+
+def ascii_lower(s: str) -> str:
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in s)
+
+
+WHITESPACE = " \t\n\v\f\r"
+
+
+# ---------------------------------------------------------------- known answers
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.binary(max_size=300), min_size=1, max_size=50),
+       bits=st.integers(1, 32))
+def test_exact_values_match_pythons_hmac(values, bits):
+    p = provider()
+    index = BlindIndex(p, "t", "c", bits=bits)
+    key = p.index_key("t", "c", 1)
+    assert index.compute(values) == [reference(key, v, bits) for v in values]
+
+
+def test_a_known_answer_with_a_fixed_key():
+    p = StaticKeyProvider({1: bytes(32)}, index_key=bytes(range(32)))
+    key = p.index_key("users", "email", 1)
+    # the key derivation, written out with Python's hmac
+    message = (b"engine blind index v1" + (5).to_bytes(4, "big") + b"users"
+               + (5).to_bytes(4, "big") + b"email" + (1).to_bytes(4, "big"))
+    assert key == hmac.new(bytes(range(32)), message, hashlib.sha256).digest()
+    index = BlindIndex(p, "users", "email", normalizer="email", bits=32)
+    assert index.compute([" Alice@Example.COM"]) == [
+        hmac.new(key, b"alice@example.com", hashlib.sha256).hexdigest()[:8]]
+
+
+def test_many_rows_on_threads_match_python():
+    p = provider()
+    rng = np.random.default_rng(1)
+    values = [os.urandom(int(rng.integers(0, 80))) for _ in range(20_000)]
+    index = BlindIndex(p, "t", "c", bits=24, threads=2)
+    key = p.index_key("t", "c", 1)
+    got = index.compute(Batch.from_list(values))
+    assert got == [reference(key, v, 24) for v in values]
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+text = st.text(alphabet=st.sampled_from(list("aAbBzZ09 @.\t\n-_é") + ["Ö", "ß"]), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=text)
+def test_text_and_email_normalisers_match_a_reference(value):
+    p = provider()
+    key = p.index_key("t", "c", 1)
+    normal = ascii_lower(value.strip(WHITESPACE))
+    assert BlindIndex(p, "t", "c", normalizer="text", bits=32).compute([value]) == [
+        reference(key, normal.encode(), 32)]
+    email = BlindIndex(p, "t", "c", normalizer="email", bits=32)
+    local, at, domain = normal.partition("@")
+    valid = (normal.count("@") == 1 and local and domain and len(normal.encode()) <= 254
+             and not any(c in WHITESPACE for c in normal))
+    if valid:
+        assert email.compute([value]) == [reference(key, normal.encode(), 32)]
+        assert email.compute([normal]) == email.compute([value])  # idempotent
+    else:
+        with pytest.raises(NormalisationError) as err:
+            email.compute(["ok@example.com", value])
+        assert err.value.failed.tolist() == [1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.text(max_size=20))
+def test_digits_and_equivalent_spellings(value):
+    p = provider()
+    index = BlindIndex(p, "t", "phone", normalizer="digits")
+    digits = "".join(c for c in value if "0" <= c <= "9")
+    if digits:
+        assert index.compute([value]) == index.compute([digits])
+    else:
+        with pytest.raises(NormalisationError):
+            index.compute([value])
+
+
+def test_normalisers_make_equal_what_should_be_equal():
+    p = provider()
+    email = BlindIndex(p, "users", "email", normalizer="email")
+    a, b, c = email.compute(["  Alice@Example.com\n", "alice@example.com", "alice@example.org"])
+    assert a == b != c
+    ssn = BlindIndex(p, "users", "ssn", normalizer="digits")
+    assert ssn.compute(["123-45-6789"]) == ssn.compute(["123 45 6789"])
+    custom = BlindIndex(p, "users", "name", normalizer=lambda s: " ".join(s.split()).casefold())
+    assert custom.compute(["Jean  Dupont"]) == custom.compute(["jean dupont"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.integers(1, 31))
+def test_truncation_keeps_the_leading_bits(bits):
+    p = provider()
+    values = [f"user{i}@example.com" for i in range(50)]
+    short = BlindIndex(p, "t", "c", bits=bits).compute(values)
+    longer = BlindIndex(p, "t", "c", bits=bits + 1).compute(values)
+    full = BlindIndex(p, "t", "c", bits=32).compute(values)
+    for s, l, f in zip(short, longer, full):
+        assert len(s) == (bits + 3) // 4
+        head = int(f, 16) >> (32 - bits)
+        assert int(s, 16) >> (4 * len(s) - bits) == head == int(l, 16) >> (4 * len(l) - bits - 1) >> 1
+        assert int(s, 16) & ((1 << (4 * len(s) - bits)) - 1) == 0  # unused bits are zero
+
+
+def test_truncation_makes_collisions_at_the_expected_rate():
+    p = provider()
+    values = [f"user{i}@example.com" for i in range(40_000)]
+    out = BlindIndex(p, "t", "c", bits=bits_for_rows(40_000)).compute(values)
+    per_value = len(values) / len(set(out))
+    assert 1.5 < per_value < 6  # a few rows share each index value
+    assert bits_for_rows(40_000) == 14 and bits_for_rows(1_000_000) == 18
+    assert bits_for_rows(1) == 1 and bits_for_rows(10**15) == 32
+
+
+# ---------------------------------------------------------------- compound indexes
+
+
+def test_compound_index_hashes_length_prefixed_fields():
+    p = provider()
+    index = BlindIndex(p, "people", ["last_name", "birth_year"], normalizer="text", bits=32)
+    key = p.index_key("people", "last_name+birth_year", 1)
+    got = index.compute({"last_name": [" Smith", "Doe", None, "ab"],
+                         "birth_year": [1980, 1975, 1990, None]})
+    message = b"".join(len(x).to_bytes(4, "big") + x for x in (b"smith", b"1980"))
+    assert got[0] == reference(key, message, 32)
+    assert got[2] is None and got[3] is None
+    split = index.compute([["ab", "a"], ["c", "bc"]])  # one sequence per column
+    assert split[0] != split[1]  # "ab"+"c" and "a"+"bc" do not collide by construction
+    assert index.lookup({"last_name": "SMITH", "birth_year": 1980}) == [got[0]]
+    assert index.lookup(("smith", "1980")) == [got[0]]
+    with pytest.raises(InvalidArgument, match="different lengths"):
+        index.compute({"last_name": ["a"], "birth_year": [1, 2]})
+    with pytest.raises(InvalidArgument, match="needs the columns"):
+        index.compute({"last_name": ["a"]})
+
+
+def test_arrow_and_list_inputs_agree():
+    p = provider()
+    index = BlindIndex(p, "t", "email", normalizer="email")
+    values = ["a@x.io", None, "B@Y.IO", "c@z.io"]
+    as_list = index.compute(values)
+    assert as_list[1] is None
+    column = index.compute(pa.array(values), arrow=True)
+    assert column.type == pa.large_string() and column.to_pylist() == as_list
+    assert index.compute(pa.chunked_array([values[:2], values[2:]])) == as_list
+    assert index.compute([v.encode() if v else v for v in values]) == as_list
+
+
+# ---------------------------------------------------------------- keys and versions
+
+
+def test_index_keys_differ_per_table_column_and_version(tmp_path):
+    p = provider(versions=(1, 2))
+    keys = {p.index_key(t, c, v) for t in ("a", "b") for c in ("x", "y") for v in (1, 2)}
+    assert len(keys) == 8 and all(len(k) == 32 for k in keys)
+    with pytest.raises(UnknownKeyVersion):
+        p.index_key("a", "x", 3)
+    with pytest.raises(KeyProviderError, match="index_key"):
+        StaticKeyProvider({1: os.urandom(32)}).index_key("a", "x", 1)
+    env = EnvironmentKeyProvider(master_key=MASTER, state_path=tmp_path / "k.json")
+    env.get_current_key()
+    again = EnvironmentKeyProvider(master_key=MASTER, state_path=tmp_path / "k.json")
+    assert env.index_key("users", "email", 1) == again.index_key("users", "email", 1)
+    other = EnvironmentKeyProvider(master_key=MASTER + "x", state_path=tmp_path / "k.json")
+    assert other.index_key("users", "email", 1) != env.index_key("users", "email", 1)
+    assert env.index_key("users", "email", 1) not in (env.audit_key(),)
+    with pytest.raises(UnknownKeyVersion):
+        env.index_key("users", "email", 2)
+    with pytest.raises(InvalidArgument):
+        env.index_key("", "email", 1)
+
+
+def test_lookup_covers_versions_until_they_are_deprecated():
+    p = provider(versions=(1,))
+    index = BlindIndex(p, "users", "email", normalizer="email")
+    old = index.compute(["alice@example.com"])[0]
+    p.create_version()
+    new = index.compute(["alice@example.com"])[0]
+    assert index.pending_versions() == [2, 1]
+    assert index.lookup("Alice@Example.com") == [new, old]
+    assert index.compute(["alice@example.com"], version=1) == [old]
+    assert index.lookup("alice@example.com", versions=[2]) == [new]
+    p.set_state(1, KeyState.DEPRECATED)
+    assert index.lookup("alice@example.com") == [new]
+
+
+def test_vault_keeps_a_random_index_secret_per_version(bao, names):
+    import hvac
+
+    from engine.vault import VaultKeyProvider
+
+    with VaultKeyProvider(bao.address, token=bao.root_token, **names) as vault:
+        vault.get_current_key()
+        vault.create_version()
+        key1 = vault.index_key("users", "email", 1)
+        assert key1 != vault.index_key("users", "email", 2) != vault.index_key("users", "x", 2)
+        with VaultKeyProvider(bao.address, token=bao.root_token, **names) as again:
+            assert again.index_key("users", "email", 1) == key1
+        admin = hvac.Client(bao.address, token=bao.root_token)
+        stored = admin.secrets.kv.v2.read_secret_version(
+            path=f"{names['kv_path']}/index-v1", mount_point="secret",
+            raise_on_deleted_version=True)["data"]["data"]
+        assert len(stored["key"]) == 44  # 32 random bytes, base64
+        with pytest.raises(UnknownKeyVersion):
+            vault.index_key("users", "email", 9)
+        vault.set_state(1, KeyState.DEPRECATED)
+        vault.purge(1)
+        with pytest.raises(hvac.exceptions.InvalidPath):
+            admin.secrets.kv.v2.read_secret_version(path=f"{names['kv_path']}/index-v1",
+                                                    mount_point="secret",
+                                                    raise_on_deleted_version=True)
+
+
+# ---------------------------------------------------------------- writing and searching
+
+
+def test_sqlite_search_by_index_over_encrypted_emails():
+    p = StaticKeyProvider({1: os.urandom(32)}, index_key=os.urandom(32))
+    fields = FieldEncryption(EncryptionService(p, metrics=False))
+    index = BlindIndex(p, "users", "email", normalizer="email", bits=6)  # many false positives
+    users = [{"id": i, "email": f"User{i}@Example.com"} for i in range(3000)]
+    users[7]["email"] = None
+    rows = fields.encrypt_column(users, "email", blind_indexes=index)
+    assert rows[5]["email"].startswith("ef1:") and len(rows[5]["email_idx"]) == 2
+    assert rows[7]["email"] is None and "email_idx" not in rows[7]  # as a missing field stays
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, email_idx TEXT)")
+    db.execute("CREATE INDEX users_email_idx ON users (email_idx)")
+    db.executemany("INSERT INTO users VALUES (?, ?, ?)",
+                   [(r["id"], r["email"], r.get("email_idx")) for r in rows])
+
+    def find(email: str) -> list[int]:
+        candidates = index.lookup(email)
+        marks = ",".join("?" * len(candidates))
+        found = [{"id": i, "email": e} for i, e in db.execute(
+            f"SELECT id, email FROM users WHERE email_idx IN ({marks})", candidates)]
+        assert len(found) > 1  # 6 bits over 3,000 rows: false positives to filter out
+        plain = fields.decrypt_column(found, "email")
+        wanted = index.compute([email])[0]
+        return [r["id"] for r in plain
+                if index.compute([r["email"]])[0] == wanted
+                and r["email"].strip().lower() == email.strip().lower()]
+
+    assert find("  user1234@EXAMPLE.com") == [1234]
+    assert find("nobody@example.com") == []
+
+
+def test_tables_write_the_index_beside_the_encrypted_column():
+    p = StaticKeyProvider({1: os.urandom(32)}, index_key=os.urandom(32))
+    service = EncryptionService(p, metrics=False)
+    indexes = BlindIndexes(BlindIndex(p, "users", "email", normalizer="email"),
+                           BlindIndex(p, "users", ["last_name", "birth_year"], normalizer="text"))
+    users = pa.table({"id": [1, 2, 3], "email": ["a@x.io", None, "c@x.io"],
+                      "last_name": ["Ng", "Li", None], "birth_year": [1990, 1985, 1970]})
+    sealed = tables.encrypt_columns(users, ["email"], service=service, blind_indexes=indexes)
+    assert sealed.schema.names == users.schema.names + ["email_idx", "last_name_birth_year_idx"]
+    assert sealed.column("email_idx").to_pylist() == indexes["email_idx"].compute(
+        ["a@x.io", None, "c@x.io"])
+    assert sealed.column("last_name_birth_year_idx")[2].as_py() is None
+    again = tables.encrypt_columns(users.append_column("email_idx", pa.array(["x"] * 3)),
+                                   "email", service=service, blind_indexes=indexes)
+    assert again.column("email_idx").to_pylist() == sealed.column("email_idx").to_pylist()
+    back = tables.decrypt_columns(sealed, ["email"], service=service)
+    assert back.column("email").to_pylist() == users.column("email").to_pylist()
+    frame = tables.encrypt_columns(users.to_pandas(), "email", service=service,
+                                   blind_indexes=indexes["email_idx"])
+    pandas_nulls_as_none = [v if isinstance(v, str) else None for v in frame["email_idx"]]
+    assert pandas_nulls_as_none == sealed.column("email_idx").to_pylist()
+
+
+def test_compute_all_is_the_reindexing_hook():
+    p = provider(versions=(1, 2))
+    indexes = BlindIndexes(BlindIndex(p, "users", "email", normalizer="email"),
+                           BlindIndex(p, "users", "ssn", normalizer="digits"))
+    columns = {"email": ["a@x.io", "b@x.io"], "ssn": ["123-45-6789", None], "other": [1, 2]}
+    under_1 = indexes.compute_all(columns, version=1)
+    assert under_1 == {"email_idx": indexes["email_idx"].compute(columns["email"], version=1),
+                       "ssn_idx": indexes["ssn_idx"].compute(columns["ssn"], version=1)}
+    assert indexes.compute_all(columns)["email_idx"] != under_1["email_idx"]  # current: 2
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_errors_are_clear_and_typed():
+    p = provider()
+    indexes = BlindIndexes(BlindIndex(p, "users", "email", normalizer="email"))
+    with pytest.raises(UnknownBlindIndex, match="no blind index 'phone_idx'"):
+        indexes.lookup("phone_idx", "x")
+    with pytest.raises(NormalisationError, match="row 1 of column 'email'") as err:
+        indexes["email_idx"].compute(["ok@x.io", "secret-value-without-at", "b@@x.io"])
+    assert err.value.failed.tolist() == [1, 2]
+    assert "secret-value" not in str(err.value) and err.value.__context__ is None
+    with pytest.raises(NormalisationError):
+        indexes.lookup("email_idx", "not an email")
+    with pytest.raises(InvalidArgument, match="NULL"):
+        indexes.lookup("email_idx", None)
+    with pytest.raises(InvalidArgument, match="unknown normaliser"):
+        BlindIndex(p, "users", "email", normalizer="soundex")
+    with pytest.raises(InvalidArgument, match="bits"):
+        BlindIndex(p, "users", "email", bits=33)
+    with pytest.raises(InvalidArgument, match="normalizers names"):
+        BlindIndex(p, "users", "email", normalizers={"phone": "digits"})
+    with pytest.raises(InvalidArgument, match="several tables"):
+        BlindIndexes(BlindIndex(p, "a", "x"), BlindIndex(p, "b", "x"))
+    with pytest.raises(NormalisationError) as err:
+        BlindIndex(p, "t", "c", normalizer=lambda s: 1 / 0).compute(["value"])
+    assert err.value.__context__ is None
+    with pytest.raises(TypeError):
+        pickle.dumps(indexes["email_idx"])
+    assert p.index_key("users", "email", 1).hex()[:8] not in repr(indexes["email_idx"])
+    with pytest.raises(InvalidArgument, match="dict records or tables"):
+        FieldEncryption(EncryptionService(p, metrics=False)).encrypt_column(
+            ["a@x.io"], "email", blind_indexes=indexes)
+    with pytest.raises(InvalidArgumentType, match="index str, bytes or int"):
+        indexes["email_idx"].compute([1.5])
