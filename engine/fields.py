@@ -33,7 +33,7 @@ from .envelope import is_text_token, text_token_mask
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
 
-__all__ = ["FieldEncryption"]
+__all__ = ["FieldEncryption", "context_aad"]
 
 _CONTEXT_MAGIC = b"efld1"
 
@@ -49,6 +49,42 @@ def _check_encryptable(field: str, value: Any) -> None:
 def _context_prefix(field: str) -> bytes:
     name = field.encode("utf-8")
     return _CONTEXT_MAGIC + len(name).to_bytes(4, "big") + name
+
+
+def context_aad(field: str, ids: Any, *, id_field: str = "id") -> Batch:
+    """The AAD that ``FieldEncryption(bind_context=True)`` binds to ``field`` of each record,
+    ``b"efld1" || uint32 len(field) || field || str(id)``, built in batch passes (a
+    re-encryption job re-seals such values with exactly this AAD).
+
+    Args:
+        field: the field name.
+        ids: the record ids, one per record: a list, a numpy array or a pyarrow column.
+        id_field: the name of the id field, for the error message.
+
+    Returns:
+        A :class:`~engine.Batch` of one AAD per id.
+
+    Raises:
+        InvalidArgument: an id is None.
+    """
+    missing = InvalidArgument(f"bind_context: a record lacks {id_field!r}")
+    pa = _pyarrow()
+    id_batch = None
+    if pa is not None:
+        try:
+            arr = ids if type(ids).__module__.startswith("pyarrow") else pa.array(ids)
+            if isinstance(arr, pa.ChunkedArray):
+                arr = arr.combine_chunks()
+            if arr.null_count:
+                raise missing
+            id_batch = Batch.from_arrow(arr.cast(pa.large_string()))
+        except (pa.ArrowException, TypeError):
+            id_batch = None
+    if id_batch is None:
+        if any(i is None for i in ids):
+            raise missing
+        id_batch = Batch.from_list([str(i) for i in ids])
+    return prefix_each(_context_prefix(field), id_batch)
 
 
 class _dualmethod:
@@ -288,26 +324,10 @@ class _Column:
             return None
         if self.ids is None:
             raise InvalidArgument("bind_context needs the record ids (ids=... for a column)")
-        ids = self.ids
-        pa = _pyarrow()
-        if pa is not None:
-            try:
-                arr = ids if type(ids).__module__.startswith("pyarrow") else pa.array(ids)
-                if isinstance(arr, pa.ChunkedArray):
-                    arr = arr.combine_chunks()
-                if len(arr) != self._count():
-                    raise InvalidArgument("ids must have one value per record")
-                if arr.null_count:
-                    raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
-                id_batch = Batch.from_arrow(arr.cast(pa.large_string()))
-            except (pa.ArrowException, TypeError):
-                id_batch = Batch.from_list([str(i) for i in ids])
-        else:
-            if any(i is None for i in ids):
-                raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
-            id_batch = Batch.from_list([str(i) for i in ids])
-        sub = id_batch if len(indices) == len(id_batch) else id_batch.take(indices)
-        return prefix_each(_context_prefix(self.field), sub)
+        if len(self.ids) != self._count():
+            raise InvalidArgument("ids must have one value per record")
+        aad = context_aad(self.field, self.ids, id_field=self.fe._id_field)
+        return aad if len(indices) == len(aad) else aad.take(indices)
 
     def _count(self) -> int:
         return len(self.arrow) if self.arrow is not None else len(self.values)
