@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs
+APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs postgresql
 
 .PHONY: demo test setup system-deps ctest ctest-ipsecmb2 pytest bench bench-full asv-smoke clean
 

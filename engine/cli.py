@@ -143,9 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify = sub.add_parser("audit-verify", help="check an audit log's HMAC chain")
     verify.add_argument("path")
     verify.add_argument("--json", action="store_true", help="print JSON")
+    _add_reencryption_commands(sub)
     args = parser.parse_args(argv)
 
     try:
+        if args.command in ("inventory", "reencrypt"):
+            return _reencryption_commands(args)
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
             return _key_commands(args)
         if args.command == "info":
@@ -211,6 +214,146 @@ def _key_commands(args: argparse.Namespace) -> int:
     except (EngineError, OSError) as exc:
         print(f"crypto-engine: {exc}", file=sys.stderr)
         return EXIT_BACKEND
+
+
+# ---------------------------------------------------------------- inventory, reencrypt
+#
+# `crypto-engine inventory` and `crypto-engine reencrypt`: argument parsing and printing only;
+# the work is engine.reencrypt's.
+
+
+def _add_reencryption_commands(sub: Any) -> None:
+    for name, text in (("inventory", "count the values of each column per key version, and "
+                                     "those that cannot be read"),
+                       ("reencrypt", "move every value of the columns to the current key "
+                                     "version (resumable)")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--store", required=True, metavar="URL",
+                       help="sqlite:///file.db, postgresql://user:pass@host/db or "
+                            "parquet:///path/to/dataset/")
+        p.add_argument("--table", help="the table (SQL stores)")
+        p.add_argument("--key", help="the table's primary key column (SQL stores)")
+        p.add_argument("--column", action="append", default=[], metavar="NAME",
+                       help="a column of tokens or JSON values (repeat for more)")
+        p.add_argument("--sealed", action="append", default=[],
+                       metavar="NAME[=NONCE,TAG,CIPHERTEXT,KEY_VERSION]",
+                       help="a value stored in Parquet as SealedBatch.to_arrow()'s three "
+                            "columns plus a key version (default names: "
+                            "nonce,tag,ciphertext,key_version)")
+        p.add_argument("--aad", action="append", default=[], metavar="[COLUMN=]RULE",
+                       help="the AAD the values were sealed with: none, constant:TEXT, "
+                            "template:TEXT (e.g. template:users:{id}:ssn) or "
+                            "field-context[:ID_COLUMN] (FieldEncryption(bind_context=True)); "
+                            "for every column, or COLUMN=RULE for one")
+        p.add_argument("--batch-size", type=int, default=10_000, metavar="ROWS")
+        p.add_argument("--workers", type=int, default=0,
+                       help="worker processes for the cryptography (0: this process)")
+        p.add_argument("--dask", metavar="ADDRESS",
+                       help="run the partitions on this Dask scheduler (tcp://host:8786)")
+        p.add_argument("--partitions", type=int, default=None,
+                       help="key ranges of a table (default: 1, or 2 per Dask thread)")
+        p.add_argument("--max-failures", type=int, default=1000,
+                       help="unreadable values listed by key (all are counted)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _reencryption_columns(args: argparse.Namespace) -> list[Any]:
+    from .reencrypt import AadRule, Column, SealedLayout
+
+    names = list(args.column)
+    sealed = {}
+    for item in args.sealed:
+        name, _, layout = item.partition("=")
+        sealed[name] = SealedLayout.parse(layout) if layout else SealedLayout()
+        names.append(name)
+    if not names:
+        raise InvalidArgument("name at least one --column (or --sealed)")
+    default, rules = AadRule.none(), {}
+    for item in args.aad:
+        column, sep, rule = item.partition("=")
+        if sep and column in names:
+            rules[column] = AadRule.parse(rule)
+        else:
+            default = AadRule.parse(item)
+    unknown = set(rules) - set(names)
+    if unknown:
+        raise InvalidArgument(f"--aad names a column that is not in the job: {sorted(unknown)}")
+    return [Column(n, rules.get(n, default), sealed.get(n)) for n in names]
+
+
+def _progress_bar(label: str) -> Any:
+    """A progress callback drawing a tqdm bar on stderr when it is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    bar: list[Any] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, unit="rows", desc=label, file=sys.stderr,
+                            dynamic_ncols=True))
+        bar[0].update(done - bar[0].n)
+        if done >= total:
+            bar[0].close()
+
+    return progress
+
+
+def _print_counts(report: Any, moved: bool) -> None:
+    print(f"{report.store}{' table ' + report.table if report.table else ''}: "
+          f"{report.rows:,} rows in {report.duration_s:.2f} s ({report.rows_per_s:,.0f} rows/s)")
+    for name, c in report.columns.items():
+        versions = ", ".join(f"v{v}: {n:,}" for v, n in sorted(c.versions.items())) or "none"
+        print(f"  {name}: {c.values:,} values; readable, by key version: {versions}; "
+              f"NULL {c.null:,}; unreadable {c.failed:,} (unknown key version "
+              f"{c.unknown_key_version:,}, malformed {c.malformed:,}, failing authentication "
+              f"{c.invalid_tag:,})")
+        if moved:
+            print(f"    re-encrypted {c.reencrypted:,}, already current {c.current:,}, "
+                  f"changed meanwhile (left for the next pass) {c.changed:,}")
+    for f in report.failures[:20]:
+        print(f"  failed: {f.column} key={f.key!r}: {f.reason}")
+    if report.failures_total > 20:
+        print(f"  ... {report.failures_total - 20:,} more failures (--json lists up to "
+              "--max-failures)")
+
+
+def _reencryption_commands(args: argparse.Namespace) -> int:
+    from . import reencrypt as jobs
+    from .keys import KeyProviderError
+    from .service import ServiceConfigurationError
+
+    try:
+        columns = _reencryption_columns(args)
+        store = jobs.open_store(args.store, args.table, args.key)
+        run = jobs.inventory if args.command == "inventory" else jobs.reencrypt
+        report = run(store, columns, workers=args.workers, dask=args.dask,
+                     batch_size=args.batch_size, partitions=args.partitions,
+                     max_failures=args.max_failures, progress=_progress_bar(args.command))
+    except InvalidArgument as exc:  # unknown store, missing table/column, plain text, ...
+        print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (jobs.ReencryptionError, KeyProviderError, ServiceConfigurationError,
+            BackendUnavailable) as exc:
+        print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BACKEND
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        _print_counts(report, args.command == "reencrypt")
+        if args.command == "reencrypt":
+            print(f"target v{report.target_version}: scanned {report.scanned:,}, re-encrypted "
+                  f"{report.reencrypted:,}, already current {report.already_current:,}, "
+                  f"failed {report.failed:,}, changed meanwhile {report.changed:,}")
+        else:
+            print(f"current v{report.current_version}: "
+                  + ("every value is under it" if report.all_current() else
+                     "some values are not under it (crypto-engine reencrypt moves them)"))
+    failed = sum(c.failed for c in report.columns.values())
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
 if __name__ == "__main__":

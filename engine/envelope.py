@@ -459,12 +459,19 @@ def parse_headers(tokens: Batch) -> TokenHeaders:
     return TokenHeaders(heads[:, 1].copy(), versions)
 
 
-def pack_tokens(sealed: Any, key_version: int, fmt: int = FORMAT_BOUND) -> Batch:
-    """Binary tokens from a sealed batch (16-byte nonces) under one key version: header, nonce,
-    ciphertext and tag gathered into one buffer by native code.
+def pack_tokens(sealed: Any, key_version: int | np.ndarray, fmt: int = FORMAT_BOUND) -> Batch:
+    """Binary tokens from a sealed batch (16-byte nonces): header, nonce, ciphertext and tag
+    gathered into one buffer by native code.
+
+    ``key_version`` is one version for every record, or an array of one per record (a stored
+    three-column layout with its key-version column).
 
     (:meth:`engine.AesGcm.seal_tokens` seals straight into this layout; this is for batches
     sealed earlier.)
+
+    Raises:
+        InvalidLength: the nonces are not 16 bytes.
+        MalformedEnvelope: a key version outside 1 to 2**32 - 1, or not one per record.
     """
     ct = sealed.ciphertexts
     n = len(ct)
@@ -475,7 +482,17 @@ def pack_tokens(sealed: Any, key_version: int, fmt: int = FORMAT_BOUND) -> Batch
     out = empty_bytes(int(off[-1]))
     starts = off[:-1]
     head = np.empty((n, HEADER_BYTES + IV_BYTES), dtype=np.uint8)
-    head[:, :HEADER_BYTES] = np.frombuffer(token_header(key_version, fmt), dtype=np.uint8)
+    if isinstance(key_version, np.ndarray):
+        versions = key_version
+        if versions.shape != (n,) or not np.issubdtype(versions.dtype, np.integer) or (
+                n and (int(versions.min()) < 1 or int(versions.max()) > MAX_KEY_VERSION)):
+            raise MalformedEnvelope("key versions must be one integer from 1 to 2**32 - 1 "
+                                    "per record")
+        head[:, 0] = MAGIC
+        head[:, 1] = fmt
+        head[:, 2:HEADER_BYTES] = versions.astype(">u4").view(np.uint8).reshape(n, 4)
+    else:
+        head[:, :HEADER_BYTES] = np.frombuffer(token_header(key_version, fmt), dtype=np.uint8)
     head[:, HEADER_BYTES:] = sealed.nonces
     parts = [Batch._trusted(head.reshape(-1), offsets_of(np.full(n, HEADER_BYTES + IV_BYTES))),
              ct,
