@@ -29,7 +29,6 @@ from engine.rotation import VersionStillInUse
 from engine.errors import InvalidArgument
 from reencrypt_support import (
     K1,
-    K2,
     Users,
     assert_application_reads,
     file_digest,
