@@ -10,9 +10,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from engine import EncryptionService, FieldEncryption, StaticKeyProvider
+from engine import Batch, EncryptionService, FieldEncryption, SealedBatch, StaticKeyProvider
 
 K1, K2, K3 = b"\x11" * 32, b"\x22" * 32, b"\x33" * 32
 MASTER = "reencryption-test-master-key-0123456789"
@@ -188,3 +192,44 @@ def file_digest(path: str) -> bytes:
 
 def listing(path: str) -> list[str]:
     return sorted(os.listdir(path))
+
+
+def write_dataset(path, service, files=3, rows=500, *, nulls=True):
+    """Files with an ``id``, a ``ssn`` column of text tokens (AAD ``users:{id}:ssn``), and an
+    email in SealedBatch.to_arrow()'s three columns plus ``key_version``."""
+    os.makedirs(path, exist_ok=True)
+    key = service.provider.get_current_key()
+    plain = {}
+    for f in range(files):
+        ids = np.arange(f * rows, (f + 1) * rows)
+        ssn = [f"{i:09d}" for i in ids]
+        tokens = service.encrypt_many(ssn, aad=[f"users:{i}:ssn" for i in ids], arrow=True)
+        emails = [f"user{i}@example.com".encode() for i in ids]
+        sealed = key.cipher.seal_batch(Batch.from_list(emails)).to_arrow()
+        version = pa.array(np.full(rows, key.version, dtype=np.int32))
+        if nulls:
+            keep = pa.array(ids % 11 != 0)
+            tokens = pc.if_else(keep, tokens, pa.nulls(rows, tokens.type))
+            ssn = [s if i % 11 else None for s, i in zip(ssn, ids)]
+        table = pa.table({"id": ids, "ssn": tokens, "nonce": sealed["nonce"], "tag": sealed["tag"],
+                          "ciphertext": sealed["ciphertext"], "key_version": version},
+                         metadata={"owner": "crm"})
+        name = os.path.join(path, f"part-{f}.parquet")
+        pq.write_table(table, name, compression="zstd")
+        plain[name] = (ids, ssn, emails)
+    return plain
+
+
+def assert_dataset_reads(plain, service, version):
+    key = service.provider.get_key(version)
+    for name, (ids, ssn, emails) in plain.items():
+        table = pq.read_table(name)
+        assert table.schema.metadata[b"owner"] == b"crm"
+        assert set(table["key_version"].to_pylist()) == {version}
+        present = [k for k, s in enumerate(ssn) if s is not None]
+        tokens = table["ssn"].take(pa.array(present))
+        assert service.decrypt_many_text(tokens, [f"users:{ids[k]}:ssn" for k in present]) == \
+            [ssn[k] for k in present]
+        opened = key.cipher.open_batch(SealedBatch.from_arrow(table.select(["nonce", "tag",
+                                                                            "ciphertext"])))
+        assert opened.to_list() == emails

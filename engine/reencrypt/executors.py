@@ -90,7 +90,8 @@ class DaskExecutor:
             within ``timeout`` seconds.
     """
 
-    def __init__(self, address: Any, timeout: float = DASK_CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, address: Any, timeout: float | None = None) -> None:
+        timeout = DASK_CONNECT_TIMEOUT_S if timeout is None else timeout
         try:
             import distributed
         except ImportError:
