@@ -98,6 +98,27 @@ class PostgresStore(SqlStore):
             (self.quote(self.table),)).fetchall()
         return [r[0] for r in rows]
 
+    def update_rows(self, conn: Any, column: str, kind: str, keys: list, old: list,
+                    new: list) -> int:
+        """The batch goes to a temporary table by COPY (psycopg packs the rows in C), then one
+        ``UPDATE ... FROM`` applies it with the same optimistic check: several times faster
+        than a statement per row, whose cost here is psycopg's Python per statement."""
+        staging = self.quote(f"engine_reencrypt_{column}")
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                              (f"pg_temp.{staging}",)).fetchone()[0]
+        if not exists:
+            conn.execute(f"CREATE TEMPORARY TABLE {staging} ON COMMIT DELETE ROWS AS SELECT"
+                         f" {self.quote(self.key)} AS k, {self.quote(column)} AS old,"
+                         f" {self.quote(column)} AS new FROM {self.quote(self.table)} WITH NO DATA")
+        with conn.cursor().copy(f"COPY {staging} (k, old, new) FROM STDIN") as copy:
+            for row in zip(keys, old, new):
+                copy.write_row(row)
+        match = "t.{c}::text = s.old::text" if kind == JSON_TEXT else "t.{c} = s.old"
+        return conn.execute(
+            f"UPDATE {self.quote(self.table)} AS t SET {self.quote(column)} = s.new FROM {staging}"
+            f" AS s WHERE t.{self.quote(self.key)} = s.k AND "
+            + match.format(c=self.quote(column))).rowcount
+
     def read_expression(self, column: str, kind: str) -> str:
         if kind in (JSON_TEXT, JSONB):
             return f"{self.quote(column)}::text"

@@ -331,23 +331,29 @@ class SqlStore:
             Per column, how many values the application had changed meanwhile (not written).
         """
         changed = {}
-        k, t = self.quote(self.key), self.quote(self.table)
         with self.transaction(conn):
             for name, (rows, new) in updates.items():
                 if not rows.shape[0]:
                     changed[name] = 0
                     continue
                 values = python_values(new, rows, batch.text[name])
-                old = batch.originals[name]
-                keys = batch.keys
-                params = [(v, keys[i], old[i]) for v, i in zip(values, rows.tolist())]
-                kind = kinds[name]
-                written = self._executemany(
-                    conn, f"UPDATE {t} SET {self.quote(name)} = {self.value_param(kind)}"
-                          f" WHERE {k} = {self.placeholder} AND {self.compare(name, kind)}", params)
-                changed[name] = len(params) - written
+                old, keys = batch.originals[name], batch.keys
+                picked = rows.tolist()
+                written = self.update_rows(conn, name, kinds[name], [keys[i] for i in picked],
+                                           [old[i] for i in picked], values)
+                changed[name] = len(picked) - written
             self._checkpoint(conn, job, part, batch.last_key)
         return changed
+
+
+    def update_rows(self, conn: Any, column: str, kind: str, keys: list, old: list,
+                    new: list) -> int:
+        """Inside the batch's transaction: sets ``column`` to ``new[i]`` in the row of
+        ``keys[i]`` where it still holds ``old[i]``; returns how many rows changed."""
+        return self._executemany(
+            conn, f"UPDATE {self.quote(self.table)} SET {self.quote(column)} = "
+                  f"{self.value_param(kind)} WHERE {self.quote(self.key)} = {self.placeholder}"
+                  f" AND {self.compare(column, kind)}", list(zip(new, keys, old)))
 
 
 def _key(value: Any) -> str | None:
