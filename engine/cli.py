@@ -250,6 +250,8 @@ def _add_reencryption_commands(sub: Any) -> None:
                        help="worker processes for the cryptography (0: this process)")
         p.add_argument("--dask", metavar="ADDRESS",
                        help="run the partitions on this Dask scheduler (tcp://host:8786)")
+        p.add_argument("--dask-timeout", type=float, default=None, metavar="SECONDS",
+                       help="how long to wait for the Dask scheduler (default 10)")
         p.add_argument("--partitions", type=int, default=None,
                        help="key ranges of a table (default: 1, or 2 per Dask thread)")
         p.add_argument("--max-failures", type=int, default=1000,
@@ -331,7 +333,7 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
         store = jobs.open_store(args.store, args.table, args.key)
         run = jobs.inventory if args.command == "inventory" else jobs.reencrypt
         report = run(store, columns, workers=args.workers, dask=args.dask,
-                     batch_size=args.batch_size, partitions=args.partitions,
+                     dask_timeout=args.dask_timeout, batch_size=args.batch_size, partitions=args.partitions,
                      max_failures=args.max_failures, progress=_progress_bar(args.command))
     except InvalidArgument as exc:  # unknown store, missing table/column, plain text, ...
         print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import audit as audit_events
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, InvalidArgumentType
 from ..service import EncryptionService, ValueStatus, get_encryption_service
 from .errors import NotEncrypted, WrongKeyOrAad
 from .executors import DaskExecutor, run_partitions
@@ -24,7 +24,7 @@ from .partition import JobSpec
 from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
 from .spec import Column, as_columns
 from .stores.parquet import ParquetStore
-from .stores.sql import Partition
+from .stores.sql import Partition, SqlStore
 from .transform import KeyCheck, reseal, status_of
 
 __all__ = ["handover", "inventory", "reencrypt"]
@@ -36,9 +36,9 @@ SAMPLE_ROWS = 1000
 def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
               service: EncryptionService | None = None,
               service_factory: Callable[[], EncryptionService] | None = None,
-              workers: int = 0, dask: Any = None, batch_size: int = 10_000,
-              partitions: int | None = None, max_failures: int = 1000,
-              progress: Progress | None = None) -> Inventory:
+              workers: int = 0, dask: Any = None, dask_timeout: float | None = None,
+              batch_size: int = 10_000, partitions: int | None = None,
+              max_failures: int = 1000, progress: Progress | None = None) -> Inventory:
     """Counts, per column, the values under each key version, the NULLs, and the values that
     cannot be read (unknown key version, malformed, failing authentication). Every value is
     opened; nothing is written.
@@ -52,6 +52,7 @@ def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
             :func:`engine.get_encryption_service`); it must pickle.
         workers: worker processes (0: this process only).
         dask: a Dask scheduler address or ``distributed.Client`` to run partitions on.
+        dask_timeout: seconds to wait for the scheduler to answer (default 10).
         batch_size: rows per batch.
         partitions: key ranges for a table (default: 1, or twice the Dask threads).
         max_failures: unreadable values listed by key (all are counted).
@@ -65,8 +66,8 @@ def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
             beyond the first rows).
         StoreUnavailable, SchedulerUnavailable, WorkerKeyMismatch: the job could not run.
     """
-    job = _Job(store, columns, aad, service, service_factory, dask, batch_size, max_failures,
-               check_only=True)
+    job = _Job(store, columns, aad, service, service_factory, dask, dask_timeout, batch_size,
+               max_failures, check_only=True)
     try:
         job.validate()
         parts = job.partitions(workers, partitions, persist=False)
@@ -83,9 +84,9 @@ def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
 def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None,
               service: EncryptionService | None = None,
               service_factory: Callable[[], EncryptionService] | None = None,
-              workers: int = 0, dask: Any = None, batch_size: int = 10_000,
-              partitions: int | None = None, max_failures: int = 1000,
-              progress: Progress | None = None,
+              workers: int = 0, dask: Any = None, dask_timeout: float | None = None,
+              batch_size: int = 10_000, partitions: int | None = None,
+              max_failures: int = 1000, progress: Progress | None = None,
               observer: Callable[[str, dict], None] | None = None) -> ReencryptionReport:
     """Moves every readable value of ``columns`` that is not under the current key version to
     it, batch by batch, each batch in one transaction with an optimistic check and a
@@ -109,8 +110,8 @@ def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None,
             committed stays, and a new run resumes from its checkpoints.
         KeyVersionNotUsable: the current key version may not encrypt.
     """
-    job = _Job(store, columns, aad, service, service_factory, dask, batch_size, max_failures,
-               check_only=False)
+    job = _Job(store, columns, aad, service, service_factory, dask, dask_timeout, batch_size,
+               max_failures, check_only=False)
     try:
         job.validate()
         parts = job.partitions(workers, partitions, persist=True)
@@ -164,7 +165,11 @@ class _Job:
     def __init__(self, store: Any, columns: Sequence[Any], aad: Any,
                  service: EncryptionService | None,
                  service_factory: Callable[[], EncryptionService] | None, dask: Any,
-                 batch_size: int, max_failures: int, *, check_only: bool) -> None:
+                 dask_timeout: float | None, batch_size: int, max_failures: int, *,
+                 check_only: bool) -> None:
+        if not isinstance(store, (SqlStore, ParquetStore)):
+            raise InvalidArgumentType(f"store must come from open_store(...), not "
+                                      f"{type(store).__name__}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgument("batch_size must be a positive integer")
         self.store = store
@@ -174,7 +179,6 @@ class _Job:
         self.target = self.service.provider.get_current_key().version
         self.batch_size = batch_size
         self.check_only = check_only
-        self.dask = DaskExecutor(dask) if dask is not None else None
         self.rows = 0
         self.total_values = 0
         self.scanned_values = 0
@@ -184,6 +188,8 @@ class _Job:
         self.spec = JobSpec(store, self.columns, self.job_id, batch_size, check_only,
                             self.factory, KeyCheck.of(self.service), max_failures)
         self._done_files: set[str] = set()
+        # last: nothing after it may fail and leave the connection open
+        self.dask = DaskExecutor(dask, dask_timeout) if dask is not None else None
 
     def close(self) -> None:
         if self.dask is not None:
