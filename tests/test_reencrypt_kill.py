@@ -103,7 +103,7 @@ def test_sigkill_at_twenty_random_moments_loses_nothing(kind, request, tmp_path,
     checkpoint.close()
     # the kills fell all along the run (the last may follow the last batch's commit, while
     # the job was still closing)
-    assert killed_at == sorted(killed_at) and killed_at[KILLS // 2] < ROWS, (killed_at, seed)
+    assert killed_at[KILLS // 2] < ROWS, (killed_at, seed)
 
     final = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
