@@ -433,6 +433,8 @@ class EncryptionService:
         if not moved.shape[0]:
             return Reencrypted(batch, status, stored.key_versions, target.version)
         new_values = format_stored_values(tokens, stored.kinds[moved], threads=self._threads)
+        if moved.shape[0] == n:
+            return Reencrypted(new_values, status, stored.key_versions, target.version)
         keep = np.flatnonzero(status != ValueStatus.REENCRYPTED)
         out = interleave(n, [(moved, new_values),
                              (keep, batch.take(keep, threads=self._threads))],

@@ -1,7 +1,7 @@
 """Where a job's partitions run: in this process, on local worker processes, or on a Dask
 cluster.
 
-- Inline: every partition in this process, the cryptography too.
+- Inline: every partition in this process, the cryptography on a helper thread.
 - Worker processes, for a table: this process reads and writes (one connection, one writer,
   which is what SQLite wants), and a pool of processes does the cryptography; batches go to
   them and come back as Arrow IPC streams (:mod:`engine.reencrypt.transform`).
@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from ..errors import InvalidArgument
 from ..service import EncryptionService
 from .errors import SchedulerUnavailable
-from .partition import InlineCrypto, JobSpec, OnBatch, Observer, process_partition
+from .partition import JobSpec, LocalCrypto, OnBatch, Observer, process_partition
 from .report import ColumnCounts, PartitionResult
 from .stores.parquet import ParquetStore
 from .stores.sql import Partition
@@ -50,8 +50,11 @@ def _reseal_ipc(payload: bytes, spec: JobSpec) -> bytes:
 def _run_task(spec: JobSpec, part: Partition) -> PartitionResult:
     """In a worker process or on a Dask worker: one whole partition, with this process's own
     service and connection."""
-    service = worker_service(spec.service_factory, spec.key_check)
-    return process_partition(spec, part, InlineCrypto(service, spec))
+    crypto = LocalCrypto(worker_service(spec.service_factory, spec.key_check), spec)
+    try:
+        return process_partition(spec, part, crypto)
+    finally:
+        crypto.close()
 
 
 class _IpcFuture:
@@ -165,7 +168,7 @@ def run_partitions(spec: JobSpec, parts: Sequence[Partition], *, service: Encryp
         _check_picklable(spec)
         crypto: Any = PoolCrypto(spec, workers)
     else:
-        crypto = InlineCrypto(service, spec)
+        crypto = LocalCrypto(service, spec)
     try:
         for part in parts:
             result = process_partition(spec, part, crypto, on_batch=on_batch, observer=observer)

@@ -1,8 +1,8 @@
 """One partition of a job, start to finish: a key range of a table, or one Parquet file.
 
 The reading and writing happen here, in the process that runs the partition; the
-cryptography happens in ``crypto`` (:class:`InlineCrypto` in this process, or a pool of worker
-processes fed Arrow IPC, see :mod:`engine.reencrypt.executors`). Up to ``crypto.depth``
+cryptography happens in ``crypto`` (:class:`LocalCrypto`, a helper thread of this process, or a
+pool of worker processes fed Arrow IPC, see :mod:`engine.reencrypt.executors`). Up to ``crypto.depth``
 batches are in flight, so workers seal one batch while this process writes the one before;
 batches are still written, and checkpointed, in key order.
 """
@@ -10,6 +10,7 @@ batches are still written, and checkpointed, in key order.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import os
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .stores.parquet import ParquetStore, file_signature, fsync_directory, tempo
 from .stores.sql import Partition, ReadBatch
 from .transform import KeyCheck, reseal, status_of, values_of
 
-__all__ = ["InlineCrypto", "JobSpec", "process_partition"]
+__all__ = ["JobSpec", "LocalCrypto", "process_partition"]
 
 Observer = Callable[[str, dict], None]
 OnBatch = Callable[[int, "dict[str, ColumnCounts] | None"], None]
@@ -55,27 +56,25 @@ class JobSpec:
     max_failures: int = 1000
 
 
-class InlineCrypto:
-    """The cryptography in this process (``depth`` 0: each batch is written before the next
-    is read)."""
+class LocalCrypto:
+    """The cryptography in this process, on one helper thread. The native calls release the
+    GIL, and so does the database driver while it waits on the database, so re-sealing batch
+    k+1 overlaps writing batch k (``depth`` 1)."""
 
-    depth = 0
+    depth = 1
 
     def __init__(self, service: EncryptionService, spec: JobSpec) -> None:
         self._service = service
         self._spec = spec
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="reencrypt-crypto")
 
     def submit(self, table: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(reseal(table, self._spec.columns, self._service,
-                                     check_only=self._spec.check_only))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
-            future.set_exception(exc)
-        return future
+        return self._thread.submit(reseal, table, self._spec.columns, self._service,
+                                   check_only=self._spec.check_only)
 
     def close(self) -> None:
-        pass
+        self._thread.shutdown(wait=True, cancel_futures=True)
 
 
 def process_partition(spec: JobSpec, part: Partition, crypto: Any, *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..errors import StoreUnavailable, TableNotFound
 from .sql import BINARY, INTEGER, JSON_TEXT, JSONB, OTHER, TEXT, SqlStore
@@ -98,8 +98,8 @@ class PostgresStore(SqlStore):
             (self.quote(self.table),)).fetchall()
         return [r[0] for r in rows]
 
-    def update_rows(self, conn: Any, column: str, kind: str, keys: list, old: list,
-                    new: list) -> int:
+    def update_rows(self, conn: Any, column: str, kind: str, keys: Sequence[Any],
+                    old: Sequence[Any], new: Sequence[Any]) -> int:
         """The batch goes to a temporary table by COPY (psycopg packs the rows in C), then one
         ``UPDATE ... FROM`` applies it with the same optimistic check: several times faster
         than a statement per row, whose cost here is psycopg's Python per statement."""

@@ -50,9 +50,9 @@ class ReadBatch:
     """One batch as read: the keys, an Arrow record batch (key and every column read), and
     the values as the driver returned them (the optimistic check compares against these)."""
 
-    keys: list
+    keys: Sequence[Any]
     table: Any
-    originals: dict[str, list]
+    originals: dict[str, Sequence[Any]]
     text: dict[str, Any]  # per column: True, False or a bool per row (SQLite's dynamic types)
 
     @property
@@ -60,7 +60,7 @@ class ReadBatch:
         return self.keys[-1]
 
 
-def arrow_values(values: list) -> tuple[Any, Any]:
+def arrow_values(values: Sequence[Any]) -> tuple[Any, Any]:
     """(an Arrow column, which values are text) from values a driver returned: str, bytes or
     None; anything else (a number where a ciphertext should be) becomes its text, which no
     parser takes for a ciphertext."""
@@ -88,7 +88,7 @@ def python_values(new: Any, rows: np.ndarray, text: Any) -> list:
     bytes elsewhere (built in C for text)."""
     import pyarrow as pa
 
-    subset = new.take(pa.array(rows))
+    subset = new if rows.shape[0] == len(new) else new.take(pa.array(rows))
     batch = Batch.from_arrow(subset.cast(pa.large_binary()) if not
                              pa.types.is_large_binary(subset.type) else subset)
     if text is True:
@@ -290,6 +290,7 @@ class SqlStore:
         import pyarrow as pa
 
         names = [self.key] + sorted({n for c in columns for n in c.read_columns()} - {self.key})
+        aad_columns = {n for c in columns for n in c.aad.columns()}
         exprs = ", ".join(self.read_expression(n, kinds[n]) for n in names)
         k, p = self.quote(self.key), self.placeholder
         after = part.done if part.done is not None else part.low
@@ -310,13 +311,13 @@ class SqlStore:
             data = list(zip(*rows))
             arrays, originals, text = {}, {}, {}
             for name, values in zip(names, data):
-                values = list(values)
                 if name == self.key:
-                    arrays[name] = pa.array(values)
+                    if name in aad_columns:
+                        arrays[name] = pa.array(values)
                     continue
                 arrays[name], text[name] = arrow_values(values)
                 originals[name] = values
-            yield ReadBatch(list(data[0]), pa.RecordBatch.from_pydict(arrays), originals, text)
+            yield ReadBatch(data[0], pa.RecordBatch.from_pydict(arrays), originals, text)
             after = rows[-1][0]
 
     def write(self, conn: Any, batch: ReadBatch, updates: dict[str, tuple[np.ndarray, Any]],
@@ -338,16 +339,17 @@ class SqlStore:
                     continue
                 values = python_values(new, rows, batch.text[name])
                 old, keys = batch.originals[name], batch.keys
-                picked = rows.tolist()
-                written = self.update_rows(conn, name, kinds[name], [keys[i] for i in picked],
-                                           [old[i] for i in picked], values)
-                changed[name] = len(picked) - written
+                if rows.shape[0] != len(keys):
+                    picked = rows.tolist()
+                    keys, old = [keys[i] for i in picked], [old[i] for i in picked]
+                written = self.update_rows(conn, name, kinds[name], keys, old, values)
+                changed[name] = len(values) - written
             self._checkpoint(conn, job, part, batch.last_key)
         return changed
 
 
-    def update_rows(self, conn: Any, column: str, kind: str, keys: list, old: list,
-                    new: list) -> int:
+    def update_rows(self, conn: Any, column: str, kind: str, keys: Sequence[Any],
+                    old: Sequence[Any], new: Sequence[Any]) -> int:
         """Inside the batch's transaction: sets ``column`` to ``new[i]`` in the row of
         ``keys[i]`` where it still holds ``old[i]``; returns how many rows changed."""
         return self._executemany(
