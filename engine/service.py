@@ -376,8 +376,8 @@ class EncryptionService:
 
     # ---- re-encryption ----
 
-    def reencrypt_many(self, values: Any, aad: Any = None, *,
-                       check_only: bool = False) -> "Reencrypted":
+    def reencrypt_many(self, values: Any, aad: Any = None, *, check_only: bool = False,
+                       threads: int | None = None) -> "Reencrypted":
         """Moves stored values to the current key version, each in the shape it was stored in.
 
         Values are read in bulk (:func:`engine.envelope.parse_stored_values`), grouped by key
@@ -394,6 +394,8 @@ class EncryptionService:
                 pyarrow column), exactly as the values were encrypted with.
             check_only: open every readable value (those already current too) and seal
                 nothing: for an inventory.
+            threads: native threads for this call (default: the service's); a worker process
+                that shares the machine with others asks for fewer.
 
         Returns:
             A :class:`Reencrypted`: the values to store, a :class:`ValueStatus` and the key
@@ -404,17 +406,18 @@ class EncryptionService:
             InvalidArgument: ``aad`` does not have one value per record.
             InvalidArgumentType: a value is neither str, bytes nor None.
         """
+        threads = self._threads if threads is None else threads
         batch, present = _stored_batch(values)
         n = len(batch)
         caller_aad = _caller_aad(aad, n)
-        stored = parse_stored_values(batch, present, threads=self._threads)
+        stored = parse_stored_values(batch, present, threads=threads)
         target = self._encryption_key()
         status = np.full(n, ValueStatus.MALFORMED, dtype=np.uint8)
         status[~present] = ValueStatus.NULL
         current = stored.valid & (stored.key_versions == target.version)
         status[current] = ValueStatus.CURRENT
         todo = np.flatnonzero(stored.valid if check_only else stored.valid & ~current)
-        plain, opened = self._open_stored(stored, todo, caller_aad, status)
+        plain, opened = self._open_stored(stored, todo, caller_aad, status, threads)
         moved = todo[opened]
         try:
             if check_only:
@@ -423,7 +426,8 @@ class EncryptionService:
                 return Reencrypted(batch, status, stored.key_versions, target.version)
             src = plain if opened.all() else plain.take(np.flatnonzero(opened))
             try:
-                tokens = self._seal_stored(target, stored.formats[moved], src, caller_aad, moved)
+                tokens = self._seal_stored(target, stored.formats[moved], src, caller_aad, moved,
+                                           threads)
             finally:
                 if src is not plain:
                     src.data.fill(0)
@@ -432,17 +436,17 @@ class EncryptionService:
         status[moved] = ValueStatus.REENCRYPTED
         if not moved.shape[0]:
             return Reencrypted(batch, status, stored.key_versions, target.version)
-        new_values = format_stored_values(tokens, stored.kinds[moved], threads=self._threads)
+        new_values = format_stored_values(tokens, stored.kinds[moved], threads=threads)
         if moved.shape[0] == n:
             return Reencrypted(new_values, status, stored.key_versions, target.version)
         keep = np.flatnonzero(status != ValueStatus.REENCRYPTED)
         out = interleave(n, [(moved, new_values),
-                             (keep, batch.take(keep, threads=self._threads))],
-                         threads=self._threads)
+                             (keep, batch.take(keep, threads=threads))],
+                         threads=threads)
         return Reencrypted(out, status, stored.key_versions, target.version)
 
     def _open_stored(self, stored: StoredValues, todo: np.ndarray, caller_aad: Any,
-                     status: np.ndarray) -> tuple[Batch, np.ndarray]:
+                     status: np.ndarray, threads: int | None) -> tuple[Batch, np.ndarray]:
         """Opens the tokens at ``todo``: one native pass per (key version, format). Returns the
         plaintexts in ``todo`` order (a record that did not open holds no plaintext) and which
         of them opened; the status of those that did not is set."""
@@ -452,7 +456,8 @@ class EncryptionService:
         opened = np.ones(todo.shape[0], dtype=bool)
         group_key = stored.key_versions[todo] * 256 + stored.formats[todo]
         try:
-            self._open_groups(stored, todo, caller_aad, status, group_key, out, off, opened)
+            self._open_groups(stored, todo, caller_aad, status, group_key, out, off, opened,
+                              threads)
         except BaseException:
             out.fill(0)
             raise
@@ -460,7 +465,7 @@ class EncryptionService:
 
     def _open_groups(self, stored: StoredValues, todo: np.ndarray, caller_aad: Any,
                      status: np.ndarray, group_key: np.ndarray, out: np.ndarray,
-                     off: np.ndarray, opened: np.ndarray) -> None:
+                     off: np.ndarray, opened: np.ndarray, threads: int | None) -> None:
         for g in np.unique(group_key).tolist():
             local = np.flatnonzero(group_key == g)
             idx = todo[local]
@@ -472,12 +477,12 @@ class EncryptionService:
                 opened[local] = False
                 continue
             tokens = stored.tokens if idx.shape[0] == len(stored) else \
-                stored.tokens.take(idx, threads=self._threads)
+                stored.tokens.take(idx, threads=threads)
             sub_aad = caller_aad.take(idx) if isinstance(caller_aad, Batch) else caller_aad
             try:
                 key.cipher.open_tokens(tokens, HEADER_BYTES, sub_aad,
                                        bind_header=fmt == FORMAT_BOUND, out=out,
-                                       out_starts=off[:-1][local], threads=self._threads)
+                                       out_starts=off[:-1][local], threads=threads)
             except BatchInvalidTag as exc:
                 status[idx[exc.failed]] = ValueStatus.INVALID_TAG
                 opened[local[exc.failed]] = False
@@ -486,7 +491,7 @@ class EncryptionService:
                 self._used(version, "decrypt", int(opened[local].sum()))
 
     def _seal_stored(self, target: VersionedKey, formats: np.ndarray, plain: Batch,
-                     caller_aad: Any, moved: np.ndarray) -> Batch:
+                     caller_aad: Any, moved: np.ndarray, threads: int | None) -> Batch:
         """Seals ``plain`` (the plaintexts of the values at ``moved``) under ``target`` as binary
         tokens of each value's own format: one native pass per format."""
         parts = []
@@ -498,7 +503,7 @@ class EncryptionService:
             try:
                 tokens = target.cipher.seal_tokens(sub, token_header(target.version, fmt),
                                                    sub_aad, bind_header=fmt == FORMAT_BOUND,
-                                                   threads=self._threads)
+                                                   threads=threads)
             finally:
                 if sub is not plain:
                     sub.data.fill(0)
@@ -506,7 +511,7 @@ class EncryptionService:
             parts.append((local, tokens))
         if len(parts) == 1:
             return parts[0][1]
-        return interleave(moved.shape[0], parts, threads=self._threads)
+        return interleave(moved.shape[0], parts, threads=threads)
 
 
 class ValueStatus(enum.IntEnum):

@@ -17,10 +17,12 @@ environment) and checks it against the coordinator's key before sealing anything
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import multiprocessing
 import pickle
 from typing import Any, Callable, Sequence
 
+from ..batch import default_threads
 from ..errors import InvalidArgument
 from ..service import EncryptionService
 from .errors import SchedulerUnavailable
@@ -44,7 +46,8 @@ def _spawn() -> Any:
 def _reseal_ipc(payload: bytes, spec: JobSpec) -> bytes:
     """In a worker process: one batch in, its results out, both as Arrow IPC."""
     service = worker_service(spec.service_factory, spec.key_check)
-    return to_ipc(reseal(from_ipc(payload), spec.columns, service, check_only=spec.check_only))
+    return to_ipc(reseal(from_ipc(payload), spec.columns, service, check_only=spec.check_only,
+                         threads=spec.threads))
 
 
 def _run_task(spec: JobSpec, part: Partition) -> PartitionResult:
@@ -150,6 +153,10 @@ def run_partitions(spec: JobSpec, parts: Sequence[Partition], *, service: Encryp
         finally:
             dask.client.cancel(futures)
         return total
+    if workers:
+        # worker processes share the cores rather than each take them all
+        spec = dataclasses.replace(spec, threads=spec.threads or
+                                   max(1, default_threads() // workers))
     if workers and isinstance(spec.store, ParquetStore):
         _check_picklable(spec)
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_spawn()) as pool:

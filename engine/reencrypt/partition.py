@@ -44,6 +44,8 @@ class JobSpec:
         service_factory: builds the worker's own service (keys never travel).
         key_check: proves the worker's key is the coordinator's.
         max_failures: failures listed by key (all are counted).
+        threads: native threads per batch (None: the service's); worker processes that share
+            the machine take their share of its cores.
     """
 
     store: Any
@@ -54,6 +56,7 @@ class JobSpec:
     service_factory: Callable[[], EncryptionService]
     key_check: KeyCheck
     max_failures: int = 1000
+    threads: int | None = None
 
 
 class LocalCrypto:
@@ -71,7 +74,7 @@ class LocalCrypto:
 
     def submit(self, table: Any) -> Future:
         return self._thread.submit(reseal, table, self._spec.columns, self._service,
-                                   check_only=self._spec.check_only)
+                                   check_only=self._spec.check_only, threads=self._spec.threads)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)
@@ -183,7 +186,8 @@ def _process_file(spec: JobSpec, part: Partition, crypto: Any,
     moved = 0
     first_row = 0
     try:
-        for rb in source.iter_batches(batch_size=spec.batch_size):
+        for rb in source.iter_batches(batch_size=spec.batch_size,
+                                      use_threads=spec.threads is None or spec.threads > 1):
             resealed = crypto.submit(rb).result()
             delta = _count_batch(spec, resealed, lambda r, base=first_row: f"{name}#{base + r}",
                                  result)

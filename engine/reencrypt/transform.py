@@ -110,7 +110,7 @@ def values_of(result: Any, index: int, name: str) -> Any:
 
 
 def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
-           check_only: bool = False) -> Any:
+           check_only: bool = False, threads: int | None = None) -> Any:
     """Re-encrypts (or, with ``check_only``, only opens) every column of ``batch``.
 
     Returns:
@@ -118,6 +118,8 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
         :class:`~engine.service.ValueStatus`), ``i.version`` (``int64``, 0 where none was read)
         and, unless ``check_only``, ``i.<stored column>`` holding the values to store, of the
         stored column's type (the old value wherever nothing changed).
+
+    ``threads``: native threads (default: the service's).
 
     Raises:
         ColumnNotFound: a column is missing or of a type that cannot hold ciphertexts.
@@ -128,9 +130,9 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
     for i, column in enumerate(columns):
         aad = column.aad.evaluate(batch, column.name)
         if column.sealed is None:
-            result, new = _token_column(batch, column.name, aad, service, check_only)
+            result, new = _token_column(batch, column.name, aad, service, check_only, threads)
         else:
-            result, new = _sealed_column(batch, column, aad, service, check_only)
+            result, new = _sealed_column(batch, column, aad, service, check_only, threads)
         arrays[f"{i}.status"] = pa.array(result[0], pa.uint8())
         arrays[f"{i}.version"] = pa.array(result[1], pa.int64())
         for name, arr in new.items():
@@ -147,7 +149,8 @@ def _input(batch: Any, name: str) -> Any:
 
 
 def _token_column(batch: Any, name: str, aad: Any, service: EncryptionService,
-                  check_only: bool) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+                  check_only: bool, threads: int | None
+                  ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
     import pyarrow as pa
 
     values = _input(batch, name)
@@ -155,7 +158,7 @@ def _token_column(batch: Any, name: str, aad: Any, service: EncryptionService,
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
             or pa.types.is_large_binary(t)):
         raise ColumnNotFound(f"column {name!r} is {t}; ciphertexts are text or binary")
-    result = service.reencrypt_many(values, aad, check_only=check_only)
+    result = service.reencrypt_many(values, aad, check_only=check_only, threads=threads)
     if check_only:
         return (result.status, result.key_versions), {}
     text = pa.types.is_string(t) or pa.types.is_large_string(t)
@@ -168,7 +171,8 @@ def _token_column(batch: Any, name: str, aad: Any, service: EncryptionService,
 
 
 def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionService,
-                   check_only: bool) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+                   check_only: bool, threads: int | None
+                   ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
     """The three-column layout: each row's nonce, ciphertext and tag under its key version are
     handed to the service as a format-2 token (the layout's AAD is the caller's only), and
     the tokens it returns are split back into the same columns."""
@@ -210,7 +214,7 @@ def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionServ
                          ciphertexts=Batch.from_arrow(ct.take(take).cast(pa.large_binary())))
     tokens = pack_tokens(sealed, versions[rows], FORMAT_SEED)
     result = service.reencrypt_many(tokens, aad.take(rows) if isinstance(aad, Batch) else aad,
-                                    check_only=check_only)
+                                    check_only=check_only, threads=threads)
     status[rows] = result.status
     found[rows] = result.key_versions
     if check_only:
