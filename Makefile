@@ -16,6 +16,7 @@ test: setup ctest ctest-ipsecmb2 pytest asv-smoke
 	$(BIN)/python -m bench.compare --quick
 	$(BIN)/python -m bench.bench_service --quick
 	$(BIN)/python -m bench.bench_vault --quick
+	$(BIN)/python -m bench.bench_reencrypt --quick
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -176,10 +176,10 @@ def check_moved(values: list[str], expect_version: int, new: EncryptionService) 
 # ---------------------------------------------------------------- cases
 
 
-def sqlite_case(n: int, rounds: int, batch: int, work: Path) -> dict[str, Any]:
-    old, new = services()
-    template, path = str(work / "template.db"), str(work / "users.db")
-    conn = sqlite3.connect(template)
+def make_sqlite(path: str, n: int) -> None:
+    """A SQLite file with ``users(id, v)``: n tokens of 64-byte values under version 1."""
+    old, _ = services()
+    conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, v TEXT)")
     for a, b in chunks(n):
@@ -189,11 +189,22 @@ def sqlite_case(n: int, rounds: int, batch: int, work: Path) -> dict[str, Any]:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 
+
+def copy_sqlite(template: str, path: str) -> None:
+    """``path`` becomes a fresh copy of ``template`` (its WAL files removed)."""
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    shutil.copyfile(template, path)
+
+
+def sqlite_case(n: int, rounds: int, batch: int, work: Path) -> dict[str, Any]:
+    _, new = services()
+    template, path = str(work / "template.db"), str(work / "users.db")
+    make_sqlite(template, n)
+
     def reset() -> None:
-        for suffix in ("-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.unlink(path + suffix)
-        shutil.copyfile(template, path)
+        copy_sqlite(template, path)
 
     store = open_store(f"sqlite:///{path}", "users", "id")
     medians = interleaved({
