@@ -699,11 +699,7 @@ def parse_stored_values(values: Batch, present: np.ndarray | None = None, *,
     kinds[~present] = VALUE_NULL
     valid = np.zeros(n, dtype=bool)
     parts: list[tuple[np.ndarray, Batch]] = []
-    for kind in (VALUE_BINARY_TOKEN, VALUE_TEXT_TOKEN, VALUE_JSON):
-        idx = np.flatnonzero(kinds == kind)
-        if not idx.shape[0]:
-            continue
-        sub = values if idx.shape[0] == n else values.take(idx, threads=threads)
+    for kind, idx, sub in _by_kind(values, kinds, threads):
         if kind == VALUE_BINARY_TOKEN:
             tokens, ok = sub, _token_codes(sub) == _OK
         elif kind == VALUE_TEXT_TOKEN:
@@ -713,10 +709,7 @@ def parse_stored_values(values: Batch, present: np.ndarray | None = None, *,
             tokens, ok = _json_to_tokens(sub, threads)
         valid[idx] = ok
         parts.append((idx[ok], tokens if bool(ok.all()) else tokens.take(np.flatnonzero(ok))))
-    if len(parts) == 1 and parts[0][0].shape[0] == n:
-        tokens = parts[0][1]
-    else:
-        tokens = interleave(n, parts, threads=threads)
+    tokens = _merged(n, parts, threads)
     formats = np.zeros(n, dtype=np.uint8)
     versions = np.zeros(n, dtype=np.int64)
     ok_idx = np.flatnonzero(valid)
@@ -748,16 +741,27 @@ def format_stored_values(tokens: Batch, kinds: np.ndarray, *, timestamp: datetim
     if bool((kinds == VALUE_BINARY_TOKEN).all()):
         return tokens
     parts: list[tuple[np.ndarray, Batch]] = []
-    for kind in (VALUE_BINARY_TOKEN, VALUE_TEXT_TOKEN, VALUE_JSON):
-        idx = np.flatnonzero(kinds == kind)
-        if not idx.shape[0]:
-            continue
-        sub = tokens if idx.shape[0] == n else tokens.take(idx, threads=threads)
+    for kind, idx, sub in _by_kind(tokens, kinds, threads):
         if kind == VALUE_TEXT_TOKEN:
             sub = text_tokens_batch(sub, threads=threads)
         elif kind == VALUE_JSON:
             sub = _tokens_to_json(sub, timestamp, threads)
         parts.append((idx, sub))
+    return _merged(n, parts, threads)
+
+
+def _by_kind(values: Batch, kinds: np.ndarray, threads: int | None) -> Any:
+    """(kind, indices, the values at them) for each kind of value present but NULL."""
+    n = len(values)
+    for kind in (VALUE_BINARY_TOKEN, VALUE_TEXT_TOKEN, VALUE_JSON):
+        idx = np.flatnonzero(kinds == kind)
+        if idx.shape[0]:
+            yield kind, idx, values if idx.shape[0] == n else values.take(idx, threads=threads)
+
+
+def _merged(n: int, parts: list[tuple[np.ndarray, Batch]], threads: int | None) -> Batch:
+    """The parts put back in order (:func:`engine.batch.interleave`), without a copy when one
+    part holds every record."""
     if len(parts) == 1 and parts[0][0].shape[0] == n:
         return parts[0][1]
     return interleave(n, parts, threads=threads)

@@ -12,7 +12,7 @@ from ..errors import InvalidArgument
 from ..fields import context_aad
 from .errors import ColumnNotFound
 
-__all__ = ["AadRule", "Column", "SealedLayout"]
+__all__ = ["AadRule", "Column", "SealedLayout", "as_columns", "column_of"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,8 @@ class AadRule:
         if self.kind == "constant":
             return self.text.encode("utf-8")
         if self.kind == "field-context":
-            return context_aad(self.text or column, _column(table, self.fields[0]),
+            return context_aad(self.text or column,
+                               column_of(table, self.fields[0], "the AAD rule's column"),
                                id_field=self.fields[0])
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -121,7 +122,7 @@ class AadRule:
             if literal:
                 parts.append(pa.scalar(literal, pa.large_string()))
             if name:
-                parts.append(_as_text(_column(table, name), name))
+                parts.append(_as_text(column_of(table, name, "the AAD rule's column"), name))
         joined = pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))
         return Batch.from_arrow(joined.cast("large_string").view("large_binary"))
 
@@ -132,11 +133,16 @@ class AadRule:
         return self.kind if self.kind == "none" else f"{self.kind}:{self.text}"
 
 
-def _column(table: Any, name: str) -> Any:
+def column_of(table: Any, name: str, role: str = "column") -> Any:
+    """Column ``name`` of a pyarrow Table or RecordBatch, as one array.
+
+    Raises:
+        ColumnNotFound: there is none (``role`` says what it was wanted for).
+    """
     try:
         col = table.column(name)
     except KeyError:
-        raise ColumnNotFound(f"the AAD rule reads column {name!r}, which is missing") from None
+        raise ColumnNotFound(f"{role} {name!r} is missing") from None
     return col.combine_chunks() if hasattr(col, "combine_chunks") else col
 
 

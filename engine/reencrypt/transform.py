@@ -26,7 +26,7 @@ from ..errors import InvalidTag
 from ..keys import UnknownKeyVersion
 from ..service import EncryptionService, ValueStatus
 from .errors import ColumnNotFound, WorkerKeyMismatch
-from .spec import Column
+from .spec import Column, column_of
 
 __all__ = ["KeyCheck", "from_ipc", "reseal", "status_of", "to_ipc", "values_of", "worker_service"]
 
@@ -140,20 +140,12 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
     return pa.RecordBatch.from_pydict(arrays) if arrays else pa.record_batch([])
 
 
-def _input(batch: Any, name: str) -> Any:
-    try:
-        col = batch.column(name)
-    except KeyError:
-        raise ColumnNotFound(f"column {name!r} is missing") from None
-    return col.combine_chunks() if hasattr(col, "combine_chunks") else col
-
-
 def _token_column(batch: Any, name: str, aad: Any, service: EncryptionService,
                   check_only: bool, threads: int | None
                   ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
     import pyarrow as pa
 
-    values = _input(batch, name)
+    values = column_of(batch, name)
     t = values.type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
             or pa.types.is_large_binary(t)):
@@ -180,7 +172,7 @@ def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionServ
     import pyarrow.compute as pc
 
     layout = column.sealed
-    nonce, tag, ct, ver = (_input(batch, n) for n in layout.names())
+    nonce, tag, ct, ver = (column_of(batch, n) for n in layout.names())
     n = len(ct)
     for name, arr in ((layout.nonce, nonce), (layout.tag, tag)):
         width = getattr(arr.type, "byte_width", None)
