@@ -66,7 +66,7 @@ def cluster(keys):
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as local:
+                      dashboard_address=":0") as local:
         yield local
 
 
