@@ -85,17 +85,21 @@ def test_a_failing_file_stops_the_job_and_the_rerun_skips_the_files_done(tmp_pat
     assert listing(path) == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
 
 
-def test_unreadable_values_are_reported_by_file_and_row(tmp_path):
+@pytest.mark.parametrize("codec", ["none", "lz4", "gzip"])
+def test_unreadable_values_are_reported_by_file_and_row(tmp_path, codec):
     old, new = services()
     path = str(tmp_path / "one.parquet")
     ids = np.arange(5)
     tokens = old.encrypt_many([f"{i}" for i in ids], aad=[f"users:{i}:ssn" for i in ids])
     tokens[3] = "not a token"
-    pq.write_table(pa.table({"id": ids, "ssn": tokens}), path)
+    pq.write_table(pa.table({"id": ids, "ssn": tokens}), path, compression=codec)
     report = reencrypt(open_store(f"parquet://{path}"), [COLUMNS[0]], service=new)
     assert [(f.key, f.reason) for f in report.failures] == [("one.parquet#3", "malformed")]
     assert pq.read_table(path)["ssn"][3].as_py() == "not a token"
     assert report.reencrypted == 4
+    written = pq.ParquetFile(path).metadata.row_group(0).column(1).compression
+    assert written == pq.ParquetFile(path).metadata.row_group(0).column(0).compression
+    assert written.lower() in (codec, "uncompressed", "lz4_raw")  # the file's codec is kept
 
 
 def test_bad_input(tmp_path):

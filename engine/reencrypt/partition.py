@@ -28,6 +28,8 @@ from .transform import KeyCheck, reseal, status_of, values_of
 __all__ = ["JobSpec", "LocalCrypto", "process_partition"]
 
 Observer = Callable[[str, dict], None]
+# Parquet metadata names codecs differently from ParquetWriter in two cases.
+_WRITER_CODECS = {"uncompressed": "none", "lz4_raw": "lz4"}
 OnBatch = Callable[[int, "dict[str, ColumnCounts] | None"], None]
 
 
@@ -181,6 +183,7 @@ def _process_file(spec: JobSpec, part: Partition, crypto: Any,
     meta = source.metadata
     codec = (meta.row_group(0).column(0).compression.lower()
              if meta.num_row_groups and meta.num_columns else "snappy")
+    codec = _WRITER_CODECS.get(codec, codec)
     tmp = temporary_for(path)
     writer = None
     moved = 0
