@@ -334,3 +334,43 @@ def test_matches_value_by_value_decryption(records):
         assert s is (ValueStatus.CURRENT if current else ValueStatus.REENCRYPTED)
         new = bytes(result.values[i])
         assert svc.decrypt(new.decode() if not new.startswith(b"\xef") else new, aads[i]) == expect
+
+
+def test_what_crosses_to_a_worker_holds_no_key_and_no_plaintext(monkeypatch, tmp_path):
+    """The job description a worker receives pickles without key material, and the batches
+    going to it and coming back (Arrow IPC) hold ciphertexts only."""
+    import pickle
+
+    import pyarrow as pa
+
+    from engine.reencrypt import AadRule, Column, open_store
+    from engine.reencrypt.executors import _reseal_ipc
+    from engine.reencrypt.partition import JobSpec
+    from engine.reencrypt.transform import KeyCheck, from_ipc, to_ipc, worker_service
+
+    old = EncryptionService(StaticKeyProvider({1: _RANDOM_KEYS[1]}), metrics=False)
+    new = _two_version_service()
+    plain = [f"secret-{i:04d}".encode() for i in range(200)]
+    tokens = old.encrypt_many(plain, aad=[f"users:{i}:ssn" for i in range(200)])
+    factory = _two_version_service
+    spec = JobSpec(open_store("sqlite:///x.db", "users", "id"),
+                   (Column("ssn", AadRule.template("users:{id}:ssn")),), "job", 100, False,
+                   factory, KeyCheck.of(new))
+    wire = pickle.dumps(spec)
+    assert not any(k in wire for k in _RANDOM_KEYS.values())
+    batch = pa.record_batch({"id": pa.array(range(200)), "ssn": pa.array(tokens)})
+    going = to_ipc(batch)
+    coming = _reseal_ipc(going, spec)
+    for payload in (going, coming):
+        assert not any(p in payload for p in plain)
+        assert not any(k in payload for k in _RANDOM_KEYS.values())
+    moved = from_ipc(coming).column("0.ssn").to_pylist()
+    assert new.decrypt_many(moved, aad=[f"users:{i}:ssn" for i in range(200)]).to_list() == plain
+    assert worker_service(factory, spec.key_check) is worker_service(factory, spec.key_check)
+
+
+_RANDOM_KEYS = {1: os.urandom(32), 2: os.urandom(32)}
+
+
+def _two_version_service():
+    return EncryptionService(StaticKeyProvider(_RANDOM_KEYS), metrics=False)
