@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs
+APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs postgresql
 
 .PHONY: demo test test-asan setup system-deps ctest ctest-ipsecmb2 pytest bench bench-full asv-smoke clean
 
@@ -18,6 +18,7 @@ test: setup ctest pytest asv-smoke
 	$(BIN)/python -m bench.bench_vault --quick
 	$(BIN)/python -m bench.bench_files --quick
 	$(BIN)/python -m bench.bench_index --quick
+	$(BIN)/python -m bench.bench_reencrypt --quick
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

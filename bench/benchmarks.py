@@ -1,7 +1,8 @@
 """asv benchmarks: seal/open at 64 B, 1 KiB, 16 KiB and 1 MiB, single call and batch, one thread
 and all threads, with cryptography's AESGCM timed beside them for reference; and the service
 layer (encrypt_many, decrypt_many_text, FieldEncryption over dicts and over a pyarrow column) on
-100,000 short strings.
+100,000 short strings; and the re-encryption job on a SQLite table, with its ratio to a plain
+copy job (bench/bench_reencrypt.py has the whole comparison).
 
     asv run --python=same --quick          # against the installed package
     asv continuous main HEAD               # regression check between two commits
@@ -143,3 +144,57 @@ class Files:
         from engine import tables
 
         tables.encrypt_columns(self.table, ["email", "ssn"], service=self.service)
+
+
+class Reencryption:
+    """The re-encryption job on 50,000 rows of 64-byte values in SQLite (tokens under v1 moved
+    to v2), and its time over the plain copy job's (same reads and writes, no cryptography).
+    Each measurement starts from a fresh copy of the table; the copy is not timed."""
+
+    timeout = 300
+    rows = 50_000
+
+    def setup(self):
+        import tempfile
+
+        from bench.bench_reencrypt import make_sqlite
+
+        self.dir = tempfile.mkdtemp(prefix="asv-reencrypt-")
+        self.template = os.path.join(self.dir, "template.db")
+        self.path = os.path.join(self.dir, "users.db")
+        make_sqlite(self.template, self.rows)
+
+    def teardown(self):
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _job_seconds(self) -> float:
+        import time
+
+        from bench.bench_reencrypt import copy_sqlite, services
+        from engine.reencrypt import open_store, reencrypt
+
+        copy_sqlite(self.template, self.path)
+        store = open_store(f"sqlite:///{self.path}", "users", "id")
+        t0 = time.perf_counter()
+        reencrypt(store, ["v"], service=services()[1])
+        return time.perf_counter() - t0
+
+    def track_reencrypt_seconds(self):
+        return self._job_seconds()
+
+    track_reencrypt_seconds.unit = "seconds"
+
+    def track_ratio_to_copy_job(self):
+        import time
+
+        from bench.bench_reencrypt import copy_sqlite, sqlite_job
+
+        copy_sqlite(self.template, self.path)
+        t0 = time.perf_counter()
+        sqlite_job(self.path, 10_000, crypto=False)
+        copy = time.perf_counter() - t0
+        return self._job_seconds() / copy
+
+    track_ratio_to_copy_job.unit = "ratio"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, Sequence
@@ -34,29 +35,52 @@ def sample_records(count: int, min_size: int, max_size: int, seed: int = 0) -> B
     return Batch(data, offsets)
 
 
-class _Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+class _Bar:
+    """A tqdm progress bar on stderr when stderr is a terminal, nothing otherwise; the library
+    calls :meth:`advance` (bytes or steps done since the last call) or :meth:`reach` (done out of
+    total) with each step. Use it as a context manager so that the bar is closed."""
 
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.live = sys.stderr.isatty()
+    def __init__(self, unit: str, *, total: int | None = None, desc: str | None = None) -> None:
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
 
-    def step(self, what: str) -> None:
-        self.done += 1
-        if self.live:
-            filled = 30 * self.done // self.total
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
-                             f"{self.done}/{self.total} {what:<24}")
-            sys.stderr.flush()
-            if self.done == self.total:
-                sys.stderr.write("\n")
+            self._bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc,
+                             file=sys.stderr, dynamic_ncols=True)
+
+    @property
+    def live(self) -> bool:
+        return self._bar is not None
+
+    def advance(self, n: int = 1, what: str | None = None) -> None:
+        if self._bar is not None:
+            if what is not None:
+                self._bar.set_postfix_str(what, refresh=False)
+            self._bar.update(n)
+
+    def reach(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.update(done - self._bar.n)
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
              compare: bool = True) -> dict[str, Any]:
     """Seals and opens a generated data set under a fresh development key, and (when
     ``cryptography`` is installed) times cryptography's AESGCM on the same records."""
-    progress = _Progress(6 if compare else 4, "demo")
+    with _Bar("step", total=6 if compare else 4, desc="demo") as progress:
+        return _demo(progress, count, min_size, max_size, backend, compare)
+
+
+def _demo(progress: "_Bar", count: int, min_size: int, max_size: int, backend: str | None,
+          compare: bool) -> dict[str, Any]:
     batch = sample_records(count, min_size, max_size)
     key = AesGcm.generate_key()
     aead = AesGcm(key, backend=backend)
@@ -72,7 +96,7 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
         if round_:
             seal_times.append(t1 - t0)
             open_times.append(t2 - t1)
-        progress.step(f"engine round {round_ + 1} of 4")
+        progress.advance(what=f"engine round {round_ + 1} of 4")
     seal_s, open_s = sorted(seal_times)[1], sorted(open_times)[1]
     result: dict[str, Any] = {
         "backend": backend_info(backend),
@@ -96,7 +120,7 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
                 t0 = time.perf_counter()
                 theirs = [ref.encrypt(n, v, None) for n, v in zip(nonces, values)]
                 loop_s = min(loop_s, time.perf_counter() - t0)
-                progress.step("cryptography loop")
+                progress.advance(what="cryptography loop")
             result["cryptography"] = {"seal_records_per_s": count / loop_s,
                                       "seal_bytes_per_s": batch.nbytes / loop_s}
             same = all(t[:-16] == bytes(sealed.ciphertexts[i]) and t[-16:] == sealed.tags[i].tobytes()
@@ -170,11 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "and kept elsewhere")
     verify.add_argument("--json", action="store_true", help="print JSON")
     _add_data_commands(sub)
+    _add_reencryption_commands(sub)
     args = parser.parse_args(argv)
 
     if args.command in _DATA_COMMANDS:
         return _data_commands(args)
     try:
+        if args.command in ("inventory", "reencrypt"):
+            return _reencryption_commands(args)
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
             return _key_commands(args)
         if args.command == "info":
@@ -289,10 +316,13 @@ def _data_commands(args: argparse.Namespace) -> int:
     error: BaseException | None = None
     try:
         if args.command in ("encrypt", "decrypt"):
-            with _progress_bar(args.input) as bar:
+            size = (os.path.getsize(args.input)
+                    if args.input != "-" and os.path.isfile(args.input) else None)
+            with _Bar("B", total=size) as bar:
                 files = FileEncryption()
                 run = files.encrypt_file if args.command == "encrypt" else files.decrypt_file
-                result = run(args.input, args.output, args.context, progress=bar, fsync=args.fsync)
+                result = run(args.input, args.output, args.context,
+                             progress=bar.advance if bar.live else None, fsync=args.fsync)
             report = result.to_dict()
         else:
             from .tables import decrypt_columns_file, encrypt_columns_file
@@ -319,26 +349,121 @@ def _data_commands(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _progress_bar:
-    """A tqdm progress bar in bytes on a terminal's stderr (sized from IN when it is a file);
-    the callable that the library calls with each step."""
+def _add_reencryption_commands(sub: Any) -> None:
+    for name, text in (("inventory", "count the values of each column per key version, and "
+                                     "those that cannot be read"),
+                       ("reencrypt", "move every value of the columns to the current key "
+                                     "version (resumable)")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--store", required=True, metavar="URL",
+                       help="sqlite:///file.db, postgresql://user:pass@host/db or "
+                            "parquet:///path/to/dataset/")
+        p.add_argument("--table", help="the table (SQL stores)")
+        p.add_argument("--key", help="the table's primary key column (SQL stores)")
+        p.add_argument("--column", action="append", default=[], metavar="NAME",
+                       help="a column of tokens or JSON values (repeat for more)")
+        p.add_argument("--sealed", action="append", default=[],
+                       metavar="NAME[=NONCE,TAG,CIPHERTEXT,KEY_VERSION]",
+                       help="a value stored in Parquet as SealedBatch.to_arrow()'s three "
+                            "columns plus a key version (default names: "
+                            "nonce,tag,ciphertext,key_version)")
+        p.add_argument("--aad", action="append", default=[], metavar="[COLUMN=]RULE",
+                       help="the AAD the values were sealed with: none, constant:TEXT, "
+                            "template:TEXT (e.g. template:users:{id}:ssn) or "
+                            "field-context[:ID_COLUMN] (FieldEncryption(bind_context=True)); "
+                            "for every column, or COLUMN=RULE for one")
+        p.add_argument("--batch-size", type=int, default=10_000, metavar="ROWS")
+        p.add_argument("--workers", type=int, default=0,
+                       help="worker processes for the cryptography (0: this process)")
+        p.add_argument("--dask", metavar="ADDRESS",
+                       help="run the partitions on this Dask scheduler (tcp://host:8786)")
+        p.add_argument("--dask-timeout", type=float, default=None, metavar="SECONDS",
+                       help="how long to wait for the Dask scheduler (default 10)")
+        p.add_argument("--partitions", type=int, default=None,
+                       help="key ranges of a table (default: 1, or 2 per Dask thread)")
+        p.add_argument("--max-failures", type=int, default=1000,
+                       help="unreadable values listed by key (all are counted)")
+        p.add_argument("--json", action="store_true", help="print JSON")
 
-    def __init__(self, path: str) -> None:
-        self._bar = None
-        if sys.stderr.isatty():
-            import os
 
-            from tqdm import tqdm
+def _reencryption_columns(args: argparse.Namespace) -> list[Any]:
+    from .reencrypt import AadRule, Column, SealedLayout
 
-            total = os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+    names = list(args.column)
+    sealed = {}
+    for item in args.sealed:
+        name, _, layout = item.partition("=")
+        sealed[name] = SealedLayout.parse(layout) if layout else SealedLayout()
+        names.append(name)
+    if not names:
+        raise InvalidArgument("name at least one --column (or --sealed)")
+    default, rules = AadRule.none(), {}
+    for item in args.aad:
+        column, sep, rule = item.partition("=")
+        if sep and column in names:
+            rules[column] = AadRule.parse(rule)
+        else:
+            default = AadRule.parse(item)
+    unknown = set(rules) - set(names)
+    if unknown:
+        raise InvalidArgument(f"--aad names a column that is not in the job: {sorted(unknown)}")
+    return [Column(n, rules.get(n, default), sealed.get(n)) for n in names]
 
-    def __enter__(self) -> Any:
-        return self._bar.update if self._bar is not None else None
 
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.close()
+def _print_counts(report: Any, moved: bool) -> None:
+    print(f"{report.store}{' table ' + report.table if report.table else ''}: "
+          f"{report.rows:,} rows in {report.duration_s:.2f} s ({report.rows_per_s:,.0f} rows/s)")
+    for name, c in report.columns.items():
+        versions = ", ".join(f"v{v}: {n:,}" for v, n in sorted(c.versions.items())) or "none"
+        print(f"  {name}: {c.values:,} values; readable, by key version: {versions}; "
+              f"NULL {c.null:,}; unreadable {c.failed:,} (unknown key version "
+              f"{c.unknown_key_version:,}, malformed {c.malformed:,}, failing authentication "
+              f"{c.invalid_tag:,})")
+        if moved:
+            print(f"    re-encrypted {c.reencrypted:,}, already current {c.current:,}, "
+                  f"changed meanwhile (left for the next pass) {c.changed:,}")
+    for f in report.failures[:20]:
+        print(f"  failed: {f.column} key={f.key!r}: {f.reason}")
+    if report.failures_total > 20:
+        print(f"  ... {report.failures_total - 20:,} more failures (--json lists up to "
+              "--max-failures)")
+
+
+def _reencryption_commands(args: argparse.Namespace) -> int:
+    from . import reencrypt as jobs
+    from .keys import KeyProviderError
+    from .service import ServiceConfigurationError
+
+    try:
+        columns = _reencryption_columns(args)
+        store = jobs.open_store(args.store, args.table, args.key)
+        run = jobs.inventory if args.command == "inventory" else jobs.reencrypt
+        with _Bar("rows", desc=args.command) as bar:
+            report = run(store, columns, workers=args.workers, dask=args.dask,
+                         dask_timeout=args.dask_timeout, batch_size=args.batch_size,
+                         partitions=args.partitions, max_failures=args.max_failures,
+                         progress=bar.reach if bar.live else None)
+    except InvalidArgument as exc:  # unknown store, missing table/column, plain text, ...
+        print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (jobs.ReencryptionError, KeyProviderError, ServiceConfigurationError,
+            BackendUnavailable) as exc:
+        print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BACKEND
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        _print_counts(report, args.command == "reencrypt")
+        if args.command == "reencrypt":
+            print(f"target v{report.target_version}: scanned {report.scanned:,}, re-encrypted "
+                  f"{report.reencrypted:,}, already current {report.already_current:,}, "
+                  f"failed {report.failed:,}, changed meanwhile {report.changed:,}")
+        else:
+            print(f"current v{report.current_version}: "
+                  + ("every value is under it" if report.all_current() else
+                     "some values are not under it (crypto-engine reencrypt moves them)"))
+    failed = sum(c.failed for c in report.columns.values())
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
 if __name__ == "__main__":

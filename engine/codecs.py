@@ -18,10 +18,14 @@ __all__ = [
     "B64_LENGTH",
     "B64_NONCANONICAL",
     "B64_PREFIX",
+    "b64_decode",
+    "b64_encode",
     "b64url_decode",
     "b64url_encode",
     "b64url_lengths",
     "batch_to_text",
+    "concat_each",
+    "interleave",
     "prefix_each",
     "scatter",
 ]
@@ -94,15 +98,62 @@ _SEPARATORS = (0, 31, 30, 29, 28, 1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 16, 17
 
 def prefix_each(prefix: bytes, batch: Batch, *, threads: int | None = None) -> Batch:
     """A new batch whose record i is ``prefix || batch[i]`` (two native gathers, no loop)."""
-    n, p = len(batch), len(prefix)
-    lengths = batch.lengths()
-    off = offsets_of(lengths + p)
-    out = empty_bytes(int(off[-1]))
-    starts = off[:-1]
-    if n and p:
-        _native.gather(n, prefix, None, np.full(n, p, dtype=np.int64), out, starts, check_threads(threads))
-    if n:
-        _native.gather(n, batch.data, batch.offsets[:-1], lengths, out, starts + p, check_threads(threads))
+    return concat_each([prefix, batch], threads=threads)
+
+
+def concat_each(parts: Sequence[Any], *, threads: int | None = None) -> Batch:
+    """A new batch whose record i is ``parts[0][i] || parts[1][i] || ...``: each part is a
+    :class:`Batch` of n records or one ``bytes`` value repeated for every record (one native
+    gather per part, no per-record loop).
+
+    Raises:
+        InvalidArgument: no Batch among the parts, or Batches of different sizes.
+    """
+    sizes = {len(p) for p in parts if isinstance(p, Batch)}
+    if len(sizes) != 1:
+        raise InvalidArgument("concat_each needs at least one Batch, all of the same size")
+    n = sizes.pop()
+    lengths = [p.lengths() if isinstance(p, Batch) else np.full(n, len(p), dtype=np.int64)
+               for p in parts]
+    off = offsets_of(np.sum(lengths, axis=0) if lengths else np.zeros(n, dtype=np.int64))
+    out = empty_bytes(int(off[-1]), secret=True)  # the records may be plaintext
+    starts = off[:-1].copy()
+    threads = check_threads(threads)
+    for part, part_lengths in zip(parts, lengths):
+        if n and isinstance(part, Batch):
+            _native.gather(n, part.data, part.offsets[:-1], part_lengths, out, starts, threads)
+        elif n and len(part):
+            _native.gather(n, bytes(part), None, part_lengths, out, starts, threads)
+        starts += part_lengths
+    return Batch._trusted(out, off)
+
+
+def interleave(n: int, parts: Sequence[tuple[Any, Batch]], *,
+               threads: int | None = None) -> Batch:
+    """A batch of ``n`` records where record ``indices[j]`` is ``part[j]`` for each
+    ``(indices, part)`` of ``parts`` (the inverse of :meth:`Batch.take`); records no part
+    names are empty. One native gather per part.
+
+    Raises:
+        InvalidArgument: an index outside ``0..n-1``, or a part whose size differs from its
+            indices.
+    """
+    lengths = np.zeros(n, dtype=np.int64)
+    checked = []
+    for indices, part in parts:
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.shape != (len(part),) or (idx.shape[0] and (int(idx.min()) < 0
+                                                           or int(idx.max()) >= n)):
+            raise InvalidArgument("interleave needs one index in 0..n-1 per record of a part")
+        lengths[idx] = part.lengths()
+        checked.append((idx, part))
+    off = offsets_of(lengths)
+    out = empty_bytes(int(off[-1]), secret=True)
+    threads = check_threads(threads)
+    for idx, part in checked:
+        if idx.shape[0]:
+            _native.gather(idx.shape[0], part.data, part.offsets[:-1], part.lengths(), out,
+                           off[:-1][idx], threads)
     return Batch._trusted(out, off)
 
 
@@ -143,3 +194,51 @@ def b64url_decode(batch: Batch, *, prefix: bytes = b"",
     _native.b64url_decode(len(batch), batch.data, batch.offsets, prefix, out, off, status,
                           check_threads(threads))
     return Batch._trusted(out, off), status
+
+
+# The standard alphabet (RFC 4648 section 4) differs from base64url in two characters; the
+# other alphabet's two are mapped to a byte the base64url decoder refuses.
+_STD_TO_URL = np.arange(256, dtype=np.uint8)
+_STD_TO_URL[[ord("+"), ord("/"), ord("-"), ord("_")]] = [ord("-"), ord("_"), ord("!"), ord("!")]
+_URL_TO_STD = np.arange(256, dtype=np.uint8)
+_URL_TO_STD[[ord("-"), ord("_")]] = [ord("+"), ord("/")]
+
+
+def b64_encode(batch: Batch, *, threads: int | None = None) -> Batch:
+    """Standard base64 with padding (what JavaScript's ``Buffer.toString("base64")`` and
+    Python's ``base64.b64encode`` write) of every record, by native passes."""
+    url = b64url_encode(batch, threads=threads)
+    std = Batch._trusted(_URL_TO_STD[url.data], url.offsets)
+    pad = (3 - batch.lengths() % 3) % 3
+    return concat_each([std, Batch._trusted(np.full(int(pad.sum()), ord("="), dtype=np.uint8),
+                                             offsets_of(pad))], threads=threads)
+
+
+def b64_decode(batch: Batch, *, threads: int | None = None) -> tuple[Batch, np.ndarray]:
+    """Decodes standard base64 with padding, strictly (a length that is a multiple of 4, no
+    character of base64url, canonical padding and trailing bits), by native passes.
+
+    Returns:
+        ``(decoded, status)`` as :func:`b64url_decode`: bad records decode to zero bytes and
+        have a non-zero status.
+    """
+    n = len(batch)
+    lengths = batch.lengths()
+    ends = batch.offsets[1:]
+
+    def ends_with_pad(k: int) -> np.ndarray:
+        """Whether the k-th byte from the end of each record is "="."""
+        found = np.zeros(n, dtype=bool)
+        long_enough = np.flatnonzero(lengths >= k)
+        found[long_enough] = batch.data[ends[long_enough] - k] == ord("=")
+        return found
+
+    last = ends_with_pad(1)
+    pad = last.astype(np.int64) + (last & ends_with_pad(2))
+    first = int(batch.offsets[0])
+    url = Batch._trusted(_STD_TO_URL[batch.data[first : int(batch.offsets[-1])]],
+                         batch.offsets - first)
+    # A length that is not a multiple of 4 is cut to one character, which the decoder refuses
+    # as a bad length (and zero-fills, like every record it refuses).
+    body = np.where(lengths % 4 != 0, 1, lengths - pad)
+    return b64url_decode(url.slices(url.offsets[:-1], body), threads=threads)

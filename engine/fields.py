@@ -43,7 +43,7 @@ from .records import (
 from .service import EncryptionService, get_encryption_service
 from .tables import decrypt_columns, encrypt_columns, is_table
 
-__all__ = ["FieldEncryption"]
+__all__ = ["FieldEncryption", "context_aad"]
 
 _CONTEXT_MAGIC = b"efld1"
 
@@ -60,6 +60,30 @@ def _check_text(field: str, value: Any) -> None:
 def _context_prefix(field: str) -> bytes:
     name = field.encode("utf-8")
     return _CONTEXT_MAGIC + len(name).to_bytes(4, "big") + name
+
+
+def context_aad(field: str, ids: Any, *, id_field: str = "id") -> Batch:
+    """The AAD that ``FieldEncryption(bind_context=True)`` binds to ``field`` of each record,
+    ``b"efld1" || uint32 len(field) || field || str(id)``, built in batch passes (a
+    re-encryption job re-seals such values with exactly this AAD).
+
+    Args:
+        field: the field name.
+        ids: the record ids, one per record: a list, a numpy array or a pyarrow column.
+        id_field: the name of the id field, for the error message.
+
+    Returns:
+        A :class:`~engine.Batch` of one AAD per id.
+
+    Raises:
+        InvalidArgument: an id is None.
+    """
+    if is_arrow(ids):
+        ids = ids.to_pylist()
+    if any(i is None for i in ids):
+        raise InvalidArgument(f"bind_context: a record lacks {id_field!r}")
+    id_batch = Batch.from_list(list(map(str, ids)))  # str(id), exactly as for one record
+    return prefix_each(_context_prefix(field), id_batch)
 
 
 class _dualmethod:
@@ -321,16 +345,10 @@ class _Column:
             return None
         if self.ids is None:
             raise InvalidArgument("bind_context needs the record ids (ids=... for a column)")
-        ids = self.ids
-        if is_arrow(ids):
-            ids = ids.to_pylist()
-        if len(ids) != self._count():
+        if len(self.ids) != self._count():
             raise InvalidArgument("ids must have one value per record")
-        if any(i is None for i in ids):
-            raise InvalidArgument(f"bind_context: a record lacks {self.fe._id_field!r}")
-        id_batch = Batch.from_list(list(map(str, ids)))  # str(id), as for one record
-        sub = id_batch if len(indices) == len(id_batch) else id_batch.take(indices)
-        return prefix_each(_context_prefix(self.field), sub)
+        aad = context_aad(self.field, self.ids, id_field=self.fe._id_field)
+        return aad if len(indices) == len(aad) else aad.take(indices)
 
     def _count(self) -> int:
         return len(self.arrow) if self.arrow is not None else len(self.values)

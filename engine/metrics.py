@@ -59,7 +59,7 @@ class EngineMetrics:
 
     __slots__ = (
         "registry", "operations", "errors", "rotation_last_success", "versions_active",
-        "certificate_expiry", "_server",
+        "certificate_expiry", "_server", "reencryption", "reencryption_remaining",
     )
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -82,6 +82,15 @@ class EngineMetrics:
             "certificate_expiry_seconds", "Seconds until a certificate expires", ["subject"],
             registry=self.registry,
         )
+        self.reencryption = Counter(
+            "reencryption_values", "Stored values seen by re-encryption jobs, by outcome: "
+            "reencrypted, skipped (already current, NULL, or changed meanwhile), failed",
+            ["outcome"], registry=self.registry,
+        )
+        self.reencryption_remaining = Gauge(
+            "reencryption_values_remaining", "Values the running re-encryption job has still "
+            "to scan", registry=self.registry,
+        )
         self._server: Any = None
 
     def encrypted(self, records: int = 1) -> None:
@@ -101,6 +110,16 @@ class EngineMetrics:
 
     def set_versions_active(self, count: int) -> None:
         self.versions_active.set(count)
+
+    def reencryption_progress(self, reencrypted: int, skipped: int, failed: int,
+                              remaining: int) -> None:
+        """Counts one step of a re-encryption job (a batch or a partition) and sets the
+        values it has left to scan."""
+        for outcome, count in (("reencrypted", reencrypted), ("skipped", skipped),
+                               ("failed", failed)):
+            if count:
+                self.reencryption.labels(outcome=outcome).inc(count)
+        self.reencryption_remaining.set(max(remaining, 0))
 
     def observe_certificate(self, cert_path: str, now: Any = None) -> float:
         """Sets ``certificate_expiry_seconds{subject=...}`` from a PEM certificate on disk."""

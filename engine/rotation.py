@@ -50,6 +50,7 @@ __all__ = [
     "RotationInProgress",
     "RotationPolicy",
     "RotationResult",
+    "VersionStillInUse",
     "get_key_rotation_service",
 ]
 
@@ -66,6 +67,10 @@ class RotationFailed(EngineError):
 
 class RotationInProgress(EngineError):
     """Another rotation holds the lock (when ``wait=False``)."""
+
+
+class VersionStillInUse(InvalidArgument):
+    """A key version to purge still encrypts stored values (an inventory counted them)."""
 
 
 @dataclass(frozen=True)
@@ -395,12 +400,27 @@ class KeyRotationService:
             # Not deleted: another process may already have written data under it.
             self.provider.set_state(new_version, KeyState.DEPRECATED)
 
-    def purge(self, version: int) -> None:
+    def purge(self, version: int, *, inventory: Any = None) -> None:
         """Deletes a deprecated version for good (data still sealed under it becomes unreadable).
+
+        Args:
+            inventory: an :class:`engine.reencrypt.Inventory` (or a list of them) taken after
+                re-encryption: the purge is refused while any of them counts a value under
+                ``version``.
 
         Raises:
             InvalidArgument: the version is not deprecated, or the provider cannot delete.
+            VersionStillInUse: an inventory still counts values under the version.
         """
+        inventories = inventory if isinstance(inventory, (list, tuple)) else \
+            [] if inventory is None else [inventory]
+        left = {name: count for inv in inventories
+                for name, count in inv.values_under(version).items() if count}
+        if left:
+            raise VersionStillInUse(
+                f"v{version} still encrypts {sum(left.values())} value(s): " + ", ".join(
+                    f"{name}: {count}" for name, count in sorted(left.items()))
+                + "; re-encrypt them (crypto-engine reencrypt) before purging")
         states = {i.version: i.state for i in self.provider.list_versions()}
         if states.get(version) is not KeyState.DEPRECATED:
             raise InvalidArgument(f"only deprecated versions can be purged; v{version} is not")

@@ -11,9 +11,11 @@ authentication.
 
 from __future__ import annotations
 
+import enum
 import os
 import threading
 import weakref
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -22,7 +24,8 @@ import numpy as np
 from .aead import random_bytes, text_token_header
 from .batch import Batch, as_batch
 from .buffers import empty_bytes, is_arrow, offsets_of
-from .codecs import batch_to_text
+from .codecs import batch_to_text, interleave
+from .records import NONE_VALUES, OTHER_VALUES, value_kinds
 from .envelope import (
     BOUND_FORMATS,
     FORMAT_ALGORITHMS,
@@ -37,6 +40,9 @@ from .envelope import (
     encode_text_tokens,
     parse_headers,
     text_tokens_batch,
+    StoredValues,
+    format_stored_values,
+    parse_stored_values,
     token_format,
     token_header,
 )
@@ -53,7 +59,9 @@ from .settings import env_flag
 
 __all__ = [
     "EncryptionService",
+    "Reencrypted",
     "ServiceConfigurationError",
+    "ValueStatus",
     "get_encryption_service",
     "reset_encryption_service",
 ]
@@ -519,6 +527,230 @@ class EncryptionService:
             InvalidArgument: a plaintext is not UTF-8 (and everything :meth:`decrypt_many` raises).
         """
         return batch_to_text(self.decrypt_many(tokens, aad))
+
+    # ---- re-encryption ----
+
+    def reencrypt_many(self, values: Any, aad: Any = None, *, check_only: bool = False,
+                       threads: int | None = None) -> "Reencrypted":
+        """Moves stored values to the current key version, each in the shape it was stored in.
+
+        Values are read in bulk (:func:`engine.envelope.parse_stored_values`), grouped by key
+        version and token format, opened with one native pass per group and sealed again under
+        the current version with one native pass per format: no per-value Python loop. Binary
+        and text tokens keep their kind and format byte; JSON values are written back in the
+        JSON envelope with a new IV and timestamp. The caller's AAD is the same before and
+        after (a format-1 token's header, which names the version, changes with it).
+
+        Args:
+            values: the stored values: a list of str/bytes/None, a pyarrow string or binary
+                column (nulls allowed) or an :class:`~engine.Batch`.
+            aad: None, one str/bytes for every value, or one per value (a list, a Batch or a
+                pyarrow column), exactly as the values were encrypted with.
+            check_only: open every readable value (those already current too) and seal
+                nothing: for an inventory.
+            threads: native threads for this call (default: the service's); a worker process
+                that shares the machine with others asks for fewer.
+
+        Returns:
+            A :class:`Reencrypted`: the values to store, a :class:`ValueStatus` and the key
+            version found for each. A value that cannot be opened is returned unchanged.
+
+        Raises:
+            KeyVersionNotUsable: the current key version may not encrypt.
+            InvalidArgument: ``aad`` does not have one value per record.
+            InvalidArgumentType: a value is neither str, bytes nor None.
+        """
+        threads = self._threads if threads is None else threads
+        batch, present = _stored_batch(values)
+        n = len(batch)
+        caller_aad = _caller_aad(aad, n)
+        stored = parse_stored_values(batch, present, threads=threads)
+        target = self._encryption_key()
+        status = np.full(n, ValueStatus.MALFORMED, dtype=np.uint8)
+        status[~present] = ValueStatus.NULL
+        current = stored.valid & (stored.key_versions == target.version)
+        status[current] = ValueStatus.CURRENT
+        todo = np.flatnonzero(stored.valid if check_only else stored.valid & ~current)
+        plain, opened = self._open_stored(stored, todo, caller_aad, status, threads)
+        moved = todo[opened]
+        try:
+            if check_only:
+                status[moved] = np.where(current[moved], ValueStatus.CURRENT,
+                                         ValueStatus.OUTDATED)
+                return Reencrypted(batch, status, stored.key_versions, target.version)
+            src = plain if opened.all() else plain.take(np.flatnonzero(opened))
+            try:
+                tokens = self._seal_stored(target, stored.formats[moved], src, caller_aad, moved,
+                                           threads)
+            finally:
+                if src is not plain:
+                    src.data.fill(0)
+        finally:
+            plain.data.fill(0)
+        status[moved] = ValueStatus.REENCRYPTED
+        if not moved.shape[0]:
+            return Reencrypted(batch, status, stored.key_versions, target.version)
+        new_values = format_stored_values(tokens, stored.kinds[moved], threads=threads)
+        if moved.shape[0] == n:
+            return Reencrypted(new_values, status, stored.key_versions, target.version)
+        keep = np.flatnonzero(status != ValueStatus.REENCRYPTED)
+        out = interleave(n, [(moved, new_values),
+                             (keep, batch.take(keep, threads=threads))],
+                         threads=threads)
+        return Reencrypted(out, status, stored.key_versions, target.version)
+
+    def _open_stored(self, stored: StoredValues, todo: np.ndarray, caller_aad: Any,
+                     status: np.ndarray, threads: int | None) -> tuple[Batch, np.ndarray]:
+        """Opens the tokens at ``todo``: one native pass per (key version, format). Returns the
+        plaintexts in ``todo`` order (a record that did not open holds no plaintext) and which
+        of them opened; the status of those that did not is set."""
+        sizes = np.maximum(stored.tokens.lengths()[todo] - FORMAT_OVERHEAD[stored.formats[todo]],
+                           0)
+        off = offsets_of(sizes)
+        out = empty_bytes(int(off[-1]), secret=True)
+        opened = np.ones(todo.shape[0], dtype=bool)
+        group_key = stored.key_versions[todo] * 256 + stored.formats[todo]
+        try:
+            self._open_groups(stored, todo, caller_aad, status, group_key, out, off, opened,
+                              threads)
+        except BaseException:
+            out.fill(0)
+            raise
+        return Batch._trusted(out, off), opened
+
+    def _open_groups(self, stored: StoredValues, todo: np.ndarray, caller_aad: Any,
+                     status: np.ndarray, group_key: np.ndarray, out: np.ndarray,
+                     off: np.ndarray, opened: np.ndarray, threads: int | None) -> None:
+        for g in np.unique(group_key).tolist():
+            local = np.flatnonzero(group_key == g)
+            idx = todo[local]
+            version, fmt = g // 256, g % 256
+            try:
+                key = self._key_for(version)
+            except UnknownKeyVersion:
+                status[idx] = ValueStatus.UNKNOWN_KEY_VERSION
+                opened[local] = False
+                continue
+            if key.algorithm != FORMAT_ALGORITHMS[fmt]:  # sealed otherwise: cannot be authentic
+                status[idx] = ValueStatus.INVALID_TAG
+                opened[local] = False
+                self._failed("invalid_tag", idx.shape[0])
+                continue
+            tokens = stored.tokens if idx.shape[0] == len(stored) else \
+                stored.tokens.take(idx, threads=threads)
+            sub_aad = caller_aad.take(idx) if isinstance(caller_aad, Batch) else caller_aad
+            try:
+                key.cipher.open_tokens(tokens, HEADER_BYTES, sub_aad,
+                                       bind_header=fmt in BOUND_FORMATS, out=out,
+                                       out_starts=off[:-1][local], threads=threads)
+            except BatchInvalidTag as exc:
+                status[idx[exc.failed]] = ValueStatus.INVALID_TAG
+                opened[local[exc.failed]] = False
+                self._failed("invalid_tag", len(exc.failed))
+            if opened[local].any():
+                self._used(version, "decrypt", int(opened[local].sum()))
+
+    def _seal_stored(self, target: VersionedKey, formats: np.ndarray, plain: Batch,
+                     caller_aad: Any, moved: np.ndarray, threads: int | None) -> Batch:
+        """Seals ``plain`` (the plaintexts of the values at ``moved``) under ``target`` as binary
+        tokens of each value's own format: one native pass per format."""
+        parts = []
+        bound = np.isin(formats, BOUND_FORMATS)
+        for header_bound in np.unique(bound).tolist():
+            local = np.flatnonzero(bound == header_bound)
+            fmt = token_format(target.algorithm, header_bound)  # the target version's algorithm
+            sub = plain if local.shape[0] == len(plain) else plain.take(local)
+            sub_aad = caller_aad.take(moved[local]) if isinstance(caller_aad, Batch) \
+                else caller_aad
+            try:
+                tokens = target.cipher.seal_tokens(sub, token_header(target.version, fmt),
+                                                   sub_aad, bind_header=header_bound,
+                                                   threads=threads)
+            finally:
+                if sub is not plain:
+                    sub.data.fill(0)
+            self._used(target.version, "encrypt", local.shape[0], target.usage_limit)
+            parts.append((local, tokens))
+        if len(parts) == 1:
+            return parts[0][1]
+        return interleave(moved.shape[0], parts, threads=threads)
+
+
+class ValueStatus(enum.IntEnum):
+    """What :meth:`EncryptionService.reencrypt_many` found (and did) for one stored value."""
+
+    CURRENT = 0  #: already under the current key version: left as it is
+    REENCRYPTED = 1  #: opened and sealed again under the current version
+    OUTDATED = 2  #: (check_only) readable, under an older version
+    NULL = 3  #: no value
+    UNKNOWN_KEY_VERSION = 4  #: the provider has no key of the recorded version
+    MALFORMED = 5  #: not a token or JSON envelope that parses strictly (plain text, say)
+    INVALID_TAG = 6  #: failed authentication: wrong key or AAD, or tampered
+
+
+@dataclass(frozen=True, eq=False)
+class Reencrypted:
+    """The result of :meth:`EncryptionService.reencrypt_many`, one entry per value.
+
+    Attributes:
+        values: what to store: the new value where ``status`` is ``REENCRYPTED``, the value
+            as it was everywhere else (an empty record for a NULL).
+        status: ``uint8`` :class:`ValueStatus` codes.
+        key_versions: ``int64``: the version each value was under (0 where it did not parse).
+        target_version: the current key version.
+    """
+
+    values: Batch
+    status: np.ndarray
+    key_versions: np.ndarray
+    target_version: int
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def counts(self) -> dict[str, int]:
+        """How many values have each status, by lower-case name (zeros included)."""
+        found = np.bincount(self.status, minlength=len(ValueStatus))
+        return {s.name.lower(): int(found[s]) for s in ValueStatus}
+
+    def versions(self) -> dict[int, int]:
+        """How many readable values (current, outdated or re-encrypted) each key version had."""
+        readable = np.isin(self.status, (ValueStatus.CURRENT, ValueStatus.REENCRYPTED,
+                                         ValueStatus.OUTDATED))
+        found, count = np.unique(self.key_versions[readable], return_counts=True)
+        return dict(zip(found.tolist(), count.tolist()))
+
+
+def _stored_batch(values: Any) -> tuple[Batch, np.ndarray]:
+    """(a Batch of every value, NULLs as empty records; which values are present)."""
+    if isinstance(values, Batch):
+        return values, np.ones(len(values), dtype=bool)
+    if isinstance(values, (str, bytes)):
+        raise InvalidArgumentType("reencrypt_many takes a list of values, not one value")
+    if isinstance(values, (list, tuple)):
+        kinds = value_kinds(values)
+        if kinds & OTHER_VALUES:
+            raise InvalidArgumentType("stored values must be str, bytes or None "
+                                      "(a JSON value as its text)")
+        present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values)) \
+            if kinds & NONE_VALUES else np.ones(len(values), dtype=bool)
+        if kinds & NONE_VALUES:
+            values = [b"" if v is None else v for v in values]
+        return Batch.from_list(values), present
+    if type(values).__module__.startswith("pyarrow"):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        present = values.is_valid().to_numpy(zero_copy_only=False)
+        if values.null_count:
+            values = pc.fill_null(values, pa.scalar(b"" if pa.types.is_binary(values.type) or
+                                                    pa.types.is_large_binary(values.type)
+                                                    else "", values.type))
+        return Batch.from_arrow(values), present
+    raise InvalidArgumentType(
+        f"values must be a list, a pyarrow column or an engine.Batch, not {type(values).__name__}")
 
 
 # ---------------------------------------------------------------- process-wide instance

@@ -47,6 +47,22 @@ def bao():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (Debian's binaries, run by engine.testing.postgres) in a
+    temporary directory on a free loopback port, for the whole session. Durability settings
+    are off: the tests kill clients, never the server. A missing binary fails the test."""
+    from engine.testing.postgres import PostgresNotFound, PostgresServer
+
+    try:
+        server = PostgresServer({"fsync": "off", "synchronous_commit": "off",
+                                 "full_page_writes": "off"}).start()
+    except PostgresNotFound as exc:
+        pytest.fail(f"PostgreSQL is required for these tests: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def names():
     """A fresh Transit key name and KV folder per test, so Vault tests share a server safely."""

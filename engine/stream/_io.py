@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import empty_bytes
+from ..buffers import empty_bytes
 from ..errors import InvalidArgumentType
 
 CHUNK = 16384

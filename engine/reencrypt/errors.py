@@ -1,0 +1,58 @@
+"""The errors of the re-encryption pipeline (all :class:`engine.EngineError`)."""
+
+from __future__ import annotations
+
+from ..errors import EngineError, InvalidArgument
+
+__all__ = [
+    "ColumnNotFound",
+    "NotEncrypted",
+    "ReencryptionError",
+    "SchedulerUnavailable",
+    "StoreUnavailable",
+    "TableNotFound",
+    "UnknownStore",
+    "WorkerKeyMismatch",
+    "WrongKeyOrAad",
+]
+
+
+class ReencryptionError(EngineError):
+    """Base class of the pipeline's own errors."""
+
+
+class UnknownStore(ReencryptionError, InvalidArgument):
+    """A store URL with an unknown scheme, or one that names nothing usable."""
+
+
+class TableNotFound(ReencryptionError, InvalidArgument):
+    """The table (or the Parquet dataset) does not exist."""
+
+
+class ColumnNotFound(ReencryptionError, InvalidArgument):
+    """A column named by the job (value, key or AAD column) does not exist or has a type the
+    job cannot use."""
+
+
+class NotEncrypted(ReencryptionError, InvalidArgument):
+    """A column's first values are not ciphertexts of the engine (plain text, say): the job
+    refuses to start rather than report every row as failed."""
+
+
+class WrongKeyOrAad(ReencryptionError, InvalidArgument):
+    """Every value sampled from a column fails authentication: the AAD rule or the key
+    configuration is not the application's."""
+
+
+class StoreUnavailable(ReencryptionError, RuntimeError):
+    """The store cannot be reached, read or written (the database is down, a file is not
+    readable, ...)."""
+
+
+class SchedulerUnavailable(ReencryptionError, RuntimeError):
+    """The Dask scheduler does not answer."""
+
+
+class WorkerKeyMismatch(ReencryptionError, RuntimeError):
+    """A worker's encryption service does not hold the coordinator's current key: it would
+    seal values under a key the application does not use, so the job stops."""

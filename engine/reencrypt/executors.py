@@ -1,0 +1,195 @@
+"""Where a job's partitions run: in this process, on local worker processes, or on a Dask
+cluster.
+
+- Inline: every partition in this process, the cryptography on a helper thread.
+- Worker processes, for a table: this process reads and writes (one connection, one writer,
+  which is what SQLite wants), and a pool of processes does the cryptography; batches go to
+  them and come back as Arrow IPC streams (:mod:`engine.reencrypt.transform`).
+- Worker processes, for Parquet: each process rewrites whole files (a file is the unit).
+- Dask distributed: each partition (a key range, or a file) is a task that opens its own
+  connection on whichever worker runs it.
+
+A worker never receives a key: it builds its service with the job's picklable
+``service_factory`` (default: from the provider configuration of the service given, else
+:func:`engine.get_encryption_service` from the worker's own environment) and checks it against
+the coordinator's key before sealing anything.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import pickle
+from typing import Any, Callable, Sequence
+
+from ..buffers import default_threads
+from ..errors import InvalidArgument
+from ..service import EncryptionService
+from .errors import SchedulerUnavailable
+from .partition import JobSpec, LocalCrypto, OnBatch, Observer, process_partition
+from .report import ColumnCounts, PartitionResult
+from .stores.parquet import ParquetStore
+from .stores.sql import Partition
+from .transform import from_ipc, reseal, to_ipc, worker_service
+
+__all__ = ["DaskExecutor", "run_partitions"]
+
+OnPartition = Callable[[Partition, PartitionResult, bool], None]
+DASK_CONNECT_TIMEOUT_S = 10.0
+
+
+def _spawn() -> Any:
+    # spawn, not fork: the coordinator may hold threads (pyarrow's, Dask's) and connections
+    return multiprocessing.get_context("spawn")
+
+
+def _reseal_ipc(payload: bytes, spec: JobSpec) -> bytes:
+    """In a worker process: one batch in, its results out, both as Arrow IPC."""
+    service = worker_service(spec.service_factory, spec.key_check)
+    return to_ipc(reseal(from_ipc(payload), spec.columns, service, check_only=spec.check_only,
+                         threads=spec.threads))
+
+
+def _run_task(spec: JobSpec, part: Partition) -> PartitionResult:
+    """In a worker process or on a Dask worker: one whole partition, with this process's own
+    service and connection."""
+    crypto = LocalCrypto(worker_service(spec.service_factory, spec.key_check), spec)
+    try:
+        return process_partition(spec, part, crypto)
+    finally:
+        crypto.close()
+
+
+class _IpcFuture:
+    def __init__(self, future: concurrent.futures.Future) -> None:
+        self._future = future
+
+    def result(self) -> Any:
+        return from_ipc(self._future.result())
+
+    def cancel(self) -> bool:
+        return self._future.cancel()
+
+
+class PoolCrypto:
+    """The cryptography on ``workers`` processes, fed Arrow IPC; ``workers + 1`` batches in
+    flight keep them busy while this process reads and writes."""
+
+    def __init__(self, spec: JobSpec, workers: int) -> None:
+        self._spec = spec
+        self.depth = workers + 1
+        self._pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_spawn())
+
+    def submit(self, table: Any) -> _IpcFuture:
+        return _IpcFuture(self._pool.submit(_reseal_ipc, to_ipc(table), self._spec))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor:
+    """A connection to a Dask scheduler (an address such as ``tcp://scheduler:8786``, or an
+    existing ``distributed.Client``).
+
+    Raises:
+        SchedulerUnavailable: distributed is not installed, or the scheduler does not answer
+            within ``timeout`` seconds.
+    """
+
+    def __init__(self, address: Any, timeout: float | None = None) -> None:
+        timeout = DASK_CONNECT_TIMEOUT_S if timeout is None else timeout
+        try:
+            import distributed
+        except ImportError:
+            raise SchedulerUnavailable("Dask needs distributed: pip install 'dask[distributed]'"
+                                       " (the engine's `dask` extra)") from None
+        self._own = not isinstance(address, distributed.Client)
+        if not self._own:
+            self.client = address
+            return
+        failure = None
+        try:
+            self.client = distributed.Client(address, timeout=f"{timeout}s",
+                                             set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        if failure is not None:
+            raise SchedulerUnavailable(f"the Dask scheduler at {address} does not answer "
+                                       f"({failure})")
+
+    def threads(self) -> int:
+        """Worker threads in the cluster (at least 1)."""
+        return max(1, sum(self.client.nthreads().values()))
+
+    def close(self) -> None:
+        if self._own:
+            self.client.close()
+
+
+def run_partitions(spec: JobSpec, parts: Sequence[Partition], *, service: EncryptionService,
+                   workers: int = 0, dask: DaskExecutor | None = None,
+                   on_batch: OnBatch | None = None, on_partition: OnPartition | None = None,
+                   observer: Observer | None = None) -> PartitionResult:
+    """Runs every partition and merges their results.
+
+    ``on_partition(part, result, counted)`` is called as each partition finishes, in this
+    process; ``counted`` says whether ``on_batch`` already saw its batches.
+    """
+    total = PartitionResult(columns={c.name: ColumnCounts() for c in spec.columns})
+
+    def finished(part: Partition, result: PartitionResult, counted: bool) -> None:
+        total.merge(result, spec.max_failures)
+        if on_partition is not None:
+            on_partition(part, result, counted)
+
+    if dask is not None:
+        futures = dask.client.map(_run_task, [spec] * len(parts), list(parts), pure=False)
+        by_key = {f.key: p for f, p in zip(futures, parts)}
+        import distributed
+
+        try:
+            for future in distributed.as_completed(futures, loop=dask.client.loop):
+                finished(by_key[future.key], future.result(), False)
+        finally:
+            dask.client.cancel(futures)
+        return total
+    if workers:
+        # worker processes share the cores rather than each take them all
+        spec = dataclasses.replace(spec, threads=spec.threads or
+                                   max(1, default_threads() // workers))
+    if workers and isinstance(spec.store, ParquetStore):
+        _check_picklable(spec)
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_spawn()) as pool:
+            futures = {pool.submit(_run_task, spec, p): p for p in parts}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    result = future.result()
+                    if on_batch is not None:
+                        on_batch(result.rows, None)
+                    finished(futures[future], result, False)
+            finally:
+                for future in futures:
+                    future.cancel()
+        return total
+    if workers:
+        _check_picklable(spec)
+        crypto: Any = PoolCrypto(spec, workers)
+    else:
+        crypto = LocalCrypto(service, spec)
+    try:
+        for part in parts:
+            result = process_partition(spec, part, crypto, on_batch=on_batch, observer=observer)
+            finished(part, result, not isinstance(spec.store, ParquetStore))
+    finally:
+        crypto.close()
+    return total
+
+
+def _check_picklable(spec: JobSpec) -> None:
+    try:
+        pickle.dumps(spec.service_factory)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        raise InvalidArgument("service_factory must pickle (a module-level function or a "
+                              "picklable object): worker processes build their own service "
+                              "with it") from None

@@ -1,0 +1,338 @@
+"""The two jobs, as the coordinator runs them: :func:`inventory` and :func:`reencrypt`.
+
+Before anything is written, a job checks the store (table, key, columns and their types) and
+reads the first rows: a column whose values are none of them ciphertexts (plain text) or of
+which every value fails authentication (the wrong AAD rule or key) stops it with an error.
+Then it records ``REENCRYPTION_STARTED`` in the audit trail, runs its partitions (see
+:mod:`engine.reencrypt.executors`), and records ``REENCRYPTION_COMPLETED`` with its counts,
+also when it fails.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import audit as audit_events
+from ..errors import InvalidArgument, InvalidArgumentType
+from ..keys.base import KeyProviderError, ProviderConfig
+from ..service import EncryptionService, ValueStatus, get_encryption_service
+from .errors import NotEncrypted, WrongKeyOrAad
+from .executors import DaskExecutor, run_partitions
+from .partition import JobSpec
+from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
+from .spec import Column, as_columns
+from .stores.parquet import ParquetStore
+from .stores.sql import Partition, SqlStore
+from .transform import KeyCheck, reseal, status_of
+
+__all__ = ["handover", "inventory", "reencrypt"]
+
+Progress = Callable[[int, int], None]
+SAMPLE_ROWS = 1000
+
+
+def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
+              service: EncryptionService | None = None,
+              service_factory: Callable[[], EncryptionService] | None = None,
+              workers: int = 0, dask: Any = None, dask_timeout: float | None = None,
+              batch_size: int = 10_000, partitions: int | None = None,
+              max_failures: int = 1000, progress: Progress | None = None) -> Inventory:
+    """Counts, per column, the values under each key version, the NULLs, and the values that
+    cannot be read (unknown key version, malformed, failing authentication). Every value is
+    opened; nothing is written.
+
+    Args:
+        store: from :func:`engine.reencrypt.open_store`.
+        columns: column names or :class:`Column` objects.
+        aad: an :class:`AadRule` for every column given by name, or ``{name: AadRule}``.
+        service: the service to use here (default: ``service_factory()``).
+        service_factory: builds the service in each worker process; it must pickle. Default:
+            from ``service.provider.config()`` (the worker reads its own master key or Vault
+            credentials), else :func:`engine.get_encryption_service`.
+        workers: worker processes (0: this process only).
+        dask: a Dask scheduler address or ``distributed.Client`` to run partitions on.
+        dask_timeout: seconds to wait for the scheduler to answer (default 10).
+        batch_size: rows per batch.
+        partitions: key ranges for a table (default: 1, or twice the Dask threads).
+        max_failures: unreadable values listed by key (all are counted).
+        progress: called as ``progress(rows_done, rows_total)``.
+
+    Returns:
+        An :class:`Inventory`.
+
+    Raises:
+        UnknownStore, TableNotFound, ColumnNotFound, NotEncrypted: bad input (nothing read
+            beyond the first rows).
+        StoreUnavailable, SchedulerUnavailable, WorkerKeyMismatch: the job could not run.
+    """
+    job = _Job(store, columns, aad, service, service_factory, dask, dask_timeout, batch_size,
+               max_failures, check_only=True)
+    try:
+        job.validate()
+        parts = job.partitions(workers, partitions, persist=False)
+        started = time.perf_counter()
+        result = run_partitions(job.spec, parts, service=job.service, workers=workers,
+                                dask=job.dask, on_batch=job.progress_callback(progress))
+    finally:
+        job.close()
+    return Inventory(store.display, store.table, result.columns, result.rows, result.failures,
+                     result.failures_total, time.perf_counter() - started,
+                     current_version=job.target)
+
+
+def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None,
+              service: EncryptionService | None = None,
+              service_factory: Callable[[], EncryptionService] | None = None,
+              workers: int = 0, dask: Any = None, dask_timeout: float | None = None,
+              batch_size: int = 10_000, partitions: int | None = None,
+              max_failures: int = 1000, progress: Progress | None = None,
+              observer: Callable[[str, dict], None] | None = None) -> ReencryptionReport:
+    """Moves every readable value of ``columns`` that is not under the current key version to
+    it, batch by batch, each batch in one transaction with an optimistic check and a
+    checkpoint. Run it again after an interruption: it resumes where it stopped, and values
+    already current are skipped.
+
+    Takes the arguments of :func:`inventory`, and:
+
+    Args:
+        observer: called as ``observer("read", {"partition": i, "keys": [...]})`` between a
+            batch's cryptography and its write (inline and local workers; tests use it).
+
+    Returns:
+        A :class:`ReencryptionReport`: scanned, re-encrypted, already current, changed
+        meanwhile (left for the next pass), failed (by key and reason), duration, rows/s.
+
+    Raises:
+        UnknownStore, TableNotFound, ColumnNotFound, NotEncrypted, WrongKeyOrAad: bad input;
+            nothing was written.
+        StoreUnavailable, SchedulerUnavailable, WorkerKeyMismatch: the job stopped; what it
+            committed stays, and a new run resumes from its checkpoints.
+        KeyVersionNotUsable: the current key version may not encrypt.
+    """
+    job = _Job(store, columns, aad, service, service_factory, dask, dask_timeout, batch_size,
+               max_failures, check_only=False)
+    try:
+        job.validate()
+        parts = job.partitions(workers, partitions, persist=True)
+        job.total_values = job.rows * len(job.columns)
+        job.record(audit_events.REENCRYPTION_STARTED, store=store.display, table=store.table,
+                   columns=[c.name for c in job.columns], target_version=job.target,
+                   values_to_scan=job.total_values, partitions=len(parts))
+        started = time.perf_counter()
+        result = PartitionResult(complete=False)
+        try:
+            result = run_partitions(
+                job.spec, parts, service=job.service, workers=workers, dask=job.dask,
+                on_batch=job.batch_callback(progress),
+                on_partition=job.partition_callback(), observer=observer)
+        finally:
+            duration = time.perf_counter() - started
+            report = ReencryptionReport(store.display, store.table, result.columns, result.rows,
+                                        result.failures, result.failures_total, duration,
+                                        target_version=job.target, complete=result.complete)
+            job.record(audit_events.REENCRYPTION_COMPLETED, store=store.display,
+                       table=store.table, target_version=job.target, complete=report.complete,
+                       scanned=report.scanned, reencrypted=report.reencrypted,
+                       already_current=report.already_current, changed=report.changed,
+                       failed=report.failed,
+                       failed_by_reason={r: sum(getattr(c, r) for c in result.columns.values())
+                                         for r in ("unknown_key_version", "malformed",
+                                                   "invalid_tag")},
+                       duration_s=round(duration, 3))
+        job.forget()
+        return report
+    finally:
+        job.close()
+
+
+def handover(store: Any, columns: Sequence[Any], **options: Any
+             ) -> Callable[[Any], ReencryptionReport]:
+    """A re-encryption hand-over for :class:`engine.KeyRotationService`:
+    ``KeyRotationService(provider, on_rotated=handover(store, ["ssn"], ...))`` re-encrypts
+    the columns right after each successful rotation (in the rotating thread, once the
+    rotation lock is released). ``options`` are those of :func:`reencrypt`.
+    """
+    def on_rotated(_result: Any) -> ReencryptionReport:
+        return reencrypt(store, columns, **options)
+
+    return on_rotated
+
+
+@dataclass(frozen=True)
+class ServiceFromConfig:
+    """Builds a worker's service from the coordinator's provider configuration (picklable, no
+    secret: the worker reads its own master key or Vault credentials)."""
+
+    config: ProviderConfig
+
+    def __call__(self) -> EncryptionService:
+        return EncryptionService(self.config.build())
+
+
+def _worker_factory(service: EncryptionService | None) -> Callable[[], EncryptionService]:
+    """How workers build their service: from the given service's provider configuration, or
+    (none given, or keys that exist only in this process) from the worker's environment."""
+    if service is None:
+        return get_encryption_service
+    try:
+        return ServiceFromConfig(service.provider.config())
+    except KeyProviderError:
+        return get_encryption_service
+
+
+class _Job:
+    """What both jobs set up: columns, services, validation, partitions, callbacks."""
+
+    def __init__(self, store: Any, columns: Sequence[Any], aad: Any,
+                 service: EncryptionService | None,
+                 service_factory: Callable[[], EncryptionService] | None, dask: Any,
+                 dask_timeout: float | None, batch_size: int, max_failures: int, *,
+                 check_only: bool) -> None:
+        if not isinstance(store, (SqlStore, ParquetStore)):
+            raise InvalidArgumentType(f"store must come from open_store(...), not "
+                                      f"{type(store).__name__}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgument("batch_size must be a positive integer")
+        self.store = store
+        self.columns = tuple(as_columns(columns, aad))
+        self.factory = service_factory or _worker_factory(service)
+        self.service = service if service is not None else self.factory()
+        self.target = self.service.provider.get_current_key().version
+        self.batch_size = batch_size
+        self.check_only = check_only
+        self.rows = 0
+        self.total_values = 0
+        self.scanned_values = 0
+        self.job_id = ":".join([str(store.table or ""), str(store.key or ""),
+                                ",".join(sorted(c.name for c in self.columns)),
+                                f"v{self.target}"])
+        self.spec = JobSpec(store, self.columns, self.job_id, batch_size, check_only,
+                            self.factory, KeyCheck.of(self.service), max_failures)
+        self._done_files: set[str] = set()
+        # last: nothing after it may fail and leave the connection open
+        self.dask = DaskExecutor(dask, dask_timeout) if dask is not None else None
+
+    def close(self) -> None:
+        if self.dask is not None:
+            self.dask.close()
+
+    def record(self, event: str, **details: Any) -> None:
+        if self.service.audit is not None:
+            self.service.audit.record(event, **details)
+
+    # ---- before anything is written ----
+
+    def validate(self) -> None:
+        """Checks the store and the first rows of every column (see the module docstring)."""
+        if isinstance(self.store, ParquetStore):
+            self.store.check(self.columns)
+            self.rows = self.store.count()
+            import pyarrow.parquet as pq
+
+            first = next(pq.ParquetFile(self.store.files()[0]).iter_batches(
+                batch_size=min(self.batch_size, SAMPLE_ROWS)), None)
+        else:
+            with self.store.session() as conn:
+                kinds = self.store.check(conn, self.columns)
+                self.rows = self.store.count(conn)
+                sample = next(self.store.scan(conn, Partition(0), self.columns, kinds,
+                                              min(self.batch_size, SAMPLE_ROWS)), None)
+                first = sample.table if sample is not None else None
+        if first is None or first.num_rows == 0:
+            return
+        resealed = reseal(first, self.columns, self.service, check_only=True)
+        for i, column in enumerate(self.columns):
+            _judge_sample(column, status_of(resealed, i), self.check_only)
+
+    def partitions(self, workers: int, count: int | None, *, persist: bool) -> list[Partition]:
+        if not isinstance(workers, int) or workers < 0:
+            raise InvalidArgument("workers must be a non-negative integer")
+        if count is not None and (not isinstance(count, int) or count < 1):
+            raise InvalidArgument("partitions must be a positive integer")
+        if isinstance(self.store, ParquetStore):
+            if not persist:
+                return self.store.partitions(set())
+            self.store.remove_stale_temporaries()
+            self._done_files = self.store.load_progress(self.job_id)
+            return self.store.partitions(self._done_files)
+        if count is None:
+            count = 2 * self.dask.threads() if self.dask is not None else 1
+        with self.store.session(write=persist) as conn:
+            if not persist:
+                return self.store.split(conn, count)
+            return self.store.plan(conn, self.job_id, count)
+
+    def forget(self) -> None:
+        """The job is complete: its checkpoints go, and a later run makes a new pass."""
+        if isinstance(self.store, ParquetStore):
+            self.store.forget(self.job_id)
+            return
+        with self.store.session(write=True) as conn:
+            self.store.forget(conn, self.job_id)
+
+    # ---- while it runs ----
+
+    def progress_callback(self, progress: Progress | None) -> Any:
+        done = [0]
+
+        def on_batch(rows: int, _delta: Any) -> None:
+            done[0] += rows
+            if progress is not None:
+                progress(done[0], self.rows)
+
+        return on_batch
+
+    def batch_callback(self, progress: Progress | None) -> Any:
+        """Progress, and metrics for batches counted in this process."""
+        advance = self.progress_callback(progress)
+
+        def on_batch(rows: int, delta: dict[str, ColumnCounts] | None) -> None:
+            advance(rows, delta)
+            if delta is not None:
+                self._count(delta.values())
+
+        return on_batch
+
+    def partition_callback(self) -> Any:
+        def on_partition(part: Partition, result: PartitionResult, counted: bool) -> None:
+            if part.file is not None:
+                self._done_files.add(part.file)
+                self.store.save_progress(self.job_id, self._done_files)
+            if not counted:
+                self._count(result.columns.values())
+
+        return on_partition
+
+    def _count(self, counts: Any) -> None:
+        """Metrics for values the job is done with."""
+        metrics = self.service.metrics
+        if metrics is None:
+            return
+        counts = list(counts)
+        self.scanned_values += sum(c.values for c in counts)
+        metrics.reencryption_progress(
+            reencrypted=sum(c.reencrypted for c in counts),
+            skipped=sum(c.current + c.null + c.changed for c in counts),
+            failed=sum(c.failed for c in counts),
+            remaining=self.total_values - self.scanned_values)
+
+
+def _judge_sample(column: Column, status: np.ndarray, check_only: bool) -> None:
+    present = status[status != ValueStatus.NULL]
+    if not present.shape[0]:
+        return
+    if bool((present == ValueStatus.MALFORMED).all()):
+        raise NotEncrypted(
+            f"column {column.name!r}: none of its first {present.shape[0]} values is a "
+            "ciphertext of the engine (a token or the JSON shape); is it plain text?")
+    if not check_only and bool((present == ValueStatus.INVALID_TAG).all()):
+        raise WrongKeyOrAad(
+            f"column {column.name!r}: all of its first {present.shape[0]} values fail "
+            f"authentication; check its AAD rule ({column.aad.describe()}) and the key "
+            "configuration")
+
+

@@ -1,0 +1,233 @@
+"""One partition of a job, start to finish: a key range of a table, or one Parquet file.
+
+The reading and writing happen here, in the process that runs the partition; the
+cryptography happens in ``crypto`` (:class:`LocalCrypto`, a helper thread of this process, or a
+pool of worker processes fed Arrow IPC, see :mod:`engine.reencrypt.executors`). Up to ``crypto.depth``
+batches are in flight, so workers seal one batch while this process writes the one before;
+batches are still written, and checkpointed, in key order.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..service import EncryptionService, ValueStatus
+from .report import FAILURES, ColumnCounts, Failure, PartitionResult
+from .spec import Column
+from .stores.parquet import ParquetStore, file_signature, fsync_directory, temporary_for
+from .stores.sql import Partition, ReadBatch
+from .transform import KeyCheck, reseal, status_of, values_of
+
+__all__ = ["JobSpec", "LocalCrypto", "process_partition"]
+
+Observer = Callable[[str, dict], None]
+# Parquet metadata names codecs differently from ParquetWriter in two cases.
+_WRITER_CODECS = {"uncompressed": "none", "lz4_raw": "lz4"}
+OnBatch = Callable[[int, "dict[str, ColumnCounts] | None"], None]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs to run a partition (it pickles: no key, no connection).
+
+    Attributes:
+        store: the store (a description; each partition opens its own connection).
+        columns: the columns and their AAD rules.
+        job_id: names the job's checkpoints.
+        batch_size: rows per batch.
+        check_only: an inventory (opens every value, writes nothing).
+        service_factory: builds the worker's own service (keys never travel).
+        key_check: proves the worker's key is the coordinator's.
+        max_failures: failures listed by key (all are counted).
+        threads: native threads per batch (None: the service's); worker processes that share
+            the machine take their share of its cores.
+    """
+
+    store: Any
+    columns: tuple[Column, ...]
+    job_id: str
+    batch_size: int
+    check_only: bool
+    service_factory: Callable[[], EncryptionService]
+    key_check: KeyCheck
+    max_failures: int = 1000
+    threads: int | None = None
+
+
+class LocalCrypto:
+    """The cryptography in this process, on one helper thread. The native calls release the
+    GIL, and so does the database driver while it waits on the database, so re-sealing batch
+    k+1 overlaps writing batch k (``depth`` 1)."""
+
+    depth = 1
+
+    def __init__(self, service: EncryptionService, spec: JobSpec) -> None:
+        self._service = service
+        self._spec = spec
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="reencrypt-crypto")
+
+    def submit(self, table: Any) -> Future:
+        return self._thread.submit(reseal, table, self._spec.columns, self._service,
+                                   check_only=self._spec.check_only, threads=self._spec.threads)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+
+def process_partition(spec: JobSpec, part: Partition, crypto: Any, *,
+                      on_batch: OnBatch | None = None,
+                      observer: Observer | None = None) -> PartitionResult:
+    """Runs one partition; returns its counts and failures.
+
+    Args:
+        on_batch: called after each committed batch with its row count and per-column counts
+            (None for Parquet, whose values count once the file is in place).
+        observer: called as ``observer("read", {"partition": i, "keys": [...]})`` after a
+            batch is re-sealed and before it is written (tests change rows there).
+
+    Raises:
+        StoreUnavailable: the store failed; committed batches stay committed.
+    """
+    if isinstance(spec.store, ParquetStore):
+        return _process_file(spec, part, crypto, on_batch)
+    return _process_range(spec, part, crypto, on_batch, observer)
+
+
+def _empty_result(columns: Sequence[Column]) -> PartitionResult:
+    return PartitionResult(columns={c.name: ColumnCounts() for c in columns})
+
+
+def _count_batch(spec: JobSpec, resealed: Any, keys: Any, result: PartitionResult
+                 ) -> dict[str, ColumnCounts]:
+    """Per-column counts of one re-sealed batch; failures are listed by key in ``result``."""
+    delta = {}
+    for i, column in enumerate(spec.columns):
+        status = status_of(resealed, i)
+        counts = ColumnCounts()
+        counts.add_statuses(status, resealed.column(f"{i}.version").to_numpy(
+            zero_copy_only=False))
+        delta[column.name] = counts
+        bad = np.flatnonzero(np.isin(status, FAILURES))
+        result.failures_total += int(bad.shape[0])
+        room = spec.max_failures - len(result.failures)
+        for row in bad[: max(room, 0)].tolist():
+            result.failures.append(Failure(column.name, keys(row),
+                                           ValueStatus(int(status[row])).name.lower()))
+    return delta
+
+
+def _process_range(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch | None,
+                   observer: Observer | None) -> PartitionResult:
+    store = spec.store
+    result = _empty_result(spec.columns)
+    with store.session(write=not spec.check_only) as conn:
+        kinds = store.check(conn, spec.columns)
+        pending: collections.deque[tuple[ReadBatch, Future]] = collections.deque()
+        try:
+            for batch in store.scan(conn, part, spec.columns, kinds, spec.batch_size):
+                pending.append((batch, crypto.submit(batch.table)))
+                while len(pending) > crypto.depth:
+                    _write_batch(spec, conn, kinds, part, *pending.popleft(), result, on_batch,
+                                 observer)
+            while pending:
+                _write_batch(spec, conn, kinds, part, *pending.popleft(), result, on_batch,
+                             observer)
+        finally:
+            for _batch, future in pending:
+                future.cancel()
+        if not spec.check_only:
+            store.finish(conn, spec.job_id, part)
+    return result
+
+
+def _write_batch(spec: JobSpec, conn: Any, kinds: dict[str, str], part: Partition,
+                 batch: ReadBatch, future: Future, result: PartitionResult,
+                 on_batch: OnBatch | None, observer: Observer | None) -> None:
+    resealed = future.result()
+    delta = _count_batch(spec, resealed, batch.keys.__getitem__, result)
+    if observer is not None:
+        observer("read", {"partition": part.index, "keys": list(batch.keys)})
+    if not spec.check_only:
+        updates = {column.name: (np.flatnonzero(status_of(resealed, i) == ValueStatus.REENCRYPTED),
+                                 values_of(resealed, i, column.name))
+                   for i, column in enumerate(spec.columns)}
+        changed = spec.store.write(conn, batch, updates, kinds, spec.job_id, part)
+        for name, count in changed.items():
+            delta[name].changed += count
+            delta[name].reencrypted -= count
+    result.rows += len(batch.keys)
+    for name, counts in delta.items():
+        result.columns[name].merge(counts)
+    if on_batch is not None:
+        on_batch(len(batch.keys), delta)
+
+
+def _process_file(spec: JobSpec, part: Partition, crypto: Any,
+                  on_batch: OnBatch | None) -> PartitionResult:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = part.file
+    name = os.path.basename(path)
+    result = _empty_result(spec.columns)
+    before = file_signature(path)
+    source = pq.ParquetFile(path)
+    meta = source.metadata
+    codec = (meta.row_group(0).column(0).compression.lower()
+             if meta.num_row_groups and meta.num_columns else "snappy")
+    codec = _WRITER_CODECS.get(codec, codec)
+    tmp = temporary_for(path)
+    writer = None
+    moved = 0
+    first_row = 0
+    try:
+        for rb in source.iter_batches(batch_size=spec.batch_size,
+                                      use_threads=spec.threads is None or spec.threads > 1):
+            resealed = crypto.submit(rb).result()
+            delta = _count_batch(spec, resealed, lambda r, base=first_row: f"{name}#{base + r}",
+                                 result)
+            first_row += rb.num_rows
+            result.rows += rb.num_rows
+            for column, counts in delta.items():
+                result.columns[column].merge(counts)
+            if on_batch is not None:
+                on_batch(rb.num_rows, None)
+            if spec.check_only:
+                continue
+            arrays = list(rb.columns)
+            for i, column in enumerate(spec.columns):
+                if not (status_of(resealed, i) == ValueStatus.REENCRYPTED).any():
+                    continue
+                for stored in column.stored_columns():
+                    arrays[rb.schema.get_field_index(stored)] = values_of(resealed, i, stored)
+                moved += int((status_of(resealed, i) == ValueStatus.REENCRYPTED).sum())
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, source.schema_arrow, compression=codec)
+            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=rb.schema))
+        if writer is None or not moved:
+            return result
+        writer.close()
+        writer = None
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if file_signature(path) != before:  # the application rewrote the file meanwhile
+            for counts in result.columns.values():
+                counts.changed += counts.reencrypted
+                counts.reencrypted = 0
+            return result
+        os.replace(tmp, path)
+        fsync_directory(os.path.dirname(os.path.abspath(path)))
+        return result
+    finally:
+        if writer is not None:
+            writer.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)

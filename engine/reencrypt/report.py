@@ -1,0 +1,202 @@
+"""What a job found and did: counts per column, the values that failed, and the two reports
+(:class:`Inventory`, :class:`ReencryptionReport`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..service import ValueStatus
+
+__all__ = ["ColumnCounts", "Failure", "Inventory", "ReencryptionReport"]
+
+FAILURES = (ValueStatus.UNKNOWN_KEY_VERSION, ValueStatus.MALFORMED, ValueStatus.INVALID_TAG)
+
+
+@dataclass
+class ColumnCounts:
+    """Counts for one column.
+
+    Attributes:
+        values: values scanned (NULLs included).
+        current: already under the target (current) version.
+        reencrypted: moved to the target version by this job.
+        outdated: (inventory) readable, under an older version.
+        null: NULL values.
+        unknown_key_version, malformed, invalid_tag: values that cannot be read, by reason;
+            they are never written.
+        changed: re-encrypted values the application changed between the job's read and its
+            write: not written, left for the next pass.
+        versions: readable values per key version (before this job moved them).
+    """
+
+    values: int = 0
+    current: int = 0
+    reencrypted: int = 0
+    outdated: int = 0
+    null: int = 0
+    unknown_key_version: int = 0
+    malformed: int = 0
+    invalid_tag: int = 0
+    changed: int = 0
+    versions: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """Values that cannot be read."""
+        return self.unknown_key_version + self.malformed + self.invalid_tag
+
+    def add_statuses(self, status: np.ndarray, versions: np.ndarray) -> None:
+        """Counts one batch's statuses and the versions of its readable values."""
+        found = np.bincount(status, minlength=len(ValueStatus))
+        self.values += int(status.shape[0])
+        for s in ValueStatus:
+            setattr(self, s.name.lower(), getattr(self, s.name.lower()) + int(found[s]))
+        readable = np.isin(status, (ValueStatus.CURRENT, ValueStatus.REENCRYPTED,
+                                    ValueStatus.OUTDATED))
+        v, c = np.unique(versions[readable], return_counts=True)
+        for version, count in zip(v.tolist(), c.tolist()):
+            self.versions[version] = self.versions.get(version, 0) + count
+
+    def merge(self, other: "ColumnCounts") -> None:
+        for name in ("values", "current", "reencrypted", "outdated", "null",
+                     "unknown_key_version", "malformed", "invalid_tag", "changed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for version, count in other.versions.items():
+            self.versions[version] = self.versions.get(version, 0) + count
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failed"] = self.failed
+        d["versions"] = {str(k): v for k, v in sorted(self.versions.items())}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ColumnCounts":
+        d = {k: v for k, v in d.items() if k != "failed"}
+        d["versions"] = {int(k): v for k, v in d.get("versions", {}).items()}
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A value that cannot be read: its column, its row's key (for Parquet: file and row
+    number) and why."""
+
+    column: str
+    key: Any
+    reason: str
+
+
+@dataclass
+class PartitionResult:
+    """What one partition (a key range or a file) produced; sent back from a worker."""
+
+    rows: int = 0
+    columns: dict[str, ColumnCounts] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    failures_total: int = 0
+    complete: bool = True
+
+    def merge(self, other: "PartitionResult", max_failures: int) -> None:
+        self.rows += other.rows
+        for name, counts in other.columns.items():
+            self.columns.setdefault(name, ColumnCounts()).merge(counts)
+        room = max(0, max_failures - len(self.failures))
+        self.failures.extend(other.failures[:room])
+        self.failures_total += other.failures_total
+        self.complete = self.complete and other.complete
+
+
+@dataclass
+class _Report:
+    store: str
+    table: str | None
+    columns: dict[str, ColumnCounts]
+    rows: int
+    failures: list[Failure]
+    failures_total: int
+    duration_s: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.duration_s if self.duration_s > 0 else 0.0
+
+    def _base_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "table": self.table,
+            "rows": self.rows,
+            "columns": {k: v.to_dict() for k, v in self.columns.items()},
+            "failed": sum(c.failed for c in self.columns.values()),
+            "failures": [{"column": f.column, "key": f.key, "reason": f.reason}
+                         for f in self.failures],
+            "failures_listed": len(self.failures),
+            "duration_s": round(self.duration_s, 6),
+            "rows_per_s": round(self.rows_per_s, 1),
+        }
+
+
+@dataclass
+class Inventory(_Report):
+    """Per column: how many values are under each key version, NULL, or unreadable (by
+    reason). :meth:`engine.KeyRotationService.purge` takes it."""
+
+    current_version: int = 0
+
+    def values_under(self, version: int) -> dict[str, int]:
+        """How many values each column still has under ``version`` (``table.column`` ->
+        count): what purging that version would make unreadable."""
+        prefix = f"{self.table}." if self.table else ""
+        return {prefix + name: c.versions.get(version, 0) for name, c in self.columns.items()}
+
+    def all_current(self) -> bool:
+        """True when every non-NULL value is readable and under the current version."""
+        return all(c.current == c.values - c.null for c in self.columns.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._base_dict(), "current_version": self.current_version,
+                "all_current": self.all_current()}
+
+
+@dataclass
+class ReencryptionReport(_Report):
+    """What :func:`engine.reencrypt.reencrypt` did.
+
+    ``complete`` is False when the job stopped early; ``changed`` values were left for the
+    next pass because the application wrote them meanwhile.
+    """
+
+    target_version: int = 0
+    complete: bool = True
+
+    def _total(self, name: str) -> int:
+        return sum(getattr(c, name) for c in self.columns.values())
+
+    @property
+    def scanned(self) -> int:
+        return self._total("values")
+
+    @property
+    def reencrypted(self) -> int:
+        return self._total("reencrypted")
+
+    @property
+    def already_current(self) -> int:
+        return self._total("current")
+
+    @property
+    def failed(self) -> int:
+        return self._total("failed")
+
+    @property
+    def changed(self) -> int:
+        return self._total("changed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._base_dict(), "target_version": self.target_version,
+                "scanned": self.scanned, "reencrypted": self.reencrypted,
+                "already_current": self.already_current, "changed": self.changed,
+                "complete": self.complete}

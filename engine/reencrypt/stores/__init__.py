@@ -1,0 +1,71 @@
+"""The stores a job reads and writes: :func:`open_store` makes one from a URL."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any, Union
+
+from ..errors import UnknownStore
+from .parquet import ParquetStore
+from .postgres import PostgresStore
+from .sql import Partition, SqlStore
+from .sqlite import SqliteStore
+
+__all__ = ["ParquetStore", "Partition", "PostgresStore", "SqlStore", "SqliteStore", "Store",
+           "open_store"]
+
+Store = Union[SqliteStore, PostgresStore, ParquetStore]
+
+
+def open_store(url: str, table: str | None = None, key: str | None = None) -> Any:
+    """A store from its URL.
+
+    ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``;
+    ``postgresql://user:password@host:port/database`` (or ``postgres://``);
+    ``parquet:///absolute/dataset/`` or ``parquet://relative/dataset/`` (a directory or one
+    file). SQL stores need ``table`` and
+    ``key`` (its primary key column); Parquet takes neither.
+
+    Nothing is opened yet: the job connects (and checks the table) when it runs.
+
+    Raises:
+        UnknownStore: another scheme, a URL without a path, or a table or key missing (or
+            given for Parquet).
+    """
+    if not isinstance(url, str):
+        raise UnknownStore("a store is given by its URL (sqlite:///..., postgresql://..., "
+                           "parquet:///...)")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        if not urllib.parse.urlsplit(url).hostname:
+            raise UnknownStore("a PostgreSQL URL names its host: postgresql://user:password@host/db")
+        _need(table, key, "postgresql")
+        return PostgresStore(url, table, key)
+    if scheme == "sqlite" and sep and rest.startswith("/") and len(rest) > 1:
+        _need(table, key, "sqlite")
+        return SqliteStore(rest[1:], table, key)
+    if scheme == "parquet" and sep and rest.strip("/"):
+        if table is not None or key is not None:
+            raise UnknownStore("a Parquet dataset has no table or key: each file is one unit")
+        return ParquetStore(rest)
+    raise UnknownStore(f"unknown store URL {_redacted(url)!r}: use sqlite:///path.db, "
+                       "postgresql://user:password@host/database or parquet:///path/")
+
+
+def _need(table: str | None, key: str | None, scheme: str) -> None:
+    if not table or not key:
+        raise UnknownStore(f"a {scheme} store needs a table and its primary key column "
+                           "(--table, --key)")
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unreadable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

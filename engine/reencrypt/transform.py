@@ -1,0 +1,243 @@
+"""The cryptographic step of a job, on one Arrow record batch: what a worker process runs.
+
+:func:`reseal` takes a batch holding the values of each column (and the columns their AAD
+rules read) and returns a batch of results: per column a ``uint8`` status, the key version
+found, and the values to store. Every column goes through
+:meth:`engine.EncryptionService.reencrypt_many` once (one native open per key version, one seal
+per format); nothing here parses a token.
+
+Batches cross process boundaries as Arrow IPC streams (:func:`to_ipc`/:func:`from_ipc`), never
+as per-row objects, and keys never cross at all: a worker builds its own service with the
+job's ``service_factory`` and proves with :class:`KeyCheck` that it holds the coordinator's
+current key before it seals anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..aead import random_bytes
+from ..batch import Batch, SealedBatch
+from ..envelope import FORMAT_UNBOUND, MAX_KEY_VERSION, pack_tokens, parse_tokens
+from ..errors import InvalidTag
+from ..keys import UnknownKeyVersion
+from ..service import EncryptionService, ValueStatus
+from .errors import ColumnNotFound, WorkerKeyMismatch
+from .spec import Column, column_of
+
+__all__ = ["KeyCheck", "from_ipc", "reseal", "status_of", "to_ipc", "values_of", "worker_service"]
+
+_CHECK_AAD = b"engine-reencrypt-key-check"
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """Proof, without sending it, that a worker holds the coordinator's current key: a random
+    value sealed with it, which only the same key opens."""
+
+    version: int
+    nonce: bytes
+    sealed: bytes
+
+    @classmethod
+    def of(cls, service: EncryptionService) -> "KeyCheck":
+        key = service.provider.get_current_key()
+        nonce = random_bytes(16)
+        return cls(key.version, nonce, key.cipher.encrypt(nonce, random_bytes(16), _CHECK_AAD))
+
+    def verify(self, service: EncryptionService) -> None:
+        """Raises :class:`WorkerKeyMismatch` unless ``service`` encrypts under the same
+        version with the same key."""
+        current = service.provider.get_current_key().version
+        if current != self.version:
+            raise WorkerKeyMismatch(
+                f"a worker's current key version is {current}, the job's is {self.version}: "
+                "give every worker the coordinator's key configuration")
+        same = True
+        try:
+            service.provider.get_key(self.version).cipher.decrypt(self.nonce, self.sealed,
+                                                                  _CHECK_AAD)
+        except (InvalidTag, UnknownKeyVersion):
+            same = False
+        if not same:  # raised here, outside the handler: the error carries no context
+            raise WorkerKeyMismatch(
+                f"a worker's key version {self.version} is not the coordinator's (another "
+                "master key or Vault?): give every worker the same key configuration")
+
+
+_services: dict[Any, EncryptionService] = {}
+
+
+def worker_service(factory: Callable[[], EncryptionService], check: KeyCheck) -> EncryptionService:
+    """The service of this worker process: built once per factory, checked against the
+    coordinator's key (see :class:`KeyCheck`)."""
+    service = _services.get(factory)
+    if service is None:
+        service = factory()
+        _services[factory] = service
+    check.verify(service)
+    return service
+
+
+def to_ipc(batch: Any) -> bytes:
+    """An Arrow record batch as one Arrow IPC stream."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(payload: bytes) -> Any:
+    """The record batch of an Arrow IPC stream made by :func:`to_ipc` (zero-copy)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(payload)).read_next_batch()
+
+
+def status_of(result: Any, index: int) -> np.ndarray:
+    """Column ``index``'s status codes in a result batch."""
+    return result.column(f"{index}.status").to_numpy(zero_copy_only=False)
+
+
+def values_of(result: Any, index: int, name: str) -> Any:
+    """A stored column's new values in a result batch (``name`` is the stored column)."""
+    return result.column(f"{index}.{name}")
+
+
+def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
+           check_only: bool = False, threads: int | None = None) -> Any:
+    """Re-encrypts (or, with ``check_only``, only opens) every column of ``batch``.
+
+    Returns:
+        A record batch with, for column ``i``: ``i.status`` (``uint8``
+        :class:`~engine.service.ValueStatus`), ``i.version`` (``int64``, 0 where none was read)
+        and, unless ``check_only``, ``i.<stored column>`` holding the values to store, of the
+        stored column's type (the old value wherever nothing changed).
+
+    ``threads``: native threads (default: the service's).
+
+    Raises:
+        ColumnNotFound: a column is missing or of a type that cannot hold ciphertexts.
+    """
+    import pyarrow as pa
+
+    arrays: dict[str, Any] = {}
+    for i, column in enumerate(columns):
+        aad = column.aad.evaluate(batch, column.name)
+        if column.sealed is None:
+            result, new = _token_column(batch, column.name, aad, service, check_only, threads)
+        else:
+            result, new = _sealed_column(batch, column, aad, service, check_only, threads)
+        arrays[f"{i}.status"] = pa.array(result[0], pa.uint8())
+        arrays[f"{i}.version"] = pa.array(result[1], pa.int64())
+        for name, arr in new.items():
+            arrays[f"{i}.{name}"] = arr
+    return pa.RecordBatch.from_pydict(arrays) if arrays else pa.record_batch([])
+
+
+def _token_column(batch: Any, name: str, aad: Any, service: EncryptionService,
+                  check_only: bool, threads: int | None
+                  ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    import pyarrow as pa
+
+    values = column_of(batch, name)
+    t = values.type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t)):
+        raise ColumnNotFound(f"column {name!r} is {t}; ciphertexts are text or binary")
+    result = service.reencrypt_many(values, aad, check_only=check_only, threads=threads)
+    if check_only:
+        return (result.status, result.key_versions), {}
+    text = pa.types.is_string(t) or pa.types.is_large_string(t)
+    new = result.values.to_arrow(text=text)
+    present = result.status != ValueStatus.NULL
+    if not present.all():
+        new = pa.Array.from_buffers(new.type, len(new),
+                                    [pa.array(present).buffers()[1], *new.buffers()[1:]])
+    return (result.status, result.key_versions), {name: new.cast(t)}
+
+
+def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionService,
+                   check_only: bool, threads: int | None
+                   ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """The three-column layout: each row's nonce, ciphertext and tag under its key version are
+    handed to the service as a format-2 token (the layout's AAD is the caller's only), and
+    the tokens it returns are split back into the same columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    layout = column.sealed
+    nonce, tag, ct, ver = (column_of(batch, n) for n in layout.names())
+    n = len(ct)
+    for name, arr in ((layout.nonce, nonce), (layout.tag, tag)):
+        width = getattr(arr.type, "byte_width", None)
+        if width is None and not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+            raise ColumnNotFound(f"column {name!r} is {arr.type}; nonces and tags are binary")
+        if width not in (None, 16):
+            raise ColumnNotFound(f"column {name!r} holds {width}-byte values; the layout needs "
+                                 "16-byte nonces and tags")
+    if not pa.types.is_integer(ver.type):
+        raise ColumnNotFound(f"column {layout.key_version!r} is {ver.type}; key versions are "
+                             "integers")
+    def flag(arr: Any) -> np.ndarray:
+        return arr.to_numpy(zero_copy_only=False)
+
+    present = ~(flag(pc.is_null(ct)) | flag(pc.is_null(nonce)) | flag(pc.is_null(tag))
+                | flag(pc.is_null(ver)))
+    versions = flag(pc.fill_null(ver, 0)).astype(np.int64)
+    shaped = present & (versions >= 1) & (versions <= MAX_KEY_VERSION)
+    for arr in (nonce, tag):
+        shaped &= flag(pc.fill_null(pc.binary_length(arr), 0)) == 16
+    rows = np.flatnonzero(shaped)
+    status = np.full(n, ValueStatus.MALFORMED, dtype=np.uint8)
+    status[~present] = ValueStatus.NULL
+    found = np.zeros(n, dtype=np.int64)
+    take = pa.array(rows)
+
+    def fixed(arr: Any) -> Batch:
+        return Batch.from_arrow(arr.take(take).cast(pa.large_binary()))
+
+    sealed = SealedBatch(nonces=fixed(nonce), tags=fixed(tag),
+                         ciphertexts=Batch.from_arrow(ct.take(take).cast(pa.large_binary())))
+    tokens = pack_tokens(sealed, versions[rows], FORMAT_UNBOUND)
+    result = service.reencrypt_many(tokens, aad.take(rows) if isinstance(aad, Batch) else aad,
+                                    check_only=check_only, threads=threads)
+    status[rows] = result.status
+    found[rows] = result.key_versions
+    if check_only:
+        return (status, found), {}
+    out = parse_tokens(result.values)
+    rebuilt = {
+        layout.nonce: _scatter(nonce, rows, out.nonces),
+        layout.tag: _scatter(tag, rows, out.tags),
+        layout.ciphertext: _scatter(ct, rows, out.ciphertexts.to_arrow()),
+        layout.key_version: _scatter(ver, rows, out.key_versions),
+    }
+    return (status, found), rebuilt
+
+
+def _scatter(original: Any, rows: np.ndarray, new: Any) -> Any:
+    """``original`` with the values at ``rows`` replaced by ``new`` (same type as original)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = original.type
+    if isinstance(new, np.ndarray) and new.ndim == 2:
+        new = pa.FixedSizeBinaryArray.from_buffers(pa.binary(new.shape[1]), new.shape[0],
+                                                   [None, pa.py_buffer(np.ascontiguousarray(new))])
+    elif isinstance(new, np.ndarray):
+        new = pa.array(new)
+    new = new.cast(t)
+    if len(rows) == len(original):
+        return new
+    # positions: for each row of original, its index in new (or -1 to keep the original)
+    where = np.full(len(original), -1, dtype=np.int64)
+    where[rows] = np.arange(len(rows))
+    mask = pa.array(where >= 0)
+    spread = new.take(pa.array(np.maximum(where, 0))) if len(new) else pa.nulls(len(original), t)
+    return pc.if_else(mask, spread, original)

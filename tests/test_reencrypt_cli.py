@@ -1,0 +1,153 @@
+"""`crypto-engine inventory` and `crypto-engine reencrypt`: output, exit codes, progress bar."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.testing.postgres import free_port
+from reencrypt_support import MASTER, file_digest, listing, new_database
+
+COLUMNS = ["--column", "ssn", "--column", "card", "--aad", "ssn=template:users:{id}:ssn"]
+
+
+def run(*args, env, stderr=subprocess.PIPE):
+    return subprocess.run([sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE,
+                          stderr=stderr, text=True, timeout=300, env={**os.environ, **env})
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"ENCRYPTION_MASTER_KEY": MASTER, "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"),
+            "ENCRYPTION_KDF_ITERATIONS": "1000", "ENGINE_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+            "VAULT_ENABLED": "false"}
+
+
+@pytest.fixture
+def users(tmp_path, env, monkeypatch):
+    """A SQLite table sealed under v1 by the same environment, then a rotation to v2."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from engine.service import get_encryption_service, reset_encryption_service
+
+    reset_encryption_service()
+    service = get_encryption_service()
+    db = new_database("sqlite", tmp_path)
+    ids = list(range(1, 301))
+    db.run("CREATE TABLE users (id INTEGER PRIMARY KEY, ssn TEXT, card BLOB, other TEXT)")
+    db.run_many("INSERT INTO users VALUES (%s, %s, %s, %s)",
+                list(zip(ids, service.encrypt_many([f"ssn {i}" for i in ids],
+                                                   aad=[f"users:{i}:ssn" for i in ids]),
+                         service.encrypt_many([b"card"] * 300, binary=True).to_list(),
+                         [f"plain {i}" for i in ids])))
+    assert run("rotate", env=env).returncode == 0
+    reset_encryption_service()
+    yield db
+    reset_encryption_service()
+
+
+def test_inventory_reencrypt_inventory(users, env, tmp_path):
+    store = ["--store", users.url, "--table", "users", "--key", "id"]
+    before = run("inventory", *store, *COLUMNS, "--json", env=env)
+    assert before.returncode == 0, before.stderr
+    counts = json.loads(before.stdout)
+    assert counts["columns"]["ssn"]["versions"] == {"1": 300} and not counts["all_current"]
+
+    moved = run("reencrypt", *store, *COLUMNS, "--batch-size", "64", "--json", env=env)
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads(moved.stdout)
+    assert (report["scanned"], report["reencrypted"], report["failed"]) == (600, 600, 0)
+    assert report["target_version"] == 2 and report["rows_per_s"] > 0
+
+    text = run("inventory", *store, *COLUMNS, env=env)
+    assert text.returncode == 0
+    assert "ssn: 300 values; readable, by key version: v2: 300" in text.stdout
+    assert "current v2: every value is under it" in text.stdout
+    events = [json.loads(line)["event"] for line in open(tmp_path / "audit.jsonl")]
+    assert events.count("REENCRYPTION_STARTED") == events.count("REENCRYPTION_COMPLETED") == 1
+
+
+def test_a_failed_value_exits_1(users, env):
+    users.run("UPDATE users SET ssn = 'not a token' WHERE id = 7")
+    r = run("reencrypt", "--store", users.url, "--table", "users", "--key", "id", *COLUMNS,
+            env=env)
+    assert r.returncode == 1
+    assert "failed: ssn key=7: malformed" in r.stdout and "re-encrypted 299" in r.stdout
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--store", "mysql://h/db", "--table", "users", "--key", "id", "--column", "ssn"], 2,
+     "unknown store URL"),
+    (["--table", "clients", "--key", "id", "--column", "ssn"], 2, "no table 'clients'"),
+    (["--table", "users", "--key", "id", "--column", "phone"], 2, "no column 'phone'"),
+    (["--table", "users", "--key", "id", "--column", "other"], 2, "plain text"),
+    (["--table", "users", "--key", "id", "--column", "ssn", "--aad", "rot13"], 2,
+     "unknown AAD rule"),
+    (["--table", "users", "--key", "id"], 2, "at least one --column"),
+    (["--table", "users", "--key", "id", "--column", "ssn"], 2, "fail authentication"),
+    (["--table", "users", "--key", "id", "--column", "card", "--dask",
+      "tcp://127.0.0.1:{port}", "--dask-timeout", "1"], 3, "does not answer"),
+])
+def test_bad_input_gets_a_clear_error_and_writes_nothing(users, env, args, code, message):
+    if "--store" not in args:
+        args = ["--store", users.url, *args]
+    args = [a.replace("{port}", str(free_port())) for a in args]
+    digest = file_digest(users.path)
+    r = run("reencrypt", *args, env=env)
+    assert r.returncode == code and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert file_digest(users.path) == digest
+
+
+def test_an_unreachable_database_exits_3(env):
+    url = f"postgresql://engine:hunter2@127.0.0.1:{free_port()}/crm"
+    r = run("inventory", "--store", url, "--table", "users", "--key", "id", "--column", "ssn",
+            env=env)
+    assert r.returncode == 3 and "postgresql://engine@127.0.0.1" in r.stderr
+    assert "hunter2" not in r.stderr + r.stdout
+
+
+def test_parquet_three_column_layout_and_a_progress_bar_on_a_terminal(tmp_path, env, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from engine import Batch
+    from engine.service import get_encryption_service, reset_encryption_service
+
+    reset_encryption_service()
+    key = get_encryption_service().provider.get_current_key()
+    dataset = tmp_path / "events"
+    dataset.mkdir()
+    for f in range(2):
+        sealed = key.cipher.seal_batch(Batch.from_list([b"payload"] * 1000)).to_arrow()
+        pq.write_table(sealed.append_column("v", pa.array(np.full(1000, key.version))),
+                       dataset / f"{f}.parquet")
+    assert run("rotate", env=env).returncode == 0
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    r = run("reencrypt", "--store", f"parquet://{dataset}", "--sealed",
+            "payload=nonce,tag,ciphertext,v", "--workers", "2", "--batch-size", "300", env=env,
+            stderr=terminal)
+    os.close(terminal)
+    drawn = b""
+    try:
+        while chunk := os.read(main, 65536):
+            drawn += chunk
+    except OSError:  # the terminal's other end is closed: everything was read
+        pass
+    os.close(main)
+    assert r.returncode == 0
+    assert "re-encrypted 2,000" in r.stdout
+    assert b"reencrypt: 100%" in drawn and b"2000/2000" in drawn
+    assert listing(dataset) == ["0.parquet", "1.parquet"]
+    reset_encryption_service()

@@ -1,0 +1,168 @@
+"""Re-encryption on Dask distributed: a LocalCluster of worker processes, and real `dask
+scheduler` / `dask worker` processes started from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine import KeyRotationService, RotationPolicy
+from engine.reencrypt import (
+    AadRule,
+    Column,
+    SchedulerUnavailable,
+    SealedLayout,
+    inventory,
+    open_store,
+    reencrypt,
+)
+from engine.reencrypt import executors
+from engine.testing.postgres import free_port
+from reencrypt_support import (
+    MASTER,
+    Users,
+    assert_application_reads,
+    assert_dataset_reads,
+    file_digest,
+    make_users,
+    new_database,
+    write_dataset,
+)
+
+RULES = {"ssn": AadRule.template("users:{id}:ssn"), "note": AadRule.field_context("id")}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """The environment every process of these tests builds its keys from (the workers of a
+    cluster read it when they start)."""
+    state = tmp_path_factory.mktemp("keys")
+    env = {"ENCRYPTION_MASTER_KEY": MASTER, "ENGINE_KEY_STATE_FILE": str(state / "keys.json"),
+           "ENCRYPTION_KDF_ITERATIONS": "1000"}
+    saved = {k: os.environ.get(k) for k in [*env, "VAULT_ENABLED", "ENGINE_AUDIT_LOG"]}
+    os.environ.update(env)
+    for k in ("VAULT_ENABLED", "ENGINE_AUDIT_LOG"):
+        os.environ.pop(k, None)
+    from engine.service import get_encryption_service, reset_encryption_service
+
+    reset_encryption_service()
+    yield get_encryption_service(), state
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_encryption_service()
+
+
+@pytest.fixture(scope="module")
+def cluster(keys):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as local:
+        yield local
+
+
+def rotate(service, state):
+    KeyRotationService(service.provider, RotationPolicy(), state_dir=state / "rot").rotate_keys()
+
+
+def test_key_ranges_and_files_become_tasks_on_a_local_cluster(keys, cluster, tmp_path):
+    service, state = keys
+    db = new_database("sqlite", tmp_path)
+    users = make_users(db, 2000, service)
+    dataset = str(tmp_path / "users")
+    plain = write_dataset(dataset, service, files=4, rows=300)
+    rotate(service, state)
+    version = service.provider.get_current_key().version
+
+    report = reencrypt(open_store(db.url, "users", "id"), Users.COLUMNS, aad=RULES,
+                       dask=cluster.scheduler_address, partitions=5, batch_size=150)
+    assert report.complete and report.rows == 2000 and report.reencrypted == 8000
+    assert_application_reads(users, service)
+    assert db.rows("SELECT COUNT(*) FROM engine_reencrypt_progress")[0][0] == 0
+
+    columns = [Column("ssn", AadRule.template("users:{id}:ssn")),
+               Column("email", sealed=SealedLayout())]
+    store = open_store(f"parquet://{dataset}")
+    report = reencrypt(store, columns, dask=cluster.scheduler_address, batch_size=100)
+    assert report.complete and report.rows == 1200 and report.failed == 0
+    assert_dataset_reads(plain, service, version)
+    assert inventory(store, columns, dask=cluster.scheduler_address).all_current()
+
+
+def test_an_unreachable_scheduler_is_an_error_before_anything_is_written(keys, tmp_path,
+                                                                         monkeypatch):
+    service, _ = keys
+    db = new_database("sqlite", tmp_path)
+    make_users(db, 20, service)
+    digest = file_digest(db.path)
+    monkeypatch.setattr(executors, "DASK_CONNECT_TIMEOUT_S", 2.0)
+    started = time.monotonic()
+    with pytest.raises(SchedulerUnavailable) as info:
+        reencrypt(open_store(db.url, "users", "id"), ["card"],
+                  dask=f"tcp://127.0.0.1:{free_port()}")
+    assert time.monotonic() - started < 30
+    assert "does not answer" in str(info.value)
+    assert file_digest(db.path) == digest
+
+
+def _start(args, env, log):
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_the_command_line_on_real_scheduler_and_worker_processes(keys, postgres, tmp_path):
+    service, state = keys
+    db = new_database("postgres", tmp_path, postgres)
+    users = make_users(db, 1500, service)
+    rotate(service, state)
+    env = dict(os.environ)
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    scheduler_file = str(tmp_path / "scheduler.json")
+    log = open(tmp_path / "dask.log", "wb")
+    scheduler = _start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                        "--no-dashboard", "--scheduler-file", scheduler_file], env, log)
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker = _start([dask, "worker", "--scheduler-file", scheduler_file, "--nworkers", "2",
+                         "--nthreads", "1", "--no-dashboard"], env, log)
+        with open(scheduler_file) as f:
+            address = json.load(f)["address"]
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "engine", "reencrypt", "--store", db.url, "--table", "users",
+             "--key", "id", "--column", "ssn", "--column", "email", "--column", "card",
+             "--column", "note", "--aad", "ssn=template:users:{id}:ssn",
+             "--aad", "note=field-context:id", "--dask", address, "--partitions", "4",
+             "--batch-size", "200", "--json"],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["reencrypted"] == 6000 and report["complete"] and report["failed"] == 0
+        assert_application_reads(users, service)
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in (worker, scheduler):
+            if process is not None:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        log.close()

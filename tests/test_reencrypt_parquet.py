@@ -1,0 +1,124 @@
+"""The re-encryption job on Parquet datasets: token columns and the three-column layout, a file
+as the unit of work, atomic replacement, checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.reencrypt import (
+    AadRule,
+    Column,
+    ColumnNotFound,
+    NotEncrypted,
+    SealedLayout,
+    TableNotFound,
+    inventory,
+    open_store,
+    reencrypt,
+)
+from reencrypt_support import (
+    assert_dataset_reads,
+    listing,
+    master_key_environment,
+    services,
+    write_dataset,
+)
+
+COLUMNS = [Column("ssn", AadRule.template("users:{id}:ssn")),
+           Column("email", sealed=SealedLayout())]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_both_layouts_move_and_files_are_replaced_whole(tmp_path, workers, monkeypatch):
+    master_key_environment(monkeypatch, tmp_path)
+    from engine import KeyRotationService, RotationPolicy, get_encryption_service
+
+    svc = get_encryption_service()
+    path = str(tmp_path / "users")
+    plain = write_dataset(path, svc)
+    KeyRotationService(svc.provider, RotationPolicy(), state_dir=tmp_path / "rot").rotate_keys()
+    store = open_store(f"parquet://{path}")
+    before = inventory(store, COLUMNS, service=svc)
+    nulls = sum(1 for i in range(1500) if i % 11 == 0)
+    assert before.columns["ssn"].versions == {1: 1500 - nulls}
+    assert before.columns["ssn"].null == nulls and before.columns["email"].versions == {1: 1500}
+    inodes = {n: os.stat(n).st_ino for n in plain}
+
+    report = reencrypt(store, COLUMNS, service=svc, workers=workers, batch_size=128)
+    assert report.complete and report.rows == 1500
+    assert report.reencrypted == 3000 - nulls and report.failed == 0
+    assert_dataset_reads(plain, svc, 2)
+    assert all(os.stat(n).st_ino != inodes[n] for n in plain)  # renamed into place
+    assert listing(path) == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    assert inventory(store, COLUMNS, service=svc).all_current()
+
+    unchanged = {n: os.stat(n).st_mtime_ns for n in plain}
+    again = reencrypt(store, COLUMNS, service=svc, workers=workers)
+    assert again.reencrypted == 0 and again.already_current == 3000 - nulls
+    assert {n: os.stat(n).st_mtime_ns for n in plain} == unchanged  # nothing to do: not rewritten
+
+
+def test_a_failing_file_stops_the_job_and_the_rerun_skips_the_files_done(tmp_path):
+    old, new = services()
+    path = str(tmp_path / "users")
+    plain = write_dataset(path, old, files=3, nulls=False)
+    broken = os.path.join(path, "part-2.parquet")
+    good = pq.read_table(broken)
+    pq.write_table(good.set_column(5, "key_version", pa.array(["v1"] * good.num_rows)), broken)
+    store = open_store(f"parquet:///{path.lstrip('/')}")
+    with pytest.raises(ColumnNotFound):
+        reencrypt(store, COLUMNS, service=new, batch_size=100)
+    progress = [n for n in listing(path) if n.startswith("_")]
+    assert progress == ["_engine_reencrypt_progress.json"]
+    assert not [n for n in listing(path) if n.startswith(".")]  # no temporary left behind
+    done = {n: os.stat(n).st_mtime_ns for n in list(plain)[:2]}
+    pq.write_table(good, broken)  # repaired
+    report = reencrypt(store, COLUMNS, service=new, batch_size=100)
+    assert report.rows == 500 and report.reencrypted == 1000  # only the file left to do
+    assert {n: os.stat(n).st_mtime_ns for n in done} == done
+    assert_dataset_reads(plain, new, 2)
+    assert listing(path) == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4", "gzip"])
+def test_unreadable_values_are_reported_by_file_and_row(tmp_path, codec):
+    old, new = services()
+    path = str(tmp_path / "one.parquet")
+    ids = np.arange(5)
+    tokens = old.encrypt_many([f"{i}" for i in ids], aad=[f"users:{i}:ssn" for i in ids])
+    tokens[3] = "not a token"
+    pq.write_table(pa.table({"id": ids, "ssn": tokens}), path, compression=codec)
+    report = reencrypt(open_store(f"parquet://{path}"), [COLUMNS[0]], service=new)
+    assert [(f.key, f.reason) for f in report.failures] == [("one.parquet#3", "malformed")]
+    assert pq.read_table(path)["ssn"][3].as_py() == "not a token"
+    assert report.reencrypted == 4
+    written = pq.ParquetFile(path).metadata.row_group(0).column(1).compression
+    assert written == pq.ParquetFile(path).metadata.row_group(0).column(0).compression
+    assert written.lower() in (codec, "uncompressed", "lz4_raw")  # the file's codec is kept
+
+
+def test_bad_input(tmp_path):
+    old, new = services()
+    path = str(tmp_path / "users")
+    write_dataset(path, old, files=1, rows=50)
+    store = open_store(f"parquet://{path}")
+    with pytest.raises(TableNotFound):
+        inventory(open_store(f"parquet://{tmp_path}/nothing"), ["ssn"], service=new)
+    with pytest.raises(ColumnNotFound):
+        reencrypt(store, ["phone"], service=new)
+    with pytest.raises(ColumnNotFound):  # an integer column holds no ciphertexts
+        reencrypt(store, ["id"], service=new)
+    plain = str(tmp_path / "plain")
+    os.makedirs(plain)
+    pq.write_table(pa.table({"id": [1, 2], "ssn": ["123-45-6789", "987-65-4321"]}),
+                   os.path.join(plain, "p.parquet"))
+    before = os.stat(os.path.join(plain, "p.parquet")).st_mtime_ns
+    with pytest.raises(NotEncrypted):
+        reencrypt(open_store(f"parquet://{plain}"), ["ssn"], service=new)
+    assert os.stat(os.path.join(plain, "p.parquet")).st_mtime_ns == before
+    assert listing(plain) == ["p.parquet"]
