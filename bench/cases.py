@@ -207,7 +207,7 @@ def _batch_all_threads(settings: Settings) -> Pair:
 
 @case("seal_batch_into 1 MiB x 32, all threads",
       engine="seal_batch_into, 32 records of 1 MiB, all threads, 3 times",
-      reference="cryptography AESGCM, the same records on all threads, 3 times", short=True)
+      reference="cryptography AESGCM, the same records on all threads, 3 times")
 def _big_records_all_threads(settings: Settings) -> Pair:
     aead, batch = engine.AesGcm(engine.AesGcm.generate_key()), records(32, 1 << 20)
     out = np.empty(32 << 20, np.uint8)
@@ -294,7 +294,7 @@ def _field_arrow(settings: Settings) -> Pair:
 # ---- files and tables ----
 
 @case("encrypt file", engine="FileEncryption.encrypt_stream, 32 MiB file to file (tmpfs)",
-      reference="cryptography's incremental AES-GCM, same files", short=True)
+      reference="cryptography's incremental AES-GCM, same files")
 def _encrypt_file(settings: Settings) -> Pair:
     from bench.bench_files import cryptography_file_job, engine_file_job
     from bench.bench_service import KEY

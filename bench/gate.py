@@ -37,8 +37,10 @@ RATIOS = ROOT / "bench" / "ratios"
 BASELINE = ROOT / "bench" / "gate_baseline.json"
 DEFAULT_ROUNDS = 21
 CALIBRATION_RUNS = 10
-# The tolerance of a case: its calibration runs' worst fall below their median, times this
-# margin, and never below MIN_TOLERANCE (the smallest change the gate claims to resolve).
+# The tolerance of a case, as a fraction of its baseline ratio, from its calibration runs: three
+# standard deviations of the runs, or their worst fall below the median times WORST_MARGIN,
+# whichever is larger, and never below MIN_TOLERANCE (the smallest change the gate claims to see).
+SIGMAS = 3.0
 WORST_MARGIN = 1.5
 MIN_TOLERANCE = 0.05
 
@@ -115,19 +117,27 @@ def environment() -> dict[str, Any]:
     info = engine.backend_info()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
     return {"backend": f"{info['backend']} {info['version']} ({info['isa']})", "threads": info["threads"],
-            "cpu": cpu, "python": platform.python_version(), "cryptography": cryptography.__version__,
+            "cpu": _cpu_model(), "python": platform.python_version(), "cryptography": cryptography.__version__,
             "commit": commit, "date": datetime.date.today().isoformat(),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return platform.processor()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                platform.processor())
+
+
 def tolerance(runs: list[float]) -> float:
-    """A case's tolerance, as a fraction of its baseline, from its calibration runs."""
+    """A case's tolerance from its calibration runs (see SIGMAS above)."""
     mid = statistics.median(runs)
-    return round(max(MIN_TOLERANCE, WORST_MARGIN * max(1 - r / mid for r in runs)), 3)
+    relative = [r / mid for r in runs]
+    return round(max(MIN_TOLERANCE, SIGMAS * statistics.stdev(relative),
+                     WORST_MARGIN * max(1 - r for r in relative)), 3)
 
 
 def update(path: Path, names: list[str], runs: int, rounds: int, verbose: bool) -> dict[str, Any]:
