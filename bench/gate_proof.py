@@ -31,7 +31,7 @@ EXPERIMENTS = {
     "threads 1": ({}, ["--threads", "1"]),
 }
 EXPECTED = {"unchanged": 0, "openssl": 1, "threads 1": 1}
-COLORS = {"unchanged": "#2b6cb0", "openssl": "#c53030", "threads 1": "#dd6b20"}
+COLORS = {"unchanged": "#2b6cb0", "openssl": "#c53030", "threads 1": "#805ad5"}
 
 
 def run_gate(env: dict[str, str], extra: list[str], gate_args: list[str]) -> tuple[int, dict]:
@@ -68,9 +68,9 @@ def chart(results: dict[str, list[dict]], path: str) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("ratio / baseline ratio; band: the case's tolerance (a fall below it regresses)", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     n = len(next(iter(results.values())))
-    ax.set_title(f"{n} runs of the gate per experiment", fontsize=9)
+    ax.set_title(f"{n} runs of the gate per experiment", fontsize=9, pad=20)
     fig.tight_layout()
     fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
