@@ -207,30 +207,45 @@ def render(verdicts: list[Verdict], baseline: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def chart(verdicts: list[Verdict], path: str, title: str) -> None:
-    """Each case's ratio now as a fraction of its baseline, against its tolerance band."""
+def band_axes(cases: list[tuple[str, float, float]], title: str) -> tuple[Any, Any]:
+    """A figure with a row per (case, baseline ratio, tolerance): the case's band around 1.0 on
+    an axis of ratio / baseline ratio. Returns (figure, axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(7.5, 0.36 * len(cases) + 1.6))
+    for y, (_, _, tol) in enumerate(cases):
+        ax.barh(y, 2 * tol, left=1 - tol, height=0.7, color="#e2e8f0")
+    ax.axvline(1.0, color="#4a5568", linewidth=0.8)
+    ax.set_yticks(range(len(cases)), [f"{name} ({base:.3g}x)" for name, base, _ in cases], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio / baseline ratio; band: the case's tolerance (a fall below it regresses)",
+                  fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_title(title, fontsize=9, pad=20)
+    return fig, ax
+
+
+def save_chart(fig: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, bbox_inches="tight")  # dpi 80: small enough to commit
+    plt.close(fig)
+
+
+def chart(verdicts: list[Verdict], path: str, title: str) -> None:
+    """Each case's ratio now against its band; a hollow dot is the first of two measurements."""
     shown = [v for v in verdicts if v.baseline is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(shown) + 1.3))
+    fig, ax = band_axes([(v.name, v.baseline, v.tolerance) for v in shown], title)
     for y, v in enumerate(shown):
-        ax.barh(y, 2 * v.tolerance, left=1 - v.tolerance, height=0.6, color="#d9e6f2")
         color = {"REGRESSED": "#c53030", "faster": "#2f855a"}.get(v.label, "#2b6cb0")
         ax.plot(v.now / v.baseline, y, "o", color=color, markersize=6)
         if v.remeasured and v.first != v.now:
             ax.plot(v.first / v.baseline, y, "o", mfc="none", color=color, markersize=6)
-    ax.axvline(1.0, color="#4a5568", linewidth=0.8)
-    ax.set_yticks(range(len(shown)), [f"{v.name} ({v.baseline:.3g}x)" for v in shown], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("ratio now / baseline ratio (band: the case's tolerance)", fontsize=8)
-    ax.tick_params(axis="x", labelsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    save_chart(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.gate import ROOT
+from bench.gate import ROOT, band_axes, save_chart
 
 EXPERIMENTS = {
     "unchanged": ({}, []),
@@ -46,34 +46,19 @@ def run_gate(env: dict[str, str], extra: list[str], gate_args: list[str]) -> tup
 
 
 def chart(results: dict[str, list[dict]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     first = next(r for runs in results.values() for r in runs)
     cases = [(v["case"], v["baseline"], v["tolerance"]) for v in first["verdicts"] if v["baseline"]]
-    fig, ax = plt.subplots(figsize=(7.5, 0.36 * len(cases) + 1.6))
-    for y, (name, _, tol) in enumerate(cases):
-        ax.barh(y, 2 * tol, left=1 - tol, height=0.7, color="#e2e8f0")
-    for k, (experiment, runs) in enumerate(results.items()):
-        for run in runs:
+    runs = len(next(iter(results.values())))
+    fig, ax = band_axes(cases, f"{runs} runs of the gate per experiment")
+    for k, (experiment, docs) in enumerate(results.items()):
+        for run in docs:
             by_case = {v["case"]: v for v in run["verdicts"]}
             for y, (name, base, _) in enumerate(cases):
                 if name in by_case:
                     ax.plot(by_case[name]["now"] / base, y + (k - 1) * 0.22, "o", color=COLORS[experiment],
-                            markersize=3.5, alpha=0.75, label=experiment if (y, run) == (0, runs[0]) else None)
-    ax.axvline(1.0, color="#4a5568", linewidth=0.8)
-    ax.set_yticks(range(len(cases)), [f"{n} ({b:.3g}x)" for n, b, _ in cases], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("ratio / baseline ratio; band: the case's tolerance (a fall below it regresses)", fontsize=8)
-    ax.tick_params(axis="x", labelsize=8)
+                            markersize=3.5, alpha=0.75, label=experiment if (y, run) == (0, docs[0]) else None)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    n = len(next(iter(results.values())))
-    ax.set_title(f"{n} runs of the gate per experiment", fontsize=9, pad=20)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    save_chart(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
