@@ -153,11 +153,11 @@ def update(path: Path, names: list[str], runs: int, rounds: int, verbose: bool) 
     doc = json.loads(path.read_text()) if path.exists() else {"cases": {}}
     env = environment()
     env["rounds"], env["runs"] = rounds, runs
-    env["load_average_1min_during_runs"] = [round(min(loads), 2), round(max(loads), 2)]
     doc["recorded"] = env
     for name, values in samples.items():
         doc["cases"][name] = {"ratio": round(statistics.median(values), 4), "tolerance": tolerance(values),
-                              "runs": [round(v, 4) for v in values]}
+                              "runs": [round(v, 4) for v in values], "commit": env["commit"],
+                              "date": env["date"], "load": [round(min(loads), 1), round(max(loads), 1)]}
     order = all_case_names(False)
     doc["cases"] = dict(sorted(doc["cases"].items(),
                                key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
