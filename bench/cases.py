@@ -1,7 +1,7 @@
 """The regression gate's cases: each one an engine operation and a reference doing the same work
-with code that is not the engine's (pyca/cryptography, pyarrow, a plain copy), built from one
-registry that the pytest-benchmark cases (``bench/test_gate.py``) and the asv benchmarks
-(``bench/benchmarks.py``) share.
+with code that is not the engine's (pyca/cryptography, pyarrow; for the all-thread cases, SHA-256
+of the same bytes on all cores), built from one registry that the pytest-benchmark cases
+(``bench/ratios``) and the asv benchmarks (``bench/benchmarks.py``) share.
 
 A case's figure is the ratio ``reference time per unit / engine time per unit`` from rounds that
 run the two in turn, so that load on a shared machine slows both sides of a pair alike: higher
