@@ -9,7 +9,7 @@ machine than either time alone.
 
     asv run --quick HEAD^!                 # one commit, in asv's own environment
     make bench-history                     # the last 20 commits on main, then asv publish
-    asv continuous --factor 2 main HEAD    # see bench/README.md for the factor
+    asv continuous --factor 3 main HEAD    # the factor this machine needs: bench/README.md
 """
 
 from __future__ import annotations
