@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs postgresql
 
-.PHONY: demo test test-asan setup system-deps ctest ctest-ipsecmb2 pytest bench bench-full asv-smoke clean
+.PHONY: demo test test-asan setup system-deps ctest ctest-ipsecmb2 pytest bench bench-gate \
+	bench-gate-short bench-history asv-run clean
 
 demo: setup
 	$(BIN)/crypto-engine demo
 
-test: setup ctest pytest asv-smoke
+test: setup ctest pytest asv-run bench-gate-short
 	$(BIN)/python -m bench.compare --quick
 	$(BIN)/python -m bench.bench_service --quick
 	$(BIN)/python -m bench.bench_vault --quick
@@ -102,10 +103,37 @@ test-asan: system-deps $(ASAN_VENV)/pyvenv.cfg
 	if [ $$status != 0 ]; then cat $(ASAN_REPORTS)/stderr; fi; \
 	exit $$status
 
-# asv: check the benchmarks import and run once each against the installed package.
-asv-smoke:
+# asv in its own environment (asv.conf.json): builds HEAD's wheel into a virtualenv, installs it
+# there and runs each benchmark once (asv exits 2 if one fails).
+asv-run:
 	$(BIN)/asv machine --yes >/dev/null
-	$(BIN)/asv run --python=same --quick --dry-run --show-stderr
+	$(BIN)/asv run --quick --show-stderr HEAD^!
+
+# History (bench/README.md): asv over the last $(HISTORY) commits of $(BRANCH), each built for
+# real, then the HTML pages in .asv/html (`asv preview` serves them).
+HISTORY ?= 20
+BRANCH ?= main
+bench-history: setup
+	$(BIN)/asv machine --yes >/dev/null
+	mkdir -p .asv && git rev-list --first-parent -n $(HISTORY) $(BRANCH) > .asv/history-commits
+	$(BIN)/asv run --skip-existing --show-stderr HASHFILE:.asv/history-commits || \
+	  echo "(asv: some benchmarks failed; on older commits, cases whose API did not exist yet)"
+	$(BIN)/asv publish
+
+# The regression gate (bench/README.md): every case's ratio against bench/gate_baseline.json;
+# exit 1 names the cases that regressed.
+bench-gate: setup
+	$(BIN)/python -m bench.gate --chart bench/gate.png
+
+# The short gate that make test runs. It must pass, and it must fail (exit 1, not 2) on the
+# OpenSSL backend, about 2x slower than ipsec-mb's on bulk data here: CI proves it can fail.
+bench-gate-short:
+	@if $(BIN)/python -c "import sys, engine._native as n; sys.exit(not n.backend_available('ipsec-mb'))"; then \
+	  $(BIN)/python -m bench.gate --short || exit 1; \
+	  status=0; ENGINE_BACKEND=openssl $(BIN)/python -m bench.gate --short || status=$$?; \
+	  if [ $$status -ne 1 ]; then echo "*** the gate did not fail on the OpenSSL backend (exit $$status) ***"; exit 1; fi; \
+	  echo "the gate failed on the OpenSSL backend, as it must"; \
+	else echo "*** ipsec-mb backend not available: the baseline was recorded with it, gate not run ***"; fi
 
 bench:
 	$(BIN)/python -m bench.compare --chart bench/compare.png --json bench/compare.json

@@ -35,7 +35,7 @@ BLOCK = 16 << 20  # every loop moves 16 MiB per read, as the engine does
 AWS_MAX = 256 << 20  # the AWS SDK runs at ~0.25 GB/s: timed on at most this much
 
 
-def _copy(src: str, dst: str) -> None:
+def copy_file(src: str, dst: str) -> None:
     buf = bytearray(BLOCK)
     view = memoryview(buf)
     with open(src, "rb", buffering=0) as f, open(dst, "wb", buffering=0) as g:
@@ -43,14 +43,14 @@ def _copy(src: str, dst: str) -> None:
             g.write(view[:n])
 
 
-def _engine(files: FileEncryption, encrypt: bool) -> Callable[[str, str], None]:
+def engine_file_job(files: FileEncryption, encrypt: bool) -> Callable[[str, str], None]:
     def run(src: str, dst: str) -> None:
         with open(src, "rb", buffering=0) as f, open(dst, "wb", buffering=0) as g:
             (files.encrypt_stream if encrypt else files.decrypt_stream)(f, g)
     return run
 
 
-def _cryptography(encrypt: bool) -> Callable[[str, str], None] | None:
+def cryptography_file_job(encrypt: bool) -> Callable[[str, str], None] | None:
     try:
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     except ImportError:
@@ -158,13 +158,13 @@ def files_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
         block = os.urandom(1 << 20)
         for _ in range(size >> 20):
             f.write(block)
-    _copy(plain, os.devnull)  # warm the page cache
+    copy_file(plain, os.devnull)  # warm the page cache
     files = FileEncryption(EncryptionService(StaticKeyProvider({1: KEY}), metrics=False))
     sealed = {"engine": os.path.join(workdir, "engine.enc")}
-    _engine(files, True)(plain, sealed["engine"])
+    engine_file_job(files, True)(plain, sealed["engine"])
     peers: dict[str, tuple[Any, Any]] = {}
     missing: dict[str, str] = {}
-    crypto = (_cryptography(True), _cryptography(False))
+    crypto = (cryptography_file_job(True), cryptography_file_job(False))
     if crypto[0] is not None:
         peers["cryptography GCM"] = crypto
     for name, make in (("tink StreamingAead", _tink), ("AWS Encryption SDK", _aws)):
@@ -185,9 +185,9 @@ def files_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
     results: dict[str, Any] = {"bytes": size, "missing_peers": missing, "aws_bytes": os.path.getsize(small)}
     for target_name, target in (("file to file", out), ("file to /dev/null", os.devnull)):
         cases: dict[str, Callable[[], Any]] = {
-            "copy loop": lambda t=target: _copy(plain, t),
-            "engine encrypt": lambda t=target: _engine(files, True)(plain, t),
-            "engine decrypt": lambda t=target: _engine(files, False)(sealed["engine"], t),
+            "copy loop": lambda t=target: copy_file(plain, t),
+            "engine encrypt": lambda t=target: engine_file_job(files, True)(plain, t),
+            "engine decrypt": lambda t=target: engine_file_job(files, False)(sealed["engine"], t),
         }
         for name, (enc, dec) in peers.items():
             src = small if name == "AWS Encryption SDK" else plain
@@ -231,26 +231,34 @@ def pipe_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
     return {"GB/s": {k: size / v / 1e9 for k, v in medians.items()}, "engine startup s": startup}
 
 
+def loop_encrypt_columns(table: Any, names: list[str]) -> Any:
+    """pyarrow and a cryptography loop producing the tokens and table that
+    ``tables.encrypt_columns`` makes (key version 1 of ``KEY``)."""
+    import pyarrow as pa
+
+    from bench.bench_service import loop_encrypt
+
+    for name in names:
+        tokens = loop_encrypt(table.column(name).to_pylist(), 1)
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array(tokens, pa.large_string()))
+    return table
+
+
 def table_case(rows: int, rounds: int) -> dict[str, Any]:
     import pyarrow as pa
 
-    from bench.bench_service import loop_encrypt, make_values
+    from bench.bench_service import make_values
     from engine import tables
 
     service = EncryptionService(StaticKeyProvider({1: KEY}), metrics=False)
     emails, ssns = make_values(rows, seed=1), [f"{i:03d}-{i % 97:02d}-{i % 9973:04d}" for i in range(rows)]
     table = pa.table({"id": pa.array(range(rows), pa.int64()), "email": emails, "ssn": ssns})
 
-    def loop() -> Any:  # pyarrow + cryptography producing the same tokens and table
-        t = table
-        for name in ("email", "ssn"):
-            tokens = loop_encrypt(t.column(name).to_pylist(), 1)
-            t = t.set_column(t.schema.get_field_index(name), name, pa.array(tokens, pa.large_string()))
-        return t
-
     medians = _time_rounds({"engine": lambda: tables.encrypt_columns(table, ["email", "ssn"], service=service),
-                            "loop": loop}, rounds)
-    check = tables.decrypt_columns(loop(), ["email", "ssn"], service=service)
+                            "loop": lambda: loop_encrypt_columns(table, ["email", "ssn"])}, rounds)
+    check = tables.decrypt_columns(loop_encrypt_columns(table, ["email", "ssn"]), ["email", "ssn"],
+                                   service=service)
     return {"rows": rows, "engine s": medians["engine"], "loop s": medians["loop"],
             "ratio": medians["loop"] / medians["engine"],
             "same output": check.column("email").to_pylist() == emails}

@@ -1,36 +1,75 @@
-"""asv benchmarks: seal/open at 64 B, 1 KiB, 16 KiB and 1 MiB, single call and batch, one thread
-and all threads, with cryptography's AESGCM timed beside them for reference; and the service
-layer (encrypt_many, decrypt_many_text, FieldEncryption over dicts and over a pyarrow column) on
-100,000 short strings; and the re-encryption job on a SQLite table, with its ratio to a plain
-copy job (bench/bench_reencrypt.py has the whole comparison).
+"""asv benchmarks, for history and pictures (``make bench-history``): the regression gate's cases
+(``bench/cases.py``, the same set-up as the pytest-benchmark cases), seal/open of batches at
+64 B, 1 KiB, 16 KiB and 1 MiB records on one thread and all, and the re-encryption job on a
+SQLite table with its time over a plain copy job's (bench/bench_reencrypt.py has the whole
+comparison).
 
-    asv run --python=same --quick          # against the installed package
-    asv continuous main HEAD               # regression check between two commits
+Every value here is lower-is-better, as asv assumes: times, and ``track_time_vs_reference``,
+the engine's time per unit of work over its reference's, measured in interleaved rounds in the
+same process (the inverse of the gate's ratio), which moves far less between runs on a shared
+machine than either time alone.
+
+    asv run --quick HEAD^!                 # one commit, in asv's own environment
+    make bench-history                     # the last 20 commits on main, then asv publish
+    asv continuous --factor 3 main HEAD    # the factor this machine needs: bench/README.md
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 import engine
+from bench.cases import CASES, Settings, median_ratio, paired_seconds, records
 
 SIZES = [64, 1024, 16384, 1 << 20]
 BATCH_BYTES = 16 << 20  # each batch covers 16 MiB (at least one record)
 
 
+class Cases:
+    """Each gate case: the engine side, the reference side, and their ratio."""
+
+    params = [list(CASES)]
+    param_names = ["case"]
+    number = 1
+    repeat = (3, 9, 10.0)
+    warmup_time = 0.0
+    timeout = 120
+
+    def setup(self, name):
+        self.pair = CASES[name].build(Settings())
+        self.pair.engine()
+        self.pair.reference()
+
+    def teardown(self, name):
+        self.pair.cleanup()
+
+    def time_engine(self, name):
+        self.pair.engine()
+
+    def time_reference(self, name):
+        self.pair.reference()
+
+    def track_time_vs_reference(self, name):
+        engine_s, reference_s = paired_seconds(self.pair, 11)
+        return 1 / median_ratio(self.pair, engine_s, reference_s)
+
+    track_time_vs_reference.unit = "engine time / reference time"
+
+
 class Batch:
+    """seal_batch_into / open_batch_into over 16 MiB of records of each size."""
+
     params = (SIZES, ["1", "all"])
     param_names = ["record_size", "threads"]
+    number = 1
+    repeat = (3, 9, 10.0)
+    warmup_time = 0.0
 
     def setup(self, size, threads):
-        count = max(1, BATCH_BYTES // size)
         self.threads = 1 if threads == "1" else None
         self.aead = engine.AesGcm(engine.AesGcm.generate_key())
-        self.batch = engine.Batch(np.frombuffer(os.urandom(size * count), np.uint8),
-                                  np.arange(count + 1, dtype=np.int64) * size)
-        self.out = np.empty(size * count, np.uint8)
+        self.batch = records(max(1, BATCH_BYTES // size), size)
+        self.out = np.empty(self.batch.data.size, np.uint8)
         self.sealed = self.aead.seal_batch(self.batch)
 
     def time_seal(self, size, threads):
@@ -38,112 +77,6 @@ class Batch:
 
     def time_open(self, size, threads):
         self.aead.open_batch_into(self.sealed, self.out, threads=self.threads)
-
-    def track_seal_records_per_second(self, size, threads):
-        import time
-
-        t0 = time.perf_counter()
-        self.aead.seal_batch_into(self.batch, self.out, threads=self.threads)
-        return len(self.batch) / (time.perf_counter() - t0)
-
-    track_seal_records_per_second.unit = "records/s"
-
-
-class SingleCall:
-    params = [SIZES]
-    param_names = ["size"]
-
-    def setup(self, size):
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        key = engine.AesGcm.generate_key()
-        self.aead = engine.AesGcm(key)
-        self.reference = AESGCM(key)
-        self.nonce = os.urandom(16)
-        self.data = os.urandom(size)
-        self.sealed = self.aead.encrypt(self.nonce, self.data)
-
-    def time_encrypt(self, size):
-        self.aead.encrypt(self.nonce, self.data)
-
-    def time_decrypt(self, size):
-        self.aead.decrypt(self.nonce, self.sealed)
-
-    def time_cryptography_encrypt(self, size):
-        self.reference.encrypt(self.nonce, self.data, None)
-
-
-class FromList:
-    """64-byte records arriving as a Python list of bytes (packing included)."""
-
-    def setup(self):
-        self.aead = engine.AesGcm(engine.AesGcm.generate_key())
-        self.values = [os.urandom(64) for _ in range(100_000)]
-
-    def time_seal_from_list(self):
-        self.aead.seal_batch(self.values)
-
-
-class Service:
-    """The service layer on 100,000 strings of 16-64 characters (tokens out, and back)."""
-
-    def setup(self):
-        import pyarrow as pa
-
-        from bench.bench_service import KEY, make_values
-
-        self.service = engine.EncryptionService(engine.StaticKeyProvider({1: KEY}))
-        self.fields = engine.FieldEncryption(self.service)
-        self.values = make_values(100_000)
-        self.tokens = self.service.encrypt_many(self.values)
-        self.records = [{"id": i, "ssn": v} for i, v in enumerate(self.values)]
-        self.column = pa.array(self.values, type=pa.large_string())
-
-    def time_encrypt_many(self):
-        self.service.encrypt_many(self.values)
-
-    def time_decrypt_many_text(self):
-        self.service.decrypt_many_text(self.tokens)
-
-    def time_encrypt_column_dicts(self):
-        self.fields.encrypt_column(self.records, "ssn")
-
-    def time_encrypt_column_arrow(self):
-        self.fields.encrypt_column(self.column, "ssn")
-
-
-class Files:
-    """Chunked encryption of 64 MiB between in-memory streams and /dev/null (engine.stream), and
-    encrypt-columns on 100,000 rows of two string columns (engine.tables)."""
-
-    def setup(self):
-        import io
-
-        import pyarrow as pa
-
-        from engine.stream import FileEncryption
-
-        service = engine.EncryptionService(engine.StaticKeyProvider({1: bytes(32)}), metrics=False)
-        self.files = FileEncryption(service)
-        self.service = service
-        self.plain = os.urandom(64 << 20)
-        self.sealed = self.files.encrypt(self.plain)
-        self.io = io
-        self.table = pa.table({"email": [f"user{i}@example.com" for i in range(100_000)],
-                               "ssn": [f"{i:09d}" for i in range(100_000)]})
-
-    def time_encrypt_stream(self):
-        with open(os.devnull, "wb", buffering=0) as sink:
-            self.files.encrypt_stream(self.io.BytesIO(self.plain), sink)
-
-    def time_decrypt_stream(self):
-        with open(os.devnull, "wb", buffering=0) as sink:
-            self.files.decrypt_stream(self.io.BytesIO(self.sealed), sink)
-
-    def time_encrypt_columns(self):
-        from engine import tables
-
-        tables.encrypt_columns(self.table, ["email", "ssn"], service=self.service)
 
 
 class Reencryption:

@@ -11,21 +11,28 @@ import pytest
 import engine
 
 
-# GCC 12's AddressSanitizer runtime takes no lock around fork(): a child forked while another thread
-# is inside the sanitizer's allocator inherits that lock held and hangs at its first allocation.
-# Tests that fork while other threads run are marked forks_with_threads and left out only when that
-# runtime is preloaded (make test-asan); everywhere else they run.
+# Tests that cannot mean under the ASan runtime (make test-asan) what they mean elsewhere, by
+# marker: they are left out only when that runtime is preloaded, and run everywhere else.
+#  - forks_with_threads: GCC 12's AddressSanitizer runtime takes no lock around fork(), so a child
+#    forked while another thread is inside the sanitizer's allocator inherits that lock held and
+#    hangs at its first allocation;
+#  - measures_memory: ASan's shadow memory and freed-memory quarantine raise the peak a test
+#    measures, whatever the code does.
 _ASAN_PRELOADED = "libasan" in os.environ.get("LD_PRELOAD", "")
+_NOT_UNDER_ASAN = {
+    "forks_with_threads": "GCC 12's ASan runtime can hang a child forked while other threads "
+                          "allocate",
+    "measures_memory": "ASan's shadow memory and quarantine change the peak memory measured",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     if not _ASAN_PRELOADED:
         return
-    skip = pytest.mark.skip(reason="GCC 12's ASan runtime can hang a child forked while other "
-                                   "threads allocate")
     for item in items:
-        if "forks_with_threads" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in _NOT_UNDER_ASAN.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_report_header(config):

@@ -70,6 +70,7 @@ IN_PLACE = textwrap.dedent(
 )
 
 
+@pytest.mark.measures_memory
 def test_sealing_one_gib_in_place_allocates_no_second_gib():
     proc = subprocess.run([sys.executable, "-c", IN_PLACE], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -290,6 +290,7 @@ def test_an_aborted_writer_leaves_a_truncated_message():
         stream.decrypt(key, out.getvalue())
 
 
+@pytest.mark.measures_memory
 def test_a_4_gib_stream_stays_in_bounded_memory():
     """Peak RSS of a 4 GiB streaming encrypt, above the interpreter's baseline with the engine
     imported (in a fresh process): under 64 MiB."""

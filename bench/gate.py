@@ -1,0 +1,308 @@
+"""The benchmark regression gate: every case's engine-vs-reference ratio against a committed
+baseline, exit 1 naming each case that regressed beyond its tolerance.
+
+The ratios come from the pytest-benchmark cases of ``bench/ratios`` (run in a child pytest,
+read back from ``--benchmark-json``); each is measured in interleaved rounds against a reference
+that shares the machine's noise, so the gate holds on a loaded shared machine where absolute
+times move 2x between runs. A case that falls below its band is measured once more, and it
+regresses only if that second measurement falls below the band too.
+
+    python -m bench.gate                      # every case; table, exit 0 or 1
+    python -m bench.gate --short              # the cases make test runs
+    python -m bench.gate --chart gate.png     # also a PNG of the ratios against their bands
+    python -m bench.gate --update             # re-record the baseline (see bench/README.md)
+    python -m bench.gate --update --case NAME # record or re-record one case only
+
+Exit codes: 0 no case regressed; 1 at least one did (named); 2 bad usage, a case that cannot
+run, or no baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIOS = ROOT / "bench" / "ratios"
+BASELINE = ROOT / "bench" / "gate_baseline.json"
+DEFAULT_ROUNDS = 21
+CALIBRATION_RUNS = 10
+# The tolerance of a case, as a fraction of its baseline ratio, from its calibration runs: three
+# standard deviations of the runs, or their worst fall below the median times WORST_MARGIN,
+# whichever is larger, and never below MIN_TOLERANCE (the smallest change the gate claims to see).
+SIGMAS = 3.0
+WORST_MARGIN = 1.5
+MIN_TOLERANCE = 0.05
+
+
+class GateError(Exception):
+    """The gate could not measure or compare (exit code 2)."""
+
+
+@dataclass
+class Verdict:
+    name: str
+    baseline: float | None
+    tolerance: float | None
+    now: float
+    first: float  # the first measurement; `now` is the better of it and the re-measurement
+    remeasured: bool = False
+
+    @property
+    def floor(self) -> float | None:
+        return None if self.baseline is None else self.baseline * (1 - self.tolerance)
+
+    @property
+    def change(self) -> float | None:
+        return None if self.baseline is None else self.now / self.baseline - 1
+
+    @property
+    def label(self) -> str:
+        if self.baseline is None:
+            return "new (no baseline)"
+        if self.now < self.floor:
+            return "REGRESSED"
+        if self.now > self.baseline * (1 + self.tolerance):
+            return "faster"
+        return "ok"
+
+
+def measure(names: list[str], rounds: int, threads: int | None, verbose: bool) -> dict[str, dict]:
+    """Runs the pytest-benchmark cases ``names`` in a child pytest; their ``extra_info`` by case."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ratios.json"
+        cmd = [sys.executable, "-m", "pytest", str(RATIOS), "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={out}", "--rounds", str(rounds)]
+        for name in names:
+            cmd += ["--case", name]
+        if threads is not None:
+            cmd += ["--engine-threads", str(threads)]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=not verbose, text=True)
+        if done.returncode != 0 or not out.exists():
+            detail = "" if verbose else (done.stdout[-4000:] + done.stderr[-2000:])
+            raise GateError(f"the ratio benchmarks failed (pytest exit {done.returncode})\n{detail}")
+        doc = json.loads(out.read_text())
+    return {b["extra_info"]["case"]: b["extra_info"] for b in doc["benchmarks"]}
+
+
+def all_case_names(short: bool) -> list[str]:
+    from bench.cases import CASES
+
+    return [name for name, c in CASES.items() if c.short or not short]
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GateError(f"no baseline at {path}: record one with --update") from None
+
+
+def environment() -> dict[str, Any]:
+    """What the figures depend on, written beside them."""
+    import cryptography
+
+    import engine
+
+    info = engine.backend_info()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    return {"backend": f"{info['backend']} {info['version']} ({info['isa']})", "threads": info["threads"],
+            "cpu": _cpu_model(), "python": platform.python_version(), "cryptography": cryptography.__version__,
+            "commit": commit, "date": datetime.date.today().isoformat(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return platform.processor()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                platform.processor())
+
+
+def tolerance(runs: list[float]) -> float:
+    """A case's tolerance from its calibration runs (see SIGMAS above)."""
+    mid = statistics.median(runs)
+    relative = [r / mid for r in runs]
+    return round(max(MIN_TOLERANCE, SIGMAS * statistics.stdev(relative),
+                     WORST_MARGIN * max(1 - r for r in relative)), 3)
+
+
+def update(path: Path, names: list[str], runs: int, rounds: int, verbose: bool) -> dict[str, Any]:
+    """Measures ``names`` ``runs`` times and writes their entries (others are kept)."""
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    loads = []
+    for i in range(runs):
+        loads.append(os.getloadavg()[0])
+        for name, info in measure(names, rounds, None, verbose).items():
+            samples[name].append(info["ratio"])
+        print(f"calibration run {i + 1}/{runs}: "
+              + ", ".join(f"{n} {s[-1]:.3g}" for n, s in samples.items()), flush=True)
+    doc = json.loads(path.read_text()) if path.exists() else {"cases": {}}
+    env = environment()
+    env["rounds"], env["runs"] = rounds, runs
+    doc["recorded"] = env
+    for name, values in samples.items():
+        doc["cases"][name] = {"ratio": round(statistics.median(values), 4), "tolerance": tolerance(values),
+                              "runs": [round(v, 4) for v in values], "commit": env["commit"],
+                              "date": env["date"], "load": [round(min(loads), 1), round(max(loads), 1)]}
+    order = all_case_names(False)
+    doc["cases"] = dict(sorted(doc["cases"].items(),
+                               key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    write_baseline(path, doc)
+    return doc
+
+
+def write_baseline(path: Path, doc: dict[str, Any]) -> None:
+    """The baseline as JSON with one line per case, so that a diff shows what moved."""
+    cases = ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}" for name, entry in doc["cases"].items())
+    path.write_text(f'{{\n "recorded": {json.dumps(doc["recorded"])},\n "cases": {{\n{cases}\n }}\n}}\n')
+
+
+def judge(names: list[str], baseline: dict[str, Any], rounds: int, threads: int | None,
+          verbose: bool, confirm: bool) -> list[Verdict]:
+    first = measure(names, rounds, threads, verbose)
+    entries = baseline["cases"]
+    verdicts = [Verdict(n, entries.get(n, {}).get("ratio"), entries.get(n, {}).get("tolerance"),
+                        first[n]["ratio"], first[n]["ratio"]) for n in names]
+    suspects = [v for v in verdicts if v.label == "REGRESSED"]
+    if confirm and suspects:
+        again = measure([v.name for v in suspects], rounds, threads, verbose)
+        for v in suspects:
+            v.now, v.remeasured = max(v.first, again[v.name]["ratio"]), True
+    return verdicts
+
+
+def render(verdicts: list[Verdict], baseline: dict[str, Any]) -> str:
+    import engine
+
+    info = engine.backend_info()
+    rec = baseline.get("recorded", {})
+    lines = [f"backend now: {info['backend']} {info['version']} ({info['isa']}); baseline: "
+             f"{rec.get('backend', '?')}, commit {rec.get('commit', '?')}, {rec.get('date', '?')}",
+             "ratio = the reference's time / the engine's time per unit of work (higher: engine faster)",
+             "",
+             f"{'case':<40} {'baseline':>9} {'band':>9} {'now':>9} {'change':>8}  verdict"]
+    for v in verdicts:
+        base = "-" if v.baseline is None else f"{v.baseline:.3g}"
+        band = "-" if v.baseline is None else f"-{v.tolerance:.0%}"
+        change = "-" if v.change is None else f"{v.change:+.0%}"
+        again = f" (measured twice; first {v.first:.3g})" if v.remeasured else ""
+        lines.append(f"{v.name:<40} {base:>9} {band:>9} {v.now:>9.3g} {change:>8}  {v.label}{again}")
+    bad = [v.name for v in verdicts if v.label == "REGRESSED"]
+    lines.append("")
+    lines.append(f"REGRESSED: {', '.join(bad)}" if bad else f"no regression in {len(verdicts)} cases")
+    return "\n".join(lines)
+
+
+def band_axes(cases: list[tuple[str, float, float]], title: str) -> tuple[Any, Any]:
+    """A figure with a row per (case, baseline ratio, tolerance): the case's band around 1.0 on
+    an axis of ratio / baseline ratio. Returns (figure, axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 0.36 * len(cases) + 1.6))
+    for y, (_, _, tol) in enumerate(cases):
+        ax.barh(y, 2 * tol, left=1 - tol, height=0.7, color="#e2e8f0")
+    ax.axvline(1.0, color="#4a5568", linewidth=0.8)
+    ax.set_yticks(range(len(cases)), [f"{name} ({base:.3g}x)" for name, base, _ in cases], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio / baseline ratio; band: the case's tolerance (a fall below it regresses)",
+                  fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_title(title, fontsize=9, pad=20)
+    return fig, ax
+
+
+def save_chart(fig: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, bbox_inches="tight")  # dpi 80: small enough to commit
+    plt.close(fig)
+
+
+def chart(verdicts: list[Verdict], path: str, title: str) -> None:
+    """Each case's ratio now against its band; a hollow dot is the first of two measurements."""
+    shown = [v for v in verdicts if v.baseline is not None]
+    fig, ax = band_axes([(v.name, v.baseline, v.tolerance) for v in shown], title)
+    for y, v in enumerate(shown):
+        color = {"REGRESSED": "#c53030", "faster": "#2f855a"}.get(v.label, "#2b6cb0")
+        ax.plot(v.now / v.baseline, y, "o", color=color, markersize=6)
+        if v.remeasured and v.first != v.now:
+            ax.plot(v.first / v.baseline, y, "o", mfc="none", color=color, markersize=6)
+    save_chart(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--short", action="store_true", help="only the short gate's cases (make test)")
+    p.add_argument("--case", action="append", default=[], metavar="NAME", help="only this case (repeatable)")
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"interleaved rounds per case ({DEFAULT_ROUNDS})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for the engine in its all-thread cases (default: all cores)")
+    p.add_argument("--baseline", type=Path, default=BASELINE, help="the baseline file")
+    p.add_argument("--chart", metavar="PATH", help="write a PNG of the ratios against their bands")
+    p.add_argument("--json", metavar="PATH", help="write the verdicts as JSON")
+    p.add_argument("--no-confirm", dest="confirm", action="store_false",
+                   help="do not re-measure a case that falls below its band")
+    p.add_argument("--update", action="store_true", help="re-record the baseline of the selected cases")
+    p.add_argument("--runs", type=int, default=CALIBRATION_RUNS,
+                   help=f"measurements per case for --update ({CALIBRATION_RUNS})")
+    p.add_argument("--verbose", action="store_true", help="show pytest-benchmark's own output")
+    args = p.parse_args(argv)
+
+    from bench.cases import CASES
+
+    unknown = [n for n in args.case if n not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; registered: {', '.join(CASES)}")
+    names = args.case or all_case_names(args.short)
+    try:
+        if args.update:
+            if args.threads is not None:
+                p.error("--update records all-thread baselines: drop --threads")
+            doc = update(args.baseline, names, args.runs, args.rounds, args.verbose)
+            for name in names:
+                e = doc["cases"][name]
+                print(f"{name:<40} ratio {e['ratio']:.3g}  tolerance {e['tolerance']:.1%}")
+            print(f"wrote {args.baseline}")
+            return 0
+        baseline = load_baseline(args.baseline)
+        verdicts = judge(names, baseline, args.rounds, args.threads, args.verbose, args.confirm)
+    except GateError as exc:
+        print(f"gate: {exc}", file=sys.stderr)
+        return 2
+    print(render(verdicts, baseline))
+    if args.chart:
+        import engine
+
+        info = engine.backend_info()
+        threads = f", {args.threads} engine thread(s)" if args.threads else ""
+        chart(verdicts, args.chart, f"{info['backend']}{threads} against the baseline of "
+                                    f"{baseline.get('recorded', {}).get('date', '?')}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"verdicts": [{"case": v.name, "baseline": v.baseline, "tolerance": v.tolerance, "now": v.now,
+                           "first": v.first, "verdict": v.label} for v in verdicts],
+             "environment": environment()}, indent=1) + "\n")
+    return 1 if any(v.label == "REGRESSED" for v in verdicts) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
