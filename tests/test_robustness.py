@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 HOSTILE = textwrap.dedent(
     r"""
     import os, random, numpy as np, engine
