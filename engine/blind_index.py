@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ __all__ = [
     "BlindIndex",
     "BlindIndexError",
     "BlindIndexes",
+    "IndexDefinition",
     "NormalisationError",
     "UnknownBlindIndex",
     "bits_for_rows",
@@ -223,6 +225,88 @@ def _hex_batch(digests: np.ndarray, chars: int) -> Batch:
 # ---------------------------------------------------------------- the index
 
 
+@dataclass(frozen=True)
+class IndexDefinition:
+    """What a :class:`BlindIndex` is, without its keys: it pickles (the re-encryption pipeline
+    sends it to worker processes) and :meth:`build` makes the same index with any provider that
+    holds the same keys. :attr:`BlindIndex.definition` gives an index's own.
+
+    Attributes:
+        table: the table the index keys belong to.
+        columns: the indexed columns, in order.
+        normalizers: one per column: a name from :data:`NORMALIZERS` or a callable ``str ->
+            str`` (a module-level function, to pickle).
+        bits: bits kept of each HMAC.
+        name: the column the index is stored in.
+
+    Raises:
+        InvalidArgument: no column or a repeated one, an unknown normaliser, bits out of range,
+            an empty table or index name.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    normalizers: tuple[Any, ...]
+    bits: int
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.table, str) or not self.table:
+            raise InvalidArgument("the table name must be a non-empty str")
+        cols = self.columns
+        if (not isinstance(cols, tuple) or not cols
+                or not all(isinstance(c, str) and c for c in cols) or len(set(cols)) < len(cols)):
+            raise InvalidArgument("a blind index needs one or more distinct column names")
+        if not isinstance(self.normalizers, tuple) or len(self.normalizers) != len(cols):
+            raise InvalidArgument("a blind index needs one normaliser per column")
+        for spec in self.normalizers:
+            _normalizer(spec)
+        if type(self.bits) is not int or not 1 <= self.bits <= MAX_BITS:
+            raise InvalidArgument(f"bits must be an integer from 1 to {MAX_BITS}")
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidArgument("the index's column name must be a non-empty str")
+
+    @classmethod
+    def parse(cls, text: str, table: str) -> "IndexDefinition":
+        """An index from ``[NAME=]COLUMN[+COLUMN...][:NORMALIZER[+NORMALIZER...]][:BITS]``, the
+        command line's form: ``email_idx=email:email``, ``last_name+birth_year:text+digits:20``.
+        One normaliser serves every column; the defaults are those of :class:`BlindIndex`
+        (``exact``, :func:`bits_for_rows` of 1,000,000, ``<columns>_idx``).
+
+        Raises:
+            InvalidArgument: anything else, or what the constructor refuses.
+        """
+        if not isinstance(text, str):
+            raise InvalidArgumentType("an index definition is given as text")
+        name, sep, rest = text.partition("=")
+        if not sep:
+            name, rest = "", text
+        parts = rest.split(":")
+        if len(parts) > 3 or not parts[0]:
+            raise InvalidArgument(f"cannot read the index {text!r}: use [NAME=]COLUMN[+COLUMN...]"
+                                  "[:NORMALIZER[+NORMALIZER...]][:BITS], e.g. "
+                                  "email_idx=email:email:18")
+        columns = tuple(parts[0].split("+"))
+        normalizers = tuple(parts[1].split("+")) if len(parts) > 1 and parts[1] else ("exact",)
+        if len(normalizers) == 1:
+            normalizers *= len(columns)
+        elif len(normalizers) != len(columns):
+            raise InvalidArgument(f"index {text!r}: give one normaliser, or one per column")
+        bits = bits_for_rows(DEFAULT_EXPECTED_ROWS)
+        if len(parts) == 3:
+            if not parts[2].isdigit():
+                raise InvalidArgument(f"index {text!r}: BITS is a whole number from 1 to "
+                                      f"{MAX_BITS}")
+            bits = int(parts[2])
+        return cls(table, columns, normalizers, bits, name or "_".join(columns) + "_idx")
+
+    def build(self, provider: KeyProvider, *, threads: int | None = None) -> "BlindIndex":
+        """The index, keyed by ``provider``."""
+        return BlindIndex(provider, self.table, self.columns,
+                          normalizers=dict(zip(self.columns, self.normalizers)), bits=self.bits,
+                          name=self.name, threads=threads)
+
+
 class BlindIndex:
     """A blind index of one table over one column or several (a compound index).
 
@@ -243,8 +327,8 @@ class BlindIndex:
         InvalidArgument: no column, an unknown normaliser, bits out of range.
     """
 
-    __slots__ = ("_provider", "table", "columns", "name", "bits", "_normalizers", "_threads",
-                 "_keys", "_lock")
+    __slots__ = ("_provider", "definition", "table", "columns", "name", "bits", "_normalizers",
+                 "_threads", "_keys", "_lock")
 
     def __init__(self, provider: KeyProvider, table: str, columns: str | Sequence[str], *,
                  normalizer: Any = "exact", normalizers: Mapping[str, Any] | None = None,
@@ -253,23 +337,19 @@ class BlindIndex:
         if not isinstance(provider, KeyProvider):
             raise InvalidArgumentType("provider must be an engine.keys.KeyProvider")
         cols = (columns,) if isinstance(columns, str) else tuple(columns)
-        if (not cols or not all(isinstance(c, str) and c for c in cols)
-                or len(set(cols)) < len(cols)):
-            raise InvalidArgument("a blind index needs one or more distinct column names")
-        if not isinstance(table, str) or not table:
-            raise InvalidArgument("the table name must be a non-empty str")
         extra = set(normalizers or {}) - set(cols)
         if extra:
             raise InvalidArgument(f"normalizers names columns the index does not have: "
                                   f"{sorted(extra)}")
-        self._normalizers = tuple(_normalizer((normalizers or {}).get(c, normalizer))
-                                  for c in cols)
         if bits is None:
             bits = bits_for_rows(expected_rows)
-        if type(bits) is not int or not 1 <= bits <= MAX_BITS:
-            raise InvalidArgument(f"bits must be an integer from 1 to {MAX_BITS}")
+        #: :class:`IndexDefinition`: the index without its keys (checks every argument)
+        self.definition = IndexDefinition(
+            table, cols, tuple((normalizers or {}).get(c, normalizer) for c in cols), bits,
+            name if name is not None else "_".join(cols) + "_idx")
+        self._normalizers = tuple(_normalizer(spec) for spec in self.definition.normalizers)
         self._provider, self.table, self.columns, self.bits = provider, table, cols, bits
-        self.name = name if name is not None else "_".join(cols) + "_idx"
+        self.name = self.definition.name
         self._threads = check_threads(threads)
         self._keys: dict[int, bytes] = {}
         self._lock = threading.Lock()
@@ -300,6 +380,16 @@ class BlindIndex:
         """The provider's current version (a provider with none yet makes its first)."""
         version = self._provider.current_version
         return self._provider.get_current_key().version if version is None else version
+
+    def check_key(self, version: int | None = None) -> None:
+        """Derives the index key of ``version`` (default: the current one) now, so that a job
+        learns before it starts whether the provider can key the index.
+
+        Raises:
+            UnknownKeyVersion: the provider has no such version.
+            KeyProviderError: the provider has no blind index secret.
+        """
+        self._key(self._current_version() if version is None else version)
 
     def pending_versions(self) -> list[int]:
         """The key versions whose rows a lookup must still find: the current version first,
