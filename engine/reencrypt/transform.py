@@ -15,20 +15,27 @@ current key before it seals anything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..aead import random_bytes
 from ..batch import Batch, SealedBatch
+from ..blind_index import BlindIndex, IndexDefinition, NormalisationError
+from ..codecs import interleave
 from ..envelope import FORMAT_UNBOUND, MAX_KEY_VERSION, pack_tokens, parse_tokens
 from ..errors import InvalidTag
 from ..keys import UnknownKeyVersion
+from ..keys.base import KeyProvider
 from ..service import EncryptionService, ValueStatus
 from .errors import ColumnNotFound, WorkerKeyMismatch
+from .report import UNINDEXABLE
 from .spec import Column, column_of
 
-__all__ = ["KeyCheck", "from_ipc", "reseal", "status_of", "to_ipc", "values_of", "worker_service"]
+__all__ = ["KeyCheck", "build_indexes", "from_ipc", "index_of", "reseal", "status_of", "to_ipc",
+           "values_of", "worker_indexes", "worker_service"]
+
+Indexes = Mapping[IndexDefinition, BlindIndex]
 
 _CHECK_AAD = b"engine-reencrypt-key-check"
 
@@ -82,6 +89,26 @@ def worker_service(factory: Callable[[], EncryptionService], check: KeyCheck) ->
     return service
 
 
+def build_indexes(columns: Sequence[Column], provider: KeyProvider,
+                  threads: int | None = None) -> dict[IndexDefinition, BlindIndex]:
+    """The blind index of every definition of ``columns``, keyed by ``provider``."""
+    return {d: d.build(provider, threads=threads) for c in columns for d in c.indexes}
+
+
+_indexes: dict[Any, dict[IndexDefinition, BlindIndex]] = {}
+
+
+def worker_indexes(factory: Callable[[], EncryptionService], columns: Sequence[Column],
+                   service: EncryptionService, threads: int | None) -> Indexes:
+    """The blind indexes of this worker process (see :func:`worker_service`), built once per
+    job configuration: an index keeps its keys once derived."""
+    key = (factory, tuple(columns), threads)
+    indexes = _indexes.get(key)
+    if indexes is None:
+        indexes = _indexes[key] = build_indexes(columns, service.provider, threads)
+    return indexes
+
+
 def to_ipc(batch: Any) -> bytes:
     """An Arrow record batch as one Arrow IPC stream."""
     import pyarrow as pa
@@ -109,62 +136,212 @@ def values_of(result: Any, index: int, name: str) -> Any:
     return result.column(f"{index}.{name}")
 
 
+def index_of(result: Any, index: int, name: str) -> Any:
+    """The new values of blind index ``name`` of column ``index`` in a result batch: set where
+    the column's value was re-encrypted, null elsewhere."""
+    return result.column(f"{index}#{name}")
+
+
+@dataclass
+class _Column:
+    """One column's pass through the service: statuses (changed in place when a row's index
+    cannot be computed), the versions found, the target version, the values to store, and
+    what went to the service (``values``, ``aad``, and for each value its row, or None when
+    value i is row i) so that other values can be opened again."""
+
+    status: np.ndarray
+    versions: np.ndarray
+    target: int
+    new: dict[str, Any]
+    values: Any
+    aad: Any
+    where: np.ndarray | None
+
+
 def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
-           check_only: bool = False, threads: int | None = None) -> Any:
+           check_only: bool = False, threads: int | None = None,
+           indexes: Indexes | None = None) -> Any:
     """Re-encrypts (or, with ``check_only``, only opens) every column of ``batch``.
 
     Returns:
         A record batch with, for column ``i``: ``i.status`` (``uint8``
-        :class:`~engine.service.ValueStatus`), ``i.version`` (``int64``, 0 where none was read)
-        and, unless ``check_only``, ``i.<stored column>`` holding the values to store, of the
-        stored column's type (the old value wherever nothing changed).
+        :class:`~engine.service.ValueStatus`, or :data:`~engine.reencrypt.report.UNINDEXABLE`),
+        ``i.version`` (``int64``, 0 where none was read) and, unless ``check_only``,
+        ``i.<stored column>`` holding the values to store, of the stored column's type (the old
+        value wherever nothing changed), and ``i#<index>`` for each of its blind indexes (see
+        :func:`index_of`).
 
-    ``threads``: native threads (default: the service's).
+    ``threads``: native threads (default: the service's). ``indexes``: the column's blind
+    indexes (:func:`build_indexes`; default: built here with the service's provider).
 
     Raises:
         ColumnNotFound: a column is missing or of a type that cannot hold ciphertexts.
+        InvalidArgumentType: a plain column a blind index reads is not text, binary or integer.
+        KeyProviderError: the provider has no blind index keys.
     """
     import pyarrow as pa
 
+    indexed = not check_only and any(c.indexes for c in columns)
+    opened = _Plaintexts()
+    needs = {f for c in columns for d in c.indexes for f in d.columns} if indexed else set()
+    results: list[_Column] = []
+    index_arrays: dict[str, Any] = {}
+    try:
+        for column in columns:
+            aad = column.aad.evaluate(batch, column.name)
+            keep = opened.keeper(column.name) if column.name in needs else None
+            run = _token_column if column.sealed is None else _sealed_column
+            results.append(run(batch, column, aad, service, check_only, threads, keep))
+        if indexed:
+            if indexes is None:
+                indexes = build_indexes(columns, service.provider, threads)
+            by_name = {c.name: r for c, r in zip(columns, results)}
+            for i, column in enumerate(columns):
+                for definition in column.indexes:
+                    index_arrays[f"{i}#{definition.name}"] = _index_column(
+                        batch, column.name, indexes[definition], by_name, opened, service,
+                        threads)
+    finally:
+        opened.wipe()
     arrays: dict[str, Any] = {}
-    for i, column in enumerate(columns):
-        aad = column.aad.evaluate(batch, column.name)
-        if column.sealed is None:
-            result, new = _token_column(batch, column.name, aad, service, check_only, threads)
-        else:
-            result, new = _sealed_column(batch, column, aad, service, check_only, threads)
-        arrays[f"{i}.status"] = pa.array(result[0], pa.uint8())
-        arrays[f"{i}.version"] = pa.array(result[1], pa.int64())
-        for name, arr in new.items():
+    for i, result in enumerate(results):
+        arrays[f"{i}.status"] = pa.array(result.status, pa.uint8())
+        arrays[f"{i}.version"] = pa.array(result.versions, pa.int64())
+        for name, arr in result.new.items():
             arrays[f"{i}.{name}"] = arr
+    arrays.update(index_arrays)
     return pa.RecordBatch.from_pydict(arrays) if arrays else pa.record_batch([])
 
 
-def _token_column(batch: Any, name: str, aad: Any, service: EncryptionService,
-                  check_only: bool, threads: int | None
-                  ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+class _Plaintexts:
+    """Plaintexts opened while one batch is re-sealed, per column, copied out of the service's
+    buffer (which it wipes) until the batch's blind indexes are computed, then wiped."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, list[tuple[np.ndarray, Batch]]] = {}
+        self._scratch: list[Batch] = []
+
+    def keeper(self, name: str) -> Callable[[np.ndarray, Batch], None]:
+        """``keep(rows, plain)``: record the plaintexts of column ``name`` at ``rows``."""
+        def keep(rows: np.ndarray, plain: Batch) -> None:
+            copy = plain.take(np.arange(len(plain)))
+            self._kept.setdefault(name, []).append((np.asarray(rows, dtype=np.int64), copy))
+
+        return keep
+
+    def has(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` have a plaintext of column ``name``."""
+        kept = [r for r, _ in self._kept.get(name, [])]
+        return np.isin(rows, np.concatenate(kept)) if kept else np.zeros(rows.shape[0], bool)
+
+    def at(self, name: str, rows: np.ndarray) -> Batch:
+        """The plaintexts of column ``name`` at ``rows`` (each of them kept)."""
+        kept = self._kept[name]
+        if len(kept) == 1:
+            where, plain = kept[0]
+        else:
+            where = np.concatenate([r for r, _ in kept])
+            order = np.argsort(where, kind="stable")
+            rank = np.empty_like(order)
+            rank[order] = np.arange(order.shape[0])
+            start = np.cumsum([0] + [len(p) for _, p in kept])
+            plain = interleave(where.shape[0], [(rank[a:b], p) for (_, p), a, b
+                                                in zip(kept, start[:-1], start[1:])])
+            self._scratch.append(plain)
+            where = where[order]
+        if where.shape == rows.shape and np.array_equal(where, rows):
+            return plain
+        out = plain.take(np.searchsorted(where, rows))
+        self._scratch.append(out)
+        return out
+
+    def wipe(self) -> None:
+        for batch in self._scratch + [p for kept in self._kept.values() for _, p in kept]:
+            batch.data.fill(0)
+        self._kept.clear()
+        self._scratch.clear()
+
+
+def _index_column(batch: Any, owner: str, index: BlindIndex, by_name: dict[str, _Column],
+                  opened: _Plaintexts, service: EncryptionService, threads: int | None) -> Any:
+    """The index's values for the rows whose ``owner`` value was re-encrypted (null elsewhere),
+    under the version it was re-encrypted to. A row whose index cannot be computed (another
+    encrypted field of it cannot be opened, or a field fails the normaliser) keeps its old
+    value: its status becomes UNINDEXABLE."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    result = by_name[owner]
+    rows = np.flatnonzero(result.status == ValueStatus.REENCRYPTED)
+    usable = np.ones(rows.shape[0], dtype=bool)
+    null = np.zeros(rows.shape[0], dtype=bool)
+    for name in (f for f in index.columns if f in by_name):
+        status = by_name[name].status[rows]
+        current = rows[status == ValueStatus.CURRENT]
+        if name != owner and current.shape[0]:  # under the target already: not opened yet
+            _open_again(by_name[name], current, opened.keeper(name), service, threads)
+        null |= status == ValueStatus.NULL
+        usable &= (status == ValueStatus.NULL) | opened.has(name, rows)
+    result.status[rows[~usable]] = UNINDEXABLE
+    todo = rows[usable & ~null]
+    while todo.shape[0]:
+        fields = {f: opened.at(f, todo) if f in by_name else column_of(batch, f).take(todo)
+                  for f in index.columns}
+        try:
+            values = index.compute(fields if len(fields) > 1 else fields[index.columns[0]],
+                                   version=result.target, arrow=True)
+            break
+        except NormalisationError as exc:  # the positions only: the error holds no value
+            failed = exc.failed
+        result.status[todo[failed]] = UNINDEXABLE
+        todo = np.delete(todo, failed)
+    out = pa.nulls(batch.num_rows, pa.large_string())
+    if not todo.shape[0]:
+        return out
+    mask = np.zeros(batch.num_rows, dtype=bool)
+    mask[todo] = True
+    return pc.replace_with_mask(out, pa.array(mask), values)
+
+
+def _open_again(column: _Column, rows: np.ndarray, keep: Callable[[np.ndarray, Batch], None],
+                service: EncryptionService, threads: int | None) -> None:
+    """Opens the column's values at ``rows`` and keeps their plaintexts (those that open)."""
+    pos = rows if column.where is None else np.searchsorted(column.where, rows)
+    aad = column.aad.take(pos) if isinstance(column.aad, Batch) else column.aad
+    service.reencrypt_many(column.values.take(pos), aad, check_only=True, threads=threads,
+                           plaintext=lambda at, plain: keep(rows[at], plain))
+
+
+def _token_column(batch: Any, column: Column, aad: Any, service: EncryptionService,
+                  check_only: bool, threads: int | None,
+                  keep: Callable[[np.ndarray, Batch], None] | None) -> _Column:
     import pyarrow as pa
 
+    name = column.name
     values = column_of(batch, name)
     t = values.type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
             or pa.types.is_large_binary(t)):
         raise ColumnNotFound(f"column {name!r} is {t}; ciphertexts are text or binary")
-    result = service.reencrypt_many(values, aad, check_only=check_only, threads=threads)
+    result = service.reencrypt_many(values, aad, check_only=check_only, threads=threads,
+                                    plaintext=keep)
+    done = _Column(result.status, result.key_versions, result.target_version, {}, values, aad,
+                   None)
     if check_only:
-        return (result.status, result.key_versions), {}
+        return done
     text = pa.types.is_string(t) or pa.types.is_large_string(t)
     new = result.values.to_arrow(text=text)
     present = result.status != ValueStatus.NULL
     if not present.all():
         new = pa.Array.from_buffers(new.type, len(new),
                                     [pa.array(present).buffers()[1], *new.buffers()[1:]])
-    return (result.status, result.key_versions), {name: new.cast(t)}
+    done.new[name] = new.cast(t)
+    return done
 
 
 def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionService,
-                   check_only: bool, threads: int | None
-                   ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+                   check_only: bool, threads: int | None,
+                   keep: Callable[[np.ndarray, Batch], None] | None) -> _Column:
     """The three-column layout: each row's nonce, ciphertext and tag under its key version are
     handed to the service as a format-2 token (the layout's AAD is the caller's only), and
     the tokens it returns are split back into the same columns."""
@@ -205,20 +382,23 @@ def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionServ
     sealed = SealedBatch(nonces=fixed(nonce), tags=fixed(tag),
                          ciphertexts=Batch.from_arrow(ct.take(take).cast(pa.large_binary())))
     tokens = pack_tokens(sealed, versions[rows], FORMAT_UNBOUND)
-    result = service.reencrypt_many(tokens, aad.take(rows) if isinstance(aad, Batch) else aad,
-                                    check_only=check_only, threads=threads)
+    aad = aad.take(rows) if isinstance(aad, Batch) else aad
+    result = service.reencrypt_many(
+        tokens, aad, check_only=check_only, threads=threads,
+        plaintext=None if keep is None else lambda at, plain: keep(rows[at], plain))
     status[rows] = result.status
     found[rows] = result.key_versions
+    done = _Column(status, found, result.target_version, {}, tokens, aad, rows)
     if check_only:
-        return (status, found), {}
+        return done
     out = parse_tokens(result.values)
-    rebuilt = {
+    done.new.update({
         layout.nonce: _scatter(nonce, rows, out.nonces),
         layout.tag: _scatter(tag, rows, out.tags),
         layout.ciphertext: _scatter(ct, rows, out.ciphertexts.to_arrow()),
         layout.key_version: _scatter(ver, rows, out.key_versions),
-    }
-    return (status, found), rebuilt
+    })
+    return done
 
 
 def _scatter(original: Any, rows: np.ndarray, new: Any) -> Any:
