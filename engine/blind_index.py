@@ -43,7 +43,9 @@ __all__ = [
     "IndexDefinition",
     "NormalisationError",
     "UnknownBlindIndex",
+    "as_blind_indexes",
     "bits_for_rows",
+    "definitions",
 ]
 
 MAX_BITS = 32
@@ -278,6 +280,9 @@ class IndexDefinition:
         """
         if not isinstance(text, str):
             raise InvalidArgumentType("an index definition is given as text")
+        if not isinstance(table, str) or not table:
+            raise InvalidArgument(f"index {text!r}: give the table its keys are derived for "
+                                  "(on the command line: --index-table)")
         name, sep, rest = text.partition("=")
         if not sep:
             name, rest = "", text
@@ -627,3 +632,48 @@ class BlindIndexes:
             else:
                 out = out.append_column(name, values)
         return out
+
+
+def _items(indexes: Any) -> list[Any]:
+    if indexes is None:
+        return []
+    if isinstance(indexes, (IndexDefinition, BlindIndex, BlindIndexes)):
+        indexes = [indexes]
+    if not isinstance(indexes, (list, tuple)):
+        raise InvalidArgumentType("blind indexes are given as BlindIndex, BlindIndexes or "
+                                  "IndexDefinition objects, or a list of them")
+    out: list[Any] = []
+    for item in indexes:
+        if isinstance(item, BlindIndexes):
+            out += list(item)
+        elif isinstance(item, (BlindIndex, IndexDefinition)):
+            out.append(item)
+        else:
+            raise InvalidArgumentType("blind indexes are BlindIndex, BlindIndexes or "
+                                      f"IndexDefinition objects, not {type(item).__name__}")
+    return out
+
+
+def definitions(indexes: Any) -> list[IndexDefinition]:
+    """The definitions of blind indexes given as :class:`BlindIndex`, :class:`BlindIndexes` or
+    :class:`IndexDefinition` objects, or a list of them (None: none).
+
+    Raises:
+        InvalidArgumentType: anything else.
+    """
+    return [i.definition if isinstance(i, BlindIndex) else i for i in _items(indexes)]
+
+
+def as_blind_indexes(indexes: Any, provider: KeyProvider) -> BlindIndexes | None:
+    """Blind indexes given as :func:`definitions` takes them, as one :class:`BlindIndexes`:
+    indexes as they are, definitions built with ``provider`` (None when none is given).
+
+    Raises:
+        InvalidArgumentType: anything else.
+        InvalidArgument: indexes of several tables, or two with one name.
+    """
+    items = _items(indexes)
+    if not items:
+        return None
+    return BlindIndexes(*(i.build(provider) if isinstance(i, IndexDefinition) else i
+                          for i in items))

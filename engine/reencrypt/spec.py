@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from ..batch import Batch
-from ..blind_index import BlindIndex, BlindIndexes, IndexDefinition
+from ..blind_index import IndexDefinition, definitions
 from ..errors import InvalidArgument
 from ..fields import context_aad
 from .errors import ColumnNotFound
@@ -246,7 +246,7 @@ def as_columns(columns: Sequence[Any], aad: Any = None, indexes: Any = None) -> 
     if unknown:
         raise InvalidArgument(f"an AAD rule names column(s) the job does not have: "
                               f"{', '.join(sorted(unknown))}")
-    for definition in _definitions(indexes):
+    for definition in definitions(indexes):
         owner = next((c for c in definition.columns if c in names), None)
         if owner is None:
             raise InvalidArgument(f"blind index {definition.name!r} reads none of the job's "
@@ -254,29 +254,11 @@ def as_columns(columns: Sequence[Any], aad: Any = None, indexes: Any = None) -> 
         k = names.index(owner)
         out[k] = replace(out[k], indexes=out[k].indexes + (definition,))
     written = [d.name for c in out for d in c.indexes]
-    clash = set(written) & set(names) | {n for n in written if written.count(n) > 1}
+    read = {n for c in out for n in c.read_columns()} | set(names) | set(row_fields(out))
+    clash = set(written) & read | {n for n in written if written.count(n) > 1}
     if clash:
-        raise InvalidArgument(f"blind index column(s) named twice or like an encrypted column: "
-                              f"{', '.join(sorted(clash))}")
-    return out
-
-
-def _definitions(indexes: Any) -> list[IndexDefinition]:
-    if indexes is None:
-        return []
-    if isinstance(indexes, (IndexDefinition, BlindIndex, BlindIndexes)):
-        indexes = [indexes]
-    out: list[IndexDefinition] = []
-    for item in indexes:
-        if isinstance(item, BlindIndexes):
-            out += [i.definition for i in item]
-        elif isinstance(item, BlindIndex):
-            out.append(item.definition)
-        elif isinstance(item, IndexDefinition):
-            out.append(item)
-        else:
-            raise InvalidArgument("indexes are BlindIndex, BlindIndexes or IndexDefinition "
-                                  f"objects, not {type(item).__name__}")
+        raise InvalidArgument(f"blind index column(s) named twice or like a column the job "
+                              f"reads: {', '.join(sorted(clash))}")
     return out
 
 

@@ -252,12 +252,13 @@ class SqlStore:
                 raise ColumnNotFound(f"column {column.name!r} cannot hold ciphertexts (it is "
                                      f"{kinds[column.name]}; use text, blob/bytea or json/jsonb)")
             for definition in column.indexes:
+                if definition.name == self.key:
+                    raise ColumnNotFound(f"blind index column {definition.name!r} is the "
+                                         "table's key")
                 if kinds.get(definition.name) != TEXT:
                     raise ColumnNotFound(
                         f"blind index column {definition.name!r} must be a text column of "
                         f"{self.table!r}" + ("" if definition.name in kinds else " (it has none)"))
-                if definition.name == self.key:
-                    raise ColumnNotFound(f"blind index {definition.name!r} is the table's key")
         for name in row_fields(columns):
             if name not in kinds:
                 raise ColumnNotFound(f"table {self.table!r} has no column {name!r} (a blind "
