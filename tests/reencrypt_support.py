@@ -326,7 +326,8 @@ def assert_contacts_consistent(contacts: Contacts, service: EncryptionService) -
     assert service.decrypt_many_text(table["last_name"]) == contacts.plain["last_name"]
     indexes = contact_indexes(service.provider)
     columns = {c: contacts.plain[c] for c in ("email", "last_name", "birth_year")}
-    expected = {v: indexes.compute_all(columns, version=v) for v in (1, 2)}
+    found_versions = set(found.key_versions.tolist()) | set(names.key_versions.tolist())
+    expected = {v: indexes.compute_all(columns, version=v) for v in found_versions - {0}}
     for name, versions in (("email_idx", found.key_versions), ("pair_idx", found.key_versions),
                            ("name_idx", names.key_versions)):
         want = [expected[int(v)][name][k] if v else None for k, v in enumerate(versions)]
