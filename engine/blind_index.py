@@ -9,7 +9,8 @@ drops the false positives that truncation makes on purpose. Indexes over several
 
 Index keys follow the key versions: a row is indexed under the version it is encrypted with, and
 :meth:`BlindIndex.lookup` returns the candidate for each version that may still hold rows (the
-current one first), so lookups keep working while rows are re-indexed after a rotation.
+current one first, then every version not yet purged), so lookups keep working while rows are
+re-indexed after a rotation.
 :meth:`BlindIndex.compute` with ``version=`` computes a batch under a given version, as the
 re-encryption pipeline does when it moves rows to a new key.
 
@@ -32,7 +33,7 @@ from .batch import Batch
 from .buffers import check_threads, empty_bytes, is_arrow, offsets_of, pyarrow_module
 from .codecs import batch_to_text, scatter
 from .errors import EngineError, InvalidArgument, InvalidArgumentType
-from .keys.base import KeyProvider, KeyState
+from .keys.base import KeyProvider
 from .records import BYTES_VALUES, STR_VALUES, value_kinds
 
 __all__ = [
@@ -398,11 +399,14 @@ class BlindIndex:
 
     def pending_versions(self) -> list[int]:
         """The key versions whose rows a lookup must still find: the current version first,
-        then every other version that is not deprecated, newest first."""
+        then every other version the provider holds, newest first. A deprecated version
+        counts too: its rows still decrypt, and they keep their index values under it until
+        a re-encryption job moves them; a version is gone only once purged, which
+        :meth:`engine.KeyRotationService.purge` allows once an inventory shows no value left
+        under it."""
         current = self._current_version()
         others = sorted((i.version for i in self._provider.list_versions()
-                         if i.state is not KeyState.DEPRECATED and i.version != current),
-                        reverse=True)
+                         if i.version != current), reverse=True)
         return [current] + others
 
     # ---- batches ----

@@ -228,7 +228,9 @@ def test_index_keys_differ_per_table_column_and_version(tmp_path):
         env.index_key("", "email", 1)
 
 
-def test_lookup_covers_versions_until_they_are_deprecated():
+def test_lookup_covers_versions_until_they_are_purged():
+    """Rows keep their index values under their version until a job moves them: a lookup
+    asks for every version the provider holds, deprecated ones too (they still decrypt)."""
     p = provider(versions=(1,))
     index = BlindIndex(p, "users", "email", normalizer="email")
     old = index.compute(["alice@example.com"])[0]
@@ -239,6 +241,8 @@ def test_lookup_covers_versions_until_they_are_deprecated():
     assert index.compute(["alice@example.com"], version=1) == [old]
     assert index.lookup("alice@example.com", versions=[2]) == [new]
     p.set_state(1, KeyState.DEPRECATED)
+    assert index.lookup("alice@example.com") == [new, old]
+    p.purge(1)
     assert index.lookup("alice@example.com") == [new]
 
 

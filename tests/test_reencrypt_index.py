@@ -24,7 +24,15 @@ from engine import (
 )
 from engine.blind_index import IndexDefinition
 from engine.keys import KeyProviderError
-from engine.reencrypt import AadRule, Column, ColumnNotFound, SealedLayout, open_store, reencrypt
+from engine.reencrypt import (
+    AadRule,
+    Column,
+    ColumnNotFound,
+    SealedLayout,
+    inventory,
+    open_store,
+    reencrypt,
+)
 from reencrypt_support import (
     K1,
     K2,
@@ -55,7 +63,7 @@ def store_of(db):
     return open_store(db.url, "contacts", "id")
 
 
-def test_after_a_rotation_and_a_job_the_new_index_values_find_every_row(db):
+def test_after_a_rotation_and_a_job_the_new_index_values_find_every_row(db, tmp_path):
     old, new = services()
     contacts = make_contacts(db, 2000, old, nulls_every=9)
     assert set(assert_contacts_consistent(contacts, new).tolist()) == {0, 1}
@@ -69,9 +77,15 @@ def test_after_a_rotation_and_a_job_the_new_index_values_find_every_row(db):
     assert report.columns["last_name"].reencrypted == 2000
     assert set(assert_contacts_consistent(contacts, new).tolist()) == {0, 2}
 
-    # the old candidates are no longer needed: with v1 deprecated a lookup asks for the v2
-    # value only, and a real query by it finds the row (among the truncation's collisions)
+    # the old candidates are no longer needed: the inventory shows nothing left under v1,
+    # which is purged; a lookup then asks for the v2 value only, and a real query by it finds
+    # the row (among the truncation's collisions)
+    after = inventory(store_of(db), COLUMNS, aad=EMAIL_AAD, service=new)
+    assert after.all_current()
     new.provider.set_state(1, KeyState.DEPRECATED)
+    assert len(indexes.lookup("email_idx", "a@b.c")) == 2  # deprecated still decrypts
+    KeyRotationService(new.provider, RotationPolicy(), state_dir=tmp_path / "rot").purge(
+        1, inventory=after)
     table = contact_rows(contacts)
     rng = random.Random(7)
     present = [k for k, e in enumerate(contacts.plain["email"]) if e is not None]
