@@ -201,6 +201,8 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
                     index_arrays[f"{i}#{definition.name}"] = _index_column(
                         batch, column.name, indexes[definition], by_name, opened, service,
                         threads)
+            for result in results:
+                _keep_unindexable(batch, result)
     finally:
         opened.wipe()
     arrays: dict[str, Any] = {}
@@ -301,6 +303,19 @@ def _index_column(batch: Any, owner: str, index: BlindIndex, by_name: dict[str, 
     mask = np.zeros(batch.num_rows, dtype=bool)
     mask[todo] = True
     return pc.replace_with_mask(out, pa.array(mask), values)
+
+
+def _keep_unindexable(batch: Any, result: _Column) -> None:
+    """The values to store hold the old value again where the row's index could not be
+    computed (a file is rewritten whole: what it is given is what it holds)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    left = result.status == UNINDEXABLE
+    if left.any():
+        mask = pa.array(left)
+        result.new = {name: pc.if_else(mask, column_of(batch, name), new)
+                      for name, new in result.new.items()}
 
 
 def _open_again(column: _Column, rows: np.ndarray, keep: Callable[[np.ndarray, Batch], None],
