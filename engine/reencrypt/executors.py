@@ -31,7 +31,8 @@ from .partition import JobSpec, LocalCrypto, OnBatch, Observer, process_partitio
 from .report import ColumnCounts, PartitionResult
 from .stores.parquet import ParquetStore
 from .stores.sql import Partition
-from .transform import from_ipc, reseal, to_ipc, worker_indexes, worker_service
+from .reindex import worker_indexes
+from .transform import from_ipc, reseal, to_ipc, worker_service
 
 __all__ = ["DaskExecutor", "run_partitions"]
 

@@ -27,7 +27,8 @@ from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
 from .spec import Column, as_columns
 from .stores.parquet import ParquetStore
 from .stores.sql import Partition, SqlStore
-from .transform import KeyCheck, build_indexes, reseal, status_of
+from .reindex import build_indexes
+from .transform import KeyCheck, reseal, status_of
 
 __all__ = ["handover", "inventory", "reencrypt"]
 

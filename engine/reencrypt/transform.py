@@ -15,27 +15,22 @@ current key before it seals anything.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..aead import random_bytes
 from ..batch import Batch, SealedBatch
-from ..blind_index import BlindIndex, IndexDefinition, NormalisationError
-from ..codecs import interleave
 from ..envelope import FORMAT_UNBOUND, MAX_KEY_VERSION, pack_tokens, parse_tokens
 from ..errors import InvalidTag
 from ..keys import UnknownKeyVersion
-from ..keys.base import KeyProvider
 from ..service import EncryptionService, ValueStatus
 from .errors import ColumnNotFound, WorkerKeyMismatch
-from .report import UNINDEXABLE
+from .reindex import ColumnPass, Indexes, Plaintexts, build_indexes, index_values, keep_unindexable
 from .spec import Column, column_of
 
-__all__ = ["KeyCheck", "build_indexes", "from_ipc", "index_of", "reseal", "status_of", "to_ipc",
-           "values_of", "worker_indexes", "worker_service"]
-
-Indexes = Mapping[IndexDefinition, BlindIndex]
+__all__ = ["KeyCheck", "from_ipc", "index_of", "reseal", "status_of", "to_ipc", "values_of",
+           "worker_service"]
 
 _CHECK_AAD = b"engine-reencrypt-key-check"
 
@@ -89,26 +84,6 @@ def worker_service(factory: Callable[[], EncryptionService], check: KeyCheck) ->
     return service
 
 
-def build_indexes(columns: Sequence[Column], provider: KeyProvider,
-                  threads: int | None = None) -> dict[IndexDefinition, BlindIndex]:
-    """The blind index of every definition of ``columns``, keyed by ``provider``."""
-    return {d: d.build(provider, threads=threads) for c in columns for d in c.indexes}
-
-
-_indexes: dict[Any, dict[IndexDefinition, BlindIndex]] = {}
-
-
-def worker_indexes(factory: Callable[[], EncryptionService], columns: Sequence[Column],
-                   service: EncryptionService, threads: int | None) -> Indexes:
-    """The blind indexes of this worker process (see :func:`worker_service`), built once per
-    job configuration: an index keeps its keys once derived."""
-    key = (factory, tuple(columns), threads)
-    indexes = _indexes.get(key)
-    if indexes is None:
-        indexes = _indexes[key] = build_indexes(columns, service.provider, threads)
-    return indexes
-
-
 def to_ipc(batch: Any) -> bytes:
     """An Arrow record batch as one Arrow IPC stream."""
     import pyarrow as pa
@@ -142,22 +117,6 @@ def index_of(result: Any, index: int, name: str) -> Any:
     return result.column(f"{index}#{name}")
 
 
-@dataclass
-class _Column:
-    """One column's pass through the service: statuses (changed in place when a row's index
-    cannot be computed), the versions found, the target version, the values to store, and
-    what went to the service (``values``, ``aad``, and for each value its row, or None when
-    value i is row i) so that other values can be opened again."""
-
-    status: np.ndarray
-    versions: np.ndarray
-    target: int
-    new: dict[str, Any]
-    values: Any
-    aad: Any
-    where: np.ndarray | None
-
-
 def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
            check_only: bool = False, threads: int | None = None,
            indexes: Indexes | None = None) -> Any:
@@ -182,9 +141,9 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
     import pyarrow as pa
 
     indexed = not check_only and any(c.indexes for c in columns)
-    opened = _Plaintexts()
+    opened = Plaintexts()
     needs = {f for c in columns for d in c.indexes for f in d.columns} if indexed else set()
-    results: list[_Column] = []
+    results: list[ColumnPass] = []
     index_arrays: dict[str, Any] = {}
     try:
         for column in columns:
@@ -198,11 +157,11 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
             by_name = {c.name: r for c, r in zip(columns, results)}
             for i, column in enumerate(columns):
                 for definition in column.indexes:
-                    index_arrays[f"{i}#{definition.name}"] = _index_column(
+                    index_arrays[f"{i}#{definition.name}"] = index_values(
                         batch, column.name, indexes[definition], by_name, opened, service,
                         threads)
             for result in results:
-                _keep_unindexable(batch, result)
+                keep_unindexable(batch, result)
     finally:
         opened.wipe()
     arrays: dict[str, Any] = {}
@@ -215,121 +174,9 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
     return pa.RecordBatch.from_pydict(arrays) if arrays else pa.record_batch([])
 
 
-class _Plaintexts:
-    """Plaintexts opened while one batch is re-sealed, per column, copied out of the service's
-    buffer (which it wipes) until the batch's blind indexes are computed, then wiped."""
-
-    def __init__(self) -> None:
-        self._kept: dict[str, list[tuple[np.ndarray, Batch]]] = {}
-        self._scratch: list[Batch] = []
-
-    def keeper(self, name: str) -> Callable[[np.ndarray, Batch], None]:
-        """``keep(rows, plain)``: record the plaintexts of column ``name`` at ``rows``."""
-        def keep(rows: np.ndarray, plain: Batch) -> None:
-            copy = plain.take(np.arange(len(plain)))
-            self._kept.setdefault(name, []).append((np.asarray(rows, dtype=np.int64), copy))
-
-        return keep
-
-    def has(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Which of ``rows`` have a plaintext of column ``name``."""
-        kept = [r for r, _ in self._kept.get(name, [])]
-        return np.isin(rows, np.concatenate(kept)) if kept else np.zeros(rows.shape[0], bool)
-
-    def at(self, name: str, rows: np.ndarray) -> Batch:
-        """The plaintexts of column ``name`` at ``rows`` (each of them kept)."""
-        kept = self._kept[name]
-        if len(kept) == 1:
-            where, plain = kept[0]
-        else:
-            where = np.concatenate([r for r, _ in kept])
-            order = np.argsort(where, kind="stable")
-            rank = np.empty_like(order)
-            rank[order] = np.arange(order.shape[0])
-            start = np.cumsum([0] + [len(p) for _, p in kept])
-            plain = interleave(where.shape[0], [(rank[a:b], p) for (_, p), a, b
-                                                in zip(kept, start[:-1], start[1:])])
-            self._scratch.append(plain)
-            where = where[order]
-        if where.shape == rows.shape and np.array_equal(where, rows):
-            return plain
-        out = plain.take(np.searchsorted(where, rows))
-        self._scratch.append(out)
-        return out
-
-    def wipe(self) -> None:
-        for batch in self._scratch + [p for kept in self._kept.values() for _, p in kept]:
-            batch.data.fill(0)
-        self._kept.clear()
-        self._scratch.clear()
-
-
-def _index_column(batch: Any, owner: str, index: BlindIndex, by_name: dict[str, _Column],
-                  opened: _Plaintexts, service: EncryptionService, threads: int | None) -> Any:
-    """The index's values for the rows whose ``owner`` value was re-encrypted (null elsewhere),
-    under the version it was re-encrypted to. A row whose index cannot be computed (another
-    encrypted field of it cannot be opened, or a field fails the normaliser) keeps its old
-    value: its status becomes UNINDEXABLE."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    result = by_name[owner]
-    rows = np.flatnonzero(result.status == ValueStatus.REENCRYPTED)
-    usable = np.ones(rows.shape[0], dtype=bool)
-    null = np.zeros(rows.shape[0], dtype=bool)
-    for name in (f for f in index.columns if f in by_name):
-        status = by_name[name].status[rows]
-        current = rows[status == ValueStatus.CURRENT]
-        if name != owner and current.shape[0]:  # under the target already: not opened yet
-            _open_again(by_name[name], current, opened.keeper(name), service, threads)
-        null |= status == ValueStatus.NULL
-        usable &= (status == ValueStatus.NULL) | opened.has(name, rows)
-    result.status[rows[~usable]] = UNINDEXABLE
-    todo = rows[usable & ~null]
-    while todo.shape[0]:
-        fields = {f: opened.at(f, todo) if f in by_name else column_of(batch, f).take(todo)
-                  for f in index.columns}
-        try:
-            values = index.compute(fields if len(fields) > 1 else fields[index.columns[0]],
-                                   version=result.target, arrow=True)
-            break
-        except NormalisationError as exc:  # the positions only: the error holds no value
-            failed = exc.failed
-        result.status[todo[failed]] = UNINDEXABLE
-        todo = np.delete(todo, failed)
-    out = pa.nulls(batch.num_rows, pa.large_string())
-    if not todo.shape[0]:
-        return out
-    mask = np.zeros(batch.num_rows, dtype=bool)
-    mask[todo] = True
-    return pc.replace_with_mask(out, pa.array(mask), values)
-
-
-def _keep_unindexable(batch: Any, result: _Column) -> None:
-    """The values to store hold the old value again where the row's index could not be
-    computed (a file is rewritten whole: what it is given is what it holds)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    left = result.status == UNINDEXABLE
-    if left.any():
-        mask = pa.array(left)
-        result.new = {name: pc.if_else(mask, column_of(batch, name), new)
-                      for name, new in result.new.items()}
-
-
-def _open_again(column: _Column, rows: np.ndarray, keep: Callable[[np.ndarray, Batch], None],
-                service: EncryptionService, threads: int | None) -> None:
-    """Opens the column's values at ``rows`` and keeps their plaintexts (those that open)."""
-    pos = rows if column.where is None else np.searchsorted(column.where, rows)
-    aad = column.aad.take(pos) if isinstance(column.aad, Batch) else column.aad
-    service.reencrypt_many(column.values.take(pos), aad, check_only=True, threads=threads,
-                           plaintext=lambda at, plain: keep(rows[at], plain))
-
-
 def _token_column(batch: Any, column: Column, aad: Any, service: EncryptionService,
                   check_only: bool, threads: int | None,
-                  keep: Callable[[np.ndarray, Batch], None] | None) -> _Column:
+                  keep: Callable[[np.ndarray, Batch], None] | None) -> ColumnPass:
     import pyarrow as pa
 
     name = column.name
@@ -340,7 +187,7 @@ def _token_column(batch: Any, column: Column, aad: Any, service: EncryptionServi
         raise ColumnNotFound(f"column {name!r} is {t}; ciphertexts are text or binary")
     result = service.reencrypt_many(values, aad, check_only=check_only, threads=threads,
                                     plaintext=keep)
-    done = _Column(result.status, result.key_versions, result.target_version, {}, values, aad,
+    done = ColumnPass(result.status, result.key_versions, result.target_version, {}, values, aad,
                    None)
     if check_only:
         return done
@@ -356,7 +203,7 @@ def _token_column(batch: Any, column: Column, aad: Any, service: EncryptionServi
 
 def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionService,
                    check_only: bool, threads: int | None,
-                   keep: Callable[[np.ndarray, Batch], None] | None) -> _Column:
+                   keep: Callable[[np.ndarray, Batch], None] | None) -> ColumnPass:
     """The three-column layout: each row's nonce, ciphertext and tag under its key version are
     handed to the service as a format-2 token (the layout's AAD is the caller's only), and
     the tokens it returns are split back into the same columns."""
@@ -403,7 +250,7 @@ def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionServ
         plaintext=None if keep is None else lambda at, plain: keep(rows[at], plain))
     status[rows] = result.status
     found[rows] = result.key_versions
-    done = _Column(status, found, result.target_version, {}, tokens, aad, rows)
+    done = ColumnPass(status, found, result.target_version, {}, tokens, aad, rows)
     if check_only:
         return done
     out = parse_tokens(result.values)
