@@ -61,6 +61,28 @@ class Checkpoint:
         self.conn.close()
 
 
+def kill_at_random_moments(command, checkpoint, rows, kills, rng, *, workers_every, jitter):
+    """Runs ``command`` ``kills`` times, killing each run with SIGKILL; yields (k, whether run
+    k had ended before its kill) after each. Kill k happens at a random moment once the
+    checkpoint has passed a random key in the k-th part of the table (the first anywhere in
+    the start-up), so the kills are spread over the whole job and each run dies part-way; one
+    run in ``workers_every`` uses two worker processes."""
+    targets = sorted(rng.randrange(rows * k // kills, rows * (k + 1) // kills)
+                     for k in range(kills))
+    for k, target in enumerate(targets):
+        workers = ["--workers", "2"] if k % workers_every == workers_every - 1 else []
+        job = subprocess.Popen(command + workers, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while job.poll() is None and checkpoint.done() < target and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, jitter))
+        finished = job.poll() is not None
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        yield k, finished
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_sigkill_at_twenty_random_moments_loses_nothing(kind, request, tmp_path, monkeypatch):
@@ -87,24 +109,10 @@ def test_sigkill_at_twenty_random_moments_loses_nothing(kind, request, tmp_path,
                "--key", "id", "--column", "ssn", "--column", "note",
                "--aad", "ssn=template:users:{id}:ssn", "--aad", "note=field-context:id",
                "--batch-size", str(BATCH), "--json"]
-    # kill k happens at a random moment once the checkpoint has passed a random key in the
-    # k-th twentieth of the table (the first one anywhere in the start-up), so the kills are
-    # spread over the whole run and each run dies part-way
-    targets = sorted(rng.randrange(ROWS * k // KILLS, ROWS * (k + 1) // KILLS)
-                     for k in range(KILLS))
     killed_at = []
     checkpoint = Checkpoint(db)
-    for k, target in enumerate(targets):
-        workers = ["--workers", "2"] if k % 5 == 4 else []
-        job = subprocess.Popen(command + workers, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while job.poll() is None and checkpoint.done() < target and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))
-        finished = job.poll() is not None
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+    for k, finished in kill_at_random_moments(command, checkpoint, ROWS, KILLS, rng,
+                                              workers_every=5, jitter=0.05):
         assert not finished, f"run {k} ended before its kill (seed {seed})"
         killed_at.append(checkpoint.done())
     checkpoint.close()
@@ -161,21 +169,10 @@ def test_sigkill_leaves_each_rows_ciphertexts_and_index_values_together(kind, re
                "--index", "pair_idx=email+last_name:text:20", "--batch-size", "500", "--json"]
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    targets = sorted(rng.randrange(INDEXED_ROWS * k // INDEXED_KILLS,
-                                   INDEXED_ROWS * (k + 1) // INDEXED_KILLS)
-                     for k in range(INDEXED_KILLS))
     checkpoint = Checkpoint(db)
     mixed = 0
-    for k, target in enumerate(targets):
-        workers = ["--workers", "2"] if k % 4 == 3 else []
-        job = subprocess.Popen(command + workers, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while job.poll() is None and checkpoint.done() < target and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.02))
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+    for _ in kill_at_random_moments(command, checkpoint, INDEXED_ROWS, INDEXED_KILLS, rng,
+                                    workers_every=4, jitter=0.02):
         versions = set(assert_contacts_consistent(contacts, service).tolist()) - {0}
         mixed += versions == {1, 2}
     checkpoint.close()
