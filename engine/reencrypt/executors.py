@@ -28,10 +28,10 @@ from ..errors import InvalidArgument
 from ..service import EncryptionService
 from .errors import SchedulerUnavailable
 from .partition import JobSpec, LocalCrypto, OnBatch, Observer, process_partition
+from .reindex import worker_indexes
 from .report import ColumnCounts, PartitionResult
 from .stores.parquet import ParquetStore
 from .stores.sql import Partition
-from .reindex import worker_indexes
 from .transform import from_ipc, reseal, to_ipc, worker_service
 
 __all__ = ["DaskExecutor", "run_partitions"]

@@ -23,11 +23,11 @@ from ..service import EncryptionService, ValueStatus, get_encryption_service
 from .errors import NotEncrypted, WrongKeyOrAad
 from .executors import DaskExecutor, run_partitions
 from .partition import JobSpec
+from .reindex import build_indexes
 from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
 from .spec import Column, as_columns
 from .stores.parquet import ParquetStore
 from .stores.sql import Partition, SqlStore
-from .reindex import build_indexes
 from .transform import KeyCheck, reseal, status_of
 
 __all__ = ["handover", "inventory", "reencrypt"]

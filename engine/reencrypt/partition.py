@@ -19,11 +19,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..service import EncryptionService, ValueStatus
+from .reindex import build_indexes
 from .report import FAILURES, ColumnCounts, Failure, PartitionResult, reason
 from .spec import Column
 from .stores.parquet import ParquetStore, file_signature, fsync_directory, temporary_for
 from .stores.sql import ColumnWrite, Partition, ReadBatch
-from .reindex import build_indexes
 from .transform import KeyCheck, index_of, reseal, status_of, values_of
 
 __all__ = ["JobSpec", "LocalCrypto", "process_partition"]

@@ -228,7 +228,7 @@ def as_columns(columns: Sequence[Any], aad: Any = None, indexes: Any = None) -> 
     Raises:
         InvalidArgument: no column, a name given twice, an AAD rule for a column the job does
             not have, an index over none of the job's columns, or an index column named twice
-            or named like a column of the job.
+            or named like a column the job reads.
     """
     if isinstance(columns, (str, Column)):
         columns = [columns]

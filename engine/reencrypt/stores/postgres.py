@@ -151,3 +151,8 @@ class PostgresStore(SqlStore):
         if kind == JSON_TEXT:
             return f"{self.quote(column)}::text = %s"
         return f"{self.quote(column)} = {self.value_param(kind)}"
+
+    def same(self, column: str, kind: str) -> str:
+        if kind == JSON_TEXT:
+            return f"{self.quote(column)}::text IS NOT DISTINCT FROM %s"
+        return f"{self.quote(column)} IS NOT DISTINCT FROM {self.value_param(kind)}"
