@@ -9,7 +9,8 @@ drops the false positives that truncation makes on purpose. Indexes over several
 
 Index keys follow the key versions: a row is indexed under the version it is encrypted with, and
 :meth:`BlindIndex.lookup` returns the candidate for each version that may still hold rows (the
-current one first), so lookups keep working while rows are re-indexed after a rotation.
+current one first, then every version not yet purged), so lookups keep working while rows are
+re-indexed after a rotation.
 :meth:`BlindIndex.compute` with ``version=`` computes a batch under a given version, as the
 re-encryption pipeline does when it moves rows to a new key.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -31,7 +33,7 @@ from .batch import Batch
 from .buffers import check_threads, empty_bytes, is_arrow, offsets_of, pyarrow_module
 from .codecs import batch_to_text, scatter
 from .errors import EngineError, InvalidArgument, InvalidArgumentType
-from .keys.base import KeyProvider, KeyState
+from .keys.base import KeyProvider
 from .records import BYTES_VALUES, STR_VALUES, value_kinds
 
 __all__ = [
@@ -39,9 +41,12 @@ __all__ = [
     "BlindIndex",
     "BlindIndexError",
     "BlindIndexes",
+    "IndexDefinition",
     "NormalisationError",
     "UnknownBlindIndex",
+    "as_blind_indexes",
     "bits_for_rows",
+    "definitions",
 ]
 
 MAX_BITS = 32
@@ -223,6 +228,91 @@ def _hex_batch(digests: np.ndarray, chars: int) -> Batch:
 # ---------------------------------------------------------------- the index
 
 
+@dataclass(frozen=True)
+class IndexDefinition:
+    """What a :class:`BlindIndex` is, without its keys: it pickles (the re-encryption pipeline
+    sends it to worker processes) and :meth:`build` makes the same index with any provider that
+    holds the same keys. :attr:`BlindIndex.definition` gives an index's own.
+
+    Attributes:
+        table: the table the index keys belong to.
+        columns: the indexed columns, in order.
+        normalizers: one per column: a name from :data:`NORMALIZERS` or a callable ``str ->
+            str`` (a module-level function, to pickle).
+        bits: bits kept of each HMAC.
+        name: the column the index is stored in.
+
+    Raises:
+        InvalidArgument: no column or a repeated one, an unknown normaliser, bits out of range,
+            an empty table or index name.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    normalizers: tuple[Any, ...]
+    bits: int
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.table, str) or not self.table:
+            raise InvalidArgument("the table name must be a non-empty str")
+        cols = self.columns
+        if (not isinstance(cols, tuple) or not cols
+                or not all(isinstance(c, str) and c for c in cols) or len(set(cols)) < len(cols)):
+            raise InvalidArgument("a blind index needs one or more distinct column names")
+        if not isinstance(self.normalizers, tuple) or len(self.normalizers) != len(cols):
+            raise InvalidArgument("a blind index needs one normaliser per column")
+        for spec in self.normalizers:
+            _normalizer(spec)
+        if type(self.bits) is not int or not 1 <= self.bits <= MAX_BITS:
+            raise InvalidArgument(f"bits must be an integer from 1 to {MAX_BITS}")
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidArgument("the index's column name must be a non-empty str")
+
+    @classmethod
+    def parse(cls, text: str, table: str) -> "IndexDefinition":
+        """An index from ``[NAME=]COLUMN[+COLUMN...][:NORMALIZER[+NORMALIZER...]][:BITS]``, the
+        command line's form: ``email_idx=email:email``, ``last_name+birth_year:text+digits:20``.
+        One normaliser serves every column; the defaults are those of :class:`BlindIndex`
+        (``exact``, :func:`bits_for_rows` of 1,000,000, ``<columns>_idx``).
+
+        Raises:
+            InvalidArgument: anything else, or what the constructor refuses.
+        """
+        if not isinstance(text, str):
+            raise InvalidArgumentType("an index definition is given as text")
+        if not isinstance(table, str) or not table:
+            raise InvalidArgument(f"index {text!r}: give the table its keys are derived for "
+                                  "(on the command line: --index-table)")
+        name, sep, rest = text.partition("=")
+        if not sep:
+            name, rest = "", text
+        parts = rest.split(":")
+        if len(parts) > 3 or not parts[0]:
+            raise InvalidArgument(f"cannot read the index {text!r}: use [NAME=]COLUMN[+COLUMN...]"
+                                  "[:NORMALIZER[+NORMALIZER...]][:BITS], e.g. "
+                                  "email_idx=email:email:18")
+        columns = tuple(parts[0].split("+"))
+        normalizers = tuple(parts[1].split("+")) if len(parts) > 1 and parts[1] else ("exact",)
+        if len(normalizers) == 1:
+            normalizers *= len(columns)
+        elif len(normalizers) != len(columns):
+            raise InvalidArgument(f"index {text!r}: give one normaliser, or one per column")
+        bits = bits_for_rows(DEFAULT_EXPECTED_ROWS)
+        if len(parts) == 3:
+            if not parts[2].isdigit():
+                raise InvalidArgument(f"index {text!r}: BITS is a whole number from 1 to "
+                                      f"{MAX_BITS}")
+            bits = int(parts[2])
+        return cls(table, columns, normalizers, bits, name or "_".join(columns) + "_idx")
+
+    def build(self, provider: KeyProvider, *, threads: int | None = None) -> "BlindIndex":
+        """The index, keyed by ``provider``."""
+        return BlindIndex(provider, self.table, self.columns,
+                          normalizers=dict(zip(self.columns, self.normalizers)), bits=self.bits,
+                          name=self.name, threads=threads)
+
+
 class BlindIndex:
     """A blind index of one table over one column or several (a compound index).
 
@@ -243,8 +333,8 @@ class BlindIndex:
         InvalidArgument: no column, an unknown normaliser, bits out of range.
     """
 
-    __slots__ = ("_provider", "table", "columns", "name", "bits", "_normalizers", "_threads",
-                 "_keys", "_lock")
+    __slots__ = ("_provider", "definition", "table", "columns", "name", "bits", "_normalizers",
+                 "_threads", "_keys", "_lock")
 
     def __init__(self, provider: KeyProvider, table: str, columns: str | Sequence[str], *,
                  normalizer: Any = "exact", normalizers: Mapping[str, Any] | None = None,
@@ -253,23 +343,19 @@ class BlindIndex:
         if not isinstance(provider, KeyProvider):
             raise InvalidArgumentType("provider must be an engine.keys.KeyProvider")
         cols = (columns,) if isinstance(columns, str) else tuple(columns)
-        if (not cols or not all(isinstance(c, str) and c for c in cols)
-                or len(set(cols)) < len(cols)):
-            raise InvalidArgument("a blind index needs one or more distinct column names")
-        if not isinstance(table, str) or not table:
-            raise InvalidArgument("the table name must be a non-empty str")
         extra = set(normalizers or {}) - set(cols)
         if extra:
             raise InvalidArgument(f"normalizers names columns the index does not have: "
                                   f"{sorted(extra)}")
-        self._normalizers = tuple(_normalizer((normalizers or {}).get(c, normalizer))
-                                  for c in cols)
         if bits is None:
             bits = bits_for_rows(expected_rows)
-        if type(bits) is not int or not 1 <= bits <= MAX_BITS:
-            raise InvalidArgument(f"bits must be an integer from 1 to {MAX_BITS}")
+        #: :class:`IndexDefinition`: the index without its keys (checks every argument)
+        self.definition = IndexDefinition(
+            table, cols, tuple((normalizers or {}).get(c, normalizer) for c in cols), bits,
+            name if name is not None else "_".join(cols) + "_idx")
+        self._normalizers = tuple(_normalizer(spec) for spec in self.definition.normalizers)
         self._provider, self.table, self.columns, self.bits = provider, table, cols, bits
-        self.name = name if name is not None else "_".join(cols) + "_idx"
+        self.name = self.definition.name
         self._threads = check_threads(threads)
         self._keys: dict[int, bytes] = {}
         self._lock = threading.Lock()
@@ -301,13 +387,26 @@ class BlindIndex:
         version = self._provider.current_version
         return self._provider.get_current_key().version if version is None else version
 
+    def check_key(self, version: int | None = None) -> None:
+        """Derives the index key of ``version`` (default: the current one) now, so that a job
+        learns before it starts whether the provider can key the index.
+
+        Raises:
+            UnknownKeyVersion: the provider has no such version.
+            KeyProviderError: the provider has no blind index secret.
+        """
+        self._key(self._current_version() if version is None else version)
+
     def pending_versions(self) -> list[int]:
         """The key versions whose rows a lookup must still find: the current version first,
-        then every other version that is not deprecated, newest first."""
+        then every other version the provider holds, newest first. A deprecated version
+        counts too: its rows still decrypt, and they keep their index values under it until
+        a re-encryption job moves them; a version is gone only once purged, which
+        :meth:`engine.KeyRotationService.purge` allows once an inventory shows no value left
+        under it."""
         current = self._current_version()
         others = sorted((i.version for i in self._provider.list_versions()
-                         if i.state is not KeyState.DEPRECATED and i.version != current),
-                        reverse=True)
+                         if i.version != current), reverse=True)
         return [current] + others
 
     # ---- batches ----
@@ -537,3 +636,48 @@ class BlindIndexes:
             else:
                 out = out.append_column(name, values)
         return out
+
+
+def _items(indexes: Any) -> list[Any]:
+    if indexes is None:
+        return []
+    if isinstance(indexes, (IndexDefinition, BlindIndex, BlindIndexes)):
+        indexes = [indexes]
+    if not isinstance(indexes, (list, tuple)):
+        raise InvalidArgumentType("blind indexes are given as BlindIndex, BlindIndexes or "
+                                  "IndexDefinition objects, or a list of them")
+    out: list[Any] = []
+    for item in indexes:
+        if isinstance(item, BlindIndexes):
+            out += list(item)
+        elif isinstance(item, (BlindIndex, IndexDefinition)):
+            out.append(item)
+        else:
+            raise InvalidArgumentType("blind indexes are BlindIndex, BlindIndexes or "
+                                      f"IndexDefinition objects, not {type(item).__name__}")
+    return out
+
+
+def definitions(indexes: Any) -> list[IndexDefinition]:
+    """The definitions of blind indexes given as :class:`BlindIndex`, :class:`BlindIndexes` or
+    :class:`IndexDefinition` objects, or a list of them (None: none).
+
+    Raises:
+        InvalidArgumentType: anything else.
+    """
+    return [i.definition if isinstance(i, BlindIndex) else i for i in _items(indexes)]
+
+
+def as_blind_indexes(indexes: Any, provider: KeyProvider) -> BlindIndexes | None:
+    """Blind indexes given as :func:`definitions` takes them, as one :class:`BlindIndexes`:
+    indexes as they are, definitions built with ``provider`` (None when none is given).
+
+    Raises:
+        InvalidArgumentType: anything else.
+        InvalidArgument: indexes of several tables, or two with one name.
+    """
+    items = _items(indexes)
+    if not items:
+        return None
+    return BlindIndexes(*(i.build(provider) if isinstance(i, IndexDefinition) else i
+                          for i in items))

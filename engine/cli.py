@@ -302,7 +302,28 @@ def _add_data_commands(sub: Any) -> None:
                          help="per-row associated data, e.g. 'users:{id}:{column}'")
         cmd.add_argument("--format", choices=("parquet", "csv"), default=None,
                          help="default: from IN's extension")
+        if name == "encrypt-columns":
+            _add_index_arguments(cmd, "TABLE", "the table the indexes' keys are derived for")
         cmd.add_argument("--json", action="store_true", help="print a JSON report")
+
+
+def _add_index_arguments(cmd: Any, table_metavar: str, table_help: str) -> None:
+    from .blind_index import DEFAULT_EXPECTED_ROWS, NORMALIZERS, bits_for_rows
+
+    cmd.add_argument("--index", action="append", default=[], dest="indexes",
+                     metavar="[NAME=]COLUMN[+COLUMN...][:NORMALIZER[+...]][:BITS]",
+                     help="a blind index to write beside the encrypted values, e.g. "
+                          "email_idx=email:email or last_name+birth_year:text+digits:20 "
+                          f"(normalisers: {', '.join(NORMALIZERS)}; bits default "
+                          f"{bits_for_rows(DEFAULT_EXPECTED_ROWS)}); repeat for more")
+    cmd.add_argument("--index-table", metavar=table_metavar, help=table_help)
+
+
+def _index_definitions(args: argparse.Namespace) -> list[Any]:
+    from .blind_index import IndexDefinition
+
+    table = args.index_table or getattr(args, "table", None)
+    return [IndexDefinition.parse(text, table) for text in args.indexes]
 
 
 def _data_commands(args: argparse.Namespace) -> int:
@@ -327,9 +348,11 @@ def _data_commands(args: argparse.Namespace) -> int:
         else:
             from .tables import decrypt_columns_file, encrypt_columns_file
 
+            options = ({"blind_indexes": _index_definitions(args)}
+                       if args.command == "encrypt-columns" else {})
             run = encrypt_columns_file if args.command == "encrypt-columns" else decrypt_columns_file
             report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
-                         file_format=args.format)
+                         file_format=args.format, **options)
     except KeyboardInterrupt:
         print("crypto-engine: interrupted; no output file was left", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -372,6 +395,9 @@ def _add_reencryption_commands(sub: Any) -> None:
                             "template:TEXT (e.g. template:users:{id}:ssn) or "
                             "field-context[:ID_COLUMN] (FieldEncryption(bind_context=True)); "
                             "for every column, or COLUMN=RULE for one")
+        if name == "reencrypt":
+            _add_index_arguments(p, "TABLE", "the table the indexes' keys are derived for "
+                                             "(default: --table)")
         p.add_argument("--batch-size", type=int, default=10_000, metavar="ROWS")
         p.add_argument("--workers", type=int, default=0,
                        help="worker processes for the cryptography (0: this process)")
@@ -421,7 +447,9 @@ def _print_counts(report: Any, moved: bool) -> None:
               f"{c.invalid_tag:,})")
         if moved:
             print(f"    re-encrypted {c.reencrypted:,}, already current {c.current:,}, "
-                  f"changed meanwhile (left for the next pass) {c.changed:,}")
+                  f"changed meanwhile (left for the next pass) {c.changed:,}"
+                  + (f", left because a blind index cannot be computed {c.unindexable:,}"
+                     if c.unindexable else ""))
     for f in report.failures[:20]:
         print(f"  failed: {f.column} key={f.key!r}: {f.reason}")
     if report.failures_total > 20:
@@ -438,8 +466,9 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
         columns = _reencryption_columns(args)
         store = jobs.open_store(args.store, args.table, args.key)
         run = jobs.inventory if args.command == "inventory" else jobs.reencrypt
+        options = {"indexes": _index_definitions(args)} if args.command == "reencrypt" else {}
         with _Bar("rows", desc=args.command) as bar:
-            report = run(store, columns, workers=args.workers, dask=args.dask,
+            report = run(store, columns, **options, workers=args.workers, dask=args.dask,
                          dask_timeout=args.dask_timeout, batch_size=args.batch_size,
                          partitions=args.partitions, max_failures=args.max_failures,
                          progress=bar.reach if bar.live else None)

@@ -17,7 +17,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -531,7 +531,9 @@ class EncryptionService:
     # ---- re-encryption ----
 
     def reencrypt_many(self, values: Any, aad: Any = None, *, check_only: bool = False,
-                       threads: int | None = None) -> "Reencrypted":
+                       threads: int | None = None,
+                       plaintext: Callable[[np.ndarray, Batch], None] | None = None
+                       ) -> "Reencrypted":
         """Moves stored values to the current key version, each in the shape it was stored in.
 
         Values are read in bulk (:func:`engine.envelope.parse_stored_values`), grouped by key
@@ -550,6 +552,10 @@ class EncryptionService:
                 nothing: for an inventory.
             threads: native threads for this call (default: the service's); a worker process
                 that shares the machine with others asks for fewer.
+            plaintext: called once, before anything is sealed, as ``plaintext(positions,
+                plain)``: the positions of the values opened (ascending) and their plaintexts.
+                ``plain`` is wiped when the call returns: copy what must outlive it. The
+                re-encryption pipeline computes blind indexes from it.
 
         Returns:
             A :class:`Reencrypted`: the values to store, a :class:`ValueStatus` and the key
@@ -573,19 +579,21 @@ class EncryptionService:
         todo = np.flatnonzero(stored.valid if check_only else stored.valid & ~current)
         plain, opened = self._open_stored(stored, todo, caller_aad, status, threads)
         moved = todo[opened]
+        src = plain
         try:
+            if (plaintext is not None or not check_only) and not opened.all():
+                src = plain.take(np.flatnonzero(opened))
+            if plaintext is not None and moved.shape[0]:
+                plaintext(moved, src)
             if check_only:
                 status[moved] = np.where(current[moved], ValueStatus.CURRENT,
                                          ValueStatus.OUTDATED)
                 return Reencrypted(batch, status, stored.key_versions, target.version)
-            src = plain if opened.all() else plain.take(np.flatnonzero(opened))
-            try:
-                tokens = self._seal_stored(target, stored.formats[moved], src, caller_aad, moved,
-                                           threads)
-            finally:
-                if src is not plain:
-                    src.data.fill(0)
+            tokens = self._seal_stored(target, stored.formats[moved], src, caller_aad, moved,
+                                       threads)
         finally:
+            if src is not plain:
+                src.data.fill(0)
             plain.data.fill(0)
         status[moved] = ValueStatus.REENCRYPTED
         if not moved.shape[0]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from .atomic_file import atomic_output
 from .batch import Batch
-from .blind_index import BlindIndex, BlindIndexes
+from .blind_index import BlindIndexes, as_blind_indexes
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
 
@@ -203,8 +203,7 @@ def _transform(table: Any, columns: Sequence[str], aad_template: str | None,
 
 
 def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
-                    service: EncryptionService | None = None,
-                    blind_indexes: BlindIndexes | BlindIndex | None = None) -> Any:
+                    service: EncryptionService | None = None, blind_indexes: Any = None) -> Any:
     """A copy of ``table`` with ``columns`` encrypted to text tokens (one native batch call per
     column and record batch); other columns are shared, not copied.
 
@@ -215,9 +214,11 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
         aad_template: per-row associated data over other columns, e.g. ``"users:{id}:{column}"``;
             decryption needs the same template and the same values in those columns.
         service: default: the process-wide :func:`engine.get_encryption_service`.
-        blind_indexes: blind indexes (:mod:`engine.blind_index`) computed from the plaintext
-            and written beside it (``email_idx`` beside ``email``: appended, or replaced where
-            the table has the column), under the current key version.
+        blind_indexes: blind indexes (:mod:`engine.blind_index`: ``BlindIndex``,
+            ``BlindIndexes`` or ``IndexDefinition`` objects, the last keyed by the service's
+            provider, or a list of them) computed from the plaintext and written beside it
+            (``email_idx`` beside ``email``: appended, or replaced where the table has the
+            column), under the current key version.
 
     Raises:
         InvalidArgument: an unknown column, or a template naming a missing column or one with NULLs.
@@ -227,11 +228,11 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
     """
     arrow, back = _as_arrow(table)
     cols = _columns_arg(arrow, columns)
-    if isinstance(blind_indexes, BlindIndex):
-        blind_indexes = BlindIndexes(blind_indexes)
-    if blind_indexes is not None:
-        arrow = blind_indexes.add_to_arrow(arrow)
-    return back(_transform(arrow, cols, aad_template, service or get_encryption_service(), True))
+    service = service or get_encryption_service()
+    indexes = as_blind_indexes(blind_indexes, service.provider)
+    if indexes is not None:
+        arrow = indexes.add_to_arrow(arrow)
+    return back(_transform(arrow, cols, aad_template, service, True))
 
 
 def decrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
@@ -263,10 +264,16 @@ def _file_format(path: str, file_format: str | None) -> str:
 
 def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str | None,
                   file_format: str | None, service: EncryptionService | None,
-                  encrypt: bool) -> dict[str, Any]:
+                  encrypt: bool, indexes: BlindIndexes | None = None) -> dict[str, Any]:
     pa = _pa()
     fmt = _file_format(src, file_format)
     service = service or get_encryption_service()
+
+    def transform(group: Any) -> Any:
+        if indexes is not None:
+            group = indexes.add_to_arrow(group)
+        return _transform(group, _columns_arg(group, columns), aad_template, service, encrypt)
+
     start = time.perf_counter()
     rows = groups = 0
     with atomic_output(dst) as out:
@@ -278,25 +285,25 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
             try:
                 for i in range(reader.num_row_groups):  # one row group in memory at a time
                     group = reader.read_row_group(i)
-                    cols = _columns_arg(group, columns)
-                    done = _transform(group, cols, aad_template, service, encrypt)
+                    done = transform(group)
                     if writer is None:
                         writer = pq.ParquetWriter(out, done.schema)
                     writer.write_table(done)
                     rows += group.num_rows
                     groups += 1
                 if writer is None:  # no row groups: an empty file with the new schema
-                    empty = reader.schema_arrow.empty_table()
-                    done = _transform(empty, _columns_arg(empty, columns), aad_template, service, encrypt)
-                    writer = pq.ParquetWriter(out, done.schema)
+                    writer = pq.ParquetWriter(out, transform(reader.schema_arrow.empty_table())
+                                              .schema)
             finally:
                 if writer is not None:
                     writer.close()
         else:
             import pyarrow.csv as pacsv
 
-            # Encrypted columns and the columns a template names are read as text, as written.
+            # Encrypted columns and the columns a template or an index reads are read as text,
+            # as written (a zip code "01234" is not the number 1234).
             keep = set(columns) | (_Template(aad_template).columns() if aad_template else set())
+            keep |= {c for index in (indexes or ()) for c in index.columns}
             # NULL is written unquoted-empty and "" quoted, and read back the same way.
             options = pacsv.ConvertOptions(column_types={c: pa.large_string() for c in keep},
                                            strings_can_be_null=True,
@@ -305,8 +312,7 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
             writer = None
             try:
                 for batch in reader:
-                    done = _transform(pa.Table.from_batches([batch]), _columns_arg(batch, columns),
-                                      aad_template, service, encrypt)
+                    done = transform(pa.Table.from_batches([batch]))
                     if writer is None:
                         writer = pacsv.CSVWriter(out, done.schema)
                     writer.write_table(done)
@@ -315,21 +321,35 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
             finally:
                 if writer is not None:
                     writer.close()
-    return {"operation": "encrypt-columns" if encrypt else "decrypt-columns", "format": fmt,
-            "columns": list(columns), "rows": rows, "batches": groups,
-            "seconds": time.perf_counter() - start}
+    report = {"operation": "encrypt-columns" if encrypt else "decrypt-columns", "format": fmt,
+              "columns": list(columns), "rows": rows, "batches": groups,
+              "seconds": time.perf_counter() - start}
+    if indexes is not None:
+        report["blind_indexes"] = [index.name for index in indexes]
+    return report
 
 
 def encrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
                          aad_template: str | None = None, file_format: str | None = None,
-                         service: EncryptionService | None = None) -> dict[str, Any]:
+                         service: EncryptionService | None = None,
+                         blind_indexes: Any = None) -> dict[str, Any]:
     """Encrypts ``columns`` of a Parquet or CSV file into ``dst`` (same format), one row group
     (or CSV block) at a time; ``dst`` appears only once complete.
 
+    Args:
+        blind_indexes: as :func:`encrypt_columns` takes them: their columns are written
+            beside the encrypted ones, computed from the plaintext (CSV columns an index
+            reads are read as the text written).
+
     Returns:
-        A report: format, columns, rows, batches, seconds.
+        A report: format, columns, rows, batches, seconds (and the blind indexes written).
+
+    Raises:
+        What :func:`encrypt_columns` raises; OSError: a file cannot be read or written.
     """
-    return _columns_file(src, dst, columns, aad_template, file_format, service, True)
+    service = service or get_encryption_service()
+    return _columns_file(src, dst, columns, aad_template, file_format, service, True,
+                         as_blind_indexes(blind_indexes, service.provider))
 
 
 def decrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,

@@ -16,16 +16,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine import Batch, EncryptionService, FieldEncryption, SealedBatch, StaticKeyProvider
+from engine import (
+    Batch,
+    BlindIndex,
+    BlindIndexes,
+    EncryptionService,
+    FieldEncryption,
+    SealedBatch,
+    StaticKeyProvider,
+)
 
 K1, K2, K3 = b"\x11" * 32, b"\x22" * 32, b"\x33" * 32
+INDEX_SECRET = b"\x44" * 32
 MASTER = "reencryption-test-master-key-0123456789"
 
 
 def services() -> tuple[EncryptionService, EncryptionService]:
-    """(a service on v1 only, a service whose current version is v2 and that keeps v1)."""
-    return (EncryptionService(StaticKeyProvider({1: K1}), metrics=False),
-            EncryptionService(StaticKeyProvider({1: K1, 2: K2}), metrics=False))
+    """(a service on v1 only, a service whose current version is v2 and that keeps v1); both
+    derive the same blind index keys."""
+    return (EncryptionService(StaticKeyProvider({1: K1}, index_key=INDEX_SECRET), metrics=False),
+            EncryptionService(StaticKeyProvider({1: K1, 2: K2}, index_key=INDEX_SECRET),
+                              metrics=False))
 
 
 class Database:
@@ -194,9 +205,11 @@ def listing(path: str) -> list[str]:
     return sorted(os.listdir(path))
 
 
-def write_dataset(path, service, files=3, rows=500, *, nulls=True):
+def write_dataset(path, service, files=3, rows=500, *, nulls=True, indexes=None):
     """Files with an ``id``, a ``ssn`` column of text tokens (AAD ``users:{id}:ssn``), and an
-    email in SealedBatch.to_arrow()'s three columns plus ``key_version``."""
+    email in SealedBatch.to_arrow()'s three columns plus ``key_version``; with ``indexes``
+    (BlindIndexes over those columns), their columns too (``string``), as the application
+    computes them."""
     os.makedirs(path, exist_ok=True)
     key = service.provider.get_current_key()
     plain = {}
@@ -214,6 +227,10 @@ def write_dataset(path, service, files=3, rows=500, *, nulls=True):
         table = pa.table({"id": ids, "ssn": tokens, "nonce": sealed["nonce"], "tag": sealed["tag"],
                           "ciphertext": sealed["ciphertext"], "key_version": version},
                          metadata={"owner": "crm"})
+        if indexes is not None:
+            values = indexes.compute_all({"ssn": ssn, "email": emails, "id": ids.tolist()})
+            for name, column in values.items():
+                table = table.append_column(name, pa.array(column, pa.string()))
         name = os.path.join(path, f"part-{f}.parquet")
         pq.write_table(table, name, compression="zstd")
         plain[name] = (ids, ssn, emails)
@@ -233,3 +250,86 @@ def assert_dataset_reads(plain, service, version):
         opened = key.cipher.open_batch(SealedBatch.from_arrow(table.select(["nonce", "tag",
                                                                             "ciphertext"])))
         assert opened.to_list() == emails
+
+
+# ---------------------------------------------------------------- blind indexes
+
+CONTACT_COLUMNS = ("id", "email", "last_name", "birth_year", "email_idx", "name_idx", "pair_idx")
+
+
+def contact_indexes(provider: Any) -> BlindIndexes:
+    """The ``contacts`` table's blind indexes: ``email_idx`` over one encrypted column,
+    ``name_idx`` over an encrypted and a plain column, ``pair_idx`` over two encrypted ones."""
+    return BlindIndexes(
+        BlindIndex(provider, "contacts", "email", normalizer="email", bits=16),
+        BlindIndex(provider, "contacts", ["last_name", "birth_year"], normalizer="text",
+                   bits=10, name="name_idx"),
+        BlindIndex(provider, "contacts", ["email", "last_name"], normalizer="text", bits=20,
+                   name="pair_idx"))
+
+
+@dataclass
+class Contacts:
+    """A ``contacts`` table written by the application under v1: ``email`` (text tokens, AAD
+    ``contacts:{id}:email``, NULL in some rows), ``last_name`` (text tokens, no AAD),
+    ``birth_year`` (a plain integer), and the index columns of :func:`contact_indexes`."""
+
+    db: Database
+    plain: dict[str, list]
+
+    AAD = "contacts:{id}:email"
+
+
+def make_contacts(db: Database, n: int, old: EncryptionService, *,
+                  nulls_every: int = 0) -> Contacts:
+    ids = list(range(1, n + 1))
+    email = [None if nulls_every and i % nulls_every == 0 else f" Contact{i}@Example.com"
+             for i in ids]
+    last_name = [f"Name{i % 97}" for i in ids]
+    birth_year = [1940 + i % 70 for i in ids]
+    index = contact_indexes(old.provider).compute_all(
+        {"email": email, "last_name": last_name, "birth_year": birth_year})
+    present = [k for k, e in enumerate(email) if e is not None]
+    email_tokens: list = [None] * n
+    for k, token in zip(present, old.encrypt_many([email[k] for k in present],
+                                                  aad=[f"contacts:{ids[k]}:email"
+                                                       for k in present])):
+        email_tokens[k] = token
+    db.run(f"CREATE TABLE contacts (id {db.key_type} PRIMARY KEY, email TEXT, last_name TEXT,"
+           " birth_year INTEGER, email_idx TEXT, name_idx TEXT, pair_idx TEXT)")
+    db.run_many("INSERT INTO contacts VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                list(zip(ids, email_tokens, old.encrypt_many(last_name), birth_year,
+                         index["email_idx"], index["name_idx"], index["pair_idx"])))
+    return Contacts(db, {"id": ids, "email": email, "last_name": last_name,
+                         "birth_year": birth_year})
+
+
+def contact_rows(contacts: Contacts) -> dict[str, list]:
+    """The table, column by column, in key order."""
+    rows = contacts.db.rows(f"SELECT {', '.join(CONTACT_COLUMNS)} FROM contacts ORDER BY id")
+    return dict(zip(CONTACT_COLUMNS, (list(c) for c in zip(*rows))))
+
+
+def assert_contacts_consistent(contacts: Contacts, service: EncryptionService) -> np.ndarray:
+    """Every row's ciphertexts open to the application's plaintext, and each index value is
+    the one of the key version its ciphertexts are under: both old or both new. Returns the
+    version of each row (0 where the email is NULL)."""
+    table = contact_rows(contacts)
+    assert table["id"] == contacts.plain["id"]
+    aad = [f"contacts:{i}:email" for i in table["id"]]
+    found = service.reencrypt_many(table["email"], aad, check_only=True)
+    names = service.reencrypt_many(table["last_name"], check_only=True)
+    present = [k for k, e in enumerate(table["email"]) if e is not None]
+    assert service.decrypt_many_text([table["email"][k] for k in present],
+                                     aad=[aad[k] for k in present]) == \
+        [contacts.plain["email"][k] for k in present]
+    assert service.decrypt_many_text(table["last_name"]) == contacts.plain["last_name"]
+    indexes = contact_indexes(service.provider)
+    columns = {c: contacts.plain[c] for c in ("email", "last_name", "birth_year")}
+    found_versions = set(found.key_versions.tolist()) | set(names.key_versions.tolist())
+    expected = {v: indexes.compute_all(columns, version=v) for v in found_versions - {0}}
+    for name, versions in (("email_idx", found.key_versions), ("pair_idx", found.key_versions),
+                           ("name_idx", names.key_versions)):
+        want = [expected[int(v)][name][k] if v else None for k, v in enumerate(versions)]
+        assert table[name] == want, name
+    return found.key_versions

@@ -30,7 +30,12 @@ from engine import (
     UnknownKeyVersion,
 )
 from engine import tables
-from engine.blind_index import NormalisationError, UnknownBlindIndex, bits_for_rows
+from engine.blind_index import (
+    IndexDefinition,
+    NormalisationError,
+    UnknownBlindIndex,
+    bits_for_rows,
+)
 from engine.keys import KeyProviderError
 
 MASTER = "dev-only-master-key-of-at-least-32-bytes!"
@@ -223,7 +228,9 @@ def test_index_keys_differ_per_table_column_and_version(tmp_path):
         env.index_key("", "email", 1)
 
 
-def test_lookup_covers_versions_until_they_are_deprecated():
+def test_lookup_covers_versions_until_they_are_purged():
+    """Rows keep their index values under their version until a job moves them: a lookup
+    asks for every version the provider holds, deprecated ones too (they still decrypt)."""
     p = provider(versions=(1,))
     index = BlindIndex(p, "users", "email", normalizer="email")
     old = index.compute(["alice@example.com"])[0]
@@ -234,6 +241,8 @@ def test_lookup_covers_versions_until_they_are_deprecated():
     assert index.compute(["alice@example.com"], version=1) == [old]
     assert index.lookup("alice@example.com", versions=[2]) == [new]
     p.set_state(1, KeyState.DEPRECATED)
+    assert index.lookup("alice@example.com") == [new, old]
+    p.purge(1)
     assert index.lookup("alice@example.com") == [new]
 
 
@@ -264,38 +273,90 @@ def test_vault_keeps_a_random_index_secret_per_version(bao, names):
                                                     raise_on_deleted_version=True)
 
 
+def test_a_definition_rebuilds_the_same_index_anywhere():
+    p = provider(versions=(1, 2))
+    index = BlindIndex(p, "users", ["last_name", "birth_year"], bits=20, name="name_idx",
+                       normalizers={"last_name": "text", "birth_year": "digits"})
+    definition = index.definition
+    assert pickle.loads(pickle.dumps(definition)) == definition
+    assert IndexDefinition.parse("name_idx=last_name+birth_year:text+digits:20",
+                                 "users") == definition
+    rows = {"last_name": ["Ng", " LI ", None], "birth_year": [1990, "AD 1985", 2000]}
+    assert definition.build(p).compute(rows, version=1) == index.compute(rows, version=1)
+    assert IndexDefinition.parse("email", "users") == BlindIndex(p, "users", "email").definition
+    assert IndexDefinition.parse("a+b:email", "t").normalizers == ("email", "email")
+    assert IndexDefinition.parse("a+b::7", "t") == IndexDefinition("t", ("a", "b"),
+                                                                    ("exact", "exact"), 7, "a_b_idx")
+    for bad, message in [("", "cannot read"), ("x=a:b:c:d", "cannot read"),
+                         ("a+b:text+digits+exact", "one per column"),
+                         ("a:soundex", "unknown normaliser"), ("a::40", "bits must be"),
+                         ("a::x", "BITS is a whole number"), ("a+a", "distinct")]:
+        with pytest.raises(InvalidArgument, match=message):
+            IndexDefinition.parse(bad, "users")
+    with pytest.raises(InvalidArgument, match="--index-table"):
+        IndexDefinition.parse("email", None)
+    with pytest.raises(InvalidArgumentType):
+        IndexDefinition.parse(5, "users")
+    with pytest.raises(InvalidArgument, match="one normaliser per column"):
+        IndexDefinition("t", ("a", "b"), ("exact",), 8, "x")
+    index.check_key(2)
+    with pytest.raises(UnknownKeyVersion):
+        index.check_key(3)
+    with pytest.raises(KeyProviderError):
+        BlindIndex(StaticKeyProvider({1: os.urandom(32)}), "t", "c").check_key()
+
+
 # ---------------------------------------------------------------- writing and searching
 
 
-def test_sqlite_search_by_index_over_encrypted_emails():
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path):
+    """A real database: an SQLite file, or a database on the session's PostgreSQL server."""
+    from reencrypt_support import new_database
+
+    postgres = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    return new_database(request.param, tmp_path, postgres)
+
+
+def test_search_by_index_over_encrypted_emails(db):
     p = StaticKeyProvider({1: os.urandom(32)}, index_key=os.urandom(32))
     fields = FieldEncryption(EncryptionService(p, metrics=False))
     index = BlindIndex(p, "users", "email", normalizer="email", bits=6)  # many false positives
-    users = [{"id": i, "email": f"User{i}@Example.com"} for i in range(3000)]
+    names = BlindIndex(p, "users", ["last_name", "birth_year"], normalizer="text", bits=12,
+                       name="name_idx")
+    users = [{"id": i, "email": f"User{i}@Example.com", "last_name": f"Name{i % 40}",
+              "birth_year": 1950 + i % 50} for i in range(3000)]
     users[7]["email"] = None
-    rows = fields.encrypt_column(users, "email", blind_indexes=index)
+    rows = fields.encrypt_column(fields.encrypt_column(users, "email", blind_indexes=BlindIndexes(
+        index, names)), "last_name")
     assert rows[5]["email"].startswith("ef1:") and len(rows[5]["email_idx"]) == 2
     assert rows[7]["email"] is None and "email_idx" not in rows[7]  # as a missing field stays
-    db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT, email_idx TEXT)")
-    db.execute("CREATE INDEX users_email_idx ON users (email_idx)")
-    db.executemany("INSERT INTO users VALUES (?, ?, ?)",
-                   [(r["id"], r["email"], r.get("email_idx")) for r in rows])
+    db.run(f"CREATE TABLE users (id {db.key_type} PRIMARY KEY, email TEXT, email_idx TEXT,"
+           " last_name TEXT, birth_year INTEGER, name_idx TEXT)")
+    db.run("CREATE INDEX users_email_idx ON users (email_idx)")
+    db.run("CREATE INDEX users_name_idx ON users (name_idx)")
+    db.run_many("INSERT INTO users VALUES (%s, %s, %s, %s, %s, %s)",
+                [(r["id"], r["email"], r.get("email_idx"), r["last_name"], r["birth_year"],
+                  r["name_idx"]) for r in rows])
 
     def find(email: str) -> list[int]:
         candidates = index.lookup(email)
-        marks = ",".join("?" * len(candidates))
-        found = [{"id": i, "email": e} for i, e in db.execute(
+        marks = ", ".join(["%s"] * len(candidates))
+        found = [{"id": i, "email": e} for i, e in db.rows(
             f"SELECT id, email FROM users WHERE email_idx IN ({marks})", candidates)]
         assert len(found) > 1  # 6 bits over 3,000 rows: false positives to filter out
         plain = fields.decrypt_column(found, "email")
-        wanted = index.compute([email])[0]
-        return [r["id"] for r in plain
-                if index.compute([r["email"]])[0] == wanted
-                and r["email"].strip().lower() == email.strip().lower()]
+        return sorted(r["id"] for r in plain
+                      if r["email"].strip().lower() == email.strip().lower())
 
     assert find("  user1234@EXAMPLE.com") == [1234]
     assert find("nobody@example.com") == []
+    # a compound index: every row with that name and year, and only those once decrypted
+    found = db.rows("SELECT id, last_name, birth_year FROM users WHERE name_idx = %s",
+                    names.lookup({"last_name": " NAME7 ", "birth_year": 1957}))
+    matching = [i for i, n, y in zip(*[[r[k] for r in found] for k in range(3)])
+                if fields.service.decrypt_text(n) == "Name7" and y == 1957]
+    assert sorted(matching) == [i for i in range(3000) if i % 40 == 7 and i % 50 == 7]
 
 
 def test_tables_write_the_index_beside_the_encrypted_column():

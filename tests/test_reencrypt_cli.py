@@ -98,6 +98,14 @@ def test_a_failed_value_exits_1(users, env):
     (["--table", "users", "--key", "id", "--column", "ssn"], 2, "fail authentication"),
     (["--table", "users", "--key", "id", "--column", "card", "--dask",
       "tcp://127.0.0.1:{port}", "--dask-timeout", "1"], 3, "does not answer"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--index", "ssn_idx=ssn:soundex"], 2,
+     "unknown normaliser 'soundex'"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--index", "ssn_idx=ssn:digits:99"], 2,
+     "bits must be an integer from 1 to 32"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--index", "ssn=ssn"], 2,
+     "like a column the job reads"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--index", "phone_idx=ssn"], 2,
+     "blind index column 'phone_idx' must be a text column of 'users' (it has none)"),
 ])
 def test_bad_input_gets_a_clear_error_and_writes_nothing(users, env, args, code, message):
     if "--store" not in args:
@@ -108,6 +116,27 @@ def test_bad_input_gets_a_clear_error_and_writes_nothing(users, env, args, code,
     assert r.returncode == code and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert file_digest(users.path) == digest
+
+
+def test_blind_indexes_move_with_the_values(users, env):
+    from engine import BlindIndex
+    from engine.service import get_encryption_service
+
+    provider = get_encryption_service().provider  # the fixture's environment, rotated to v2
+    index = BlindIndex(provider, "users", "ssn", normalizer="digits", bits=12)
+    plain = [f"ssn {i}" for i in range(1, 301)]
+    users.run("ALTER TABLE users ADD COLUMN ssn_idx TEXT")
+    users.run_many("UPDATE users SET ssn_idx = %s WHERE id = %s",
+                   list(zip(index.compute(plain, version=1), range(1, 301))))
+    r = run("reencrypt", "--store", users.url, "--table", "users", "--key", "id", *COLUMNS,
+            "--index", "ssn_idx=ssn:digits:12", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["columns"]["ssn"]["unindexable"] == 0
+    assert [row[0] for row in users.rows("SELECT ssn_idx FROM users ORDER BY id")] == \
+        index.compute(plain, version=2)
+    dataset = f"parquet://{users.path}.d/"
+    r = run("reencrypt", "--store", dataset, "--column", "ssn", "--index", "ssn", env=env)
+    assert r.returncode == 2 and "--index-table" in r.stderr
 
 
 def test_an_unreachable_database_exits_3(env):

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from engine import KeyRotationService, RotationPolicy
+import pyarrow.parquet as pq
+
+from engine import BlindIndex, BlindIndexes, KeyRotationService, RotationPolicy
 from engine.reencrypt import (
     AadRule,
     Column,
@@ -26,10 +28,14 @@ from engine.reencrypt import executors
 from engine.testing.postgres import free_port
 from reencrypt_support import (
     MASTER,
+    Contacts,
     Users,
     assert_application_reads,
+    assert_contacts_consistent,
     assert_dataset_reads,
+    contact_indexes,
     file_digest,
+    make_contacts,
     make_users,
     new_database,
     write_dataset,
@@ -96,6 +102,45 @@ def test_key_ranges_and_files_become_tasks_on_a_local_cluster(keys, cluster, tmp
     assert report.complete and report.rows == 1200 and report.failed == 0
     assert_dataset_reads(plain, service, version)
     assert inventory(store, columns, dask=cluster.scheduler_address).all_current()
+
+
+def test_tasks_keep_blind_indexes_with_the_values(keys, cluster, tmp_path):
+    service, state = keys
+    db = new_database("sqlite", tmp_path)
+    contacts = make_contacts(db, 1200, service, nulls_every=7)
+    dataset = str(tmp_path / "users")
+    dataset_indexes = BlindIndexes(BlindIndex(service.provider, "users", "ssn",
+                                              normalizer="digits", bits=12))
+    plain = write_dataset(dataset, service, files=3, rows=200, indexes=dataset_indexes)
+    rotate(service, state)
+    version = service.provider.get_current_key().version
+    # a worker's provider looks at the key state file again after at most 0.25 s: until then
+    # it may still name the version before (the job would stop with WorkerKeyMismatch)
+    from distributed import Client
+
+    from engine import get_encryption_service
+
+    with Client(cluster.scheduler_address) as client:
+        deadline = time.monotonic() + 60
+        while set(client.run(lambda: get_encryption_service().provider.get_current_key()
+                             .version).values()) != {version}:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    report = reencrypt(open_store(db.url, "contacts", "id"), ["email", "last_name"],
+                       aad={"email": AadRule.template(Contacts.AAD)},
+                       indexes=contact_indexes(service.provider),
+                       dask=cluster.scheduler_address, partitions=4, batch_size=100)
+    assert report.complete and report.failed == 0
+    assert set(assert_contacts_consistent(contacts, service).tolist()) == {0, version}
+
+    report = reencrypt(open_store(f"parquet://{dataset}"),
+                       [Column("ssn", AadRule.template("users:{id}:ssn"))],
+                       indexes=dataset_indexes, dask=cluster.scheduler_address, batch_size=64)
+    assert report.complete and report.failed == 0
+    for name, (_ids, ssn, _emails) in plain.items():
+        assert pq.read_table(name)["ssn_idx"].to_pylist() == \
+            dataset_indexes["ssn_idx"].compute(ssn, version=version)
 
 
 def test_an_unreachable_scheduler_is_an_error_before_anything_is_written(keys, tmp_path,

@@ -1,5 +1,7 @@
 """Nothing is lost when the job is killed: SIGKILL at 20 random moments of a 200,000-row run,
-on SQLite and on PostgreSQL, a restart after each, then every row is checked."""
+on SQLite and on PostgreSQL, a restart after each, then every row is checked; and a job that
+keeps blind indexes, killed the same way, leaves every row's index values with its
+ciphertexts."""
 
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ import pytest
 
 from engine import FieldEncryption, KeyRotationService, RotationPolicy
 from engine.reencrypt import AadRule, inventory, open_store
-from reencrypt_support import master_key_environment, new_database
+from reencrypt_support import (
+    assert_contacts_consistent,
+    make_contacts,
+    master_key_environment,
+    new_database,
+)
 
 ROWS = 200_000
 KILLS = 20
@@ -54,6 +61,28 @@ class Checkpoint:
         self.conn.close()
 
 
+def kill_at_random_moments(command, checkpoint, rows, kills, rng, *, workers_every, jitter):
+    """Runs ``command`` ``kills`` times, killing each run with SIGKILL; yields (k, whether run
+    k had ended before its kill) after each. Kill k happens at a random moment once the
+    checkpoint has passed a random key in the k-th part of the table (the first anywhere in
+    the start-up), so the kills are spread over the whole job and each run dies part-way; one
+    run in ``workers_every`` uses two worker processes."""
+    targets = sorted(rng.randrange(rows * k // kills, rows * (k + 1) // kills)
+                     for k in range(kills))
+    for k, target in enumerate(targets):
+        workers = ["--workers", "2"] if k % workers_every == workers_every - 1 else []
+        job = subprocess.Popen(command + workers, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while job.poll() is None and checkpoint.done() < target and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, jitter))
+        finished = job.poll() is not None
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        yield k, finished
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_sigkill_at_twenty_random_moments_loses_nothing(kind, request, tmp_path, monkeypatch):
@@ -80,24 +109,10 @@ def test_sigkill_at_twenty_random_moments_loses_nothing(kind, request, tmp_path,
                "--key", "id", "--column", "ssn", "--column", "note",
                "--aad", "ssn=template:users:{id}:ssn", "--aad", "note=field-context:id",
                "--batch-size", str(BATCH), "--json"]
-    # kill k happens at a random moment once the checkpoint has passed a random key in the
-    # k-th twentieth of the table (the first one anywhere in the start-up), so the kills are
-    # spread over the whole run and each run dies part-way
-    targets = sorted(rng.randrange(ROWS * k // KILLS, ROWS * (k + 1) // KILLS)
-                     for k in range(KILLS))
     killed_at = []
     checkpoint = Checkpoint(db)
-    for k, target in enumerate(targets):
-        workers = ["--workers", "2"] if k % 5 == 4 else []
-        job = subprocess.Popen(command + workers, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while job.poll() is None and checkpoint.done() < target and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))
-        finished = job.poll() is not None
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+    for k, finished in kill_at_random_moments(command, checkpoint, ROWS, KILLS, rng,
+                                              workers_every=5, jitter=0.05):
         assert not finished, f"run {k} ended before its kill (seed {seed})"
         killed_at.append(checkpoint.done())
     checkpoint.close()
@@ -126,3 +141,45 @@ def test_sigkill_at_twenty_random_moments_loses_nothing(kind, request, tmp_path,
     assert counts.all_current()
     assert {name: c.versions for name, c in counts.columns.items()} == \
         {"ssn": {2: ROWS}, "note": {2: ROWS}}
+
+
+INDEXED_ROWS = 30_000
+INDEXED_KILLS = 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigkill_leaves_each_rows_ciphertexts_and_index_values_together(kind, request, tmp_path,
+                                                                        monkeypatch):
+    """After every kill, each row's blind index values are those of the key version its
+    ciphertexts are under: both old or both new, never one of each."""
+    master_key_environment(monkeypatch, tmp_path)
+    from engine import get_encryption_service
+
+    service = get_encryption_service()
+    postgres = request.getfixturevalue("postgres") if kind == "postgres" else None
+    db = new_database(kind, tmp_path, postgres)
+    contacts = make_contacts(db, INDEXED_ROWS, service, nulls_every=13)
+    KeyRotationService(service.provider, RotationPolicy(), state_dir=tmp_path / "rot").rotate_keys()
+    command = [sys.executable, "-m", "engine", "reencrypt", "--store", db.url, "--table",
+               "contacts", "--key", "id", "--column", "email", "--column", "last_name",
+               "--aad", "email=template:contacts:{id}:email",
+               "--index", "email_idx=email:email:16",
+               "--index", "name_idx=last_name+birth_year:text:10",
+               "--index", "pair_idx=email+last_name:text:20", "--batch-size", "500", "--json"]
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    checkpoint = Checkpoint(db)
+    mixed = 0
+    for _ in kill_at_random_moments(command, checkpoint, INDEXED_ROWS, INDEXED_KILLS, rng,
+                                    workers_every=4, jitter=0.02):
+        versions = set(assert_contacts_consistent(contacts, service).tolist()) - {0}
+        mixed += versions == {1, 2}
+    checkpoint.close()
+    assert mixed >= INDEXED_KILLS // 2, f"too few kills fell mid-job (seed {seed})"
+
+    final = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    report = json.loads(final.stdout)
+    assert report["complete"] and report["failed"] == 0
+    assert set(assert_contacts_consistent(contacts, service).tolist()) == {0, 2}

@@ -238,6 +238,29 @@ def test_check_only_opens_everything_and_seals_nothing():
     assert result.values.to_list()[:3] == [t.encode() for t in tokens[:2] + [broken]]
 
 
+@pytest.mark.parametrize("check_only", [False, True])
+def test_the_plaintexts_opened_go_to_a_callback_and_are_wiped_after(check_only):
+    svc = service(1, 2)
+    tokens = service(1).encrypt_many(["a", "bb", "ccc"]) + svc.encrypt_many(["dddd"])
+    lost = service(3).encrypt_many(["from v3"])[0]
+    values = [tokens[0], None, tokens[1], lost, tokens[3], tokens[2], "not a token"]
+    seen = []
+    result = svc.reencrypt_many(values, check_only=check_only,
+                                plaintext=lambda rows, plain: seen.append(
+                                    (rows.tolist(), plain.to_list(), plain)))
+    (rows, plain, batch), = seen  # one call, with only the values opened
+    opened = {0: b"a", 2: b"bb", 4: b"dddd", 5: b"ccc"}
+    if not check_only:  # the current value is not opened
+        del opened[4]
+    assert (rows, plain) == (list(opened), list(opened.values()))
+    assert not batch.data.any()
+    moved = np.flatnonzero(np.isin(result.status, (ValueStatus.REENCRYPTED,
+                                                   ValueStatus.OUTDATED, ValueStatus.CURRENT)))
+    assert set(rows) <= set(moved.tolist())
+    svc.reencrypt_many([None, "x"], plaintext=seen.append)
+    assert len(seen) == 1  # nothing opened: no call
+
+
 def test_one_open_per_key_version_and_one_seal_per_batch(tmp_path):
     """The audit trail has one KEY_ACCESS entry per native call: counted here."""
     tokens = []

@@ -165,6 +165,52 @@ def test_parquet_and_csv_through_the_cli(env, tmp_path):
                env=env).returncode == 2
 
 
+def test_blind_index_columns_in_files(env, tmp_path):
+    """``encrypt-columns --index`` writes the index columns beside the encrypted ones, as the
+    table API computes them with the same keys; CSV columns an index reads are read as the
+    text written (a leading zero is kept)."""
+    from engine.blind_index import IndexDefinition
+
+    t = sample(3000).append_column("zip", pa.array([f"{i % 1000:05d}" for i in range(3000)]))
+    pq.write_table(t, tmp_path / "in.parquet", row_group_size=1000)
+    pacsv.write_csv(t.drop_columns(["ssn"]), tmp_path / "in.csv")
+    indexes = ["--index", "email_idx=email:email:16", "--index", "email+zip:text+digits"]
+    for name in ("in.parquet", "in.csv"):
+        out = tmp_path / name.replace("in", "enc")
+        r = cli("encrypt-columns", str(tmp_path / name), str(out), "--column", "email",
+                *indexes, "--index-table", "users", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["blind_indexes"] == ["email_idx", "email_zip_idx"]
+    provider = engine.EnvironmentKeyProvider(env=env)
+    expected = engine.BlindIndexes(*(IndexDefinition.parse(text, "users").build(provider)
+                                     for text in indexes[1::2])).compute_all(
+        {"email": t["email"].to_pylist(), "zip": t["zip"].to_pylist()})
+    from_parquet = pq.read_table(tmp_path / "enc.parquet")
+    from_csv = pacsv.read_csv(tmp_path / "enc.csv", convert_options=pacsv.ConvertOptions(
+        strings_can_be_null=True, quoted_strings_can_be_null=False,
+        column_types={"email_idx": pa.string(), "email_zip_idx": pa.string()}))
+    for written in (from_parquet, from_csv):
+        assert written.column("email_idx").to_pylist() == expected["email_idx"]
+        assert written.column("email_zip_idx").to_pylist() == expected["email_zip_idx"]
+        assert written.column("email").to_pylist()[1].startswith("ef1:")
+    assert pq.ParquetFile(tmp_path / "enc.parquet").num_row_groups == 3
+    # the library call takes definitions (keyed by the service's provider) or indexes
+    service = EncryptionService(provider, metrics=False)
+    report = tables.encrypt_columns_file(
+        str(tmp_path / "in.parquet"), str(tmp_path / "lib.parquet"), ["email"], service=service,
+        blind_indexes=engine.BlindIndex(provider, "users", "email", normalizer="email", bits=16))
+    assert report["blind_indexes"] == ["email_idx"]
+    assert pq.read_table(tmp_path / "lib.parquet")["email_idx"].to_pylist() == \
+        expected["email_idx"]
+    for bad, message in ((["--index", "email_idx=email:email:16"], "--index-table"),
+                         (["--index", "=:", "--index-table", "users"], "cannot read the index"),
+                         (["--index", "phone", "--index-table", "users"], "phone")):
+        r = cli("encrypt-columns", str(tmp_path / "in.csv"), str(tmp_path / "bad.csv"),
+                "--column", "email", *bad, env=env)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert not (tmp_path / "bad.csv").exists() and "Traceback" not in r.stderr
+
+
 # ---------------------------------------------------------------- the recipes
 
 def encrypt_partition(df: pd.DataFrame) -> pd.DataFrame:

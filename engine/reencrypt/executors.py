@@ -28,6 +28,7 @@ from ..errors import InvalidArgument
 from ..service import EncryptionService
 from .errors import SchedulerUnavailable
 from .partition import JobSpec, LocalCrypto, OnBatch, Observer, process_partition
+from .reindex import worker_indexes
 from .report import ColumnCounts, PartitionResult
 from .stores.parquet import ParquetStore
 from .stores.sql import Partition
@@ -47,8 +48,9 @@ def _spawn() -> Any:
 def _reseal_ipc(payload: bytes, spec: JobSpec) -> bytes:
     """In a worker process: one batch in, its results out, both as Arrow IPC."""
     service = worker_service(spec.service_factory, spec.key_check)
+    indexes = worker_indexes(spec.service_factory, spec.columns, service, spec.threads)
     return to_ipc(reseal(from_ipc(payload), spec.columns, service, check_only=spec.check_only,
-                         threads=spec.threads))
+                         threads=spec.threads, indexes=indexes))
 
 
 def _run_task(spec: JobSpec, part: Partition) -> PartitionResult:
@@ -187,9 +189,16 @@ def run_partitions(spec: JobSpec, parts: Sequence[Partition], *, service: Encryp
 
 
 def _check_picklable(spec: JobSpec) -> None:
-    try:
-        pickle.dumps(spec.service_factory)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        raise InvalidArgument("service_factory must pickle (a module-level function or a "
-                              "picklable object): worker processes build their own service "
-                              "with it") from None
+    for what, value, hint in (
+            ("service_factory", spec.service_factory, "worker processes build their own "
+             "service with it"),
+            ("a blind index's normaliser", spec.columns, "worker processes compute the "
+             "indexes")):
+        failed = False
+        try:
+            pickle.dumps(value)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            failed = True
+        if failed:
+            raise InvalidArgument(f"{what} must pickle (a module-level function or a "
+                                  f"picklable object): {hint}")

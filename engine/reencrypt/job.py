@@ -11,7 +11,7 @@ also when it fails.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -23,6 +23,7 @@ from ..service import EncryptionService, ValueStatus, get_encryption_service
 from .errors import NotEncrypted, WrongKeyOrAad
 from .executors import DaskExecutor, run_partitions
 from .partition import JobSpec
+from .reindex import build_indexes
 from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
 from .spec import Column, as_columns
 from .stores.parquet import ParquetStore
@@ -69,8 +70,8 @@ def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
             beyond the first rows).
         StoreUnavailable, SchedulerUnavailable, WorkerKeyMismatch: the job could not run.
     """
-    job = _Job(store, columns, aad, service, service_factory, dask, dask_timeout, batch_size,
-               max_failures, check_only=True)
+    job = _Job(store, columns, aad, None, service, service_factory, dask, dask_timeout,
+               batch_size, max_failures, check_only=True)
     try:
         job.validate()
         parts = job.partitions(workers, partitions, persist=False)
@@ -84,7 +85,7 @@ def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
                      current_version=job.target)
 
 
-def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None,
+def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None, indexes: Any = None,
               service: EncryptionService | None = None,
               service_factory: Callable[[], EncryptionService] | None = None,
               workers: int = 0, dask: Any = None, dask_timeout: float | None = None,
@@ -99,6 +100,14 @@ def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None,
     Takes the arguments of :func:`inventory`, and:
 
     Args:
+        indexes: blind indexes to keep with the values (:class:`~engine.BlindIndex`,
+            :class:`~engine.BlindIndexes` or :class:`~engine.blind_index.IndexDefinition`
+            objects, or a sequence of them; or give them per column in :class:`Column`). Each
+            belongs to the first of its columns the job has: where that column's value moves to
+            the new version, the row's index values are computed from its plaintext under the
+            same version and written in the same statement, with the same check (the other
+            columns the index reads must still hold what was read). A row whose index cannot
+            be computed is left as it is and counted as ``unindexable``.
         observer: called as ``observer("read", {"partition": i, "keys": [...]})`` between a
             batch's cryptography and its write (inline and local workers; tests use it).
 
@@ -113,14 +122,16 @@ def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None,
             committed stays, and a new run resumes from its checkpoints.
         KeyVersionNotUsable: the current key version may not encrypt.
     """
-    job = _Job(store, columns, aad, service, service_factory, dask, dask_timeout, batch_size,
-               max_failures, check_only=False)
+    job = _Job(store, columns, aad, indexes, service, service_factory, dask, dask_timeout,
+               batch_size, max_failures, check_only=False)
     try:
         job.validate()
         parts = job.partitions(workers, partitions, persist=True)
         job.total_values = job.rows * len(job.columns)
         job.record(audit_events.REENCRYPTION_STARTED, store=store.display, table=store.table,
-                   columns=[c.name for c in job.columns], target_version=job.target,
+                   columns=[c.name for c in job.columns],
+                   **({"blind_indexes": job.index_names} if job.index_names else {}),
+                   target_version=job.target,
                    values_to_scan=job.total_values, partitions=len(parts))
         started = time.perf_counter()
         result = PartitionResult(complete=False)
@@ -141,7 +152,7 @@ def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None,
                        failed=report.failed,
                        failed_by_reason={r: sum(getattr(c, r) for c in result.columns.values())
                                          for r in ("unknown_key_version", "malformed",
-                                                   "invalid_tag")},
+                                                   "invalid_tag", "unindexable")},
                        duration_s=round(duration, 3))
         job.forget()
         return report
@@ -187,7 +198,7 @@ def _worker_factory(service: EncryptionService | None) -> Callable[[], Encryptio
 class _Job:
     """What both jobs set up: columns, services, validation, partitions, callbacks."""
 
-    def __init__(self, store: Any, columns: Sequence[Any], aad: Any,
+    def __init__(self, store: Any, columns: Sequence[Any], aad: Any, indexes: Any,
                  service: EncryptionService | None,
                  service_factory: Callable[[], EncryptionService] | None, dask: Any,
                  dask_timeout: float | None, batch_size: int, max_failures: int, *,
@@ -198,7 +209,10 @@ class _Job:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgument("batch_size must be a positive integer")
         self.store = store
-        self.columns = tuple(as_columns(columns, aad))
+        self.columns = tuple(as_columns(columns, aad, indexes))
+        if check_only:  # an inventory only reads the values
+            self.columns = tuple(replace(c, indexes=()) for c in self.columns)
+        self.index_names = sorted(d.name for c in self.columns for d in c.indexes)
         self.factory = service_factory or _worker_factory(service)
         self.service = service if service is not None else self.factory()
         self.target = self.service.provider.get_current_key().version
@@ -208,7 +222,8 @@ class _Job:
         self.total_values = 0
         self.scanned_values = 0
         self.job_id = ":".join([str(store.table or ""), str(store.key or ""),
-                                ",".join(sorted(c.name for c in self.columns)),
+                                ",".join(sorted(c.name for c in self.columns)
+                                         + [f"+{name}" for name in self.index_names]),
                                 f"v{self.target}"])
         self.spec = JobSpec(store, self.columns, self.job_id, batch_size, check_only,
                             self.factory, KeyCheck.of(self.service), max_failures)
@@ -242,6 +257,8 @@ class _Job:
                 sample = next(self.store.scan(conn, Partition(0), self.columns, kinds,
                                               min(self.batch_size, SAMPLE_ROWS)), None)
                 first = sample.table if sample is not None else None
+        for index in build_indexes(self.columns, self.service.provider).values():
+            index.check_key(self.target)
         if first is None or first.num_rows == 0:
             return
         resealed = reseal(first, self.columns, self.service, check_only=True)

@@ -19,11 +19,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..service import EncryptionService, ValueStatus
-from .report import FAILURES, ColumnCounts, Failure, PartitionResult
+from .reindex import build_indexes
+from .report import FAILURES, ColumnCounts, Failure, PartitionResult, reason
 from .spec import Column
 from .stores.parquet import ParquetStore, file_signature, fsync_directory, temporary_for
-from .stores.sql import Partition, ReadBatch
-from .transform import KeyCheck, reseal, status_of, values_of
+from .stores.sql import ColumnWrite, Partition, ReadBatch
+from .transform import KeyCheck, index_of, reseal, status_of, values_of
 
 __all__ = ["JobSpec", "LocalCrypto", "process_partition"]
 
@@ -71,12 +72,14 @@ class LocalCrypto:
     def __init__(self, service: EncryptionService, spec: JobSpec) -> None:
         self._service = service
         self._spec = spec
+        self._indexes = build_indexes(spec.columns, service.provider, spec.threads)
         self._thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="reencrypt-crypto")
 
     def submit(self, table: Any) -> Future:
         return self._thread.submit(reseal, table, self._spec.columns, self._service,
-                                   check_only=self._spec.check_only, threads=self._spec.threads)
+                                   check_only=self._spec.check_only, threads=self._spec.threads,
+                                   indexes=self._indexes)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)
@@ -119,8 +122,7 @@ def _count_batch(spec: JobSpec, resealed: Any, keys: Any, result: PartitionResul
         result.failures_total += int(bad.shape[0])
         room = spec.max_failures - len(result.failures)
         for row in bad[: max(room, 0)].tolist():
-            result.failures.append(Failure(column.name, keys(row),
-                                           ValueStatus(int(status[row])).name.lower()))
+            result.failures.append(Failure(column.name, keys(row), reason(int(status[row]))))
     return delta
 
 
@@ -156,8 +158,12 @@ def _write_batch(spec: JobSpec, conn: Any, kinds: dict[str, str], part: Partitio
     if observer is not None:
         observer("read", {"partition": part.index, "keys": list(batch.keys)})
     if not spec.check_only:
-        updates = {column.name: (np.flatnonzero(status_of(resealed, i) == ValueStatus.REENCRYPTED),
-                                 values_of(resealed, i, column.name))
+        updates = {column.name: ColumnWrite(
+                       np.flatnonzero(status_of(resealed, i) == ValueStatus.REENCRYPTED),
+                       values_of(resealed, i, column.name),
+                       {d.name: index_of(resealed, i, d.name) for d in column.indexes},
+                       tuple(dict.fromkeys(f for d in column.indexes for f in d.columns
+                                           if f != column.name)))
                    for i, column in enumerate(spec.columns)}
         changed = spec.store.write(conn, batch, updates, kinds, spec.job_id, part)
         for name, count in changed.items():
@@ -173,6 +179,7 @@ def _write_batch(spec: JobSpec, conn: Any, kinds: dict[str, str], part: Partitio
 def _process_file(spec: JobSpec, part: Partition, crypto: Any,
                   on_batch: OnBatch | None) -> PartitionResult:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     path = part.file
@@ -204,11 +211,17 @@ def _process_file(spec: JobSpec, part: Partition, crypto: Any,
                 continue
             arrays = list(rb.columns)
             for i, column in enumerate(spec.columns):
-                if not (status_of(resealed, i) == ValueStatus.REENCRYPTED).any():
+                reencrypted = status_of(resealed, i) == ValueStatus.REENCRYPTED
+                if not reencrypted.any():
                     continue
                 for stored in column.stored_columns():
                     arrays[rb.schema.get_field_index(stored)] = values_of(resealed, i, stored)
-                moved += int((status_of(resealed, i) == ValueStatus.REENCRYPTED).sum())
+                for definition in column.indexes:
+                    at = rb.schema.get_field_index(definition.name)
+                    arrays[at] = pc.if_else(pa.array(reencrypted),
+                                            index_of(resealed, i, definition.name).cast(
+                                                arrays[at].type), arrays[at])
+                moved += int(reencrypted.sum())
             if writer is None:
                 writer = pq.ParquetWriter(tmp, source.schema_arrow, compression=codec)
             writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=rb.schema))

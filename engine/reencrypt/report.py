@@ -12,7 +12,18 @@ from ..service import ValueStatus
 
 __all__ = ["ColumnCounts", "Failure", "Inventory", "ReencryptionReport"]
 
-FAILURES = (ValueStatus.UNKNOWN_KEY_VERSION, ValueStatus.MALFORMED, ValueStatus.INVALID_TAG)
+#: A job's status beside :class:`~engine.service.ValueStatus`: a readable value left as it is
+#: because its row's blind index cannot be computed (a field of the index fails its normaliser
+#: or cannot be opened); writing it alone would leave the index under the old version.
+UNINDEXABLE = len(ValueStatus)
+FAILURES = (ValueStatus.UNKNOWN_KEY_VERSION, ValueStatus.MALFORMED, ValueStatus.INVALID_TAG,
+            UNINDEXABLE)
+READABLE = (ValueStatus.CURRENT, ValueStatus.REENCRYPTED, ValueStatus.OUTDATED, UNINDEXABLE)
+
+
+def reason(status: int) -> str:
+    """The name of a failure status, as reports give it."""
+    return "unindexable" if status == UNINDEXABLE else ValueStatus(status).name.lower()
 
 
 @dataclass
@@ -27,6 +38,8 @@ class ColumnCounts:
         null: NULL values.
         unknown_key_version, malformed, invalid_tag: values that cannot be read, by reason;
             they are never written.
+        unindexable: readable values under an older version left as they are because a blind
+            index of their row cannot be computed (see ``failures`` for the rows).
         changed: re-encrypted values the application changed between the job's read and its
             write: not written, left for the next pass.
         versions: readable values per key version (before this job moved them).
@@ -40,29 +53,29 @@ class ColumnCounts:
     unknown_key_version: int = 0
     malformed: int = 0
     invalid_tag: int = 0
+    unindexable: int = 0
     changed: int = 0
     versions: dict[int, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
-        """Values that cannot be read."""
-        return self.unknown_key_version + self.malformed + self.invalid_tag
+        """Values that cannot be read, or not moved with their blind indexes."""
+        return self.unknown_key_version + self.malformed + self.invalid_tag + self.unindexable
 
     def add_statuses(self, status: np.ndarray, versions: np.ndarray) -> None:
         """Counts one batch's statuses and the versions of its readable values."""
-        found = np.bincount(status, minlength=len(ValueStatus))
+        found = np.bincount(status, minlength=UNINDEXABLE + 1)
         self.values += int(status.shape[0])
-        for s in ValueStatus:
-            setattr(self, s.name.lower(), getattr(self, s.name.lower()) + int(found[s]))
-        readable = np.isin(status, (ValueStatus.CURRENT, ValueStatus.REENCRYPTED,
-                                    ValueStatus.OUTDATED))
+        for s in (*ValueStatus, UNINDEXABLE):
+            setattr(self, reason(s), getattr(self, reason(s)) + int(found[s]))
+        readable = np.isin(status, READABLE)
         v, c = np.unique(versions[readable], return_counts=True)
         for version, count in zip(v.tolist(), c.tolist()):
             self.versions[version] = self.versions.get(version, 0) + count
 
     def merge(self, other: "ColumnCounts") -> None:
         for name in ("values", "current", "reencrypted", "outdated", "null",
-                     "unknown_key_version", "malformed", "invalid_tag", "changed"):
+                     "unknown_key_version", "malformed", "invalid_tag", "unindexable", "changed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for version, count in other.versions.items():
             self.versions[version] = self.versions.get(version, 0) + count

@@ -4,15 +4,16 @@ with. Everything here is a small frozen dataclass that pickles (it is sent to wo
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from ..batch import Batch
+from ..blind_index import IndexDefinition, definitions
 from ..errors import InvalidArgument
 from ..fields import context_aad
 from .errors import ColumnNotFound
 
-__all__ = ["AadRule", "Column", "SealedLayout", "as_columns", "column_of"]
+__all__ = ["AadRule", "Column", "SealedLayout", "as_columns", "column_of", "row_fields"]
 
 
 @dataclass(frozen=True)
@@ -190,11 +191,22 @@ class Column:
         aad: the column's :class:`AadRule` (default: none).
         sealed: the three-column layout, for Parquet; None for a column of tokens or JSON
             values (text, blob, bytea or jsonb).
+        indexes: the blind indexes written with this column's values: where a value moves to
+            the new key version, its row's index values are computed from the plaintext under
+            that version and written in the same write, with the same check. Other fields of
+            a compound index are plain columns of the row or other columns of the job.
     """
 
     name: str
     aad: AadRule = field(default_factory=AadRule.none)
     sealed: SealedLayout | None = None
+    indexes: tuple[IndexDefinition, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.indexes, tuple) or not all(
+                isinstance(d, IndexDefinition) and self.name in d.columns for d in self.indexes):
+            raise InvalidArgument(f"column {self.name!r}: indexes is a tuple of "
+                                  "IndexDefinition objects over the column")
 
     def stored_columns(self) -> tuple[str, ...]:
         """The columns holding this column's values."""
@@ -206,13 +218,17 @@ class Column:
                                              if c not in self.stored_columns())
 
 
-def as_columns(columns: Sequence[Any], aad: Any = None) -> list[Column]:
+def as_columns(columns: Sequence[Any], aad: Any = None, indexes: Any = None) -> list[Column]:
     """:class:`Column` objects from names or Column objects, with ``aad`` (one rule, or a
-    mapping from column name to rule) for those given by name.
+    mapping from column name to rule) for those given by name, and ``indexes`` (blind indexes:
+    :class:`~engine.blind_index.BlindIndex`, :class:`~engine.blind_index.BlindIndexes` or
+    :class:`~engine.blind_index.IndexDefinition` objects, or a sequence of them) each given to
+    the first of its columns that the job has.
 
     Raises:
-        InvalidArgument: no column, a name given twice, or an AAD rule for a column the job
-            does not have.
+        InvalidArgument: no column, a name given twice, an AAD rule for a column the job does
+            not have, an index over none of the job's columns, or an index column named twice
+            or named like a column the job reads.
     """
     if isinstance(columns, (str, Column)):
         columns = [columns]
@@ -230,4 +246,25 @@ def as_columns(columns: Sequence[Any], aad: Any = None) -> list[Column]:
     if unknown:
         raise InvalidArgument(f"an AAD rule names column(s) the job does not have: "
                               f"{', '.join(sorted(unknown))}")
+    for definition in definitions(indexes):
+        owner = next((c for c in definition.columns if c in names), None)
+        if owner is None:
+            raise InvalidArgument(f"blind index {definition.name!r} reads none of the job's "
+                                  f"columns ({', '.join(definition.columns)})")
+        k = names.index(owner)
+        out[k] = replace(out[k], indexes=out[k].indexes + (definition,))
+    written = [d.name for c in out for d in c.indexes]
+    read = {n for c in out for n in c.read_columns()} | set(names) | set(row_fields(out))
+    clash = set(written) & read | {n for n in written if written.count(n) > 1}
+    if clash:
+        raise InvalidArgument(f"blind index column(s) named twice or like a column the job "
+                              f"reads: {', '.join(sorted(clash))}")
     return out
+
+
+def row_fields(columns: Sequence[Column]) -> tuple[str, ...]:
+    """The plain columns the blind indexes of ``columns`` read: their fields that are not
+    columns of the job (those are read as plaintext)."""
+    names = {c.name for c in columns}
+    return tuple(dict.fromkeys(f for c in columns for d in c.indexes for f in d.columns
+                               if f not in names))

@@ -26,9 +26,11 @@ from ..errors import InvalidTag
 from ..keys import UnknownKeyVersion
 from ..service import EncryptionService, ValueStatus
 from .errors import ColumnNotFound, WorkerKeyMismatch
+from .reindex import ColumnPass, Indexes, Plaintexts, build_indexes, index_values, keep_unindexable
 from .spec import Column, column_of
 
-__all__ = ["KeyCheck", "from_ipc", "reseal", "status_of", "to_ipc", "values_of", "worker_service"]
+__all__ = ["KeyCheck", "from_ipc", "index_of", "reseal", "status_of", "to_ipc", "values_of",
+           "worker_service"]
 
 _CHECK_AAD = b"engine-reencrypt-key-check"
 
@@ -109,62 +111,99 @@ def values_of(result: Any, index: int, name: str) -> Any:
     return result.column(f"{index}.{name}")
 
 
+def index_of(result: Any, index: int, name: str) -> Any:
+    """The new values of blind index ``name`` of column ``index`` in a result batch: set where
+    the column's value was re-encrypted, null elsewhere."""
+    return result.column(f"{index}#{name}")
+
+
 def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
-           check_only: bool = False, threads: int | None = None) -> Any:
+           check_only: bool = False, threads: int | None = None,
+           indexes: Indexes | None = None) -> Any:
     """Re-encrypts (or, with ``check_only``, only opens) every column of ``batch``.
 
     Returns:
         A record batch with, for column ``i``: ``i.status`` (``uint8``
-        :class:`~engine.service.ValueStatus`), ``i.version`` (``int64``, 0 where none was read)
-        and, unless ``check_only``, ``i.<stored column>`` holding the values to store, of the
-        stored column's type (the old value wherever nothing changed).
+        :class:`~engine.service.ValueStatus`, or :data:`~engine.reencrypt.report.UNINDEXABLE`),
+        ``i.version`` (``int64``, 0 where none was read) and, unless ``check_only``,
+        ``i.<stored column>`` holding the values to store, of the stored column's type (the old
+        value wherever nothing changed), and ``i#<index>`` for each of its blind indexes (see
+        :func:`index_of`).
 
-    ``threads``: native threads (default: the service's).
+    ``threads``: native threads (default: the service's). ``indexes``: the column's blind
+    indexes (:func:`build_indexes`; default: built here with the service's provider).
 
     Raises:
         ColumnNotFound: a column is missing or of a type that cannot hold ciphertexts.
+        InvalidArgumentType: a plain column a blind index reads is not text, binary or integer.
+        KeyProviderError: the provider has no blind index keys.
     """
     import pyarrow as pa
 
+    indexed = not check_only and any(c.indexes for c in columns)
+    opened = Plaintexts()
+    needs = {f for c in columns for d in c.indexes for f in d.columns} if indexed else set()
+    results: list[ColumnPass] = []
+    index_arrays: dict[str, Any] = {}
+    try:
+        for column in columns:
+            aad = column.aad.evaluate(batch, column.name)
+            keep = opened.keeper(column.name) if column.name in needs else None
+            run = _token_column if column.sealed is None else _sealed_column
+            results.append(run(batch, column, aad, service, check_only, threads, keep))
+        if indexed:
+            if indexes is None:
+                indexes = build_indexes(columns, service.provider, threads)
+            by_name = {c.name: r for c, r in zip(columns, results)}
+            for i, column in enumerate(columns):
+                for definition in column.indexes:
+                    index_arrays[f"{i}#{definition.name}"] = index_values(
+                        batch, column.name, indexes[definition], by_name, opened, service,
+                        threads)
+            for result in results:
+                keep_unindexable(batch, result)
+    finally:
+        opened.wipe()
     arrays: dict[str, Any] = {}
-    for i, column in enumerate(columns):
-        aad = column.aad.evaluate(batch, column.name)
-        if column.sealed is None:
-            result, new = _token_column(batch, column.name, aad, service, check_only, threads)
-        else:
-            result, new = _sealed_column(batch, column, aad, service, check_only, threads)
-        arrays[f"{i}.status"] = pa.array(result[0], pa.uint8())
-        arrays[f"{i}.version"] = pa.array(result[1], pa.int64())
-        for name, arr in new.items():
+    for i, result in enumerate(results):
+        arrays[f"{i}.status"] = pa.array(result.status, pa.uint8())
+        arrays[f"{i}.version"] = pa.array(result.versions, pa.int64())
+        for name, arr in result.new.items():
             arrays[f"{i}.{name}"] = arr
+    arrays.update(index_arrays)
     return pa.RecordBatch.from_pydict(arrays) if arrays else pa.record_batch([])
 
 
-def _token_column(batch: Any, name: str, aad: Any, service: EncryptionService,
-                  check_only: bool, threads: int | None
-                  ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+def _token_column(batch: Any, column: Column, aad: Any, service: EncryptionService,
+                  check_only: bool, threads: int | None,
+                  keep: Callable[[np.ndarray, Batch], None] | None) -> ColumnPass:
     import pyarrow as pa
 
+    name = column.name
     values = column_of(batch, name)
     t = values.type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
             or pa.types.is_large_binary(t)):
         raise ColumnNotFound(f"column {name!r} is {t}; ciphertexts are text or binary")
-    result = service.reencrypt_many(values, aad, check_only=check_only, threads=threads)
+    result = service.reencrypt_many(values, aad, check_only=check_only, threads=threads,
+                                    plaintext=keep)
+    done = ColumnPass(result.status, result.key_versions, result.target_version, {}, values, aad,
+                   None)
     if check_only:
-        return (result.status, result.key_versions), {}
+        return done
     text = pa.types.is_string(t) or pa.types.is_large_string(t)
     new = result.values.to_arrow(text=text)
     present = result.status != ValueStatus.NULL
     if not present.all():
         new = pa.Array.from_buffers(new.type, len(new),
                                     [pa.array(present).buffers()[1], *new.buffers()[1:]])
-    return (result.status, result.key_versions), {name: new.cast(t)}
+    done.new[name] = new.cast(t)
+    return done
 
 
 def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionService,
-                   check_only: bool, threads: int | None
-                   ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+                   check_only: bool, threads: int | None,
+                   keep: Callable[[np.ndarray, Batch], None] | None) -> ColumnPass:
     """The three-column layout: each row's nonce, ciphertext and tag under its key version are
     handed to the service as a format-2 token (the layout's AAD is the caller's only), and
     the tokens it returns are split back into the same columns."""
@@ -205,20 +244,23 @@ def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionServ
     sealed = SealedBatch(nonces=fixed(nonce), tags=fixed(tag),
                          ciphertexts=Batch.from_arrow(ct.take(take).cast(pa.large_binary())))
     tokens = pack_tokens(sealed, versions[rows], FORMAT_UNBOUND)
-    result = service.reencrypt_many(tokens, aad.take(rows) if isinstance(aad, Batch) else aad,
-                                    check_only=check_only, threads=threads)
+    aad = aad.take(rows) if isinstance(aad, Batch) else aad
+    result = service.reencrypt_many(
+        tokens, aad, check_only=check_only, threads=threads,
+        plaintext=None if keep is None else lambda at, plain: keep(rows[at], plain))
     status[rows] = result.status
     found[rows] = result.key_versions
+    done = ColumnPass(status, found, result.target_version, {}, tokens, aad, rows)
     if check_only:
-        return (status, found), {}
+        return done
     out = parse_tokens(result.values)
-    rebuilt = {
+    done.new.update({
         layout.nonce: _scatter(nonce, rows, out.nonces),
         layout.tag: _scatter(tag, rows, out.tags),
         layout.ciphertext: _scatter(ct, rows, out.ciphertexts.to_arrow()),
         layout.key_version: _scatter(ver, rows, out.key_versions),
-    }
-    return (status, found), rebuilt
+    })
+    return done
 
 
 def _scatter(original: Any, rows: np.ndarray, new: Any) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ColumnNotFound, StoreUnavailable, TableNotFound
-from ..spec import Column
+from ..spec import Column, row_fields
 from .sql import Partition
 
 __all__ = ["ParquetStore"]
@@ -100,6 +100,22 @@ class ParquetStore:
                         or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
                     raise ColumnNotFound(f"column {column.name!r} is {t}; ciphertexts are text "
                                          "or binary")
+            for definition in column.indexes:
+                at = schema.get_field_index(definition.name)
+                if at < 0 or not (pa.types.is_string(schema.field(at).type)
+                                  or pa.types.is_large_string(schema.field(at).type)):
+                    raise ColumnNotFound(f"blind index column {definition.name!r} must be a "
+                                         f"string column of {self.display}")
+        for name in row_fields(columns):
+            at = schema.get_field_index(name)
+            if at < 0:
+                raise ColumnNotFound(f"{self.display} has no column {name!r} (a blind index "
+                                     "reads it)")
+            t = schema.field(at).type
+            if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+                    or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+                raise ColumnNotFound(f"column {name!r} is {t}; a blind index reads text, binary "
+                                     "or integer columns")
 
     def count(self) -> int:
         import pyarrow.parquet as pq

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -23,9 +23,9 @@ from ...batch import Batch
 from ...codecs import batch_to_text
 from ...records import BYTES_VALUES, NONE_VALUES, OTHER_VALUES, STR_VALUES, value_kinds
 from ..errors import ColumnNotFound, StoreUnavailable
-from ..spec import Column
+from ..spec import Column, row_fields
 
-__all__ = ["Partition", "ReadBatch", "SqlStore"]
+__all__ = ["ColumnWrite", "Partition", "ReadBatch", "RowUpdate", "SqlStore"]
 
 # Column kinds, as the dialects report them.
 TEXT, BINARY, JSON_TEXT, JSONB, INTEGER, OTHER = "text", "binary", "json", "jsonb", "integer", "other"
@@ -59,6 +59,33 @@ class ReadBatch:
     @property
     def last_key(self) -> Any:
         return self.keys[-1]
+
+
+@dataclass
+class ColumnWrite:
+    """What one batch writes for one column of the job: its new values at ``rows``, with the
+    values of its blind indexes at the same rows (both Arrow, for the whole batch);
+    ``fields`` are the other columns those indexes read."""
+
+    rows: np.ndarray
+    new: Any
+    indexes: dict[str, Any]
+    fields: tuple[str, ...] = ()
+
+
+@dataclass
+class RowUpdate:
+    """One column's UPDATE for each row of ``keys``, as the driver takes it: set ``column`` to
+    ``new`` and each index column to its value, where the row still holds ``old`` in the
+    column and, in each column of ``fields``, one of the values given (the value read; for a
+    column of the job also the value this transaction writes to it)."""
+
+    column: str
+    keys: Sequence[Any]
+    old: Sequence[Any]
+    new: Sequence[Any]
+    indexes: dict[str, list] = field(default_factory=dict)
+    fields: dict[str, tuple[Sequence[Any], Sequence[Any] | None]] = field(default_factory=dict)
 
 
 def arrow_values(values: Sequence[Any]) -> tuple[Any, Any]:
@@ -151,6 +178,10 @@ class SqlStore:
     def compare(self, column: str, kind: str) -> str:
         return f"{self.quote(column)} = {self.placeholder}"
 
+    def same(self, column: str, kind: str) -> str:
+        """Like :meth:`compare`, NULL equal to NULL."""
+        return f"{self.quote(column)} IS {self.placeholder}"
+
     def progress_name(self) -> str:
         """The checkpoint table, quoted."""
         return self.quote(self.progress_table)
@@ -220,6 +251,18 @@ class SqlStore:
             if kinds[column.name] not in VALUE_KINDS:
                 raise ColumnNotFound(f"column {column.name!r} cannot hold ciphertexts (it is "
                                      f"{kinds[column.name]}; use text, blob/bytea or json/jsonb)")
+            for definition in column.indexes:
+                if definition.name == self.key:
+                    raise ColumnNotFound(f"blind index column {definition.name!r} is the "
+                                         "table's key")
+                if kinds.get(definition.name) != TEXT:
+                    raise ColumnNotFound(
+                        f"blind index column {definition.name!r} must be a text column of "
+                        f"{self.table!r}" + ("" if definition.name in kinds else " (it has none)"))
+        for name in row_fields(columns):
+            if name not in kinds:
+                raise ColumnNotFound(f"table {self.table!r} has no column {name!r} (a blind "
+                                     "index reads it)")
         return kinds
 
     def count(self, conn: Any) -> int:
@@ -290,8 +333,10 @@ class SqlStore:
         run left off."""
         import pyarrow as pa
 
-        names = [self.key] + sorted({n for c in columns for n in c.read_columns()} - {self.key})
-        aad_columns = {n for c in columns for n in c.aad.columns()}
+        fields = row_fields(columns)
+        names = [self.key] + sorted({n for c in columns for n in c.read_columns()}
+                                    .union(fields) - {self.key})
+        aad_columns = {n for c in columns for n in c.aad.columns()}.union(fields)
         exprs = ", ".join(self.read_expression(n, kinds[n]) for n in names)
         k, p = self.quote(self.key), self.placeholder
         after = part.done if part.done is not None else part.low
@@ -321,42 +366,73 @@ class SqlStore:
             yield ReadBatch(data[0], pa.RecordBatch.from_pydict(arrays), originals, text)
             after = rows[-1][0]
 
-    def write(self, conn: Any, batch: ReadBatch, updates: dict[str, tuple[np.ndarray, Any]],
+    def write(self, conn: Any, batch: ReadBatch, updates: dict[str, ColumnWrite],
               kinds: dict[str, str], job: str, part: Partition) -> dict[str, int]:
-        """Writes, in one transaction, the new values at the given rows of each column (each
-        only where the column still holds the value read) and the checkpoint.
-
-        Args:
-            updates: column -> (rows of the batch, new values of the whole batch, Arrow).
+        """Writes, in one transaction, the new values at the given rows of each column with
+        their blind index values (each row only where the column, and every other column its
+        indexes read, still holds what was read) and the checkpoint.
 
         Returns:
             Per column, how many values the application had changed meanwhile (not written).
         """
         changed = {}
         with self.transaction(conn):
-            for name, (rows, new) in updates.items():
+            for name, update in updates.items():
+                rows = update.rows
                 if not rows.shape[0]:
                     changed[name] = 0
                     continue
-                values = python_values(new, rows, batch.text[name])
-                old, keys = batch.originals[name], batch.keys
-                if rows.shape[0] != len(keys):
-                    picked = rows.tolist()
-                    keys, old = [keys[i] for i in picked], [old[i] for i in picked]
-                written = self.update_rows(conn, name, kinds[name], keys, old, values)
-                changed[name] = len(values) - written
+                picked = None if rows.shape[0] == len(batch.keys) else rows.tolist()
+
+                def read(column: str) -> Sequence[Any]:
+                    values = batch.originals[column] if column != self.key else batch.keys
+                    return values if picked is None else [values[i] for i in picked]
+
+                def alternative(column: str) -> Sequence[Any] | None:
+                    """For a column of the job: its value in each row after this write."""
+                    other = updates.get(column)
+                    if other is None:
+                        return None
+                    values = np.empty(rows.shape[0], dtype=object)
+                    values[:] = read(column)
+                    moved = np.isin(rows, other.rows)
+                    values[moved] = python_values(other.new, rows[moved], batch.text[column])
+                    return values.tolist()
+
+                row_update = RowUpdate(
+                    name, read(self.key), read(name),
+                    python_values(update.new, rows, batch.text[name]),
+                    {i: update_values(values, rows) for i, values in update.indexes.items()},
+                    {f: (read(f), alternative(f)) for f in update.fields if f != self.key})
+                changed[name] = len(row_update.new) - self.update_rows(conn, kinds, row_update)
             self._checkpoint(conn, job, part, batch.last_key)
         return changed
 
-
-    def update_rows(self, conn: Any, column: str, kind: str, keys: Sequence[Any],
-                    old: Sequence[Any], new: Sequence[Any]) -> int:
-        """Inside the batch's transaction: sets ``column`` to ``new[i]`` in the row of
-        ``keys[i]`` where it still holds ``old[i]``; returns how many rows changed."""
+    def update_rows(self, conn: Any, kinds: dict[str, str], update: RowUpdate) -> int:
+        """Inside the batch's transaction: applies ``update`` (one statement per row); returns
+        how many rows changed."""
+        column, kind, p = update.column, kinds[update.column], self.placeholder
+        sets = [f"{self.quote(column)} = {self.value_param(kind)}"]
+        sets += [f"{self.quote(i)} = {p}" for i in update.indexes]
+        checks = [self.compare(column, kind)]
+        params: list[Sequence[Any]] = [update.new, *update.indexes.values(), update.keys,
+                                       update.old]
+        for name, (read, written) in update.fields.items():
+            same = self.same(name, kinds[name])
+            checks.append(same if written is None else f"({same} OR {same})")
+            params += [read] if written is None else [read, written]
         return self._executemany(
-            conn, f"UPDATE {self.quote(self.table)} SET {self.quote(column)} = "
-                  f"{self.value_param(kind)} WHERE {self.quote(self.key)} = {self.placeholder}"
-                  f" AND {self.compare(column, kind)}", list(zip(new, keys, old)))
+            conn, f"UPDATE {self.quote(self.table)} SET {', '.join(sets)} WHERE "
+                  f"{self.quote(self.key)} = {p} AND {' AND '.join(checks)}",
+            list(zip(*params)))
+
+
+def update_values(values: Any, rows: np.ndarray) -> list:
+    """The values of an Arrow text column at ``rows``, as Python objects (blind index values:
+    a few hex digits each)."""
+    import pyarrow as pa
+
+    return values.take(pa.array(rows)).to_pylist()
 
 
 def _key(value: Any) -> str | None:
