@@ -16,6 +16,8 @@ machine than either time alone.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 import engine
