@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs postgresql
 
-.PHONY: demo test test-asan setup system-deps ctest ctest-ipsecmb2 pytest bench bench-gate \
+.PHONY: demo test test-asan setup system-deps ctest ctest-ipsecmb2 pytest lint bench bench-gate \
 	bench-gate-short bench-history asv-run clean
 
 demo: setup
 	$(BIN)/crypto-engine demo
 
-test: setup ctest pytest asv-run bench-gate-short
+test: setup lint ctest pytest asv-run bench-gate-short
 	$(BIN)/python -m bench.compare --quick
 	$(BIN)/python -m bench.bench_service --quick
 	$(BIN)/python -m bench.bench_vault --quick
@@ -60,6 +60,10 @@ ctest-ipsecmb2:
 	  -DIPSECMB_LIBRARY=$(CURDIR)/$(IMB2)/root/usr/lib/x86_64-linux-gnu/libIPSec_MB.a >/dev/null; \
 	cmake --build $(IMB2)/build -j2 >/dev/null; \
 	out=$$($(IMB2)/build/test_kat ipsec-mb); echo "$$out"; echo "$$out" | grep -q "^ipsec-mb (2\\..*all KATs pass"
+
+# Lint (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, bugbear and import order.
+lint: setup
+	$(BIN)/ruff check engine bench tests
 
 # The whole Python suite, once per backend (PYTEST_ENV: variables for every run, the probe too).
 pytest:

@@ -317,8 +317,9 @@ def report(r: dict[str, Any]) -> str:
     if "AWS Encryption SDK encrypt" in f["file to file"]:
         lines.append(f"(the AWS SDK is timed on {f['aws_bytes'] >> 20} MiB)")
     p = r["pipe"]["GB/s"]
-    lines.append(f"\npipe: cat f > /dev/null {p['cat f > /dev/null']:.2f} GB/s; cat f | cat {p['cat f | cat > /dev/null']:.2f}"
-                 f" GB/s (the pipe's own ceiling); cat f | crypto-engine encrypt - - "
+    lines.append(f"\npipe: cat f > /dev/null {p['cat f > /dev/null']:.2f} GB/s; "
+                 f"cat f | cat {p['cat f | cat > /dev/null']:.2f} GB/s (the pipe's own ceiling); "
+                 f"cat f | crypto-engine encrypt - - "
                  f"{p['cat f | crypto-engine encrypt - -']:.2f} GB/s = "
                  f"{p['cat f | crypto-engine encrypt - -'] / p['cat f > /dev/null']:.2f}x cat (goal >= 0.7x), "
                  f"{p['cat f | crypto-engine encrypt - -'] / p['cat f | cat > /dev/null']:.2f}x cat|cat; "

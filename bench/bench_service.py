@@ -41,11 +41,15 @@ if __package__ in (None, ""):
 
 from engine import backend_info  # noqa: E402
 from engine.codecs import batch_to_text  # noqa: E402
-from engine.records import with_field  # noqa: E402
 from engine.envelope import text_tokens_batch, token_header  # noqa: E402
 from engine.fields import FieldEncryption  # noqa: E402
-from engine.keys import DerivationPolicy, EnvironmentKeyProvider, StaticKeyProvider  # noqa: E402
-from engine.keys import _state  # noqa: E402
+from engine.keys import (  # noqa: E402
+    DerivationPolicy,
+    EnvironmentKeyProvider,
+    StaticKeyProvider,
+    _state,  # noqa: E402
+)
+from engine.records import with_field  # noqa: E402
 from engine.service import EncryptionService  # noqa: E402
 
 KEY = bytes(range(32))

@@ -148,7 +148,9 @@ def measure(quick: bool, backend: str) -> tuple[list[Row], dict]:
             "engine 1 thread": lambda: ours.seal_batch_into(batch, out, threads=1),
             f"engine {threads} threads": lambda: ours.seal_batch_into(batch, out, threads=threads),
             "cryptography 1 thread": lambda: [len(theirs.encrypt(nonce, p, None)) for p in pieces],
-            f"cryptography pool {threads}": lambda: list(pool.map(lambda p: len(theirs.encrypt(nonce, p, None)), pieces)),
+            f"cryptography pool {threads}": lambda: list(
+                pool.map(lambda p: len(theirs.encrypt(nonce, p, None)), pieces)
+            ),
         },
         size * count / 1e9,
         rounds,
@@ -356,7 +358,8 @@ def chart(rows: list[Row], path: str) -> None:
     fig, axes = plt.subplots(len(rows), 1, figsize=(9, 3.2 * len(rows)))
     for ax, row in zip(axes, rows):
         names = list(row.figures)
-        ax.barh(names, [row.figures[n] for n in names], color=["#2b6cb0" if n.startswith("engine") else "#a0aec0" for n in names])
+        colours = ["#2b6cb0" if n.startswith("engine") else "#a0aec0" for n in names]
+        ax.barh(names, [row.figures[n] for n in names], color=colours)
         ax.set_title(row.name)
         ax.set_xlabel(row.unit)
         ax.invert_yaxis()
@@ -375,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     rows, memory = measure(args.quick, info["backend"])
     print(render(rows, memory, info))
     if args.json:
-        doc = {"backend": info, "rows": [asdict(r) | {"ratios": {f"{a} / {b}": r.ratio(a, b) for a, b in [g[:2] for g in r.goals] + r.ceilings}} for r in rows], "in_place": memory}
+        def ratios(r: Row) -> dict[str, float]:
+            return {f"{a} / {b}": r.ratio(a, b) for a, b in [g[:2] for g in r.goals] + r.ceilings}
+
+        doc = {"backend": info, "rows": [asdict(r) | {"ratios": ratios(r)} for r in rows], "in_place": memory}
         text = json.dumps(doc, indent=2)
         if args.json == "-":
             print(text)

@@ -11,7 +11,6 @@ over data above them (``engine.stream``).
 from .aead import AesGcm, backend_info, random_bytes
 from .batch import Batch, SealedBatch
 from .blind_index import BlindIndex, BlindIndexes
-from .xaes import XAesGcm
 from .envelope import (
     EncryptedData,
     EnvelopeError,
@@ -30,7 +29,6 @@ from .errors import (
     MessageTooLong,
     NativeError,
 )
-
 from .fields import FieldEncryption
 from .keys import (
     EnvironmentKeyProvider,
@@ -52,6 +50,7 @@ from .service import (
     get_encryption_service,
     reset_encryption_service,
 )
+from .xaes import XAesGcm
 
 __version__ = "0.1.0"
 

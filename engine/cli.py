@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import AesGcm, Batch, BackendUnavailable, EngineError, InvalidArgument, backend_info
+from . import AesGcm, BackendUnavailable, Batch, EngineError, InvalidArgument, backend_info
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND, EXIT_BUSY = 0, 1, 2, 3, 4
 EXIT_IO, EXIT_INTERRUPTED = 5, 130
@@ -170,7 +170,9 @@ def _audit_head(text: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crypto-engine", description="AES-256-GCM encryption engine")
-    parser.add_argument("--backend", default=None, help="ipsec-mb or openssl (default: $ENGINE_BACKEND, else the fastest)")
+    parser.add_argument(
+        "--backend", default=None, help="ipsec-mb or openssl (default: $ENGINE_BACKEND, else the fastest)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="show the native backend in use")
     info.add_argument("--json", action="store_true", help="print JSON")

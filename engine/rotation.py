@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from . import audit as audit_events
+from .aead import random_bytes
 from .errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
 from .keys.base import (
     GCM_RANDOM_IV_LIMIT,
@@ -42,7 +43,6 @@ from .keys.base import (
 )
 from .settings import env_flag
 from .webhook import Webhook
-from .aead import random_bytes
 
 __all__ = [
     "KeyRotationService",

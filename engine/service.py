@@ -25,7 +25,6 @@ from .aead import random_bytes, text_token_header
 from .batch import Batch, as_batch
 from .buffers import empty_bytes, is_arrow, offsets_of
 from .codecs import batch_to_text, interleave
-from .records import NONE_VALUES, OTHER_VALUES, value_kinds
 from .envelope import (
     BOUND_FORMATS,
     FORMAT_ALGORITHMS,
@@ -36,13 +35,13 @@ from .envelope import (
     MAGIC,
     TEXT_PREFIX_BYTES,
     EncryptedData,
+    StoredValues,
     as_binary_tokens,
     encode_text_tokens,
-    parse_headers,
-    text_tokens_batch,
-    StoredValues,
     format_stored_values,
+    parse_headers,
     parse_stored_values,
+    text_tokens_batch,
     token_format,
     token_header,
 )
@@ -55,6 +54,7 @@ from .keys.base import (
     UnknownKeyVersion,
     VersionedKey,
 )
+from .records import NONE_VALUES, OTHER_VALUES, value_kinds
 from .settings import env_flag
 
 __all__ = [

@@ -10,7 +10,6 @@ import pytest
 
 import engine
 
-
 # Tests that cannot mean under the ASan runtime (make test-asan) what they mean elsewhere, by
 # marker: they are left out only when that runtime is preloaded, and run everywhere else.
 #  - forks_with_threads: GCC 12's AddressSanitizer runtime takes no lock around fork(), so a child

@@ -8,18 +8,16 @@ import hashlib
 import hmac
 import os
 import pickle
-import sqlite3
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from engine import (
+    Batch,
     BlindIndex,
     BlindIndexes,
-    Batch,
     EncryptionService,
     EnvironmentKeyProvider,
     FieldEncryption,
@@ -28,8 +26,8 @@ from engine import (
     KeyState,
     StaticKeyProvider,
     UnknownKeyVersion,
+    tables,
 )
-from engine import tables
 from engine.blind_index import (
     IndexDefinition,
     NormalisationError,

@@ -10,7 +10,6 @@ import sys
 import pytest
 
 
-
 def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True,
                           timeout=300, env={**os.environ, **(env or {})})

@@ -231,7 +231,7 @@ def test_bulk_text_tokens_match_single_value_tokens(values, version):
     texts = encode_text_tokens(binary)
     assert texts == sealed_to_text_tokens(sealed, version)
     assert texts == sealed_to_text_tokens(sealed, version, threads=2)
-    for i, v in enumerate(values):
+    for i in range(len(values)):
         e = EncryptedData(sealed.nonces[i].tobytes(), sealed.ciphertexts[i].tobytes(),
                           sealed.tags[i].tobytes(), version, header_bound=True)
         assert binary[i].tobytes() == e.to_binary_token()

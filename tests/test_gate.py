@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from bench.cases import CASES
 from bench.gate import MIN_TOLERANCE, ROOT, SIGMAS, WORST_MARGIN, Verdict, tolerance, write_baseline

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import engine
-from vectors import GcmVector, SHARED_VECTORS, cavp, wycheproof_aes_gcm
+
+from vectors import SHARED_VECTORS, GcmVector, cavp, wycheproof_aes_gcm
 
 CAVP_ENCRYPT = cavp("gcmEncryptExtIV256.rsp")
 CAVP_DECRYPT = cavp("gcmDecrypt256.rsp")

@@ -30,9 +30,9 @@ from engine.keys import (
     MasterKeyMismatch,
     StaticKeyProvider,
     UnknownKeyVersion,
+    _state,
+    environment as env_mod,
 )
-from engine.keys import _state
-from engine.keys import environment as env_mod
 
 MASTER = "m" * 24 + "-secret-master-value-0123456789"
 FAST = DerivationPolicy(iterations=1000)

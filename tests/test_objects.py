@@ -9,6 +9,7 @@ import pytest
 
 import engine
 
+
 def test_batch_to_text_ascii_utf8_and_every_separator_case():
     from engine.codecs import batch_to_text
 

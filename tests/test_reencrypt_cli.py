@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.testing.postgres import free_port
+
 from reencrypt_support import MASTER, file_digest, listing, new_database
 
 COLUMNS = ["--column", "ssn", "--column", "card", "--aad", "ssn=template:users:{id}:ssn"]

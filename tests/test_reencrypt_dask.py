@@ -10,9 +10,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import pyarrow.parquet as pq
+import pytest
 
 from engine import BlindIndex, BlindIndexes, KeyRotationService, RotationPolicy
 from engine.reencrypt import (
@@ -20,12 +19,13 @@ from engine.reencrypt import (
     Column,
     SchedulerUnavailable,
     SealedLayout,
+    executors,
     inventory,
     open_store,
     reencrypt,
 )
-from engine.reencrypt import executors
 from engine.testing.postgres import free_port
+
 from reencrypt_support import (
     MASTER,
     Contacts,

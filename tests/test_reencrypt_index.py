@@ -35,13 +35,13 @@ from engine.reencrypt import (
     open_store,
     reencrypt,
 )
+
 from reencrypt_support import (
     K1,
     K2,
     K3,
     Contacts,
     assert_contacts_consistent,
-    assert_dataset_reads,
     contact_indexes,
     contact_rows,
     make_contacts,

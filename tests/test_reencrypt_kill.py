@@ -17,6 +17,7 @@ import pytest
 
 from engine import FieldEncryption, KeyRotationService, RotationPolicy
 from engine.reencrypt import AadRule, inventory, open_store
+
 from reencrypt_support import (
     assert_contacts_consistent,
     make_contacts,

@@ -13,8 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from engine import Batch, EncryptedData, FieldEncryption, StaticKeyProvider
 from engine.audit import AuditLog, read_entries

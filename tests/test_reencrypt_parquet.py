@@ -21,6 +21,7 @@ from engine.reencrypt import (
     open_store,
     reencrypt,
 )
+
 from reencrypt_support import (
     assert_dataset_reads,
     listing,

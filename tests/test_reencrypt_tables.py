@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from engine import EncryptionService, KeyRotationService, RotationPolicy, StaticKeyProvider
 from engine.audit import AuditLog, read_entries, verify
+from engine.errors import InvalidArgument
 from engine.metrics import EngineMetrics
 from engine.reencrypt import (
     AadRule,
@@ -26,7 +27,7 @@ from engine.reencrypt import (
     reencrypt,
 )
 from engine.rotation import VersionStillInUse
-from engine.errors import InvalidArgument
+
 from reencrypt_support import (
     K1,
     Users,

@@ -217,8 +217,8 @@ def test_two_processes_cannot_rotate_at_once(tmp_path):
     assert outcomes == ["busy", "busy"]
     assert [i.version for i in provider.list_versions()] == [1, 2]
     # once free, two racing processes rotate one after the other, never together
-    procs = [ctx.Process(target=_rotate_in_child, args=(tmp_path / "keys.json", tmp_path / "rot", ctx.Barrier(1), results))
-             for _ in range(2)]
+    args = (tmp_path / "keys.json", tmp_path / "rot", ctx.Barrier(1), results)
+    procs = [ctx.Process(target=_rotate_in_child, args=args) for _ in range(2)]
     for p in procs:
         p.start()
         p.join(20)

@@ -26,8 +26,8 @@ from engine.keys import (
     MasterKeyError,
     StaticKeyProvider,
     UnknownKeyVersion,
+    _state,
 )
-from engine.keys import _state
 from engine.service import (
     EncryptionService,
     ServiceConfigurationError,

@@ -9,13 +9,13 @@ import os
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-import cobblestone_reference as ref
 import engine
 from engine import stream
 from engine.stream import cobblestone
+
+import cobblestone_reference as ref
 from vectors import SHARED_VECTORS, wycheproof_chunked
 
 CHUNK = 16384

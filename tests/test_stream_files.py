@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-import cobblestone_reference as ref
 import engine
-from engine import EncryptionService, EnvironmentKeyProvider, StaticKeyProvider
+from engine import EncryptionService, EnvironmentKeyProvider, StaticKeyProvider, stream
 from engine.keys import DerivationPolicy
 from engine.stream import FileEncryption, file_header, read_file_header
-from engine import stream
+
+import cobblestone_reference as ref
 
 MASTER = "test-master-key-of-at-least-32-bytes!!"
 

@@ -23,8 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import hvac
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from engine.errors import EngineError, InvalidArgument
 from engine.keys.base import (
@@ -626,7 +625,7 @@ def test_addresses_that_cannot_be_a_base_url_are_refused_without_echo():
     for address in ("https://vault:8200/?token=s.SECRET", "https://vault:8200/#s.SECRET",
                     "https://u:SECRET@vault:SECRET", "https://vault:8200/a b", "ftp://vault",
                     "https://", "vault:8200", None, 8200):
-        exc = raised(lambda: VaultKeyProvider(address, token="t"))
+        exc = raised(lambda address=address: VaultKeyProvider(address, token="t"))
         assert isinstance(exc, VaultConfigurationError) and "SECRET" not in str(exc)
 
 

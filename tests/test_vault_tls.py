@@ -188,7 +188,7 @@ def test_tls_files_are_checked_before_any_request(bao_tls, pki, tmp_path, names)
         ({"verify": pki.ca_pem, "client_cert": str(tmp_path / "none.pem")}, "does not exist"),
     ]
     for kw, words in cases:
-        exc = refused(lambda: VaultKeyProvider(address, token=token, **names, **kw))
+        exc = refused(lambda kw=kw: VaultKeyProvider(address, token=token, **names, **kw))
         assert isinstance(exc, VaultConfigurationError) and words in str(exc)
 
 

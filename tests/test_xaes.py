@@ -10,12 +10,12 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import engine
-import xaes_reference as ref
 from engine import AesGcm, Batch, BatchInvalidTag, InvalidArgument, InvalidTag, SealedBatch, XAesGcm
+
+import xaes_reference as ref
 from vectors import XAES_ACCUMULATED, XaesVector, xaes
 
 VECTORS = xaes()

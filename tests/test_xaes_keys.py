@@ -12,7 +12,6 @@ import hvac
 import numpy as np
 import pytest
 
-import xaes_reference as ref
 from engine import (
     AesGcm,
     BatchInvalidTag,
@@ -29,6 +28,8 @@ from engine.envelope import FORMAT_BOUND, FORMAT_XAES, FORMAT_XAES_UNBOUND, deco
 from engine.errors import InvalidArgument
 from engine.keys import DerivationPolicy, KeyUsageExhausted, MasterKeyMismatch
 from engine.keys.base import GCM_RANDOM_IV_LIMIT, usage_limit
+
+import xaes_reference as ref
 
 MASTER = "dev-only-master-key-of-at-least-32-bytes!"
 XAES = "xaes-256-gcm"

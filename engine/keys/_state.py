@@ -1,9 +1,10 @@
 """Private helpers shared by the key providers: the local key-state file and the derived-key cache.
 
 The state file holds public facts only (versions, states, creation times, salts, KDF parameters,
-algorithms, usage counts, key check values), never key material. It is replaced atomically (temporary file in the same directory, fsync,
-``os.replace``, fsync of the directory), so a crash leaves either the old or the new file, and
-writers serialise on ``fcntl.flock`` of a sibling ``.lock`` file.
+algorithms, usage counts, key check values), never key material. It is replaced atomically
+(temporary file in the same directory, fsync, ``os.replace``, fsync of the directory), so a crash
+leaves either the old or the new file, and writers serialise on ``fcntl.flock`` of a sibling
+``.lock`` file.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from ..buffers import default_threads
 from ..errors import InvalidArgument
 from ..service import EncryptionService
 from .errors import SchedulerUnavailable
-from .partition import JobSpec, LocalCrypto, OnBatch, Observer, process_partition
+from .partition import JobSpec, LocalCrypto, Observer, OnBatch, process_partition
 from .reindex import worker_indexes
 from .report import ColumnCounts, PartitionResult
 from .stores.parquet import ParquetStore

@@ -21,13 +21,26 @@ with the wrong key, whatever step is interrupted.  POSIX only.
 from __future__ import annotations
 
 from .ca import CertificateAuthority
-from .certs import (certificate_expiry_seconds, certificate_serial, certificate_subject,
-                    load_certificate, make_csr, needs_renewal, renewal_time)
+from .certs import (
+                    certificate_expiry_seconds,
+                    certificate_serial,
+                    certificate_subject,
+                    load_certificate,
+                    make_csr,
+                    needs_renewal,
+                    renewal_time,
+)
 from .context import client_context, server_context, set_tls13_ciphersuites, tls13_ciphersuites
 from .errors import CertificateError, PassphraseError, RevocationError, TLSError
 from .k8s import cert_manager_yaml, mtls_config_yaml, write_k8s_templates
-from .policy import (CA_VALIDITY_DAYS, CRL_VALIDITY_DAYS, RENEWAL_FRACTION, SERVICE_VALIDITY_DAYS,
-                     TLS12_CIPHERS, TLS13_CIPHERSUITES)
+from .policy import (
+                    CA_VALIDITY_DAYS,
+                    CRL_VALIDITY_DAYS,
+                    RENEWAL_FRACTION,
+                    SERVICE_VALIDITY_DAYS,
+                    TLS12_CIPHERS,
+                    TLS13_CIPHERSUITES,
+)
 
 __all__ = [
     "TLSError", "CertificateError", "PassphraseError", "RevocationError",

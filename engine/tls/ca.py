@@ -17,11 +17,27 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._files import _atomic_write, _install_pair, _safe_name, _utcnow
-from .certs import (_check_pair, _key_pem, _load_private_key, _passphrase_bytes, _san,
-                    load_certificate, needs_renewal)
+from .certs import (
+    _check_pair,
+    _key_pem,
+    _load_private_key,
+    _passphrase_bytes,
+    _san,
+    load_certificate,
+    needs_renewal,
+)
 from .errors import CertificateError, RevocationError, TLSError
-from .policy import (CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY_DAYS, CRL_FILE, CRL_VALIDITY_DAYS,
-                     INDEX_FILE, SERVICE_VALIDITY_DAYS, Passphrase, PathLike)
+from .policy import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
+    CA_VALIDITY_DAYS,
+    CRL_FILE,
+    CRL_VALIDITY_DAYS,
+    INDEX_FILE,
+    SERVICE_VALIDITY_DAYS,
+    Passphrase,
+    PathLike,
+)
 
 
 class CertificateAuthority:

@@ -7,8 +7,14 @@ from typing import Sequence
 import yaml
 
 from ._files import _atomic_write
-from .policy import (CA_VALIDITY_DAYS, RENEWAL_FRACTION, SERVICE_VALIDITY_DAYS, TLS12_CIPHERS,
-                     TLS13_CIPHERSUITES, PathLike)
+from .policy import (
+    CA_VALIDITY_DAYS,
+    RENEWAL_FRACTION,
+    SERVICE_VALIDITY_DAYS,
+    TLS12_CIPHERS,
+    TLS13_CIPHERSUITES,
+    PathLike,
+)
 
 
 def _hours(days: float) -> str:

@@ -548,7 +548,7 @@ class VaultKeyProvider(KeyProvider):
             for v in self._store.versions():
                 done: list[int] = []
 
-                def rewrap(entry: dict[str, Any], v: int = v) -> dict | None:
+                def rewrap(entry: dict[str, Any], v: int = v, done: list[int] = done) -> dict | None:
                     wrapped = entry.get("wrapped_key")
                     if not isinstance(wrapped, str) or wrapped.startswith(prefix):
                         return None

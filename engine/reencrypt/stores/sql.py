@@ -384,11 +384,11 @@ class SqlStore:
                     continue
                 picked = None if rows.shape[0] == len(batch.keys) else rows.tolist()
 
-                def read(column: str) -> Sequence[Any]:
+                def read(column: str, picked: list[int] | None = picked) -> Sequence[Any]:
                     values = batch.originals[column] if column != self.key else batch.keys
                     return values if picked is None else [values[i] for i in picked]
 
-                def alternative(column: str) -> Sequence[Any] | None:
+                def alternative(column: str, rows: np.ndarray = rows, read=read) -> Sequence[Any] | None:
                     """For a column of the job: its value in each row after this write."""
                     other = updates.get(column)
                     if other is None:
