@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"measurements per case for --update ({CALIBRATION_RUNS})")
     p.add_argument("--verbose", action="store_true", help="show pytest-benchmark's own output")
     args = p.parse_args(argv)
+    if args.chart and importlib.util.find_spec("matplotlib") is None:
+        p.error("--chart needs matplotlib (pip install -e '.[bench]')")
 
     from bench.cases import CASES
 
@@ -289,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gate: {exc}", file=sys.stderr)
         return 2
     print(render(verdicts, baseline))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"verdicts": [{"case": v.name, "baseline": v.baseline, "tolerance": v.tolerance, "now": v.now,
+                           "first": v.first, "verdict": v.label} for v in verdicts],
+             "environment": environment()}, indent=1) + "\n")
     if args.chart:
         import engine
 
@@ -296,11 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         threads = f", {args.threads} engine thread(s)" if args.threads else ""
         chart(verdicts, args.chart, f"{info['backend']}{threads} against the baseline of "
                                     f"{baseline.get('recorded', {}).get('date', '?')}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"verdicts": [{"case": v.name, "baseline": v.baseline, "tolerance": v.tolerance, "now": v.now,
-                           "first": v.first, "verdict": v.label} for v in verdicts],
-             "environment": environment()}, indent=1) + "\n")
     return 1 if any(v.label == "REGRESSED" for v in verdicts) else 0
 
 

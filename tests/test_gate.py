@@ -69,6 +69,7 @@ def gate(tmp_path: Path, ratio: float, *extra: str) -> subprocess.CompletedProce
 def test_gate_fails_naming_the_regressed_case(tmp_path):
     done = gate(tmp_path, 1e9, "--chart", str(tmp_path / "gate.png"), "--json", str(tmp_path / "v.json"))
     assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr  # exit 1 from a crash is not a verdict
     assert "REGRESSED: encrypt 1 MiB" in done.stdout
     assert "measured twice" in done.stdout  # confirmed by a second measurement
     verdicts = json.loads((tmp_path / "v.json").read_text())["verdicts"]
