@@ -745,7 +745,7 @@ def _stored_batch(values: Any) -> tuple[Batch, np.ndarray]:
         if kinds & NONE_VALUES:
             values = [b"" if v is None else v for v in values]
         return Batch.from_list(values), present
-    if type(values).__module__.startswith("pyarrow"):
+    if is_arrow(values):
         import pyarrow as pa
         import pyarrow.compute as pc
 
