@@ -76,7 +76,16 @@ def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _reseal_one(token: str, old: Any, new: Any, header: bytes) -> str:
+def loop_reencrypt(values: list[str]) -> list[str]:
+    """Tokens under v1 moved to v2 one at a time with cryptography's AESGCM (what a hand-written
+    job does per row, without its reads and writes)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    old, new, header = AESGCM(K1), AESGCM(K2), token_header(2)
+    return [reseal_one(v, old, new, header) for v in values]
+
+
+def reseal_one(token: str, old: Any, new: Any, header: bytes) -> str:
     """One value, the straightforward way: parse, decrypt, encrypt, format."""
     raw = _b64url_decode(token[4:])
     plain = old.decrypt(raw[6:22], raw[22:], raw[:6])
@@ -114,7 +123,7 @@ def sqlite_job(path: str, batch: int, crypto: bool) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     for rows in _pages(conn, "SELECT id, v FROM users WHERE id > ? ORDER BY id LIMIT ?", batch):
         if crypto:
-            out = [(_reseal_one(v, old, new, header), k, v) for k, v in rows]
+            out = [(reseal_one(v, old, new, header), k, v) for k, v in rows]
         else:
             out = list(zip(*_rotated(rows)))
         conn.execute("BEGIN IMMEDIATE")
@@ -136,7 +145,7 @@ def postgres_job(url: str, batch: int, crypto: bool) -> None:
                 if crypto:
                     with conn.cursor() as cur:
                         cur.executemany("UPDATE users SET v = %s WHERE id = %s AND v = %s",
-                                        [(_reseal_one(v, old, new, header), k, v) for k, v in rows])
+                                        [(reseal_one(v, old, new, header), k, v) for k, v in rows])
                 else:
                     conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS staging ON COMMIT DELETE "
                                  "ROWS AS SELECT id AS k, v AS old, v AS new FROM users WITH NO DATA")

@@ -290,6 +290,20 @@ def _field_arrow(settings: Settings) -> Pair:
                 engine_units=len(values), reference_units=len(few))
 
 
+@case("reencrypt_many", engine="EncryptionService.reencrypt_many, 50,000 tokens from v1 to v2",
+      reference="cryptography loop opening and sealing the same tokens (10,000)")
+def _reencrypt_many(settings: Settings) -> Pair:
+    from bench.bench_reencrypt import K1, K2, loop_reencrypt, tokens
+
+    old = engine.EncryptionService(engine.StaticKeyProvider({1: K1}), metrics=False)
+    new = engine.EncryptionService(engine.StaticKeyProvider({1: K1, 2: K2}), metrics=False,
+                                   threads=settings.threads)
+    values = tokens(SERVICE_VALUES, old)
+    few = values[:10_000]
+    return Pair(engine=lambda: new.reencrypt_many(values), reference=lambda: loop_reencrypt(few),
+                engine_units=len(values), reference_units=len(few))
+
+
 # ---- files and tables ----
 
 @case("encrypt file", engine="FileEncryption.encrypt_stream, 32 MiB file to file (tmpfs)",
