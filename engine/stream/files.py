@@ -15,10 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
-
-from contextlib import contextmanager
 
 from ..atomic_file import atomic_output
 from ..keys.base import KeyState, KeyVersionNotUsable, VersionedKey
