@@ -147,14 +147,27 @@ def _aws(encrypt: bool) -> tuple[Callable[[str, str], None] | None, str | None]:
     return run, None
 
 
-def _time_rounds(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+def _time_rounds(cases: dict[str, Callable[[], Any]], rounds: int,
+                 prepare: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Median seconds per case, the cases interleaved round by round; ``prepare`` runs untimed
+    before each timing."""
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            if prepare is not None:
+                prepare()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _fresh(path: str) -> None:
+    """Every run writes a new file from a clean page cache: overwriting the last run's output, or
+    starting while its dirty pages are written back, would charge that run's writes to this one."""
+    if os.path.exists(path):
+        os.unlink(path)
+    os.sync()
 
 
 def files_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
@@ -202,7 +215,8 @@ def files_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
             src = small if name == "AWS Encryption SDK" else plain
             cases[f"{name} encrypt"] = lambda t=target, e=enc, s=src: e(s, t)
             cases[f"{name} decrypt"] = lambda t=target, d=dec, n=name: d(sealed[n], t)
-        medians = _time_rounds(cases, rounds if "AWS Encryption SDK" not in peers else max(2, rounds - 2))
+        medians = _time_rounds(cases, rounds if "AWS Encryption SDK" not in peers else max(2, rounds - 2),
+                               prepare=None if target == os.devnull else lambda: _fresh(out))
         rates = {k: (results["aws_bytes"] if k.startswith("AWS") else size) / v / 1e9
                  for k, v in medians.items()}
         results[target_name] = rates
