@@ -30,6 +30,10 @@ TAG_BYTES = _native.TAG_BYTES
 NONCE_MIN_BYTES = _native.NONCE_MIN_BYTES
 NONCE_MAX_BYTES = _native.NONCE_MAX_BYTES
 MESSAGE_MAX_BYTES = _native.MESSAGE_MAX_BYTES
+CHUNK_BYTES = _native.CHUNK_BYTES
+CHUNK_SEALED_BYTES = _native.CHUNK_SEALED_BYTES
+CHUNK_NONCE_BYTES = _native.CHUNK_NONCE_BYTES
+CHUNK_MAX = _native.CHUNK_MAX
 MAX_HEADER_BYTES = 4096
 # From this average record size on, a list of bytes objects is sealed from the objects' own storage
 # (packing them into one buffer first would copy as many bytes as sealing reads); below it the
@@ -526,6 +530,98 @@ class AesGcm:
         if nfailed:
             raise BatchInvalidTag(np.flatnonzero(failed), result)
         return result
+
+    # ---- runs of chunks of a C2SP chunked message (the building block of engine.stream) ----
+
+    def seal_chunks_into(self, base_nonce: Any, first: int, data: Any, out: Any, *,
+                         final: bool = False, threads: int | None = None) -> int:
+        """Seals ``data`` as chunks ``first, first + 1, ...`` of a C2SP chunked-encryption
+        message (c2sp.org/chunked-encryption) into ``out``, in the message layout (each chunk's
+        body followed by its tag), in one native call.
+
+        Chunks are :data:`CHUNK_BYTES` (16 KiB) of plaintext; chunk i is sealed with empty AAD
+        under the nonce ``base_nonce`` XOR i, derived natively. A building block for
+        :mod:`engine.stream`, which applications use instead: a key and base nonce must never
+        seal two messages.
+
+        Args:
+            base_nonce: 12 bytes.
+            first: the index of the first chunk (indexes stay below 2**38).
+            data: whole chunks; with ``final``, the end of the message: whole chunks and then the
+                final chunk, shorter than 16 KiB and possibly empty.
+            out: a writable buffer of at least ``len(data) + 16 * chunks`` bytes that shares no
+                byte with ``data``.
+            final: ``data`` ends the message.
+            threads: worker threads (``None``: all cores).
+
+        Returns:
+            The bytes written to ``out``.
+
+        Raises:
+            InvalidArgument: a base nonce that is not 12 bytes, ``data`` that is not whole chunks
+                without ``final``, ``out`` too small or overlapping, a key that is not AES-256-GCM.
+            MessageTooLong: a chunk index reaches 2**38.
+        """
+        data = byte_view(data, "data")
+        size = data.shape[0]
+        n, rest = divmod(size, CHUNK_BYTES)
+        if final:
+            n += 1
+        elif rest:
+            raise InvalidArgument(f"data must be whole chunks of {CHUNK_BYTES} bytes unless final")
+        self._check_chunk_run(base_nonce, first, n)
+        sealed = size + n * TAG_BYTES
+        _native.chunks_seal(self._key, base_nonce, first, n, data, size,
+                            _output(out, sealed, "out"), check_threads(threads))
+        return sealed
+
+    def open_chunks_into(self, base_nonce: Any, first: int, sealed: Any, out: Any, *,
+                         final: bool = False, threads: int | None = None) -> int:
+        """Opens chunks ``first, first + 1, ...`` of a C2SP chunked-encryption message from the
+        message layout in ``sealed`` into ``out``: the reverse of :meth:`seal_chunks_into`.
+
+        Args:
+            base_nonce, first, threads: as for :meth:`seal_chunks_into`.
+            sealed: whole sealed chunks (16,400 bytes each); with ``final``, followed by the
+                message's final chunk (16 to 16,399 bytes).
+            out: a writable buffer of at least ``len(sealed) - 16 * chunks`` bytes that shares
+                no byte with ``sealed``.
+            final: ``sealed`` ends the message.
+
+        Returns:
+            How many leading chunks authenticated (all of them, or the index of the first that
+            failed): ``out`` holds their plaintext and zeros after it. Chunks after a failed one
+            are never released.
+
+        Raises:
+            InvalidArgument: as for :meth:`seal_chunks_into`, or a length that no run of chunks
+                has.
+            MessageTooLong: a chunk index reaches 2**38.
+        """
+        sealed = byte_view(sealed, "sealed")
+        size = sealed.shape[0]
+        n, rest = divmod(size, CHUNK_SEALED_BYTES)
+        if final:
+            if rest < TAG_BYTES:
+                raise InvalidArgument(f"a final chunk holds at least its {TAG_BYTES}-byte tag")
+            n += 1
+        elif rest:
+            raise InvalidArgument(
+                f"sealed must be whole chunks of {CHUNK_SEALED_BYTES} bytes unless final")
+        self._check_chunk_run(base_nonce, first, n)
+        return _native.chunks_open(self._key, base_nonce, first, n, sealed, size,
+                                   _output(out, size - n * TAG_BYTES, "out"),
+                                   check_threads(threads))
+
+    def _check_chunk_run(self, base_nonce: Any, first: int, n: int) -> None:
+        if self.ALGORITHM != AesGcm.ALGORITHM:
+            raise InvalidArgument("chunked encryption runs on AES-256-GCM keys")
+        if byte_view(base_nonce, "base_nonce").shape[0] != CHUNK_NONCE_BYTES:
+            raise InvalidArgument(f"the base nonce is {CHUNK_NONCE_BYTES} bytes")
+        if type(first) is not int or first < 0:
+            raise InvalidArgument("first must be a non-negative integer")
+        if first + n > CHUNK_MAX:
+            raise MessageTooLong("a chunked message holds at most 2**38 chunks")
 
     # ---- key derivation ----
 

@@ -171,7 +171,7 @@ def test_file_objects(small_window, length, pieces, start, size):
 
 
 def test_pipes_with_short_reads_and_writes():
-    """A raw pipe (read with readv, resumed after each short read) both ways."""
+    """A raw pipe (short reads resumed until a window is full) both ways."""
     key, data = os.urandom(32), os.urandom(5 * SEALED + 12345)
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
@@ -194,6 +194,81 @@ def test_pipes_with_short_reads_and_writes():
         assert stream.decrypt_stream(key, src, out) == len(data)
     t.join()
     assert out.getvalue() == data
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_streams_keep_order_and_release_only_the_authenticated_prefix(small_window, threads):
+    """Many windows through the helper threads (or none): the same bytes as the reference, and
+    on a bad chunk exactly the chunks before it reach the output."""
+    key, salt = os.urandom(32), os.urandom(24)
+    data = os.urandom(40 * CHUNK + 999)
+    out = io.BytesIO()
+    assert stream.encrypt_stream(key, io.BytesIO(data), out, b"c", salt=salt, threads=threads) == len(data)
+    message = out.getvalue()
+    assert message == ref.seal(key, data, b"c", salt)
+    back = io.BytesIO()
+    assert stream.decrypt_stream(key, io.BytesIO(message), back, b"c", threads=threads) == len(data)
+    assert back.getvalue() == data
+    for bad in (0, 7, 17, 40):  # chunk 17 is in the middle of a window of three
+        tampered = bytearray(message)
+        tampered[56 + bad * SEALED + 5] ^= 1
+        back = io.BytesIO()
+        with pytest.raises(stream.ChunkInvalid) as info:
+            stream.decrypt_stream(key, io.BytesIO(bytes(tampered)), back, b"c", threads=threads)
+        assert info.value.index == bad and back.getvalue() == data[:bad * CHUNK]
+    back = io.BytesIO()
+    with pytest.raises(stream.TruncatedMessage):
+        stream.decrypt_stream(key, io.BytesIO(message[:56 + 20 * SEALED]), back, b"c", threads=threads)
+    assert back.getvalue() == data[:20 * CHUNK]
+
+
+class _FailingSource(io.RawIOBase):
+    """Gives ``good`` bytes, then raises ``error`` from every read."""
+
+    def __init__(self, good: int, error: BaseException) -> None:
+        self.left, self.error = good, error
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if not self.left:
+            raise self.error
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), KeyboardInterrupt()])
+def test_an_interrupted_stream_stops_its_helper_threads(small_window, error):
+    before = threading.active_count()
+    out = io.BytesIO()
+    with pytest.raises(type(error)):
+        stream.encrypt_stream(os.urandom(32), _FailingSource(10 * CHUNK, error), out, threads=3)
+    assert threading.active_count() == before
+    # what was written is whole chunks of a message that does not end: never a valid message
+    assert (len(out.getvalue()) - 56) % SEALED == 0
+
+
+def test_a_failing_native_call_is_raised_on_the_calling_thread(small_window, monkeypatch):
+    before = threading.active_count()
+    calls = []
+
+    def refuse(self, base_nonce, first, *args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if first == 9:  # the fourth window of three chunks
+            raise engine.NativeError("the native library failed")
+        return real(self, base_nonce, first, *args, **kwargs)
+
+    real = engine.AesGcm.seal_chunks_into
+    monkeypatch.setattr(engine.AesGcm, "seal_chunks_into", refuse)
+    out = io.BytesIO()
+    with pytest.raises(engine.NativeError):
+        stream.encrypt_stream(os.urandom(32), io.BytesIO(bytes(20 * CHUNK)), out, threads=2)
+    assert threading.active_count() == before
+    assert set(calls) == {"engine-stream"}  # the work ran on the helpers, the error came back
+    assert len(out.getvalue()) == 56 + 9 * SEALED  # the three windows before it, nothing after
 
 
 # ---------------------------------------------------------------- bad input

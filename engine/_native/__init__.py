@@ -223,6 +223,29 @@ def open_tokens(key: KeyHandle, n: int, data, offsets, header_len: int, header_i
         ffi.from_buffer(failed), threads))
 
 
+CHUNK_BYTES: int = lib.ENGINE_CHUNK_BYTES
+CHUNK_SEALED_BYTES: int = lib.ENGINE_CHUNK_SEALED_BYTES
+CHUNK_NONCE_BYTES: int = lib.ENGINE_CHUNK_NONCE_BYTES
+CHUNK_MAX: int = lib.ENGINE_CHUNK_MAX
+
+
+def chunks_seal(key: KeyHandle, base_nonce, first: int, n: int, data, length: int, out,
+                threads: int) -> None:
+    """Seals ``length`` bytes of ``data`` as chunks first .. first+n-1 of a chunked message into
+    ``out`` in the message layout (see engine_chunks_seal)."""
+    _check(lib.engine_chunks_seal(key._ptr, ffi.from_buffer(base_nonce), first, n,
+                                  ffi.from_buffer(data), length, ffi.from_buffer(out), threads))
+
+
+def chunks_open(key: KeyHandle, base_nonce, first: int, n: int, data, length: int, out,
+                threads: int) -> int:
+    """Opens n sealed chunks (``length`` bytes of ``data``) into ``out``; returns how many
+    leading chunks authenticated (see engine_chunks_open)."""
+    return _check(lib.engine_chunks_open(key._ptr, ffi.from_buffer(base_nonce), first, n,
+                                         ffi.from_buffer(data), length, ffi.from_buffer(out),
+                                         threads))
+
+
 B64_PREFIX: int = lib.ENGINE_B64_PREFIX
 B64_LENGTH: int = lib.ENGINE_B64_LENGTH
 B64_CHARACTER: int = lib.ENGINE_B64_CHARACTER

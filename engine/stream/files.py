@@ -80,7 +80,7 @@ class FileEncryption:
     Args:
         service: the :class:`~engine.EncryptionService` whose provider holds the keys (default:
             the process-wide one, :func:`engine.get_encryption_service`).
-        threads: threads per native call (None: all cores).
+        threads: threads for the cryptography (None: all cores; see :func:`.cobblestone.encrypt_stream`).
     """
 
     __slots__ = ("_service", "_threads")

@@ -159,6 +159,33 @@ int64_t engine_open_batch_keys(int backend, int algorithm, size_t n, const uint8
                                const uint8_t *aad, const int64_t *aad_offsets, uint64_t aad_len,
                                uint8_t *failed, int threads) ENGINE_WUR;
 
+/* C2SP chunked encryption (c2sp.org/chunked-encryption): a message's plaintext is cut into
+ * chunks of ENGINE_CHUNK_BYTES, the last one shorter (possibly empty), and chunk i is sealed as an
+ * AES-256-GCM record with empty AAD under the nonce base_nonce XOR i (i big-endian across the 12
+ * bytes; i < ENGINE_CHUNK_MAX). The message layout has each chunk's body followed by its tag.
+ * These calls seal and open a run of n consecutive chunks, i = first .. first + n - 1, straight
+ * between the plaintext (chunk j at in/out + j * ENGINE_CHUNK_BYTES) and the message layout
+ * (chunk j at in/out + j * ENGINE_CHUNK_SEALED_BYTES), deriving the nonces here. Every chunk of a
+ * run but the last is full; the last holds what `len` leaves, so a run inside a message ends
+ * with a full chunk and a message's final run with its short final chunk. The key must be an
+ * AES-256-GCM handle (ENGINE_EINVAL otherwise); the output must share no byte with the input or
+ * the base nonce (ENGINE_EOVERLAP). n = 0 is allowed with len = 0 and does nothing. */
+#define ENGINE_CHUNK_BYTES 16384
+#define ENGINE_CHUNK_SEALED_BYTES (ENGINE_CHUNK_BYTES + ENGINE_TAG_BYTES)
+#define ENGINE_CHUNK_NONCE_BYTES 12
+#define ENGINE_CHUNK_MAX (1ULL << 38)
+/* Seals `len` bytes of plaintext as n chunks ((n - 1) * ENGINE_CHUNK_BYTES <= len <=
+ * n * ENGINE_CHUNK_BYTES); out receives len + 16 * n bytes. */
+int engine_chunks_seal(const engine_key *key, const uint8_t *base_nonce, uint64_t first, size_t n,
+                       const uint8_t *in, uint64_t len, uint8_t *out, int threads) ENGINE_WUR;
+/* Opens `len` bytes of n sealed chunks (the last one 16 to ENGINE_CHUNK_SEALED_BYTES bytes); out
+ * receives len - 16 * n bytes of plaintext. Returns how many leading chunks authenticated (n: all)
+ * or ENGINE_E*: out holds the plaintext of exactly those chunks, and zeros from the first one that
+ * failed to the end (chunks after it are not released even where they authenticate). */
+int64_t engine_chunks_open(const engine_key *key, const uint8_t *base_nonce, uint64_t first,
+                           size_t n, const uint8_t *in, uint64_t len, uint8_t *out,
+                           int threads) ENGINE_WUR;
+
 /* base64url without padding (RFC 4648 section 5), record by record. */
 #define ENGINE_B64_OK 0
 #define ENGINE_B64_PREFIX 1       /* the record does not start with the prefix */

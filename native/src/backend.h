@@ -64,6 +64,9 @@ int engine_ipsecmb_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t
  * (returned; the other threads stop taking chunks). */
 typedef int64_t (*engine_range_fn)(void *ctx, size_t begin, size_t end);
 int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_range_fn fn, void *ctx);
+/* engine_parallel for n records of record_bytes each. */
+int64_t engine_parallel_uniform(size_t n, uint64_t record_bytes, int threads, engine_range_fn fn,
+                                void *ctx);
 
 /* Constant-time comparison of n bytes: 0 when equal. */
 int engine_ct_differ(const uint8_t *a, const uint8_t *b, size_t n);

@@ -206,6 +206,7 @@ typedef struct shared_work {
     engine_range_fn fn;
     void *ctx;
     const int64_t *offsets;
+    uint64_t record_bytes; /* without offsets: every record's size */
     size_t n, nchunks;
     uint64_t total;
     atomic_size_t next;
@@ -217,16 +218,18 @@ typedef struct worker_job {
     int64_t result;
 } worker_job;
 
-static uint64_t weight_at(const int64_t *offsets, size_t j) {
-    return (offsets == NULL ? 0 : (uint64_t)(offsets[j] - offsets[0])) + (uint64_t)j * RECORD_WEIGHT;
+static uint64_t weight_at(const shared_work *w, size_t j) {
+    return (w->offsets == NULL ? (uint64_t)j * w->record_bytes
+                               : (uint64_t)(w->offsets[j] - w->offsets[0])) +
+           (uint64_t)j * RECORD_WEIGHT;
 }
 
 /* First record index whose cumulative weight reaches target. */
-static size_t split_point(const int64_t *offsets, size_t n, uint64_t target) {
-    size_t lo = 0, hi = n;
+static size_t split_point(const shared_work *w, uint64_t target) {
+    size_t lo = 0, hi = w->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (weight_at(offsets, mid) < target)
+        if (weight_at(w, mid) < target)
             lo = mid + 1;
         else
             hi = mid;
@@ -238,7 +241,7 @@ static size_t split_point(const int64_t *offsets, size_t n, uint64_t target) {
 static size_t chunk_start(const shared_work *w, size_t c) {
     if (c == 0) return 0;
     if (c >= w->nchunks) return w->n;
-    return split_point(w->offsets, w->n, w->total / w->nchunks * c);
+    return split_point(w, w->total / w->nchunks * c);
 }
 
 static void *run_chunks(void *arg) {
@@ -263,37 +266,35 @@ static void *run_chunks(void *arg) {
     return NULL;
 }
 
-int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_range_fn fn,
-                        void *ctx) {
+static int64_t run_parallel(shared_work *work, int threads) {
     worker_job jobs[MAX_THREADS];
     pthread_t tids[MAX_THREADS];
-    shared_work work = {.fn = fn, .ctx = ctx, .offsets = offsets, .n = n,
-                        .total = weight_at(offsets, n)};
     size_t t, nt, started = 0;
     int64_t sum = 0;
     int rc = ENGINE_OK;
 
+    work->total = weight_at(work, work->n);
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     nt = (size_t)threads;
-    if (work.total / MIN_THREAD_WEIGHT < nt) nt = (size_t)(work.total / MIN_THREAD_WEIGHT);
-    if (nt > n) nt = n;
+    if (work->total / MIN_THREAD_WEIGHT < nt) nt = (size_t)(work->total / MIN_THREAD_WEIGHT);
+    if (nt > work->n) nt = work->n;
     if (nt < 1) nt = 1;
-    work.nchunks = nt == 1 ? 1 : nt * CHUNKS_PER_THREAD;
-    if (work.nchunks > work.total / MIN_THREAD_WEIGHT) work.nchunks = work.total / MIN_THREAD_WEIGHT;
-    if (work.nchunks > n) work.nchunks = n;
-    if (work.nchunks < nt) work.nchunks = nt;
-    atomic_init(&work.next, 0);
-    atomic_init(&work.stop, 0);
+    work->nchunks = nt == 1 ? 1 : nt * CHUNKS_PER_THREAD;
+    if (work->nchunks > work->total / MIN_THREAD_WEIGHT) work->nchunks = work->total / MIN_THREAD_WEIGHT;
+    if (work->nchunks > work->n) work->nchunks = work->n;
+    if (work->nchunks < nt) work->nchunks = nt;
+    atomic_init(&work->next, 0);
+    atomic_init(&work->stop, 0);
     for (t = 0; t < nt; t++) {
-        jobs[t].work = &work;
+        jobs[t].work = work;
         jobs[t].result = 0;
     }
     /* Workers 1..nt-1 on new threads, worker 0 on the calling thread. */
     for (t = 1; t < nt; t++) {
         if (pthread_create(&tids[t], NULL, run_chunks, &jobs[t]) != 0) {
             rc = ENGINE_ETHREAD;
-            atomic_store(&work.stop, 1);
+            atomic_store(&work->stop, 1);
             break;
         }
         started = t;
@@ -306,6 +307,18 @@ int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_ra
         sum += jobs[t].result;
     }
     return sum;
+}
+
+int64_t engine_parallel(size_t n, const int64_t *offsets, int threads, engine_range_fn fn,
+                        void *ctx) {
+    shared_work work = {.fn = fn, .ctx = ctx, .offsets = offsets, .n = n};
+    return run_parallel(&work, threads);
+}
+
+int64_t engine_parallel_uniform(size_t n, uint64_t record_bytes, int threads, engine_range_fn fn,
+                                void *ctx) {
+    shared_work work = {.fn = fn, .ctx = ctx, .record_bytes = record_bytes, .n = n};
+    return run_parallel(&work, threads);
 }
 
 /* ---- batch seal/open, in two layouts ----

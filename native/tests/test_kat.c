@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "engine_aead.h"
 
 typedef struct {
@@ -361,6 +363,104 @@ static void run_hmac(void) {
           "hmac: bad sizes accepted");
 }
 
+/* engine_chunks_seal / engine_chunks_open (C2SP chunked encryption). Expected values: the GCM
+ * specification's test case 15 (AES-256, 12-byte IV, no AAD), as the short final chunk of a run
+ * whose base nonce XOR that chunk's index (5) is the test's IV; and the SHA-256 of a three-chunk
+ * run ending at the last index allowed (2^38 - 1), key 00..1f, base nonce a0..ab, plaintext byte
+ * k = k mod 251, computed with pyca/cryptography (AESGCM, one call per chunk). */
+#define CHUNK ENGINE_CHUNK_BYTES
+#define SEALED ENGINE_CHUNK_SEALED_BYTES
+static int all_zero(const uint8_t *p, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (p[i] != 0) return 0;
+    return 1;
+}
+
+static void run_chunks(int backend) {
+    static const char *tc15_pt =
+        "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6"
+        "b525b16aedf5aa0de657ba637b391aafd255";
+    static const char *tc15_sealed =
+        "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b105682"
+        "8838c5f61e6393ba7a0abcc9f662898015adb094dac5d93471bdec1a502270e3cc6c";
+    static const char *run_sha256 = "a42c8d9a77e9bd1061f1a6efba9c86d47232fa6b192b7299a6a96eec64086a3a";
+    const uint64_t last_index = (1ULL << 38) - 1, len = 2 * CHUNK + 100;
+    uint8_t key[32], base[12], expect[96], digest[32], want[32], pt[64];
+    uint8_t *plain = malloc(3 * CHUNK), *sealed = malloc(3 * SEALED), *back = malloc(3 * CHUNK);
+    engine_key *k, *x;
+    unsigned int dlen = 0;
+    size_t i;
+    if (plain == NULL || sealed == NULL || back == NULL) {
+        CHECK(0, "chunks: out of memory");
+        goto out;
+    }
+    for (i = 0; i < 32; i++) key[i] = (uint8_t)i;
+    for (i = 0; i < 12; i++) base[i] = (uint8_t)(0xa0 + i);
+    for (i = 0; i < len; i++) plain[i] = (uint8_t)(i % 251);
+    CHECK(engine_key_new(&k, backend, key) == ENGINE_OK, "chunks: key_new");
+    CHECK(engine_chunks_seal(k, base, last_index - 2, 3, plain, len, sealed, 2) == ENGINE_OK &&
+              EVP_Digest(sealed, len + 3 * 16, digest, &dlen, EVP_sha256(), NULL) == 1 &&
+              unhex(run_sha256, want) == 32 && memcmp(digest, want, 32) == 0,
+          "chunks: three-chunk run up to index 2^38 - 1");
+    CHECK(engine_chunks_open(k, base, last_index - 2, 3, sealed, len + 3 * 16, back, 2) == 3 &&
+              memcmp(back, plain, len) == 0,
+          "chunks: the run opens");
+    CHECK(engine_chunks_seal(k, base, last_index - 1, 3, plain, len, sealed, 1) == ENGINE_EINVAL,
+          "chunks: an index of 2^38 is refused");
+    CHECK(engine_chunks_seal(k, base, 0, 3, plain, 2 * CHUNK - 1, sealed, 1) == ENGINE_EINVAL &&
+              engine_chunks_seal(k, base, 0, 3, plain, 3 * CHUNK + 1, sealed, 1) == ENGINE_EINVAL &&
+              engine_chunks_open(k, base, 0, 3, sealed, 2 * SEALED + 15, back, 1) == ENGINE_EINVAL,
+          "chunks: a length that does not fit the chunk count is refused");
+    CHECK(engine_chunks_seal(k, base, 0, 2, plain, CHUNK, plain + 100, 1) == ENGINE_EOVERLAP &&
+              engine_chunks_open(k, base, 0, 1, sealed, SEALED, sealed + 16, 1) == ENGINE_EOVERLAP,
+          "chunks: overlapping output is refused");
+    /* tampering: chunk 1 of 3 fails; chunk 0 is released, chunks 1 and 2 are zeroed */
+    CHECK(engine_chunks_seal(k, base, 7, 3, plain, len, sealed, 2) == ENGINE_OK, "chunks: seal");
+    sealed[SEALED + 5] ^= 1;
+    memset(back, 0xee, 3 * CHUNK);
+    CHECK(engine_chunks_open(k, base, 7, 3, sealed, len + 3 * 16, back, 2) == 1 &&
+              memcmp(back, plain, CHUNK) == 0 && all_zero(back + CHUNK, len - CHUNK),
+          "chunks: a flipped bit stops the run at that chunk and wipes the rest");
+    sealed[SEALED + 5] ^= 1;
+    CHECK(engine_chunks_open(k, base, 8, 3, sealed, len + 3 * 16, back, 2) == 0 &&
+              all_zero(back, len),
+          "chunks: a run opened at the wrong index fails at its first chunk");
+    /* test case 15 as the final chunk, index 5, after one full chunk at index 4 */
+    unhex("cafebabefacedbaddecaf88d", base);
+    unhex(K16, key);
+    unhex(tc15_pt, pt);
+    memcpy(plain + CHUNK, pt, 64);
+    unhex(tc15_sealed, expect);
+    CHECK(engine_key_new(&x, backend, key) == ENGINE_OK &&
+              engine_chunks_seal(x, base, 4, 2, plain, CHUNK + 64, sealed, 1) == ENGINE_OK &&
+              memcmp(sealed + SEALED, expect, 80) == 0,
+          "chunks: GCM test case 15 as a final chunk");
+    CHECK(engine_chunks_open(x, base, 4, 2, sealed, SEALED + 80, back, 1) == 2 &&
+              memcmp(back + CHUNK, pt, 64) == 0,
+          "chunks: test case 15 opens");
+    /* an empty final chunk is its tag alone: test case 13 (zero key, zero IV, nothing) */
+    engine_key_free(x);
+    memset(key, 0, 32);
+    memset(base, 0, 12);
+    unhex("530f8afbc74536b9a963b4f1c4cb738b", expect);
+    CHECK(engine_key_new(&x, backend, key) == ENGINE_OK &&
+              engine_chunks_seal(x, base, 0, 1, plain, 0, sealed, 1) == ENGINE_OK &&
+              memcmp(sealed, expect, 16) == 0 &&
+              engine_chunks_open(x, base, 0, 1, sealed, 16, back, 1) == 1,
+          "chunks: an empty final chunk (test case 13)");
+    engine_key_free(x);
+    CHECK(engine_key_new_alg(&x, backend, ENGINE_ALG_XAES_GCM, key) == ENGINE_OK &&
+              engine_chunks_seal(x, base, 0, 1, plain, 0, sealed, 1) == ENGINE_EINVAL,
+          "chunks: an XAES-256-GCM key is refused");
+    engine_key_free(x);
+    engine_key_free(k);
+out:
+    free(plain);
+    free(sealed);
+    free(back);
+}
+
 int main(int argc, char **argv) {
     int backend = argc > 1 && strcmp(argv[1], "ipsec-mb") == 0 ? ENGINE_BACKEND_IPSECMB
                                                                  : ENGINE_BACKEND_OPENSSL;
@@ -375,6 +475,7 @@ int main(int argc, char **argv) {
     run_derive(backend);
     run_xaes(backend);
     run_hmac();
+    run_chunks(backend);
     /* invalid arguments are refused, not dereferenced */
     CHECK(engine_key_new(&k, 99, key) == ENGINE_EBACKEND, "unknown backend accepted");
     CHECK(engine_key_new(&k, backend, key) == ENGINE_OK, "key_new");
