@@ -44,6 +44,8 @@ from reencrypt_support import (
     assert_contacts_consistent,
     contact_indexes,
     contact_rows,
+    file_digest,
+    listing,
     make_contacts,
     master_key_environment,
     new_database,
@@ -293,3 +295,28 @@ def test_parquet_files_are_rewritten_with_their_indexes(workers, tmp_path, monke
                                                 zip(expected["ssn_idx"], left)]
         assert table["email_idx"].to_pylist() == expected["email_idx"]
         assert table.schema.field("ssn_idx").type == pa.string()
+
+
+@pytest.mark.parametrize("second", ["without the index column", "with an integer index column"])
+def test_a_file_of_the_dataset_unlike_the_first_is_refused_before_anything_is_written(
+        second, tmp_path):
+    """Files of one dataset may have different columns; the job checks each file's own,
+    before it rewrites any (a file without the index column once had its last column, the
+    ciphertexts, replaced by index values)."""
+    old, new = services()
+    path = tmp_path / "users"
+    path.mkdir()
+    emails = [f"user{i}@example.com" for i in range(20)]
+    tokens = old.encrypt_many(emails)
+    index = BlindIndex(old.provider, "users", "email", normalizer="email", bits=12)
+    pq.write_table(pa.table({"id": range(20), "email_idx": index.compute(emails),
+                             "email": tokens}), path / "a.parquet")
+    other = {"id": range(20, 40), "email": tokens}
+    if second == "with an integer index column":
+        other = {"id": range(20, 40), "email_idx": range(20), "email": tokens}
+    pq.write_table(pa.table(other), path / "b.parquet")
+    before = {name: file_digest(str(path / name)) for name in listing(str(path))}
+    with pytest.raises(ColumnNotFound, match="email_idx.*b.parquet"):
+        reencrypt(open_store(f"parquet://{path}"), ["email"], service=new,
+                  indexes=BlindIndex(new.provider, "users", "email", normalizer="email", bits=12))
+    assert {name: file_digest(str(path / name)) for name in listing(str(path))} == before
