@@ -579,6 +579,20 @@ class BlindIndexes:
         """
         return self[name].lookup(value, **kw)
 
+    def check_names(self, kept: Iterable[str]) -> None:
+        """Refuses an index whose column would replace data: a column an index reads, or one
+        of ``kept`` (the columns being encrypted, those their AAD reads).
+
+        Raises:
+            InvalidArgument: such an index, by name.
+        """
+        taken = set(kept) | {c for index in self for c in index.columns}
+        clash = sorted(name for name in self._by_name if name in taken)
+        if clash:
+            raise InvalidArgument(f"blind index column(s) {', '.join(map(repr, clash))} would "
+                                  "replace a column that is encrypted or read (an index's field "
+                                  "or the AAD's): name the index column apart")
+
     def compute_all(self, columns: Mapping[str, Any], *, version: int | None = None,
                     arrow: bool = False) -> dict[str, Any]:
         """Every index of the table for a batch of rows given as columns (name -> values),

@@ -217,7 +217,8 @@ class FieldEncryption:
 
         Raises:
             InvalidArgumentType: a present value is not str.
-            InvalidArgument: ``bind_context`` without ids; blind indexes for a bare column.
+            InvalidArgument: ``bind_context`` without ids; blind indexes for a bare column, or
+                one named like the field, the id field or a field an index reads.
             BatchInvalidTag: ``skip_encrypted`` and some tokens are not this column's (``.failed``
                 gives their record indices); nothing is returned.
             NormalisationError: a value fails its index's normaliser (nothing is encrypted).
@@ -231,6 +232,7 @@ class FieldEncryption:
                 raise InvalidArgument("blind indexes are written into dict records or tables")
             if isinstance(blind_indexes, BlindIndex):
                 blind_indexes = BlindIndexes(blind_indexes)
+            blind_indexes.check_names({field, self._id_field} if self._bind else {field})
             records = blind_indexes.add_to_records(records)
         return _Column.of(self, records, field, ids).encrypt(skip_encrypted)
 

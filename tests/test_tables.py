@@ -211,6 +211,40 @@ def test_blind_index_columns_in_files(env, tmp_path):
         assert not (tmp_path / "bad.csv").exists() and "Traceback" not in r.stderr
 
 
+def test_an_index_never_replaces_the_data_it_is_computed_from(env, tmp_path):
+    """An index column named like an encrypted column, a column an index reads or one the
+    AAD template reads is refused before anything is written (``--index email=email`` once
+    wrote the encrypted index value in place of the email, and ``--index id=email`` broke
+    the AAD's ids)."""
+    t = sample(50)
+    provider = engine.EnvironmentKeyProvider(env=env)
+    service = EncryptionService(provider, metrics=False)
+    pq.write_table(t, tmp_path / "in.parquet")
+    pacsv.write_csv(t.drop_columns(["ssn"]), tmp_path / "in.csv")
+    for name in ("email", "ssn", "id", "score"):  # score: read by the second index
+        for src in ("in.parquet", "in.csv") if name != "ssn" else ("in.parquet",):
+            out = tmp_path / f"out-{name}-{src}"
+            more = ["--column", "ssn"] if src == "in.parquet" else []
+            r = cli("encrypt-columns", str(tmp_path / src), str(out), "--column", "email", *more,
+                    "--aad-template", TEMPLATE, "--index", f"{name}=email:email",
+                    "--index", "other_idx=score", "--index-table", "users", "--json", env=env)
+            assert r.returncode == 2 and f"'{name}'" in r.stderr, (name, src, r.stderr)
+            assert not out.exists() and "Traceback" not in r.stderr
+        index = engine.BlindIndex(provider, "users", "email", name=name)
+        with pytest.raises(engine.InvalidArgument, match=f"'{name}'"):
+            tables.encrypt_columns(t, ["email", "ssn"], aad_template=TEMPLATE, service=service,
+                                   blind_indexes=[index, engine.BlindIndex(provider, "users",
+                                                                           "score")])
+    records = [{"id": i, "email": f"user{i}@example.com"} for i in range(5)]
+    for fields, name in ((FieldEncryption(service), "email"),
+                         (FieldEncryption(service, bind_context=True), "id")):
+        with pytest.raises(engine.InvalidArgument, match=f"'{name}'"):
+            fields.encrypt_column(records, "email",
+                                  blind_indexes=engine.BlindIndex(provider, "users", "email",
+                                                                  name=name))
+    assert records[0] == {"id": 0, "email": "user0@example.com"}
+
+
 # ---------------------------------------------------------------- the recipes
 
 def encrypt_partition(df: pd.DataFrame) -> pd.DataFrame:
