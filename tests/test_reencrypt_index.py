@@ -320,3 +320,20 @@ def test_a_file_of_the_dataset_unlike_the_first_is_refused_before_anything_is_wr
         reencrypt(open_store(f"parquet://{path}"), ["email"], service=new,
                   indexes=BlindIndex(new.provider, "users", "email", normalizer="email", bits=12))
     assert {name: file_digest(str(path / name)) for name in listing(str(path))} == before
+
+
+def test_an_index_over_an_encrypted_column_left_out_of_the_job_is_refused(db):
+    """``pair_idx`` reads ``email`` and ``last_name``, both encrypted: a job given only
+    ``email`` once hashed ``last_name``'s ciphertexts as if they were plain values, and wrote
+    index values no lookup finds, reporting no failure."""
+    old, new = services()
+    make_contacts(db, 60, old)
+    snapshot = db.rows("SELECT * FROM contacts ORDER BY id")
+    with pytest.raises(ColumnNotFound, match="'last_name'.*holds ciphertexts"):
+        reencrypt(store_of(db), ["email"], aad=EMAIL_AAD, service=new,
+                  indexes=contact_indexes(new.provider)["pair_idx"])
+    assert db.rows("SELECT * FROM contacts ORDER BY id") == snapshot
+    # a plain column (an integer, here) is read as it is
+    report = reencrypt(store_of(db), ["last_name"], service=new,
+                       indexes=contact_indexes(new.provider)["name_idx"])
+    assert report.reencrypted == 60 and report.failed == 0

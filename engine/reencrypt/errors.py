@@ -31,7 +31,7 @@ class TableNotFound(ReencryptionError, InvalidArgument):
 
 class ColumnNotFound(ReencryptionError, InvalidArgument):
     """A column named by the job (value, key or AAD column) does not exist or has a type the
-    job cannot use."""
+    job cannot use (or, read by a blind index as a plain column, holds ciphertexts)."""
 
 
 class NotEncrypted(ReencryptionError, InvalidArgument):
