@@ -128,7 +128,10 @@ def _apply(normalizer: int | Callable[[str], str], batch: Batch,
     starts = batch.offsets[:-1] - batch.offsets[0]
     whole = Batch._trusted(out, np.array([0, out.shape[0]], dtype=np.int64))
     same = np.array_equal(lengths, batch.lengths())
-    normalised = Batch._trusted(out, offsets_of(lengths)) if same else whole.slices(starts, lengths)
+    if same:
+        return Batch._trusted(out, offsets_of(lengths)), bad.view(bool)
+    normalised = whole.slices(starts, lengths)
+    out.fill(0)  # the normalised plaintexts, copied into ``normalised``
     return normalised, bad.view(bool)
 
 
@@ -427,33 +430,48 @@ class BlindIndex:
     def _digests(self, values: Any, version: int) -> tuple[np.ndarray | None, int, np.ndarray]:
         """(rows that get an index value, or None for all; the row count; their truncated
         HMACs, one row of bytes each)."""
-        packed = [_column(v, f"column {c!r}") for c, v in zip(self.columns, self._fields(values))]
-        n = packed[0][0]
-        if any(rows != n for rows, _, _ in packed):
-            raise InvalidArgument(f"the columns of index {self.name!r} have different lengths")
-        normalised = []
-        for (_, where, batch), column, normalizer in zip(packed, self.columns, self._normalizers):
-            batch, bad = _apply(normalizer, batch, self._threads)
-            if bad.any():
-                failed = np.flatnonzero(bad) if where is None else where[bad]
-                more = f" (and {failed.shape[0] - 1} more)" if failed.shape[0] > 1 else ""
-                raise NormalisationError(f"row {int(failed[0])} of column {column!r} fails the "
-                                         f"normaliser of index {self.name!r}{more}", failed)
-            normalised.append((where, batch))
-        present = None  # rows where every field is present
-        for where, _ in normalised:
-            if where is not None:
-                present = where if present is None else np.intersect1d(present, where,
-                                                                        assume_unique=True)
-        parts = [batch if present is None or (where is not None and where.shape == present.shape)
-                 else batch.take(present if where is None else np.searchsorted(where, present))
-                 for where, batch in normalised]
-        message = parts[0] if len(parts) == 1 else _length_prefixed(parts)
-        out = np.empty((len(message), (self.bits + 7) // 8), dtype=np.uint8)
-        if len(message):
-            _native.hmac_sha256_batch(self._key(version), len(message), message.data,
-                                      message.offsets, out, self.bits, self._threads)
-        return present, n, out
+        fields = self._fields(values)
+        packed = [_column(v, f"column {c!r}") for c, v in zip(self.columns, fields)]
+        # the copies made here hold plaintexts: wiped once hashed (the caller's own are not)
+        scratch = [b for v, (_, _, b) in zip(fields, packed) if isinstance(v, (list, tuple))]
+        try:
+            n = packed[0][0]
+            if any(rows != n for rows, _, _ in packed):
+                raise InvalidArgument(f"the columns of index {self.name!r} have different lengths")
+            normalised = []
+            for (_, where, given), column, normalizer in zip(packed, self.columns,
+                                                             self._normalizers):
+                batch, bad = _apply(normalizer, given, self._threads)
+                if batch is not given:
+                    scratch.append(batch)
+                if bad.any():
+                    failed = np.flatnonzero(bad) if where is None else where[bad]
+                    more = f" (and {failed.shape[0] - 1} more)" if failed.shape[0] > 1 else ""
+                    raise NormalisationError(f"row {int(failed[0])} of column {column!r} fails "
+                                             f"the normaliser of index {self.name!r}{more}",
+                                             failed)
+                normalised.append((where, batch))
+            present = None  # rows where every field is present
+            for where, _ in normalised:
+                if where is not None:
+                    present = where if present is None else np.intersect1d(present, where,
+                                                                            assume_unique=True)
+            parts = [batch if present is None or (where is not None
+                                                  and where.shape == present.shape)
+                     else batch.take(present if where is None else np.searchsorted(where, present))
+                     for where, batch in normalised]
+            scratch += [p for p, (_, b) in zip(parts, normalised) if p is not b]
+            message = parts[0] if len(parts) == 1 else _length_prefixed(parts)
+            if len(parts) > 1:
+                scratch.append(message)
+            out = np.empty((len(message), (self.bits + 7) // 8), dtype=np.uint8)
+            if len(message):
+                _native.hmac_sha256_batch(self._key(version), len(message), message.data,
+                                          message.offsets, out, self.bits, self._threads)
+            return present, n, out
+        finally:
+            for batch in scratch:
+                batch.data.fill(0)
 
     def compute(self, values: Any, *, version: int | None = None, arrow: bool = False) -> Any:
         """The index value of every row, in one native pass.
