@@ -337,3 +337,19 @@ def test_an_index_over_an_encrypted_column_left_out_of_the_job_is_refused(db):
     report = reencrypt(store_of(db), ["last_name"], service=new,
                        indexes=contact_indexes(new.provider)["name_idx"])
     assert report.reencrypted == 60 and report.failed == 0
+
+
+def test_a_plain_column_of_floats_is_refused_not_hashed_as_other_text(db):
+    """The application indexes ``birth_year`` as the integer 1990; a REAL column hands the
+    job 1990.0, whose index value no lookup asks for (the job once wrote those for every row
+    and reported no failure)."""
+    old, new = services()
+    make_contacts(db, 40, old)
+    db.run("ALTER TABLE contacts ADD COLUMN birth_real REAL")
+    db.run("UPDATE contacts SET birth_real = birth_year")
+    snapshot = db.rows("SELECT * FROM contacts ORDER BY id")
+    index = BlindIndex(new.provider, "contacts", ["last_name", "birth_real"], normalizer="text",
+                       bits=10, name="name_idx")
+    with pytest.raises(ColumnNotFound, match="'birth_real'"):
+        reencrypt(store_of(db), ["last_name"], service=new, indexes=index)
+    assert db.rows("SELECT * FROM contacts ORDER BY id") == snapshot

@@ -263,6 +263,9 @@ class SqlStore:
             if name not in kinds:
                 raise ColumnNotFound(f"table {self.table!r} has no column {name!r} (a blind "
                                      "index reads it)")
+            if kinds[name] not in (TEXT, BINARY, INTEGER):
+                raise ColumnNotFound(f"column {name!r}, which a blind index reads, is not a text, "
+                                     "binary or integer column")
         return kinds
 
     def count(self, conn: Any) -> int:
@@ -361,6 +364,8 @@ class SqlStore:
                     if name in aad_columns:
                         arrays[name] = pa.array(values)
                     continue
+                if name in fields:
+                    _check_index_field(name, values)
                 arrays[name], text[name] = arrow_values(values)
                 originals[name] = values
             yield ReadBatch(data[0], pa.RecordBatch.from_pydict(arrays), originals, text)
@@ -425,6 +430,19 @@ class SqlStore:
             conn, f"UPDATE {self.quote(self.table)} SET {', '.join(sets)} WHERE "
                   f"{self.quote(self.key)} = {p} AND {' AND '.join(checks)}",
             list(zip(*params)))
+
+
+def _check_index_field(name: str, values: Sequence[Any]) -> None:
+    """A blind index hashes text, bytes and integers as the application's index does; any
+    other value (a float SQLite keeps in a REAL column: 1990.0, not 1990) would hash to
+    what no lookup asks for."""
+    if value_kinds(values) & OTHER_VALUES:
+        odd = next((v for v in values if v is not None and not isinstance(
+            v, (str, bytes, bytearray, memoryview)) and type(v) is not int), None)
+        if odd is not None:
+            raise ColumnNotFound(f"column {name!r}, which a blind index reads, holds a "
+                                 f"{type(odd).__name__}; an index reads text, binary or "
+                                 "integer values")
 
 
 def update_values(values: Any, rows: np.ndarray) -> list:
