@@ -30,6 +30,7 @@ from engine.reencrypt import (
     AadRule,
     Column,
     ColumnNotFound,
+    IndexMismatch,
     SealedLayout,
     inventory,
     open_store,
@@ -353,3 +354,28 @@ def test_a_plain_column_of_floats_is_refused_not_hashed_as_other_text(db):
     with pytest.raises(ColumnNotFound, match="'birth_real'"):
         reencrypt(store_of(db), ["last_name"], service=new, indexes=index)
     assert db.rows("SELECT * FROM contacts ORDER BY id") == snapshot
+
+
+def test_an_index_unlike_the_applications_is_refused_before_anything_is_written(db):
+    """Other bits, another normaliser, another table or the fields in another order compute
+    none of the stored index values: the job stops before it rewrites them all with values
+    the application's lookups never ask for. Rows whose index is stale or NULL do not stop it."""
+    old, new = services()
+    contacts = make_contacts(db, 80, old)
+    db.run("UPDATE contacts SET email_idx = 'ffff' WHERE id < 5")  # stale: re-indexed
+    db.run("UPDATE contacts SET email_idx = NULL WHERE id >= 5 AND id < 10")
+    snapshot = db.rows("SELECT * FROM contacts ORDER BY id")
+    p = new.provider
+    wrong = [BlindIndex(p, "contacts", "email", normalizer="email", bits=18),
+             BlindIndex(p, "contacts", "email", normalizer="lower", bits=16),  # not trimmed
+             BlindIndex(p, "users", "email", normalizer="email", bits=16),
+             BlindIndex(p, "contacts", ["last_name", "email"], normalizer="text", bits=20,
+                        name="pair_idx")]
+    for index in wrong:
+        with pytest.raises(IndexMismatch, match=f"'{index.name}'"):
+            reencrypt(store_of(db), COLUMNS, aad=EMAIL_AAD, service=new, indexes=index)
+    assert db.rows("SELECT * FROM contacts ORDER BY id") == snapshot
+    report = reencrypt(store_of(db), COLUMNS, aad=EMAIL_AAD, service=new,
+                       indexes=contact_indexes(p), batch_size=25)
+    assert report.reencrypted == 160 and report.failed == 0
+    assert set(assert_contacts_consistent(contacts, new).tolist()) == {2}

@@ -20,7 +20,7 @@ from .. import audit as audit_events
 from ..errors import InvalidArgument, InvalidArgumentType
 from ..keys.base import KeyProviderError, ProviderConfig
 from ..service import EncryptionService, ValueStatus, get_encryption_service
-from .errors import ColumnNotFound, NotEncrypted, WrongKeyOrAad
+from .errors import ColumnNotFound, IndexMismatch, NotEncrypted, WrongKeyOrAad
 from .executors import DaskExecutor, run_partitions
 from .partition import JobSpec
 from .reindex import build_indexes
@@ -28,7 +28,7 @@ from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
 from .spec import Column, as_columns, column_of, row_fields
 from .stores.parquet import ParquetStore
 from .stores.sql import Partition, SqlStore
-from .transform import KeyCheck, reseal, status_of
+from .transform import KeyCheck, reseal, status_of, stored_index_matches
 
 __all__ = ["handover", "inventory", "reencrypt"]
 
@@ -257,7 +257,8 @@ class _Job:
                 sample = next(self.store.scan(conn, Partition(0), self.columns, kinds,
                                               min(self.batch_size, SAMPLE_ROWS)), None)
                 first = sample.table if sample is not None else None
-        for index in build_indexes(self.columns, self.service.provider).values():
+        indexes = build_indexes(self.columns, self.service.provider)
+        for index in indexes.values():
             index.check_key(self.target)
         if first is None or first.num_rows == 0:
             return
@@ -266,6 +267,14 @@ class _Job:
             _judge_sample(column, status_of(resealed, i), self.check_only)
         for name in row_fields(self.columns):
             _judge_index_field(name, column_of(first, name), self.service)
+        matches = stored_index_matches(first, self.columns, self.service, indexes)
+        for name, (matched, compared) in matches.items():
+            if compared and not matched:
+                raise IndexMismatch(
+                    f"blind index {name!r}: none of the {compared} index values sampled is the "
+                    "one it computes from its row under the row's key version; give it the "
+                    "application's normaliser, bits and table (--index-table), and check that "
+                    "no job without it moved these rows")
 
     def partitions(self, workers: int, count: int | None, *, persist: bool) -> list[Partition]:
         if not isinstance(workers, int) or workers < 0:

@@ -337,8 +337,9 @@ class SqlStore:
         import pyarrow as pa
 
         fields = row_fields(columns)
+        stored_indexes = {d.name for c in columns for d in c.indexes}  # read to check them
         names = [self.key] + sorted({n for c in columns for n in c.read_columns()}
-                                    .union(fields) - {self.key})
+                                    .union(fields, stored_indexes) - {self.key})
         aad_columns = {n for c in columns for n in c.aad.columns()}.union(fields)
         exprs = ", ".join(self.read_expression(n, kinds[n]) for n in names)
         k, p = self.quote(self.key), self.placeholder
