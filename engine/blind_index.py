@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,7 @@ __all__ = [
     "as_blind_indexes",
     "bits_for_rows",
     "definitions",
+    "under_one_version",
 ]
 
 MAX_BITS = 32
@@ -668,6 +669,22 @@ class BlindIndexes:
             else:
                 out = out.append_column(name, values)
         return out
+
+
+T = TypeVar("T")
+
+
+def under_one_version(provider: KeyProvider, write: Callable[[int], T]) -> T:
+    """``write(version)``: computes indexes under ``version`` and encrypts with the current
+    key, run again if the current version changed meanwhile (a rotation), so that no row is
+    indexed under another version than its ciphertext's: a re-encryption job would take such
+    a row for current and leave its index where no lookup finds it once the version is
+    purged."""
+    while True:
+        version = provider.get_current_key().version
+        out = write(version)
+        if provider.get_current_key().version == version:
+            return out
 
 
 def _items(indexes: Any) -> list[Any]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .batch import Batch
-from .blind_index import BlindIndex, BlindIndexes
+from .blind_index import BlindIndex, BlindIndexes, under_one_version
 from .buffers import empty_bytes, is_arrow, pyarrow_module
 from .codecs import prefix_each
 from .envelope import is_text_token, text_token_mask
@@ -233,7 +233,10 @@ class FieldEncryption:
             if isinstance(blind_indexes, BlindIndex):
                 blind_indexes = BlindIndexes(blind_indexes)
             blind_indexes.check_names({field, self._id_field} if self._bind else {field})
-            records = blind_indexes.add_to_records(records)
+            indexes = blind_indexes
+            return under_one_version(self.service.provider, lambda version: _Column.of(
+                self, indexes.add_to_records(records, version=version), field, ids
+            ).encrypt(skip_encrypted))
         return _Column.of(self, records, field, ids).encrypt(skip_encrypted)
 
     @_dualmethod

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from .atomic_file import atomic_output
 from .batch import Batch
-from .blind_index import BlindIndexes, as_blind_indexes
+from .blind_index import BlindIndexes, as_blind_indexes, under_one_version
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
 
@@ -231,10 +231,11 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
     cols = _columns_arg(arrow, columns)
     service = service or get_encryption_service()
     indexes = as_blind_indexes(blind_indexes, service.provider)
-    if indexes is not None:
-        indexes.check_names(_written_or_read(cols, aad_template))
-        arrow = indexes.add_to_arrow(arrow)
-    return back(_transform(arrow, cols, aad_template, service, True))
+    if indexes is None:
+        return back(_transform(arrow, cols, aad_template, service, True))
+    indexes.check_names(_written_or_read(cols, aad_template))
+    return back(under_one_version(service.provider, lambda version: _transform(
+        indexes.add_to_arrow(arrow, version=version), cols, aad_template, service, True)))
 
 
 def decrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
@@ -279,9 +280,11 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
         indexes.check_names(_written_or_read(columns, aad_template))
 
     def transform(group: Any) -> Any:
-        if indexes is not None:
-            group = indexes.add_to_arrow(group)
-        return _transform(group, _columns_arg(group, columns), aad_template, service, encrypt)
+        if indexes is None:
+            return _transform(group, _columns_arg(group, columns), aad_template, service, encrypt)
+        return under_one_version(service.provider, lambda version: _transform(
+            indexes.add_to_arrow(group, version=version), _columns_arg(group, columns),
+            aad_template, service, encrypt))
 
     start = time.perf_counter()
     rows = groups = 0
