@@ -304,7 +304,7 @@ class IndexDefinition:
             raise InvalidArgument(f"index {text!r}: give one normaliser, or one per column")
         bits = bits_for_rows(DEFAULT_EXPECTED_ROWS)
         if len(parts) == 3:
-            if not parts[2].isdigit():
+            if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 3):
                 raise InvalidArgument(f"index {text!r}: BITS is a whole number from 1 to "
                                       f"{MAX_BITS}")
             bits = int(parts[2])
