@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,7 @@ __all__ = [
     "as_blind_indexes",
     "bits_for_rows",
     "definitions",
+    "under_one_version",
 ]
 
 MAX_BITS = 32
@@ -128,7 +129,10 @@ def _apply(normalizer: int | Callable[[str], str], batch: Batch,
     starts = batch.offsets[:-1] - batch.offsets[0]
     whole = Batch._trusted(out, np.array([0, out.shape[0]], dtype=np.int64))
     same = np.array_equal(lengths, batch.lengths())
-    normalised = Batch._trusted(out, offsets_of(lengths)) if same else whole.slices(starts, lengths)
+    if same:
+        return Batch._trusted(out, offsets_of(lengths)), bad.view(bool)
+    normalised = whole.slices(starts, lengths)
+    out.fill(0)  # the normalised plaintexts, copied into ``normalised``
     return normalised, bad.view(bool)
 
 
@@ -300,7 +304,7 @@ class IndexDefinition:
             raise InvalidArgument(f"index {text!r}: give one normaliser, or one per column")
         bits = bits_for_rows(DEFAULT_EXPECTED_ROWS)
         if len(parts) == 3:
-            if not parts[2].isdigit():
+            if not (parts[2].isascii() and parts[2].isdigit() and len(parts[2]) <= 3):
                 raise InvalidArgument(f"index {text!r}: BITS is a whole number from 1 to "
                                       f"{MAX_BITS}")
             bits = int(parts[2])
@@ -427,33 +431,48 @@ class BlindIndex:
     def _digests(self, values: Any, version: int) -> tuple[np.ndarray | None, int, np.ndarray]:
         """(rows that get an index value, or None for all; the row count; their truncated
         HMACs, one row of bytes each)."""
-        packed = [_column(v, f"column {c!r}") for c, v in zip(self.columns, self._fields(values))]
-        n = packed[0][0]
-        if any(rows != n for rows, _, _ in packed):
-            raise InvalidArgument(f"the columns of index {self.name!r} have different lengths")
-        normalised = []
-        for (_, where, batch), column, normalizer in zip(packed, self.columns, self._normalizers):
-            batch, bad = _apply(normalizer, batch, self._threads)
-            if bad.any():
-                failed = np.flatnonzero(bad) if where is None else where[bad]
-                more = f" (and {failed.shape[0] - 1} more)" if failed.shape[0] > 1 else ""
-                raise NormalisationError(f"row {int(failed[0])} of column {column!r} fails the "
-                                         f"normaliser of index {self.name!r}{more}", failed)
-            normalised.append((where, batch))
-        present = None  # rows where every field is present
-        for where, _ in normalised:
-            if where is not None:
-                present = where if present is None else np.intersect1d(present, where,
-                                                                        assume_unique=True)
-        parts = [batch if present is None or (where is not None and where.shape == present.shape)
-                 else batch.take(present if where is None else np.searchsorted(where, present))
-                 for where, batch in normalised]
-        message = parts[0] if len(parts) == 1 else _length_prefixed(parts)
-        out = np.empty((len(message), (self.bits + 7) // 8), dtype=np.uint8)
-        if len(message):
-            _native.hmac_sha256_batch(self._key(version), len(message), message.data,
-                                      message.offsets, out, self.bits, self._threads)
-        return present, n, out
+        fields = self._fields(values)
+        packed = [_column(v, f"column {c!r}") for c, v in zip(self.columns, fields)]
+        # the copies made here hold plaintexts: wiped once hashed (the caller's own are not)
+        scratch = [b for v, (_, _, b) in zip(fields, packed) if isinstance(v, (list, tuple))]
+        try:
+            n = packed[0][0]
+            if any(rows != n for rows, _, _ in packed):
+                raise InvalidArgument(f"the columns of index {self.name!r} have different lengths")
+            normalised = []
+            for (_, where, given), column, normalizer in zip(packed, self.columns,
+                                                             self._normalizers):
+                batch, bad = _apply(normalizer, given, self._threads)
+                if batch is not given:
+                    scratch.append(batch)
+                if bad.any():
+                    failed = np.flatnonzero(bad) if where is None else where[bad]
+                    more = f" (and {failed.shape[0] - 1} more)" if failed.shape[0] > 1 else ""
+                    raise NormalisationError(f"row {int(failed[0])} of column {column!r} fails "
+                                             f"the normaliser of index {self.name!r}{more}",
+                                             failed)
+                normalised.append((where, batch))
+            present = None  # rows where every field is present
+            for where, _ in normalised:
+                if where is not None:
+                    present = where if present is None else np.intersect1d(present, where,
+                                                                            assume_unique=True)
+            parts = [batch if present is None or (where is not None
+                                                  and where.shape == present.shape)
+                     else batch.take(present if where is None else np.searchsorted(where, present))
+                     for where, batch in normalised]
+            scratch += [p for p, (_, b) in zip(parts, normalised) if p is not b]
+            message = parts[0] if len(parts) == 1 else _length_prefixed(parts)
+            if len(parts) > 1:
+                scratch.append(message)
+            out = np.empty((len(message), (self.bits + 7) // 8), dtype=np.uint8)
+            if len(message):
+                _native.hmac_sha256_batch(self._key(version), len(message), message.data,
+                                          message.offsets, out, self.bits, self._threads)
+            return present, n, out
+        finally:
+            for batch in scratch:
+                batch.data.fill(0)
 
     def compute(self, values: Any, *, version: int | None = None, arrow: bool = False) -> Any:
         """The index value of every row, in one native pass.
@@ -579,6 +598,20 @@ class BlindIndexes:
         """
         return self[name].lookup(value, **kw)
 
+    def check_names(self, kept: Iterable[str]) -> None:
+        """Refuses an index whose column would replace data: a column an index reads, or one
+        of ``kept`` (the columns being encrypted, those their AAD reads).
+
+        Raises:
+            InvalidArgument: such an index, by name.
+        """
+        taken = set(kept) | {c for index in self for c in index.columns}
+        clash = sorted(name for name in self._by_name if name in taken)
+        if clash:
+            raise InvalidArgument(f"blind index column(s) {', '.join(map(repr, clash))} would "
+                                  "replace a column that is encrypted or read (an index's field "
+                                  "or the AAD's): name the index column apart")
+
     def compute_all(self, columns: Mapping[str, Any], *, version: int | None = None,
                     arrow: bool = False) -> dict[str, Any]:
         """Every index of the table for a batch of rows given as columns (name -> values),
@@ -636,6 +669,22 @@ class BlindIndexes:
             else:
                 out = out.append_column(name, values)
         return out
+
+
+T = TypeVar("T")
+
+
+def under_one_version(provider: KeyProvider, write: Callable[[int], T]) -> T:
+    """``write(version)``: computes indexes under ``version`` and encrypts with the current
+    key, run again if the current version changed meanwhile (a rotation), so that no row is
+    indexed under another version than its ciphertext's: a re-encryption job would take such
+    a row for current and leave its index where no lookup finds it once the version is
+    purged."""
+    while True:
+        version = provider.get_current_key().version
+        out = write(version)
+        if provider.get_current_key().version == version:
+            return out
 
 
 def _items(indexes: Any) -> list[Any]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .batch import Batch
-from .blind_index import BlindIndex, BlindIndexes
+from .blind_index import BlindIndex, BlindIndexes, under_one_version
 from .buffers import empty_bytes, is_arrow, pyarrow_module
 from .codecs import prefix_each
 from .envelope import is_text_token, text_token_mask
@@ -217,7 +217,8 @@ class FieldEncryption:
 
         Raises:
             InvalidArgumentType: a present value is not str.
-            InvalidArgument: ``bind_context`` without ids; blind indexes for a bare column.
+            InvalidArgument: ``bind_context`` without ids; blind indexes for a bare column, or
+                one named like the field, the id field or a field an index reads.
             BatchInvalidTag: ``skip_encrypted`` and some tokens are not this column's (``.failed``
                 gives their record indices); nothing is returned.
             NormalisationError: a value fails its index's normaliser (nothing is encrypted).
@@ -231,7 +232,11 @@ class FieldEncryption:
                 raise InvalidArgument("blind indexes are written into dict records or tables")
             if isinstance(blind_indexes, BlindIndex):
                 blind_indexes = BlindIndexes(blind_indexes)
-            records = blind_indexes.add_to_records(records)
+            blind_indexes.check_names({field, self._id_field} if self._bind else {field})
+            indexes = blind_indexes
+            return under_one_version(self.service.provider, lambda version: _Column.of(
+                self, indexes.add_to_records(records, version=version), field, ids
+            ).encrypt(skip_encrypted))
         return _Column.of(self, records, field, ids).encrypt(skip_encrypted)
 
     @_dualmethod

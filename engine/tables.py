@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from .atomic_file import atomic_output
 from .batch import Batch
-from .blind_index import BlindIndexes, as_blind_indexes
+from .blind_index import BlindIndexes, as_blind_indexes, under_one_version
 from .errors import InvalidArgument, InvalidArgumentType
 from .service import EncryptionService, get_encryption_service
 
@@ -221,7 +221,8 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
             column), under the current key version.
 
     Raises:
-        InvalidArgument: an unknown column, or a template naming a missing column or one with NULLs.
+        InvalidArgument: an unknown column, or a template naming a missing column or one with NULLs;
+            an index column named like a column encrypted or read (by an index or the template).
         InvalidArgumentType: a column that is not string or binary; not a table.
         KeyVersionNotUsable: the current key version may not encrypt.
         NormalisationError: a value fails its index's normaliser (nothing is encrypted).
@@ -230,9 +231,11 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
     cols = _columns_arg(arrow, columns)
     service = service or get_encryption_service()
     indexes = as_blind_indexes(blind_indexes, service.provider)
-    if indexes is not None:
-        arrow = indexes.add_to_arrow(arrow)
-    return back(_transform(arrow, cols, aad_template, service, True))
+    if indexes is None:
+        return back(_transform(arrow, cols, aad_template, service, True))
+    indexes.check_names(_written_or_read(cols, aad_template))
+    return back(under_one_version(service.provider, lambda version: _transform(
+        indexes.add_to_arrow(arrow, version=version), cols, aad_template, service, True)))
 
 
 def decrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
@@ -251,6 +254,11 @@ def decrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
 
 # ---- files: Parquet and CSV (what `crypto-engine encrypt-columns/decrypt-columns` run) ----
 
+def _written_or_read(columns: Sequence[str], aad_template: str | None) -> set[str]:
+    """The columns encrypted and those the AAD template reads: no index may replace them."""
+    return set(columns) | (_Template(aad_template).columns() if aad_template else set())
+
+
 def _file_format(path: str, file_format: str | None) -> str:
     if file_format is None:
         ext = os.path.splitext(path)[1].lower()
@@ -268,11 +276,15 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
     pa = _pa()
     fmt = _file_format(src, file_format)
     service = service or get_encryption_service()
+    if indexes is not None:
+        indexes.check_names(_written_or_read(columns, aad_template))
 
     def transform(group: Any) -> Any:
-        if indexes is not None:
-            group = indexes.add_to_arrow(group)
-        return _transform(group, _columns_arg(group, columns), aad_template, service, encrypt)
+        if indexes is None:
+            return _transform(group, _columns_arg(group, columns), aad_template, service, encrypt)
+        return under_one_version(service.provider, lambda version: _transform(
+            indexes.add_to_arrow(group, version=version), _columns_arg(group, columns),
+            aad_template, service, encrypt))
 
     start = time.perf_counter()
     rows = groups = 0
@@ -302,7 +314,7 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
 
             # Encrypted columns and the columns a template or an index reads are read as text,
             # as written (a zip code "01234" is not the number 1234).
-            keep = set(columns) | (_Template(aad_template).columns() if aad_template else set())
+            keep = _written_or_read(columns, aad_template)
             keep |= {c for index in (indexes or ()) for c in index.columns}
             # NULL is written unquoted-empty and "" quoted, and read back the same way.
             options = pacsv.ConvertOptions(column_types={c: pa.large_string() for c in keep},

@@ -288,7 +288,10 @@ def test_a_definition_rebuilds_the_same_index_anywhere():
     for bad, message in [("", "cannot read"), ("x=a:b:c:d", "cannot read"),
                          ("a+b:text+digits+exact", "one per column"),
                          ("a:soundex", "unknown normaliser"), ("a::40", "bits must be"),
-                         ("a::x", "BITS is a whole number"), ("a+a", "distinct")]:
+                         ("a::x", "BITS is a whole number"), ("a+a", "distinct"),
+                         # no bare ValueError from int() past 4,300 digits; ASCII digits only
+                         ("a::" + "9" * 5000, "BITS is a whole number"),
+                         ("a::\u0661\u0662", "BITS is a whole number")]:
         with pytest.raises(InvalidArgument, match=message):
             IndexDefinition.parse(bad, "users")
     with pytest.raises(InvalidArgument, match="--index-table"):
@@ -426,3 +429,47 @@ def test_errors_are_clear_and_typed():
             ["a@x.io"], "email", blind_indexes=indexes)
     with pytest.raises(InvalidArgumentType, match="index str, bytes or int"):
         indexes["email_idx"].compute([1.5])
+
+
+def test_the_plaintext_copies_an_index_makes_are_wiped_and_the_callers_are_kept(monkeypatch):
+    """Normalising and joining fields copies the plaintexts (lower-cased emails, a compound
+    message); once hashed, those copies are zeroed, as the service wipes what it opens. A
+    batch the caller gave keeps its bytes. The native HMAC runs as usual: the wrapper only
+    keeps a reference to the buffer it was handed."""
+    import engine.blind_index as blind_index
+
+    hashed = []
+    native = blind_index._native.hmac_sha256_batch
+
+    def hmac_batch(key, n, data, offsets, out, bits, threads):
+        hashed.append(data)
+        return native(key, n, data, offsets, out, bits, threads)
+
+    monkeypatch.setattr(blind_index._native, "hmac_sha256_batch", hmac_batch)
+    p = provider()
+    emails = [f" User{i}@Example.COM" for i in range(300)]
+    given = Batch.from_list(emails)
+    cases = [
+        (BlindIndex(p, "users", "email", normalizer="email"), emails),
+        (BlindIndex(p, "users", "email", normalizer="email"), given),
+        (BlindIndex(p, "users", "email", normalizer="lower"), given),   # same lengths: in place
+        (BlindIndex(p, "users", "email", normalizer=str.strip), emails),
+        (BlindIndex(p, "users", ["email", "year"], normalizer="text"),
+         {"email": given, "year": [1990 + i % 30 if i % 7 else None for i in range(300)]}),
+    ]
+    for index, values in cases:
+        expected = reference_index(index, emails, values)
+        hashed.clear()
+        assert index.compute(values) == expected
+        assert len(hashed) == 1 and not hashed[0].any(), index.name
+    assert given.to_list() == [e.encode() for e in emails]
+    exact = BlindIndex(p, "users", "email")  # hashes the caller's batch as it is
+    exact.compute(given)
+    assert given.to_list() == [e.encode() for e in emails]
+
+
+def reference_index(index, emails, values):
+    """The index values, computed from a fresh copy of the inputs."""
+    if isinstance(values, dict):
+        return index.compute({"email": list(emails), "year": list(values["year"])})
+    return index.compute(list(emails))

@@ -129,6 +129,13 @@ def test_blind_indexes_move_with_the_values(users, env):
     users.run("ALTER TABLE users ADD COLUMN ssn_idx TEXT")
     users.run_many("UPDATE users SET ssn_idx = %s WHERE id = %s",
                    list(zip(index.compute(plain, version=1), range(1, 301))))
+    # the bits left out (the default is not the 12 the application used): refused, as a
+    # job once rewrote every index value with 18 bits, where no lookup would find them
+    before = users.rows("SELECT * FROM users ORDER BY id")
+    r = run("reencrypt", "--store", users.url, "--table", "users", "--key", "id", *COLUMNS,
+            "--index", "ssn_idx=ssn:digits", "--json", env=env)
+    assert r.returncode == 2 and "'ssn_idx'" in r.stderr and "bits" in r.stderr, r.stderr
+    assert r.stdout == "" and users.rows("SELECT * FROM users ORDER BY id") == before
     r = run("reencrypt", "--store", users.url, "--table", "users", "--key", "id", *COLUMNS,
             "--index", "ssn_idx=ssn:digits:12", "--json", env=env)
     assert r.returncode == 0, r.stderr

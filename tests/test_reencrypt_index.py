@@ -30,6 +30,7 @@ from engine.reencrypt import (
     AadRule,
     Column,
     ColumnNotFound,
+    IndexMismatch,
     SealedLayout,
     inventory,
     open_store,
@@ -44,6 +45,8 @@ from reencrypt_support import (
     assert_contacts_consistent,
     contact_indexes,
     contact_rows,
+    file_digest,
+    listing,
     make_contacts,
     master_key_environment,
     new_database,
@@ -293,3 +296,86 @@ def test_parquet_files_are_rewritten_with_their_indexes(workers, tmp_path, monke
                                                 zip(expected["ssn_idx"], left)]
         assert table["email_idx"].to_pylist() == expected["email_idx"]
         assert table.schema.field("ssn_idx").type == pa.string()
+
+
+@pytest.mark.parametrize("second", ["without the index column", "with an integer index column"])
+def test_a_file_of_the_dataset_unlike_the_first_is_refused_before_anything_is_written(
+        second, tmp_path):
+    """Files of one dataset may have different columns; the job checks each file's own,
+    before it rewrites any (a file without the index column once had its last column, the
+    ciphertexts, replaced by index values)."""
+    old, new = services()
+    path = tmp_path / "users"
+    path.mkdir()
+    emails = [f"user{i}@example.com" for i in range(20)]
+    tokens = old.encrypt_many(emails)
+    index = BlindIndex(old.provider, "users", "email", normalizer="email", bits=12)
+    pq.write_table(pa.table({"id": range(20), "email_idx": index.compute(emails),
+                             "email": tokens}), path / "a.parquet")
+    other = {"id": range(20, 40), "email": tokens}
+    if second == "with an integer index column":
+        other = {"id": range(20, 40), "email_idx": range(20), "email": tokens}
+    pq.write_table(pa.table(other), path / "b.parquet")
+    before = {name: file_digest(str(path / name)) for name in listing(str(path))}
+    with pytest.raises(ColumnNotFound, match="email_idx.*b.parquet"):
+        reencrypt(open_store(f"parquet://{path}"), ["email"], service=new,
+                  indexes=BlindIndex(new.provider, "users", "email", normalizer="email", bits=12))
+    assert {name: file_digest(str(path / name)) for name in listing(str(path))} == before
+
+
+def test_an_index_over_an_encrypted_column_left_out_of_the_job_is_refused(db):
+    """``pair_idx`` reads ``email`` and ``last_name``, both encrypted: a job given only
+    ``email`` once hashed ``last_name``'s ciphertexts as if they were plain values, and wrote
+    index values no lookup finds, reporting no failure."""
+    old, new = services()
+    make_contacts(db, 60, old)
+    snapshot = db.rows("SELECT * FROM contacts ORDER BY id")
+    with pytest.raises(ColumnNotFound, match="'last_name'.*holds ciphertexts"):
+        reencrypt(store_of(db), ["email"], aad=EMAIL_AAD, service=new,
+                  indexes=contact_indexes(new.provider)["pair_idx"])
+    assert db.rows("SELECT * FROM contacts ORDER BY id") == snapshot
+    # a plain column (an integer, here) is read as it is
+    report = reencrypt(store_of(db), ["last_name"], service=new,
+                       indexes=contact_indexes(new.provider)["name_idx"])
+    assert report.reencrypted == 60 and report.failed == 0
+
+
+def test_a_plain_column_of_floats_is_refused_not_hashed_as_other_text(db):
+    """The application indexes ``birth_year`` as the integer 1990; a REAL column hands the
+    job 1990.0, whose index value no lookup asks for (the job once wrote those for every row
+    and reported no failure)."""
+    old, new = services()
+    make_contacts(db, 40, old)
+    db.run("ALTER TABLE contacts ADD COLUMN birth_real REAL")
+    db.run("UPDATE contacts SET birth_real = birth_year")
+    snapshot = db.rows("SELECT * FROM contacts ORDER BY id")
+    index = BlindIndex(new.provider, "contacts", ["last_name", "birth_real"], normalizer="text",
+                       bits=10, name="name_idx")
+    with pytest.raises(ColumnNotFound, match="'birth_real'"):
+        reencrypt(store_of(db), ["last_name"], service=new, indexes=index)
+    assert db.rows("SELECT * FROM contacts ORDER BY id") == snapshot
+
+
+def test_an_index_unlike_the_applications_is_refused_before_anything_is_written(db):
+    """Other bits, another normaliser, another table or the fields in another order compute
+    none of the stored index values: the job stops before it rewrites them all with values
+    the application's lookups never ask for. Rows whose index is stale or NULL do not stop it."""
+    old, new = services()
+    contacts = make_contacts(db, 80, old)
+    db.run("UPDATE contacts SET email_idx = 'ffff' WHERE id < 5")  # stale: re-indexed
+    db.run("UPDATE contacts SET email_idx = NULL WHERE id >= 5 AND id < 10")
+    snapshot = db.rows("SELECT * FROM contacts ORDER BY id")
+    p = new.provider
+    wrong = [BlindIndex(p, "contacts", "email", normalizer="email", bits=18),
+             BlindIndex(p, "contacts", "email", normalizer="lower", bits=16),  # not trimmed
+             BlindIndex(p, "users", "email", normalizer="email", bits=16),
+             BlindIndex(p, "contacts", ["last_name", "email"], normalizer="text", bits=20,
+                        name="pair_idx")]
+    for index in wrong:
+        with pytest.raises(IndexMismatch, match=f"'{index.name}'"):
+            reencrypt(store_of(db), COLUMNS, aad=EMAIL_AAD, service=new, indexes=index)
+    assert db.rows("SELECT * FROM contacts ORDER BY id") == snapshot
+    report = reencrypt(store_of(db), COLUMNS, aad=EMAIL_AAD, service=new,
+                       indexes=contact_indexes(p), batch_size=25)
+    assert report.reencrypted == 160 and report.failed == 0
+    assert set(assert_contacts_consistent(contacts, new).tolist()) == {2}

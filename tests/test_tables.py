@@ -211,6 +211,82 @@ def test_blind_index_columns_in_files(env, tmp_path):
         assert not (tmp_path / "bad.csv").exists() and "Traceback" not in r.stderr
 
 
+def test_an_index_never_replaces_the_data_it_is_computed_from(env, tmp_path):
+    """An index column named like an encrypted column, a column an index reads or one the
+    AAD template reads is refused before anything is written (``--index email=email`` once
+    wrote the encrypted index value in place of the email, and ``--index id=email`` broke
+    the AAD's ids)."""
+    t = sample(50)
+    provider = engine.EnvironmentKeyProvider(env=env)
+    service = EncryptionService(provider, metrics=False)
+    pq.write_table(t, tmp_path / "in.parquet")
+    pacsv.write_csv(t.drop_columns(["ssn"]), tmp_path / "in.csv")
+    for name in ("email", "ssn", "id", "score"):  # score: read by the second index
+        for src in ("in.parquet", "in.csv") if name != "ssn" else ("in.parquet",):
+            out = tmp_path / f"out-{name}-{src}"
+            more = ["--column", "ssn"] if src == "in.parquet" else []
+            r = cli("encrypt-columns", str(tmp_path / src), str(out), "--column", "email", *more,
+                    "--aad-template", TEMPLATE, "--index", f"{name}=email:email",
+                    "--index", "other_idx=score", "--index-table", "users", "--json", env=env)
+            assert r.returncode == 2 and f"'{name}'" in r.stderr, (name, src, r.stderr)
+            assert not out.exists() and "Traceback" not in r.stderr
+        index = engine.BlindIndex(provider, "users", "email", name=name)
+        with pytest.raises(engine.InvalidArgument, match=f"'{name}'"):
+            tables.encrypt_columns(t, ["email", "ssn"], aad_template=TEMPLATE, service=service,
+                                   blind_indexes=[index, engine.BlindIndex(provider, "users",
+                                                                           "score")])
+    records = [{"id": i, "email": f"user{i}@example.com"} for i in range(5)]
+    for fields, name in ((FieldEncryption(service), "email"),
+                         (FieldEncryption(service, bind_context=True), "id")):
+        with pytest.raises(engine.InvalidArgument, match=f"'{name}'"):
+            fields.encrypt_column(records, "email",
+                                  blind_indexes=engine.BlindIndex(provider, "users", "email",
+                                                                  name=name))
+    assert records[0] == {"id": 0, "email": "user0@example.com"}
+
+
+def test_a_rotation_while_rows_are_written_leaves_each_index_under_its_rows_version(env,
+                                                                                   tmp_path):
+    """The index values are computed, then the values encrypted: a rotation in between (here
+    from the normaliser, on its first call) once left rows encrypted under v2 with their
+    index under v1; a re-encryption job takes such rows for current, so they dropped out of
+    lookups once v1 was purged. Each row's index and ciphertext now share a version."""
+    provider = engine.EnvironmentKeyProvider(env=env)
+    service = EncryptionService(provider, metrics=False)
+    rotation = engine.KeyRotationService(provider, engine.RotationPolicy(),
+                                         state_dir=tmp_path / "rotation")
+    provider.get_current_key()
+
+    def rotating_lower(value: str) -> str:
+        if provider.get_current_key().version < target[0]:
+            rotation.rotate_keys()
+        return value.lower()
+
+    emails = [f"User{i}@Example.com" for i in range(40)]
+    reference = engine.BlindIndex(provider, "users", "email", normalizer=str.lower)
+
+    def assert_one_version(tokens, index_values):
+        versions = service.reencrypt_many(tokens, check_only=True).key_versions
+        assert set(versions.tolist()) == {target[0]}
+        assert index_values == reference.compute(emails, version=target[0])
+
+    index = engine.BlindIndex(provider, "users", "email", normalizer=rotating_lower)
+    target = [2]
+    out = tables.encrypt_columns(pa.table({"email": emails}), ["email"], service=service,
+                                 blind_indexes=index)
+    assert_one_version(out["email"], out["email_idx"].to_pylist())
+    target = [3]
+    pq.write_table(pa.table({"email": emails}), tmp_path / "in.parquet")
+    tables.encrypt_columns_file(str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"),
+                                ["email"], service=service, blind_indexes=index)
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert_one_version(out["email"], out["email_idx"].to_pylist())
+    target = [4]
+    rows = FieldEncryption(service).encrypt_column([{"email": e} for e in emails], "email",
+                                                   blind_indexes=index)
+    assert_one_version([r["email"] for r in rows], [r["email_idx"] for r in rows])
+
+
 # ---------------------------------------------------------------- the recipes
 
 def encrypt_partition(df: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ process, local worker processes (``workers=N``) or a Dask cluster (``dask="tcp:/
 
 from .errors import (
     ColumnNotFound,
+    IndexMismatch,
     NotEncrypted,
     ReencryptionError,
     SchedulerUnavailable,
@@ -40,6 +41,7 @@ __all__ = [
     "Column",
     "ColumnCounts",
     "ColumnNotFound",
+    "IndexMismatch",
     "Failure",
     "Inventory",
     "NotEncrypted",

@@ -6,6 +6,7 @@ from ..errors import EngineError, InvalidArgument
 
 __all__ = [
     "ColumnNotFound",
+    "IndexMismatch",
     "NotEncrypted",
     "ReencryptionError",
     "SchedulerUnavailable",
@@ -31,7 +32,12 @@ class TableNotFound(ReencryptionError, InvalidArgument):
 
 class ColumnNotFound(ReencryptionError, InvalidArgument):
     """A column named by the job (value, key or AAD column) does not exist or has a type the
-    job cannot use."""
+    job cannot use (or, read by a blind index as a plain column, holds ciphertexts)."""
+
+
+class IndexMismatch(ReencryptionError, InvalidArgument):
+    """A blind index, as the job was given it, computes none of the index values stored in
+    the rows sampled: its normaliser, bits, table or fields are not the application's."""
 
 
 class NotEncrypted(ReencryptionError, InvalidArgument):

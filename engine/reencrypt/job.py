@@ -20,15 +20,15 @@ from .. import audit as audit_events
 from ..errors import InvalidArgument, InvalidArgumentType
 from ..keys.base import KeyProviderError, ProviderConfig
 from ..service import EncryptionService, ValueStatus, get_encryption_service
-from .errors import NotEncrypted, WrongKeyOrAad
+from .errors import ColumnNotFound, IndexMismatch, NotEncrypted, WrongKeyOrAad
 from .executors import DaskExecutor, run_partitions
 from .partition import JobSpec
 from .reindex import build_indexes
 from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
-from .spec import Column, as_columns
+from .spec import Column, as_columns, column_of, row_fields
 from .stores.parquet import ParquetStore
 from .stores.sql import Partition, SqlStore
-from .transform import KeyCheck, reseal, status_of
+from .transform import KeyCheck, reseal, status_of, stored_index_matches
 
 __all__ = ["handover", "inventory", "reencrypt"]
 
@@ -257,13 +257,24 @@ class _Job:
                 sample = next(self.store.scan(conn, Partition(0), self.columns, kinds,
                                               min(self.batch_size, SAMPLE_ROWS)), None)
                 first = sample.table if sample is not None else None
-        for index in build_indexes(self.columns, self.service.provider).values():
+        indexes = build_indexes(self.columns, self.service.provider)
+        for index in indexes.values():
             index.check_key(self.target)
         if first is None or first.num_rows == 0:
             return
         resealed = reseal(first, self.columns, self.service, check_only=True)
         for i, column in enumerate(self.columns):
             _judge_sample(column, status_of(resealed, i), self.check_only)
+        for name in row_fields(self.columns):
+            _judge_index_field(name, column_of(first, name), self.service)
+        matches = stored_index_matches(first, self.columns, self.service, indexes)
+        for name, (matched, compared) in matches.items():
+            if compared and not matched:
+                raise IndexMismatch(
+                    f"blind index {name!r}: none of the {compared} index values sampled is the "
+                    "one it computes from its row under the row's key version; give it the "
+                    "application's normaliser, bits and table (--index-table), and check that "
+                    "no job without it moved these rows")
 
     def partitions(self, workers: int, count: int | None, *, persist: bool) -> list[Partition]:
         if not isinstance(workers, int) or workers < 0:
@@ -336,6 +347,19 @@ class _Job:
             skipped=sum(c.current + c.null + c.changed for c in counts),
             failed=sum(c.failed for c in counts),
             remaining=self.total_values - self.scanned_values)
+
+
+def _judge_index_field(name: str, values: Any, service: EncryptionService) -> None:
+    """A plain column a blind index reads must not hold ciphertexts: the index would hash
+    them, not the plaintexts the application hashed, and no lookup would find the row."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(values.type):
+        return
+    status = service.reencrypt_many(values, check_only=True).status
+    if bool(np.isin(status, (ValueStatus.MALFORMED, ValueStatus.NULL), invert=True).any()):
+        raise ColumnNotFound(f"column {name!r}, which a blind index reads, holds ciphertexts: "
+                             "give it to the job as one of its columns")
 
 
 def _judge_sample(column: Column, status: np.ndarray, check_only: bool) -> None:

@@ -187,6 +187,7 @@ def _process_file(spec: JobSpec, part: Partition, crypto: Any,
     result = _empty_result(spec.columns)
     before = file_signature(path)
     source = pq.ParquetFile(path)
+    spec.store.check_schema(source.schema_arrow, spec.columns, name)  # the file may be new
     meta = source.metadata
     codec = (meta.row_group(0).column(0).compression.lower()
              if meta.num_row_groups and meta.num_columns else "snappy")

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..aead import random_bytes
 from ..batch import Batch, SealedBatch
+from ..blind_index import NormalisationError
 from ..envelope import FORMAT_UNBOUND, MAX_KEY_VERSION, pack_tokens, parse_tokens
 from ..errors import InvalidTag
 from ..keys import UnknownKeyVersion
@@ -29,8 +30,8 @@ from .errors import ColumnNotFound, WorkerKeyMismatch
 from .reindex import ColumnPass, Indexes, Plaintexts, build_indexes, index_values, keep_unindexable
 from .spec import Column, column_of
 
-__all__ = ["KeyCheck", "from_ipc", "index_of", "reseal", "status_of", "to_ipc", "values_of",
-           "worker_service"]
+__all__ = ["KeyCheck", "from_ipc", "index_of", "reseal", "status_of", "stored_index_matches",
+           "to_ipc", "values_of", "worker_service"]
 
 _CHECK_AAD = b"engine-reencrypt-key-check"
 
@@ -172,6 +173,55 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
             arrays[f"{i}.{name}"] = arr
     arrays.update(index_arrays)
     return pa.RecordBatch.from_pydict(arrays) if arrays else pa.record_batch([])
+
+
+def stored_index_matches(batch: Any, columns: Sequence[Column], service: EncryptionService,
+                         indexes: Indexes) -> dict[str, tuple[int, int]]:
+    """For each blind index of ``columns``: (rows of ``batch`` whose stored index value is
+    the one the index computes from the row's plaintexts under its key version, rows
+    compared). A row is compared where its index value is set and every encrypted field of
+    the index opens; the key version is that of the index's column (the first of its columns
+    the job has). Nothing is written.
+
+    Raises:
+        ColumnNotFound: a column, or an index column, is missing.
+    """
+    opened = Plaintexts()
+    needs = {f for c in columns for d in c.indexes for f in d.columns}
+    passes: dict[str, ColumnPass] = {}
+    out: dict[str, tuple[int, int]] = {}
+    try:
+        for column in columns:
+            if column.name in needs:
+                run = _token_column if column.sealed is None else _sealed_column
+                passes[column.name] = run(batch, column, column.aad.evaluate(batch, column.name),
+                                          service, True, None, opened.keeper(column.name))
+        for column in columns:
+            for definition in column.indexes:
+                stored = column_of(batch, definition.name).to_numpy(zero_copy_only=False)
+                rows = np.flatnonzero(np.not_equal(stored, None))
+                for name in (f for f in definition.columns if f in passes):
+                    rows = rows[opened.has(name, rows)]
+                versions = passes[column.name].versions[rows]
+                matched = 0
+                for version in np.unique(versions).tolist():
+                    at = rows[versions == version]
+                    while at.shape[0]:
+                        fields = {f: opened.at(f, at) if f in passes
+                                  else column_of(batch, f).take(at) for f in definition.columns}
+                        try:
+                            values = indexes[definition].compute(
+                                fields if len(fields) > 1 else fields[definition.columns[0]],
+                                version=int(version))
+                        except NormalisationError as exc:  # rows that match nothing
+                            at = np.delete(at, exc.failed)
+                            continue
+                        matched += sum(a == b for a, b in zip(values, stored[at].tolist()))
+                        break
+                out[definition.name] = (matched, int(rows.shape[0]))
+    finally:
+        opened.wipe()
+    return out
 
 
 def _token_column(batch: Any, column: Column, aad: Any, service: EncryptionService,

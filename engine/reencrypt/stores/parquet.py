@@ -74,26 +74,35 @@ class ParquetStore:
             return files
         raise StoreUnavailable(f"{self.display}: {failure}")
 
-    def schema(self) -> Any:
+    def schemas(self) -> list[tuple[str, Any]]:
+        """(file, its own schema) for every file: files of one dataset may differ, and a
+        file is rewritten with its own columns."""
         import pyarrow as pa
-        import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
 
         try:
-            return ds.dataset(self.files(), format="parquet").schema
+            return [(f, pq.read_schema(f)) for f in self.files()]
         except (pa.ArrowInvalid, OSError) as exc:
             failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise StoreUnavailable(f"{self.display}: {failure}")
 
     def check(self, columns: Sequence[Column]) -> None:
-        """Raises ColumnNotFound for a column that is missing or of a type that cannot hold
-        ciphertexts (text or binary tokens; for the three-column layout, binary and integer)."""
+        """Raises ColumnNotFound for a column that is missing from a file or of a type that
+        cannot hold ciphertexts (text or binary tokens; for the three-column layout, binary and
+        integer), and for a blind index column or a column an index reads that is missing or
+        of the wrong type."""
+        for path, schema in self.schemas():
+            self.check_schema(schema, columns, os.path.basename(path))
+
+    def check_schema(self, schema: Any, columns: Sequence[Column], file: str) -> None:
+        """:meth:`check` for one file of the dataset, of schema ``schema``."""
         import pyarrow as pa
 
-        schema = self.schema()
+        where = f"{self.display} (file {file})"
         for column in columns:
             for name in column.read_columns():
                 if schema.get_field_index(name) < 0:
-                    raise ColumnNotFound(f"{self.display} has no column {name!r}")
+                    raise ColumnNotFound(f"{where} has no column {name!r}")
             if column.sealed is None:
                 t = schema.field(column.name).type
                 if not (pa.types.is_string(t) or pa.types.is_large_string(t)
@@ -105,11 +114,11 @@ class ParquetStore:
                 if at < 0 or not (pa.types.is_string(schema.field(at).type)
                                   or pa.types.is_large_string(schema.field(at).type)):
                     raise ColumnNotFound(f"blind index column {definition.name!r} must be a "
-                                         f"string column of {self.display}")
+                                         f"string column of {where}")
         for name in row_fields(columns):
             at = schema.get_field_index(name)
             if at < 0:
-                raise ColumnNotFound(f"{self.display} has no column {name!r} (a blind index "
+                raise ColumnNotFound(f"{where} has no column {name!r} (a blind index "
                                      "reads it)")
             t = schema.field(at).type
             if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)

@@ -263,6 +263,9 @@ class SqlStore:
             if name not in kinds:
                 raise ColumnNotFound(f"table {self.table!r} has no column {name!r} (a blind "
                                      "index reads it)")
+            if kinds[name] not in (TEXT, BINARY, INTEGER):
+                raise ColumnNotFound(f"column {name!r}, which a blind index reads, is not a text, "
+                                     "binary or integer column")
         return kinds
 
     def count(self, conn: Any) -> int:
@@ -334,8 +337,9 @@ class SqlStore:
         import pyarrow as pa
 
         fields = row_fields(columns)
+        stored_indexes = {d.name for c in columns for d in c.indexes}  # read to check them
         names = [self.key] + sorted({n for c in columns for n in c.read_columns()}
-                                    .union(fields) - {self.key})
+                                    .union(fields, stored_indexes) - {self.key})
         aad_columns = {n for c in columns for n in c.aad.columns()}.union(fields)
         exprs = ", ".join(self.read_expression(n, kinds[n]) for n in names)
         k, p = self.quote(self.key), self.placeholder
@@ -361,6 +365,8 @@ class SqlStore:
                     if name in aad_columns:
                         arrays[name] = pa.array(values)
                     continue
+                if name in fields:
+                    _check_index_field(name, values)
                 arrays[name], text[name] = arrow_values(values)
                 originals[name] = values
             yield ReadBatch(data[0], pa.RecordBatch.from_pydict(arrays), originals, text)
@@ -425,6 +431,19 @@ class SqlStore:
             conn, f"UPDATE {self.quote(self.table)} SET {', '.join(sets)} WHERE "
                   f"{self.quote(self.key)} = {p} AND {' AND '.join(checks)}",
             list(zip(*params)))
+
+
+def _check_index_field(name: str, values: Sequence[Any]) -> None:
+    """A blind index hashes text, bytes and integers as the application's index does; any
+    other value (a float SQLite keeps in a REAL column: 1990.0, not 1990) would hash to
+    what no lookup asks for."""
+    if value_kinds(values) & OTHER_VALUES:
+        odd = next((v for v in values if v is not None and not isinstance(
+            v, (str, bytes, bytearray, memoryview)) and type(v) is not int), None)
+        if odd is not None:
+            raise ColumnNotFound(f"column {name!r}, which a blind index reads, holds a "
+                                 f"{type(odd).__name__}; an index reads text, binary or "
+                                 "integer values")
 
 
 def update_values(values: Any, rows: np.ndarray) -> list:
