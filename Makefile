@@ -77,7 +77,9 @@ pytest:
 # ctest (KATs and driver, both backends) with leak detection on, then the Python suite on each
 # backend with the ASan runtime preloaded into the uninstrumented interpreter. There, leak
 # detection is off (the interpreter keeps its own allocations until exit, by design), and
-# PYCRYPTODOME_DISABLE_DEEPBIND is set because the preloaded runtime refuses RTLD_DEEPBIND.
+# PYCRYPTODOME_DISABLE_DEEPBIND is set because the preloaded runtime refuses RTLD_DEEPBIND;
+# libstdc++ is preloaded too, or ASan finds no real __cxa_throw for C++ extensions loaded later
+# (matplotlib's, which the gate's tests draw with) and aborts on their first exception.
 # pytest captures stderr, so ASan writes to log_path; UBSan ignores log_path when it shares a
 # process with ASan under GCC (gcc.gnu.org/PR94328), so pytest leaves fd 2 alone (--capture=sys)
 # and it goes to a file. Any report in either fails the target and is printed.
@@ -86,7 +88,8 @@ ASAN_VENV := $(ASAN)/venv
 ASAN_REPORTS := $(CURDIR)/$(ASAN)/reports
 UBSAN_ENV = UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 ASAN_C_ENV = ASAN_OPTIONS=detect_leaks=1 $(UBSAN_ENV)
-ASAN_PY_ENV = LD_PRELOAD=$(shell $(CC) -print-file-name=libasan.so) PYCRYPTODOME_DISABLE_DEEPBIND=1 \
+ASAN_PY_ENV = LD_PRELOAD=$(shell $(CC) -print-file-name=libasan.so):$(shell $(CC) -print-file-name=libstdc++.so.6) \
+	PYCRYPTODOME_DISABLE_DEEPBIND=1 \
 	ASAN_OPTIONS=detect_leaks=0:log_path=$(ASAN_REPORTS)/asan $(UBSAN_ENV) PYTEST_ADDOPTS=--capture=sys
 
 $(ASAN_VENV)/pyvenv.cfg:
