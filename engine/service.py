@@ -130,10 +130,10 @@ _BOUND_HEADERS: dict[tuple[int, str], bytes] = {}
 def _bound_header(key: VersionedKey) -> bytes:
     """The header-bound token header (format 1, or 3 for XAES-256-GCM) of a key version (made
     once per version)."""
-    header = _BOUND_HEADERS.get((key.version, key.algorithm))
+    version_algorithm = (key.version, key.cipher.ALGORITHM)
+    header = _BOUND_HEADERS.get(version_algorithm)
     if header is None:
-        header = token_header(key.version, token_format(key.algorithm))
-        _BOUND_HEADERS[(key.version, key.algorithm)] = header
+        header = _BOUND_HEADERS[version_algorithm] = token_header(key.version, token_format(key.algorithm))
     return header
 
 

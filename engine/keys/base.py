@@ -128,7 +128,7 @@ class VersionedKey:
     @property
     def usage_limit(self) -> int | None:
         """Encryptions this version may do (None: no limit that usage counting must enforce)."""
-        return usage_limit(self.cipher.ALGORITHM)
+        return _USAGE_LIMITS[self.cipher.ALGORITHM]  # read on every encryption: a dict lookup
 
     def __repr__(self) -> str:
         return (f"<VersionedKey version={self.version} state={self.state.value} "
@@ -202,6 +202,9 @@ def usage_limit(algorithm: str) -> int | None:
     of its 24-byte random nonce, and 2**80 messages keep the collision risk at 2**-32, a count
     no deployment reaches, so its versions are never rotated or refused for usage."""
     return None if check_algorithm(algorithm) == XAesGcm.ALGORITHM else GCM_RANDOM_IV_LIMIT
+
+
+_USAGE_LIMITS = {algorithm: usage_limit(algorithm) for algorithm in ALGORITHMS}
 
 
 def derive_index_key(secret: bytes, table: str, column: str, version: int) -> bytes:
