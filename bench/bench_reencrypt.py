@@ -82,10 +82,10 @@ def loop_reencrypt(values: list[str]) -> list[str]:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     old, new, header = AESGCM(K1), AESGCM(K2), token_header(2)
-    return [reseal_one(v, old, new, header) for v in values]
+    return [_reseal_one(v, old, new, header) for v in values]
 
 
-def reseal_one(token: str, old: Any, new: Any, header: bytes) -> str:
+def _reseal_one(token: str, old: Any, new: Any, header: bytes) -> str:
     """One value, the straightforward way: parse, decrypt, encrypt, format."""
     raw = _b64url_decode(token[4:])
     plain = old.decrypt(raw[6:22], raw[22:], raw[:6])
@@ -116,14 +116,12 @@ def _pages(conn: Any, select: str, batch: int) -> Any:
 
 def sqlite_job(path: str, batch: int, crypto: bool) -> None:
     """The copy job (``crypto=False``) or the loop (``crypto=True``) on SQLite."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    old, new, header = AESGCM(K1), AESGCM(K2), token_header(2)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     for rows in _pages(conn, "SELECT id, v FROM users WHERE id > ? ORDER BY id LIMIT ?", batch):
         if crypto:
-            out = [(reseal_one(v, old, new, header), k, v) for k, v in rows]
+            keys, values = (list(c) for c in zip(*rows))
+            out = list(zip(loop_reencrypt(values), keys, values))
         else:
             out = list(zip(*_rotated(rows)))
         conn.execute("BEGIN IMMEDIATE")
@@ -135,17 +133,16 @@ def sqlite_job(path: str, batch: int, crypto: bool) -> None:
 def postgres_job(url: str, batch: int, crypto: bool) -> None:
     """The copy job (COPY + UPDATE ... FROM, as the engine writes) or the loop (executemany)."""
     import psycopg
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    old, new, header = AESGCM(K1), AESGCM(K2), token_header(2)
     with psycopg.connect(url, autocommit=True) as conn:
         for rows in _pages(conn, "SELECT id, v FROM users WHERE id > %s ORDER BY id LIMIT %s",
                            batch):
             with conn.transaction():
                 if crypto:
+                    keys, values = (list(c) for c in zip(*rows))
                     with conn.cursor() as cur:
                         cur.executemany("UPDATE users SET v = %s WHERE id = %s AND v = %s",
-                                        [(reseal_one(v, old, new, header), k, v) for k, v in rows])
+                                        list(zip(loop_reencrypt(values), keys, values)))
                 else:
                     conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS staging ON COMMIT DELETE "
                                  "ROWS AS SELECT id AS k, v AS old, v AS new FROM users WITH NO DATA")
