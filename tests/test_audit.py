@@ -13,6 +13,8 @@ import pytest
 import engine
 from engine import audit
 
+from forking import fork_while_busy
+
 KEY = os.urandom(32)
 
 
@@ -453,7 +455,6 @@ def test_writers_killed_in_the_middle_of_appends_leave_a_log_that_verifies(tmp_p
     verifies and later writers carry on; the head may lag the log by that one entry."""
     import random
     import signal
-    import time
 
     path = tmp_path / "audit.jsonl"
     ctx = multiprocessing.get_context("fork")
@@ -495,30 +496,7 @@ def test_nesting_around_the_recursion_limit_never_raises(tmp_path):
 
 @pytest.mark.forks_with_threads
 def test_a_child_forked_while_another_thread_appends_can_append(tmp_path):
-    import threading
-
     log = audit.AuditLog(tmp_path / "fork.jsonl", KEY, fsync=False)
-    stop = threading.Event()
-
-    def busy():
-        while not stop.is_set():
-            log.key_access(1, "encrypt")
-
-    t = threading.Thread(target=busy)
-    t.start()
-    try:
-        for _ in range(30):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    log.key_access(2, "decrypt")  # would hang on a lock taken at fork time
-                finally:
-                    os._exit(0)
-            deadline = time.monotonic() + 20
-            while not os.waitpid(pid, os.WNOHANG)[0]:
-                assert time.monotonic() < deadline, "a forked child hung on the audit lock"
-                time.sleep(0.001)
-    finally:
-        stop.set()
-        t.join()
+    fork_while_busy(lambda: log.key_access(1, "encrypt"), lambda: log.key_access(2, "decrypt"),
+                    forks=30, what="the audit lock")
     assert audit.verify(tmp_path / "fork.jsonl", KEY).ok

@@ -34,6 +34,8 @@ from engine.keys import (
     environment as env_mod,
 )
 
+from forking import fork_while_busy
+
 MASTER = "m" * 24 + "-secret-master-value-0123456789"
 FAST = DerivationPolicy(iterations=1000)
 REPO = Path(__file__).resolve().parents[1]
@@ -565,30 +567,7 @@ def test_a_read_only_state_directory_is_a_typed_error(tmp_path):
 
 @pytest.mark.forks_with_threads
 def test_a_child_forked_while_another_thread_writes_the_state_file_can_write_it(tmp_path):
-    import threading
-
     p = provider(tmp_path)
     p.get_current_key()
-    stop = threading.Event()
-
-    def busy():
-        while not stop.is_set():
-            p.record_usage(1, 1)
-
-    t = threading.Thread(target=busy)
-    t.start()
-    try:
-        for _ in range(20):
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    p.record_usage(1, 1)  # would wait forever on a lock copied at fork time
-                finally:
-                    os._exit(0)
-            deadline = time.monotonic() + 20
-            while not os.waitpid(pid, os.WNOHANG)[0]:
-                assert time.monotonic() < deadline, "a forked child hung on the state-file lock"
-                time.sleep(0.001)
-    finally:
-        stop.set()
-        t.join()
+    fork_while_busy(lambda: p.record_usage(1, 1), lambda: p.record_usage(1, 1), forks=20,
+                    what="the state-file lock")
