@@ -56,10 +56,9 @@ static const engine_key *parse(PyObject *const *args, Py_ssize_t nargs, const ch
         goto fail;
     }
     if (get_view(args[2], &a->data, "data", 0) != 0) goto fail;
-    if (nargs == 4 && args[3] != Py_None) {
-        if (get_view(args[3], &a->aad, "associated_data", 0) != 0) goto fail;
-        a->have_aad = 1;
-    }
+    if (get_optional_view(nargs == 4 ? args[3] : Py_None, &a->aad, "associated_data", 0,
+                          &a->have_aad) != 0)
+        goto fail;
     return key;
 fail:
     release3(a);
@@ -445,14 +444,8 @@ PyObject *batch_open_list(PyObject *self, PyObject *const *args, Py_ssize_t narg
     if (get_view(args[2], &off, "offsets", 0) != 0) goto release_data;
     if (get_view(args[3], &nonces, "nonces", 0) != 0) goto release_off;
     if (get_view(args[4], &tags, "tags", 0) != 0) goto release_nonces;
-    if (args[5] != Py_None) {
-        if (get_view(args[5], &aad, "aad", 0) != 0) goto release_tags;
-        have_aad = 1;
-    }
-    if (args[6] != Py_None) {
-        if (get_view(args[6], &aad_off, "aad_offsets", 0) != 0) goto release_aad;
-        have_aad_off = 1;
-    }
+    if (get_optional_view(args[5], &aad, "aad", 0, &have_aad) != 0) goto release_tags;
+    if (get_optional_view(args[6], &aad_off, "aad_offsets", 0, &have_aad_off) != 0) goto release_aad;
     n = off.len / (Py_ssize_t)sizeof(int64_t) - 1;
     if (n < 0 || off.len % (Py_ssize_t)sizeof(int64_t) != 0 || tags.len != n * ENGINE_TAG_BYTES ||
         (n > 0 && (nonces.len % n != 0))) {
@@ -584,14 +577,8 @@ PyObject *list_seal(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (get_view(args[3], &out, "out", PyBUF_WRITABLE) != 0) goto release_off;
     if (get_view(args[4], &nonces, "nonces", PyBUF_WRITABLE) != 0) goto release_out;
     if (get_view(args[6], &tags, "tags", PyBUF_WRITABLE) != 0) goto release_nonces;
-    if (args[7] != Py_None) {
-        if (get_view(args[7], &aad, "aad", 0) != 0) goto release_tags;
-        have_aad = 1;
-    }
-    if (args[8] != Py_None) {
-        if (get_view(args[8], &aad_off, "aad_offsets", 0) != 0) goto release_aad;
-        have_aad_off = 1;
-    }
+    if (get_optional_view(args[7], &aad, "aad", 0, &have_aad) != 0) goto release_tags;
+    if (get_optional_view(args[8], &aad_off, "aad_offsets", 0, &have_aad_off) != 0) goto release_aad;
     n = PyTuple_GET_SIZE(items);
     if (off.len != (n + 1) * (Py_ssize_t)sizeof(int64_t) || tags.len != n * ENGINE_TAG_BYTES ||
         (n > 0 && nonces.len % n != 0)) {

@@ -39,6 +39,9 @@ PyObject *raise_code(int rc);
 /* A read-only C-contiguous view of obj; on failure a typed error naming `what`. */
 int get_view(PyObject *obj, Py_buffer *view, const char *what, int flags);
 
+/* get_view for an argument that may be None: *have says whether a view was taken. */
+int get_optional_view(PyObject *obj, Py_buffer *view, const char *what, int flags, int *have);
+
 /* Zeroes n bytes in a way the compiler cannot drop (plaintext left in scratch buffers). */
 static inline void wipe(void *p, size_t n) {
     volatile uint8_t *v = (volatile uint8_t *)p;

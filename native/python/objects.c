@@ -116,6 +116,14 @@ int get_view(PyObject *obj, Py_buffer *view, const char *what, int flags) {
     return 0;
 }
 
+int get_optional_view(PyObject *obj, Py_buffer *view, const char *what, int flags, int *have) {
+    *have = 0;
+    if (obj == Py_None) return 0;
+    if (get_view(obj, view, what, flags) != 0) return -1;
+    *have = 1;
+    return 0;
+}
+
 /* True when view holds int64 items (numpy gives "l" on LP64, "q" elsewhere). */
 static int is_int64_view(const Py_buffer *v) {
     const char *f = v->format ? v->format : "B";
