@@ -7,7 +7,9 @@
  * single-block AES-256 call; this backend requires AES-NI anyway), and each message key is set
  * up by IMB_AES256_GCM_PRE into the worker. That set-up computes GHASH tables whose size depends
  * on the code path: the AVX-512/VAES path's tables cost about half again as much as the AVX2
- * path's, which only long messages repay, so short messages use an AVX2 manager. */
+ * path's, which only long messages repay, so messages up to 1 KiB use an AVX2 manager. The
+ * shortest messages repay no tables at all: they go through gcm_single_use.c, which expands the
+ * key as it encrypts and hashes with H^1..H^4 only. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +19,9 @@
 
 #include "backend.h"
 
-/* Messages shorter than this take the AVX2 code when the default is AVX-512 (XAES only). */
+/* XAES only: messages shorter than SINGLE_USE_BYTES go through gcm_single_use.c, and those
+ * shorter than SMALL_MESSAGE_BYTES take the AVX2 code when the default is AVX-512. */
+#define SINGLE_USE_BYTES 192
 #define SMALL_MESSAGE_BYTES 1024
 #define ROUND_KEYS_BYTES (15 * 16)
 
@@ -32,6 +36,7 @@ typedef struct imb_worker {
     struct gcm_context_data ctx;
     const struct gcm_key_data *kd; /* the key in use: the handle's, or message_key */
     IMB_MGR *mgr;                  /* the manager whose code path computed kd */
+    uint8_t single_use_key[32];    /* the message key, when kd is NULL (a short XAES message) */
 } imb_worker;
 
 _Static_assert(sizeof(imb_worker) <= sizeof(((engine_worker *)0)->inline_state),
@@ -129,6 +134,7 @@ static void imb_worker_free(engine_worker *w) {
      * message key expanded here (XAES). */
     engine_wipe(&st->ctx, sizeof(st->ctx));
     if (st->kd == &st->message_key) engine_wipe(&st->message_key, sizeof(st->message_key));
+    engine_wipe(st->single_use_key, sizeof(st->single_use_key));
     w->state = NULL;
 }
 
@@ -151,6 +157,11 @@ __attribute__((target("aes"))) static int imb_encrypt_blocks2(const engine_key *
 
 static int imb_set_message_key(engine_worker *w, const uint8_t *raw, uint64_t len) {
     imb_worker *st = (imb_worker *)w->state;
+    if (len < SINGLE_USE_BYTES) {
+        memcpy(st->single_use_key, raw, sizeof(st->single_use_key));
+        st->kd = NULL;
+        return ENGINE_OK;
+    }
     st->mgr = len < SMALL_MESSAGE_BYTES ? g_mgr_small : g_mgr;
     IMB_AES256_GCM_PRE(st->mgr, raw, &st->message_key);
     st->kd = &st->message_key;
@@ -163,6 +174,10 @@ static void imb_crypt(imb_worker *st, int enc, uint8_t *out, const uint8_t *in, 
     const struct gcm_key_data *kd = st->kd;
     IMB_MGR *mgr = st->mgr;
     struct gcm_context_data *ctx = &st->ctx;
+    if (kd == NULL) { /* set_message_key chose gcm_single_use.c; XAES nonces are 12 bytes */
+        engine_gcm_single_use(enc, st->single_use_key, out, in, len, nonce, aad, aad_len, tag);
+        return;
+    }
     if (nonce_len == 12) {
         if (enc)
             IMB_AES256_GCM_ENC(mgr, kd, ctx, out, in, len, nonce, aad, aad_len, tag,
@@ -202,6 +217,11 @@ static int imb_open(const engine_key *key, engine_worker *w, uint8_t *out, const
     return differ ? ENGINE_EAUTH : ENGINE_OK;
 }
 
+static void imb_xaes_pair(const engine_key *key, int seal, const engine_message m[2],
+                          uint8_t computed[2][ENGINE_TAG_BYTES]) {
+    engine_xaes_short_pair(((const imb_xaes_key *)key->impl)->round_keys, key->k1, seal, m, computed);
+}
+
 const engine_backend_ops engine_ipsecmb_ops = {
     .available = imb_available,
     .version = imb_version,
@@ -214,6 +234,8 @@ const engine_backend_ops engine_ipsecmb_ops = {
     .set_message_key = imb_set_message_key,
     .seal = imb_seal,
     .open = imb_open,
+    .xaes_pair = imb_xaes_pair,
+    .pair_max_bytes = 64,
 };
 
 /* ---- HMAC-SHA-256 for blind indexes, through the job API ----
