@@ -59,6 +59,7 @@ ctest-ipsecmb2:
 	  -DIPSECMB_INCLUDE_DIR=$(CURDIR)/$(IMB2)/root/usr/include \
 	  -DIPSECMB_LIBRARY=$(CURDIR)/$(IMB2)/root/usr/lib/x86_64-linux-gnu/libIPSec_MB.a >/dev/null; \
 	cmake --build $(IMB2)/build -j2 >/dev/null; \
+	$(IMB2)/build/test_gcm_single_use; \
 	out=$$($(IMB2)/build/test_kat ipsec-mb); echo "$$out"; echo "$$out" | grep -q "^ipsec-mb (2\\..*all KATs pass"
 
 # Lint (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, bugbear and import order.
