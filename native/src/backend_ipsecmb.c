@@ -37,6 +37,7 @@ typedef struct imb_worker {
     const struct gcm_key_data *kd; /* the key in use: the handle's, or message_key */
     IMB_MGR *mgr;                  /* the manager whose code path computed kd */
     uint8_t single_use_key[32];    /* the message key, when kd is NULL (a short XAES message) */
+    int expanded;                  /* message_key holds a key (kd may have moved on since) */
 } imb_worker;
 
 _Static_assert(sizeof(imb_worker) <= sizeof(((engine_worker *)0)->inline_state),
@@ -124,6 +125,7 @@ static int imb_worker_init(const engine_key *key, engine_worker *w) {
     imb_worker *st = (imb_worker *)w->inline_state;
     st->kd = key->algorithm == ENGINE_ALG_XAES_GCM ? NULL : (const struct gcm_key_data *)key->impl;
     st->mgr = g_mgr;
+    st->expanded = 0;
     w->state = st;
     return ENGINE_OK;
 }
@@ -131,9 +133,9 @@ static int imb_worker_init(const engine_key *key, engine_worker *w) {
 static void imb_worker_free(engine_worker *w) {
     imb_worker *st = (imb_worker *)w->state;
     /* The context holds counter blocks and a partial keystream block; message_key, the last
-     * message key expanded here (XAES). */
+     * message key expanded here (XAES), even when a short message came after it. */
     engine_wipe(&st->ctx, sizeof(st->ctx));
-    if (st->kd == &st->message_key) engine_wipe(&st->message_key, sizeof(st->message_key));
+    if (st->expanded) engine_wipe(&st->message_key, sizeof(st->message_key));
     engine_wipe(st->single_use_key, sizeof(st->single_use_key));
     w->state = NULL;
 }
@@ -165,6 +167,7 @@ static int imb_set_message_key(engine_worker *w, const uint8_t *raw, uint64_t le
     st->mgr = len < SMALL_MESSAGE_BYTES ? g_mgr_small : g_mgr;
     IMB_AES256_GCM_PRE(st->mgr, raw, &st->message_key);
     st->kd = &st->message_key;
+    st->expanded = 1;
     return ENGINE_OK;
 }
 

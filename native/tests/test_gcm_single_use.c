@@ -4,7 +4,8 @@
  *    and opening, in place and apart, over random text and AAD lengths up to 4 KiB;
  *  - the backend's xaes_pair (two messages at once, key derivation included) against the public
  *    single-message XAES call, for every text and AAD length from 0 to 64 bytes, and a tag that
- *    fails when one bit of a pair's message, AAD or nonce changes. */
+ *    fails when one bit of a pair's message, AAD or nonce changes;
+ *  - a worker's wipe: no expanded message key outlives it, whichever path its last message took. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,36 @@ static void pair_against_single(int backend) {
     engine_key_free(key);
 }
 
+/* A long XAES message's key is expanded into the worker by ipsec-mb; a short message after it
+ * takes gcm_single_use.c. Freeing the worker must still wipe the long message's expanded key. */
+static void worker_wipes_every_message_key(void) {
+    static struct gcm_key_data kd __attribute__((aligned(64)));
+    IMB_MGR *mgr = alloc_mb_mgr(0);
+    uint8_t raw[32], other[32];
+    engine_key *key;
+    engine_worker w;
+    size_t i;
+    int found = 0;
+    fill(raw, 32), fill(other, 32);
+    init_mb_mgr_auto(mgr, NULL);
+    IMB_AES256_GCM_PRE(mgr, raw, &kd); /* kd.expanded_keys + 32: round key 2, not in `raw` */
+    if (engine_key_new_alg(&key, ENGINE_BACKEND_IPSECMB, ENGINE_ALG_XAES_GCM, other) != ENGINE_OK) {
+        CHECK(0, "XAES key");
+        free_mb_mgr(mgr);
+        return;
+    }
+    memset(&w, 0, sizeof(w));
+    CHECK(key->ops->worker_init(key, &w) == ENGINE_OK, "worker_init");
+    key->ops->set_message_key(&w, raw, 1000);
+    key->ops->set_message_key(&w, other, 10);
+    key->ops->worker_free(&w);
+    for (i = 0; i + 16 <= sizeof(w.inline_state); i++)
+        found |= memcmp(w.inline_state + i, kd.expanded_keys + 32, 16) == 0;
+    CHECK(!found, "a long message's expanded key outlived the worker");
+    engine_key_free(key);
+    free_mb_mgr(mgr);
+}
+
 int main(void) {
     if (!engine_backend_available(ENGINE_BACKEND_IPSECMB)) {
         fprintf(stderr, "the ipsec-mb backend is not available\n");
@@ -125,6 +156,7 @@ int main(void) {
     }
     against_ipsecmb();
     pair_against_single(ENGINE_BACKEND_IPSECMB);
+    worker_wipes_every_message_key();
     printf("gcm_single_use: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;
 }
