@@ -52,8 +52,9 @@ static void mgr_init(void) {
     IMB_MGR *mgr = alloc_mb_mgr(0);
     if (mgr == NULL) return;
     init_mb_mgr_auto(mgr, &g_arch);
+    /* AES-NI, PCLMULQDQ and SSE4.2 (the SSE code path's needs) are gcm_single_use.c's too. */
     if (imb_get_errno(mgr) != 0 || g_arch < IMB_ARCH_SSE ||
-        (mgr->features & IMB_FEATURE_AESNI) == 0) {
+        (mgr->features & IMB_CPUFLAGS_SSE) != IMB_CPUFLAGS_SSE) {
         free_mb_mgr(mgr);
         g_arch = IMB_ARCH_NONE;
         return;
