@@ -64,6 +64,61 @@ class Pair:
         """Reference time per unit over engine time per unit (higher: the engine is faster)."""
         return (reference_seconds / self.reference_units) / (engine_seconds / self.engine_units)
 
+    def round_ratios(self, engine_s: list[float], reference_s: list[float]) -> list[float]:
+        """The ratio of each timed round, given the seconds of the last rounds of each side."""
+        return [self.ratio(e, r) for e, r in zip(engine_s, reference_s)]
+
+    def extra_info(self, rounds: int) -> dict[str, Any]:
+        """What else the last ``rounds`` rounds measured, for the benchmark JSON."""
+        return {}
+
+
+@dataclass
+class ScalingPair(Pair):
+    """A thread-scaling case: each side does its work on one thread, then on all threads, and
+    records both times; a round's ratio is the engine's speed-up from its threads over the
+    reference's speed-up from its pool in the same round. Whatever share of the second core the
+    machine gives that round, it gives to both, so the ratio stays put while the engine keeps
+    using its threads, and falls by the reference's speed-up when it stops. With no core to
+    spare, both speed-ups are about 1 and no thread regression can show: ``spare_capacity`` (the
+    reference's median speed-up) says how much room the run had.
+
+    Attributes:
+        engine_times, reference_times: (one thread, all threads) seconds of every call.
+    """
+
+    engine_times: list[tuple[float, float]] = field(default_factory=list)
+    reference_times: list[tuple[float, float]] = field(default_factory=list)
+
+    def round_ratios(self, engine_s: list[float], reference_s: list[float]) -> list[float]:
+        n = len(engine_s)
+        return [(e_one / e_all) / (r_one / r_all)
+                for (e_one, e_all), (r_one, r_all) in zip(self.engine_times[-n:], self.reference_times[-n:])]
+
+    def extra_info(self, rounds: int) -> dict[str, Any]:
+        return {"spare_capacity": statistics.median(one / every for one, every in self.reference_times[-rounds:])}
+
+
+def scaling_pair(engine_one: Callable[[], Any], engine_all: Callable[[], Any], reference_one: Callable[[], Any],
+                 reference_all: Callable[[], Any], cleanup: Callable[[], None]) -> ScalingPair:
+    """A :class:`ScalingPair` from each side's one-thread and all-thread work."""
+    engine_times: list[tuple[float, float]] = []
+    reference_times: list[tuple[float, float]] = []
+
+    def timed(one: Callable[[], Any], every: Callable[[], Any], log: list[tuple[float, float]]) -> Callable[[], None]:
+        def run() -> None:
+            t0 = time.perf_counter()
+            one()
+            t1 = time.perf_counter()
+            every()
+            log.append((t1 - t0, time.perf_counter() - t1))
+
+        return run
+
+    return ScalingPair(engine=timed(engine_one, engine_all, engine_times),
+                       reference=timed(reference_one, reference_all, reference_times), cleanup=cleanup,
+                       engine_times=engine_times, reference_times=reference_times)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -120,7 +175,7 @@ def paired_seconds(pair: Pair, rounds: int) -> tuple[list[float], list[float]]:
 
 def median_ratio(pair: Pair, engine_s: list[float], reference_s: list[float]) -> float:
     """The median of the rounds' own ratios (each round's two sides saw the same load)."""
-    return statistics.median(pair.ratio(e, r) for e, r in zip(engine_s, reference_s))
+    return statistics.median(pair.round_ratios(engine_s, reference_s))
 
 
 def _repeat(fn: Callable[[], Any], times: int) -> Callable[[], None]:
@@ -202,6 +257,27 @@ def _batch_all_threads(settings: Settings) -> Pair:
     run, shutdown = _sha256_pool([data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)])
     return Pair(engine=lambda: aead.seal_batch(batch, threads=settings.threads),
                 reference=_repeat(run, 4), reference_units=4, cleanup=shutdown)
+
+
+@case("thread scaling, seal_batch 64 B",
+      engine="seal_batch, packed Batch of 200,000 x 64 B: all threads' speed-up over one thread",
+      reference="SHA-256 of the same bytes in 1 MiB pieces, 4 times: a pool of all threads' speed-up "
+                "over one thread")
+def _thread_scaling(settings: Settings) -> Pair:
+    import hashlib
+
+    aead, batch = engine.AesGcm(engine.AesGcm.generate_key()), records(200_000)
+    data = memoryview(batch.data)
+    pieces = [data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+    run, shutdown = _sha256_pool(pieces)
+
+    def one_thread() -> None:
+        for piece in pieces:
+            hashlib.sha256(piece).digest()
+
+    return scaling_pair(engine_one=_repeat(lambda: aead.seal_batch(batch, threads=1), 4),
+                        engine_all=_repeat(lambda: aead.seal_batch(batch, threads=settings.threads), 4),
+                        reference_one=_repeat(one_thread, 8), reference_all=_repeat(run, 8), cleanup=shutdown)
 
 
 @case("seal_batch_into 1 MiB x 32, all threads",

@@ -13,8 +13,18 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from bench.cases import CASES
-from bench.gate import MIN_TOLERANCE, ROOT, SIGMAS, WORST_MARGIN, Verdict, tolerance, write_baseline
+from bench.cases import CASES, ScalingPair
+from bench.gate import (
+    MIN_SPARE_CAPACITY,
+    MIN_TOLERANCE,
+    ROOT,
+    SIGMAS,
+    WORST_MARGIN,
+    Verdict,
+    needed_spare,
+    tolerance,
+    write_baseline,
+)
 
 runs = st.lists(st.floats(min_value=0.01, max_value=100), min_size=3, max_size=20)
 
@@ -40,6 +50,33 @@ def test_verdicts():
     assert Verdict("c", 2.0, 0.1, now=2.21, first=2.21).label == "faster"
     assert Verdict("c", None, None, now=1.0, first=1.0).label == "new (no baseline)"
     assert Verdict("c", 2.0, 0.1, now=1.5, first=1.5).change == pytest.approx(-0.25)
+
+
+@given(st.floats(min_value=0.05, max_value=20), st.floats(min_value=0.05, max_value=0.9))
+def test_a_judged_scaling_measurement_would_catch_one_engine_thread(ratio, tol):
+    """An engine on one thread has no speed-up, so its thread-scaling ratio is 1 / the spare
+    capacity: at the least spare capacity the gate judges from, that falls below the band."""
+    needed = needed_spare({"ratio": ratio, "tolerance": tol})
+    assert needed >= MIN_SPARE_CAPACITY
+    assert Verdict("s", ratio, tol, now=1 / needed, first=1 / needed, spare=needed, needed_spare=needed).label \
+        == "REGRESSED"
+
+
+def test_scaling_verdicts():
+    assert Verdict("s", 1.0, 0.2, now=1.0, first=1.0, spare=1.1, needed_spare=1.4).label == "NO SPARE CORE"
+    assert Verdict("s", 1.0, 0.2, now=1.0, first=1.0, spare=1.5, needed_spare=1.4).label == "ok"
+    assert Verdict("s", 1.0, 0.2, now=0.7, first=0.7, spare=1.5, needed_spare=1.4).label == "REGRESSED"
+    assert needed_spare(None) == MIN_SPARE_CAPACITY
+
+
+def test_scaling_pair_ratios_come_from_the_timed_rounds():
+    """Each round's ratio is the engine's speed-up over the reference's, from that round's own
+    four timings; warm-up calls (recorded first) are left out, and so is everything else."""
+    pair = ScalingPair(engine=lambda: None, reference=lambda: None,
+                       engine_times=[(9.0, 1.0), (2.0, 1.0), (3.0, 2.0)],
+                       reference_times=[(9.0, 9.0), (1.5, 1.0), (4.0, 2.0)])
+    assert pair.round_ratios([0.0, 0.0], [0.0, 0.0]) == [pytest.approx(2.0 / 1.5), pytest.approx(1.5 / 2.0)]
+    assert pair.extra_info(2) == {"spare_capacity": pytest.approx(1.75)}
 
 
 def test_baseline_file_has_one_line_per_case(tmp_path):
@@ -81,6 +118,20 @@ def test_gate_passes_a_case_above_its_band(tmp_path):
     done = gate(tmp_path, 1e-9)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "faster" in done.stdout and "no regression in 1 cases" in done.stdout
+
+
+def test_gate_does_not_judge_thread_scaling_without_a_spare_core(tmp_path):
+    """A baseline no measurement's spare capacity can reach (ratio 10^-9 needs a speed-up of 10^9
+    to be judged): after its retries the case is reported as not judged, exit 3, not passed."""
+    path = tmp_path / "baseline.json"
+    name = "thread scaling, seal_batch 64 B"
+    write_baseline(path, {"recorded": {"backend": "test"},
+                          "cases": {name: {"ratio": 1e-9, "tolerance": 0.1, "runs": []}}})
+    done = subprocess.run([sys.executable, "-m", "bench.gate", "--case", name, "--rounds", "3",
+                           "--baseline", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"NOT JUDGED (too little spare capacity in 5 measurements): {name}" in done.stdout
+    assert "spare capacity" in done.stdout and "NO SPARE CORE" in done.stdout
 
 
 def test_gate_usage_errors(tmp_path):

@@ -43,11 +43,11 @@ def test_ratio(benchmark, ratio_case: Case, settings: Settings, rounds: int) -> 
     if benchmark.stats is None:  # --benchmark-disable: each side ran once, nothing to compare
         return
     engine_s = list(benchmark.stats.stats.data)
-    ratios = [pair.ratio(e, r) for e, r in zip(engine_s, reference_s)]
+    ratios = pair.round_ratios(engine_s, reference_s)
     info = engine.backend_info()
     benchmark.extra_info.update(
         case=ratio_case.name, ratio=statistics.median(ratios), round_ratios=ratios,
         reference_seconds=reference_s, engine_units=pair.engine_units,
         reference_units=pair.reference_units, engine_threads=settings.threads,
-        backend=f"{info['backend']} {info['version']} ({info['isa']})",
+        backend=f"{info['backend']} {info['version']} ({info['isa']})", **pair.extra_info(len(engine_s)),
     )
