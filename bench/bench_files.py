@@ -13,6 +13,11 @@ and writes without the cryptography. Beside each goal it prints what bounds it i
 copy loop (the I/O alone), AES-GCM alone on in-memory windows on one thread and on two at once
 (how much of a second core the machine gives right now), the rate a serial read->crypt->write
 loop is bounded by (the two per-byte costs added), and the rate overlapping them allows.
+
+File to file runs twice: into the working directory (``BENCH_DIR``, else the temporary
+directory), where the disk's writeback makes one round of the copy loop up to 10x slower than
+the next, and into /dev/shm when it has room, where writes stay in memory. Each engine case is
+also given as the median of its ratios to the copy loop of the same round.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -151,6 +157,12 @@ def _time_rounds(cases: dict[str, Callable[[], Any]], rounds: int,
                  prepare: Callable[[], Any] | None = None) -> dict[str, float]:
     """Median seconds per case, the cases interleaved round by round; ``prepare`` runs untimed
     before each timing."""
+    return {k: statistics.median(v) for k, v in _round_times(cases, rounds, prepare).items()}
+
+
+def _round_times(cases: dict[str, Callable[[], Any]], rounds: int,
+                 prepare: Callable[[], Any] | None = None) -> dict[str, list[float]]:
+    """Each case's seconds in each round, the cases interleaved round by round."""
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
@@ -159,7 +171,17 @@ def _time_rounds(cases: dict[str, Callable[[], Any]], rounds: int,
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def _tmpfs_dir(size: int) -> str | None:
+    """/dev/shm when it can hold the input and an output of ``size`` bytes: files whose writes
+    stay in memory, with no writeback to a disk to vary from round to round."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return "/dev/shm" if st.f_bavail * st.f_frsize > 3 * size else None
 
 
 def _fresh(path: str) -> None:
@@ -203,20 +225,25 @@ def files_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
         enc(small if name == "AWS Encryption SDK" else plain, sealed[name])
     out = os.path.join(workdir, "out.bin")
     results: dict[str, Any] = {"bytes": size, "missing_peers": missing, "aws_bytes": os.path.getsize(small)}
-    for target_name, target in (("file to file", out), ("file to /dev/null", os.devnull)):
+    targets = [("file to file", out, plain, sealed["engine"]),
+               ("file to /dev/null", os.devnull, plain, sealed["engine"])]
+    shm = _tmpfs_dir(size)
+    if shm is not None:  # the same files in memory: the disk's writeback left out
+        in_memory = os.path.join(shm, f"bench-files-{os.getpid()}")
+        os.makedirs(in_memory)
+        shutil.copyfile(plain, os.path.join(in_memory, "plain.bin"))
+        shutil.copyfile(sealed["engine"], os.path.join(in_memory, "engine.enc"))
+        targets.insert(1, ("file to file, tmpfs", os.path.join(in_memory, "out.bin"),
+                           os.path.join(in_memory, "plain.bin"), os.path.join(in_memory, "engine.enc")))
+    try:
+        for target_name, target, src, enc in targets:
+            _time_target(results, target_name, target, src, enc, files, one, rounds, size)
+    finally:
+        if shm is not None:
+            shutil.rmtree(in_memory, ignore_errors=True)
+    for target_name, target in (("file to file", out), ("file to /dev/null", os.devnull)):  # the peers
         prepare = None if target == os.devnull else lambda: _fresh(out)
         copy = {"copy loop": lambda t=target: copy_file(plain, t)}
-        # The engine against the copy loop in rounds of their own: a peer's run (the AWS SDK's
-        # gigabytes of Python objects, say) slowed whichever file write came next.
-        cases: dict[str, Callable[[], Any]] = {
-            **copy,
-            "engine encrypt": lambda t=target: engine_file_job(files, True)(plain, t),
-            "engine decrypt": lambda t=target: engine_file_job(files, False)(sealed["engine"], t),
-            "engine encrypt, 1 thread": lambda t=target: engine_file_job(one, True)(plain, t),
-            "engine decrypt, 1 thread": lambda t=target: engine_file_job(one, False)(sealed["engine"], t),
-        }
-        medians = _time_rounds(cases, rounds, prepare)
-        results[target_name] = {k: size / v / 1e9 for k, v in medians.items()}
         cases = dict(copy)
         for name, (enc, dec) in peers.items():
             src = small if name == "AWS Encryption SDK" else plain
@@ -228,6 +255,28 @@ def files_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
             k: (results["aws_bytes"] if k.startswith("AWS") else size) / v / 1e9 for k, v in medians.items()}
     results["aes"] = aes_case(max(5, rounds * 3))
     return results
+
+
+def _time_target(results: dict[str, Any], target_name: str, target: str, plain: str, sealed: str,
+                 files: FileEncryption, one: FileEncryption, rounds: int, size: int) -> None:
+    """The engine against the copy loop into ``target``, in rounds of their own (a peer's run,
+    the AWS SDK's gigabytes of Python objects say, slowed whichever file write came next): the
+    medians, each case's median ratio to the copy loop of its own round, and the copy loop's
+    range over the rounds (how much the target itself varies)."""
+    prepare = None if target == os.devnull else lambda: _fresh(target)
+    cases: dict[str, Callable[[], Any]] = {
+        "copy loop": lambda: copy_file(plain, target),
+        "engine encrypt": lambda: engine_file_job(files, True)(plain, target),
+        "engine decrypt": lambda: engine_file_job(files, False)(sealed, target),
+        "engine encrypt, 1 thread": lambda: engine_file_job(one, True)(plain, target),
+        "engine decrypt, 1 thread": lambda: engine_file_job(one, False)(sealed, target),
+    }
+    times = _round_times(cases, rounds, prepare)
+    copy = times["copy loop"]
+    results[target_name] = {k: size / statistics.median(v) / 1e9 for k, v in times.items()}
+    results[target_name + ", round ratios"] = {
+        k: statistics.median(c / t for c, t in zip(copy, v)) for k, v in times.items() if k != "copy loop"}
+    results[target_name + ", copy loop range"] = [size / max(copy) / 1e9, size / min(copy) / 1e9]
 
 
 def aes_case(rounds: int) -> dict[str, float]:
@@ -355,16 +404,21 @@ def report(r: dict[str, Any]) -> str:
     one, two = aes["one thread GB/s"], aes["two threads GB/s"]
     lines.append(f"AES-GCM alone (1 MiB windows in cache): {one:.2f} GB/s on one thread, {two:.2f} GB/s "
                  f"on two at once: the machine gives {two / one:.2f} cores' worth right now")
-    for target in ("file to file", "file to /dev/null"):
-        rates = f[target]
+    for target in ("file to file", "file to file, tmpfs", "file to /dev/null"):
+        if target not in f:
+            continue
+        rates, round_ratios = f[target], f[target + ", round ratios"]
         ceiling = rates["copy loop"]
-        lines.append(f"\n{target}: copy loop (the ceiling: the same reads and writes) {ceiling:.2f} GB/s")
+        low, high = f[target + ", copy loop range"]
+        lines.append(f"\n{target}: copy loop (the ceiling: the same reads and writes) {ceiling:.2f} GB/s "
+                     f"(from {low:.2f} to {high:.2f} GB/s over the rounds)")
         for name, v in rates.items():
             if name != "copy loop":
-                lines.append(f"  {name:34} {v:7.2f} GB/s  {v / ceiling:5.2f}x the copy loop"
+                lines.append(f"  {name:34} {v:7.2f} GB/s  {v / ceiling:5.2f}x the copy loop, "
+                             f"{round_ratios[name]:5.2f}x that of its round"
                              + ("  (goal >= 0.8x)" if name in ("engine encrypt", "engine decrypt") else ""))
-        peer_rates = f[target + ", peers"]
-        base = peer_rates["copy loop"]
+        peer_rates = f.get(target + ", peers", {})
+        base = peer_rates.get("copy loop")
         if len(peer_rates) > 1:
             lines.append(f"  peers, in rounds of their own (the copy loop there: {base:.2f} GB/s):")
             for name, v in peer_rates.items():
