@@ -12,6 +12,9 @@ typedef struct engine_worker {
     _Alignas(64) unsigned char inline_state[1536];
 } engine_worker;
 
+/* The most text, and the most AAD, of a message that xaes_pair takes. */
+#define ENGINE_XAES_PAIR_MAX_BYTES 64
+
 /* One message of a batch: where its text, output, nonce, tag and AAD are. */
 typedef struct engine_message {
     const uint8_t *in;
@@ -47,11 +50,10 @@ typedef struct engine_backend_ops {
                 const uint8_t *tag, const uint8_t *nonce, size_t nonce_len, const uint8_t *aad,
                 uint64_t aad_len);
     /* XAES-256-GCM, optional (NULL): seals or opens two messages at once (24-byte nonces), each
-     * with text and AAD of at most pair_max_bytes. Sealing writes m[j].tag; opening writes the
-     * plaintext, and the tag it computes into computed[j] for the caller to compare. */
+     * with text and AAD of at most ENGINE_XAES_PAIR_MAX_BYTES. Sealing writes m[j].tag; opening
+     * writes the plaintext, and the tag it computes into computed[j] for the caller to compare. */
     void (*xaes_pair)(const engine_key *key, int seal, const engine_message m[2],
                       uint8_t computed[2][ENGINE_TAG_BYTES]);
-    size_t pair_max_bytes;
 } engine_backend_ops;
 
 struct engine_key {
@@ -69,20 +71,20 @@ struct engine_key {
 extern const engine_backend_ops engine_openssl_ops;
 #ifdef ENGINE_HAVE_IPSECMB
 extern const engine_backend_ops engine_ipsecmb_ops;
-/* HMAC-SHA-256 of the non-empty records of [begin, end) (see hmac.c), through ipsec-mb's job API
- * on this thread. */
 /* AES-256-GCM with a 12-byte nonce under a key used for this one message (see gcm_single_use.c):
- * encrypts (encrypting = 1) or decrypts in to out and writes the tag it computes. Needs AES-NI
- * and PCLMULQDQ, which the ipsec-mb backend requires. */
-/* XAES-256-GCM for two messages at once (their instructions interleave), each with text and AAD
- * of at most 64 bytes and a 24-byte nonce: the message keys are derived with `round_keys` (the
- * AES-256 key schedule of the XAES key) and `k1`, then as engine_gcm_single_use. The tags go to
- * m[j].tag when encrypting, else to computed[j]. */
-void engine_xaes_short_pair(const uint8_t round_keys[240], const uint8_t k1[16], int encrypting,
-                            const engine_message m[2], uint8_t computed[2][16]);
+ * encrypts (encrypting = 1) or decrypts in to out and writes the tag it computes. Needs AES-NI,
+ * PCLMULQDQ and SSE4.1, which the ipsec-mb backend requires. */
 void engine_gcm_single_use(int encrypting, const uint8_t key[32], uint8_t *out, const uint8_t *in,
                            uint64_t len, const uint8_t nonce[12], const uint8_t *aad,
                            uint64_t aad_len, uint8_t tag[16]);
+/* XAES-256-GCM for two messages at once (their instructions interleave), each with text and AAD
+ * of at most ENGINE_XAES_PAIR_MAX_BYTES and a 24-byte nonce: the message keys are derived with
+ * `round_keys` (the AES-256 key schedule of the XAES key) and `k1`, then as
+ * engine_gcm_single_use. The tags go to m[j].tag when encrypting, else to computed[j]. */
+void engine_xaes_short_pair(const uint8_t round_keys[240], const uint8_t k1[16], int encrypting,
+                            const engine_message m[2], uint8_t computed[2][16]);
+/* HMAC-SHA-256 of the non-empty records of [begin, end) (see hmac.c), through ipsec-mb's job API
+ * on this thread. */
 int engine_ipsecmb_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *in,
                                const int64_t *offsets, size_t begin, size_t end, uint8_t *out,
                                size_t out_len, uint8_t last_mask);

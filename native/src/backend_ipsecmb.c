@@ -9,7 +9,7 @@
  * on the code path: the AVX-512/VAES path's tables cost about half again as much as the AVX2
  * path's, which only long messages repay, so messages up to 1 KiB use an AVX2 manager. The
  * shortest messages repay no tables at all: they go through gcm_single_use.c, which expands the
- * key as it encrypts and hashes with H^1..H^4 only. */
+ * key as it encrypts and hashes with H^1..H^5 only. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,7 +239,6 @@ const engine_backend_ops engine_ipsecmb_ops = {
     .seal = imb_seal,
     .open = imb_open,
     .xaes_pair = imb_xaes_pair,
-    .pair_max_bytes = 64,
 };
 
 /* ---- HMAC-SHA-256 for blind indexes, through the job API ----

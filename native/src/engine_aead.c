@@ -445,24 +445,29 @@ static void discard_unverified(const engine_key *key, engine_worker *w, const en
         engine_wipe(v->out, (size_t)v->len);
 }
 
-/* Seals or opens record i with `key` on worker w. Returns ENGINE_OK, ENGINE_EAUTH (a failed
- * record: marked in c->failed, its output zeroed or, in place, its ciphertext restored) or
- * another ENGINE_E* code. */
+/* Seals or opens record i, found at v, with `key` on worker w. Returns ENGINE_OK, ENGINE_EAUTH
+ * (a failed record: marked in c->failed, its output zeroed or, in place, its ciphertext
+ * restored) or another ENGINE_E* code. */
+static int crypt_viewed(const crypt_ctx *c, const engine_key *key, engine_worker *w, size_t i,
+                        const engine_message *v) {
+    const uint8_t *nonce = v->nonce;
+    size_t nl = v->nonce_len;
+    int rc;
+    if ((rc = message_setup(key, w, &nonce, &nl, v->len)) != ENGINE_OK) return rc;
+    if (c->seal)
+        return key->ops->seal(key, w, v->out, v->tag, v->in, v->len, nonce, nl, v->aad, v->aad_len);
+    rc = key->ops->open(key, w, v->out, v->in, v->len, v->tag, nonce, nl, v->aad, v->aad_len);
+    if (rc != ENGINE_OK) discard_unverified(key, w, v);
+    c->failed[i] = rc == ENGINE_EAUTH;
+    return rc;
+}
+
+/* crypt_viewed for record i, wherever it is. */
 static int crypt_record(const crypt_ctx *c, const engine_key *key, engine_worker *w, size_t i,
                         scratch *sc) {
     engine_message v;
-    const uint8_t *nonce;
-    size_t nl;
-    int rc;
-    if ((rc = view_record(c, i, sc, &v)) != ENGINE_OK) return rc;
-    nonce = v.nonce;
-    nl = v.nonce_len;
-    if ((rc = message_setup(key, w, &nonce, &nl, v.len)) != ENGINE_OK) return rc;
-    if (c->seal) return key->ops->seal(key, w, v.out, v.tag, v.in, v.len, nonce, nl, v.aad, v.aad_len);
-    rc = key->ops->open(key, w, v.out, v.in, v.len, v.tag, nonce, nl, v.aad, v.aad_len);
-    if (rc != ENGINE_OK) discard_unverified(key, w, &v);
-    c->failed[i] = rc == ENGINE_EAUTH;
-    return rc;
+    int rc = view_record(c, i, sc, &v);
+    return rc != ENGINE_OK ? rc : crypt_viewed(c, key, w, i, &v);
 }
 
 /* Records i and i + 1 as crypt_record does, through the backend's xaes_pair when both are short
@@ -471,14 +476,14 @@ static int64_t crypt_record_pair(const crypt_ctx *c, const engine_key *key, engi
                                  size_t i, scratch sc[2]) {
     engine_message v[2];
     uint8_t computed[2][ENGINE_TAG_BYTES];
-    const size_t max = key->ops->pair_max_bytes;
+    const size_t max = ENGINE_XAES_PAIR_MAX_BYTES;
     int64_t nfailed = 0;
     int j, rc;
     for (j = 0; j < 2; j++)
         if ((rc = view_record(c, i + j, &sc[j], &v[j])) != ENGINE_OK) return rc;
     if (v[0].len > max || v[1].len > max || v[0].aad_len > max || v[1].aad_len > max) {
         for (j = 0; j < 2; j++) {
-            rc = crypt_record(c, key, w, i + j, &sc[j]);
+            rc = crypt_viewed(c, key, w, i + j, &v[j]);
             if (rc == ENGINE_EAUTH) nfailed++;
             else if (rc != ENGINE_OK) return rc;
         }

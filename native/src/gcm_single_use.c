@@ -130,110 +130,6 @@ TARGET __m128i fold_any(__m128i s, const __m128i *p, int k, const __m128i h[5]) 
     }
 }
 
-/* The len (< 64) bytes at p as byte-reversed blocks, the last one zero-padded; returns how many. */
-TARGET int load_tail(__m128i p[4], const uint8_t *src, size_t len) {
-    _Alignas(16) uint8_t last[16] = {0};
-    int k = 0;
-    for (; len >= 16; src += 16, len -= 16)
-        p[k++] = byte_reverse(_mm_loadu_si128((const __m128i *)src));
-    if (len > 0) {
-        memcpy(last, src, len);
-        p[k++] = byte_reverse(_mm_load_si128((const __m128i *)last));
-    }
-    return k;
-}
-
-/* ---- GCM ---- */
-
-/* The four counter blocks after `counter` (byte-reversed: its 32-bit counter is the low lane). */
-TARGET void counter_blocks(__m128i blocks[4], __m128i counter) {
-    int i;
-#pragma GCC unroll 4
-    for (i = 0; i < 4; i++)
-        blocks[i] = byte_reverse(_mm_add_epi32(counter, _mm_set_epi32(0, 0, 0, i + 1)));
-}
-
-__attribute__((target("aes,pclmul,ssse3,sse4.1"))) void
-engine_gcm_single_use(int encrypting, const uint8_t key[32], uint8_t *out, const uint8_t *in,
-                      uint64_t len, const uint8_t nonce[12], const uint8_t *aad, uint64_t aad_len,
-                      uint8_t tag[16]) {
-    struct { /* key material, wiped at the end */
-        __m128i rk[15];
-        __m128i b[6]; /* H, the tag mask E(J0), then four keystream blocks */
-        __m128i h[5]; /* POLYVAL's H^1..H^5 */
-        __m128i p[5]; /* blocks to hash */
-    } s;
-    __m128i *rk = s.rk, *b = s.b, *ks = s.b + 2, *h = s.h, *p = s.p, counter, acc;
-    _Alignas(16) uint8_t block[16];
-    const uint64_t aad_bits = aad_len * 8, text_bits = len * 8;
-    int i, k;
-
-    /* Counter blocks are kept byte-reversed, so the 32-bit counter is the low lane. */
-    memcpy(block, nonce, 12);
-    block[12] = 0, block[13] = 0, block[14] = 0, block[15] = 1;
-    counter = byte_reverse(_mm_load_si128((const __m128i *)block));
-    expand_key(rk, key);
-    b[0] = _mm_setzero_si128();
-    b[1] = byte_reverse(counter);
-    counter_blocks(ks, counter);
-    encrypt_blocks(rk, b, 6);
-
-    h[0] = multiply_by_x(byte_reverse(b[0]));
-    h[1] = dot(h[0], h[0]);
-    h[2] = dot(h[1], h[0]);
-    h[3] = dot(h[1], h[1]);
-    h[4] = dot(h[3], h[0]);
-    acc = _mm_setzero_si128();
-
-    for (; aad_len >= 64; aad += 64, aad_len -= 64) {
-#pragma GCC unroll 4
-        for (i = 0; i < 4; i++)
-            p[i] = byte_reverse(_mm_loadu_si128((const __m128i *)(aad + 16 * i)));
-        acc = fold(acc, p, 4, h);
-    }
-    if (aad_len > 0) acc = fold_any(acc, p, load_tail(p, aad, (size_t)aad_len), h);
-
-    /* Whole groups of four blocks; while the text goes on, the next four keystream blocks. */
-    while (len >= 64) {
-#pragma GCC unroll 4
-        for (i = 0; i < 4; i++) {
-            __m128i x = _mm_loadu_si128((const __m128i *)(in + 16 * i));
-            __m128i y = _mm_xor_si128(x, ks[i]);
-            _mm_storeu_si128((__m128i *)(out + 16 * i), y);
-            p[i] = byte_reverse(encrypting ? y : x);
-        }
-        acc = fold(acc, p, 4, h);
-        in += 64, out += 64, len -= 64;
-        if (len > 0) {
-            counter = _mm_add_epi32(counter, _mm_set_epi32(0, 0, 0, 4));
-            counter_blocks(ks, counter);
-            encrypt_blocks(rk, ks, 4);
-        }
-    }
-
-    /* The last 0..63 bytes and the lengths block, [aad bits]64 || [text bits]64 big-endian
-     * (byte-reversed: the text's is the low lane), in one fold. */
-    k = 0;
-    if (len > 0) {
-        _Alignas(16) uint8_t text[64] = {0};
-        memcpy(text, in, (size_t)len);
-        if (!encrypting) k = load_tail(p, text, (size_t)len);
-#pragma GCC unroll 4
-        for (i = 0; i < 4; i++) {
-            __m128i x = _mm_load_si128((const __m128i *)(text + 16 * i));
-            _mm_store_si128((__m128i *)(text + 16 * i), _mm_xor_si128(x, ks[i]));
-        }
-        if (encrypting) k = load_tail(p, text, (size_t)len);
-        memcpy(out, text, (size_t)len);
-        engine_wipe(text, sizeof(text)); /* plaintext */
-    }
-    p[k] = _mm_set_epi64x((long long)aad_bits, (long long)text_bits);
-    acc = fold_any(acc, p, k + 1, h);
-    _mm_storeu_si128((__m128i *)tag, _mm_xor_si128(byte_reverse(acc), b[1]));
-
-    engine_wipe(&s, sizeof(s));
-}
-
 /* memcpy of n <= 64 bytes without a library call, in overlapping moves; dst and src are apart. */
 TARGET void copy_upto64(uint8_t *dst, const uint8_t *src, size_t n) {
     if (n >= 16) {
@@ -255,10 +151,23 @@ TARGET void copy_upto64(uint8_t *dst, const uint8_t *src, size_t n) {
     }
 }
 
-TARGET void zero64(uint8_t *p) {
+/* The len (<= 64) bytes at src copied into the 64 bytes at dst, zero-padded. */
+TARGET void copy_padded64(uint8_t *dst, const uint8_t *src, size_t len) {
     int i;
 #pragma GCC unroll 4
-    for (i = 0; i < 4; i++) _mm_store_si128((__m128i *)(p + 16 * i), _mm_setzero_si128());
+    for (i = 0; i < 4; i++) _mm_store_si128((__m128i *)(dst + 16 * i), _mm_setzero_si128());
+    copy_upto64(dst, src, len);
+}
+
+/* The len (<= 64) bytes at src as byte-reversed blocks, zero-padded; returns how many blocks
+ * hold them. */
+TARGET int load_padded(__m128i p[4], const uint8_t *src, size_t len) {
+    _Alignas(16) uint8_t bytes[64];
+    int i;
+    copy_padded64(bytes, src, len);
+#pragma GCC unroll 4
+    for (i = 0; i < 4; i++) p[i] = byte_reverse(_mm_load_si128((const __m128i *)(bytes + 16 * i)));
+    return (int)((len + 15) / 16);
 }
 
 /* 64 bytes of 0xff, then 64 of 0: from g_text_mask + 64 - len, the mask of a len-byte text. */
@@ -267,6 +176,116 @@ static const uint8_t g_text_mask[128] = {
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+/* ---- GCM ---- */
+
+/* J0 = nonce || 00000001, byte-reversed: its 32-bit counter is the low lane. */
+TARGET __m128i first_counter(const uint8_t nonce[12]) {
+    _Alignas(16) uint8_t block[16];
+    memcpy(block, nonce, 12);
+    block[12] = 0, block[13] = 0, block[14] = 0, block[15] = 1;
+    return byte_reverse(_mm_load_si128((const __m128i *)block));
+}
+
+/* The four counter blocks after `counter` (byte-reversed: its 32-bit counter is the low lane). */
+TARGET void counter_blocks(__m128i blocks[4], __m128i counter) {
+    int i;
+#pragma GCC unroll 4
+    for (i = 0; i < 4; i++)
+        blocks[i] = byte_reverse(_mm_add_epi32(counter, _mm_set_epi32(0, 0, 0, i + 1)));
+}
+
+/* POLYVAL's H^1..H^5 from GCM's hash key, the encryption of the zero block. */
+TARGET void hash_key_powers(__m128i h[5], __m128i hash_key) {
+    h[0] = multiply_by_x(byte_reverse(hash_key));
+    h[1] = dot(h[0], h[0]);
+    h[2] = dot(h[1], h[0]);
+    h[3] = dot(h[1], h[1]);
+    h[4] = dot(h[3], h[0]);
+}
+
+/* A text's last len (<= 64) bytes, xored with the keystream ks: copied into the 64 bytes at
+ * `bytes` (for the caller to copy out, len bytes of them), and its ciphertext, zero-padded, into
+ * p as byte-reversed blocks to hash. Returns how many blocks. */
+TARGET int crypt_last(int encrypting, const __m128i ks[4], uint8_t bytes[64], const uint8_t *in,
+                      size_t len, __m128i p[4]) {
+    int i;
+    copy_padded64(bytes, in, len);
+#pragma GCC unroll 4
+    for (i = 0; i < 4; i++) {
+        __m128i x = _mm_load_si128((const __m128i *)(bytes + 16 * i));
+        __m128i y = _mm_xor_si128(x, ks[i]);
+        __m128i mask = _mm_loadu_si128((const __m128i *)(g_text_mask + 64 - len + 16 * i));
+        _mm_store_si128((__m128i *)(bytes + 16 * i), y);
+        p[i] = byte_reverse(encrypting ? _mm_and_si128(y, mask) : x);
+    }
+    return (int)((len + 15) / 16);
+}
+
+/* [aad bits]64 || [text bits]64 big-endian, byte-reversed: the text's is the low lane. */
+TARGET __m128i lengths_block(uint64_t aad_len, uint64_t len) {
+    return _mm_set_epi64x((long long)(aad_len * 8), (long long)(len * 8));
+}
+
+__attribute__((target("aes,pclmul,ssse3,sse4.1"))) void
+engine_gcm_single_use(int encrypting, const uint8_t key[32], uint8_t *out, const uint8_t *in,
+                      uint64_t len, const uint8_t nonce[12], const uint8_t *aad, uint64_t aad_len,
+                      uint8_t tag[16]) {
+    struct { /* key material and plaintext, wiped at the end */
+        __m128i rk[15];
+        __m128i b[6]; /* H, the tag mask E(J0), then four keystream blocks */
+        __m128i h[5]; /* POLYVAL's H^1..H^5 */
+        __m128i p[5]; /* blocks to hash */
+        _Alignas(16) uint8_t last[64];
+    } s;
+    __m128i *rk = s.rk, *b = s.b, *ks = s.b + 2, *h = s.h, *p = s.p, counter, acc;
+    const __m128i lengths = lengths_block(aad_len, len);
+    int i, k;
+
+    counter = first_counter(nonce);
+    expand_key(rk, key);
+    b[0] = _mm_setzero_si128();
+    b[1] = byte_reverse(counter);
+    counter_blocks(ks, counter);
+    encrypt_blocks(rk, b, 6);
+    hash_key_powers(h, b[0]);
+    acc = _mm_setzero_si128();
+
+    for (; aad_len >= 64; aad += 64, aad_len -= 64) {
+#pragma GCC unroll 4
+        for (i = 0; i < 4; i++)
+            p[i] = byte_reverse(_mm_loadu_si128((const __m128i *)(aad + 16 * i)));
+        acc = fold(acc, p, 4, h);
+    }
+    if (aad_len > 0) acc = fold_any(acc, p, load_padded(p, aad, (size_t)aad_len), h);
+
+    /* Whole groups of four blocks; while the text goes on, the next four keystream blocks. */
+    while (len >= 64) {
+#pragma GCC unroll 4
+        for (i = 0; i < 4; i++) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(in + 16 * i));
+            __m128i y = _mm_xor_si128(x, ks[i]);
+            _mm_storeu_si128((__m128i *)(out + 16 * i), y);
+            p[i] = byte_reverse(encrypting ? y : x);
+        }
+        acc = fold(acc, p, 4, h);
+        in += 64, out += 64, len -= 64;
+        if (len > 0) {
+            counter = _mm_add_epi32(counter, _mm_set_epi32(0, 0, 0, 4));
+            counter_blocks(ks, counter);
+            encrypt_blocks(rk, ks, 4);
+        }
+    }
+
+    /* The last 0..63 bytes and the lengths block in one fold. */
+    k = crypt_last(encrypting, ks, s.last, in, (size_t)len, p);
+    copy_upto64(out, s.last, (size_t)len);
+    p[k] = lengths;
+    acc = fold_any(acc, p, k + 1, h);
+    _mm_storeu_si128((__m128i *)tag, _mm_xor_si128(byte_reverse(acc), b[1]));
+
+    engine_wipe(&s, sizeof(s));
+}
 
 /* Both messages' rounds in one loop, so their independent instructions interleave. */
 TARGET void encrypt_blocks_pair(const __m128i rk0[15], __m128i b0[6], const __m128i rk1[15],
@@ -301,8 +320,8 @@ engine_xaes_short_pair(const uint8_t round_keys[240], const uint8_t k1[16], int 
     } s;
     const __m128i k1v = _mm_loadu_si128((const __m128i *)k1);
     __m128i aad[2][5], acc[2];
-    _Alignas(16) uint8_t block[16], aad_bytes[64];
-    int i, j, kt[2], ka[2];
+    _Alignas(16) uint8_t block[16];
+    int j, kt[2], ka[2];
 
     /* The message keys AES-256_K(Mj ^ K1), Mj = 00 0j 'X' 00 || nonce[0..12)
      * (c2sp.org/XAES-256-GCM), four blocks in one pass. GCM's nonce is nonce[12..24). */
@@ -318,10 +337,7 @@ engine_xaes_short_pair(const uint8_t round_keys[240], const uint8_t k1[16], int 
 
 #pragma GCC unroll 2
     for (j = 0; j < 2; j++) {
-        __m128i counter;
-        memcpy(block, m[j].nonce + 12, 12);
-        block[12] = 0, block[13] = 0, block[14] = 0, block[15] = 1;
-        counter = byte_reverse(_mm_load_si128((const __m128i *)block));
+        const __m128i counter = first_counter(m[j].nonce + 12);
         s.rk[j][0] = s.message_keys[2 * j];
         s.rk[j][1] = s.message_keys[2 * j + 1];
         expand_schedule(s.rk[j]);
@@ -331,40 +347,16 @@ engine_xaes_short_pair(const uint8_t round_keys[240], const uint8_t k1[16], int 
     }
     encrypt_blocks_pair(s.rk[0], s.b[0], s.rk[1], s.b[1]);
 #pragma GCC unroll 2
-    for (j = 0; j < 2; j++) s.h[j][0] = multiply_by_x(byte_reverse(s.b[j][0]));
-#pragma GCC unroll 2
-    for (j = 0; j < 2; j++) s.h[j][1] = dot(s.h[j][0], s.h[j][0]);
-#pragma GCC unroll 2
-    for (j = 0; j < 2; j++) {
-        s.h[j][2] = dot(s.h[j][1], s.h[j][0]);
-        s.h[j][3] = dot(s.h[j][1], s.h[j][1]);
-    }
-#pragma GCC unroll 2
-    for (j = 0; j < 2; j++) s.h[j][4] = dot(s.h[j][3], s.h[j][0]);
+    for (j = 0; j < 2; j++) hash_key_powers(s.h[j], s.b[j][0]);
 
-    /* All of both inputs are read before any output is written. Text and AAD are copied into
-     * zeroed 64-byte buffers, so every block loads whole; sealing masks the keystream off the
-     * ciphertext's padding. */
+    /* All of both inputs are read before any output is written. */
 #pragma GCC unroll 2
     for (j = 0; j < 2; j++) {
-        const uint64_t len = m[j].len;
-        zero64(s.bytes[j]);
-        copy_upto64(s.bytes[j], m[j].in, (size_t)len);
-        zero64(aad_bytes);
-        copy_upto64(aad_bytes, m[j].aad, (size_t)m[j].aad_len);
-        ka[j] = (int)((m[j].aad_len + 15) / 16); /* at most 4: aad[j][4] stays unused */
-        aad[j][4] = _mm_setzero_si128();
-        kt[j] = (int)((len + 15) / 16);
-#pragma GCC unroll 4
-        for (i = 0; i < 4; i++) {
-            __m128i x = _mm_load_si128((const __m128i *)(s.bytes[j] + 16 * i));
-            __m128i y = _mm_xor_si128(x, s.b[j][2 + i]);
-            __m128i mask = _mm_loadu_si128((const __m128i *)(g_text_mask + 64 - len + 16 * i));
-            aad[j][i] = byte_reverse(_mm_load_si128((const __m128i *)(aad_bytes + 16 * i)));
-            _mm_store_si128((__m128i *)(s.bytes[j] + 16 * i), y);
-            s.text[j][i] = byte_reverse(encrypting ? _mm_and_si128(y, mask) : x);
-        }
-        s.text[j][kt[j]] = _mm_set_epi64x((long long)(m[j].aad_len * 8), (long long)(len * 8));
+        ka[j] = load_padded(aad[j], m[j].aad, (size_t)m[j].aad_len); /* at most 4 */
+        aad[j][4] = _mm_setzero_si128();                             /* unused */
+        kt[j] = crypt_last(encrypting, s.b[j] + 2, s.bytes[j], m[j].in, (size_t)m[j].len,
+                           s.text[j]);
+        s.text[j][kt[j]] = lengths_block(m[j].aad_len, m[j].len);
     }
 #pragma GCC unroll 2
     for (j = 0; j < 2; j++) copy_upto64(m[j].out, s.bytes[j], (size_t)m[j].len);
