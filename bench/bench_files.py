@@ -23,6 +23,7 @@ also given as the median of its ratios to the copy loop of the same round.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -227,20 +228,16 @@ def files_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
     results: dict[str, Any] = {"bytes": size, "missing_peers": missing, "aws_bytes": os.path.getsize(small)}
     targets = [("file to file", out, plain, sealed["engine"]),
                ("file to /dev/null", os.devnull, plain, sealed["engine"])]
-    shm = _tmpfs_dir(size)
-    if shm is not None:  # the same files in memory: the disk's writeback left out
-        in_memory = os.path.join(shm, f"bench-files-{os.getpid()}")
-        os.makedirs(in_memory)
-        shutil.copyfile(plain, os.path.join(in_memory, "plain.bin"))
-        shutil.copyfile(sealed["engine"], os.path.join(in_memory, "engine.enc"))
-        targets.insert(1, ("file to file, tmpfs", os.path.join(in_memory, "out.bin"),
-                           os.path.join(in_memory, "plain.bin"), os.path.join(in_memory, "engine.enc")))
-    try:
+    with contextlib.ExitStack() as stack:
+        shm = _tmpfs_dir(size)
+        if shm is not None:  # the same files in memory: the disk's writeback left out
+            in_memory = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-files-", dir=shm))
+            shutil.copyfile(plain, os.path.join(in_memory, "plain.bin"))
+            shutil.copyfile(sealed["engine"], os.path.join(in_memory, "engine.enc"))
+            targets.insert(1, ("file to file, tmpfs", os.path.join(in_memory, "out.bin"),
+                               os.path.join(in_memory, "plain.bin"), os.path.join(in_memory, "engine.enc")))
         for target_name, target, src, enc in targets:
             _time_target(results, target_name, target, src, enc, files, one, rounds, size)
-    finally:
-        if shm is not None:
-            shutil.rmtree(in_memory, ignore_errors=True)
     for target_name, target in (("file to file", out), ("file to /dev/null", os.devnull)):  # the peers
         prepare = None if target == os.devnull else lambda: _fresh(out)
         copy = {"copy loop": lambda t=target: copy_file(plain, t)}
