@@ -1,4 +1,4 @@
-"""Known-answer tests: NIST CAVP (always) and Wycheproof (when ../shared/vectors exists),
+"""Known-answer tests: NIST CAVP and Wycheproof (carried in tests/data/wycheproof),
 through the single-message API and the batch API, valid and invalid records alike."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ import pytest
 
 import engine
 
-from vectors import SHARED_VECTORS, GcmVector, cavp, wycheproof_aes_gcm
+from vectors import GcmVector, cavp, wycheproof_aes_gcm
 
 CAVP_ENCRYPT = cavp("gcmEncryptExtIV256.rsp")
 CAVP_DECRYPT = cavp("gcmDecrypt256.rsp")
 WYCHEPROOF = wycheproof_aes_gcm()
+
+pytestmark = pytest.mark.vectors  # a skipped test here fails the run (tests/conftest.py)
 
 
 def usable(v: GcmVector) -> bool:
@@ -24,6 +26,7 @@ def test_vector_files_cover_what_we_claim():
     assert {12, 128} <= ivs  # 96-bit and 1024-bit IVs
     assert len(CAVP_ENCRYPT) > 1000
     assert sum(not v.valid for v in CAVP_DECRYPT) > 100
+    assert len(WYCHEPROOF) == 105 and sum(not v.valid for v in WYCHEPROOF) > 20
 
 
 @pytest.mark.parametrize("v", CAVP_ENCRYPT, ids=lambda v: v.id)
@@ -119,7 +122,6 @@ def test_cavp_inside_multi_record_batches(threads):
             assert same(result[i], plaintext), (v.id, i)
 
 
-@pytest.mark.skipif(not WYCHEPROOF, reason=f"Wycheproof vectors not found in {SHARED_VECTORS}")
 @pytest.mark.parametrize("v", WYCHEPROOF, ids=lambda v: v.id)
 def test_wycheproof(v: GcmVector):
     a = engine.AesGcm(v.key)
@@ -134,3 +136,22 @@ def test_wycheproof(v: GcmVector):
     else:
         with pytest.raises(engine.InvalidTag):
             a.decrypt(v.iv, v.ciphertext + v.tag, v.aad)
+
+
+def test_a_skipped_known_answer_test_fails_the_run(tmp_path):
+    """The suite's own conftest turns a skip of a ``vectors`` test into a failure, so a lost
+    vector file can never pass as a skip."""
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(pathlib.Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    vectors: known-answer tests\n")
+    (tmp_path / "test_lost.py").write_text(
+        "import pytest\n\n@pytest.mark.vectors\ndef test_lost():\n    pytest.skip('vector file not found')\n\n"
+        "def test_unmarked():\n    pytest.skip('not a known-answer test')\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 1, run.stdout
+    assert "known-answer test skipped" in run.stdout and "1 failed, 1 skipped" in run.stdout

@@ -16,13 +16,12 @@ from engine import stream
 from engine.stream import cobblestone
 
 import cobblestone_reference as ref
-from vectors import SHARED_VECTORS, wycheproof_chunked
+from vectors import wycheproof_chunked
 
 CHUNK = 16384
 SEALED = CHUNK + 16
 VECTORS = wycheproof_chunked()
-needs_vectors = pytest.mark.skipif(
-    not VECTORS, reason=f"Wycheproof chunked-encryption vectors not found in {SHARED_VECTORS}")
+needs_vectors = pytest.mark.vectors
 
 
 def _release_until_error(key, message, context) -> tuple[bytes, Exception | None]:

@@ -2,14 +2,13 @@
 
 * NIST CAVP GCM ``.rsp`` files, from the ``cryptography-vectors`` package (always available in
   the test extras): ``gcmEncryptExtIV256.rsp`` and ``gcmDecrypt256.rsp``, ``FAIL`` records kept.
-* Project Wycheproof JSON, read from ``../shared/vectors`` beside the checkout when that folder
-  exists (see its SOURCES.md); never copied into this repository.
+* Project Wycheproof JSON, carried in ``tests/data/wycheproof/`` with its origin and licence
+  (SOURCES.md, LICENSE there), so that every clone runs them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from dataclasses import dataclass
 
@@ -79,17 +78,12 @@ def cavp(name: str) -> list[GcmVector]:
     return out
 
 
-SHARED_VECTORS = pathlib.Path(
-    os.environ.get("ENGINE_SHARED_VECTORS", pathlib.Path(__file__).resolve().parents[2] / "shared" / "vectors")
-)
+WYCHEPROOF_DIR = pathlib.Path(__file__).resolve().parent / "data" / "wycheproof"
 
 
 def wycheproof_aes_gcm() -> list[GcmVector]:
-    """Wycheproof AES-GCM tests with 256-bit keys and 128-bit tags ([] when absent)."""
-    path = SHARED_VECTORS / "wycheproof_aes_gcm_test.json"
-    if not path.exists():
-        return []
-    doc = json.loads(path.read_text())
+    """Wycheproof AES-GCM tests with 256-bit keys and 128-bit tags."""
+    doc = json.loads((WYCHEPROOF_DIR / "wycheproof_aes_gcm_test.json").read_text())
     out = []
     for group in doc["testGroups"]:
         if group["keySize"] != 256 or group["tagSize"] != 128:
@@ -132,14 +126,11 @@ class ChunkedVector:
 
 
 def wycheproof_chunked() -> list[ChunkedVector]:
-    """Wycheproof's Cobblestone-256 decryption tests ([] when absent); ``ct`` is stored there
+    """Wycheproof's Cobblestone-256 decryption tests; ``ct`` is stored there
     zlib-compressed and hex-encoded."""
     import zlib
 
-    path = SHARED_VECTORS / "wycheproof_c2sp_chunked_encryption_aes_256_gcm_test.json"
-    if not path.exists():
-        return []
-    doc = json.loads(path.read_text())
+    doc = json.loads((WYCHEPROOF_DIR / "wycheproof_c2sp_chunked_encryption_aes_256_gcm_test.json").read_text())
     out = []
     for group in doc["testGroups"]:
         assert group["aead"] == "AEAD_AES_256_GCM" and group["sha"] == "SHA-512"
