@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs postgresql
 
 .PHONY: demo test test-asan setup system-deps ctest ctest-ipsecmb2 pytest lint bench bench-gate \
-	bench-gate-short bench-history asv-run clean
+	bench-gate-short bench-history asv-run clean wheel wheel-check
 
 demo: setup
 	$(BIN)/crypto-engine demo
@@ -144,6 +144,15 @@ bench-gate-short:
 	    echo "*** the gate did not fail on the OpenSSL backend with a verdict (exit $$status) ***"; exit 1; fi; \
 	  echo "the gate failed on the OpenSSL backend, as it must"; \
 	else echo "*** ipsec-mb backend not available: the baseline was recorded with it, gate not run ***"; fi
+
+# The portable manylinux wheel (ipsec-mb and libcrypto inside) and the sdist, both into
+# build/wheel/dist; wheel-check also installs the wheel outside the checkout and runs it with the
+# system's ipsec-mb and OpenSSL hidden (root: a mount namespace). docs/packaging.md.
+wheel:
+	PYTHON=$(PYTHON) .ci/wheel-check --build-only
+
+wheel-check:
+	PYTHON=$(PYTHON) .ci/wheel-check
 
 bench:
 	$(BIN)/python -m bench.compare --chart bench/compare.png --json bench/compare.json

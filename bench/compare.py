@@ -12,13 +12,14 @@ asserts a timing: the goals are printed beside the ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import pathlib
 import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -57,13 +58,26 @@ def interleaved(contenders: dict[str, Callable[[], object]], work: float, rounds
     return {name: work / statistics.median(ts) for name, ts in times.items()}
 
 
+@functools.cache
 def c_driver() -> str | None:
-    """Path of the C benchmark driver installed with the package (engine-cbench)."""
-    scripts = sysconfig.get_path("scripts")
-    for candidate in (os.path.join(scripts, "engine-cbench"), shutil.which("engine-cbench")):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
+    """Path of the C benchmark driver engine-cbench, built from this checkout into build/cbench.
+
+    A developer tool, so no wheel installs it: cmake builds it on first use in a process and again
+    after a C file changed (a no-op otherwise), against the same system libraries as the developer
+    install. ``$ENGINE_CBENCH`` names another driver. None outside a checkout or without cmake.
+    """
+    if os.environ.get("ENGINE_CBENCH"):
+        return os.environ["ENGINE_CBENCH"]
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / "CMakeLists.txt").exists() or shutil.which("cmake") is None:
+        return None
+    build = root / "build" / "cbench"
+    for step in (
+        ["-S", root, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DENGINE_BUILD_PYTHON=OFF", "-DBUILD_TESTING=OFF"],
+        ["--build", build, "--target", "engine-cbench"],
+    ):
+        subprocess.run(["cmake", *map(str, step)], check=True, stdout=subprocess.DEVNULL)
+    return str(build / "engine-cbench")
 
 
 def run_c(size: int, count: int, threads: int, backend: str, repeats: int, nonce: int = 16) -> float | None:
