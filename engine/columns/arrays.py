@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from ..buffers import pyarrow_module
+from ..errors import InvalidArgument
 
-__all__ = ["binary_parts", "fixed_width", "is_binary_like", "is_wrapper", "logical_array",
+__all__ = ["binary_parts", "fixed_width", "is_binary_like", "is_wrapper", "resolve",
            "unwrapped_type", "validity", "wrap_array"]
 
 
@@ -35,28 +36,60 @@ def unwrapped_type(data_type: Any) -> Any:
     return data_type.value_type  # run-end encoded
 
 
-def logical_array(array: Any) -> Any:
-    """``array`` with every wrapper taken off: dictionary values decoded, runs expanded,
-    extension storage."""
-    pa = _pa()
-    import pyarrow.compute as pc
+def resolve(array: Any, idx: np.ndarray | None = None
+            ) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """The values of ``array`` (or of its items at ``idx``) seen through every wrapper, without
+    materializing them: pyarrow cannot decode or take every wrapped array (run-end encoded
+    dictionaries, structs holding runs...).
 
+    Returns:
+        (the array under the wrappers; for each chosen item, the position of its value there,
+        or None when positions are unchanged; whether each chosen item is present, or None when
+        all are).
+    """
+    pa = _pa()
+    valid = None
     while is_wrapper(array.type):
         t = array.type
         if isinstance(t, pa.BaseExtensionType):
             array = array.storage
-        elif pa.types.is_dictionary(t):
-            array = array.dictionary_decode()
+            continue
+        n = len(array)
+        chosen = np.arange(n, dtype=np.int64) if idx is None else idx
+        if pa.types.is_dictionary(t):
+            if array.null_count:
+                present = array.is_valid().to_numpy(zero_copy_only=False)[chosen]
+                valid = present if valid is None else valid & present
+            raw = np.frombuffer(array.buffers()[1], dtype=t.index_type.to_pandas_dtype())
+            positions = raw[array.offset : array.offset + n][chosen].astype(np.int64)
+            dictionary = array.dictionary
+            used = positions if valid is None else positions[valid]
+            if used.shape[0] and (int(used.min()) < 0 or int(used.max()) >= len(dictionary)):
+                raise InvalidArgument("a dictionary index is out of range")
+            if valid is not None:  # a NULL's index may be anything: never read through it
+                positions = np.where(valid, positions, 0)
+            array, idx = dictionary, positions
+        else:  # run-end encoded: the run holding each logical position
+            ends = array.run_ends.to_numpy().astype(np.int64)
+            idx = np.searchsorted(ends, chosen + array.offset, side="right")
+            array = array.values
+    base_valid = validity(array)
+    if base_valid is not None:
+        if idx is None:
+            valid = base_valid
         else:
-            array = pc.run_end_decode(array)
-    return array
+            present = np.zeros(idx.shape[0], dtype=bool)
+            looked = slice(None) if valid is None else valid
+            present[looked] = base_valid[idx[looked]]
+            valid = present
+    return array, idx, valid
 
 
 def wrap_array(values: Any, data_type: Any) -> Any:
-    """The inverse of :func:`logical_array`: ``values`` (of the logical type) as ``data_type``.
-
-    A dictionary is rebuilt from the values in the order they first appear (the original
-    dictionary's order and unused entries are not part of any value)."""
+    """``values`` (of the type under the wrappers) as ``data_type``: a dictionary is rebuilt from
+    the values in the order they first appear, runs from equal neighbours (the original
+    dictionary's order and unused entries, or a run split in two, are no part of any value).
+    Where pyarrow cannot encode a value type, each value gets an entry or a run of its own."""
     pa = _pa()
     import pyarrow.compute as pc
 
@@ -65,15 +98,26 @@ def wrap_array(values: Any, data_type: Any) -> Any:
     inner = wrap_array(values, unwrapped_type(data_type))
     if isinstance(data_type, pa.BaseExtensionType):
         return pa.ExtensionArray.from_storage(data_type, inner)
+    n = len(inner)
     if pa.types.is_dictionary(data_type):
-        encoded = pc.dictionary_encode(inner)
-        return pa.DictionaryArray.from_arrays(encoded.indices.cast(data_type.index_type),
-                                              encoded.dictionary, ordered=data_type.ordered)
-    encoded = pc.run_end_encode(inner, run_end_type=data_type.run_end_type)
-    if encoded.type != data_type:  # field names or nullability of the run-end type's children
-        encoded = pa.RunEndEncodedArray.from_arrays(encoded.run_ends, encoded.values,
-                                                    type=data_type)
-    return encoded
+        try:
+            encoded = pc.dictionary_encode(inner)
+            indices, dictionary = encoded.indices, encoded.dictionary
+        except pa.ArrowNotImplementedError:
+            indices, dictionary = pa.array(np.arange(n), mask=~_valid(inner)), inner
+        return pa.DictionaryArray.from_arrays(indices.cast(data_type.index_type), dictionary,
+                                              ordered=data_type.ordered)
+    try:
+        encoded = pc.run_end_encode(inner, run_end_type=data_type.run_end_type)
+        run_ends, runs = encoded.run_ends, encoded.values
+    except pa.ArrowNotImplementedError:
+        run_ends, runs = pa.array(np.arange(1, n + 1)).cast(data_type.run_end_type), inner
+    return pa.RunEndEncodedArray.from_arrays(run_ends, runs, type=data_type)
+
+
+def _valid(array: Any) -> np.ndarray:
+    found = validity(array)
+    return np.ones(len(array), dtype=bool) if found is None else found
 
 
 _BINARY_LIKE = ("string", "large_string", "string_view", "binary", "large_binary", "binary_view")

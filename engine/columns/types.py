@@ -111,8 +111,24 @@ def _parse(descriptor: bytes) -> SchemaNode:
     return root._replace(flags=root.flags | FLAG_NULLABLE)
 
 
-@functools.lru_cache(maxsize=512)
+_EXTENSION = b"ARROW:extension:name"
+
+
 def type_from_descriptor(descriptor: bytes) -> Any:
+    """The pyarrow type a descriptor names (see :func:`_type_from_descriptor`); cached, unless
+    it holds an extension type, whose meaning follows the registry as it is now."""
+    descriptor = bytes(descriptor)
+    if _EXTENSION in descriptor:
+        return _type_from_descriptor(descriptor)
+    return _cached_type(descriptor)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_type(descriptor: bytes) -> Any:
+    return _type_from_descriptor(descriptor)
+
+
+def _type_from_descriptor(descriptor: bytes) -> Any:
     """The pyarrow type a descriptor names.
 
     Raises:
@@ -120,7 +136,7 @@ def type_from_descriptor(descriptor: bytes) -> Any:
         UnknownColumnType: Arrow refuses it, or it names an extension type that is not registered
             in this process (pyarrow would give its storage type instead: the type would change).
     """
-    node = _parse(bytes(descriptor))
+    node = _parse(descriptor)
     try:
         data_type = import_type(node)
     except (ValueError, NotImplementedError, TypeError):

@@ -27,9 +27,8 @@ from .arrays import (
     fixed_width,
     is_binary_like,
     is_wrapper,
-    logical_array,
+    resolve,
     unwrapped_type,
-    validity,
     wrap_array,
 )
 from .errors import MalformedColumnValue
@@ -59,37 +58,38 @@ def plaintexts(array: Any) -> tuple[Batch, np.ndarray | None]:
         InvalidArgumentType: a type the serialization does not cover.
     """
     pa = _pa()
-    values = logical_array(array)
+    n = len(array)
+    values, idx, valid = resolve(array)
     t = values.type
-    n = len(values)
-    valid = validity(values)
     rows = None if valid is None else np.flatnonzero(valid)
+    # the position in ``values`` of each present row's value (None: row i is value i)
+    chosen = rows if idx is None else (idx if rows is None else idx[rows])
+    count = n if rows is None else rows.shape[0]
     width = fixed_width(t)
     if pa.types.is_null(t):
         return Batch._trusted(np.empty(0, dtype=np.uint8), np.zeros(1, dtype=np.int64)), \
             np.empty(0, dtype=np.int64)
     if width is not None:
+        size = len(values)
         raw = np.frombuffer(values.buffers()[1], dtype=np.uint8)
-        raw = raw[values.offset * width : (values.offset + n) * width]
-        if rows is None:
-            return Batch._trusted(raw, np.arange(n + 1, dtype=np.int64) * width), None
-        kept = raw.reshape(n, width)[rows].reshape(-1)
-        return Batch._trusted(kept, np.arange(rows.shape[0] + 1, dtype=np.int64) * width), rows
+        raw = raw[values.offset * width : (values.offset + size) * width]
+        if chosen is not None:
+            raw = raw.reshape(size, width)[chosen].reshape(-1)
+        return Batch._trusted(raw, np.arange(count + 1, dtype=np.int64) * width), rows
     if pa.types.is_boolean(t):
         bits = np.unpackbits(np.frombuffer(values.buffers()[1], dtype=np.uint8),
-                             bitorder="little")[values.offset : values.offset + n]
-        kept = bits if rows is None else bits[rows]
-        return Batch._trusted(np.ascontiguousarray(kept), np.arange(kept.shape[0] + 1,
+                             bitorder="little")[values.offset : values.offset + len(values)]
+        kept = bits if chosen is None else bits[chosen]
+        return Batch._trusted(np.ascontiguousarray(kept), np.arange(count + 1,
                                                                     dtype=np.int64)), rows
     if is_binary_like(t):
         data, offsets = binary_parts(values)
         whole = Batch._trusted(data, offsets)
-        return (whole if rows is None else whole.take(rows)), rows
-    present = values if rows is None else values.filter(pa.array(valid))
-    parts = encode_content(present, np.arange(len(present) + 1, dtype=np.int64))
+        return (whole if chosen is None else whole.take(chosen)), rows
+    parts = encode_content(values, np.arange(count + 1, dtype=np.int64), chosen)
     if not parts:  # a struct without fields: every value is empty
         return Batch._trusted(np.empty(0, dtype=np.uint8),
-                              np.zeros(len(present) + 1, dtype=np.int64)), rows
+                              np.zeros(count + 1, dtype=np.int64)), rows
     return concat_each(parts), rows
 
 
@@ -172,20 +172,20 @@ class PlaintextLayout:
     def _deserialized(self, buf: np.ndarray) -> Any:
         pa = _pa()
         count = self.sizes.shape[0]
+        place = np.ones(self.n, dtype=bool)
+        if self.rows is not None:
+            place[:] = False
+            place[self.rows] = True
         if pa.types.is_boolean(self.base):
             if bool((buf > 1).any()):
                 raise MalformedColumnValue("a bool value's plaintext is neither 0 nor 1")
-            present = pa.array(buf.view(bool), type=pa.bool_())
-        else:
-            offsets = offsets_of(self.sizes)
-            present, pos = decode_content(self.base, buf, offsets[:-1], offsets[1:],
-                                          np.ones(count, dtype=np.int64))
-            if not np.array_equal(pos, offsets[1:]):
-                raise MalformedColumnValue("a value has bytes after its content")
-        if self.rows is None:
-            return present
-        index = np.zeros(self.n, dtype=np.int64)
-        index[self.rows] = np.arange(count, dtype=np.int64)
-        mask = np.ones(self.n, dtype=bool)
-        mask[self.rows] = False
-        return present.take(pa.array(index, mask=mask))
+            bits = np.zeros(self.n, dtype=bool)
+            bits[place] = buf.view(bool)
+            return pa.Array.from_buffers(pa.bool_(), self.n, [
+                self._valid_bitmap(), pa.py_buffer(np.packbits(bits, bitorder="little"))])
+        offsets = offsets_of(self.sizes)
+        values, pos = decode_content(self.base, buf, offsets[:-1], offsets[1:],
+                                     np.ones(count, dtype=np.int64), place)
+        if not np.array_equal(pos, offsets[1:]):
+            raise MalformedColumnValue("a value has bytes after its content")
+        return values
