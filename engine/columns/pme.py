@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -165,7 +166,7 @@ class PmeKeys:
             keys and its KMS clients; nothing is cached longer, and :meth:`forget` drops them.
     """
 
-    __slots__ = ("_service", "_factory", "_connection", "_lifetime")
+    __slots__ = ("_service", "_factory", "_connection", "_lifetime", "_cleared", "_lock")
 
     def __init__(self, service: EncryptionService | None = None, *,
                  cache_lifetime: float | datetime.timedelta = DEFAULT_CACHE_LIFETIME) -> None:
@@ -174,6 +175,19 @@ class PmeKeys:
         self._lifetime = _seconds(cache_lifetime)
         self._factory = pe.CryptoFactory(self._client)
         self._connection = pe.KmsConnectionConfig(kms_instance_id=KMS_INSTANCE_ID)
+        self._cleared = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _expire(self) -> None:
+        """Empties pyarrow's caches once ``cache_lifetime`` has passed since they were last
+        emptied. pyarrow's own expiry is not enough: an expired per-token cache is kept (its
+        replacement is inserted under a key that is still there) until a periodic clean-up,
+        so unwrapped keys outlive the lifetime, indefinitely for a lifetime of 0."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._cleared >= self._lifetime.total_seconds():
+                self._factory.remove_cache_entries_for_all_tokens()
+                self._cleared = now
 
     def __repr__(self) -> str:
         return f"<PmeKeys provider={self._service.provider!r}>"
@@ -204,6 +218,7 @@ class PmeKeys:
             InvalidArgument: an empty column list, or a bad key size.
         """
         pe = _pe()
+        self._expire()
         master = master_key_id(self._service.provider.get_current_key().version)
         if data_key_bits not in (128, 192, 256):
             raise InvalidArgument("data_key_bits is 128, 192 or 256")
@@ -225,12 +240,15 @@ class PmeKeys:
     def decryption_properties(self) -> Any:
         """pyarrow ``FileDecryptionProperties`` that unwrap keys with the engine's provider."""
         pe = _pe()
+        self._expire()
         return self._factory.file_decryption_properties(
             self._connection, pe.DecryptionConfiguration(cache_lifetime=self._lifetime))
 
     def forget(self) -> None:
         """Drops every key and client pyarrow has cached for these properties."""
-        self._factory.remove_cache_entries_for_all_tokens()
+        with self._lock:
+            self._factory.remove_cache_entries_for_all_tokens()
+            self._cleared = time.monotonic()
 
 
 def _keys(keys: PmeKeys | None, service: EncryptionService | None) -> PmeKeys:
