@@ -612,3 +612,82 @@ def test_nothing_secret_reaches_the_errors(service):
             call()
         text = f"{caught.value!r} {caught.value} {caught.value.__context__!r}"
         assert secret not in text and KEY1.hex() not in text
+
+
+# the vectors of docs/column-format.md, section 8
+DOC_KEY = bytes(range(32))
+DOC_VECTORS = [
+    ("age", pa.array([42], pa.int64()),
+     "c001016c000102030405060708090a0b6d02d61bc5e5c21bf65ced9debce7058a3be7ccbe3794b45"),
+    ("scores", pa.array([[1, None, 3]]),
+     "c0011200022b6c00000001016c02046974656d0000000102030405060708090a0b4601d31ac5e5c21b8d4197"
+     "88b1e9786d83d6870d96ad6af1089bf8d33228add0ee4ee0"),
+]
+
+
+@pytest.mark.parametrize("column, array, value", DOC_VECTORS, ids=["int64", "list"])
+def test_the_documented_vectors(column, array, value):
+    raw = bytes.fromhex(value)
+    plain, descriptor = _open_reference(raw, column, key=DOC_KEY)
+    assert raw[-28 - len(plain):-28 - len(plain) + 12] == bytes(range(12))
+    assert plain == plaintexts(array)[0].to_list()[0]
+    service = _service({1: DOC_KEY})
+    assert_same(decrypt_array(pa.array([raw], pa.binary()), column, service=service), array)
+    assert encrypt_array(array, column, service=service).to_pylist()[0][:-28 - len(plain)] == \
+        raw[:-28 - len(plain)]  # the header; the nonce is fresh
+
+
+# ---------------------------------------------------------------- what the format stands on
+
+
+def test_seal_tokens_writes_into_a_callers_buffer_at_the_starts_given(keyed_aead):
+    aead = keyed_aead
+    records = [b"ab", b"", b"cdef"]
+    sizes = [len(r) + 3 + 12 + 16 for r in records]
+    starts = np.array([5, 5 + sizes[0] + 7, 200], dtype=np.int64)
+    out = np.zeros(300, dtype=np.uint8)
+    assert aead.seal_tokens(records, b"hdr", b"aad", bind_header=False, nonce_size=12,
+                            out=out, out_starts=starts) is None
+    assert not out[:5].any() and not out[5 + sizes[0] : starts[1]].any()
+    for record, start, size in zip(records, starts.tolist(), sizes):
+        token = bytes(out[start : start + size])
+        assert token[:3] == b"hdr"
+        assert AESGCM(aead.key).decrypt(token[3:15], token[15:], b"aad") == record
+    with pytest.raises(engine.InvalidArgument):  # a token past the end
+        aead.seal_tokens(records, b"hdr", out=out, out_starts=[0, 50, 290], nonce_size=12)
+    with pytest.raises(engine.InvalidArgument):
+        aead.seal_tokens(records, b"hdr", out=out, out_starts=[-1, 50, 100], nonce_size=12)
+    data = np.frombuffer(b"".join(records) + bytes(200), dtype=np.uint8).copy()
+    batch = engine.Batch(data, np.array([0, 2, 2, 6], dtype=np.int64))
+    with pytest.raises(engine.InvalidArgument):  # out overlaps the plaintexts
+        aead.seal_tokens(batch, b"hdr", out=data, out_starts=[10, 60, 120], nonce_size=12)
+
+
+@pytest.fixture
+def keyed_aead():
+    return _Keyed(os.urandom(32))
+
+
+class _Keyed:
+    """An AesGcm and its key, for checking its output with cryptography."""
+
+    def __init__(self, key):
+        self.key, self._cipher = key, engine.AesGcm(key)
+
+    def __getattr__(self, name):
+        return getattr(self._cipher, name)
+
+
+def test_sealing_keys_count_usage_and_refuse_a_version_that_may_not_encrypt():
+    provider = engine.StaticKeyProvider({1: KEY1})
+    service = engine.EncryptionService(provider, metrics=False, usage_lease=1)
+    encrypt_array(pa.array(range(5000)), "n", service=service)
+    assert provider.usage(1) == 5000
+    provider.set_state(1, "decrypt-only")
+    with pytest.raises(engine.KeyVersionNotUsable):
+        encrypt_array(pa.array([1]), "n", service=service)
+    assert encrypt_array(pa.array([None], pa.int64()), "n", service=service).null_count == 1
+
+
+def test_providers_wrap_locally_unless_they_say_otherwise():
+    assert engine.StaticKeyProvider({1: KEY1}).key_wrapper() is None
