@@ -129,6 +129,8 @@ def _fixed(t, n, rng, mask):
         top = 10 ** min(t.precision, 18)
         ints = rng.integers(-top + 1, top, n).tolist()
         raw = b"".join(v.to_bytes(width, "little", signed=True) for v in ints)
+    elif pa.types.is_date64(t):  # milliseconds of whole days
+        raw = (rng.integers(-10_000, 10_000, n) * 86_400_000).astype("<i8").tobytes()
     elif pa.types.is_temporal(t):
         raw = rng.integers(0, 86_400, n).astype(f"<i{width}").tobytes()
     elif pa.types.is_floating(t):

@@ -29,7 +29,7 @@ from ..errors import BatchInvalidTag, InvalidArgument, InvalidArgumentType
 from ..service import EncryptionService, get_encryption_service
 from .arrays import binary_parts, is_binary_like, validity
 from .errors import ColumnTypeMismatch, MalformedColumnValue, UnknownColumnFormat, UnknownColumnType
-from .packing import read_uvarints, uvarint
+from .packing import read_uvarint, read_uvarints, uvarint
 from .types import DIGEST_BYTES, descriptor_digest, type_descriptor, type_from_descriptor
 from .values import PlaintextLayout, plaintexts
 
@@ -215,6 +215,7 @@ class _Headers:
     header_bytes: np.ndarray  # header length
     type_at: np.ndarray  # where the descriptor or digest starts
     type_bytes: np.ndarray  # its length
+    uniform: bool  # every value has the same header bytes
 
 
 def _binary_values(array: Any) -> Any:
@@ -252,12 +253,48 @@ def _rows_array(data_type: Any, present: Batch, rows: np.ndarray | None, n: int)
                                                 pa.py_buffer(offsets_of(sizes)), pa.py_buffer(data)])
 
 
+def _one_header(value: memoryview) -> tuple[int, int, int, int]:
+    """(format, key version, where the type field starts, its length) of one value."""
+    if len(value) < 2 or value[0] not in FORMATS:
+        raise UnknownColumnFormat("a value is not in a column format this engine reads")
+    version, at = read_uvarint(value, 1, min(len(value), 6))
+    if not 1 <= version <= MAX_KEY_VERSION:
+        raise MalformedColumnValue("a value's key version is out of range")
+    if (value[0] - FORMAT_BASE) % 2:
+        return value[0], version, at, DIGEST_BYTES
+    length, start = read_uvarint(value, at)
+    return value[0], version, start, length
+
+
+def _uniform_headers(tokens: Batch, rows: np.ndarray | None, n: int) -> _Headers | None:
+    """The headers when every value has the first value's header (the usual column: one key
+    version, the type inline): checked with one pass per header byte."""
+    count = len(tokens)
+    starts, ends = tokens.offsets[:-1], tokens.offsets[1:]
+    fmt, version, type_at, type_bytes = _one_header(tokens[0])
+    width = type_at + type_bytes
+    minimum = width + NONCE_BYTES[(fmt - FORMAT_BASE) // 2] + TAG_BYTES
+    if bool((ends - starts < minimum).any()):
+        return None
+    data, first = tokens.data, int(starts[0])
+    for k in range(width):
+        if not (data[starts + k] == data[first + k]).all():
+            return None
+    return _Headers(tokens, rows, n, np.full(count, fmt, dtype=np.uint8),
+                    np.full(count, version, dtype=np.int64), np.full(count, width, dtype=np.int64),
+                    starts + type_at, np.full(count, type_bytes, dtype=np.int64), True)
+
+
 def _parse_headers(array: Any) -> _Headers:
     array = _binary_values(array)
     n = len(array)
     tokens, rows = _present(array)
     starts, ends = tokens.offsets[:-1], tokens.offsets[1:]
     count = len(tokens)
+    if count:
+        uniform = _uniform_headers(tokens, rows, n)
+        if uniform is not None:
+            return uniform
     if count and bool((ends - starts < 2).any()):
         raise MalformedColumnValue("a value is too short to be in the column format")
     fmt = tokens.data[starts] if count else np.empty(0, dtype=np.uint8)
@@ -279,7 +316,7 @@ def _parse_headers(array: Any) -> _Headers:
     minimum = header_bytes + np.asarray(NONCE_BYTES)[algorithm] + TAG_BYTES
     if bool((ends - starts < minimum).any()):
         raise MalformedColumnValue("a value is too short to hold its header, nonce and tag")
-    return _Headers(tokens, rows, n, fmt, versions, header_bytes, type_at, type_bytes)
+    return _Headers(tokens, rows, n, fmt, versions, header_bytes, type_at, type_bytes, False)
 
 
 def _groups(h: _Headers) -> list[np.ndarray]:
@@ -288,6 +325,8 @@ def _groups(h: _Headers) -> list[np.ndarray]:
     count = len(h.tokens)
     if count == 0:
         return []
+    if h.uniform:
+        return [np.arange(count, dtype=np.int64)]
     key = (h.fmt.astype(np.int64) << 56) | (h.versions << 20) | np.minimum(h.header_bytes, 2**20 - 1)
     if bool((key == key[0]).all()):
         groups = [np.arange(count, dtype=np.int64)]
@@ -297,12 +336,12 @@ def _groups(h: _Headers) -> list[np.ndarray]:
         bounds = np.flatnonzero(np.diff(inverse[order])) + 1
         groups = np.split(order, bounds)
     starts = h.tokens.offsets[:-1]
+    data = h.tokens.data
     for idx in groups:
-        width = int(h.header_bytes[idx[0]])
-        first = h.tokens.data[starts[idx[0]] : starts[idx[0]] + width]
-        for block in range(0, idx.shape[0], 1 << 16):  # bounded memory for long headers
-            part = idx[block : block + (1 << 16)]
-            if not (h.tokens.data[starts[part][:, None] + np.arange(width)] == first).all():
+        at = starts if idx.shape[0] == count else starts[idx]
+        first = int(at[0])
+        for k in range(int(h.header_bytes[idx[0]])):  # one pass per header byte, not per value
+            if not (data[at + k] == data[first + k]).all():
                 raise ColumnTypeMismatch("the values of the column record different types")
     return groups
 

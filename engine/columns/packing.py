@@ -143,30 +143,34 @@ def read_uvarints(buf: np.ndarray, pos: np.ndarray, end: np.ndarray,
             minimal, or is at least :data:`MAX_COUNT`.
     """
     n = pos.shape[0]
-    values = np.zeros(n, dtype=np.uint64)
-    sizes = np.zeros(n, dtype=np.int64)
-    open_ = np.ones(n, dtype=bool)
-    limit = buf.shape[0]
-    for k in range(max_bytes):
-        at = pos + k
-        inside = open_ & (at < end)
-        if bool((open_ & ~inside).any()):
-            raise MalformedColumnValue("a varint runs past the end of its value")
-        byte = np.zeros(n, dtype=np.uint8)
-        byte[inside] = buf[np.minimum(at[inside], limit - 1)]
-        values[inside] |= (byte[inside] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
-        done = inside & (byte < 0x80)
-        if k and bool((done & (byte == 0)).any()):
-            raise MalformedColumnValue("a varint is not minimal")
-        sizes[done] = k + 1
-        open_ &= ~done
-        if not open_.any():
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if bool((pos >= end).any()):
+        raise MalformedColumnValue("a varint runs past the end of its value")
+    first = buf[pos]
+    values = (first & 0x7F).astype(np.int64)
+    sizes = np.ones(n, dtype=np.int64)
+    open_ = np.flatnonzero(first >= 0x80)  # most varints are one byte: only the rest loop
+    for k in range(1, max_bytes):
+        if not open_.shape[0]:
             break
-    if bool(open_.any()):
+        at = pos[open_] + k
+        if bool((at >= end[open_]).any()):
+            raise MalformedColumnValue("a varint runs past the end of its value")
+        byte = buf[at]
+        values[open_] |= (byte & 0x7F).astype(np.int64) << (7 * k)
+        done = byte < 0x80
+        if bool((done & (byte == 0)).any()):
+            raise MalformedColumnValue("a varint is not minimal")
+        sizes[open_[done]] = k + 1
+        open_ = open_[~done]
+        if 7 * (k + 1) >= 49 and open_.shape[0]:  # past 2**48: out of range whatever follows
+            raise MalformedColumnValue("a length or count is out of range")
+    if open_.shape[0]:
         raise MalformedColumnValue("a varint is too long")
-    if bool((values >= np.uint64(MAX_COUNT)).any()):
+    if bool((values >= MAX_COUNT).any()):
         raise MalformedColumnValue("a length or count is out of range")
-    return values.astype(np.int64), sizes
+    return values, sizes
 
 
 def read_uvarint_blocks(buf: np.ndarray, pos: np.ndarray, end: np.ndarray,
