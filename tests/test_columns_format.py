@@ -693,3 +693,19 @@ def test_sealing_keys_count_usage_and_refuse_a_version_that_may_not_encrypt():
 
 def test_providers_wrap_locally_unless_they_say_otherwise():
     assert engine.StaticKeyProvider({1: KEY1}).key_wrapper() is None
+
+
+def test_an_authentic_value_that_breaks_its_type_is_refused_without_showing_it():
+    """A writer holding the key that does not follow the specification: a string that is not
+    UTF-8, a list claiming more items than it holds. The error names no content and carries
+    no context that does."""
+    service = _service({1: DOC_KEY})
+    secret = b"\xffsecret-\xfe"
+    for plain, descriptor in ((secret, b"u"),
+                              (b"\x01\x09" + b"\xff" + secret, type_descriptor(pa.list_(pa.int8())))):
+        forged = pa.array([_seal_reference(plain, "c", descriptor, key=DOC_KEY)], pa.binary())
+        with pytest.raises(MalformedColumnValue) as caught:
+            decrypt_array(forged, "c", service=service)
+        error = caught.value
+        assert error.__context__ is None and error.__cause__ is None
+        assert b"secret" not in repr(error).encode()

@@ -112,7 +112,8 @@ def wrap_array(values: Any, data_type: Any) -> Any:
         run_ends, runs = encoded.run_ends, encoded.values
     except pa.ArrowNotImplementedError:
         run_ends, runs = pa.array(np.arange(1, n + 1)).cast(data_type.run_end_type), inner
-    return pa.RunEndEncodedArray.from_arrays(run_ends, runs, type=data_type)
+    # from_buffers, not from_arrays: that one validates the values, quoting them in its errors
+    return pa.Array.from_buffers(data_type, n, [None], children=[run_ends, runs])
 
 
 def _valid(array: Any) -> np.ndarray:

@@ -134,8 +134,9 @@ def encrypt_array(array: Any, column: str, *, service: EncryptionService | None 
         array: a pyarrow ``Array`` or ``ChunkedArray`` (each chunk is one native call).
         column: the column's name, bound into every value's AAD.
         service: default: the process-wide :func:`engine.get_encryption_service`.
-        aad: extra associated data: one bytes value for all rows, or one value per row (a
-            pyarrow binary or string array, or an :class:`~engine.Batch`), appended to the AAD.
+        aad: extra associated data: one str (UTF-8) or bytes value for all rows, or one value
+            per row (a pyarrow binary or string array, or an :class:`~engine.Batch`), appended
+            to the AAD.
         threads: native threads (None: all cores).
 
     Returns:
@@ -149,14 +150,19 @@ def encrypt_array(array: Any, column: str, *, service: EncryptionService | None 
     pa = _pa()
     column = _check_column(column)
     chunks, chunked = _chunks(array)
+    aad = _common_aad(aad, chunked)
     service = service or get_encryption_service()
-    out = [_encrypt_chunk(chunk, column, service, aad if not chunked else None, threads)
-           for chunk in chunks]
-    if chunked:
-        if aad is not None and not isinstance(aad, (bytes, bytearray, memoryview)):
-            raise InvalidArgument("per-row AAD takes a single Array, not a ChunkedArray")
-        return pa.chunked_array(out, type=pa.large_binary())
-    return out[0]
+    out = [_encrypt_chunk(chunk, column, service, aad, threads) for chunk in chunks]
+    return pa.chunked_array(out, type=pa.large_binary()) if chunked else out[0]
+
+
+def _common_aad(aad: Any, chunked: bool) -> Any:
+    """The caller's AAD: str as UTF-8; per-row AAD only for a single array."""
+    if isinstance(aad, str):
+        aad = aad.encode("utf-8")
+    if chunked and aad is not None and not isinstance(aad, (bytes, bytearray, memoryview)):
+        raise InvalidArgument("per-row AAD takes a single Array, not a ChunkedArray")
+    return aad
 
 
 def _encrypt_chunk(array: Any, column: str, service: EncryptionService, aad: Any,
@@ -420,8 +426,7 @@ def decrypt_array(array: Any, column: str, *, service: EncryptionService | None 
         raise ColumnTypeMismatch("the values of the column record different types"
                                  + (" (or not the type expected)" if expected is not None else ""))
     data_type = type_from_descriptor(descriptors.pop()) if descriptors else pa.null()
-    if chunked and aad is not None and not isinstance(aad, (bytes, bytearray, memoryview)):
-        raise InvalidArgument("per-row AAD takes a single Array, not a ChunkedArray")
+    aad = _common_aad(aad, chunked)
     out, failed, first_row = [], [], 0
     for h, groups in zip(parsed, grouped):
         try:
@@ -468,7 +473,11 @@ def _open_chunk(h: _Headers, groups: list[np.ndarray], data_type: Any, column: s
             bad = np.sort(np.concatenate(failed))
             service.count_failed(bad.shape[0])
             raise BatchInvalidTag(bad if h.rows is None else h.rows[bad], None)
-        return layout.array(out)
+        try:
+            return layout.array(out)
+        except _pa().ArrowException:  # Arrow's messages may quote values: none is shown
+            pass
+        raise MalformedColumnValue("the plaintexts do not form an array of their recorded type")
     except BaseException:
         out.fill(0)
         raise

@@ -187,8 +187,11 @@ def binary_array(data_type: Any, offsets: np.ndarray, data: np.ndarray,
     if text:
         try:
             array.validate(full=True)
-        except pa.ArrowInvalid:
-            raise MalformedColumnValue("a string value is not valid UTF-8") from None
+            valid = True
+        except pa.ArrowInvalid:  # its message may quote the data: not this error's context
+            valid = False
+        if not valid:
+            raise MalformedColumnValue("a string value is not valid UTF-8")
     return array if array.type == data_type else array.cast(data_type)
 
 
