@@ -448,8 +448,8 @@ class AesGcm:
     # ---- tokens: header || nonce || ciphertext || tag, one buffer ----
 
     def seal_tokens(self, batch: Any, header: bytes, associated_data: Any = None, *,
-                    bind_header: bool = True, nonce_size: int | None = None,
-                    threads: int | None = None) -> Batch:
+                    bind_header: bool = True, nonce_size: int | None = None, out: Any = None,
+                    out_starts: Any = None, threads: int | None = None) -> Batch | None:
         """Seals every record into a self-contained token ``header || nonce || ciphertext ||
         tag`` in one native pass (fresh random nonces, drawn in one CSPRNG call).
 
@@ -459,9 +459,16 @@ class AesGcm:
             associated_data: one value for all records or n values; with ``bind_header`` the
                 AAD of each record is ``header || associated_data``.
             bind_header: authenticate the header (editing it then fails decryption).
+            out, out_starts: write token i at ``out[out_starts[i]:]`` of a caller buffer that
+                shares no byte with the inputs (to lay tokens out with gaps, as the rows of an
+                Arrow column with NULLs); returns None then.
 
         Returns:
-            A :class:`~engine.Batch` of n tokens.
+            A :class:`~engine.Batch` of n tokens (unless ``out`` is given).
+
+        Raises:
+            InvalidArgument: ``out_starts`` places a token outside ``out``, or ``out`` overlaps
+                an input.
         """
         batch = as_batch(batch, "batch")
         _check_record_sizes(batch)
@@ -471,12 +478,27 @@ class AesGcm:
             raise InvalidArgument(f"header must be at most {MAX_HEADER_BYTES} bytes")
         n = len(batch)
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
-        off = offsets_of(batch.lengths() + (len(header) + nonce_size + TAG_BYTES))
-        out = empty_bytes(int(off[-1]))
+        sizes = batch.lengths() + (len(header) + nonce_size + TAG_BYTES)
+        result = None
+        if out is None:
+            off = offsets_of(sizes)
+            target = empty_bytes(int(off[-1]))
+            starts = off[:-1]
+            result = Batch._trusted(target, off)
+        else:
+            target = byte_view(out, "out", writable=True)
+            starts = np.ascontiguousarray(out_starts, dtype=np.int64)
+            # compared without adding starts + sizes, which could wrap around in int64
+            if starts.shape != (n,) or (n and (int(starts.min()) < 0 or
+                                               bool((starts > target.shape[0] - sizes).any()))):
+                raise InvalidArgument("out_starts must place every token inside out")
+            if any(np.may_share_memory(target, np.asarray(buf)) for buf in (batch.data, aad)
+                   if buf is not None):
+                raise InvalidArgument("out must share no byte with the records or the AAD")
         _native.seal_tokens(self._key, n, batch.data, batch.offsets, header, bind_header,
-                            nonce_size, out, off[:-1], aad, aad_offsets, aad_len,
+                            nonce_size, target, starts, aad, aad_offsets, aad_len,
                             check_threads(threads))
-        return Batch._trusted(out, off)
+        return result
 
     def open_tokens(self, tokens: Any, header_size: int, associated_data: Any = None, *,
                     bind_header: bool = True, nonce_size: int | None = None, out: Any = None,

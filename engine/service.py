@@ -429,6 +429,38 @@ class EncryptionService:
         """
         return self._open_one(encrypted, aad, True)
 
+    # ---- keys for formats that seal and open with them (engine.columns) ----
+
+    def sealing_key(self, records: int) -> VersionedKey:
+        """The current key version, with ``records`` encryptions counted against it (usage,
+        metrics, one audit entry), for a format outside this module that seals them itself in
+        one batch call (:mod:`engine.columns`). The key is for that call only: keep it no longer.
+
+        Raises:
+            KeyVersionNotUsable: the current key version may not encrypt.
+            KeyUsageExhausted: the records would pass the version's usage limit.
+        """
+        key = self._encryption_key()
+        self._used(key.version, "encrypt", records, key.usage_limit)
+        return key
+
+    def opening_key(self, version: int) -> VersionedKey:
+        """The key of ``version``, for a format outside this module that opens values itself;
+        report the outcome with :meth:`count_opened` and :meth:`count_failed`.
+
+        Raises:
+            UnknownKeyVersion: the provider has no such version (counted as a failure).
+        """
+        return self._key_for(version)
+
+    def count_opened(self, version: int, records: int) -> None:
+        """Counts ``records`` decryptions under ``version`` (metrics, one audit entry)."""
+        self._used(version, "decrypt", records)
+
+    def count_failed(self, records: int) -> None:
+        """Counts ``records`` values that failed authentication (metrics)."""
+        self._failed("invalid_tag", records)
+
     # ---- batches ----
 
     def encrypt_many(self, values: Any, aad: Any = None, *, binary: bool = False,

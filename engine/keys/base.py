@@ -36,6 +36,7 @@ __all__ = [
     "KeyUsageExhausted",
     "KeyVersionInfo",
     "KeyVersionNotUsable",
+    "KeyWrapper",
     "MasterKeyMismatch",
     "ProviderConfig",
     "ThreadRotationLock",
@@ -276,6 +277,25 @@ class ProviderConfig(abc.ABC):
         """A new provider, in this process, from this configuration."""
 
 
+class KeyWrapper(abc.ABC):
+    """Wraps small secrets (the key-encryption keys of Parquet Modular Encryption) under a root
+    of trust outside this process, such as Vault's Transit engine. Thread-safe."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def wrap(self, secret: bytes, associated_data: bytes) -> str:
+        """``secret`` sealed with ``associated_data`` (needed again to unwrap), as text."""
+
+    @abc.abstractmethod
+    def unwrap(self, wrapped: str, associated_data: bytes) -> bytearray:
+        """The secret of :meth:`wrap` (a bytearray the caller wipes).
+
+        Raises:
+            KeyProviderError: the wrapped secret or its associated data is not authentic.
+        """
+
+
 class KeyProvider(abc.ABC):
     """Where versioned keys come from (environment master key, Vault, a static map).
 
@@ -415,6 +435,12 @@ class KeyProvider(abc.ABC):
         Raises:
             KeyProviderError: this provider cannot be rebuilt elsewhere (keys given in memory).
         """
+
+    def key_wrapper(self) -> KeyWrapper | None:
+        """A :class:`KeyWrapper` outside this process that wraps secrets under this provider's
+        root of trust (Vault's Transit key), or None: they are then wrapped in this process under
+        a key version (the default)."""
+        return None
 
     @property
     def local_state_dir(self) -> Path | None:

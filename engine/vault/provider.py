@@ -62,7 +62,7 @@ from .errors import (
     WrappedKeyInvalid,
 )
 from .kv import CAS_ATTEMPTS, KeyStore, check_entry_key, entry_algorithm, new_entry, parse_entry
-from .transit import TransitKey, wipe
+from .transit import TransitKey, TransitKeyWrapper, wipe
 
 if TYPE_CHECKING:
     import hvac
@@ -282,6 +282,12 @@ class VaultKeyProvider(KeyProvider):
         return self._ttl
 
     # ---- cache ----
+
+    def key_wrapper(self) -> TransitKeyWrapper:
+        """Secrets (Parquet Modular Encryption's key-encryption keys) are wrapped by the Transit
+        key itself: only Vault can unwrap them."""
+        self._check_open()
+        return TransitKeyWrapper(self._transit)
 
     def _check_open(self) -> None:
         if self._closed:

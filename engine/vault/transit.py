@@ -6,10 +6,12 @@ handle is built; Vault's answers holding a plaintext key are cleared as soon as 
 
 from __future__ import annotations
 
+import base64
 import binascii
 from typing import Any, Callable
 
 from ..aead import KEY_BYTES
+from ..keys.base import KeyWrapper
 from .connection import VaultConnection
 from .errors import (
     VaultError,
@@ -20,7 +22,7 @@ from .errors import (
     WrappedKeyInvalid,
 )
 
-__all__ = ["TransitKey", "wipe"]
+__all__ = ["TransitKey", "TransitKeyWrapper", "wipe"]
 
 
 def wipe(buf: bytearray | None) -> None:
@@ -145,6 +147,49 @@ class TransitKey:
                 f"the wrapped key of version {version} does not unwrap to a 256-bit key")
         return key
 
+    def encrypt(self, secret: bytes, associated_data: bytes) -> str:
+        """``secret`` encrypted by Transit with ``associated_data`` bound (``vault:vN:...``).
+
+        Raises:
+            VaultError: Transit's answer holds no ciphertext.
+        """
+        data = self._call("wrap a key", "encrypt", self._api.encrypt_data, data=True,
+                          plaintext=base64.b64encode(secret).decode("ascii"),
+                          associated_data=base64.b64encode(associated_data).decode("ascii"))
+        wrapped = data.get("ciphertext")
+        if not isinstance(wrapped, str) or not wrapped.startswith("vault:"):
+            raise VaultError("Transit encrypt returned no ciphertext")
+        return wrapped
+
+    def decrypt(self, wrapped: str, associated_data: bytes) -> bytearray:
+        """The secret of :meth:`encrypt` (a bytearray the caller wipes).
+
+        Raises:
+            WrappedKeyInvalid: Transit rejects the ciphertext or the associated data.
+        """
+        try:
+            data = self._call("unwrap a key", "decrypt", self._api.decrypt_data, data=True,
+                              ciphertext=wrapped,
+                              associated_data=base64.b64encode(associated_data).decode("ascii"))
+            rejected = None
+        except VaultRequestRejected as exc:
+            data, rejected = {}, exc.reason
+        if rejected is not None:
+            raise WrappedKeyInvalid(f"Transit key {self.name!r} rejected a wrapped key "
+                                    f"(tampered, or wrapped otherwise: {rejected})")
+        value = data.pop("plaintext", None)
+        data.clear()
+        try:
+            raw = binascii.a2b_base64(value) if isinstance(value, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None:
+            raise WrappedKeyInvalid("Transit returned no plaintext for a wrapped key")
+        try:
+            return bytearray(raw)
+        finally:
+            del raw
+
     def rewrap(self, version: int, wrapped: str) -> str:
         """``wrapped`` rewrapped under the key's newest version (inside Vault).
 
@@ -177,3 +222,22 @@ class TransitKey:
         """Refuses decryption with Transit key versions below ``version``."""
         self._call("set the minimum decryption version", "keys",
                    self._api.update_key_configuration, min_decryption_version=version)
+
+
+class TransitKeyWrapper(KeyWrapper):
+    """Secrets wrapped by a Transit key (``encrypt``/``decrypt`` with associated data): the
+    secret crosses the network to Vault, and nothing but Vault can unwrap it."""
+
+    __slots__ = ("_transit",)
+
+    def __init__(self, transit: TransitKey) -> None:
+        self._transit = transit
+
+    def __repr__(self) -> str:
+        return f"<TransitKeyWrapper {self._transit.mount}/{self._transit.name}>"
+
+    def wrap(self, secret: bytes, associated_data: bytes) -> str:
+        return self._transit.encrypt(secret, associated_data)
+
+    def unwrap(self, wrapped: str, associated_data: bytes) -> bytearray:
+        return self._transit.decrypt(wrapped, associated_data)

@@ -1,0 +1,427 @@
+"""Parquet Modular Encryption (PME) under the engine's keys (docs/pme.md).
+
+PME is Parquet's own encryption standard: pages are AES-GCM encrypted under data keys per column
+(and per file), compression and types stay as they are, and Spark, DuckDB, Arrow and every
+other PME reader can read the files given the keys. Here the engine is PME's key manager:
+
+- a *master key* id names a key version: ``engine-v3`` is version 3;
+- :class:`EngineKmsClient`, a ``pyarrow.parquet.encryption.KmsClient``, wraps and unwraps
+  pyarrow's key-encryption keys under that version: in this process with the version's own
+  AES-256-GCM key (the wrapped key is one of the engine's text tokens), or, for a provider whose
+  root of trust is outside (Vault/OpenBao), with Transit ``encrypt``/``decrypt``;
+- pyarrow does the rest as it always does: double wrapping (data keys wrapped locally by
+  key-encryption keys, those wrapped by the KMS), cached for its ``cache_lifetime``.
+
+Only the current key version wraps new keys; a version that is unknown (purged) unwraps nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..atomic_file import atomic_output
+from ..envelope import EncryptedData, EnvelopeError
+from ..errors import InvalidArgument, InvalidArgumentType, InvalidTag
+from ..keys.base import KeyVersionNotUsable
+from ..service import EncryptionService, get_encryption_service
+from .parquet import ParquetLayout
+from .parquet_footer import read_footer_crypto
+
+__all__ = ["KMS_INSTANCE_ID", "MASTER_KEY_PREFIX", "WRAP_CONTEXT", "EngineKmsClient",
+           "KeyMaterial", "PmeFileKeys", "PmeKeys", "decrypt_parquet_file",
+           "encrypt_parquet_file", "master_key_id", "master_key_version", "pme_key_info",
+           "read_pme", "write_pme"]
+
+MASTER_KEY_PREFIX = "engine-v"
+KMS_INSTANCE_ID = "engine"
+WRAP_CONTEXT = b"engine.pme.kek.v1\x00"
+DEFAULT_CACHE_LIFETIME = 600.0
+_MASTER_KEY = re.compile(r"engine-v([1-9][0-9]{0,9})")
+
+
+def _pe() -> Any:
+    try:
+        import pyarrow.parquet.encryption as pe
+    except ImportError:  # pyarrow built without Parquet encryption
+        raise InvalidArgumentType("Parquet Modular Encryption needs pyarrow with Parquet "
+                                  "encryption (the `arrow` extra)") from None
+    return pe
+
+
+def master_key_id(version: int) -> str:
+    """The PME master key id of a key version: ``engine-v<version>``."""
+    if type(version) is not int or not 1 <= version < 2**32:
+        raise InvalidArgument("key versions are integers from 1 to 2**32 - 1")
+    return f"{MASTER_KEY_PREFIX}{version}"
+
+
+def master_key_version(master_key: str) -> int:
+    """The key version a PME master key id names.
+
+    Raises:
+        InvalidArgument: not ``engine-v<version>``.
+    """
+    found = _MASTER_KEY.fullmatch(master_key) if isinstance(master_key, str) else None
+    if found is None or int(found.group(1)) >= 2**32:
+        raise InvalidArgument("a PME master key id of the engine is 'engine-v<key version>'")
+    return int(found.group(1))
+
+
+def wrapping_aad(master_key: str) -> bytes:
+    """The associated data a key-encryption key is wrapped with: it binds the master key id."""
+    return WRAP_CONTEXT + master_key.encode("ascii")
+
+
+class EngineKmsClient(_pe().KmsClient):
+    """pyarrow's ``KmsClient`` over the engine's key provider (see the module docstring). It
+    keeps nothing but the service: key material is cached by pyarrow alone, for its
+    ``cache_lifetime``."""
+
+    def __init__(self, service: EncryptionService) -> None:
+        super().__init__()
+        self._service = service
+
+    def __repr__(self) -> str:
+        return f"<EngineKmsClient provider={self._service.provider!r}>"
+
+    def __reduce__(self):
+        raise TypeError("a KMS client holds the encryption service and cannot be pickled")
+
+    def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
+        """Wraps a key under the (current) key version the master key id names.
+
+        Raises:
+            InvalidArgument: not an engine master key id.
+            KeyVersionNotUsable: the version is not the current, active one.
+        """
+        version = master_key_version(master_key_identifier)
+        provider = self._service.provider
+        current = provider.get_current_key()
+        if current.version != version:
+            raise KeyVersionNotUsable(
+                f"master key {master_key_identifier} names key version {version}, not the "
+                f"current version {current.version}: only the current version wraps new keys")
+        aad = wrapping_aad(master_key_identifier)
+        wrapper = provider.key_wrapper()
+        if wrapper is not None:
+            return wrapper.wrap(bytes(key_bytes), aad)
+        token = self._service.encrypt_token(bytes(key_bytes), aad)
+        if EncryptedData.parse(token).key_version != version:
+            raise KeyVersionNotUsable("the current key version changed while a PME key was "
+                                      "wrapped; write the file again")
+        return token
+
+    def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
+        """Unwraps a key wrapped by :meth:`wrap_key`.
+
+        Raises:
+            InvalidArgument: not an engine master key id.
+            UnknownKeyVersion: the version does not exist (purged).
+            InvalidTag: the wrapped key is not authentic under that version.
+            KeyProviderError: Vault refuses it.
+        """
+        version = master_key_version(master_key_identifier)
+        provider = self._service.provider
+        provider.get_key(version)  # a version that is gone unwraps nothing, whoever wraps
+        aad = wrapping_aad(master_key_identifier)
+        wrapper = provider.key_wrapper()
+        if wrapper is not None:
+            secret = wrapper.unwrap(wrapped_key, aad)
+            try:
+                return bytes(secret)
+            finally:
+                secret[:] = bytes(len(secret))
+        try:
+            named = EncryptedData.parse(wrapped_key).key_version
+        except EnvelopeError:
+            named = None
+        if named != version:
+            raise InvalidTag()
+        return self._service.decrypt(wrapped_key, aad)
+
+
+def _seconds(lifetime: float | datetime.timedelta) -> datetime.timedelta:
+    if isinstance(lifetime, datetime.timedelta):
+        return lifetime
+    if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime < 0:
+        raise InvalidArgument("cache_lifetime is a non-negative number of seconds")
+    return datetime.timedelta(seconds=lifetime)
+
+
+class PmeKeys:
+    """The engine as the key manager of Parquet Modular Encryption: makes pyarrow's file
+    encryption and decryption properties, whose keys are wrapped under the current key
+    version by :class:`EngineKmsClient`.
+
+    Args:
+        service: default: the process-wide :func:`engine.get_encryption_service`.
+        cache_lifetime: seconds (or a ``timedelta``) pyarrow keeps unwrapped key-encryption
+            keys and its KMS clients; nothing is cached longer, and :meth:`forget` drops them.
+    """
+
+    __slots__ = ("_service", "_factory", "_connection", "_lifetime", "_cleared", "_lock")
+
+    def __init__(self, service: EncryptionService | None = None, *,
+                 cache_lifetime: float | datetime.timedelta = DEFAULT_CACHE_LIFETIME) -> None:
+        pe = _pe()
+        self._service = service or get_encryption_service()
+        self._lifetime = _seconds(cache_lifetime)
+        self._factory = pe.CryptoFactory(self._client)
+        self._connection = pe.KmsConnectionConfig(kms_instance_id=KMS_INSTANCE_ID)
+        self._cleared = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _expire(self) -> None:
+        """Empties pyarrow's caches once ``cache_lifetime`` has passed since they were last
+        emptied. pyarrow's own expiry is not enough: an expired per-token cache is kept (its
+        replacement is inserted under a key that is still there) until a periodic clean-up,
+        so unwrapped keys outlive the lifetime, indefinitely for a lifetime of 0."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._cleared >= self._lifetime.total_seconds():
+                self._factory.remove_cache_entries_for_all_tokens()
+                self._cleared = now
+
+    def __repr__(self) -> str:
+        return f"<PmeKeys provider={self._service.provider!r}>"
+
+    def __reduce__(self):
+        raise TypeError("PME keys hold the encryption service and cannot be pickled")
+
+    def _client(self, config: Any) -> EngineKmsClient:
+        return EngineKmsClient(self._service)
+
+    def encryption_properties(self, *, columns: Sequence[str] | None = None,
+                              plaintext_footer: bool = False, double_wrapping: bool = True,
+                              data_key_bits: int = 256) -> Any:
+        """pyarrow ``FileEncryptionProperties`` under the current key version.
+
+        Args:
+            columns: the columns to encrypt, each under a data key of its own (nested columns by
+                their path, ``"a.b"``); None: every column and the footer under one key
+                (uniform encryption, which DuckDB reads).
+            plaintext_footer: leave the footer readable (signed, not encrypted), so that
+                readers without keys see the schema and the plaintext columns.
+            double_wrapping: wrap data keys with key-encryption keys that the KMS wraps (one
+                KMS call per file and cache lifetime, not per column).
+            data_key_bits: 128, 192 or 256.
+
+        Raises:
+            KeyVersionNotUsable: the current key version may not encrypt.
+            InvalidArgument: an empty column list, or a bad key size.
+        """
+        pe = _pe()
+        self._expire()
+        master = master_key_id(self._service.provider.get_current_key().version)
+        if data_key_bits not in (128, 192, 256):
+            raise InvalidArgument("data_key_bits is 128, 192 or 256")
+        options: dict[str, Any] = {
+            "plaintext_footer": bool(plaintext_footer), "double_wrapping": bool(double_wrapping),
+            "cache_lifetime": self._lifetime, "internal_key_material": True,
+            "data_key_length_bits": data_key_bits, "encryption_algorithm": "AES_GCM_V1"}
+        if columns is None:
+            config = pe.EncryptionConfiguration(footer_key=master, uniform_encryption=True,
+                                                **options)
+        else:
+            names = [columns] if isinstance(columns, str) else list(columns)
+            if not names or not all(isinstance(c, str) and c for c in names):
+                raise InvalidArgument("name at least one column to encrypt (or None for all)")
+            config = pe.EncryptionConfiguration(footer_key=master, column_keys={master: names},
+                                                **options)
+        return self._factory.file_encryption_properties(self._connection, config)
+
+    def decryption_properties(self) -> Any:
+        """pyarrow ``FileDecryptionProperties`` that unwrap keys with the engine's provider."""
+        pe = _pe()
+        self._expire()
+        return self._factory.file_decryption_properties(
+            self._connection, pe.DecryptionConfiguration(cache_lifetime=self._lifetime))
+
+    def forget(self) -> None:
+        """Drops every key and client pyarrow has cached for these properties."""
+        with self._lock:
+            self._factory.remove_cache_entries_for_all_tokens()
+            self._cleared = time.monotonic()
+
+
+def _keys(keys: PmeKeys | None, service: EncryptionService | None) -> PmeKeys:
+    if keys is not None and service is not None:
+        raise InvalidArgument("give keys or service, not both")
+    return keys if keys is not None else PmeKeys(service)
+
+
+def write_pme(table: Any, where: str | os.PathLike, *, columns: Sequence[str] | None = None,
+              plaintext_footer: bool = False, keys: PmeKeys | None = None,
+              service: EncryptionService | None = None, **write_options: Any) -> None:
+    """Writes a pyarrow table as a PME Parquet file under the current key version; the file
+    appears only once complete.
+
+    Args:
+        columns, plaintext_footer: see :meth:`PmeKeys.encryption_properties`.
+        keys: the :class:`PmeKeys` to use (default: new ones over ``service``).
+        write_options: passed to ``pyarrow.parquet.write_table`` (compression, row groups...).
+    """
+    import pyarrow.parquet as pq
+
+    props = _keys(keys, service).encryption_properties(columns=columns,
+                                                       plaintext_footer=plaintext_footer)
+    with atomic_output(os.fspath(where)) as out:
+        pq.write_table(table, out, encryption_properties=props, **write_options)
+
+
+def read_pme(source: Any, *, columns: Sequence[str] | None = None, keys: PmeKeys | None = None,
+             service: EncryptionService | None = None, **read_options: Any) -> Any:
+    """Reads a PME Parquet file (or any Parquet file) with the engine's keys.
+
+    Raises:
+        UnknownKeyVersion: the file names a key version the provider does not have.
+        InvalidTag, KeyProviderError: a wrapped key is not authentic.
+        OSError: pyarrow cannot read the file (a page fails authentication, for one).
+    """
+    import pyarrow.parquet as pq
+
+    return pq.read_table(source, columns=None if columns is None else list(columns),
+                         decryption_properties=_keys(keys, service).decryption_properties(),
+                         **read_options)
+
+
+def _rewrite(src: str, dst: str, keys: PmeKeys, props: Any, plain: tuple[str, ...],
+             operation: str) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    start = time.perf_counter()
+    source_crypto = read_footer_crypto(src)
+    reader = pq.ParquetFile(src, decryption_properties=keys.decryption_properties()
+                            if source_crypto.encrypted else None)
+    layout = ParquetLayout.of(reader.metadata)
+    rows = 0
+    with atomic_output(dst) as out:
+        writer = pq.ParquetWriter(out, reader.schema_arrow, encryption_properties=props,
+                                  **layout.writer_options(plain=plain))
+        try:
+            for i, count in enumerate(layout.row_groups):  # one row group in memory at a time
+                writer.write_table(reader.read_row_group(i), row_group_size=max(count, 1))
+                rows += count
+        finally:
+            writer.close()
+    return {"operation": operation, "format": "parquet-pme", "rows": rows,
+            "row_groups": len(layout.row_groups), "bytes_in": os.path.getsize(src),
+            "bytes_out": os.path.getsize(dst), "seconds": time.perf_counter() - start}
+
+
+def encrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
+                         columns: Sequence[str] | None = None, plaintext_footer: bool = False,
+                         keys: PmeKeys | None = None,
+                         service: EncryptionService | None = None) -> dict[str, Any]:
+    """Rewrites a Parquet file as PME under the current key version, keeping its layout: row
+    groups, each column's codec, dictionary encoding, statistics and value encoding, sort order,
+    page index and key-value metadata. A source that is already PME is read with the engine's
+    keys (so this also moves a PME file to the current version). ``dst`` appears only once
+    complete.
+
+    Returns:
+        A report: rows, row groups, bytes in and out, seconds.
+
+    Raises:
+        What :func:`read_pme` and :meth:`PmeKeys.encryption_properties` raise.
+    """
+    keys = _keys(keys, service)
+    props = keys.encryption_properties(columns=columns, plaintext_footer=plaintext_footer)
+    return _rewrite(os.fspath(src), os.fspath(dst), keys, props, (), "encrypt-pme")
+
+
+def decrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
+                         keys: PmeKeys | None = None,
+                         service: EncryptionService | None = None) -> dict[str, Any]:
+    """Rewrites a PME Parquet file as plain Parquet, keeping its layout (see
+    :func:`encrypt_parquet_file`); ``dst`` appears only if every page authenticated."""
+    keys = _keys(keys, service)
+    return _rewrite(os.fspath(src), os.fspath(dst), keys, None, (), "decrypt-pme")
+
+
+# ---------------------------------------------------------------- key material, for inventory
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """What PME key metadata says (pyarrow's internal key material, ``PKMT1``).
+
+    Attributes:
+        master_key_id: the master key that wraps the key (None if the metadata is not internal
+            key material: external storage, or another writer's format).
+        key_version: the engine key version it names, or None when it is not an engine id.
+        kms_instance_id: the KMS instance recorded by the writer.
+        double_wrapping: whether a key-encryption key sits between master key and data key.
+    """
+
+    master_key_id: str | None
+    key_version: int | None
+    kms_instance_id: str | None
+    double_wrapping: bool | None
+
+
+def _key_material(metadata: bytes | None) -> KeyMaterial | None:
+    if metadata is None:
+        return None
+    try:
+        doc = json.loads(metadata)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("masterKeyID"), str):
+        return KeyMaterial(None, None, None, None)
+    master = doc["masterKeyID"]
+    try:
+        version: int | None = master_key_version(master)
+    except InvalidArgument:
+        version = None
+    instance = doc.get("kmsInstanceID")
+    double = doc.get("doubleWrapping")
+    return KeyMaterial(master, version, instance if isinstance(instance, str) else None,
+                       double if isinstance(double, bool) else None)
+
+
+@dataclass(frozen=True)
+class PmeFileKeys:
+    """The keys a Parquet file names, read from its footer without any key.
+
+    Attributes:
+        encrypted: whether the file uses PME.
+        encrypted_footer: the footer is encrypted (only the footer key's material is visible).
+        algorithm: ``AES_GCM_V1`` or ``AES_GCM_CTR_V1``.
+        footer: the footer key's material.
+        columns: column path -> key material (visible with a plaintext footer).
+    """
+
+    encrypted: bool
+    encrypted_footer: bool
+    algorithm: str | None
+    footer: KeyMaterial | None
+    columns: dict[str, KeyMaterial] = field(default_factory=dict)
+
+    @property
+    def versions(self) -> set[int]:
+        """The engine key versions named by the visible key material."""
+        found = [self.footer, *self.columns.values()]
+        return {m.key_version for m in found if m is not None and m.key_version is not None}
+
+
+def pme_key_info(path: str | os.PathLike) -> PmeFileKeys:
+    """Which master keys (key versions) a Parquet file names, from its key material alone:
+    no key is unwrapped and nothing is decrypted (for ``inventory``).
+
+    Raises:
+        ParquetFooterError: not a Parquet file, or a footer that does not parse.
+        OSError: the file cannot be read.
+    """
+    crypto = read_footer_crypto(path)
+    columns = {name: _key_material(meta) for name, meta in crypto.column_key_metadata.items()}
+    return PmeFileKeys(crypto.encrypted, crypto.encrypted_footer, crypto.algorithm,
+                       _key_material(crypto.footer_key_metadata),
+                       {k: v for k, v in columns.items() if v is not None})
