@@ -55,6 +55,7 @@ from .keys.base import (
     VersionedKey,
 )
 from .records import NONE_VALUES, OTHER_VALUES, value_kinds
+from .refusals import counts_refusals
 from .settings import env_flag
 
 __all__ = [
@@ -238,6 +239,10 @@ def _default_metrics() -> Any:
     return get_metrics()
 
 
+# Every error a public method raises is counted once in engine_encryption_errors_total.
+_counted = counts_refusals(lambda self, *args, **kwargs: self._metrics)
+
+
 class EncryptionService:
     """Encrypts and decrypts values and batches with versioned keys from a provider.
 
@@ -266,6 +271,8 @@ class EncryptionService:
         self._metrics = _default_metrics() if metrics is None else (metrics or None)
         self._audit = audit
         self._usage = _UsageMeter(self._provider, usage_lease)
+        if self._metrics is not None:
+            self._metrics.watch_keys(self._provider)
 
     def _used(self, version: int, operation: str, records: int,
               limit: int | None = GCM_RANDOM_IV_LIMIT) -> None:
@@ -310,6 +317,7 @@ class EncryptionService:
 
     # ---- single values ----
 
+    @_counted
     def encrypt(self, data: str | bytes, aad: str | bytes | None = None) -> EncryptedData:
         """Encrypts one value in the JSON envelope's shape (AAD = the caller's only).
 
@@ -332,6 +340,7 @@ class EncryptionService:
         return EncryptedData(iv, sealed[:-16], sealed[-16:], key.version,
                              datetime.now(timezone.utc), algorithm=key.algorithm)
 
+    @_counted
     def encrypt_token(self, data: str | bytes, aad: str | bytes | None = None) -> str:
         """Encrypts one value as a text token (format 1, or 3 under an XAES-256-GCM key version:
         the header is bound into the AAD), in one native call.
@@ -351,6 +360,7 @@ class EncryptionService:
         self._used(key.version, "encrypt", 1, key.usage_limit)
         return token
 
+    @_counted
     def decrypt(self, encrypted: Any, aad: str | bytes | None = None) -> bytes:
         """Decrypts an :class:`EncryptedData`, its dict or JSON form (str or bytes), or a token.
 
@@ -373,19 +383,11 @@ class EncryptionService:
             if head is not None and head[0] == MAGIC and head[1] in FORMATS:
                 version = int.from_bytes(head[2:], "big")
                 if version:
-                    try:
-                        key = self._provider.get_key(version)
-                    except UnknownKeyVersion:
-                        self._failed("unknown_key_version")
-                        raise
+                    key = self._provider.get_key(version)
                     self._check_algorithm(key, FORMAT_ALGORITHMS[head[1]])
-                    try:
-                        plain = key.cipher.open_text_token(encrypted, HEADER_BYTES, aad,
-                                                           head[1] in BOUND_FORMATS,
-                                                           TEXT_PREFIX_BYTES, text)
-                    except InvalidTag:
-                        self._failed("invalid_tag")
-                        raise
+                    plain = key.cipher.open_text_token(encrypted, HEADER_BYTES, aad,
+                                                       head[1] in BOUND_FORMATS,
+                                                       TEXT_PREFIX_BYTES, text)
                     if plain is not None:
                         if self._metrics is not None:
                             self._metrics.decrypted(1)
@@ -395,12 +397,8 @@ class EncryptionService:
         e = EncryptedData.parse(encrypted)  # raises the precise envelope error
         key = self._key_for(e.key_version)
         self._check_algorithm(key, e.algorithm)
-        try:
-            plain = key.cipher.decrypt(e.iv, e.ciphertext + e.auth_tag,
-                                       e.aad(None if aad is None else _aad_bytes(aad)))
-        except InvalidTag:
-            self._failed("invalid_tag")
-            raise
+        plain = key.cipher.decrypt(e.iv, e.ciphertext + e.auth_tag,
+                                   e.aad(None if aad is None else _aad_bytes(aad)))
         self._used(key.version, "decrypt", 1)
         return _utf8(plain) if text else plain
 
@@ -411,16 +409,12 @@ class EncryptionService:
             InvalidTag: the algorithms differ.
         """
         if key.algorithm != algorithm:
-            self._failed("invalid_tag")
             raise InvalidTag()
 
     def _key_for(self, version: int) -> VersionedKey:
-        try:
-            return self._provider.get_key(version)
-        except UnknownKeyVersion:
-            self._failed("unknown_key_version")
-            raise
+        return self._provider.get_key(version)
 
+    @_counted
     def decrypt_text(self, encrypted: Any, aad: str | bytes | None = None) -> str:
         """Like :meth:`decrypt`, decoding the plaintext as UTF-8.
 
@@ -431,6 +425,7 @@ class EncryptionService:
 
     # ---- batches ----
 
+    @_counted
     def encrypt_many(self, values: Any, aad: Any = None, *, binary: bool = False,
                      arrow: bool = False) -> Any:
         """Encrypts many values in one native batch call under the current key (one lookup).
@@ -462,6 +457,7 @@ class EncryptionService:
             return text_tokens_batch(tokens, threads=self._threads).to_arrow(text=True)
         return encode_text_tokens(tokens, threads=self._threads)
 
+    @_counted
     def decrypt_many(self, tokens: Any, aad: Any = None) -> Batch:
         """Decrypts many tokens: grouped by key version (vectorized), one native pass per group.
 
@@ -515,10 +511,10 @@ class EncryptionService:
         if failed:
             out.fill(0)
             bad = np.sort(np.concatenate(failed))
-            self._failed("invalid_tag", len(bad))
             raise BatchInvalidTag(bad, None)
         return Batch._trusted(out, off)
 
+    @_counted
     def decrypt_many_text(self, tokens: Any, aad: Any = None) -> list[str]:
         """Like :meth:`decrypt_many`, returning ``list[str]`` (UTF-8), built without a
         per-record loop.
@@ -530,6 +526,7 @@ class EncryptionService:
 
     # ---- re-encryption ----
 
+    @_counted
     def reencrypt_many(self, values: Any, aad: Any = None, *, check_only: bool = False,
                        threads: int | None = None,
                        plaintext: Callable[[np.ndarray, Batch], None] | None = None
@@ -638,6 +635,7 @@ class EncryptionService:
             except UnknownKeyVersion:
                 status[idx] = ValueStatus.UNKNOWN_KEY_VERSION
                 opened[local] = False
+                self._failed("unknown_key_version", idx.shape[0])
                 continue
             if key.algorithm != FORMAT_ALGORITHMS[fmt]:  # sealed otherwise: cannot be authentic
                 status[idx] = ValueStatus.INVALID_TAG
