@@ -96,7 +96,7 @@ class _KeyWatch:
     bounded time, so a Vault that hangs delays no scrape by more than that, and the metrics
     that say Vault is down still go out. No lock: a forked child inherits nothing held."""
 
-    __slots__ = ("_provider", "_facts", "_read_at", "_reader", "max_age")
+    __slots__ = ("_provider", "_facts", "_read_at", "_reader", "_changes", "max_age")
 
     def __init__(self, max_age: float) -> None:
         self.max_age = max_age
@@ -104,13 +104,15 @@ class _KeyWatch:
         self._facts: tuple[Any, KeyFacts | None] = (None, None)
         self._read_at = float("-inf")
         self._reader: threading.Thread | None = None
+        self._changes = 0  # a read that started before a change does not count as fresh
 
     def watch(self, provider: KeyProvider) -> None:
         if provider is not self._provider:
             self._provider = provider
-            self._read_at = float("-inf")
+            self.invalidate()
 
     def invalidate(self) -> None:
+        self._changes += 1
         self._read_at = float("-inf")
 
     def facts(self, wait: float) -> KeyFacts | None:
@@ -130,12 +132,13 @@ class _KeyWatch:
         return facts if source is provider else None
 
     def _read(self, provider: KeyProvider) -> None:
+        started, changes = time.monotonic(), self._changes
         try:
             facts = read_key_facts(provider)
         except Exception:  # noqa: BLE001 - unreadable: the key families are left out
             facts = None
         self._facts = (provider, facts)
-        self._read_at = time.monotonic()
+        self._read_at = started if changes == self._changes else float("-inf")
 
 
 # ---------------------------------------------------------------- the metrics

@@ -65,18 +65,6 @@ def error_type_of(exc: BaseException, kinds: Kinds = ()) -> str | None:
     return None
 
 
-def _already_counted(exc: BaseException | None) -> bool:
-    """Whether ``exc``, or an error it was raised from or while handling, was counted: a layer
-    that turns one refusal into another error must not count it twice."""
-    for _ in range(8):
-        if exc is None:
-            return False
-        if getattr(exc, _COUNTED, False):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def count_refusal(metrics: Any, exc: BaseException, kinds: Kinds = ()) -> None:
     """Counts a refused input once into ``metrics`` (an :class:`engine.metrics.EngineMetrics`,
     or None when counting is off), however many public calls it passes on its way out:
@@ -86,7 +74,7 @@ def count_refusal(metrics: Any, exc: BaseException, kinds: Kinds = ()) -> None:
     """
     try:
         kind = error_type_of(exc, kinds)
-        if kind is None or _already_counted(exc):
+        if kind is None or getattr(exc, _COUNTED, False):
             return
         setattr(exc, _COUNTED, True)
         if metrics is not None:
@@ -101,7 +89,8 @@ _E = TypeVar("_E", bound=BaseException)
 
 def counted(exc: _E) -> _E:
     """``exc``, marked as counted: for a new error that restates one a public call counted
-    already (raised outside its ``except`` block, so no chain leads back to it)."""
+    already. (Chains are not followed: a caller that tries another value while handling a
+    refusal makes a second refusal.)"""
     setattr(exc, _COUNTED, True)
     return exc
 

@@ -433,6 +433,17 @@ def test_process_wide_service_counts_into_the_process_wide_metrics(monkeypatch, 
     assert m.error_count("malformed") == 1 and m.error_count("invalid_argument") == 1
 
 
+def test_a_second_refusal_while_handling_the_first_is_counted_too():
+    m = private()
+    service = EncryptionService(_provider(), metrics=m)
+    with pytest.raises(engine.EnvelopeError):
+        try:
+            service.decrypt_text("legacy value")
+        except engine.EnvelopeError:
+            service.decrypt(b"legacy value")  # a caller's fallback, refused as well
+    assert m.error_count("malformed") == 2
+
+
 def test_counting_off_counts_nothing_and_changes_no_error():
     service = EncryptionService(_provider(), metrics=False)
     with pytest.raises(engine.EnvelopeError, match="."):
