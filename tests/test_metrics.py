@@ -400,6 +400,23 @@ def test_every_refused_input_is_counted_once(what, call, kind, count):
     assert counted == {t: (count if t == kind else 0) for t in ERROR_TYPES}, what
 
 
+@pytest.mark.parametrize("how", ["reader", "open"])
+def test_a_streaming_reader_counts_its_failure_once(how):
+    m = private()
+    service = EncryptionService(_provider(), metrics=m)
+    sealed = bytearray(_engine_file(service, os.urandom(200_000)))
+    sealed[100_000] ^= 1  # a chunk in the middle
+    files = FileEncryption(service)
+    reader = files.reader(io.BytesIO(bytes(sealed)), b"ctx") if how == "reader" else \
+        files.open(io.BytesIO(bytes(sealed)), b"ctx")
+    for _ in range(3):  # every later read raises again: still one refusal
+        with pytest.raises(engine.InvalidTag):
+            reader.read()
+    assert isinstance(reader, io.RawIOBase)
+    assert m.error_count("invalid_tag") == 1
+    assert sum(m.error_count(t) for t in ERROR_TYPES) == 1
+
+
 @pytest.mark.parametrize("layer", ["service", "files"])
 def test_a_key_version_that_may_not_encrypt_is_counted(layer):
     m = private()

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from ..atomic_file import atomic_output
 from ..keys.base import KeyState, KeyVersionNotUsable, VersionedKey
-from ..refusals import counts_refusals, metrics_of_service
+from ..refusals import count_refusal, counts_refusals, metrics_of_service
 from ..service import EncryptionService, get_encryption_service
 from . import cobblestone
 from ._io import Source
@@ -58,8 +58,43 @@ def read_file_header(header: bytes) -> int:
 
 
 # Every error a public method raises is counted once in engine_encryption_errors_total.
+_KINDS = ((NotAnEngineFile, "malformed"),)
 _counted = counts_refusals(lambda self, *args, **kwargs: metrics_of_service(self._service),
-                           kinds=((NotAnEngineFile, "malformed"),))
+                           kinds=_KINDS)
+
+
+class _CountedReads:
+    """A streaming reader whose first failed read or seek is counted (the readers raise a
+    failure again at every later read: one refusal)."""
+
+    def __init__(self, *args: Any, metrics: Any = None, **kwargs: Any) -> None:
+        self._metrics = metrics
+        super().__init__(*args, **kwargs)
+
+    def _count_once(self, exc: Exception) -> None:
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            count_refusal(metrics, exc, _KINDS)
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return super().readinto(buffer)  # type: ignore[misc]
+        except Exception as exc:
+            self._count_once(exc)
+            raise
+
+
+class _Decryptor(_CountedReads, cobblestone.Decryptor):
+    pass
+
+
+class _RandomAccessReader(_CountedReads, cobblestone.RandomAccessReader):
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        try:
+            return super().seek(offset, whence)
+        except Exception as exc:
+            self._count_once(exc)
+            raise
 
 
 def _context(header: bytes, context: Any) -> bytes:
@@ -195,8 +230,8 @@ class FileEncryption:
         header = Source(src).read_exact_or_less(FILE_HEADER_BYTES)
         key = self.service.provider.get_key(read_file_header(header))
         self._audit(key.version, "decrypt-file")
-        return cobblestone.Decryptor(key.cipher, src, _context(header, context),
-                                     threads=self._threads)
+        return _Decryptor(key.cipher, src, _context(header, context), threads=self._threads,
+                          metrics=metrics_of_service(self._service))
 
     @_counted
     def open(self, src: Any, context: Any = b"") -> cobblestone.RandomAccessReader:
@@ -209,9 +244,10 @@ class FileEncryption:
             src.seek(0)
             header = Source(src).read_exact_or_less(FILE_HEADER_BYTES)
             key = self.service.provider.get_key(read_file_header(header))
-            reader = cobblestone.RandomAccessReader(key.cipher, src, _context(header, context),
-                                                    offset=FILE_HEADER_BYTES,
-                                                    threads=self._threads, close_source=owned)
+            reader = _RandomAccessReader(key.cipher, src, _context(header, context),
+                                         offset=FILE_HEADER_BYTES,
+                                         threads=self._threads, close_source=owned,
+                                         metrics=metrics_of_service(self._service))
         except BaseException:
             if owned:
                 src.close()
