@@ -1,6 +1,6 @@
 """The engine's Prometheus metrics: one ``engine_`` prefix, the seed's five names as aliases.
 
-Every family is named ``engine_...``. The seed's monitoring (IntelliFlow) asks for five names
+Every family is named ``engine_...``. The seed's monitoring asks for five names
 without a prefix; they are exported as well, as exact copies of the prefixed families
 (:data:`SEED_ALIASES`; ``EngineMetrics(seed_names=False)`` leaves them out). docs/metrics.md
 lists every family, the alert rules and the dashboard shipped in :mod:`engine.monitoring`.
@@ -19,10 +19,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, push_to_gateway, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from .errors import EngineError
 from .keys.base import KeyProvider, KeyState, usage_limit
@@ -435,7 +437,8 @@ class EngineMetrics:
         ``job`` + ``grouping_key`` (HTTP PUT), for a batch job that ends before any scrape.
 
         Args:
-            gateway: ``http(s)://host:port`` of the Pushgateway.
+            gateway: ``http(s)://host:port`` of the Pushgateway (``user:password@`` in it: basic
+                authentication; the password is never shown in an error).
             job: the ``job`` label.
             grouping_key: more labels that name the group (``{"command": "rotate"}``).
             timeout: seconds for the key facts, then for the request.
@@ -443,15 +446,25 @@ class EngineMetrics:
         Raises:
             PushFailed: the Pushgateway is unreachable or refused the metrics.
         """
+        parts = urlsplit(gateway)
+        shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        handler = default_handler
+        if parts.username is not None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+
+            def handler(url: str, method: str, timeout: float | None, headers: list,
+                        data: bytes) -> Callable[[], None]:
+                return basic_auth_handler(url, method, timeout, headers, data, user, password)
+
         snapshot = _Snapshot(list(self.collect(wait=timeout)))
         try:
-            push_to_gateway(gateway, job=job, registry=snapshot, grouping_key=grouping_key,
-                            timeout=timeout)
+            push_to_gateway(shown, job=job, registry=snapshot, grouping_key=grouping_key,
+                            timeout=timeout, handler=handler)
         except Exception as exc:  # noqa: BLE001 - urllib, socket and HTTP errors alike
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {exc}"  # the URL in it has no password
         else:
             return
-        raise PushFailed(f"the Pushgateway at {gateway} did not take the metrics ({reason})")
+        raise PushFailed(f"the Pushgateway at {shown} did not take the metrics ({reason})")
 
 
 # Families built by EngineMetrics._families (the rest come from its own registry).

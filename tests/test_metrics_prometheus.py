@@ -249,3 +249,20 @@ def test_the_rules_load_and_every_dashboard_expression_runs(stack):
         expr = expr.replace("$__rate_interval", "1m").replace("$job", ".*")
         prom.query(expr)  # raises unless Prometheus accepts it
     assert prom.query('max by (job) (engine_key_versions_active{job=~".*"})')
+
+
+def test_a_gateway_password_is_used_and_never_shown(stack, tmp_path):
+    """Basic authentication from the URL; a failure names the gateway without its password."""
+    (tmp_path / "in").write_bytes(b"data")
+    port = free_port()
+    r = cli("encrypt", str(tmp_path / "in"), str(tmp_path / "out"), "--pushgateway",
+            f"http://pusher:s3cr3t-pw@127.0.0.1:{port}", env=stack["env"])
+    assert r.returncode == 0
+    assert f"http://127.0.0.1:{port}" in r.stderr and "s3cr3t" not in r.stderr + r.stdout
+    # the real gateway takes no authentication and ignores the header: the push arrives
+    gateway = stack["gateway"]
+    address = gateway.address.replace("http://", "http://pusher:s3cr3t-pw@")
+    r = cli("encrypt", str(tmp_path / "in"), str(tmp_path / "out2"), "--pushgateway", address,
+            "--push-label", "auth=basic", env=stack["env"])
+    assert r.returncode == 0 and r.stderr == ""
+    pushed(gateway, job=JOB, command="encrypt", auth="basic")
