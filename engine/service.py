@@ -55,7 +55,7 @@ from .keys.base import (
     VersionedKey,
 )
 from .records import NONE_VALUES, OTHER_VALUES, value_kinds
-from .refusals import counts_refusals
+from .refusals import count_refusal, counts_refusals
 from .settings import env_flag
 
 __all__ = [
@@ -316,8 +316,9 @@ class EncryptionService:
         return self._provider.get_current_key()  # active, or the provider raises
 
     # ---- single values ----
+    # These count their refusals in a try of their own, not through @_counted: its wrapper
+    # (a call with *args, **kwargs) costs about 150 ns, 5% of a call on this path.
 
-    @_counted
     def encrypt(self, data: str | bytes, aad: str | bytes | None = None) -> EncryptedData:
         """Encrypts one value in the JSON envelope's shape (AAD = the caller's only).
 
@@ -333,14 +334,18 @@ class EncryptionService:
             KeyVersionNotUsable: the current key version may not encrypt.
             InvalidArgumentType: ``data`` is neither str nor bytes-like.
         """
-        key = self._encryption_key()
-        iv = random_bytes(key.cipher.NONCE_SIZE)
-        sealed = key.cipher.encrypt(iv, _data_bytes(data), None if aad is None else _aad_bytes(aad))
-        self._used(key.version, "encrypt", 1, key.usage_limit)
+        try:
+            key = self._encryption_key()
+            iv = random_bytes(key.cipher.NONCE_SIZE)
+            sealed = key.cipher.encrypt(iv, _data_bytes(data),
+                                        None if aad is None else _aad_bytes(aad))
+            self._used(key.version, "encrypt", 1, key.usage_limit)
+        except Exception as exc:
+            count_refusal(self._metrics, exc)
+            raise
         return EncryptedData(iv, sealed[:-16], sealed[-16:], key.version,
                              datetime.now(timezone.utc), algorithm=key.algorithm)
 
-    @_counted
     def encrypt_token(self, data: str | bytes, aad: str | bytes | None = None) -> str:
         """Encrypts one value as a text token (format 1, or 3 under an XAES-256-GCM key version:
         the header is bound into the AAD), in one native call.
@@ -350,17 +355,20 @@ class EncryptionService:
             KeyUsageExhausted: the current version has done 2**32 encryptions.
             InvalidArgumentType: ``data`` or ``aad`` is neither str nor bytes-like.
         """
-        if type(data) is not str and type(data) is not bytes:
-            _checked_value(data, "data")
-        if aad is not None and type(aad) is not str and type(aad) is not bytes:
-            _checked_value(aad, "aad")
-        key = self._encryption_key()
-        token = key.cipher.seal_text_token(_bound_header(key), data, aad,
-                                           prefix=TEXT_PREFIX_BYTES)
-        self._used(key.version, "encrypt", 1, key.usage_limit)
+        try:
+            if type(data) is not str and type(data) is not bytes:
+                _checked_value(data, "data")
+            if aad is not None and type(aad) is not str and type(aad) is not bytes:
+                _checked_value(aad, "aad")
+            key = self._encryption_key()
+            token = key.cipher.seal_text_token(_bound_header(key), data, aad,
+                                               prefix=TEXT_PREFIX_BYTES)
+            self._used(key.version, "encrypt", 1, key.usage_limit)
+        except Exception as exc:
+            count_refusal(self._metrics, exc)
+            raise
         return token
 
-    @_counted
     def decrypt(self, encrypted: Any, aad: str | bytes | None = None) -> bytes:
         """Decrypts an :class:`EncryptedData`, its dict or JSON form (str or bytes), or a token.
 
@@ -373,7 +381,11 @@ class EncryptionService:
             InvalidTag: wrong key, AAD or tampered data (or a format of another algorithm than
                 the key version's); nothing is returned.
         """
-        return self._open_one(encrypted, aad, False)
+        try:
+            return self._open_one(encrypted, aad, False)
+        except Exception as exc:
+            count_refusal(self._metrics, exc)
+            raise
 
     def _open_one(self, encrypted: Any, aad: Any, text: bool) -> Any:
         if aad is not None and type(aad) is not str and type(aad) is not bytes:
@@ -414,14 +426,17 @@ class EncryptionService:
     def _key_for(self, version: int) -> VersionedKey:
         return self._provider.get_key(version)
 
-    @_counted
     def decrypt_text(self, encrypted: Any, aad: str | bytes | None = None) -> str:
         """Like :meth:`decrypt`, decoding the plaintext as UTF-8.
 
         Raises:
             InvalidArgument: the plaintext is not UTF-8 (and everything :meth:`decrypt` raises).
         """
-        return self._open_one(encrypted, aad, True)
+        try:
+            return self._open_one(encrypted, aad, True)
+        except Exception as exc:
+            count_refusal(self._metrics, exc)
+            raise
 
     # ---- batches ----
 
