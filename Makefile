@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs postgresql
+APT_PACKAGES := build-essential cmake pkg-config libssl-dev libipsec-mb-dev nodejs postgresql \
+	prometheus prometheus-pushgateway
 
 .PHONY: demo test test-asan setup system-deps ctest ctest-ipsecmb2 pytest lint bench bench-gate \
 	bench-gate-short bench-history asv-run clean wheel wheel-check

@@ -197,8 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--json", action="store_true", help="print JSON")
     _add_data_commands(sub)
     _add_reencryption_commands(sub)
+    _add_metrics_arguments(sub)
     args = parser.parse_args(argv)
+    return _with_metrics(args, lambda: _run(parser, args))
 
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command in _DATA_COMMANDS:
         return _data_commands(args)
     try:
@@ -495,6 +499,119 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
                      "some values are not under it (crypto-engine reencrypt moves them)"))
     failed = sum(c.failed for c in report.columns.values())
     return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+# ---- metrics: an exporter for long-running commands, a Pushgateway for batch commands ----------
+
+_SERVING_COMMANDS = ("rotation-scheduler", "reencrypt")
+_PUSHING_COMMANDS = ("rotate", "reencrypt", "inventory", "encrypt-columns", "decrypt-columns",
+                     "encrypt", "decrypt")
+PUSH_JOB = "crypto-engine"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be a TCP port, 0 to 65535")
+    return port
+
+
+def _gateway(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError("must be an http:// or https:// URL")
+    return text
+
+
+def _push_label(text: str) -> tuple[str, str]:
+    import re
+
+    name, sep, value = text.partition("=")
+    if not sep or not value or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) \
+            or name.startswith("__"):
+        raise argparse.ArgumentTypeError("must be NAME=VALUE, NAME a Prometheus label name")
+    return name, value
+
+
+def _add_metrics_arguments(sub: Any) -> None:
+    for name in _SERVING_COMMANDS:
+        cmd = sub.choices[name]
+        cmd.add_argument("--metrics-port", type=_port, metavar="PORT",
+                         help="serve Prometheus metrics on http://ADDRESS:PORT/metrics while "
+                              "the command runs (see docs/metrics.md)")
+        cmd.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDRESS",
+                         help="the address --metrics-port listens on (default 127.0.0.1; "
+                              "0.0.0.0 for every interface)")
+    for name in _PUSHING_COMMANDS:
+        cmd = sub.choices[name]
+        cmd.add_argument("--pushgateway", type=_gateway, metavar="URL",
+                         help="push the metrics to this Prometheus Pushgateway when the command "
+                              f"ends, also on failure or Ctrl-C (job {PUSH_JOB!r}, grouped by "
+                              "command); a failed push is a warning")
+        cmd.add_argument("--push-label", type=_push_label, action="append", default=[],
+                         metavar="NAME=VALUE", dest="push_labels",
+                         help="one more label of the pushed group, e.g. table=users (job=NAME "
+                              "replaces the job); repeat for more")
+
+
+def _observe_certificates(metrics: Any) -> None:
+    """The certificates the engine's Vault connection uses, for the certificate expiry alert."""
+    for name in ("VAULT_CLIENT_CERT", "VAULT_CACERT"):
+        path = os.environ.get(name)
+        if path and os.path.isfile(path):
+            try:
+                metrics.observe_certificate(path)
+            except (EngineError, ImportError) as exc:
+                print(f"crypto-engine: warning: ${name}: {exc}", file=sys.stderr)
+
+
+def _with_metrics(args: argparse.Namespace, run: Any) -> int:
+    """Runs the command with its exporter (--metrics-port) and, when it ends however it ends,
+    pushes its metrics (--pushgateway). Neither changes the exit code or the report."""
+    port, gateway = getattr(args, "metrics_port", None), getattr(args, "pushgateway", None)
+    if port is None and gateway is None:
+        return run()
+    from .metrics import PushFailed, get_metrics
+
+    metrics = get_metrics()
+    _observe_certificates(metrics)
+    if port is not None:
+        try:
+            metrics.serve(port, addr=args.metrics_address)
+        except OSError as exc:
+            print(f"crypto-engine: cannot serve metrics on {args.metrics_address}:{port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return EXIT_BACKEND
+    started, code = time.monotonic(), EXIT_INTERRUPTED
+    try:
+        code = run()
+        return code
+    except SystemExit as exc:
+        code = EXIT_OK if exc.code is None else exc.code if isinstance(exc.code, int) \
+            else EXIT_CHECK_FAILED
+        raise
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        raise
+    except BaseException:
+        code = EXIT_CHECK_FAILED  # Python's own exit code for an uncaught error
+        raise
+    finally:
+        if gateway is not None:
+            labels = dict(args.push_labels)
+            job = labels.pop("job", PUSH_JOB)
+            metrics.job_finished(code, time.monotonic() - started)
+            try:
+                metrics.push(gateway, job, {"command": args.command, **labels})
+            except PushFailed as exc:
+                print(f"crypto-engine: warning: {exc}", file=sys.stderr)
+        if port is not None:
+            metrics.stop()
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from .records import (
     value_kinds,
     with_field,
 )
+from .refusals import counted as _mark_counted, counts_refusals, metrics_of_service
 from .service import EncryptionService, get_encryption_service
 from .tables import decrypt_columns, encrypt_columns, is_table
 
@@ -84,6 +85,10 @@ def context_aad(field: str, ids: Any, *, id_field: str = "id") -> Batch:
         raise InvalidArgument(f"bind_context: a record lacks {id_field!r}")
     id_batch = Batch.from_list(list(map(str, ids)))  # str(id), exactly as for one record
     return prefix_each(_context_prefix(field), id_batch)
+
+
+# Every error a public method raises is counted once in engine_encryption_errors_total.
+_counted = counts_refusals(lambda self, *args, **kwargs: metrics_of_service(self._service))
 
 
 class _dualmethod:
@@ -137,6 +142,7 @@ class FieldEncryption:
     # ---- one record ----
 
     @_dualmethod
+    @_counted
     def encrypt_field(self, record: dict, field: str, *, skip_encrypted: bool = False) -> dict:
         """A copy of ``record`` with ``field`` encrypted to a text token (``None`` and a missing
         field are left as they are).
@@ -154,6 +160,7 @@ class FieldEncryption:
         return self.encrypt_fields(record, [field], skip_encrypted=skip_encrypted)
 
     @_dualmethod
+    @_counted
     def decrypt_field(self, record: dict, field: str) -> dict:
         """A copy of ``record`` with ``field`` decrypted back to str (``None``/missing: as is).
 
@@ -164,6 +171,7 @@ class FieldEncryption:
         return self.decrypt_fields(record, [field])
 
     @_dualmethod
+    @_counted
     def encrypt_fields(self, record: dict, fields: Sequence[str], *,
                        skip_encrypted: bool = False) -> dict:
         """A copy of ``record`` with each of ``fields`` encrypted (see :meth:`encrypt_field`)."""
@@ -182,6 +190,7 @@ class FieldEncryption:
         return out
 
     @_dualmethod
+    @_counted
     def decrypt_fields(self, record: dict, fields: Sequence[str]) -> dict:
         """A copy of ``record`` with each of ``fields`` decrypted (see :meth:`decrypt_field`)."""
         out = dict(record)
@@ -195,6 +204,7 @@ class FieldEncryption:
     # ---- columns ----
 
     @_dualmethod
+    @_counted
     def encrypt_column(self, records: Any, field: str, *, ids: Any = None,
                        skip_encrypted: bool = False,
                        blind_indexes: BlindIndexes | BlindIndex | None = None) -> Any:
@@ -240,6 +250,7 @@ class FieldEncryption:
         return _Column.of(self, records, field, ids).encrypt(skip_encrypted)
 
     @_dualmethod
+    @_counted
     def decrypt_column(self, records: Any, field: str, *, ids: Any = None) -> Any:
         """Decrypts ``field`` across many records (tokens grouped by key version, batch calls).
 
@@ -382,7 +393,7 @@ class _Column:
             failed = where[exc.failed]
         else:
             return
-        raise BatchInvalidTag(failed, None)
+        raise _mark_counted(BatchInvalidTag(failed, None))  # counted by decrypt_many
 
     def decrypt(self) -> Any:
         service = self.fe.service

@@ -237,6 +237,10 @@ class KeyRotationService:
         self._webhook = (Webhook(self.policy.webhook, timeout=self.policy.webhook_timeout,
                                  attempts=self.policy.webhook_retries)
                          if self.policy.webhook else None)
+        if metrics is not None:
+            metrics.watch_keys(provider)
+            metrics.set_rotation_interval(
+                self.policy.interval_days * 86400 if self.policy.enabled else None)
 
     def __repr__(self) -> str:
         return f"<KeyRotationService provider={self.provider!r}>"
@@ -321,7 +325,7 @@ class KeyRotationService:
                 self._notify({"event": audit_events.KEY_ROTATION_FAILED, "step": step,
                               "previous_version": run.previous, "error": type(exc).__name__})
                 if self.metrics is not None:
-                    self.metrics.error("key_rotation_failed")
+                    self.metrics.rotation_failed(self.clock())
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 raise RotationFailed(step, exc) from exc

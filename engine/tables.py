@@ -27,6 +27,7 @@ from .atomic_file import atomic_output
 from .batch import Batch
 from .blind_index import BlindIndexes, as_blind_indexes, under_one_version
 from .errors import InvalidArgument, InvalidArgumentType
+from .refusals import counts_refusals, metrics_of_service
 from .service import EncryptionService, get_encryption_service
 
 __all__ = ["decrypt_columns", "decrypt_columns_file", "encrypt_columns", "encrypt_columns_file",
@@ -34,6 +35,9 @@ __all__ = ["decrypt_columns", "decrypt_columns_file", "encrypt_columns", "encryp
 
 ORIGINAL_TYPE_KEY = b"engine.encrypted_from"
 _TEXT_TYPES = ("string", "large_string", "binary", "large_binary")
+
+# Every error a public function raises is counted once in engine_encryption_errors_total.
+_counted = counts_refusals(lambda *args, service=None, **kwargs: metrics_of_service(service))
 
 
 def _pa() -> Any:
@@ -202,6 +206,7 @@ def _transform(table: Any, columns: Sequence[str], aad_template: str | None,
     return out
 
 
+@_counted
 def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
                     service: EncryptionService | None = None, blind_indexes: Any = None) -> Any:
     """A copy of ``table`` with ``columns`` encrypted to text tokens (one native batch call per
@@ -238,6 +243,7 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
         indexes.add_to_arrow(arrow, version=version), cols, aad_template, service, True)))
 
 
+@_counted
 def decrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
                     service: EncryptionService | None = None) -> Any:
     """A copy of ``table`` with ``columns`` decrypted back to their original types.
@@ -341,6 +347,7 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
     return report
 
 
+@_counted
 def encrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
                          aad_template: str | None = None, file_format: str | None = None,
                          service: EncryptionService | None = None,
@@ -364,6 +371,7 @@ def encrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
                          as_blind_indexes(blind_indexes, service.provider))
 
 
+@_counted
 def decrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
                          aad_template: str | None = None, file_format: str | None = None,
                          service: EncryptionService | None = None) -> dict[str, Any]:

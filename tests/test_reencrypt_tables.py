@@ -250,8 +250,9 @@ def test_audit_metrics_purge_and_handover(db, tmp_path):
     assert (done["reencrypted"], done["failed"], done["complete"]) == (1200, 0, True)
     assert verify(tmp_path / "audit.jsonl", b"a" * 32).ok
     registry = metrics.registry
-    assert registry.get_sample_value("reencryption_values_total", {"outcome": "reencrypted"}) == 1200
-    assert registry.get_sample_value("reencryption_values_remaining") == 0
+    assert registry.get_sample_value("engine_reencryption_values_total",
+                                     {"outcome": "reencrypted"}) == 1200
+    assert registry.get_sample_value("engine_reencryption_values_remaining") == 0
 
     columns = ["ssn", "card", "email", "note"]
     with pytest.raises(VersionStillInUse) as refused:

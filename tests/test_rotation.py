@@ -276,8 +276,9 @@ def test_metrics_and_scheduler(tmp_path):
     assert svc.run_forever(check_every=0.01, max_checks=2) == 1  # no version yet: creates one
     now[0] += 2 * 86400
     assert svc.run_forever(check_every=0.01, max_checks=1) == 1  # the interval has passed
-    assert metrics.rotation_last_success._value.get() == now[0]
-    assert metrics.versions_active._value.get() == 2
+    sample = metrics.registry.get_sample_value
+    assert sample("engine_key_rotation_last_success_timestamp_seconds") == now[0]
+    assert sample("engine_key_versions_active") == 2
     now[0] = time.time()
     assert svc.run_forever(check_every=0.01, max_checks=2) == 0  # fresh key: nothing to do
 
@@ -364,7 +365,7 @@ def test_service_metrics_count_records_and_errors(tmp_path):
     sample = metrics.registry.get_sample_value
     assert sample("encryption_operations_total", {"type": "encrypt"}) == 1002
     assert sample("encryption_operations_total", {"type": "decrypt"}) == 1001
-    assert metrics.errors.labels(error_type="invalid_tag")._value.get() == 4
+    assert metrics.error_count("invalid_tag") == 4
 
 
 def test_service_writes_one_audit_entry_per_batch(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from ..atomic_file import atomic_output
 from ..keys.base import KeyState, KeyVersionNotUsable, VersionedKey
+from ..refusals import count_refusal, counts_refusals, metrics_of_service
 from ..service import EncryptionService, get_encryption_service
 from . import cobblestone
 from ._io import Source
@@ -54,6 +55,46 @@ def read_file_header(header: bytes) -> int:
     if version < 1:
         raise NotAnEngineFile("the file header names key version 0")
     return version
+
+
+# Every error a public method raises is counted once in engine_encryption_errors_total.
+_KINDS = ((NotAnEngineFile, "malformed"),)
+_counted = counts_refusals(lambda self, *args, **kwargs: metrics_of_service(self._service),
+                           kinds=_KINDS)
+
+
+class _CountedReads:
+    """A streaming reader whose first failed read or seek is counted (the readers raise a
+    failure again at every later read: one refusal)."""
+
+    def __init__(self, *args: Any, metrics: Any = None, **kwargs: Any) -> None:
+        self._metrics = metrics
+        super().__init__(*args, **kwargs)
+
+    def _count_once(self, exc: Exception) -> None:
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            count_refusal(metrics, exc, _KINDS)
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return super().readinto(buffer)  # type: ignore[misc]
+        except Exception as exc:
+            self._count_once(exc)
+            raise
+
+
+class _Decryptor(_CountedReads, cobblestone.Decryptor):
+    pass
+
+
+class _RandomAccessReader(_CountedReads, cobblestone.RandomAccessReader):
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        try:
+            return super().seek(offset, whence)
+        except Exception as exc:
+            self._count_once(exc)
+            raise
 
 
 def _context(header: bytes, context: Any) -> bytes:
@@ -111,6 +152,7 @@ class FileEncryption:
 
     # ---- streams ----
 
+    @_counted
     def encrypt_stream(self, src: Any, dst: Any, context: Any = b"", *,
                        progress: cobblestone.Progress | None = None) -> FileResult:
         """Encrypts everything ``src`` yields into an engine file written to ``dst``.
@@ -132,6 +174,7 @@ class FileEncryption:
         self._audit(key.version, "encrypt-file")
         return FileResult("encrypt", key.version, total, time.perf_counter() - start)
 
+    @_counted
     def decrypt_stream(self, src: Any, dst: Any, context: Any = b"", *,
                        progress: cobblestone.Progress | None = None) -> FileResult:
         """Decrypts an engine file from ``src`` into ``dst``, writing only authenticated
@@ -152,6 +195,7 @@ class FileEncryption:
         self._audit(key.version, "decrypt-file")
         return FileResult("decrypt", key.version, total, time.perf_counter() - start)
 
+    @_counted
     def encrypt(self, data: Any, context: Any = b"") -> bytes:
         """An engine file's bytes from ``data`` (bytes-like)."""
         import io
@@ -160,6 +204,7 @@ class FileEncryption:
         self.encrypt_stream(io.BytesIO(memoryview(data).tobytes()), out, context)
         return out.getvalue()
 
+    @_counted
     def decrypt(self, data: Any, context: Any = b"") -> bytes:
         """The plaintext of an engine file's bytes (see :meth:`decrypt_stream` for errors)."""
         import io
@@ -168,6 +213,7 @@ class FileEncryption:
         self.decrypt_stream(io.BytesIO(memoryview(data).tobytes()), out, context)
         return out.getvalue()
 
+    @_counted
     def writer(self, dst: Any, context: Any = b"") -> cobblestone.Encryptor:
         """A writable file object encrypting into an engine file on ``dst`` (complete once
         closed; see :class:`~engine.stream.Encryptor`)."""
@@ -178,14 +224,16 @@ class FileEncryption:
         return cobblestone.Encryptor(key.cipher, dst, _context(header, context),
                                      threads=self._threads)
 
+    @_counted
     def reader(self, src: Any, context: Any = b"") -> cobblestone.Decryptor:
         """A readable file object over the engine file in ``src`` (streaming)."""
         header = Source(src).read_exact_or_less(FILE_HEADER_BYTES)
         key = self.service.provider.get_key(read_file_header(header))
         self._audit(key.version, "decrypt-file")
-        return cobblestone.Decryptor(key.cipher, src, _context(header, context),
-                                     threads=self._threads)
+        return _Decryptor(key.cipher, src, _context(header, context), threads=self._threads,
+                          metrics=metrics_of_service(self._service))
 
+    @_counted
     def open(self, src: Any, context: Any = b"") -> cobblestone.RandomAccessReader:
         """A readable, seekable file object over the engine file in ``src`` (a path or a
         seekable binary file object); reads decrypt only the chunks they touch."""
@@ -196,9 +244,10 @@ class FileEncryption:
             src.seek(0)
             header = Source(src).read_exact_or_less(FILE_HEADER_BYTES)
             key = self.service.provider.get_key(read_file_header(header))
-            reader = cobblestone.RandomAccessReader(key.cipher, src, _context(header, context),
-                                                    offset=FILE_HEADER_BYTES,
-                                                    threads=self._threads, close_source=owned)
+            reader = _RandomAccessReader(key.cipher, src, _context(header, context),
+                                         offset=FILE_HEADER_BYTES,
+                                         threads=self._threads, close_source=owned,
+                                         metrics=metrics_of_service(self._service))
         except BaseException:
             if owned:
                 src.close()
@@ -208,6 +257,7 @@ class FileEncryption:
 
     # ---- paths (what `crypto-engine encrypt/decrypt` run) ----
 
+    @_counted
     def encrypt_file(self, src: str, dst: str, context: Any = b"", *,
                      progress: cobblestone.Progress | None = None,
                      fsync: bool = False) -> FileResult:
@@ -220,6 +270,7 @@ class FileEncryption:
         with _input(src) as fin, _output(dst, fsync) as fout:
             return self.encrypt_stream(fin, fout, context, progress=progress)
 
+    @_counted
     def decrypt_file(self, src: str, dst: str, context: Any = b"", *,
                      progress: cobblestone.Progress | None = None,
                      fsync: bool = False) -> FileResult:

