@@ -75,7 +75,7 @@ def test_a_failing_file_stops_the_job_and_the_rerun_skips_the_files_done(tmp_pat
     with pytest.raises(ColumnNotFound):
         reencrypt(store, COLUMNS, service=new, batch_size=100)
     progress = [n for n in listing(path) if n.startswith("_")]
-    assert progress == ["_engine_reencrypt_progress.json"]
+    assert len(progress) == 1 and progress[0].startswith("_engine_reencrypt_progress.")
     assert not [n for n in listing(path) if n.startswith(".")]  # no temporary left behind
     done = {n: os.stat(n).st_mtime_ns for n in list(plain)[:2]}
     pq.write_table(good, broken)  # repaired
