@@ -18,8 +18,6 @@ from typing import Any, BinaryIO, Iterable, Sequence
 __all__ = ["Page", "PageFormatError", "column_pages", "compression_level"]
 
 DATA_PAGE, INDEX_PAGE, DICTIONARY_PAGE, DATA_PAGE_V2 = 0, 1, 2, 3
-# Inputs above this size show a zstd level's own parameters (see compression_level).
-_TELLING_SIZE = 256 << 10
 # A page header is small (statistics included); this bounds what one read may take.
 _MAX_HEADER = 1 << 16
 
@@ -92,10 +90,10 @@ def compression_level(codec: str, pages: Iterable[Page], candidates: Sequence[in
     level) compresses every page read to exactly the bytes stored; None when none does (a
     writer with another library or settings) or when no page holds compressed bytes.
 
-    Each candidate is tried on the smallest page read, which turns most down cheaply, then on
-    the smallest page above 256 KiB (or the largest), which tells apart levels that compress
-    small inputs alike (zstd picks its parameters by input size up to 256 KiB). No more: a
-    level that gives both byte for byte is the writer's, or one that compresses like it.
+    Each candidate is tried on the pages from the smallest up, so most are turned down by the
+    first. Give pages of several sizes: neighbouring levels compress small inputs alike (zstd
+    picks its parameters by input size up to 256 KiB), and a level that gives every page back
+    byte for byte is the writer's, or one that compresses like it.
     """
     import pyarrow as pa
 
@@ -110,11 +108,9 @@ def compression_level(codec: str, pages: Iterable[Page], candidates: Sequence[in
         except (pa.ArrowException, OSError, ValueError):
             return None
         samples.append((plain, stored))
-    samples = sorted(samples, key=lambda s: len(s[0]))
     if not samples:
         return None
-    telling = next((s for s in samples if len(s[0]) > _TELLING_SIZE), samples[-1])
-    samples = [samples[0], telling] if telling is not samples[0] else samples[:1]
+    samples.sort(key=lambda s: len(s[0]))
     for level in candidates:
         codec_at = pa.Codec(codec, compression_level=level)
         if all(codec_at.compress(plain, asbytes=True) == stored for plain, stored in samples):

@@ -78,6 +78,8 @@ _VALUE_ENCODINGS = ("DELTA_BINARY_PACKED", "DELTA_LENGTH_BYTE_ARRAY", "DELTA_BYT
 # Levels writers pick most often (Spark, DuckDB, Polars and pandas defaults among them).
 _COMMON_LEVELS = {"zstd": (3, 1, 9, 19), "gzip": (6, 9), "brotli": (1, 4, 11)}
 _BLOOM_FPP = 0.05
+# Compressed page bytes a column's level is searched on.
+_SAMPLE_BYTES = 1 << 20
 # Levels found for a column of files from the same writer, tried first in the next file.
 _LEVEL_HINTS: OrderedDict[tuple[str, str, str], int] = OrderedDict()
 _HINTS_LOCK = threading.Lock()
@@ -244,9 +246,7 @@ def writer_options(parquet_file: Any, f: BinaryIO | None = None) -> dict[str, An
         page_index = page_index or chunk.has_column_index or chunk.has_offset_index
         if f is None:
             continue
-        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else \
-            chunk.data_page_offset
-        pages = column_pages(f, start, start + chunk.total_compressed_size)
+        pages = _sample_pages(f, groups, j)
         checksum = checksum or any(p.has_crc for p in pages)
         if any(p.kind == DATA_PAGE_V2 for p in pages if p.kind != DICTIONARY_PAGE):
             data_page_version = "2.0"
@@ -462,6 +462,24 @@ def _leaf_kind(meta: Any, path: str) -> str:
         if c.path == path:
             return f"{c.physical_type} {c.logical_type}"
     return "its layout"
+
+
+def _sample_pages(f: BinaryIO, groups: list[Any], column: int) -> list[Any]:
+    """The first pages of a column in a few row groups (the first, the second, the last): pages
+    of several sizes tell a compression level apart."""
+    picked = [i for i in dict.fromkeys([0, min(1, len(groups) - 1), len(groups) - 1])
+              if groups[i].num_rows]
+    pages: list[Any] = []
+    budget = _SAMPLE_BYTES
+    for i in picked:
+        chunk = groups[i].column(column)
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else \
+            chunk.data_page_offset
+        found = column_pages(f, start, start + chunk.total_compressed_size,
+                             max_pages=3 if i == picked[0] else 2, max_bytes=budget)
+        budget -= sum(len(p.payload) for p in found if p.payload is not None)
+        pages.extend(found)
+    return pages
 
 
 def _level(codec: str, pages: Any, hint_key: tuple[str, str, str]) -> int | None:

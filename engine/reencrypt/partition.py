@@ -24,7 +24,7 @@ from .errors import FileUnreadable, UnsupportedFile
 from .reindex import build_indexes
 from .report import FAILURES, ColumnCounts, Failure, PartitionResult, reason
 from .spec import Column, row_fields
-from .stores.parquet import ParquetStore, Temporary, file_state
+from .stores.parquet import ParquetStore, Temporary, file_state, replacing
 from .stores.sql import ColumnWrite, Partition, ReadBatch
 from .transform import KeyCheck, index_of, reseal, status_of, values_of
 
@@ -234,9 +234,10 @@ def _process_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch
                 observer("read", {"partition": part.index, "file": path})
             if not done.written:
                 return result
-            if file_state(path) != before:  # the application rewrote (or removed) the file
-                return _changed_meanwhile(result)
-            tmp.replace(before)
+            with replacing(path):  # another job's check and rename wait for ours
+                if file_state(path) != before:  # the application rewrote (or removed) it
+                    return _changed_meanwhile(result)
+                tmp.replace(before)
     except CannotKeepParquet as exc:
         raise UnsupportedFile(f"{store.display}: {path}: {exc}") from None
     except (ParquetUnreadable, OSError) as exc:

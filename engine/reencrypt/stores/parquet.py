@@ -11,6 +11,7 @@ both kinds of file (names starting with ``_`` and ``.``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -19,14 +20,14 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ...atomic_file import name_temporary, open_temporary
 from ..errors import ColumnNotFound, FileUnreadable, StoreUnavailable, TableNotFound, UnsupportedFile
 from ..spec import Column, row_fields
 from .sql import Partition
 
-__all__ = ["FileState", "ParquetStore", "Temporary", "file_state"]
+__all__ = ["FileState", "ParquetStore", "Temporary", "file_state", "replacing"]
 
 TMP_SUFFIX = ".reencrypt.tmp"
 
@@ -225,10 +226,12 @@ class ParquetStore:
                     "directory of the files it names")
             directories.add(os.path.dirname(os.path.abspath(path)))
         for directory in sorted(directories):
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise FileUnreadable(f"{self.display}: cannot create files in {directory} "
-                                     "(permission denied); a job writes each new file beside "
-                                     "the one it replaces")
+            try:  # a real file, not os.access: root passes that where it cannot write either
+                Temporary(os.path.join(directory, "probe")).close()
+            except OSError as exc:
+                raise FileUnreadable(
+                    f"{self.display}: cannot create files in {directory} ({exc.strerror}); a "
+                    "job writes each new file beside the one it replaces") from None
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,24 @@ class Temporary:
 
     def __exit__(self, *_exc: Any) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[None]:
+    """Holds a lock on the file now at ``path`` while a job checks it and renames its new
+    version over it: a second job that read the same file then waits, and its own check sees
+    the first one's file (the application, which takes no such lock, is caught by the check
+    alone). Nothing is held if there is no regular file there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _same_file(fd: int, path: str) -> bool:
