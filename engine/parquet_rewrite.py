@@ -23,7 +23,9 @@ Kept, and where each is read from:
 What pyarrow cannot reproduce, kept as close as it allows:
 
 - a compression level the pages do not give away (written by another compression library or
-  with settings pyarrow does not have): the codec's default level;
+  with settings pyarrow does not have): the codec's default level. Finding it costs
+  compressing up to 1 MiB of each column's pages again at the levels tried (the level found
+  for a writer and column is tried first in the next file);
 - the cut of pages inside a column chunk: data page size, rows per page, the dictionary page
   size limit and the write batch size are recorded nowhere; pyarrow's defaults apply, so pages
   of a file written with other settings are cut differently (same values, same row groups);
@@ -43,11 +45,12 @@ encrypted files (Parquet Modular Encryption) are refused when opened.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Collection, Mapping
+from typing import Any, BinaryIO, Callable, Collection, Iterator, Mapping
 
 import numpy as np
 
@@ -112,6 +115,7 @@ class RewriteResult:
 
 def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
                     columns: Collection[str], types: Mapping[str, Any] | None = None,
+                    statistics: bool | None = None, dictionary: bool | None = None,
                     lazy: bool = True, use_threads: bool = True) -> RewriteResult:
     """Writes ``target``: ``source`` with the columns in ``columns`` replaced, row group by
     row group, by what ``transform`` returns, and everything else kept (see the module
@@ -128,6 +132,8 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
         columns: the top-level columns the transform may replace.
         types: the Arrow type of a replaced column in the output, where it differs from the
             source's (every row group must then return the column).
+        statistics, dictionary: write statistics, or dictionary-encode, the columns in
+            ``columns`` (None: as the source did; ciphertexts gain nothing from either).
         lazy: write nothing (and leave ``target`` alone) unless some row group changes.
         use_threads: let pyarrow decode with several threads.
 
@@ -145,23 +151,32 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
     import pyarrow.parquet as pq
 
     owned = set(columns)
-    probe = _open(source, pq)
-    unit = _int96_unit(source, probe, use_threads)
-    reader = probe if unit == "ns" else _open(source, pq, unit)
-    meta = reader.metadata
-    schema = reader.schema_arrow
-    unknown = owned - set(schema.names)
-    if unknown:
-        raise InvalidArgument(f"no column {sorted(unknown)[0]!r} in the file")
-    for name, t in (types or {}).items():
-        if name not in owned:
-            raise InvalidArgument(f"a type is given for {name!r}, which the transform does not own")
-        schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(t))
-    output = _output_schema(meta, schema, owned)
-    options = writer_options(reader, _source_file(source))
     writer = None
     changed = 0
     try:
+        probe = _open(source, pq)
+        unit = _int96_unit(source, probe, use_threads)
+        reader = probe if unit == "ns" else _open(source, pq, unit)
+        meta = reader.metadata
+        schema = reader.schema_arrow
+        unknown = owned - set(schema.names)
+        if unknown:
+            raise InvalidArgument(f"no column {sorted(unknown)[0]!r} in the file")
+        for name, t in (types or {}).items():
+            if name not in owned:
+                raise InvalidArgument(f"a type is given for {name!r}, which the transform does "
+                                      "not own")
+            schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(t))
+        output = _output_schema(meta, schema, owned)
+        with _bytes_of(source) as f:
+            options = writer_options(reader, f)
+        leaves = [meta.schema.column(j).path for j in range(meta.num_columns)]
+        mine = [p for p in leaves if p.split(".")[0] in owned]
+        for key, wanted in (("write_statistics", statistics), ("use_dictionary", dictionary)):
+            if wanted is not None:
+                listed = options.get(key, leaves)
+                options[key] = [p for p in leaves if (p in mine and wanted)
+                                or (p not in mine and p in listed)]
         for index in range(meta.num_row_groups):
             table = _read_group(reader, index, use_threads)
             new = transform(index, table)
@@ -183,7 +198,7 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
             return RewriteResult(False, meta.num_row_groups, meta.num_rows, 0)
         closing, writer = writer, None
         closing.close()
-    except (pa.ArrowInvalid, OSError, PageFormatError) as exc:
+    except (pa.ArrowException, OSError, PageFormatError) as exc:
         if isinstance(exc, EngineError):
             raise
         raise ParquetUnreadable(f"cannot read or write Parquet: {_first_line(exc)}") from None
@@ -283,34 +298,14 @@ def _open(source: Any, pq: Any, int96_unit: str = "ns") -> Any:
     raise ParquetUnreadable(f"not a readable Parquet file: {failure}")
 
 
-def _source_file(source: Any) -> Any:
-    """A binary file over the source's bytes, for the page headers (closed with the source)."""
+@contextlib.contextmanager
+def _bytes_of(source: Any) -> Iterator[BinaryIO]:
+    """A binary file over the source's bytes, for its page headers."""
     if hasattr(source, "seek"):
-        return source
-    return _LazyFile(source)
-
-
-class _LazyFile:
-    """Opens the path at the first read; closed when collected (reads only a few pages)."""
-
-    def __init__(self, path: Any) -> None:
-        self._path = path
-        self._f: Any = None
-
-    def _file(self) -> Any:
-        if self._f is None:
-            self._f = open(self._path, "rb")  # noqa: SIM115 (closed in __del__)
-        return self._f
-
-    def seek(self, pos: int) -> int:
-        return self._file().seek(pos)
-
-    def read(self, n: int) -> bytes:
-        return self._file().read(n)
-
-    def __del__(self) -> None:
-        if self._f is not None:
-            self._f.close()
+        yield source
+        return
+    with open(source, "rb") as f:
+        yield f
 
 
 def _read_group(reader: Any, index: int, use_threads: bool) -> Any:
@@ -427,9 +422,9 @@ def _output_schema(meta: Any, schema: Any, owned: set[str]) -> Any:
 
 
 def _check_kept(source: Any, target: Any, owned: set[str]) -> None:
-    """Raises :class:`CannotKeepParquet` where the written file's schema, row groups, sort
-    order, codecs or key-value metadata differ from the source's (columns in ``owned`` may
-    change type)."""
+    """Raises :class:`CannotKeepParquet` where the written file's schema (physical and
+    logical types, levels), row groups or key-value metadata differ from the source's (columns
+    in ``owned`` may change type)."""
     import pyarrow.parquet as pq
 
     if hasattr(target, "write"):

@@ -224,6 +224,25 @@ def test_a_transform_may_change_the_type_of_its_columns(tmp_path):
                         types={"tok": pa.binary()})
 
 
+def test_the_transformed_columns_may_drop_statistics_and_dictionary(tmp_path):
+    src, dst = str(tmp_path / "src.parquet"), str(tmp_path / "dst.parquet")
+    pq.write_table(sample_table(), src, compression="zstd", use_dictionary=["tok", "city"],
+                   write_statistics=["id", "tok"], row_group_size=1000)
+    rewrite_parquet(src, dst, reverse_tokens, columns={"tok"}, statistics=False,
+                    dictionary=False)
+    before, after = pq.ParquetFile(src).metadata, pq.ParquetFile(dst).metadata
+    names = [before.schema.column(j).path for j in range(before.num_columns)]
+    for g in range(before.num_row_groups):
+        for j, name in enumerate(names):
+            a, b = before.row_group(g).column(j), after.row_group(g).column(j)
+            if name == "tok":
+                assert a.is_stats_set and a.has_dictionary_page
+                assert not b.is_stats_set and not b.has_dictionary_page
+            else:
+                assert (b.is_stats_set, b.has_dictionary_page) == \
+                    (a.is_stats_set, a.has_dictionary_page), name
+
+
 @pytest.mark.parametrize("bad", [
     lambda t: {"email": t["email"]},  # not owned
     lambda t: {"tok": t["tok"].slice(1)},  # wrong length
