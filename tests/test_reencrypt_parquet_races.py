@@ -482,3 +482,17 @@ def test_a_rewritten_file_keeps_its_mode_and_owner(tmp_path):
         {first: oct(0o640), second: oct(0o604)}
     assert {n: (os.stat(n).st_uid, os.stat(n).st_gid) for n in plain} == owners
     assert_dataset_reads(plain, new, 2)
+
+
+def test_a_one_file_store_cleans_its_own_directory_only(tmp_path):
+    old, new = services()
+    path = str(tmp_path / "users")
+    plain = write_dataset(path, old, files=1, rows=30)
+    dead_here = tmp_path / "users" / f".part-0.parquet.0123abcd{TMP_SUFFIX}"
+    dead_beside = tmp_path / "users" / "other" / f".x.parquet.0123abcd{TMP_SUFFIX}"
+    dead_beside.parent.mkdir()
+    dead_here.write_bytes(b"left by a killed job")
+    dead_beside.write_bytes(b"another dataset's, not this job's to look at")
+    reencrypt(open_store(f"parquet://{next(iter(plain))}"), COLUMNS, service=new)
+    assert not dead_here.exists() and dead_beside.exists()
+    assert_dataset_reads(plain, new, 2)

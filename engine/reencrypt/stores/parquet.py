@@ -170,10 +170,12 @@ class ParquetStore:
     # ---- progress ----
 
     def progress_path(self, job: str) -> Path:
-        """The checkpoint of ``job``: one file per job, so jobs on other columns (or the same
-        job run twice) never overwrite or delete another's."""
+        """The checkpoint of ``job``: one file per job and dataset (a one-file dataset keeps it
+        in the file's directory), so jobs on other columns or files never overwrite or delete
+        another's."""
         stem = self.progress_file.removesuffix(".json")
-        return self.directory / f"{stem}.{hashlib.sha256(job.encode()).hexdigest()[:16]}.json"
+        ident = hashlib.sha256(f"{os.path.abspath(self.path)}\0{job}".encode()).hexdigest()[:16]
+        return self.directory / f"{stem}.{ident}.json"
 
     def load_progress(self, job: str) -> set[str]:
         """The files an earlier run of ``job`` finished."""
@@ -203,7 +205,11 @@ class ParquetStore:
         """Deletes the temporary files of jobs that died (a SIGKILL leaves one behind); never a
         dataset file, nor the temporary of a live job: each job holds a lock on its own (see
         :class:`Temporary`) for as long as it lives, and the kernel drops it when it dies."""
-        for root, _dirs, names in os.walk(self.directory):
+        if os.path.isdir(self.path):
+            found = ((root, names) for root, _dirs, names in os.walk(self.directory))
+        else:  # one file: its own directory only, not every dataset beside it
+            found = iter([(str(self.directory), os.listdir(self.directory))])
+        for root, names in found:
             for name in names:
                 if name.startswith(".") and name.endswith(TMP_SUFFIX):
                     _remove_if_unowned(os.path.join(root, name))
