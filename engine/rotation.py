@@ -97,7 +97,8 @@ class VersionStillInUse(InvalidArgument):
 
 _PURGE_REASONS = {"readable": "readable",
                   "invalid_tag": "failing authentication (another AAD, key or tampered)",
-                  "unknown_key_version": "under a version this provider does not have"}
+                  "unknown_key_version": "under a version this provider does not have",
+                  "malformed": "in a layout the job cannot read (a 12-byte nonce, say)"}
 
 
 def _still_named(inventories: Any, version: int) -> dict[tuple[str, str], dict[str, int]]:

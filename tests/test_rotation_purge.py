@@ -167,3 +167,31 @@ def test_counts_are_per_store_and_column_never_merged_by_name(tmp_path):
     # the same store twice (a second inventory of it) is not counted twice
     with pytest.raises(VersionStillInUse, match="still named by 3 value"):
         rotation(p, tmp_path).purge(1, inventory=[inventories[0], inventories[0]])
+
+
+def test_rows_of_the_sealed_layout_the_job_cannot_read_still_stop_the_purge(tmp_path):
+    from engine import Batch
+    from engine.reencrypt import Column, SealedLayout
+
+    p = provider()
+    svc = EncryptionService(p, metrics=False)
+    key = p.get_key(1)
+    readable = key.cipher.seal_batch(Batch.from_list([b"a", b"b"])).to_arrow()
+    twelve = key.cipher.seal_batch(Batch.from_list([b"c"]), nonce_size=12).to_arrow()
+    path = tmp_path / "sealed"
+    os.makedirs(path)
+    pq.write_table(pa.table({
+        "nonce": pa.array(readable["nonce"].to_pylist() + twelve["nonce"].to_pylist(),
+                          pa.binary()),
+        "tag": pa.array(readable["tag"].to_pylist() + twelve["tag"].to_pylist(), pa.binary(16)),
+        "ciphertext": pa.array(readable["ciphertext"].to_pylist()
+                               + twelve["ciphertext"].to_pylist(), pa.large_binary()),
+        "key_version": pa.array([1, 1, 1], pa.int32())}), path / "p.parquet")
+    store = open_store(f"parquet://{path}")
+    column = Column("email", sealed=SealedLayout())
+    reencrypt(store, [column], service=svc)
+    inv = inventory(store, [column], service=svc)
+    assert inv.columns["email"].malformed == 1
+    assert inv.still_named(1) == {"email": {"malformed": 1}}
+    with pytest.raises(VersionStillInUse, match="1 in a layout the job cannot read"):
+        rotation(p, tmp_path).purge(1, inventory=inv)

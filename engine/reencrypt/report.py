@@ -18,9 +18,10 @@ __all__ = ["ColumnCounts", "Failure", "Inventory", "ReencryptionReport"]
 UNINDEXABLE = len(ValueStatus)
 FAILURES = (ValueStatus.UNKNOWN_KEY_VERSION, ValueStatus.MALFORMED, ValueStatus.INVALID_TAG,
             UNINDEXABLE)
-#: Unreadable values whose header still names a key version (a value that does not parse names
-#: none).
-NAMED_UNREADABLE = (ValueStatus.INVALID_TAG, ValueStatus.UNKNOWN_KEY_VERSION)
+#: Unreadable values that may still name a key version (a token or envelope that does not parse
+#: names none; a row of the three-column layout names one in its key-version column).
+NAMED_UNREADABLE = (ValueStatus.INVALID_TAG, ValueStatus.UNKNOWN_KEY_VERSION,
+                    ValueStatus.MALFORMED)
 READABLE = (ValueStatus.CURRENT, ValueStatus.REENCRYPTED, ValueStatus.OUTDATED, UNINDEXABLE)
 
 
@@ -47,8 +48,9 @@ class ColumnCounts:
             write: not written, left for the next pass.
         versions: readable values per key version (before this job moved them).
         unreadable_versions: values whose header names a key version but that cannot be
-            read, per version and reason (``invalid_tag``, ``unknown_key_version``): they
-            open only with that version's key (with the right AAD), so purging it loses them.
+            read, per version and reason (``invalid_tag``, ``unknown_key_version``, and
+            ``malformed`` for a three-column row the job cannot read): they open only with
+            that version's key, so purging it loses them.
     """
 
     values: int = 0

@@ -317,6 +317,10 @@ def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionServ
         plaintext=None if keep is None else lambda at, plain: keep(rows[at], plain))
     status[rows] = result.status
     found[rows] = result.key_versions
+    # A row the layout cannot read (a 12-byte nonce, say) still names its key version: an
+    # inventory counts it there, so a purge of that version is refused.
+    named = present & ~shaped & (versions >= 1) & (versions <= MAX_KEY_VERSION)
+    found[named] = versions[named]
     done = ColumnPass(status, found, result.target_version, {}, tokens, aad, rows)
     if check_only:
         return done
