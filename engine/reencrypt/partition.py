@@ -241,7 +241,11 @@ def _process_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch
     except CannotKeepParquet as exc:
         raise UnsupportedFile(f"{store.display}: {path}: {exc}") from None
     except (ParquetUnreadable, OSError) as exc:
-        if file_state(path) != before:  # it changed under the read: the next pass takes it
+        try:
+            changed = file_state(path) != before
+        except OSError:
+            changed = False
+        if changed:  # it changed under the read: the next pass takes it
             return _changed_meanwhile(result)
         if isinstance(exc, FileUnreadable):
             raise
