@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from .errors import InvalidArgument
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "name_temporary", "open_temporary"]
 
 
 @contextmanager
@@ -27,7 +27,7 @@ def atomic_output(path: str, *, fsync: bool = False) -> Iterator[Any]:
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise InvalidArgument(f"{path} is a directory")
-    fd, named = _temporary(directory, os.path.basename(path))
+    fd, named = open_temporary(directory, os.path.basename(path))
     f = open(fd, "wb", buffering=0)  # noqa: SIM115
     done = False
     try:
@@ -35,7 +35,7 @@ def atomic_output(path: str, *, fsync: bool = False) -> Iterator[Any]:
         if fsync:
             os.fsync(fd)
         if named is None:
-            named = _link_unnamed(fd, directory, os.path.basename(path))
+            named = name_temporary(fd, directory, os.path.basename(path))
         os.replace(named, path)
         done = True
     finally:
@@ -47,24 +47,29 @@ def atomic_output(path: str, *, fsync: bool = False) -> Iterator[Any]:
                 pass
 
 
-def _temporary(directory: str, name: str) -> tuple[int, str | None]:
+def open_temporary(directory: str, name: str, suffix: str = ".part") -> tuple[int, str | None]:
+    """A new file in ``directory`` open for writing (mode 0600), and its name: None for an
+    unnamed file (``O_TMPFILE``; :func:`name_temporary` gives it one), else a hidden name
+    ``.NAME.RANDOM`` + ``suffix`` where the file system has no unnamed files."""
     flag = getattr(os, "O_TMPFILE", 0)
     if flag:
         try:
             return os.open(directory, flag | os.O_WRONLY, 0o600), None
         except OSError:
             pass  # this file system has no unnamed files: a named one below
-    fd, named = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
+    fd, named = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
     return fd, named
 
 
-def _link_unnamed(fd: int, directory: str, name: str) -> str:
+def name_temporary(fd: int, directory: str, name: str, suffix: str = ".part") -> str:
+    """Links the unnamed file open as ``fd`` into ``directory`` as ``.NAME.RANDOM`` +
+    ``suffix`` and returns that path."""
     # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N gives an O_TMPFILE file a name; os.link uses
     # linkat (not link, which would link the symlink itself) only when given a directory fd.
     proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
     try:
         for _ in range(100):
-            candidate = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.part")
+            candidate = os.path.join(directory, f".{name}.{os.urandom(6).hex()}{suffix}")
             try:
                 os.link(str(fd), candidate, src_dir_fd=proc, follow_symlinks=True)
                 return candidate

@@ -481,6 +481,9 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
     except InvalidArgument as exc:  # unknown store, missing table/column, plain text, ...
         print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except jobs.FileUnreadable as exc:  # a dataset file: not Parquet, permission denied, ...
+        print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)
+        return EXIT_IO
     except (jobs.ReencryptionError, KeyProviderError, ServiceConfigurationError,
             BackendUnavailable) as exc:
         print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)

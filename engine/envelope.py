@@ -64,6 +64,7 @@ from .codecs import (
     interleave,
     scatter,
 )
+from .envelope_extras import keep_extra_members
 from .errors import EngineError
 from .xaes import XAesGcm
 
@@ -724,6 +725,7 @@ def as_binary_tokens(tokens: Any) -> Batch:
 # written back in the kind each value had.
 
 VALUE_NULL, VALUE_BINARY_TOKEN, VALUE_TEXT_TOKEN, VALUE_JSON = range(4)
+_JSON_SPACE = (0x20, 0x09, 0x0A, 0x0D)
 
 
 @dataclass(frozen=True)
@@ -732,7 +734,8 @@ class StoredValues:
 
     Attributes:
         kinds: ``uint8``: ``VALUE_NULL``, ``VALUE_BINARY_TOKEN``, ``VALUE_TEXT_TOKEN`` (``ef1:``
-            text, as str or its bytes) or ``VALUE_JSON`` (a value that starts with ``{``).
+            text, as str or its bytes) or ``VALUE_JSON`` (a value that starts with ``{``,
+            after JSON whitespace).
         valid: ``bool``: the value parses strictly (the rules of :class:`EncryptedData`).
         formats: ``uint8`` token format (JSON values: 2), 0 where not valid.
         key_versions: ``int64``, 0 where not valid.
@@ -773,6 +776,11 @@ def parse_stored_values(values: Batch, present: np.ndarray | None = None, *,
     first = np.full(n, -1, dtype=np.int64)
     nonempty = np.flatnonzero(present & (lengths > 0))
     first[nonempty] = values.data[values.offsets[:-1][nonempty]]
+    # JSON may start with JSON whitespace (EncryptedData.parse reads such values): look past
+    # it, for the few values that have it.
+    for i in np.flatnonzero(np.isin(first, _JSON_SPACE)).tolist():
+        if bytes(values[i]).lstrip(b" \t\n\r")[:1] == b"{":
+            first[i] = ord("{")
     kinds = np.full(n, VALUE_TEXT_TOKEN, dtype=np.uint8)
     kinds[first == MAGIC] = VALUE_BINARY_TOKEN
     kinds[first == ord("{")] = VALUE_JSON
@@ -801,7 +809,7 @@ def parse_stored_values(values: Batch, present: np.ndarray | None = None, *,
 
 
 def format_stored_values(tokens: Batch, kinds: np.ndarray, *, timestamp: datetime | None = None,
-                         threads: int | None = None) -> Batch:
+                         threads: int | None = None, previous: Batch | None = None) -> Batch:
     """Binary tokens written back as the kind of value each replaces: binary tokens as they
     are, text tokens in base64url, JSON values in the JSON envelope (format-2 tokens only).
 
@@ -809,6 +817,8 @@ def format_stored_values(tokens: Batch, kinds: np.ndarray, *, timestamp: datetim
         tokens: one binary token per value (empty for a NULL).
         kinds: ``VALUE_*`` per value, as :func:`parse_stored_values` found them.
         timestamp: the JSON shape's ``timestamp`` (default: now).
+        previous: the stored values these replace (one per token): a JSON value keeps their
+            members that are not the engine's (:func:`engine.envelope_extras.keep_extra_members`).
 
     Raises:
         EnvelopeError: a token that does not parse, or a format-1 token for a JSON value (the
@@ -826,6 +836,9 @@ def format_stored_values(tokens: Batch, kinds: np.ndarray, *, timestamp: datetim
             sub = text_tokens_batch(sub, threads=threads)
         elif kind == VALUE_JSON:
             sub = _tokens_to_json(sub, timestamp, threads)
+            if previous is not None:
+                sub = keep_extra_members(sub, previous if idx.shape[0] == n else
+                                         previous.take(idx, threads=threads))
         parts.append((idx, sub))
     return _merged(n, parts, threads)
 

@@ -70,7 +70,48 @@ class RotationInProgress(EngineError):
 
 
 class VersionStillInUse(InvalidArgument):
-    """A key version to purge still encrypts stored values (an inventory counted them)."""
+    """A key version to purge is still named by stored values (an inventory found them).
+
+    Attributes:
+        version: the version.
+        still_named: (store, column) -> {``readable`` or a failure reason: count}.
+    """
+
+    def __init__(self, version: int, still_named: Mapping[tuple[str, str], Mapping[str, int]]
+                 ) -> None:
+        self.version = version
+        self.still_named = {k: dict(v) for k, v in still_named.items()}
+        total = sum(sum(v.values()) for v in self.still_named.values())
+        unreadable = sum(n for v in self.still_named.values() for k, n in v.items()
+                         if k != "readable")
+        where = "; ".join(f"{store} {column}: " + ", ".join(
+            f"{n} {_PURGE_REASONS.get(k, k)}" for k, n in sorted(counts.items()))
+            for (store, column), counts in sorted(self.still_named.items()))
+        advice = "re-encrypt the readable ones (crypto-engine reencrypt)"
+        if unreadable:
+            advice += ("; the others open only with v{v}'s key: find their AAD rule (or key) and "
+                       "re-encrypt them, or delete those values yourself").format(v=version)
+        super().__init__(f"v{version} is still named by {total} value(s), {unreadable} of them "
+                         f"unreadable here: {where}; {advice}, then take a new inventory")
+
+
+_PURGE_REASONS = {"readable": "readable",
+                  "invalid_tag": "failing authentication (another AAD, key or tampered)",
+                  "unknown_key_version": "under a version this provider does not have",
+                  "malformed": "in a layout the job cannot read (a 12-byte nonce, say)"}
+
+
+def _still_named(inventories: Any, version: int) -> dict[tuple[str, str], dict[str, int]]:
+    """(store, column) -> counts of the values naming ``version``, over every inventory: never
+    summed across stores (the same column name in two stores is two entries); the same store
+    and column in two inventories keeps the larger count of each kind."""
+    left: dict[tuple[str, str], dict[str, int]] = {}
+    for inv in inventories:
+        for column, counts in inv.still_named(version).items():
+            seen = left.setdefault((inv.store, column), {})
+            for why, n in counts.items():
+                seen[why] = max(seen.get(why, 0), n)
+    return left
 
 
 @dataclass(frozen=True)
@@ -409,22 +450,22 @@ class KeyRotationService:
 
         Args:
             inventory: an :class:`engine.reencrypt.Inventory` (or a list of them) taken after
-                re-encryption: the purge is refused while any of them counts a value under
-                ``version``.
+                re-encryption: the purge is refused while any of them finds a value whose
+                header names ``version``, readable or not (a value that fails authentication
+                there, with another AAD rule say, may still open with the right one, but never
+                once the version is gone).
 
         Raises:
             InvalidArgument: the version is not deprecated, or the provider cannot delete.
-            VersionStillInUse: an inventory still counts values under the version.
+            VersionStillInUse: an inventory still finds values under the version; its
+                ``still_named`` maps (store, column) to the counts, and its message says how
+                many and why, per store and column.
         """
         inventories = inventory if isinstance(inventory, (list, tuple)) else \
             [] if inventory is None else [inventory]
-        left = {name: count for inv in inventories
-                for name, count in inv.values_under(version).items() if count}
+        left = _still_named(inventories, version)
         if left:
-            raise VersionStillInUse(
-                f"v{version} still encrypts {sum(left.values())} value(s): " + ", ".join(
-                    f"{name}: {count}" for name, count in sorted(left.items()))
-                + "; re-encrypt them (crypto-engine reencrypt) before purging")
+            raise VersionStillInUse(version, left)
         states = {i.version: i.state for i in self.provider.list_versions()}
         if states.get(version) is not KeyState.DEPRECATED:
             raise InvalidArgument(f"only deprecated versions can be purged; v{version} is not")

@@ -34,6 +34,7 @@ from .envelope import (
     HEADER_BYTES,
     MAGIC,
     TEXT_PREFIX_BYTES,
+    VALUE_JSON,
     EncryptedData,
     StoredValues,
     as_binary_tokens,
@@ -584,7 +585,8 @@ class EncryptionService:
         version and token format, opened with one native pass per group and sealed again under
         the current version with one native pass per format: no per-value Python loop. Binary
         and text tokens keep their kind and format byte; JSON values are written back in the
-        JSON envelope with a new IV and timestamp. The caller's AAD is the same before and
+        JSON envelope with a new IV and timestamp, and keep the members the application
+        stored beside the engine's (:mod:`engine.envelope_extras`). The caller's AAD is the same before and
         after (a format-1 token's header, which names the version, changes with it).
 
         Args:
@@ -642,7 +644,10 @@ class EncryptionService:
         status[moved] = ValueStatus.REENCRYPTED
         if not moved.shape[0]:
             return Reencrypted(batch, status, stored.key_versions, target.version)
-        new_values = format_stored_values(tokens, stored.kinds[moved], threads=threads)
+        json_values = bool((stored.kinds[moved] == VALUE_JSON).any())
+        new_values = format_stored_values(
+            tokens, stored.kinds[moved], threads=threads,
+            previous=batch.take(moved, threads=threads) if json_values else None)
         if moved.shape[0] == n:
             return Reencrypted(new_values, status, stored.key_versions, target.version)
         keep = np.flatnonzero(status != ValueStatus.REENCRYPTED)

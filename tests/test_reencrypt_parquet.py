@@ -75,7 +75,7 @@ def test_a_failing_file_stops_the_job_and_the_rerun_skips_the_files_done(tmp_pat
     with pytest.raises(ColumnNotFound):
         reencrypt(store, COLUMNS, service=new, batch_size=100)
     progress = [n for n in listing(path) if n.startswith("_")]
-    assert progress == ["_engine_reencrypt_progress.json"]
+    assert len(progress) == 1 and progress[0].startswith("_engine_reencrypt_progress.")
     assert not [n for n in listing(path) if n.startswith(".")]  # no temporary left behind
     done = {n: os.stat(n).st_mtime_ns for n in list(plain)[:2]}
     pq.write_table(good, broken)  # repaired
@@ -123,3 +123,76 @@ def test_bad_input(tmp_path):
         reencrypt(open_store(f"parquet://{plain}"), ["ssn"], service=new)
     assert os.stat(os.path.join(plain, "p.parquet")).st_mtime_ns == before
     assert listing(plain) == ["p.parquet"]
+
+
+# ---------------------------------------------------------------- every other column is kept
+
+OWNED = {"ssn", "nonce", "tag", "ciphertext", "key_version"}
+WRITER_CASES = {
+    "zstd-level-7-sorted": dict(compression="zstd", compression_level=7, row_group_size=300,
+                                sorting_columns=[pq.SortingColumn(0)]),
+    "per-column-codecs-int96": dict(
+        compression={"id": "zstd", "ssn": "snappy", "nonce": "none", "tag": "none",
+                     "ciphertext": "gzip", "key_version": "zstd", "ts": "gzip", "city": "brotli",
+                     "amount": "lz4", "where.x": "snappy"},
+        compression_level={"id": 9, "ciphertext": 4, "ts": 2, "city": 6},
+        use_deprecated_int96_timestamps=True, row_group_size=450),
+    "dictionary-statistics-v2-pages": dict(
+        compression="gzip", use_dictionary=["city", "key_version"],
+        write_statistics=["id", "city", "key_version"], data_page_version="2.0",
+        write_page_checksum=True, row_group_size=512),
+    "encodings-bloom-index-v1": dict(
+        version="1.0", compression="snappy", use_dictionary=["city"],
+        column_encoding={"id": "DELTA_BINARY_PACKED", "amount": "BYTE_STREAM_SPLIT"},
+        bloom_filter_options={"id": True}, write_page_index=True, row_group_size=400),
+}
+
+
+def write_users(path: str, service, files: int = 2, rows: int = 1000, **options) -> dict:
+    """Files of ``write_dataset``'s columns plus plain ones (a timestamp, a city, an amount, a
+    struct), written with ``options`` and key-value metadata."""
+    import datetime
+
+    os.makedirs(path, exist_ok=True)
+    key = service.provider.get_current_key()
+    plain = {}
+    for f in range(files):
+        ids = np.arange(f * rows, (f + 1) * rows)
+        ssn = [f"{i:09d}" for i in ids]
+        emails = [f"user{i}@example.com".encode() for i in ids]
+        sealed = key.cipher.seal_batch(emails).to_arrow()
+        start = datetime.datetime(2020, 1, 1)
+        table = pa.table({
+            "id": ids,
+            "ssn": service.encrypt_many(ssn, aad=[f"users:{i}:ssn" for i in ids], arrow=True),
+            "nonce": sealed["nonce"], "tag": sealed["tag"], "ciphertext": sealed["ciphertext"],
+            "key_version": pa.array(np.full(rows, key.version, dtype=np.int32)),
+            "ts": pa.array([start + datetime.timedelta(minutes=int(i)) for i in ids],
+                           pa.timestamp("us")),
+            "city": [f"city{i % 17}" for i in ids],
+            "amount": (ids * 0.37).tolist(),
+            "where": [{"x": int(i) % 5, "y": f"y{i}"} for i in ids],
+        }, metadata={"owner": "crm", "written-by": "nightly"})
+        name = os.path.join(path, f"part-{f}.parquet")
+        pq.write_table(table, name, **options)
+        plain[name] = (ids, ssn, emails)
+    return plain
+
+
+@pytest.mark.parametrize("case", sorted(WRITER_CASES))
+def test_reencrypt_keeps_every_property_of_the_columns_it_does_not_own(tmp_path, case):
+    from parquet_support import assert_kept
+
+    old, new = services()
+    path = str(tmp_path / "users")
+    plain = write_users(path, old, **WRITER_CASES[case])
+    originals = {}
+    for name in plain:
+        originals[name] = str(tmp_path / ("orig-" + os.path.basename(name)))
+        with open(name, "rb") as src, open(originals[name], "wb") as dst:
+            dst.write(src.read())
+    report = reencrypt(open_store(f"parquet://{path}"), COLUMNS, service=new, batch_size=128)
+    assert report.reencrypted == 4000 and report.failed == 0
+    for name in plain:
+        assert_kept(originals[name], name, OWNED)
+    assert_dataset_reads(plain, new, 2)

@@ -21,6 +21,7 @@ process, local worker processes (``workers=N``) or a Dask cluster (``dask="tcp:/
 
 from .errors import (
     ColumnNotFound,
+    FileUnreadable,
     IndexMismatch,
     NotEncrypted,
     ReencryptionError,
@@ -28,6 +29,7 @@ from .errors import (
     StoreUnavailable,
     TableNotFound,
     UnknownStore,
+    UnsupportedFile,
     WorkerKeyMismatch,
     WrongKeyOrAad,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "ColumnNotFound",
     "IndexMismatch",
     "Failure",
+    "FileUnreadable",
     "Inventory",
     "NotEncrypted",
     "ParquetStore",
@@ -55,6 +58,7 @@ __all__ = [
     "StoreUnavailable",
     "TableNotFound",
     "UnknownStore",
+    "UnsupportedFile",
     "WorkerKeyMismatch",
     "WrongKeyOrAad",
     "handover",

@@ -6,6 +6,7 @@ from ..errors import EngineError, InvalidArgument
 
 __all__ = [
     "ColumnNotFound",
+    "FileUnreadable",
     "IndexMismatch",
     "NotEncrypted",
     "ReencryptionError",
@@ -13,6 +14,7 @@ __all__ = [
     "StoreUnavailable",
     "TableNotFound",
     "UnknownStore",
+    "UnsupportedFile",
     "WorkerKeyMismatch",
     "WrongKeyOrAad",
 ]
@@ -62,3 +64,13 @@ class SchedulerUnavailable(ReencryptionError, RuntimeError):
 class WorkerKeyMismatch(ReencryptionError, RuntimeError):
     """A worker's encryption service does not hold the coordinator's current key: it would
     seal values under a key the application does not use, so the job stops."""
+
+
+class FileUnreadable(StoreUnavailable, OSError):
+    """A file of a Parquet dataset cannot be read or written (not Parquet, truncated,
+    permission denied, no space left); the message names it."""
+
+
+class UnsupportedFile(ReencryptionError, InvalidArgument):
+    """A file of a Parquet dataset the job cannot rewrite as it is: a symbolic link, or a
+    property pyarrow cannot write back (the message names it)."""

@@ -284,6 +284,7 @@ class _Job:
         if isinstance(self.store, ParquetStore):
             if not persist:
                 return self.store.partitions(set())
+            self.store.check_rewritable()
             self.store.remove_stale_temporaries()
             self._done_files = self.store.load_progress(self.job_id)
             return self.store.partitions(self._done_files)

@@ -18,19 +18,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..parquet_rewrite import CannotKeepParquet, ParquetUnreadable, rewrite_parquet
 from ..service import EncryptionService, ValueStatus
+from .errors import FileUnreadable, UnsupportedFile
 from .reindex import build_indexes
 from .report import FAILURES, ColumnCounts, Failure, PartitionResult, reason
-from .spec import Column
-from .stores.parquet import ParquetStore, file_signature, fsync_directory, temporary_for
+from .spec import Column, row_fields
+from .stores.parquet import ParquetStore, Temporary, file_state, replacing
 from .stores.sql import ColumnWrite, Partition, ReadBatch
 from .transform import KeyCheck, index_of, reseal, status_of, values_of
 
 __all__ = ["JobSpec", "LocalCrypto", "process_partition"]
 
 Observer = Callable[[str, dict], None]
-# Parquet metadata names codecs differently from ParquetWriter in two cases.
-_WRITER_CODECS = {"uncompressed": "none", "lz4_raw": "lz4"}
 OnBatch = Callable[[int, "dict[str, ColumnCounts] | None"], None]
 
 
@@ -94,13 +94,15 @@ def process_partition(spec: JobSpec, part: Partition, crypto: Any, *,
         on_batch: called after each committed batch with its row count and per-column counts
             (None for Parquet, whose values count once the file is in place).
         observer: called as ``observer("read", {"partition": i, "keys": [...]})`` after a
-            batch is re-sealed and before it is written (tests change rows there).
+            batch is re-sealed and before it is written (tests change rows there); for a
+            Parquet file, ``observer("read", {"partition": i, "file": path})`` once its new
+            version is written and before it replaces the file.
 
     Raises:
         StoreUnavailable: the store failed; committed batches stay committed.
     """
     if isinstance(spec.store, ParquetStore):
-        return _process_file(spec, part, crypto, on_batch)
+        return _process_file(spec, part, crypto, on_batch, observer)
     return _process_range(spec, part, crypto, on_batch, observer)
 
 
@@ -176,72 +178,158 @@ def _write_batch(spec: JobSpec, conn: Any, kinds: dict[str, str], part: Partitio
         on_batch(len(batch.keys), delta)
 
 
-def _process_file(spec: JobSpec, part: Partition, crypto: Any,
-                  on_batch: OnBatch | None) -> PartitionResult:
+def _process_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch | None,
+                  observer: Observer | None) -> PartitionResult:
+    """One file: read-only for an inventory; else rewritten through
+    :func:`engine.parquet_rewrite.rewrite_parquet` (only the job's columns change; codecs, row
+    groups, encodings and everything else are kept) into a locked temporary beside it, which
+    replaces it only if the file is still byte for byte what was read."""
+    store = spec.store
+    path = part.file
+    name = os.path.basename(path)
+    result = _empty_result(spec.columns)
+    if spec.check_only:
+        return _scan_file(spec, part, crypto, on_batch, result)
+    before = file_state(path)
+    if before is None:  # deleted (or a link put in its place) since the job listed it
+        return result
+    owned = {n for c in spec.columns for n in c.stored_columns()} | \
+        {d.name for c in spec.columns for d in c.indexes}
+    needed = list(dict.fromkeys([n for c in spec.columns for n in c.read_columns()]
+                                + list(row_fields(spec.columns))))
+    first_row = [0]
+
+    def transform(_index: int, table: Any) -> dict[str, Any] | None:
+        store.check_schema(table.schema, spec.columns, name)  # the file may be new
+        new: dict[str, list[Any]] = {}
+        moved = offset = 0
+        pending: collections.deque[tuple[Any, Future]] = collections.deque()
+
+        def take() -> None:
+            nonlocal moved, offset
+            rb, future = pending.popleft()
+            moved += _take_file_batch(spec, rb, future.result(), table, offset, first_row,
+                                      name, result, on_batch, new)
+            offset += rb.num_rows
+
+        try:
+            for rb in table.select(needed).to_batches(max_chunksize=spec.batch_size):
+                pending.append((rb, crypto.submit(rb)))
+                while len(pending) > crypto.depth:
+                    take()
+            while pending:
+                take()
+        finally:
+            for _rb, future in pending:
+                future.cancel()
+        if not moved:
+            return None
+        return {column: _concat(arrays) for column, arrays in new.items()}
+
+    try:
+        with Temporary(path) as tmp:
+            done = rewrite_parquet(path, tmp.target, transform, columns=owned,
+                                   use_threads=spec.threads is None or spec.threads > 1)
+            if observer is not None:
+                observer("read", {"partition": part.index, "file": path})
+            if not done.written:
+                return result
+            with replacing(path):  # another job's check and rename wait for ours
+                if file_state(path) != before:  # the application rewrote (or removed) it
+                    return _changed_meanwhile(result)
+                tmp.replace(before)
+    except CannotKeepParquet as exc:
+        raise UnsupportedFile(f"{store.display}: {path}: {exc}") from None
+    except (ParquetUnreadable, OSError) as exc:
+        try:
+            changed = file_state(path) != before
+        except OSError:
+            changed = False
+        if changed:  # it changed under the read: the next pass takes it
+            return _changed_meanwhile(result)
+        if isinstance(exc, FileUnreadable):
+            raise
+        raise FileUnreadable(f"{store.display}: {path} cannot be read or rewritten "
+                             f"({_first_line(exc)})") from None
+    return result
+
+
+def _take_file_batch(spec: JobSpec, rb: Any, resealed: Any, table: Any, offset: int,
+                     first_row: list[int], name: str, result: PartitionResult,
+                     on_batch: OnBatch | None, new: dict[str, list[Any]]) -> int:
+    """Counts one re-sealed batch (rows ``offset``... of the row group ``table``) and keeps its
+    new values of the columns the job owns (the old ones where nothing moved); returns how
+    many values moved."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    delta = _count_batch(spec, resealed, lambda r, base=first_row[0]: f"{name}#{base + r}",
+                         result)
+    first_row[0] += rb.num_rows
+    result.rows += rb.num_rows
+    for column, counts in delta.items():
+        result.columns[column].merge(counts)
+    if on_batch is not None:
+        on_batch(rb.num_rows, None)
+    moved = 0
+    for i, column in enumerate(spec.columns):
+        reencrypted = status_of(resealed, i) == ValueStatus.REENCRYPTED
+        moved += int(reencrypted.sum())
+        for stored in column.stored_columns():
+            new.setdefault(stored, []).append(values_of(resealed, i, stored))
+        for definition in column.indexes:
+            old = table.column(definition.name).slice(offset, rb.num_rows).combine_chunks()
+            new.setdefault(definition.name, []).append(
+                pc.if_else(pa.array(reencrypted),
+                           index_of(resealed, i, definition.name).cast(old.type), old))
+    return moved
+
+
+def _scan_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch | None,
+               result: PartitionResult) -> PartitionResult:
+    """An inventory of one file: every batch opened, nothing written."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = part.file
     name = os.path.basename(path)
-    result = _empty_result(spec.columns)
-    before = file_signature(path)
-    source = pq.ParquetFile(path)
-    spec.store.check_schema(source.schema_arrow, spec.columns, name)  # the file may be new
-    meta = source.metadata
-    codec = (meta.row_group(0).column(0).compression.lower()
-             if meta.num_row_groups and meta.num_columns else "snappy")
-    codec = _WRITER_CODECS.get(codec, codec)
-    tmp = temporary_for(path)
-    writer = None
-    moved = 0
     first_row = 0
     try:
-        for rb in source.iter_batches(batch_size=spec.batch_size,
-                                      use_threads=spec.threads is None or spec.threads > 1):
+        source = pq.ParquetFile(path)
+        spec.store.check_schema(source.schema_arrow, spec.columns, name)  # the file may be new
+        batches = source.iter_batches(batch_size=spec.batch_size,
+                                      use_threads=spec.threads is None or spec.threads > 1)
+        for rb in batches:
             resealed = crypto.submit(rb).result()
-            delta = _count_batch(spec, resealed, lambda r, base=first_row: f"{name}#{base + r}",
-                                 result)
+            delta = _count_batch(spec, resealed,
+                                 lambda r, base=first_row: f"{name}#{base + r}", result)
             first_row += rb.num_rows
             result.rows += rb.num_rows
             for column, counts in delta.items():
                 result.columns[column].merge(counts)
             if on_batch is not None:
                 on_batch(rb.num_rows, None)
-            if spec.check_only:
-                continue
-            arrays = list(rb.columns)
-            for i, column in enumerate(spec.columns):
-                reencrypted = status_of(resealed, i) == ValueStatus.REENCRYPTED
-                if not reencrypted.any():
-                    continue
-                for stored in column.stored_columns():
-                    arrays[rb.schema.get_field_index(stored)] = values_of(resealed, i, stored)
-                for definition in column.indexes:
-                    at = rb.schema.get_field_index(definition.name)
-                    arrays[at] = pc.if_else(pa.array(reencrypted),
-                                            index_of(resealed, i, definition.name).cast(
-                                                arrays[at].type), arrays[at])
-                moved += int(reencrypted.sum())
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, source.schema_arrow, compression=codec)
-            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=rb.schema))
-        if writer is None or not moved:
-            return result
-        writer.close()
-        writer = None
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if file_signature(path) != before:  # the application rewrote the file meanwhile
-            for counts in result.columns.values():
-                counts.changed += counts.reencrypted
-                counts.reencrypted = 0
-            return result
-        os.replace(tmp, path)
-        fsync_directory(os.path.dirname(os.path.abspath(path)))
-        return result
-    finally:
-        if writer is not None:
-            writer.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except (pa.ArrowException, OSError) as exc:
+        raise FileUnreadable(f"{spec.store.display}: {path} cannot be read "
+                             f"({_first_line(exc)})") from None
+    return result
+
+
+def _changed_meanwhile(result: PartitionResult) -> PartitionResult:
+    """The values a discarded rewrite would have moved, counted as changed (left for the next
+    pass)."""
+    for counts in result.columns.values():
+        counts.changed += counts.reencrypted
+        counts.reencrypted = 0
+    return result
+
+
+def _concat(arrays: list[Any]) -> Any:
+    import pyarrow as pa
+
+    return arrays[0] if len(arrays) == 1 else pa.chunked_array(arrays)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

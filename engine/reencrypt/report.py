@@ -18,6 +18,10 @@ __all__ = ["ColumnCounts", "Failure", "Inventory", "ReencryptionReport"]
 UNINDEXABLE = len(ValueStatus)
 FAILURES = (ValueStatus.UNKNOWN_KEY_VERSION, ValueStatus.MALFORMED, ValueStatus.INVALID_TAG,
             UNINDEXABLE)
+#: Unreadable values that may still name a key version (a token or envelope that does not parse
+#: names none; a row of the three-column layout names one in its key-version column).
+NAMED_UNREADABLE = (ValueStatus.INVALID_TAG, ValueStatus.UNKNOWN_KEY_VERSION,
+                    ValueStatus.MALFORMED)
 READABLE = (ValueStatus.CURRENT, ValueStatus.REENCRYPTED, ValueStatus.OUTDATED, UNINDEXABLE)
 
 
@@ -43,6 +47,10 @@ class ColumnCounts:
         changed: re-encrypted values the application changed between the job's read and its
             write: not written, left for the next pass.
         versions: readable values per key version (before this job moved them).
+        unreadable_versions: values whose header names a key version but that cannot be
+            read, per version and reason (``invalid_tag``, ``unknown_key_version``, and
+            ``malformed`` for a three-column row the job cannot read): they open only with
+            that version's key, so purging it loses them.
     """
 
     values: int = 0
@@ -56,6 +64,7 @@ class ColumnCounts:
     unindexable: int = 0
     changed: int = 0
     versions: dict[int, int] = field(default_factory=dict)
+    unreadable_versions: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -72,6 +81,15 @@ class ColumnCounts:
         v, c = np.unique(versions[readable], return_counts=True)
         for version, count in zip(v.tolist(), c.tolist()):
             self.versions[version] = self.versions.get(version, 0) + count
+        for s in NAMED_UNREADABLE:
+            named = (status == s) & (versions > 0)
+            v, c = np.unique(versions[named], return_counts=True)
+            for version, count in zip(v.tolist(), c.tolist()):
+                self._add_unreadable(version, reason(s), count)
+
+    def _add_unreadable(self, version: int, why: str, count: int) -> None:
+        by_reason = self.unreadable_versions.setdefault(version, {})
+        by_reason[why] = by_reason.get(why, 0) + count
 
     def merge(self, other: "ColumnCounts") -> None:
         for name in ("values", "current", "reencrypted", "outdated", "null",
@@ -79,17 +97,24 @@ class ColumnCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for version, count in other.versions.items():
             self.versions[version] = self.versions.get(version, 0) + count
+        for version, by_reason in other.unreadable_versions.items():
+            for why, count in by_reason.items():
+                self._add_unreadable(version, why, count)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["failed"] = self.failed
         d["versions"] = {str(k): v for k, v in sorted(self.versions.items())}
+        d["unreadable_versions"] = {str(k): dict(sorted(v.items()))
+                                    for k, v in sorted(self.unreadable_versions.items())}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ColumnCounts":
         d = {k: v for k, v in d.items() if k != "failed"}
         d["versions"] = {int(k): v for k, v in d.get("versions", {}).items()}
+        d["unreadable_versions"] = {int(k): dict(v) for k, v in
+                                    d.get("unreadable_versions", {}).items()}
         return cls(**d)
 
 
@@ -164,6 +189,20 @@ class Inventory(_Report):
         count): what purging that version would make unreadable."""
         prefix = f"{self.table}." if self.table else ""
         return {prefix + name: c.versions.get(version, 0) for name, c in self.columns.items()}
+
+    def still_named(self, version: int) -> dict[str, dict[str, int]]:
+        """Every value whose header names ``version``, readable or not, per column
+        (``table.column`` -> {``readable`` or a failure reason: count}); columns with none
+        are left out. Purging the version makes all of them unreadable for good."""
+        prefix = f"{self.table}." if self.table else ""
+        out = {}
+        for name, c in self.columns.items():
+            counts = {"readable": c.versions.get(version, 0),
+                      **c.unreadable_versions.get(version, {})}
+            counts = {k: n for k, n in counts.items() if n}
+            if counts:
+                out[prefix + name] = counts
+        return out
 
     def all_current(self) -> bool:
         """True when every non-NULL value is readable and under the current version."""

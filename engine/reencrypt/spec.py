@@ -161,8 +161,10 @@ def _as_text(col: Any, name: str) -> Any:
 @dataclass(frozen=True)
 class SealedLayout:
     """The three columns of :meth:`engine.SealedBatch.to_arrow` plus the key version, as
-    stored in Parquet. The AAD is the caller's only (as with ``seal_batch``); nonces are 16
-    bytes (the service's IVs)."""
+    stored in Parquet. The AAD is the caller's only (as with ``seal_batch``); a row's nonce
+    is 16 bytes under an AES-256-GCM version (the service's IVs) or 24 under an XAES-256-GCM
+    one. Moving rows onto an XAES-256-GCM version needs a nonce column that holds 24 bytes
+    (``binary``, not ``fixed_size_binary(16)``)."""
 
     nonce: str = "nonce"
     tag: str = "tag"

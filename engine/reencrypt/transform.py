@@ -22,8 +22,15 @@ import numpy as np
 from ..aead import random_bytes
 from ..batch import Batch, SealedBatch
 from ..blind_index import NormalisationError
-from ..envelope import FORMAT_UNBOUND, MAX_KEY_VERSION, pack_tokens, parse_tokens
-from ..errors import InvalidTag
+from ..codecs import interleave
+from ..envelope import (
+    FORMAT_UNBOUND,
+    FORMAT_XAES_UNBOUND,
+    MAX_KEY_VERSION,
+    pack_tokens,
+    parse_tokens,
+)
+from ..errors import InvalidArgument, InvalidTag
 from ..keys import UnknownKeyVersion
 from ..service import EncryptionService, ValueStatus
 from .errors import ColumnNotFound, WorkerKeyMismatch
@@ -34,6 +41,8 @@ __all__ = ["KeyCheck", "from_ipc", "index_of", "reseal", "status_of", "stored_in
            "to_ipc", "values_of", "worker_service"]
 
 _CHECK_AAD = b"engine-reencrypt-key-check"
+#: The nonce sizes of the three-column layout: AES-256-GCM's 16-byte IVs, XAES-256-GCM's 24.
+SEALED_NONCE_SIZES = (16, 24)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class KeyCheck:
     @classmethod
     def of(cls, service: EncryptionService) -> "KeyCheck":
         key = service.provider.get_current_key()
-        nonce = random_bytes(16)
+        nonce = random_bytes(key.cipher.NONCE_SIZE)  # 12-16 bytes for AES-GCM, 24 for XAES
         return cls(key.version, nonce, key.cipher.encrypt(nonce, random_bytes(16), _CHECK_AAD))
 
     def verify(self, service: EncryptionService) -> None:
@@ -63,7 +72,7 @@ class KeyCheck:
         try:
             service.provider.get_key(self.version).cipher.decrypt(self.nonce, self.sealed,
                                                                   _CHECK_AAD)
-        except (InvalidTag, UnknownKeyVersion):
+        except (InvalidTag, UnknownKeyVersion, InvalidArgument):  # another algorithm: its nonce
             same = False
         if not same:  # raised here, outside the handler: the error carries no context
             raise WorkerKeyMismatch(
@@ -255,62 +264,105 @@ def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionServ
                    check_only: bool, threads: int | None,
                    keep: Callable[[np.ndarray, Batch], None] | None) -> ColumnPass:
     """The three-column layout: each row's nonce, ciphertext and tag under its key version are
-    handed to the service as a format-2 token (the layout's AAD is the caller's only), and
-    the tokens it returns are split back into the same columns."""
+    handed to the service as an unbound token (the layout's AAD is the caller's only) of the
+    format its nonce size names (16 bytes: AES-256-GCM, 24: XAES-256-GCM), and the values the
+    service moved are split back into the same columns."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     layout = column.sealed
     nonce, tag, ct, ver = (column_of(batch, n) for n in layout.names())
     n = len(ct)
-    for name, arr in ((layout.nonce, nonce), (layout.tag, tag)):
-        width = getattr(arr.type, "byte_width", None)
+    for name, arr, widths in ((layout.nonce, nonce, SEALED_NONCE_SIZES), (layout.tag, tag, (16,))):
+        width = _fixed_width(arr.type)
         if width is None and not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
             raise ColumnNotFound(f"column {name!r} is {arr.type}; nonces and tags are binary")
-        if width not in (None, 16):
+        if width is not None and width not in widths:
             raise ColumnNotFound(f"column {name!r} holds {width}-byte values; the layout needs "
-                                 "16-byte nonces and tags")
+                                 f"{' or '.join(map(str, widths))}-byte values")
     if not pa.types.is_integer(ver.type):
         raise ColumnNotFound(f"column {layout.key_version!r} is {ver.type}; key versions are "
                              "integers")
+    if not check_only:
+        _check_sealed_target(layout, nonce.type, ver.type, service)
+
     def flag(arr: Any) -> np.ndarray:
         return arr.to_numpy(zero_copy_only=False)
 
     present = ~(flag(pc.is_null(ct)) | flag(pc.is_null(nonce)) | flag(pc.is_null(tag))
                 | flag(pc.is_null(ver)))
     versions = flag(pc.fill_null(ver, 0)).astype(np.int64)
-    shaped = present & (versions >= 1) & (versions <= MAX_KEY_VERSION)
-    for arr in (nonce, tag):
-        shaped &= flag(pc.fill_null(pc.binary_length(arr), 0)) == 16
+    nonce_sizes = flag(pc.fill_null(pc.binary_length(nonce), 0))
+    shaped = (present & (versions >= 1) & (versions <= MAX_KEY_VERSION)
+              & np.isin(nonce_sizes, SEALED_NONCE_SIZES)
+              & (flag(pc.fill_null(pc.binary_length(tag), 0)) == 16))
     rows = np.flatnonzero(shaped)
     status = np.full(n, ValueStatus.MALFORMED, dtype=np.uint8)
     status[~present] = ValueStatus.NULL
     found = np.zeros(n, dtype=np.int64)
-    take = pa.array(rows)
-
-    def fixed(arr: Any) -> Batch:
-        return Batch.from_arrow(arr.take(take).cast(pa.large_binary()))
-
-    sealed = SealedBatch(nonces=fixed(nonce), tags=fixed(tag),
-                         ciphertexts=Batch.from_arrow(ct.take(take).cast(pa.large_binary())))
-    tokens = pack_tokens(sealed, versions[rows], FORMAT_UNBOUND)
+    parts = []
+    for size, fmt in ((16, FORMAT_UNBOUND), (24, FORMAT_XAES_UNBOUND)):
+        local = np.flatnonzero(nonce_sizes[rows] == size)
+        if not local.shape[0]:
+            continue
+        take = pa.array(rows[local])
+        nonces, tags, cts = (Batch.from_arrow(arr.take(take).cast(pa.large_binary()))
+                             for arr in (nonce, tag, ct))
+        sealed = SealedBatch(nonces=nonces, tags=tags, ciphertexts=cts)
+        parts.append((local, pack_tokens(sealed, versions[rows[local]], fmt)))
+    tokens = parts[0][1] if len(parts) == 1 else interleave(rows.shape[0], parts)
     aad = aad.take(rows) if isinstance(aad, Batch) else aad
     result = service.reencrypt_many(
         tokens, aad, check_only=check_only, threads=threads,
         plaintext=None if keep is None else lambda at, plain: keep(rows[at], plain))
     status[rows] = result.status
     found[rows] = result.key_versions
+    # A row the layout cannot read (a 12-byte nonce, say) still names its key version: an
+    # inventory counts it there, so a purge of that version is refused.
+    named = present & ~shaped & (versions >= 1) & (versions <= MAX_KEY_VERSION)
+    found[named] = versions[named]
     done = ColumnPass(status, found, result.target_version, {}, tokens, aad, rows)
     if check_only:
         return done
-    out = parse_tokens(result.values)
+    moved = np.flatnonzero(result.status == ValueStatus.REENCRYPTED)
+    out = parse_tokens(result.values.take(moved))  # one format: the target version's
+    at = rows[moved]
     done.new.update({
-        layout.nonce: _scatter(nonce, rows, out.nonces),
-        layout.tag: _scatter(tag, rows, out.tags),
-        layout.ciphertext: _scatter(ct, rows, out.ciphertexts.to_arrow()),
-        layout.key_version: _scatter(ver, rows, out.key_versions),
+        layout.nonce: _scatter(nonce, at, out.nonces),
+        layout.tag: _scatter(tag, at, out.tags),
+        layout.ciphertext: _scatter(ct, at, out.ciphertexts.to_arrow()),
+        layout.key_version: _scatter(ver, at, out.key_versions),
     })
     return done
+
+
+def _fixed_width(t: Any) -> int | None:
+    """The width of a ``fixed_size_binary`` type, None for any other (pyarrow raises
+    ``ValueError`` for ``byte_width`` of a variable-width type)."""
+    import pyarrow as pa
+
+    return t.byte_width if pa.types.is_fixed_size_binary(t) else None
+
+
+def _check_sealed_target(layout: Any, nonce_type: Any, version_type: Any,
+                         service: EncryptionService) -> None:
+    """Raises :class:`ColumnNotFound` when the layout's columns cannot hold what the current
+    key version writes: a fixed-size nonce column of another width than its algorithm's
+    nonces, or a key-version column too narrow for its number."""
+    import pyarrow as pa
+
+    target = service.provider.get_current_key()
+    size = target.cipher.NONCE_SIZE
+    width = _fixed_width(nonce_type)
+    if width is not None and width != size:
+        raise ColumnNotFound(
+            f"column {layout.nonce!r} is {nonce_type}: it cannot hold the {size}-byte nonces of "
+            f"key version {target.version} ({target.algorithm}); make it binary")
+    try:
+        pa.scalar(target.version, pa.int64()).cast(version_type)
+    except (pa.ArrowInvalid, OverflowError):
+        raise ColumnNotFound(f"column {layout.key_version!r} is {version_type}: it cannot hold "
+                             f"key version {target.version}") from None
 
 
 def _scatter(original: Any, rows: np.ndarray, new: Any) -> Any:

@@ -11,17 +11,23 @@ both kinds of file (names starting with ``_`` and ``.``).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from ..errors import ColumnNotFound, StoreUnavailable, TableNotFound
+from ...atomic_file import name_temporary, open_temporary
+from ..errors import ColumnNotFound, FileUnreadable, StoreUnavailable, TableNotFound, UnsupportedFile
 from ..spec import Column, row_fields
 from .sql import Partition
 
-__all__ = ["ParquetStore"]
+__all__ = ["FileState", "ParquetStore", "Temporary", "file_state", "replacing"]
 
 TMP_SUFFIX = ".reencrypt.tmp"
 
@@ -33,11 +39,12 @@ class ParquetStore:
 
     Args:
         path: the directory or the file.
-        progress_file: the name of the checkpoint file in the dataset's directory.
+        progress_file: the name of the checkpoint files in the dataset's directory (each job
+            adds its own hash before the extension).
     """
 
     path: str
-    progress_file: str = "_engine_reencrypt_progress.json"
+    progress_file: str = "_engine_reencrypt_progress.json"  # per job: NAME.<job hash>.json
 
     scheme = "parquet"
     table = None
@@ -55,9 +62,12 @@ class ParquetStore:
     def files(self) -> list[str]:
         """The dataset's files, sorted.
 
+        Discovery is pyarrow's (names starting with ``_`` or ``.`` are skipped); no file is
+        opened here, so one that is not Parquet is named when it is read.
+
         Raises:
-            TableNotFound: the path does not exist or holds no Parquet file.
-            StoreUnavailable: a file cannot be read as Parquet.
+            TableNotFound: the path does not exist or holds no file.
+            FileUnreadable: a directory cannot be listed.
         """
         import pyarrow as pa
         import pyarrow.dataset as ds
@@ -65,26 +75,40 @@ class ParquetStore:
         if not os.path.exists(self.path):
             raise TableNotFound(f"{self.display}: no such file or directory")
         try:
-            files = sorted(ds.dataset(self.path, format="parquet").files)
-        except (pa.ArrowInvalid, OSError) as exc:
+            # an empty schema: list the files without opening one (the first would be read)
+            files = sorted(ds.dataset(self.path, format="parquet", schema=pa.schema([])).files)
+        except (pa.ArrowException, OSError) as exc:
             failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
             if not files:
                 raise TableNotFound(f"{self.display} holds no Parquet file")
             return files
-        raise StoreUnavailable(f"{self.display}: {failure}")
+        raise FileUnreadable(f"{self.display}: {failure}")
 
     def schemas(self) -> list[tuple[str, Any]]:
         """(file, its own schema) for every file: files of one dataset may differ, and a
-        file is rewritten with its own columns."""
+        file is rewritten with its own columns.
+
+        Raises:
+            FileUnreadable: a file is not Parquet or cannot be read (the message names it).
+        """
+        return [(f, self.read_schema(f)) for f in self.files()]
+
+    def read_schema(self, path: str) -> Any:
+        """The Arrow schema of one file of the dataset.
+
+        Raises:
+            FileUnreadable: the file is not Parquet or cannot be read.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            return [(f, pq.read_schema(f)) for f in self.files()]
-        except (pa.ArrowInvalid, OSError) as exc:
+            return pq.read_schema(path)
+        except (pa.ArrowException, OSError) as exc:
             failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        raise StoreUnavailable(f"{self.display}: {failure}")
+        raise FileUnreadable(f"{self.display}: {path} cannot be read as Parquet ({failure}); "
+                             "repair it or move it out of the dataset")
 
     def check(self, columns: Sequence[Column]) -> None:
         """Raises ColumnNotFound for a column that is missing from a file or of a type that
@@ -127,9 +151,17 @@ class ParquetStore:
                                      "or integer columns")
 
     def count(self) -> int:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files())
+        total = 0
+        for f in self.files():
+            try:
+                total += pq.read_metadata(f).num_rows
+            except (pa.ArrowException, OSError):
+                self.read_schema(f)  # raises FileUnreadable naming the file
+                raise
+        return total
 
     def partitions(self, done: set[str]) -> list[Partition]:
         """One partition per file not in ``done``."""
@@ -137,48 +169,226 @@ class ParquetStore:
 
     # ---- progress ----
 
-    @property
-    def progress_path(self) -> Path:
-        return self.directory / self.progress_file
+    def progress_path(self, job: str) -> Path:
+        """The checkpoint of ``job``: one file per job and dataset (a one-file dataset keeps it
+        in the file's directory), so jobs on other columns or files never overwrite or delete
+        another's."""
+        stem = self.progress_file.removesuffix(".json")
+        ident = hashlib.sha256(f"{os.path.abspath(self.path)}\0{job}".encode()).hexdigest()[:16]
+        return self.directory / f"{stem}.{ident}.json"
 
     def load_progress(self, job: str) -> set[str]:
         """The files an earlier run of ``job`` finished."""
+        path = self.progress_path(job)
         try:
-            data = json.loads(self.progress_path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             return set()
-        except ValueError:
-            raise StoreUnavailable(f"the checkpoint {self.progress_path} is corrupt; remove it "
-                                   "to start the job over") from None
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get(job, []), list):
+            raise StoreUnavailable(f"the checkpoint {path} is corrupt; remove it to start the "
+                                   "job over")
         return set(data.get(job, []))
 
     def save_progress(self, job: str, done: set[str]) -> None:
         """Records the files of ``job`` done so far (atomically: temp file, fsync, rename)."""
-        write_atomically(self.progress_path,
-                         json.dumps({job: sorted(done)}, indent=0).encode())
+        write_atomically(self.progress_path(job), json.dumps({job: sorted(done)}, indent=0).encode())
 
     def forget(self, job: str) -> None:
         try:
-            self.progress_path.unlink()
+            self.progress_path(job).unlink()
         except FileNotFoundError:
             pass
 
     def remove_stale_temporaries(self) -> None:
-        """Deletes temporary files a killed run left behind (never a dataset file)."""
-        for root, _dirs, names in os.walk(self.directory):
+        """Deletes the temporary files of jobs that died (a SIGKILL leaves one behind); never a
+        dataset file, nor the temporary of a live job: each job holds a lock on its own (see
+        :class:`Temporary`) for as long as it lives, and the kernel drops it when it dies."""
+        if os.path.isdir(self.path):
+            found = ((root, names) for root, _dirs, names in os.walk(self.directory))
+        else:  # one file: its own directory only, not every dataset beside it
+            found = iter([(str(self.directory), os.listdir(self.directory))])
+        for root, names in found:
             for name in names:
                 if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                    os.unlink(os.path.join(root, name))
+                    _remove_if_unowned(os.path.join(root, name))
+
+    def check_rewritable(self) -> None:
+        """Refuses a dataset a job could not rewrite file by file: a file that is a symbolic
+        link (renaming over it would replace the link, not the file it names), or a directory
+        the job cannot create files in.
+
+        Raises:
+            UnsupportedFile: a symbolic link.
+            FileUnreadable: a directory without write access.
+        """
+        directories = {str(self.directory)}
+        for path in self.files():
+            if os.path.islink(path):
+                raise UnsupportedFile(
+                    f"{self.display}: {path} is a symbolic link; a job replaces files by "
+                    "renaming over them, which would replace the link: give the job the "
+                    "directory of the files it names")
+            directories.add(os.path.dirname(os.path.abspath(path)))
+        for directory in sorted(directories):
+            try:  # a real file, not os.access: root passes that where it cannot write either
+                Temporary(os.path.join(directory, "probe")).close()
+            except OSError as exc:
+                raise FileUnreadable(
+                    f"{self.display}: cannot create files in {directory} ({exc.strerror}); a "
+                    "job writes each new file beside the one it replaces") from None
 
 
-def file_signature(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+@dataclass(frozen=True)
+class FileState:
+    """What the optimistic check compares: a file's identity (device, inode, and that it is
+    a regular file and not a link put in its place), its size and times, and a SHA-256 of its
+    bytes, which sees an in-place rewrite that keeps the size within one tick of the file
+    system's clock (or that sets the times back)."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    digest: bytes
+    mode: int
+    uid: int
+    gid: int
 
 
-def temporary_for(path: str) -> str:
-    p = Path(path)
-    return str(p.with_name(f".{p.name}.{os.getpid()}{TMP_SUFFIX}"))
+def file_state(path: str) -> FileState | None:
+    """The state of the file at ``path`` (its link, not what a link names), or None when there
+    is no regular file there any more."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symbolic link now stands there
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        with open(fd, "rb", closefd=False) as f:
+            digest = hashlib.file_digest(f, "sha256").digest()
+        st = os.fstat(fd)  # the times as they were once read through (a write meanwhile shows)
+    finally:
+        os.close(fd)
+    return FileState(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest,
+                     stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+
+
+class Temporary:
+    """A new file beside ``path`` that a job writes and then renames over ``path``.
+
+    It is created unnamed where the file system allows (``O_TMPFILE``: a SIGKILL leaves
+    nothing) and locked (``flock``) before it has a name, so
+    :meth:`ParquetStore.remove_stale_temporaries` of another job never takes it for a dead
+    job's; where it must be named from the start, the name is checked once the lock is held.
+    ``target`` is a path pyarrow can write to and read back.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.directory = os.path.dirname(os.path.abspath(path))
+        self._name = os.path.basename(path)
+        for _ in range(100):
+            fd, named = open_temporary(self.directory, self._name, TMP_SUFFIX)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: the file is this job's
+            if named is None or _same_file(fd, named):
+                break
+            os.close(fd)  # a cleaner removed it before the lock was taken: another one
+        else:
+            raise FileUnreadable(f"cannot create a temporary file in {self.directory}")
+        self.fd, self.named = fd, named
+        self.target = named if named is not None else f"/proc/self/fd/{fd}"
+
+    def replace(self, state: FileState) -> None:
+        """Gives the file ``state``'s mode and owner, flushes it, and renames it over the path
+        (atomic on POSIX), then flushes the directory.
+
+        Raises:
+            FileUnreadable: the owner cannot be kept (the job runs as another user).
+        """
+        os.fchmod(self.fd, state.mode)
+        st = os.fstat(self.fd)
+        if (st.st_uid, st.st_gid) != (state.uid, state.gid):
+            try:
+                os.fchown(self.fd, state.uid, state.gid)
+            except PermissionError:
+                raise FileUnreadable(
+                    f"{self.path} belongs to uid {state.uid} gid {state.gid}; this job cannot "
+                    "give its new file the same owner: run it as that user (or root)") from None
+        os.fsync(self.fd)
+        if self.named is None:
+            self.named = name_temporary(self.fd, self.directory, self._name, TMP_SUFFIX)
+        os.replace(self.named, self.path)
+        self.named = None
+        fsync_directory(self.directory)
+
+    def close(self) -> None:
+        """Removes the file unless it was renamed into place, and drops the lock."""
+        if self.named is not None:
+            try:
+                os.unlink(self.named)
+            except FileNotFoundError:
+                pass
+            self.named = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Temporary":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[None]:
+    """Holds a lock on the file now at ``path`` while a job checks it and renames its new
+    version over it: a second job that read the same file then waits, and its own check sees
+    the first one's file (the application, which takes no such lock, is caught by the check
+    alone). Nothing is held if there is no regular file there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_if_unowned(path: str) -> None:
+    """Deletes ``path`` if no live process holds its lock (see :class:`Temporary`)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return  # gone, a link, or not ours to open: left alone
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # its job is alive
+        if _same_file(fd, path):
+            os.unlink(path)
+    finally:
+        os.close(fd)
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
@@ -190,11 +400,12 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Writes ``data`` to ``path`` through a locked temporary file, fsync and rename."""
+    with Temporary(str(path)) as tmp:
+        os.write(tmp.fd, data)
+        os.fsync(tmp.fd)
+        if tmp.named is None:
+            tmp.named = name_temporary(tmp.fd, tmp.directory, path.name, TMP_SUFFIX)
+        os.replace(tmp.named, path)
+        tmp.named = None
     fsync_directory(path.parent)
