@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import EngineError, InvalidArgument
 
 __all__ = [
@@ -9,11 +11,13 @@ __all__ = [
     "IndexMismatch",
     "NotEncrypted",
     "ReencryptionError",
+    "ReencryptionInterrupted",
     "SchedulerUnavailable",
     "StoreUnavailable",
     "TableNotFound",
     "UnknownStore",
     "WorkerKeyMismatch",
+    "WorkerLost",
     "WrongKeyOrAad",
 ]
 
@@ -57,6 +61,22 @@ class StoreUnavailable(ReencryptionError, RuntimeError):
 
 class SchedulerUnavailable(ReencryptionError, RuntimeError):
     """The Dask scheduler does not answer."""
+
+
+class WorkerLost(ReencryptionError, RuntimeError):
+    """A worker process died (killed, out of memory): the job stopped; what it committed
+    stays, and a new run resumes from its checkpoints."""
+
+
+class ReencryptionInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a job. What it committed stays and a new run resumes from its
+    checkpoints; ``report`` (a :class:`~engine.reencrypt.ReencryptionReport` with ``complete``
+    False) says what every run of the job has done so far. A ``KeyboardInterrupt``, so code
+    that handles Ctrl-C handles it."""
+
+    def __init__(self, report: Any) -> None:
+        super().__init__("interrupted; what was committed stays, and a new run resumes")
+        self.report = report
 
 
 class WorkerKeyMismatch(ReencryptionError, RuntimeError):

@@ -57,10 +57,14 @@ class PostgresStore(SqlStore):
 
     @property
     def display(self) -> str:
-        parts = urllib.parse.urlsplit(self.url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            host = parts.hostname or ""
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return "postgresql://<unreadable URL>"
         user = f"{parts.username}@" if parts.username else ""
+        host = f"[{host}]" if ":" in host else host
         return f"postgresql://{user}{host}{port}{parts.path}"
 
     def connect(self, *, write: bool = False) -> Any:
@@ -98,12 +102,18 @@ class PostgresStore(SqlStore):
             (self.quote(self.table),)).fetchall()
         return [r[0] for r in rows]
 
+    def progress_columns(self, conn: Any) -> set[str]:
+        return {r[0] for r in conn.execute(
+            "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(%s)"
+            " AND a.attnum > 0 AND NOT a.attisdropped", (self.progress_name(),)).fetchall()}
+
     def update_rows(self, conn: Any, kinds: dict[str, str], update: RowUpdate) -> int:
         """The batch goes to a temporary table by COPY (psycopg packs the rows in C), then one
         ``UPDATE ... FROM`` applies it with the same optimistic check: several times faster
         than a statement per row, whose cost here is psycopg's Python per statement. The join
-        is bounded by the batch's first and last key (a batch is in key order), so the table
-        is reached through its primary key's index, never scanned whole."""
+        is bounded by the batch's first and last key (a batch is in the database's key order,
+        which for text is the column's collation, not Python's: never ``min``/``max``), so
+        the table is reached through its primary key's index, never scanned whole."""
         column, keys = update.column, update.keys
         q = self.quote
         # the staging table's columns: (name there, the table's column it copies, values)
@@ -137,7 +147,7 @@ class PostgresStore(SqlStore):
         return conn.execute(
             f"UPDATE {q(self.table)} AS t SET {', '.join(sets)} FROM {staging} AS s"
             f" WHERE t.{k} = s.k AND t.{k} BETWEEN %s AND %s AND " + " AND ".join(checks),
-            (min(keys), max(keys))).rowcount
+            (keys[0], keys[-1])).rowcount
 
     def read_expression(self, column: str, kind: str) -> str:
         if kind in (JSON_TEXT, JSONB):
