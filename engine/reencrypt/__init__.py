@@ -22,6 +22,7 @@ process, local worker processes (``workers=N``) or a Dask cluster (``dask="tcp:/
 from .errors import (
     ColumnNotFound,
     IndexMismatch,
+    JobTakenOver,
     NotEncrypted,
     ReencryptionError,
     ReencryptionInterrupted,
@@ -46,6 +47,7 @@ __all__ = [
     "IndexMismatch",
     "Failure",
     "Inventory",
+    "JobTakenOver",
     "NotEncrypted",
     "ParquetStore",
     "PostgresStore",

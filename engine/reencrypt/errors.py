@@ -9,6 +9,7 @@ from ..errors import EngineError, InvalidArgument
 __all__ = [
     "ColumnNotFound",
     "IndexMismatch",
+    "JobTakenOver",
     "NotEncrypted",
     "ReencryptionError",
     "ReencryptionInterrupted",
@@ -61,6 +62,12 @@ class StoreUnavailable(ReencryptionError, RuntimeError):
 
 class SchedulerUnavailable(ReencryptionError, RuntimeError):
     """The Dask scheduler does not answer."""
+
+
+class JobTakenOver(ReencryptionError, RuntimeError):
+    """Another run of the same job started and took over its checkpoints (two runs at once:
+    a scheduled one overlapping a manual one); this run stopped without writing its last
+    batch, and the other goes on."""
 
 
 class WorkerLost(ReencryptionError, RuntimeError):

@@ -292,6 +292,8 @@ class _Job:
             with self.store.session() as conn:
                 kinds = self.store.check(conn, self.columns)
                 self.store.check_keys(conn)
+                if not self.check_only:
+                    self.store.check_fields(conn, self.columns)
                 self.rows = self.store.count(conn)
                 sample = next(self.store.scan(conn, Partition(0), self.columns, kinds,
                                               min(self.batch_size, SAMPLE_ROWS)), None)

@@ -10,6 +10,11 @@ partition has found so far (counts, and the values that failed, by key). A job k
 moment resumes after the last committed batch, reports what every run found, and a value
 already under the target version is skipped anyway.
 
+Each run of a job marks the job's checkpoints as its own (``run``), and a batch commits only
+while they still are: when a second run of the same job starts (a scheduled run overlapping a
+manual one), the first stops at its next batch with :class:`JobTakenOver`, and the two never
+write each other's checkpoints.
+
 A key is given back to the database exactly as it was read (see
 :mod:`engine.reencrypt.rowkeys`); a row whose key is NULL is never read (a job refuses such a
 table, see :meth:`SqlStore.check_keys`): ``key > NULL`` is never true, and a batch of NULL keys
@@ -19,7 +24,8 @@ would be read again and again.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -27,7 +33,7 @@ import numpy as np
 from ...batch import Batch
 from ...codecs import batch_to_text
 from ...records import BYTES_VALUES, NONE_VALUES, OTHER_VALUES, STR_VALUES, value_kinds
-from ..errors import ColumnNotFound, StoreUnavailable
+from ..errors import ColumnNotFound, JobTakenOver, StoreUnavailable
 from ..report import PartitionResult
 from ..rowkeys import UndecodableText, decode_key, encode_key
 from ..spec import Column, row_fields
@@ -45,8 +51,9 @@ class Partition:
     """A range of a table by key: after ``low`` (exclusive; None: from the start) up to
     ``high`` (inclusive; None: to the end); ``done`` is the last key an earlier run of the job
     committed in it, ``earlier`` what the earlier runs found up to there (a
-    :class:`PartitionResult`, or None), and ``finished`` whether they finished it. For Parquet,
-    ``file`` names the one file the partition is."""
+    :class:`PartitionResult`, or None), and ``finished`` whether they finished it; ``run``
+    names the run that owns the checkpoints. For Parquet, ``file`` names the one file the
+    partition is."""
 
     index: int
     low: Any = None
@@ -55,6 +62,7 @@ class Partition:
     file: str | None = None
     earlier: PartitionResult | None = None
     finished: bool = False
+    run: str | None = None
 
 
 @dataclass
@@ -224,11 +232,12 @@ class SqlStore:
     def progress_ddl(self) -> str:
         return (f"CREATE TABLE IF NOT EXISTS {self.progress_name()} (job TEXT NOT NULL,"
                 " part INTEGER NOT NULL, low TEXT, high TEXT, done TEXT,"
-                " finished INTEGER NOT NULL DEFAULT 0, result TEXT, PRIMARY KEY (job, part))")
+                " finished INTEGER NOT NULL DEFAULT 0, result TEXT, run TEXT,"
+                " PRIMARY KEY (job, part))")
 
     def progress_columns(self, conn: Any) -> set[str]:
         """The columns the checkpoint table has (one made by an earlier release lacks
-        ``result``)."""
+        ``result`` and ``run``)."""
         raise NotImplementedError
 
     def key_param(self, value: Any) -> str:
@@ -336,6 +345,27 @@ class SqlStore:
                                  "row(s): a job reaches rows by their key; give those rows one "
                                  "(and declare the column NOT NULL)")
 
+    def check_fields(self, conn: Any, columns: Sequence[Column]) -> None:
+        """Refuses, before anything is written, a plain column a blind index reads that holds
+        a value of another type than text, binary or integer in some row (SQLite keeps a type
+        per value: a REAL where the application wrote integers): met in a batch, it would stop
+        the job there at every run.
+
+        Raises:
+            ColumnNotFound: naming the column.
+        """
+        for name in row_fields(columns):
+            odd = self.odd_values(conn, name)
+            if odd:
+                raise ColumnNotFound(f"column {name!r}, which a blind index reads, holds "
+                                     f"{odd:,} value(s) that are not text, binary or an "
+                                     "integer (a real?); an index reads those only")
+
+    def odd_values(self, conn: Any, column: str) -> int:
+        """Rows whose ``column`` holds a value that is not text, binary, an integer or NULL
+        (none where the database types columns)."""
+        return 0
+
     def count(self, conn: Any) -> int:
         return int(conn.execute(f"SELECT COUNT(*) FROM {self.quote(self.table)}").fetchone()[0])
 
@@ -348,35 +378,35 @@ class SqlStore:
     def plan(self, conn: Any, job: str, count: int) -> list[Partition]:
         """The job's partitions: those an earlier run recorded (with how far it got and what
         it found, finished ones too), or ``count`` new ones of about equal size, recorded
-        now."""
+        now; either way owned by a new run from now on."""
+        run = uuid.uuid4().hex
         with self.transaction(conn):
             self._progress_table(conn)
             p = self.placeholder
             rows = conn.execute(f"SELECT part, low, high, done, finished, result FROM "
                                 f"{self.progress_name()} WHERE job = {p} ORDER BY part",
                                 (job,)).fetchall()
-            # resumable: some partition is not finished, and every one that got anywhere kept
-            # what it found (an earlier release's checkpoints did not: a new pass finds it all)
-            if rows and not all(r[4] for r in rows) and all(
-                    r[5] is not None or (r[3] is None and not r[4]) for r in rows):
-                return [Partition(int(i), decode_key(lo), decode_key(hi), decode_key(done),
-                                  earlier=None if result is None else
-                                  PartitionResult.from_json(result), finished=bool(finished))
-                        for i, lo, hi, done, finished, result in rows]
+            parts = _resumable(rows, run)
+            if parts is not None:
+                conn.execute(f"UPDATE {self.progress_name()} SET run = {p} WHERE job = {p}",
+                             (run, job))
+                return parts
             if rows:  # the job is complete (or not resumable): a new pass starts
                 conn.execute(f"DELETE FROM {self.progress_name()} WHERE job = {p}", (job,))
-            parts = self.split(conn, count)
+            parts = [replace(part, run=run) for part in self.split(conn, count)]
             self._executemany(
-                conn, f"INSERT INTO {self.progress_name()} (job, part, low, high) "
-                      f"VALUES ({p}, {p}, {p}, {p})",
-                [(job, part.index, encode_key(part.low), encode_key(part.high))
+                conn, f"INSERT INTO {self.progress_name()} (job, part, low, high, run) "
+                      f"VALUES ({p}, {p}, {p}, {p}, {p})",
+                [(job, part.index, encode_key(part.low), encode_key(part.high), run)
                  for part in parts])
         return parts
 
     def _progress_table(self, conn: Any) -> None:
         conn.execute(self.progress_ddl())
-        if "result" not in self.progress_columns(conn):  # made by an earlier release
-            conn.execute(f"ALTER TABLE {self.progress_name()} ADD COLUMN result TEXT")
+        have = self.progress_columns(conn)
+        for name in ("result", "run"):  # a table made by an earlier release lacks them
+            if name not in have:
+                conn.execute(f"ALTER TABLE {self.progress_name()} ADD COLUMN {name} TEXT")
 
     def results(self, conn: Any, job: str, max_failures: int) -> PartitionResult | None:
         """What every run of ``job`` committed, from its checkpoints (None: it has none);
@@ -411,18 +441,33 @@ class SqlStore:
                          f"{self.placeholder}", (job,))
 
     def finish(self, conn: Any, job: str, part: Partition, result: str | None) -> None:
-        """Marks ``part`` finished, with what every run found in it (``result``)."""
+        """Marks ``part`` finished, with what every run found in it (``result``).
+
+        Raises:
+            JobTakenOver: another run of the job owns its checkpoints now.
+        """
         p = self.placeholder
         with self.transaction(conn):
-            conn.execute(f"UPDATE {self.progress_name()} SET finished = 1, result = {p}"
-                         f" WHERE job = {p} AND part = {p}", (result, job, part.index))
+            self._owned(conn.execute(
+                f"UPDATE {self.progress_name()} SET finished = 1, result = {p}"
+                f" WHERE job = {p} AND part = {p} AND run = {p}",
+                (result, job, part.index, part.run)), job)
 
     def _checkpoint(self, conn: Any, job: str, part: Partition, done: Any,
                     result: str | None) -> None:
         p = self.placeholder
-        conn.execute(f"UPDATE {self.progress_name()} SET done = {p}, result = {p}"
-                     f" WHERE job = {p} AND part = {p}",
-                     (encode_key(done), result, job, part.index))
+        self._owned(conn.execute(
+            f"UPDATE {self.progress_name()} SET done = {p}, result = {p}"
+            f" WHERE job = {p} AND part = {p} AND run = {p}",
+            (encode_key(done), result, job, part.index, part.run)), job)
+
+    def _owned(self, cursor: Any, job: str) -> None:
+        """Inside the batch's transaction: raises (and so rolls it back) unless the
+        checkpoint just moved was this run's."""
+        if cursor.rowcount != 1:
+            raise JobTakenOver(f"{self.display}: another run of the job {job!r} has taken "
+                               "over its checkpoints; this one stops (its last batch was not "
+                               "written)")
 
     def scan(self, conn: Any, part: Partition, columns: Sequence[Column], kinds: dict[str, str],
              batch_size: int) -> Iterator[ReadBatch]:
@@ -548,6 +593,27 @@ class SqlStore:
             conn, f"UPDATE {self.quote(self.table)} SET {', '.join(sets)} WHERE "
                   f"{self.quote(self.key)} = {key} AND {' AND '.join(checks)}", group)
             for key, group in groups.items())
+
+
+def _resumable(rows: Sequence[Any], run: str) -> list[Partition] | None:
+    """The partitions of a job's checkpoint rows ``(part, low, high, done, finished,
+    result)``, for ``run`` to resume; None when there is nothing to resume: every partition
+    finished, or some partition got somewhere without keeping what it found (an earlier
+    release's checkpoints) or kept it unreadably. A new pass then finds it all again."""
+    if not rows or all(r[4] for r in rows):
+        return None
+    parts = []
+    for i, lo, hi, done, finished, result in rows:
+        if result is None and (done is not None or finished):
+            return None
+        try:
+            parts.append(Partition(int(i), decode_key(lo), decode_key(hi), decode_key(done),
+                                   earlier=None if result is None else
+                                   PartitionResult.from_json(result),
+                                   finished=bool(finished), run=run))
+        except (ValueError, KeyError, TypeError):
+            return None
+    return parts
 
 
 def _check_index_field(name: str, values: Sequence[Any]) -> None:

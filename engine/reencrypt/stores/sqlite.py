@@ -97,6 +97,10 @@ class SqliteStore(SqlStore):
         return {r[0] for r in conn.execute("SELECT name FROM pragma_table_info(?)",
                                            (self.progress_table,)).fetchall()}
 
+    def odd_values(self, conn: Any, column: str) -> int:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {self.quote(self.table)} WHERE "
+                                f"typeof({self.quote(column)}) = 'real'").fetchone()[0])
+
     def key_param(self, value: Any) -> str:
         return "CAST(? AS TEXT)" if type(value) is UndecodableText else "?"
 
