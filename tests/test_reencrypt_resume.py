@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from engine import EncryptionService, StaticKeyProvider
 from engine.reencrypt import (
     AadRule,
+    JobTakenOver,
     NotEncrypted,
     ReencryptionInterrupted,
     WorkerKeyMismatch,
@@ -260,3 +261,49 @@ def test_a_worker_whose_current_version_is_not_the_jobs_is_refused(db, worker):
         reencrypt(open_store(db.url, "users", "id"), ["card"], service=new,
                   service_factory=factory, workers=1)
     assert db.rows("SELECT * FROM users ORDER BY id") == snapshot
+
+
+@pytest.mark.parametrize("second_run", ["finishes", "stops"])
+def test_a_second_run_of_the_same_job_takes_it_over(db, second_run):
+    """Two runs of one job at once (a scheduled run overlapping a manual one): the one that
+    started last owns the checkpoints, and the first stops at its next batch without
+    writing it, instead of both writing each other's checkpoints."""
+    old, new = services()
+    make_users(db, 500, old)
+    store = open_store(db.url, "users", "id")
+    options = dict(aad={"ssn": RULES["ssn"]}, service=new, batch_size=50)
+    second = []
+
+    def start_another_run(_event, _detail):
+        if second:
+            return
+        second.append(None)  # while the first run is between its first read and write
+        if second_run == "finishes":
+            second.append(reencrypt(store, ["ssn"], **options))
+            return
+        with pytest.raises(Crash):
+            reencrypt(store, ["ssn"], observer=stop_after(3, "crash"), **options)
+
+    with pytest.raises(JobTakenOver):
+        reencrypt(store, ["ssn"], observer=start_another_run, **options)
+    if second_run == "finishes":
+        assert second[1].complete and second[1].reencrypted == 500
+        assert db.rows("SELECT COUNT(*) FROM engine_reencrypt_progress")[0][0] == 0
+        return
+    # the second run's checkpoint stands: resumed, the job counts its three batches
+    report = reencrypt(store, ["ssn"], **options)
+    assert report.resumed_rows == 150 and report.reencrypted == 500 and report.changed == 0
+    assert inventory(store, ["ssn"], aad={"ssn": RULES["ssn"]}, service=new).all_current()
+
+
+def test_unreadable_checkpoints_start_a_new_pass(db):
+    old, new = services()
+    make_users(db, 300, old)
+    store = open_store(db.url, "users", "id")
+    options = dict(aad={"ssn": RULES["ssn"]}, service=new, batch_size=50)
+    with pytest.raises(Crash):
+        reencrypt(store, ["ssn"], observer=stop_after(2, "crash"), **options)
+    db.run("UPDATE engine_reencrypt_progress SET result = 'not what a run wrote'")
+    report = reencrypt(store, ["ssn"], **options)
+    assert report.resumed_rows == 0 and report.rows == 300
+    assert report.reencrypted == 200 and report.already_current == 100
