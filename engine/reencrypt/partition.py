@@ -132,9 +132,14 @@ def _process_range(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatc
     partition (``part.earlier`` and this run's committed batches)."""
     store = spec.store
     result = _empty_result(spec.columns)
-    committed = part.earlier.copy() if part.earlier is not None else _empty_result(spec.columns)
     with store.session(write=not spec.check_only) as conn:
         kinds = store.check(conn, spec.columns)
+        if not spec.check_only:
+            part = store.resume_point(conn, spec.job_id, part)
+            if part.finished:
+                return result
+        committed = (part.earlier.copy() if part.earlier is not None
+                     else _empty_result(spec.columns))
         pending: collections.deque[tuple[ReadBatch, Future]] = collections.deque()
         try:
             for batch in store.scan(conn, part, spec.columns, kinds, spec.batch_size):

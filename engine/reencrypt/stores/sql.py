@@ -401,6 +401,23 @@ class SqlStore:
                  for part in parts])
         return parts
 
+    def resume_point(self, conn: Any, job: str, part: Partition) -> Partition:
+        """``part`` as its checkpoint stands now (a partition run again, as Dask runs a task
+        whose worker died, starts where the last attempt committed, not where the plan said).
+
+        Raises:
+            JobTakenOver: another run of the job owns its checkpoints now.
+        """
+        p = self.placeholder
+        row = conn.execute(f"SELECT done, finished, result, run FROM {self.progress_name()}"
+                           f" WHERE job = {p} AND part = {p}", (job, part.index)).fetchone()
+        if row is None or row[3] != part.run:
+            raise JobTakenOver(f"{self.display}: another run of the job {job!r} has taken "
+                               "over its checkpoints; this one stops")
+        done, finished, result, _run = row
+        return replace(part, done=decode_key(done), finished=bool(finished),
+                       earlier=None if result is None else PartitionResult.from_json(result))
+
     def _progress_table(self, conn: Any) -> None:
         conn.execute(self.progress_ddl())
         have = self.progress_columns(conn)
