@@ -165,6 +165,8 @@ def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None, indexes: A
         except BaseException as exc:  # reported below, then raised again
             stopped = exc
         duration = time.perf_counter() - started
+        if stopped is not None:
+            job.release(parts)
         done = job.committed(earlier, result)
         report = ReencryptionReport(store.display, store.table, done.columns, done.rows,
                                     done.failures, done.failures_total, duration,
@@ -342,6 +344,18 @@ class _Job:
             if part.earlier is not None:
                 found.merge(part.earlier, self.spec.max_failures)
         return found
+
+    def release(self, parts: Sequence[Partition]) -> None:
+        """The job stopped: partitions still running elsewhere (Dask tasks) stop at their next
+        batch, so that what the report says was committed stays so."""
+        run = next((p.run for p in parts if p.run is not None), None)
+        if run is None or isinstance(self.store, ParquetStore):
+            return
+        try:
+            with self.store.session(write=True) as conn:
+                self.store.release(conn, self.job_id, run)
+        except ReencryptionError:  # the database is gone: nothing commits there either
+            pass
 
     def committed(self, earlier: PartitionResult, result: PartitionResult) -> PartitionResult:
         """What every run of the job committed: a table's checkpoints hold it (they count the

@@ -401,6 +401,15 @@ class SqlStore:
                  for part in parts])
         return parts
 
+    def release(self, conn: Any, job: str, run: str) -> None:
+        """Gives up ``run``'s hold on the job's checkpoints: a partition of it still running
+        elsewhere (a Dask task, which cancelling does not stop) stops at its next batch
+        without writing it."""
+        p = self.placeholder
+        with self.transaction(conn):
+            conn.execute(f"UPDATE {self.progress_name()} SET run = NULL WHERE job = {p} AND "
+                         f"run = {p}", (job, run))
+
     def resume_point(self, conn: Any, job: str, part: Partition) -> Partition:
         """``part`` as its checkpoint stands now (a partition run again, as Dask runs a task
         whose worker died, starts where the last attempt committed, not where the plan said).
