@@ -3,6 +3,10 @@
 jsonb values are read as their text (PostgreSQL's normalised form) and written back with
 ``::jsonb``; the optimistic check compares jsonb values as jsonb (json, which has no equality
 operator, as text).
+
+A database of encoding SQL_ASCII stores any bytes in a text value, and psycopg returns its text
+as bytes; the job reads it as UTF-8 where it is, and as
+:class:`~engine.reencrypt.rowkeys.UndecodableText` where it is not (as for SQLite).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..errors import StoreUnavailable, TableNotFound
+from ..rowkeys import UndecodableText
 from .sql import BINARY, INTEGER, JSON_TEXT, JSONB, OTHER, TEXT, RowUpdate, SqlStore
 
 __all__ = ["PostgresStore"]
@@ -69,7 +74,13 @@ class PostgresStore(SqlStore):
 
     def connect(self, *, write: bool = False) -> Any:
         psycopg = _psycopg()
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        if _sql_ascii(conn):
+            _read_text_as_utf8(conn)
+        return conn
+
+    def fetch(self, conn: Any, sql: str, params: Any = ()) -> tuple[list, bool]:
+        return conn.execute(sql, params).fetchall(), _sql_ascii(conn)
 
     def errors(self) -> tuple[type[BaseException], ...]:
         return (_psycopg().Error,)
@@ -166,3 +177,33 @@ class PostgresStore(SqlStore):
         if kind == JSON_TEXT:
             return f"{self.quote(column)}::text IS NOT DISTINCT FROM %s"
         return f"{self.quote(column)} IS NOT DISTINCT FROM {self.value_param(kind)}"
+
+
+def _sql_ascii(conn: Any) -> bool:
+    return bool(conn.info.encoding == "ascii")
+
+
+def _read_text_as_utf8(conn: Any) -> None:
+    """On a connection to a SQL_ASCII database: text is read as UTF-8, or as
+    :class:`UndecodableText` where it is not, and such a value is written back as the same
+    bytes of text (never as bytea)."""
+    from psycopg.adapt import Dumper, Loader
+
+    class TextLoader(Loader):
+        def load(self, data: Any) -> Any:
+            raw = bytes(data)
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return UndecodableText(raw)
+
+    class RawTextDumper(Dumper):
+        oid = conn.adapters.types["text"].oid
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj)
+
+    for name in ("text", "varchar", "bpchar", "name", '"char"'):
+        conn.adapters.register_loader(name, TextLoader)
+    conn.adapters.register_loader(0, TextLoader)  # unknown: a literal's type
+    conn.adapters.register_dumper(UndecodableText, RawTextDumper)
