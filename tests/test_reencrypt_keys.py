@@ -388,3 +388,34 @@ def test_the_key_column_is_never_a_column_of_the_job(tmp_path):
     with pytest.raises(ColumnNotFound, match="is the table's key"):
         reencrypt(open_store(db.url, "t", "id"), ["id"], service=_new)
 
+
+
+def test_a_sql_ascii_database_of_postgresql(postgres):
+    """A SQL_ASCII database stores any bytes as text (psycopg then returns text as bytes, the
+    catalog's names too): UTF-8 is read as text, latin-1 as bytes; a latin-1 value is
+    malformed and reported by key, a latin-1 key is given back as it was read."""
+    name = "ascii_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0 "
+                     "LC_COLLATE 'C' LC_CTYPE 'C'")
+    url = postgres.url_for(name)
+    keys = ["k1", "k2", "kö", "k4"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, ssn TEXT)")
+        for key, token in zip(keys, _old.encrypt_many([f"value {k}" for k in keys])):
+            conn.execute("INSERT INTO t VALUES (%s, %s)", (key, token))
+        conn.execute("INSERT INTO t VALUES (convert_from(%s, 'SQL_ASCII'), %s)",
+                     (b"Jos\xe9", _old.encrypt_many(["under a latin-1 key"])[0]))
+        conn.execute("UPDATE t SET ssn = convert_from(%s, 'SQL_ASCII') WHERE id = 'k2'",
+                     (SECRET.encode("latin-1"),))
+    store = open_store(url, "t", "id")
+    for size in (1, 2, 5):
+        report = reencrypt(store, ["ssn"], service=_new, batch_size=size)
+        assert report.complete and report.rows == 5
+        assert [(f.key, f.reason) for f in report.failures] == [("k2", "malformed")]
+        assert SECRET not in repr(report.to_dict())
+    assert report.already_current == 4  # the latin-1 key's row moved in the first pass
+    with psycopg.connect(url, autocommit=True) as conn:
+        tokens = dict(conn.execute("SELECT id, ssn FROM t").fetchall())
+    assert _new.decrypt_text(tokens[b"k\xc3\xb6"]) == "value kö"
+    assert _new.decrypt_text(tokens[b"Jos\xe9"]) == "under a latin-1 key"
