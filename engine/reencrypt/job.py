@@ -366,8 +366,8 @@ class _Job:
             try:
                 with self.store.session() as conn:
                     found = self.store.results(conn, self.job_id, self.spec.max_failures)
-            except ReencryptionError:  # the database is gone: what this process knows
-                pass
+            except (ReencryptionError, ValueError, KeyError, TypeError):
+                pass  # the database is gone, or a record damaged: what this process knows
             if found is not None:
                 for column in self.columns:
                     found.columns.setdefault(column.name, ColumnCounts())
