@@ -94,8 +94,26 @@ class PostgresStore(SqlStore):
 
     @contextlib.contextmanager
     def transaction(self, conn: Any) -> Iterator[None]:
-        with conn.transaction():
+        """BEGIN ... COMMIT; on any error a ROLLBACK where one can be sent, else (Ctrl-C
+        landed while a command was under way, the connection is lost) the connection is
+        closed, which rolls the transaction back on the server (psycopg's own transaction
+        block would log that its rollback failed)."""
+        psycopg = _psycopg()
+        conn.execute("BEGIN")
+        try:
             yield
+        except BaseException:
+            idle = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
+            closed = conn.closed or conn.pgconn.transaction_status not in idle
+            if not closed:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    closed = True
+            if closed:
+                conn.close()
+            raise
+        conn.execute("COMMIT")
 
     def describe(self, conn: Any) -> dict[str, str]:
         rows = conn.execute(
