@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -84,7 +83,7 @@ class ColumnCounts:
             self.versions[version] = self.versions.get(version, 0) + count
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["failed"] = self.failed
         d["versions"] = {str(k): v for k, v in sorted(self.versions.items())}
         return d
@@ -126,7 +125,9 @@ class PartitionResult:
         self.complete = self.complete and other.complete
 
     def copy(self) -> "PartitionResult":
-        return copy.deepcopy(self)
+        return replace(self, columns={name: replace(c, versions=dict(c.versions))
+                                      for name, c in self.columns.items()},
+                       failures=list(self.failures))
 
     def to_json(self) -> str:
         """What a checkpoint keeps of the rows a job is done with (keys by

@@ -145,12 +145,13 @@ def aad_values(values: Sequence[Any]) -> Any:
     kinds = value_kinds(values)
     if not kinds & ~(STR_VALUES | NONE_VALUES):
         return pa.array(values, pa.large_string())
-    if kinds == OTHER_VALUES or kinds == OTHER_VALUES | NONE_VALUES:
-        if all(type(v) is int for v in values if v is not None):
-            try:
-                return pa.array(values, pa.int64())
-            except (OverflowError, pa.ArrowInvalid):
-                pass
+    if not kinds & ~(OTHER_VALUES | NONE_VALUES):  # integers? (Arrow tells them apart)
+        try:
+            found = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            found = None
+        if found is not None and pa.types.is_integer(found.type):
+            return found
     return pa.array([None if v is None else str(v) for v in values], pa.large_string())
 
 
