@@ -223,6 +223,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except InvalidArgument as exc:
         print(f"crypto-engine: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # one that came before a command's own handler
+        print(f"crypto-engine {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(result))
     else:
@@ -256,9 +259,7 @@ def _key_commands(args: argparse.Namespace) -> int:
             return EXIT_OK if result.ok else EXIT_CHECK_FAILED
         service = get_key_rotation_service()
         if args.command == "rotation-scheduler":
-            done = service.run_forever(args.check_every, max_checks=args.max_checks)
-            print(f"rotations: {done}")
-            return EXIT_OK
+            return _rotation_scheduler(service, args)
         reason = service.rotation_reason() if args.if_needed else "manual"
         if reason is None:
             report: dict[str, Any] = {"rotated": False, "reason": None}
@@ -279,6 +280,36 @@ def _key_commands(args: argparse.Namespace) -> int:
     except (EngineError, OSError) as exc:
         print(f"crypto-engine: {exc}", file=sys.stderr)
         return EXIT_BACKEND
+
+
+def _rotation_scheduler(service: Any, args: argparse.Namespace) -> int:
+    """Runs the scheduler until ``--max-checks`` or Ctrl-C: the first Ctrl-C lets a rotation
+    in progress finish and stops at once otherwise; a second one stops it where it is."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_sigint(_signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    done = None
+    try:
+        done = service.run_forever(args.check_every, stop=stop, max_checks=args.max_checks)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if stop.is_set():
+        print("crypto-engine rotation-scheduler: interrupted"
+              + (f" after {done} rotation(s)" if done is not None else " during a rotation"),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"rotations: {done}")
+    return EXIT_OK
 
 
 # ---- files, streams and table columns (engine.stream, engine.tables) ---------------------------
@@ -385,8 +416,11 @@ def _add_reencryption_commands(sub: Any) -> None:
                                      "version (resumable)")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--store", required=True, metavar="URL",
-                       help="sqlite:///file.db, postgresql://user:pass@host/db or "
-                            "parquet:///path/to/dataset/")
+                       help="sqlite:///file.db, postgresql://user@host/db or "
+                            "parquet:///path/to/dataset/. PostgreSQL takes its password as "
+                            "psql does: from $PGPASSWORD or a password file ($PGPASSFILE, "
+                            "~/.pgpass); one written in the URL works too, but other users "
+                            "can read it in ps until the job starts, when it is blanked out")
         p.add_argument("--table", help="the table (SQL stores)")
         p.add_argument("--key", help="the table's primary key column (SQL stores)")
         p.add_argument("--column", action="append", default=[], metavar="NAME",
@@ -415,7 +449,8 @@ def _add_reencryption_commands(sub: Any) -> None:
                        help="key ranges of a table (default: 1, or 2 per Dask thread)")
         p.add_argument("--max-failures", type=int, default=1000,
                        help="unreadable values listed by key (all are counted)")
-        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--json", action="store_true",
+                       help="print JSON (also when Ctrl-C stops reencrypt: what was done)")
 
 
 def _reencryption_columns(args: argparse.Namespace) -> list[Any]:
@@ -442,9 +477,66 @@ def _reencryption_columns(args: argparse.Namespace) -> list[Any]:
     return [Column(n, rules.get(n, default), sealed.get(n)) for n in names]
 
 
+def _check_job_arguments(args: argparse.Namespace) -> None:
+    """Refuses, naming the option, numbers a job cannot use (the library would name its
+    parameter instead)."""
+    for option, value, least in (("--batch-size", args.batch_size, 1),
+                                 ("--workers", args.workers, 0),
+                                 ("--max-failures", args.max_failures, 0),
+                                 ("--partitions", args.partitions, 1)):
+        if value is not None and value < least:
+            raise InvalidArgument(f"{option} must be {'positive' if least else 'zero or more'}"
+                                  f", not {value}")
+    if args.dask_timeout is not None and not 0 < args.dask_timeout < float("inf"):
+        raise InvalidArgument("--dask-timeout must be a positive number of seconds")
+
+
+def _hide_password(url: str) -> bool:
+    """Blanks the password of ``url`` where it is in this process's command line (what ps
+    and /proc/PID/cmdline show other users). Returns False when it is there and could not
+    be blanked (not Linux, or /proc/self/mem not writable)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return True
+    secrets = [parts.netloc.rpartition("@")[0].partition(":")[2]]
+    secrets += [v for k, v in urllib.parse.parse_qsl(parts.query) if k == "password"]
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return True
+    raw = os.fsencode(url)
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end: proc(5)
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            cmdline = mem.read(end - start)
+            blanked = cmdline
+            at = blanked.find(raw)
+            while at >= 0:
+                text = raw
+                for secret in secrets:
+                    s = os.fsencode(secret)
+                    text = text.replace(s, b"*" * len(s))
+                blanked = blanked[:at] + text + blanked[at + len(raw):]
+                at = blanked.find(raw, at + len(raw))
+            if blanked == cmdline:
+                return True  # not on the command line (main() given its arguments)
+            mem.seek(start)
+            mem.write(blanked)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
 def _print_counts(report: Any, moved: bool) -> None:
     print(f"{report.store}{' table ' + report.table if report.table else ''}: "
-          f"{report.rows:,} rows in {report.duration_s:.2f} s ({report.rows_per_s:,.0f} rows/s)")
+          f"{report.rows:,} rows in {report.duration_s:.2f} s ({report.rows_per_s:,.0f} rows/s)"
+          + (f"; {report.resumed_rows:,} of them counted by the interrupted run(s) this one "
+             "resumed" if getattr(report, "resumed_rows", 0) else ""))
     for name, c in report.columns.items():
         versions = ", ".join(f"v{v}: {n:,}" for v, n in sorted(c.versions.items())) or "none"
         print(f"  {name}: {c.values:,} values; readable, by key version: {versions}; "
@@ -468,7 +560,11 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
     from .keys import KeyProviderError
     from .service import ServiceConfigurationError
 
+    if not _hide_password(args.store):
+        print(f"crypto-engine {args.command}: warning: the --store URL's password could not be"
+              " hidden from ps; give it in $PGPASSWORD or ~/.pgpass instead", file=sys.stderr)
     try:
+        _check_job_arguments(args)
         columns = _reencryption_columns(args)
         store = jobs.open_store(args.store, args.table, args.key)
         run = jobs.inventory if args.command == "inventory" else jobs.reencrypt
@@ -488,6 +584,19 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
             BackendUnavailable) as exc:
         print(f"crypto-engine {args.command}: {exc}", file=sys.stderr)
         return EXIT_BACKEND
+    except jobs.ReencryptionInterrupted as stopped:
+        done = stopped.report
+        if args.json:
+            print(json.dumps(done.to_dict()))
+        print(f"crypto-engine {args.command}: interrupted after {done.rows:,} of the table's "
+              f"rows ({done.failed:,} failed); what was committed stays: run it again to "
+              "resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"crypto-engine {args.command}: interrupted"
+              + ("; what was committed stays: run it again to resume"
+                 if args.command == "reencrypt" else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(report.to_dict()))
     else:

@@ -333,3 +333,17 @@ def assert_contacts_consistent(contacts: Contacts, service: EncryptionService) -
         want = [expected[int(v)][name][k] if v else None for k, v in enumerate(versions)]
         assert table[name] == want, name
     return found.key_versions
+
+
+@dataclass(frozen=True)
+class StaticServiceFactory:
+    """Builds a worker's service over static keys (a module-level class: it pickles, and a
+    spawned worker imports it): ``keys`` as ``((version, key), ...)``, encrypting under
+    ``current``."""
+
+    keys: tuple[tuple[int, bytes], ...]
+    current: int
+
+    def __call__(self) -> EncryptionService:
+        return EncryptionService(StaticKeyProvider(dict(self.keys), current=self.current,
+                                                   index_key=INDEX_SECRET), metrics=False)

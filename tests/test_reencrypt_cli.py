@@ -6,10 +6,14 @@ import fcntl
 import json
 import os
 import pty
+import re
+import signal
 import struct
 import subprocess
 import sys
 import termios
+import time
+import urllib.parse
 
 import numpy as np
 import pyarrow as pa
@@ -107,6 +111,28 @@ def test_a_failed_value_exits_1(users, env):
      "like a column the job reads"),
     (["--table", "users", "--key", "id", *COLUMNS, "--index", "phone_idx=ssn"], 2,
      "blind index column 'phone_idx' must be a text column of 'users' (it has none)"),
+    (["--store", "postgresql://u:hunter2@db:99999/crm", "--table", "users", "--key", "id",
+      "--column", "ssn"], 2, "Port out of range"),
+    (["--store", "postgresql://u:hunter2@[::1/crm", "--table", "users", "--key", "id",
+      "--column", "ssn"], 2, "Invalid IPv6 URL"),
+    (["--store", "postgresql://u:hunter2@db:port/crm", "--table", "users", "--key", "id",
+      "--column", "ssn"], 2, "cannot read the PostgreSQL URL"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--max-failures", "-1"], 2,
+     "--max-failures must be zero or more, not -1"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--batch-size", "0"], 2,
+     "--batch-size must be positive"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--workers", "-2"], 2,
+     "--workers must be zero or more"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--dask-timeout", "nan"], 2,
+     "--dask-timeout must be a positive number"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--dask", "foo://scheduler:8786"], 2,
+     "unknown address scheme 'foo'"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--dask", "127.0.0.1"], 2,
+     "missing port number"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--dask", "tcp://[::1"], 2,
+     "cannot read the Dask scheduler address"),
+    (["--table", "users", "--key", "id", *COLUMNS, "--dask", "tcp://127.0.0.1:70000"], 2,
+     "port 70000 is out of range"),
 ])
 def test_bad_input_gets_a_clear_error_and_writes_nothing(users, env, args, code, message):
     if "--store" not in args:
@@ -115,7 +141,9 @@ def test_bad_input_gets_a_clear_error_and_writes_nothing(users, env, args, code,
     digest = file_digest(users.path)
     r = run("reencrypt", *args, env=env)
     assert r.returncode == code and message in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "hunter2" not in r.stderr
     assert file_digest(users.path) == digest
 
 
@@ -188,3 +216,81 @@ def test_parquet_three_column_layout_and_a_progress_bar_on_a_terminal(tmp_path, 
     assert b"reencrypt: 100%" in drawn and b"2000/2000" in drawn
     assert listing(dataset) == ["0.parquet", "1.parquet"]
     reset_encryption_service()
+
+
+def test_ctrl_c_stops_the_rotation_scheduler_with_one_line(env):
+    job = subprocess.Popen([sys.executable, "-m", "engine", "rotation-scheduler",
+                            "--check-every", "3600"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+                           start_new_session=True)
+    time.sleep(3)  # it has checked once, and waits for the next check
+    assert job.poll() is None
+    os.killpg(job.pid, signal.SIGINT)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err
+    assert "Traceback" not in err
+    assert re.fullmatch(r"crypto-engine rotation-scheduler: interrupted after \d+ rotation\(s\)",
+                        err.strip().splitlines()[-1]), err
+
+
+def _password(url):
+    return urllib.parse.urlsplit(url).password
+
+
+def test_the_store_password_stays_out_of_ps(postgres, env, tmp_path, monkeypatch):
+    """A password written in the --store URL works but is blanked from the command line while
+    the job runs; one from $PGPASSWORD or a password file (as psql takes it) works as well."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from engine.service import get_encryption_service, reset_encryption_service
+
+    reset_encryption_service()
+    service = get_encryption_service()
+    db = new_database("postgres", tmp_path, postgres)
+    n = 60_000
+    db.run("CREATE TABLE users (id BIGINT PRIMARY KEY, ssn TEXT)")
+    with db.connect() as conn:
+        with conn.cursor().copy("COPY users (id, ssn) FROM STDIN") as copy:
+            for i, token in enumerate(service.encrypt_many([f"ssn {i}" for i in range(n)])):
+                copy.write_row((i, token))
+    assert run("rotate", env=env).returncode == 0
+    reset_encryption_service()
+    password = _password(db.url)
+    args = ["--table", "users", "--key", "id", "--column", "ssn", "--batch-size", "100",
+            "--json"]
+    job = subprocess.Popen([sys.executable, "-m", "engine", "reencrypt", "--store", db.url,
+                            *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, **env})
+    seen = []
+    while job.poll() is None:
+        seen.append(_cmdline(job.pid))
+        time.sleep(0.02)
+    out, err = job.communicate()
+    assert job.returncode == 0, err
+    assert json.loads(out)["reencrypted"] == n
+    late = [c for c in seen[len(seen) // 2:] if c]
+    assert late and all(password.encode() not in c for c in late)
+    assert all(b"reencrypt" in c for c in late)  # the command line is still there
+
+    bare = db.url.replace(f":{password}@", "@")
+    refused = run("inventory", "--store", bare, *args, env={**env, "PGPASSWORD": "wrong",
+                                                            "PGPASSFILE": os.devnull})
+    assert refused.returncode == 3 and "password authentication failed" in refused.stderr
+    from_env = run("inventory", "--store", bare, *args, env={**env, "PGPASSWORD": password})
+    assert from_env.returncode == 0, from_env.stderr
+    parts = urllib.parse.urlsplit(bare)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"{parts.hostname}:{parts.port}:*:{parts.username}:{password}\n")
+    passfile.chmod(0o600)
+    from_file = run("inventory", "--store", bare, *args, env={**env, "PGPASSFILE": str(passfile)})
+    assert from_file.returncode == 0, from_file.stderr
+    assert json.loads(from_file.stdout)["all_current"]
+    reset_encryption_service()
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

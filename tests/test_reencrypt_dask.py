@@ -159,6 +159,114 @@ def test_an_unreachable_scheduler_is_an_error_before_anything_is_written(keys, t
     assert file_digest(db.path) == digest
 
 
+@pytest.mark.slow
+def test_a_task_run_again_after_its_worker_died_resumes_where_it_committed(keys, tmp_path):
+    """Dask runs a task again when its worker dies: the new attempt starts where the dead one
+    committed (not where the plan said), so the report still tells moved values from values
+    that were current, and nothing is lost or sealed twice."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    from engine.reencrypt.rowkeys import decode_key
+
+    service, state = keys
+    db = new_database("sqlite", tmp_path)
+    n = 30_000
+    db.run("CREATE TABLE users (id INTEGER PRIMARY KEY, ssn TEXT)")
+    ids = list(range(1, n + 1))
+    db.run_many("INSERT INTO users VALUES (%s, %s)", list(zip(ids, service.encrypt_many(
+        [f"{i:09d}" for i in ids], aad=[f"users:{i}:ssn" for i in ids]))))
+    rotate(service, state)
+    aad = {"ssn": AadRule.template("users:{id}:ssn")}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as local, Client(local) as client:
+        outcome = {}
+
+        def job():
+            try:
+                outcome["report"] = reencrypt(open_store(db.url, "users", "id"), ["ssn"],
+                                              aad=aad, dask=client, partitions=2,
+                                              batch_size=100)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                outcome["error"] = exc
+
+        runner = threading.Thread(target=job)
+        runner.start()
+        deadline = time.monotonic() + 120
+        started = False  # both partitions have committed batches
+        while not started and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+            try:
+                done = [decode_key(r[0]) for r in
+                        db.rows("SELECT done FROM engine_reencrypt_progress")]
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            started = len(done) == 2 and None not in done
+        assert started and runner.is_alive(), outcome
+        pid = next(iter(client.run(os.getpid).values()))
+        os.kill(pid, signal.SIGKILL)
+        runner.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert report.complete and report.rows == n and report.changed == 0
+    assert report.reencrypted == n and report.already_current == 0
+    rows = db.rows("SELECT id, ssn FROM users ORDER BY id")
+    assert service.decrypt_many_text([r[1] for r in rows],
+                                     aad=[f"users:{i}:ssn" for i in ids]) == \
+        [f"{i:09d}" for i in ids]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_tasks_still_running_on_the_cluster(keys, cluster, tmp_path):
+    """Cancelling a Dask future does not stop a task that runs: after Ctrl-C the job gives up
+    its checkpoints, so each task stops at its next batch, and the report printed (what was
+    committed) stays true."""
+    from engine.reencrypt.rowkeys import decode_key
+
+    service, state = keys
+    db = new_database("sqlite", tmp_path)
+    n = 40_000
+    db.run("CREATE TABLE users (id INTEGER PRIMARY KEY, ssn TEXT)")
+    ids = list(range(1, n + 1))
+    db.run_many("INSERT INTO users VALUES (%s, %s)",
+                list(zip(ids, service.encrypt_many([f"{i:09d}" for i in ids]))))
+    rotate(service, state)
+    version = service.provider.get_current_key().version
+    job = subprocess.Popen(
+        [sys.executable, "-m", "engine", "reencrypt", "--store", db.url, "--table", "users",
+         "--key", "id", "--column", "ssn", "--dask", cluster.scheduler_address,
+         "--partitions", "2", "--batch-size", "20", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+
+    def checkpoints():
+        try:
+            return [decode_key(r[0]) for r in
+                    db.rows("SELECT done FROM engine_reencrypt_progress ORDER BY part")]
+        except Exception:  # noqa: BLE001 - not created yet
+            return []
+
+    while job.poll() is None and time.monotonic() < deadline:
+        done = checkpoints()
+        if len(done) == 2 and None not in done:
+            break
+        time.sleep(0.01)
+    job.send_signal(signal.SIGINT)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    stopped = checkpoints()
+    time.sleep(2)  # a task still running would move its checkpoint meanwhile
+    assert checkpoints() == stopped
+    partial = json.loads(out)
+    moved = inventory(open_store(db.url, "users", "id"), ["ssn"]).columns["ssn"].versions
+    assert partial["reencrypted"] == moved.get(version, 0) > 0 and not partial["complete"]
+    final = reencrypt(open_store(db.url, "users", "id"), ["ssn"], dask=cluster.scheduler_address,
+                      partitions=2, batch_size=500)
+    assert final.complete and final.reencrypted == n
+
+
 def _start(args, env, log):
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

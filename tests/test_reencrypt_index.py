@@ -379,3 +379,21 @@ def test_an_index_unlike_the_applications_is_refused_before_anything_is_written(
                        indexes=contact_indexes(p), batch_size=25)
     assert report.reencrypted == 160 and report.failed == 0
     assert set(assert_contacts_consistent(contacts, new).tolist()) == {2}
+
+
+def test_a_real_deep_in_a_plain_column_is_refused_before_anything_is_written(db):
+    """SQLite keeps a type per value: one REAL among the integers of ``birth_year``, far past
+    the rows validation samples, would stop the job at its batch, at every run."""
+    old, new = services()
+    make_contacts(db, 90, old)
+    if db.kind == "sqlite":
+        db.run("UPDATE contacts SET birth_year = 1990.5 WHERE id = 77")
+    snapshot = db.rows("SELECT * FROM contacts ORDER BY id")
+    index = contact_indexes(new.provider)["name_idx"]
+    if db.kind == "postgres":  # a typed column cannot hold one
+        assert reencrypt(store_of(db), ["last_name"], service=new, indexes=index,
+                         batch_size=10).reencrypted == 90
+        return
+    with pytest.raises(ColumnNotFound, match="'birth_year'.* 1 value"):
+        reencrypt(store_of(db), ["last_name"], service=new, indexes=index, batch_size=10)
+    assert db.rows("SELECT * FROM contacts ORDER BY id") == snapshot

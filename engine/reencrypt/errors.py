@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import EngineError, InvalidArgument
 
 __all__ = [
     "ColumnNotFound",
     "FileUnreadable",
     "IndexMismatch",
+    "JobTakenOver",
     "NotEncrypted",
     "ReencryptionError",
+    "ReencryptionInterrupted",
     "SchedulerUnavailable",
     "StoreUnavailable",
     "TableNotFound",
     "UnknownStore",
     "UnsupportedFile",
     "WorkerKeyMismatch",
+    "WorkerLost",
     "WrongKeyOrAad",
 ]
 
@@ -59,6 +64,28 @@ class StoreUnavailable(ReencryptionError, RuntimeError):
 
 class SchedulerUnavailable(ReencryptionError, RuntimeError):
     """The Dask scheduler does not answer."""
+
+
+class JobTakenOver(ReencryptionError, RuntimeError):
+    """Another run of the same job started and took over its checkpoints (two runs at once:
+    a scheduled one overlapping a manual one); this run stopped without writing its last
+    batch, and the other goes on."""
+
+
+class WorkerLost(ReencryptionError, RuntimeError):
+    """A worker process died (killed, out of memory): the job stopped; what it committed
+    stays, and a new run resumes from its checkpoints."""
+
+
+class ReencryptionInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a job. What it committed stays and a new run resumes from its
+    checkpoints; ``report`` (a :class:`~engine.reencrypt.ReencryptionReport` with ``complete``
+    False) says what every run of the job has done so far. A ``KeyboardInterrupt``, so code
+    that handles Ctrl-C handles it."""
+
+    def __init__(self, report: Any) -> None:
+        super().__init__("interrupted; what was committed stays, and a new run resumes")
+        self.report = report
 
 
 class WorkerKeyMismatch(ReencryptionError, RuntimeError):

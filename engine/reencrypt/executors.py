@@ -13,20 +13,27 @@ A worker never receives a key: it builds its service with the job's picklable
 ``service_factory`` (default: from the provider configuration of the service given, else
 :func:`engine.get_encryption_service` from the worker's own environment) and checks it against
 the coordinator's key before sealing anything.
+
+Local worker processes ignore SIGINT: Ctrl-C reaches the whole foreground process group, and
+the coordinator alone stops the job (see :class:`~engine.reencrypt.ReencryptionInterrupted`).
+A worker that dies stops the job with :class:`~engine.reencrypt.WorkerLost`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import pickle
-from typing import Any, Callable, Sequence
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterator, Sequence
 
 from ..buffers import default_threads
 from ..errors import InvalidArgument
 from ..service import EncryptionService
-from .errors import SchedulerUnavailable
+from .errors import SchedulerUnavailable, WorkerLost
 from .partition import JobSpec, LocalCrypto, Observer, OnBatch, process_partition
 from .reindex import worker_indexes
 from .report import ColumnCounts, PartitionResult
@@ -43,6 +50,28 @@ DASK_CONNECT_TIMEOUT_S = 10.0
 def _spawn() -> Any:
     # spawn, not fork: the coordinator may hold threads (pyarrow's, Dask's) and connections
     return multiprocessing.get_context("spawn")
+
+
+def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=_spawn(),
+                                                  initializer=_ignore_sigint)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _worker_deaths() -> Iterator[None]:
+    """A broken process pool (a worker was killed) as :class:`WorkerLost`."""
+    lost = False
+    try:
+        yield
+    except BrokenProcessPool:
+        lost = True
+    if lost:  # raised outside the handler: one clear error, no chained traceback
+        raise WorkerLost("a worker process died (killed, or out of memory); what the job "
+                         "committed stays: run it again to resume")
 
 
 def _reseal_ipc(payload: bytes, spec: JobSpec) -> bytes:
@@ -81,7 +110,7 @@ class PoolCrypto:
     def __init__(self, spec: JobSpec, workers: int) -> None:
         self._spec = spec
         self.depth = workers + 1
-        self._pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_spawn())
+        self._pool = _pool(workers)
 
     def submit(self, table: Any) -> _IpcFuture:
         return _IpcFuture(self._pool.submit(_reseal_ipc, to_ipc(table), self._spec))
@@ -110,15 +139,21 @@ class DaskExecutor:
         if not self._own:
             self.client = address
             return
+        _check_address(address)
         failure = None
+        # built in two steps to keep hold of a client whose constructor fails: distributed
+        # closes it only for some failures, and a client left half-open times out in its
+        # __del__ with an "Exception ignored" traceback
+        client = distributed.Client.__new__(distributed.Client)
         try:
-            self.client = distributed.Client(address, timeout=f"{timeout}s",
-                                             set_as_default=False)
+            client.__init__(address, timeout=f"{timeout}s", set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             failure = f"{type(exc).__name__}: {exc}"
+            _abandon(client)
         if failure is not None:
             raise SchedulerUnavailable(f"the Dask scheduler at {address} does not answer "
                                        f"({failure})")
+        self.client = client
 
     def threads(self) -> int:
         """Worker threads in the cluster (at least 1)."""
@@ -129,32 +164,76 @@ class DaskExecutor:
             self.client.close()
 
 
+def _check_address(address: Any) -> None:
+    """Refuses an address distributed cannot read (it would fail inside the client).
+
+    Raises:
+        InvalidArgument: not text, an unknown scheme, a host without a port, a port out of
+            range, a broken IPv6 literal.
+    """
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+    from distributed.comm.registry import get_backend
+
+    problem = None
+    if not isinstance(address, str) or not address:
+        problem = "give it as tcp://host:port"
+    else:
+        try:
+            scheme, location = parse_address(address)
+            get_backend(scheme)
+            if scheme in ("tcp", "tls", "ws", "wss"):
+                _host, port = parse_host_port(location)
+                if not 0 < int(port) < 65536:
+                    problem = f"port {port} is out of range"
+        except (ValueError, TypeError) as exc:
+            problem = str(exc)
+    if problem is not None:
+        raise InvalidArgument(f"cannot read the Dask scheduler address {address!r}: {problem}")
+
+
+def _abandon(client: Any) -> None:
+    """Stops what a client that failed to start had started, so that its ``__del__`` has
+    nothing left to close."""
+    with contextlib.suppress(Exception):
+        if getattr(client, "status", None) not in ("closed", "newly-created", None):
+            client.status = "closed"
+        runner = getattr(client, "_loop_runner", None)
+        if runner is not None:
+            runner.stop()
+
+
 def run_partitions(spec: JobSpec, parts: Sequence[Partition], *, service: EncryptionService,
                    workers: int = 0, dask: DaskExecutor | None = None,
                    on_batch: OnBatch | None = None, on_partition: OnPartition | None = None,
-                   observer: Observer | None = None) -> PartitionResult:
-    """Runs every partition and merges their results.
+                   observer: Observer | None = None,
+                   total: PartitionResult | None = None) -> PartitionResult:
+    """Runs every partition and merges their results (into ``total``, when given: what it
+    holds when this raises is what the partitions that finished found).
 
     ``on_partition(part, result, counted)`` is called as each partition finishes, in this
     process; ``counted`` says whether ``on_batch`` already saw its batches.
-    """
-    total = PartitionResult(columns={c.name: ColumnCounts() for c in spec.columns})
 
+    Raises:
+        WorkerLost: a worker process died.
+        SchedulerUnavailable: the Dask scheduler went away.
+    """
+    if total is None:
+        total = PartitionResult(columns={c.name: ColumnCounts() for c in spec.columns})
+    with _worker_deaths():
+        return _run(spec, parts, service, workers, dask, on_batch, on_partition, observer, total)
+
+
+def _run(spec: JobSpec, parts: Sequence[Partition], service: EncryptionService, workers: int,
+         dask: DaskExecutor | None, on_batch: OnBatch | None, on_partition: OnPartition | None,
+         observer: Observer | None, total: PartitionResult) -> PartitionResult:
     def finished(part: Partition, result: PartitionResult, counted: bool) -> None:
         total.merge(result, spec.max_failures)
         if on_partition is not None:
             on_partition(part, result, counted)
 
     if dask is not None:
-        futures = dask.client.map(_run_task, [spec] * len(parts), list(parts), pure=False)
-        by_key = {f.key: p for f, p in zip(futures, parts)}
-        import distributed
-
-        try:
-            for future in distributed.as_completed(futures, loop=dask.client.loop):
-                finished(by_key[future.key], future.result(), False)
-        finally:
-            dask.client.cancel(futures)
+        _run_on_dask(spec, parts, dask, finished)
         return total
     if workers:
         # worker processes share the cores rather than each take them all
@@ -162,7 +241,7 @@ def run_partitions(spec: JobSpec, parts: Sequence[Partition], *, service: Encryp
                                    max(1, default_threads() // workers))
     if workers and isinstance(spec.store, ParquetStore):
         _check_picklable(spec)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_spawn()) as pool:
+        with _pool(workers) as pool:
             futures = {pool.submit(_run_task, spec, p): p for p in parts}
             try:
                 for future in concurrent.futures.as_completed(futures):
@@ -186,6 +265,29 @@ def run_partitions(spec: JobSpec, parts: Sequence[Partition], *, service: Encryp
     finally:
         crypto.close()
     return total
+
+
+def _run_on_dask(spec: JobSpec, parts: Sequence[Partition], dask: DaskExecutor,
+                 finished: Callable[[Partition, PartitionResult, bool], None]) -> None:
+    import distributed
+
+    futures = dask.client.map(_run_task, [spec] * len(parts), list(parts), pure=False)
+    by_key = {f.key: p for f, p in zip(futures, parts)}
+    failure = None
+    try:
+        for future in distributed.as_completed(futures, loop=dask.client.loop):
+            finished(by_key[future.key], future.result(), False)
+    except distributed.KilledWorker:
+        failure = WorkerLost("Dask workers died running a partition (killed, or out of "
+                             "memory); what the job committed stays: run it again to resume")
+    except OSError as exc:  # the connection to the scheduler was lost
+        failure = SchedulerUnavailable(f"the Dask scheduler went away ({type(exc).__name__}); "
+                                       "what the job committed stays: run it again to resume")
+    finally:
+        with contextlib.suppress(Exception):
+            dask.client.cancel(futures)
+    if failure is not None:
+        raise failure
 
 
 def _check_picklable(spec: JobSpec) -> None:

@@ -6,10 +6,17 @@ which every value fails authentication (the wrong AAD rule or key) stops it with
 Then it records ``REENCRYPTION_STARTED`` in the audit trail, runs its partitions (see
 :mod:`engine.reencrypt.executors`), and records ``REENCRYPTION_COMPLETED`` with its counts,
 also when it fails.
+
+A job is named by its table, key, columns, their AAD rules and blind indexes, and its target
+key version: a run resumes only the checkpoints of the same job (an interrupted job to v2
+is not resumed by a job to v3, nor by one given another AAD rule), and reports what every run
+of it found.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
@@ -20,7 +27,14 @@ from .. import audit as audit_events
 from ..errors import InvalidArgument, InvalidArgumentType
 from ..keys.base import KeyProviderError, ProviderConfig
 from ..service import EncryptionService, ValueStatus, get_encryption_service
-from .errors import ColumnNotFound, IndexMismatch, NotEncrypted, WrongKeyOrAad
+from .errors import (
+    ColumnNotFound,
+    IndexMismatch,
+    NotEncrypted,
+    ReencryptionError,
+    ReencryptionInterrupted,
+    WrongKeyOrAad,
+)
 from .executors import DaskExecutor, run_partitions
 from .partition import JobSpec
 from .reindex import build_indexes
@@ -59,7 +73,7 @@ def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
         dask_timeout: seconds to wait for the scheduler to answer (default 10).
         batch_size: rows per batch.
         partitions: key ranges for a table (default: 1, or twice the Dask threads).
-        max_failures: unreadable values listed by key (all are counted).
+        max_failures: unreadable values listed by key (all are counted); 0 lists none.
         progress: called as ``progress(rows_done, rows_total)``.
 
     Returns:
@@ -112,14 +126,17 @@ def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None, indexes: A
             batch's cryptography and its write (inline and local workers; tests use it).
 
     Returns:
-        A :class:`ReencryptionReport`: scanned, re-encrypted, already current, changed
-        meanwhile (left for the next pass), failed (by key and reason), duration, rows/s.
+        A :class:`ReencryptionReport` of the whole table: what this run and the interrupted
+        runs it resumed found: scanned, re-encrypted, already current, changed meanwhile (left
+        for the next pass), failed (by key and reason); ``resumed_rows`` of them counted by
+        the earlier runs; duration and rows/s of this run.
 
     Raises:
         UnknownStore, TableNotFound, ColumnNotFound, NotEncrypted, WrongKeyOrAad: bad input;
             nothing was written.
-        StoreUnavailable, SchedulerUnavailable, WorkerKeyMismatch: the job stopped; what it
-            committed stays, and a new run resumes from its checkpoints.
+        StoreUnavailable, SchedulerUnavailable, WorkerKeyMismatch, WorkerLost: the job
+            stopped; what it committed stays, and a new run resumes from its checkpoints.
+        ReencryptionInterrupted: Ctrl-C; its ``report`` says what was done so far.
         KeyVersionNotUsable: the current key version may not encrypt.
     """
     job = _Job(store, columns, aad, indexes, service, service_factory, dask, dask_timeout,
@@ -127,33 +144,48 @@ def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None, indexes: A
     try:
         job.validate()
         parts = job.partitions(workers, partitions, persist=True)
+        earlier = job.earlier(parts)
         job.total_values = job.rows * len(job.columns)
+        job.scanned_values = sum(c.values for c in earlier.columns.values())
         job.record(audit_events.REENCRYPTION_STARTED, store=store.display, table=store.table,
                    columns=[c.name for c in job.columns],
                    **({"blind_indexes": job.index_names} if job.index_names else {}),
                    target_version=job.target,
-                   values_to_scan=job.total_values, partitions=len(parts))
+                   values_to_scan=job.total_values, partitions=len(parts),
+                   **({"resumed_rows": earlier.rows} if earlier.rows else {}))
         started = time.perf_counter()
-        result = PartitionResult(complete=False)
+        result = PartitionResult(columns={c.name: ColumnCounts() for c in job.columns})
+        stopped: BaseException | None = None
         try:
-            result = run_partitions(
-                job.spec, parts, service=job.service, workers=workers, dask=job.dask,
-                on_batch=job.batch_callback(progress),
-                on_partition=job.partition_callback(), observer=observer)
-        finally:
-            duration = time.perf_counter() - started
-            report = ReencryptionReport(store.display, store.table, result.columns, result.rows,
-                                        result.failures, result.failures_total, duration,
-                                        target_version=job.target, complete=result.complete)
-            job.record(audit_events.REENCRYPTION_COMPLETED, store=store.display,
-                       table=store.table, target_version=job.target, complete=report.complete,
-                       scanned=report.scanned, reencrypted=report.reencrypted,
-                       already_current=report.already_current, changed=report.changed,
-                       failed=report.failed,
-                       failed_by_reason={r: sum(getattr(c, r) for c in result.columns.values())
-                                         for r in ("unknown_key_version", "malformed",
-                                                   "invalid_tag", "unindexable")},
-                       duration_s=round(duration, 3))
+            run_partitions(job.spec, [p for p in parts if not p.finished], service=job.service,
+                           workers=workers, dask=job.dask,
+                           on_batch=job.batch_callback(progress, earlier.rows),
+                           on_partition=job.partition_callback(), observer=observer,
+                           total=result)
+        except BaseException as exc:  # reported below, then raised again
+            stopped = exc
+        duration = time.perf_counter() - started
+        if stopped is not None:
+            job.release(parts)
+        done = job.committed(earlier, result)
+        report = ReencryptionReport(store.display, store.table, done.columns, done.rows,
+                                    done.failures, done.failures_total, duration,
+                                    target_version=job.target,
+                                    complete=stopped is None and done.complete,
+                                    resumed_rows=earlier.rows)
+        job.record(audit_events.REENCRYPTION_COMPLETED, store=store.display,
+                   table=store.table, target_version=job.target, complete=report.complete,
+                   scanned=report.scanned, reencrypted=report.reencrypted,
+                   already_current=report.already_current, changed=report.changed,
+                   failed=report.failed,
+                   failed_by_reason={r: sum(getattr(c, r) for c in done.columns.values())
+                                     for r in ("unknown_key_version", "malformed",
+                                               "invalid_tag", "unindexable")},
+                   duration_s=round(duration, 3))
+        if isinstance(stopped, KeyboardInterrupt):
+            raise ReencryptionInterrupted(report) from None
+        if stopped is not None:
+            raise stopped
         job.forget()
         return report
     finally:
@@ -206,8 +238,16 @@ class _Job:
         if not isinstance(store, (SqlStore, ParquetStore)):
             raise InvalidArgumentType(f"store must come from open_store(...), not "
                                       f"{type(store).__name__}")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgument("batch_size must be a positive integer")
+        if (isinstance(max_failures, bool) or not isinstance(max_failures, int)
+                or max_failures < 0):
+            raise InvalidArgument("max_failures must be a non-negative integer (the failures "
+                                  "listed by key; all are counted)")
+        if dask_timeout is not None and (
+                isinstance(dask_timeout, bool) or not isinstance(dask_timeout, (int, float))
+                or not 0 < dask_timeout < math.inf):
+            raise InvalidArgument("dask_timeout must be a positive, finite number of seconds")
         self.store = store
         self.columns = tuple(as_columns(columns, aad, indexes))
         if check_only:  # an inventory only reads the values
@@ -224,7 +264,7 @@ class _Job:
         self.job_id = ":".join([str(store.table or ""), str(store.key or ""),
                                 ",".join(sorted(c.name for c in self.columns)
                                          + [f"+{name}" for name in self.index_names]),
-                                f"v{self.target}"])
+                                f"v{self.target}", _digest(self.columns)])
         self.spec = JobSpec(store, self.columns, self.job_id, batch_size, check_only,
                             self.factory, KeyCheck.of(self.service), max_failures)
         self._done_files: set[str] = set()
@@ -253,6 +293,9 @@ class _Job:
         else:
             with self.store.session() as conn:
                 kinds = self.store.check(conn, self.columns)
+                self.store.check_keys(conn)
+                if not self.check_only:
+                    self.store.check_fields(conn, self.columns)
                 self.rows = self.store.count(conn)
                 sample = next(self.store.scan(conn, Partition(0), self.columns, kinds,
                                               min(self.batch_size, SAMPLE_ROWS)), None)
@@ -295,6 +338,46 @@ class _Job:
                 return self.store.split(conn, count)
             return self.store.plan(conn, self.job_id, count)
 
+    def earlier(self, parts: Sequence[Partition]) -> PartitionResult:
+        """What the interrupted runs this one resumes found (nothing for a new pass)."""
+        found = PartitionResult(columns={c.name: ColumnCounts() for c in self.columns})
+        for part in parts:
+            if part.earlier is not None:
+                found.merge(part.earlier, self.spec.max_failures)
+        return found
+
+    def release(self, parts: Sequence[Partition]) -> None:
+        """The job stopped: partitions still running elsewhere (Dask tasks) stop at their next
+        batch, so that what the report says was committed stays so."""
+        run = next((p.run for p in parts if p.run is not None), None)
+        if run is None or isinstance(self.store, ParquetStore):
+            return
+        try:
+            with self.store.session(write=True) as conn:
+                self.store.release(conn, self.job_id, run)
+        except ReencryptionError:  # the database is gone: nothing commits there either
+            pass
+
+    def committed(self, earlier: PartitionResult, result: PartitionResult) -> PartitionResult:
+        """What every run of the job committed: a table's checkpoints hold it (they count the
+        batches of a partition that did not finish, which ``result`` does not); else
+        ``earlier`` and this run's ``result``."""
+        if not isinstance(self.store, ParquetStore):
+            found = None
+            try:
+                with self.store.session() as conn:
+                    found = self.store.results(conn, self.job_id, self.spec.max_failures)
+            except (ReencryptionError, ValueError, KeyError, TypeError):
+                pass  # the database is gone, or a record damaged: what this process knows
+            if found is not None:
+                for column in self.columns:
+                    found.columns.setdefault(column.name, ColumnCounts())
+                return found
+        done = PartitionResult(columns={c.name: ColumnCounts() for c in self.columns})
+        done.merge(earlier, self.spec.max_failures)
+        done.merge(result, self.spec.max_failures)
+        return done
+
     def forget(self) -> None:
         """The job is complete: its checkpoints go, and a later run makes a new pass."""
         if isinstance(self.store, ParquetStore):
@@ -305,8 +388,8 @@ class _Job:
 
     # ---- while it runs ----
 
-    def progress_callback(self, progress: Progress | None) -> Any:
-        done = [0]
+    def progress_callback(self, progress: Progress | None, resumed: int = 0) -> Any:
+        done = [resumed]
 
         def on_batch(rows: int, _delta: Any) -> None:
             done[0] += rows
@@ -315,9 +398,10 @@ class _Job:
 
         return on_batch
 
-    def batch_callback(self, progress: Progress | None) -> Any:
-        """Progress, and metrics for batches counted in this process."""
-        advance = self.progress_callback(progress)
+    def batch_callback(self, progress: Progress | None, resumed: int = 0) -> Any:
+        """Progress (from ``resumed`` rows an earlier run did), and metrics for batches
+        counted in this process."""
+        advance = self.progress_callback(progress, resumed)
 
         def on_batch(rows: int, delta: dict[str, ColumnCounts] | None) -> None:
             advance(rows, delta)
@@ -348,6 +432,22 @@ class _Job:
             skipped=sum(c.current + c.null + c.changed for c in counts),
             failed=sum(c.failed for c in counts),
             remaining=self.total_values - self.scanned_values)
+
+
+def _digest(columns: Sequence[Column]) -> str:
+    """A short digest of what the job does to each column: its AAD rule, layout and blind
+    indexes (normalisers by name; a callable by its qualified name)."""
+    def normaliser(spec: Any) -> str:
+        if isinstance(spec, str):
+            return spec
+        return f"{getattr(spec, '__module__', '')}.{getattr(spec, '__qualname__', repr(spec))}"
+
+    text = repr(sorted(
+        (c.name, c.aad.describe(), c.sealed.names() if c.sealed is not None else None,
+         sorted((d.name, d.table, d.columns, tuple(map(normaliser, d.normalizers)), d.bits)
+                for d in c.indexes))
+        for c in columns))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _judge_index_field(name: str, values: Any, service: EncryptionService) -> None:

@@ -130,33 +130,45 @@ def _count_batch(spec: JobSpec, resealed: Any, keys: Any, result: PartitionResul
 
 def _process_range(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch | None,
                    observer: Observer | None) -> PartitionResult:
+    """Returns what this run found; each checkpoint records what every run has found in the
+    partition (``part.earlier`` and this run's committed batches)."""
     store = spec.store
     result = _empty_result(spec.columns)
     with store.session(write=not spec.check_only) as conn:
         kinds = store.check(conn, spec.columns)
+        if not spec.check_only:
+            part = store.resume_point(conn, spec.job_id, part)
+            if part.finished:
+                return result
+        committed = (part.earlier.copy() if part.earlier is not None
+                     else _empty_result(spec.columns))
         pending: collections.deque[tuple[ReadBatch, Future]] = collections.deque()
         try:
             for batch in store.scan(conn, part, spec.columns, kinds, spec.batch_size):
                 pending.append((batch, crypto.submit(batch.table)))
                 while len(pending) > crypto.depth:
-                    _write_batch(spec, conn, kinds, part, *pending.popleft(), result, on_batch,
-                                 observer)
+                    committed = _write_batch(spec, conn, kinds, part, *pending.popleft(), result,
+                                             committed, on_batch, observer)
             while pending:
-                _write_batch(spec, conn, kinds, part, *pending.popleft(), result, on_batch,
-                             observer)
+                committed = _write_batch(spec, conn, kinds, part, *pending.popleft(), result,
+                                         committed, on_batch, observer)
         finally:
             for _batch, future in pending:
                 future.cancel()
         if not spec.check_only:
-            store.finish(conn, spec.job_id, part)
+            store.finish(conn, spec.job_id, part, committed.to_json())
     return result
 
 
 def _write_batch(spec: JobSpec, conn: Any, kinds: dict[str, str], part: Partition,
                  batch: ReadBatch, future: Future, result: PartitionResult,
-                 on_batch: OnBatch | None, observer: Observer | None) -> None:
+                 committed: PartitionResult, on_batch: OnBatch | None,
+                 observer: Observer | None) -> PartitionResult:
+    """Counts and writes one batch; returns what the partition's checkpoint now records."""
     resealed = future.result()
-    delta = _count_batch(spec, resealed, batch.keys.__getitem__, result)
+    found = _empty_result(spec.columns)
+    found.rows = len(batch.keys)
+    delta = _count_batch(spec, resealed, batch.keys.__getitem__, found)
     if observer is not None:
         observer("read", {"partition": part.index, "keys": list(batch.keys)})
     if not spec.check_only:
@@ -167,15 +179,29 @@ def _write_batch(spec: JobSpec, conn: Any, kinds: dict[str, str], part: Partitio
                        tuple(dict.fromkeys(f for d in column.indexes for f in d.columns
                                            if f != column.name)))
                    for i, column in enumerate(spec.columns)}
-        changed = spec.store.write(conn, batch, updates, kinds, spec.job_id, part)
-        for name, count in changed.items():
-            delta[name].changed += count
-            delta[name].reencrypted -= count
-    result.rows += len(batch.keys)
-    for name, counts in delta.items():
-        result.columns[name].merge(counts)
+        recorded = [committed]
+
+        def record(changed: dict[str, int]) -> str:
+            """Inside the batch's transaction: the checkpoint's record, this batch included."""
+            for name, count in changed.items():
+                delta[name].changed += count
+                delta[name].reencrypted -= count
+            state = committed.copy()
+            state.merge(_with_counts(found, delta), spec.max_failures)
+            recorded[0] = state
+            return state.to_json()
+
+        spec.store.write(conn, batch, updates, kinds, spec.job_id, part, record)
+        committed = recorded[0]
+    result.merge(_with_counts(found, delta), spec.max_failures)
     if on_batch is not None:
         on_batch(len(batch.keys), delta)
+    return committed
+
+
+def _with_counts(found: PartitionResult, delta: dict[str, ColumnCounts]) -> PartitionResult:
+    """``found`` (a batch's rows and failures) with its per-column counts."""
+    return PartitionResult(found.rows, delta, found.failures, found.failures_total)
 
 
 def _process_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch | None,

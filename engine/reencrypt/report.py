@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
 from ..service import ValueStatus
+from .rowkeys import decode_key, encode_key, key_for_json
 
 __all__ = ["ColumnCounts", "Failure", "Inventory", "ReencryptionReport"]
 
@@ -102,7 +104,7 @@ class ColumnCounts:
                 self._add_unreadable(version, why, count)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["failed"] = self.failed
         d["versions"] = {str(k): v for k, v in sorted(self.versions.items())}
         d["unreadable_versions"] = {str(k): dict(sorted(v.items()))
@@ -147,6 +149,29 @@ class PartitionResult:
         self.failures_total += other.failures_total
         self.complete = self.complete and other.complete
 
+    def copy(self) -> "PartitionResult":
+        return replace(self, columns={name: replace(c, versions=dict(c.versions))
+                                      for name, c in self.columns.items()},
+                       failures=list(self.failures))
+
+    def to_json(self) -> str:
+        """What a checkpoint keeps of the rows a job is done with (keys by
+        :func:`~engine.reencrypt.rowkeys.encode_key`): a resumed job reports them too."""
+        return json.dumps({
+            "rows": self.rows, "failures_total": self.failures_total,
+            "columns": {name: c.to_dict() for name, c in self.columns.items()},
+            "failures": [[f.column, encode_key(f.key), f.reason] for f in self.failures]},
+            separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PartitionResult":
+        """The result :meth:`to_json` wrote."""
+        d = json.loads(text)
+        return cls(rows=d["rows"], failures_total=d["failures_total"],
+                   columns={name: ColumnCounts.from_dict(c) for name, c in d["columns"].items()},
+                   failures=[Failure(column, decode_key(key), why)
+                             for column, key, why in d["failures"]])
+
 
 @dataclass
 class _Report:
@@ -169,7 +194,7 @@ class _Report:
             "rows": self.rows,
             "columns": {k: v.to_dict() for k, v in self.columns.items()},
             "failed": sum(c.failed for c in self.columns.values()),
-            "failures": [{"column": f.column, "key": f.key, "reason": f.reason}
+            "failures": [{"column": f.column, "key": key_for_json(f.key), "reason": f.reason}
                          for f in self.failures],
             "failures_listed": len(self.failures),
             "duration_s": round(self.duration_s, 6),
@@ -215,7 +240,9 @@ class Inventory(_Report):
 
 @dataclass
 class ReencryptionReport(_Report):
-    """What :func:`engine.reencrypt.reencrypt` did.
+    """What :func:`engine.reencrypt.reencrypt` did, over every run of the job: a run that
+    resumes an interrupted one reports what both found (``resumed_rows`` of the rows were
+    counted by the earlier runs; ``duration_s`` and ``rows_per_s`` are this run's).
 
     ``complete`` is False when the job stopped early; ``changed`` values were left for the
     next pass because the application wrote them meanwhile.
@@ -223,6 +250,12 @@ class ReencryptionReport(_Report):
 
     target_version: int = 0
     complete: bool = True
+    resumed_rows: int = 0
+
+    @property
+    def rows_per_s(self) -> float:
+        rows = self.rows - self.resumed_rows
+        return rows / self.duration_s if self.duration_s > 0 else 0.0
 
     def _total(self, name: str) -> int:
         return sum(getattr(c, name) for c in self.columns.values())
@@ -251,4 +284,4 @@ class ReencryptionReport(_Report):
         return {**self._base_dict(), "target_version": self.target_version,
                 "scanned": self.scanned, "reencrypted": self.reencrypted,
                 "already_current": self.already_current, "changed": self.changed,
-                "complete": self.complete}
+                "complete": self.complete, "resumed_rows": self.resumed_rows}

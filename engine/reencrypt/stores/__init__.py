@@ -38,8 +38,16 @@ def open_store(url: str, table: str | None = None, key: str | None = None) -> An
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme in ("postgresql", "postgres"):
-        if not urllib.parse.urlsplit(url).hostname:
-            raise UnknownStore("a PostgreSQL URL names its host: postgresql://user:password@host/db")
+        problem = None
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host, _port = parts.hostname, parts.port
+        except ValueError as exc:  # a port out of range, a broken IPv6 literal, ...
+            problem = str(exc)
+        if problem is not None:  # the URL itself is not shown: it may hold a password
+            raise UnknownStore(f"cannot read the PostgreSQL URL: {problem}")
+        if not host:
+            raise UnknownStore("a PostgreSQL URL names its host: postgresql://user@host/db")
         _need(table, key, "postgresql")
         return PostgresStore(url, table, key)
     if scheme == "sqlite" and sep and rest.startswith("/") and len(rest) > 1:

@@ -3,6 +3,10 @@
 jsonb values are read as their text (PostgreSQL's normalised form) and written back with
 ``::jsonb``; the optimistic check compares jsonb values as jsonb (json, which has no equality
 operator, as text).
+
+A database of encoding SQL_ASCII stores any bytes in a text value, and psycopg returns its text
+as bytes; the job reads it as UTF-8 where it is, and as
+:class:`~engine.reencrypt.rowkeys.UndecodableText` where it is not (as for SQLite).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..errors import StoreUnavailable, TableNotFound
+from ..rowkeys import UndecodableText
 from .sql import BINARY, INTEGER, JSON_TEXT, JSONB, OTHER, TEXT, RowUpdate, SqlStore
 
 __all__ = ["PostgresStore"]
@@ -57,15 +62,25 @@ class PostgresStore(SqlStore):
 
     @property
     def display(self) -> str:
-        parts = urllib.parse.urlsplit(self.url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            host = parts.hostname or ""
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return "postgresql://<unreadable URL>"
         user = f"{parts.username}@" if parts.username else ""
+        host = f"[{host}]" if ":" in host else host
         return f"postgresql://{user}{host}{port}{parts.path}"
 
     def connect(self, *, write: bool = False) -> Any:
         psycopg = _psycopg()
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        if _sql_ascii(conn):
+            _read_text_as_utf8(conn)
+        return conn
+
+    def fetch(self, conn: Any, sql: str, params: Any = ()) -> tuple[list, bool]:
+        return conn.execute(sql, params).fetchall(), _sql_ascii(conn)
 
     def errors(self) -> tuple[type[BaseException], ...]:
         return (_psycopg().Error,)
@@ -79,8 +94,26 @@ class PostgresStore(SqlStore):
 
     @contextlib.contextmanager
     def transaction(self, conn: Any) -> Iterator[None]:
-        with conn.transaction():
+        """BEGIN ... COMMIT; on any error a ROLLBACK where one can be sent, else (Ctrl-C
+        landed while a command was under way, the connection is lost) the connection is
+        closed, which rolls the transaction back on the server (psycopg's own transaction
+        block would log that its rollback failed)."""
+        psycopg = _psycopg()
+        conn.execute("BEGIN")
+        try:
             yield
+        except BaseException:
+            idle = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
+            closed = conn.closed or conn.pgconn.transaction_status not in idle
+            if not closed:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    closed = True
+            if closed:
+                conn.close()
+            raise
+        conn.execute("COMMIT")
 
     def describe(self, conn: Any) -> dict[str, str]:
         rows = conn.execute(
@@ -98,12 +131,18 @@ class PostgresStore(SqlStore):
             (self.quote(self.table),)).fetchall()
         return [r[0] for r in rows]
 
+    def progress_columns(self, conn: Any) -> set[str]:
+        return {r[0] for r in conn.execute(
+            "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(%s)"
+            " AND a.attnum > 0 AND NOT a.attisdropped", (self.progress_name(),)).fetchall()}
+
     def update_rows(self, conn: Any, kinds: dict[str, str], update: RowUpdate) -> int:
         """The batch goes to a temporary table by COPY (psycopg packs the rows in C), then one
         ``UPDATE ... FROM`` applies it with the same optimistic check: several times faster
         than a statement per row, whose cost here is psycopg's Python per statement. The join
-        is bounded by the batch's first and last key (a batch is in key order), so the table
-        is reached through its primary key's index, never scanned whole."""
+        is bounded by the batch's first and last key (a batch is in the database's key order,
+        which for text is the column's collation, not Python's: never ``min``/``max``), so
+        the table is reached through its primary key's index, never scanned whole."""
         column, keys = update.column, update.keys
         q = self.quote
         # the staging table's columns: (name there, the table's column it copies, values)
@@ -137,7 +176,7 @@ class PostgresStore(SqlStore):
         return conn.execute(
             f"UPDATE {q(self.table)} AS t SET {', '.join(sets)} FROM {staging} AS s"
             f" WHERE t.{k} = s.k AND t.{k} BETWEEN %s AND %s AND " + " AND ".join(checks),
-            (min(keys), max(keys))).rowcount
+            (keys[0], keys[-1])).rowcount
 
     def read_expression(self, column: str, kind: str) -> str:
         if kind in (JSON_TEXT, JSONB):
@@ -156,3 +195,33 @@ class PostgresStore(SqlStore):
         if kind == JSON_TEXT:
             return f"{self.quote(column)}::text IS NOT DISTINCT FROM %s"
         return f"{self.quote(column)} IS NOT DISTINCT FROM {self.value_param(kind)}"
+
+
+def _sql_ascii(conn: Any) -> bool:
+    return bool(conn.info.encoding == "ascii")
+
+
+def _read_text_as_utf8(conn: Any) -> None:
+    """On a connection to a SQL_ASCII database: text is read as UTF-8, or as
+    :class:`UndecodableText` where it is not, and such a value is written back as the same
+    bytes of text (never as bytea)."""
+    from psycopg.adapt import Dumper, Loader
+
+    class TextLoader(Loader):
+        def load(self, data: Any) -> Any:
+            raw = bytes(data)
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return UndecodableText(raw)
+
+    class RawTextDumper(Dumper):
+        oid = conn.adapters.types["text"].oid
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj)
+
+    for name in ("text", "varchar", "bpchar", "name", '"char"'):
+        conn.adapters.register_loader(name, TextLoader)
+    conn.adapters.register_loader(0, TextLoader)  # unknown: a literal's type
+    conn.adapters.register_dumper(UndecodableText, RawTextDumper)

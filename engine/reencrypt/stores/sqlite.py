@@ -1,5 +1,12 @@
 """SQLite through the standard library's ``sqlite3``, in WAL mode (readers never wait for the
-job's writes, and the job's short write transactions wait for the application's)."""
+job's writes, and the job's short write transactions wait for the application's).
+
+SQLite stores any bytes in a TEXT value; ``sqlite3`` refuses to return a batch with one that
+is not UTF-8 (a legacy latin-1 value), with a message that quotes it. Such a batch is read
+again with each such value as :class:`~engine.reencrypt.rowkeys.UndecodableText`: in a column
+of the job it is malformed (reported by key, never written), in the key column it is bound
+back as TEXT.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,10 @@ import os
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..errors import StoreUnavailable, TableNotFound
+from ..rowkeys import UndecodableText
 from .sql import BINARY, INTEGER, TEXT, SqlStore
 
 __all__ = ["SqliteStore"]
@@ -84,6 +92,42 @@ class SqliteStore(SqlStore):
         rows = conn.execute("SELECT name, pk FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk",
                             (self.table,)).fetchall()
         return [name for name, _ in rows]
+
+    def progress_columns(self, conn: Any) -> set[str]:
+        return {r[0] for r in conn.execute("SELECT name FROM pragma_table_info(?)",
+                                           (self.progress_table,)).fetchall()}
+
+    def odd_values(self, conn: Any, column: str) -> int:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {self.quote(self.table)} WHERE "
+                                f"typeof({self.quote(column)}) = 'real'").fetchone()[0])
+
+    def key_param(self, value: Any) -> str:
+        return "CAST(? AS TEXT)" if type(value) is UndecodableText else "?"
+
+    def fetch(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> tuple[list, bool]:
+        params = [bytes(v) if type(v) is UndecodableText else v for v in params]
+        try:
+            return conn.execute(sql, params).fetchall(), False
+        except sqlite3.OperationalError as exc:
+            if not str(exc).startswith(_UNDECODABLE):
+                raise
+        # read again outside the handler: the error quotes the value, and must not become the
+        # context of anything raised from here
+        conn.text_factory = _text_or_bytes
+        try:
+            return conn.execute(sql, params).fetchall(), True
+        finally:
+            conn.text_factory = str
+
+
+_UNDECODABLE = "Could not decode to UTF-8"
+
+
+def _text_or_bytes(raw: bytes) -> Any:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return UndecodableText(raw)
 
 
 def _kind(declared: str | None) -> str:
