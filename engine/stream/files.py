@@ -23,7 +23,7 @@ from ..atomic_file import atomic_output
 from ..keys.base import KeyState, KeyVersionNotUsable, VersionedKey
 from ..service import EncryptionService, get_encryption_service
 from . import cobblestone
-from ._io import Source
+from ._io import Sink, Source
 from .errors import NotAnEngineFile
 
 __all__ = ["FILE_HEADER_BYTES", "FileEncryption", "FileResult", "atomic_output", "file_header",
@@ -126,7 +126,7 @@ class FileEncryption:
         start = time.perf_counter()
         key = self._current_key()
         header = file_header(key.version)
-        dst.write(header)
+        Sink(dst).write(header)
         total = cobblestone.encrypt_stream(key.cipher, src, dst, _context(header, context),
                                            progress=progress, threads=self._threads)
         self._audit(key.version, "encrypt-file")
@@ -173,7 +173,7 @@ class FileEncryption:
         closed; see :class:`~engine.stream.Encryptor`)."""
         key = self._current_key()
         header = file_header(key.version)
-        dst.write(header)
+        Sink(dst).write(header)
         self._audit(key.version, "encrypt-file")
         return cobblestone.Encryptor(key.cipher, dst, _context(header, context),
                                      threads=self._threads)
