@@ -7,12 +7,13 @@ lock and an addition per call, whatever the batch size.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily
+
+from .locks import fork_safe_lock
 
 __all__ = ["EngineMetrics", "OperationCounts", "get_metrics", "set_metrics"]
 
@@ -25,7 +26,7 @@ class OperationCounts:
     __slots__ = ("_lock", "_counts")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._counts = {"encrypt": 0, "decrypt": 0}
 
     def add(self, kind: str, count: int) -> None:
@@ -143,7 +144,7 @@ class EngineMetrics:
             self._server = None
 
 
-_lock = threading.Lock()
+_lock = fork_safe_lock()
 _metrics: EngineMetrics | None = None
 
 

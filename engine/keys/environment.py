@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from typing import Any, Callable, ContextManager, Mapping
 
 from ..aead import KEY_BYTES
 from ..errors import InvalidArgument, InvalidArgumentType
+from ..locks import fork_safe_lock
 from . import _state
 from ._state import KeyStateCorrupted, StateSnapshot, VersionRecord
 from .base import (
@@ -197,7 +197,7 @@ class EnvironmentKeyProvider(KeyProvider):
                                    else env.get(MASTER_KEY_ENV))
         self._path = Path(state_path) if state_path is not None else _state.default_state_path(env)
         self._policy = policy if policy is not None else DerivationPolicy.from_environment(env)
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._snap: StateSnapshot = _state.EMPTY
         self._sig: Any = False
         self._checked_at = -1.0
@@ -242,8 +242,8 @@ class EnvironmentKeyProvider(KeyProvider):
             return self._snap
         with self._lock:
             snap, sig = _state.read_state(self._path)
-            self._snap, self._sig, self._checked_at, self._keys = snap, sig, now, {}
-            self._current_key = None
+            self._current_key = None  # first: no reader pairs it with the new snapshot's time
+            self._snap, self._sig, self._keys, self._checked_at = snap, sig, {}, now
             return snap
 
     def refresh(self) -> None:

@@ -48,6 +48,7 @@ from ..keys.base import (
     derive_index_key,
     next_usage,
 )
+from ..locks import fork_safe_lock
 from .connection import (
     DEFAULT_JWT_PATH,
     RetryPolicy,
@@ -184,7 +185,7 @@ class VaultKeyProvider(KeyProvider):
         arguments = dict(locals())
         self._settings = tuple((k, arguments[k]) for k in _SHAREABLE)
         self._ttl = float(cache_ttl)
-        self._lock = threading.RLock()
+        self._lock = fork_safe_lock(threading.RLock)
         self._entries: dict[int, _Cached] = {}
         self._current: tuple[int, float] | None = None
         self._closed = False
