@@ -201,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command in _DATA_COMMANDS:
         return _data_commands(args)
+    from ._interrupts import command_started
+
+    command_started()
     try:
         if args.command in ("inventory", "reencrypt"):
             return _reencryption_commands(args)
@@ -329,6 +332,21 @@ def _index_definitions(args: argparse.Namespace) -> list[Any]:
 
 
 def _data_commands(args: argparse.Namespace) -> int:
+    from ._interrupts import CommandInterrupts
+
+    interrupts = CommandInterrupts()
+    try:
+        return _run_data_command(args, interrupts)
+    except KeyboardInterrupt:
+        left = ("the output on stdout is incomplete" if getattr(args, "output", None) == "-"
+                else "no output file was left")
+        print(f"crypto-engine: interrupted; {left}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        interrupts.ignore()
+
+
+def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     from .errors import InvalidTag
     from .keys.base import UnknownKeyVersion
     from .stream import FileEncryption, NotAnEngineFile
@@ -345,7 +363,8 @@ def _data_commands(args: argparse.Namespace) -> int:
                 files = FileEncryption()
                 run = files.encrypt_file if args.command == "encrypt" else files.decrypt_file
                 result = run(args.input, args.output, args.context,
-                             progress=bar.advance if bar.live else None, fsync=args.fsync)
+                             progress=bar.advance if bar.live else None, fsync=args.fsync,
+                             before_commit=interrupts.commit)
             report = result.to_dict()
         else:
             from .tables import decrypt_columns_file, encrypt_columns_file
@@ -354,10 +373,7 @@ def _data_commands(args: argparse.Namespace) -> int:
                        if args.command == "encrypt-columns" else {})
             run = encrypt_columns_file if args.command == "encrypt-columns" else decrypt_columns_file
             report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
-                         file_format=args.format, **options)
-    except KeyboardInterrupt:
-        print("crypto-engine: interrupted; no output file was left", file=sys.stderr)
-        return EXIT_INTERRUPTED
+                         file_format=args.format, before_commit=interrupts.commit, **options)
     except (EngineError, OSError) as exc:
         error = exc
     if error is not None:  # reported outside the except block: no chained context
@@ -368,10 +384,31 @@ def _data_commands(args: argparse.Namespace) -> int:
         print(f"crypto-engine: {where}{error}{hint}", file=sys.stderr)
         return next(code for types, code in exit_codes if isinstance(error, types))
     if args.json:
-        print(json.dumps(report), file=report_to)
-    elif report_to is sys.stdout:
-        print(", ".join(f"{k} {v}" for k, v in report.items()))
+        return _report(json.dumps(report), report_to)
+    if report_to is sys.stdout:
+        return _report(", ".join(f"{k} {v}" for k, v in report.items()), report_to)
     return EXIT_OK
+
+
+def _report(text: str, to: Any) -> int:
+    """Prints the report of a command whose work is done; a closed stdout (``| head -0``) is
+    said in one line, exit 5, without the interpreter's complaint at exit."""
+    try:
+        print(text, file=to)
+        to.flush()
+    except OSError as exc:
+        failure = exc.strerror or type(exc).__name__
+    else:
+        return EXIT_OK
+    try:  # nothing more reaches it: the interpreter's flush at exit would fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, to.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    print(f"crypto-engine: the work is done, but its report could not be written: {failure}",
+          file=sys.stderr)
+    return EXIT_IO
 
 
 def _add_reencryption_commands(sub: Any) -> None:

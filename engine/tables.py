@@ -21,7 +21,7 @@ import os
 import re
 import string
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .atomic_file import atomic_output
 from .batch import Batch
@@ -272,7 +272,8 @@ def _file_format(path: str, file_format: str | None) -> str:
 
 def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str | None,
                   file_format: str | None, service: EncryptionService | None,
-                  encrypt: bool, indexes: BlindIndexes | None = None) -> dict[str, Any]:
+                  encrypt: bool, indexes: BlindIndexes | None = None,
+                  before_commit: Callable[[], Any] | None = None) -> dict[str, Any]:
     pa = _pa()
     fmt = _file_format(src, file_format)
     service = service or get_encryption_service()
@@ -288,7 +289,7 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
 
     start = time.perf_counter()
     rows = groups = 0
-    with atomic_output(dst) as out:
+    with atomic_output(dst, before_commit=before_commit) as out:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -344,7 +345,8 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
 def encrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
                          aad_template: str | None = None, file_format: str | None = None,
                          service: EncryptionService | None = None,
-                         blind_indexes: Any = None) -> dict[str, Any]:
+                         blind_indexes: Any = None,
+                         before_commit: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Encrypts ``columns`` of a Parquet or CSV file into ``dst`` (same format), one row group
     (or CSV block) at a time; ``dst`` appears only once complete.
 
@@ -352,6 +354,8 @@ def encrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
         blind_indexes: as :func:`encrypt_columns` takes them: their columns are written
             beside the encrypted ones, computed from the plaintext (CSV columns an index
             reads are read as the text written).
+        before_commit: called just before ``dst`` is renamed into place; what it raises
+            cancels that (see :func:`engine.atomic_file.atomic_output`).
 
     Returns:
         A report: format, columns, rows, batches, seconds (and the blind indexes written).
@@ -361,12 +365,14 @@ def encrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
     """
     service = service or get_encryption_service()
     return _columns_file(src, dst, columns, aad_template, file_format, service, True,
-                         as_blind_indexes(blind_indexes, service.provider))
+                         as_blind_indexes(blind_indexes, service.provider), before_commit)
 
 
 def decrypt_columns_file(src: str, dst: str, columns: Sequence[str], *,
                          aad_template: str | None = None, file_format: str | None = None,
-                         service: EncryptionService | None = None) -> dict[str, Any]:
+                         service: EncryptionService | None = None,
+                         before_commit: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Decrypts ``columns`` of a file made by :func:`encrypt_columns_file`; ``dst`` appears only
-    if every value authenticated."""
-    return _columns_file(src, dst, columns, aad_template, file_format, service, False)
+    if every value authenticated (``before_commit``: as for :func:`encrypt_columns_file`)."""
+    return _columns_file(src, dst, columns, aad_template, file_format, service, False,
+                         before_commit=before_commit)

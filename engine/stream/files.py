@@ -17,7 +17,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..atomic_file import atomic_output
 from ..keys.base import KeyState, KeyVersionNotUsable, VersionedKey
@@ -210,26 +210,30 @@ class FileEncryption:
 
     def encrypt_file(self, src: str, dst: str, context: Any = b"", *,
                      progress: cobblestone.Progress | None = None,
-                     fsync: bool = False) -> FileResult:
+                     fsync: bool = False,
+                     before_commit: Callable[[], Any] | None = None) -> FileResult:
         """Encrypts the file ``src`` into ``dst`` (either may be ``"-"``: stdin/stdout).
 
         ``dst`` appears only once complete: it is written under a temporary name in its
         directory (unnamed where Linux allows, so even SIGKILL leaves nothing) and renamed at the
-        end. ``fsync`` also flushes it to disk before the rename.
+        end. ``fsync`` also flushes it to disk before the rename. ``before_commit`` is called
+        just before that rename (on stdout: after the last byte), and what it raises cancels it
+        (see :func:`engine.atomic_file.atomic_output`).
         """
-        with _input(src) as fin, _output(dst, fsync) as fout:
+        with _input(src) as fin, _output(dst, fsync, before_commit) as fout:
             return self.encrypt_stream(fin, fout, context, progress=progress)
 
     def decrypt_file(self, src: str, dst: str, context: Any = b"", *,
                      progress: cobblestone.Progress | None = None,
-                     fsync: bool = False) -> FileResult:
+                     fsync: bool = False,
+                     before_commit: Callable[[], Any] | None = None) -> FileResult:
         """Decrypts the engine file ``src`` into ``dst`` (either may be ``"-"``).
 
         A file ``dst`` appears only after the last chunk authenticated (temporary name, then
         rename); on failure nothing is left. On stdout, nothing past the last authenticated
-        chunk is ever written.
+        chunk is ever written. ``before_commit``: as for :meth:`encrypt_file`.
         """
-        with _input(src) as fin, _output(dst, fsync) as fout:
+        with _input(src) as fin, _output(dst, fsync, before_commit) as fout:
             return self.decrypt_stream(fin, fout, context, progress=progress)
 
 
@@ -243,10 +247,12 @@ def _input(path: str) -> Iterator[Any]:
 
 
 @contextmanager
-def _output(path: str, fsync: bool) -> Iterator[Any]:
+def _output(path: str, fsync: bool, before_commit: Callable[[], Any] | None) -> Iterator[Any]:
     if path == STDIO:
         sys.stdout.flush()
         yield open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
+        if before_commit is not None:
+            before_commit()
         return
-    with atomic_output(path, fsync=fsync) as f:
+    with atomic_output(path, fsync=fsync, before_commit=before_commit) as f:
         yield f
