@@ -17,7 +17,7 @@ from engine import stream
 
 @pytest.fixture
 def env(tmp_path):
-    return {**os.environ, "ENCRYPTION_MASTER_KEY": "c" * 40, "VAULT_ENABLED": "false",
+    return {**os.environ, "ENCRYPTION_MASTER_KEY": "cli-stream-master-key-0123456789-abcdef", "VAULT_ENABLED": "false",
             "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys" / "keys.json"),
             "ENCRYPTION_KDF_ITERATIONS": "1000"}
 

@@ -212,7 +212,7 @@ def test_file_like_objects_that_return_nothing_or_lie():
 @pytest.fixture
 def env(tmp_path):
     (tmp_path / "keys").mkdir()
-    return {**os.environ, "ENCRYPTION_MASTER_KEY": "p" * 40, "VAULT_ENABLED": "false",
+    return {**os.environ, "ENCRYPTION_MASTER_KEY": "pipes-master-key-0123456789-abcdefghi", "VAULT_ENABLED": "false",
             "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys" / "keys.json"),
             "ENCRYPTION_KDF_ITERATIONS": "1000"}
 
