@@ -119,6 +119,54 @@ def test_text_and_email_normalisers_match_a_reference(value):
         assert err.value.failed.tolist() == [1]
 
 
+ASCII_WHITESPACE = b" \t\n\v\f\r"  # what the normalisers are documented to trim
+
+
+def _documented(name: str, raw: bytes) -> bytes | None:
+    """The documented normalisers, written out on bytes (None: the value fails)."""
+    trimmed = raw.strip(ASCII_WHITESPACE)
+    lowered = bytes(b + 32 if 65 <= b <= 90 else b for b in trimmed)
+    if name == "trim":
+        return trimmed
+    if name == "lower":
+        return bytes(b + 32 if 65 <= b <= 90 else b for b in raw)
+    if name == "text":
+        return lowered
+    if name == "email":
+        local, at, domain = lowered.partition(b"@")
+        ok = (lowered.count(b"@") == 1 and local and domain and len(lowered) <= 254
+              and not any(b in ASCII_WHITESPACE for b in lowered))
+        return lowered if ok else None
+    digits = bytes(b for b in raw if 48 <= b <= 57)
+    return digits or None
+
+
+@pytest.mark.parametrize("name", ["trim", "lower", "text", "email", "digits"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_ascii_whitespace_and_no_other_byte_is_trimmed(name, threads):
+    """Each byte 0-127, and a few non-ASCII spaces, before, after and inside a value: the six
+    ASCII whitespace bytes (tab, LF, VT, FF, CR and space) are trimmed and nothing else is (not
+    the separators 0x1c-0x1f that str.strip() also takes, not NBSP or NEL)"""
+    p = provider()
+    key = p.index_key("t", "c", 1)
+    others = ["\u00a0".encode(), "\u0085".encode(), "\u2003".encode(), b"\x85", b"\xa0"]
+    pads = [bytes([b]) for b in range(128)] + others
+    values = []
+    for pad in pads:
+        for body in (b"Ab@Example.Com", b"12-3"):
+            values += [pad + body, body + pad, pad + pad + body + pad, body[:2] + pad + body[2:]]
+    values = values * 40  # enough rows for several threads to share them
+    index = BlindIndex(p, "t", "c", normalizer=name, bits=32, threads=threads)
+    expected = [_documented(name, v) for v in values]
+    good = [v for v, e in zip(values, expected) if e is not None]
+    assert index.compute(Batch.from_list(good)) == [
+        reference(key, e, 32) for e in expected if e is not None]
+    for v, e in zip(values[:len(values) // 40], expected):
+        if e is None:
+            with pytest.raises(NormalisationError):
+                index.compute([v])
+
+
 @settings(max_examples=100, deadline=None)
 @given(value=st.text(max_size=20))
 def test_digits_and_equivalent_spellings(value):
