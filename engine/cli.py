@@ -236,14 +236,26 @@ def _key_commands(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "audit-verify":
-            from .audit import verify
+            from .audit import AuditLogUnreadable, verify
 
-            result = verify(args.path, get_encryption_service().provider.audit_key(),
-                            expect_head=args.expect_head)
+            try:
+                result = verify(args.path, get_encryption_service().provider.audit_key(),
+                                expect_head=args.expect_head)
+            except AuditLogUnreadable as exc:
+                unreadable: AuditLogUnreadable | None = exc
+            except KeyboardInterrupt:
+                print("crypto-engine: interrupted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            else:
+                unreadable = None
+            if unreadable is not None:
+                print(f"crypto-engine: {unreadable}", file=sys.stderr)
+                return EXIT_IO
             head = result.head
             report = {"ok": result.ok, "entries": result.entries,
                       "problems": [{"line": n, "reason": r} for n, r in result.problems],
-                      "head": head and {"seq": head.seq, "mac": head.mac}}
+                      "head": head and {"seq": head.seq, "mac": head.mac},
+                      "wrong_key": result.wrong_key}
             if args.json:
                 print(json.dumps(report))
             else:
