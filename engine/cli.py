@@ -362,9 +362,11 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     from .errors import InvalidTag
     from .keys.base import UnknownKeyVersion
     from .stream import FileEncryption, NotAnEngineFile
+    from .tables import ColumnValueError, TableFileInvalid
 
     report_to = sys.stderr if getattr(args, "output", None) == "-" else sys.stdout
-    exit_codes = (((InvalidTag, NotAnEngineFile), EXIT_CHECK_FAILED), (InvalidArgument, EXIT_USAGE),
+    check_failed = (InvalidTag, NotAnEngineFile, ColumnValueError, TableFileInvalid)
+    exit_codes = ((check_failed, EXIT_CHECK_FAILED), (InvalidArgument, EXIT_USAGE),
                   (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
     error: BaseException | None = None
     try:
@@ -389,7 +391,9 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     except (EngineError, OSError) as exc:
         error = exc
     if error is not None:  # reported outside the except block: no chained context
-        about_input = isinstance(error, (InvalidTag, NotAnEngineFile, UnknownKeyVersion))
+        about_input = (isinstance(error, (InvalidTag, NotAnEngineFile, UnknownKeyVersion,
+                                          ColumnValueError))
+                       and not isinstance(error, TableFileInvalid))
         where = f"{args.input}: " if about_input else ""
         hint = (" (not held by the configured key provider)"
                 if isinstance(error, UnknownKeyVersion) else "")
