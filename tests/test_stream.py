@@ -470,3 +470,18 @@ def test_file_objects_wipe_their_window_whole(recorded_windows):
     aborted = stream.Encryptor(key, io.BytesIO())
     aborted.write(PLAIN[:2 * CHUNK + 5])
     aborted.abort()
+
+
+def test_random_access_positions_are_integers():
+    key = os.urandom(32)
+    reader = stream.open_message(key, io.BytesIO(stream.encrypt(key, PLAIN[:50_000])))
+    for bad in (1.5, "10", None, 2.0):
+        with pytest.raises(engine.InvalidArgumentType, match="integer"):
+            reader.seek(bad)
+        with pytest.raises(engine.InvalidArgumentType, match="integer"):
+            reader.seek(0, bad)
+    assert reader.tell() == 0
+    assert reader.seek(__import__("numpy").int64(100)) == 100 and reader.read(5) == PLAIN[100:105]
+    assert reader.seek(-5, io.SEEK_END) == 49_995 and reader.read() == PLAIN[49_995:50_000]
+    with pytest.raises(engine.InvalidArgument):
+        reader.seek(0, 7)
