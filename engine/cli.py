@@ -11,6 +11,7 @@ read or written, 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -42,7 +43,7 @@ class _Bar:
 
     def __init__(self, unit: str, *, total: int | None = None, desc: str | None = None) -> None:
         self._bar = None
-        if sys.stderr.isatty():
+        if sys.stderr is not None and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc,
@@ -244,12 +245,12 @@ def _key_commands(args: argparse.Namespace) -> int:
             except AuditLogUnreadable as exc:
                 unreadable: AuditLogUnreadable | None = exc
             except KeyboardInterrupt:
-                print("crypto-engine: interrupted", file=sys.stderr)
+                _say("crypto-engine: interrupted")
                 return EXIT_INTERRUPTED
             else:
                 unreadable = None
             if unreadable is not None:
-                print(f"crypto-engine: {unreadable}", file=sys.stderr)
+                _say(f"crypto-engine: {unreadable}")
                 return EXIT_IO
             head = result.head
             report = {"ok": result.ok, "entries": result.entries,
@@ -352,7 +353,7 @@ def _data_commands(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         left = ("the output on stdout is incomplete" if getattr(args, "output", None) == "-"
                 else "no output file was left")
-        print(f"crypto-engine: interrupted; {left}", file=sys.stderr)
+        _say(f"crypto-engine: interrupted; {left}")
         return EXIT_INTERRUPTED
     finally:
         interrupts.ignore()
@@ -397,7 +398,7 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
         where = f"{args.input}: " if about_input else ""
         hint = (" (not held by the configured key provider)"
                 if isinstance(error, UnknownKeyVersion) else "")
-        print(f"crypto-engine: {where}{error}{hint}", file=sys.stderr)
+        _say(f"crypto-engine: {where}{error}{hint}")
         return next(code for types, code in exit_codes if isinstance(error, types))
     if args.json:
         return _report(json.dumps(report), report_to)
@@ -406,10 +407,22 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     return EXIT_OK
 
 
+def _say(line: str) -> None:
+    """One line on stderr; nothing when the process was started with stderr closed (print
+    would then write to stdout, into the data) or its reader has gone."""
+    if sys.stderr is not None:
+        try:
+            print(line, file=sys.stderr)
+        except OSError:
+            pass
+
+
 def _report(text: str, to: Any) -> int:
     """Prints the report of a command whose work is done; a closed stdout (``| head -0``) is
     said in one line, exit 5, without the interpreter's complaint at exit."""
     try:
+        if to is None:  # started with the descriptor closed
+            raise OSError(errno.EBADF, "it is closed")
         print(text, file=to)
         to.flush()
     except OSError as exc:
@@ -420,10 +433,9 @@ def _report(text: str, to: Any) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, to.fileno())
         os.close(devnull)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
-    print(f"crypto-engine: the work is done, but its report could not be written: {failure}",
-          file=sys.stderr)
+    _say(f"crypto-engine: the work is done, but its report could not be written: {failure}")
     return EXIT_IO
 
 

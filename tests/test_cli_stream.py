@@ -193,3 +193,38 @@ def test_sigint_once_the_output_is_in_place_changes_nothing(env, work, command):
         assert proc.returncode == 0 and b"Traceback" not in err, (proc.returncode, err)
         assert json.loads(stdout)["plaintext_bytes"] == len(data)
         out.unlink()
+
+
+def test_closed_and_broken_standard_streams(env, work):
+    """A reader that goes away (| head), a stdout or stderr the process was started without:
+    one line, exit 5 (or the command's own code), no traceback, and no message in the data."""
+    data = os.urandom(3 * 2**20)
+    (work / "plain").write_bytes(data)
+    assert cli("encrypt", str(work / "plain"), str(work / "sealed"), env=env).returncode == 0
+    for command, src in (("decrypt", "sealed"), ("encrypt", "plain")):
+        proc = subprocess.Popen([sys.executable, "-m", "engine", command, str(work / src), "-"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert len(proc.stdout.read(100)) == 100
+        proc.stdout.close()  # the reader has what it wanted
+        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 5, err
+        assert err.strip().splitlines() == ["crypto-engine: [Errno 32] Broken pipe"], err
+
+    def closing(fd):
+        return lambda: os.close(fd)
+
+    r = subprocess.run([sys.executable, "-m", "engine", "decrypt", str(work / "sealed"), "-"],
+                       stderr=subprocess.PIPE, env=env, preexec_fn=closing(1), timeout=120)
+    assert r.returncode == 5 and r.stderr.decode().strip() == "crypto-engine: [Errno 9] stdout is closed"
+    r = subprocess.run([sys.executable, "-m", "engine", "encrypt", "-", str(work / "x")],
+                       stderr=subprocess.PIPE, env=env, preexec_fn=closing(0), timeout=120)
+    assert r.returncode == 5 and b"stdin is closed" in r.stderr and not (work / "x").exists()
+    # without stderr, a failure is the exit code alone: nothing goes into the data on stdout
+    (work / "short").write_bytes((work / "sealed").read_bytes()[:-100])
+    r = subprocess.run([sys.executable, "-m", "engine", "decrypt", str(work / "short"), "-"],
+                       stdout=subprocess.PIPE, env=env, preexec_fn=closing(2), timeout=120)
+    assert r.returncode == 1 and data.startswith(r.stdout) and b"crypto-engine" not in r.stdout
+    r = subprocess.run([sys.executable, "-m", "engine", "encrypt", str(work / "plain"),
+                        str(work / "y")], stdout=subprocess.PIPE, env=env,
+                       preexec_fn=closing(2), timeout=120)
+    assert r.returncode == 0 and (work / "y").exists()

@@ -12,6 +12,7 @@ handle (:meth:`engine.AesGcm.derive`).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -237,10 +238,17 @@ class FileEncryption:
             return self.decrypt_stream(fin, fout, context, progress=progress)
 
 
+def _standard(stream: Any, name: str) -> int:
+    """The descriptor of stdin or stdout (None when the process was started with it closed)."""
+    if stream is None:
+        raise OSError(errno.EBADF, f"{name} is closed")
+    return stream.fileno()
+
+
 @contextmanager
 def _input(path: str) -> Iterator[Any]:
     if path == STDIO:
-        yield open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+        yield open(_standard(sys.stdin, "stdin"), "rb", buffering=0, closefd=False)
         return
     with open(path, "rb", buffering=0) as f:
         yield f
@@ -249,8 +257,9 @@ def _input(path: str) -> Iterator[Any]:
 @contextmanager
 def _output(path: str, fsync: bool, before_commit: Callable[[], Any] | None) -> Iterator[Any]:
     if path == STDIO:
+        fd = _standard(sys.stdout, "stdout")
         sys.stdout.flush()
-        yield open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
+        yield open(fd, "wb", buffering=0, closefd=False)
         if before_commit is not None:
             before_commit()
         return
