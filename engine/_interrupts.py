@@ -27,7 +27,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["CommandInterrupts", "command_started", "take_sigint_while_starting"]
+__all__ = ["COMMAND_LINE", "CommandInterrupts", "command_started", "take_sigint_while_starting"]
 
 COMMAND = "crypto-engine"
 _MODULES = ("engine", "engine.cli")
@@ -59,7 +59,7 @@ def take_sigint_while_starting() -> None:
     """Makes a SIGINT during the command line's start end it at once with exit 130 (it has
     written nothing yet). Run when this module is imported, which ``engine/__init__.py`` does
     before anything else. A no-op for library users."""
-    if (_starting_command_line() and threading.current_thread() is threading.main_thread()
+    if (COMMAND_LINE and threading.current_thread() is threading.main_thread()
             and _sigint_is_python_default()):
         signal.signal(signal.SIGINT, _end_at_once)
 
@@ -75,32 +75,69 @@ def command_started() -> None:
 class CommandInterrupts:
     """SIGINT for a command that writes an output (see the module docstring).
 
-    Pass :meth:`commit` as the ``before_commit`` of the call that writes the output, and call
-    :meth:`ignore` when the command ends, however it ends.
+    Pass :meth:`commit` as the ``before_commit`` of the call that writes the output, call
+    :meth:`interrupted` when KeyboardInterrupt reaches the command, and :meth:`ignore` when the
+    command ends, however it ends.
+
+    A KeyboardInterrupt can be lost on its way: raised inside a weakref callback or a
+    ``__del__`` (importlib's module locks have one), Python prints "Exception ignored" and goes
+    on. So the handler also records the interrupt: :meth:`commit` raises it again, and such
+    reports of it are silenced. And one that passed through ``exec`` of a string (a dataclass
+    or namedtuple being made by a lazy import) makes the interpreter kill itself with SIGINT at
+    exit whatever the exit code: the command line's process therefore ends an interrupted
+    command with ``os._exit``.
     """
 
     def __init__(self) -> None:
         self._armed = threading.current_thread() is threading.main_thread() and (
             _sigint_is_python_default() or signal.getsignal(signal.SIGINT) is _end_at_once)
+        self._pending = False
+        self._hook = sys.unraisablehook
         if self._armed:
             signal.signal(signal.SIGINT, self._handler)
+            sys.unraisablehook = self._unraisable
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self._armed:
-            self._armed = False  # once: the cleanup that follows is not interrupted again
+            self._pending = True
             raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if not (self._pending and unraisable.exc_type is KeyboardInterrupt):
+            self._hook(unraisable)
 
     def commit(self) -> None:
         """Called just before the output is committed. A SIGINT that arrived before this call
         is handled as the call starts (Python runs pending handlers on entry to a function) and
-        raises here, which cancels the commit; one that arrives later is ignored."""
+        raises here, as does one whose KeyboardInterrupt was lost on its way: either cancels
+        the commit. One that arrives later is ignored."""
         self._armed = False
+        if self._pending:
+            raise KeyboardInterrupt
+
+    def interrupted(self, code: int) -> int:
+        """The end of an interrupted command: ``code``, returned, or in the command line's own
+        process the process's exit status at once (its work is undone already)."""
+        self._armed = False
+        if not COMMAND_LINE:
+            return code
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
 
     def ignore(self) -> None:
         """Ignores SIGINT from now until the process ends (the command is over)."""
+        self._armed = False
         if (threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGINT) == self._handler):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = self._hook
 
 
+COMMAND_LINE = _starting_command_line()  # evaluated while `import engine` runs
 take_sigint_while_starting()

@@ -49,12 +49,14 @@ def atomic_output(path: str, *, fsync: bool = False,
         os.replace(named, path)
         done = True
     finally:
-        f.close()
-        if not done and named is not None:
-            try:
-                os.unlink(named)
-            except FileNotFoundError:
-                pass
+        try:
+            f.close()
+        finally:  # a second Ctrl-C during the close still removes the temporary
+            if not done and named is not None:
+                try:
+                    os.unlink(named)
+                except FileNotFoundError:
+                    pass
 
 
 def _temporary(directory: str, name: str) -> tuple[int, str | None]:

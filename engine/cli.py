@@ -347,6 +347,7 @@ def _index_definitions(args: argparse.Namespace) -> list[Any]:
 def _data_commands(args: argparse.Namespace) -> int:
     from ._interrupts import CommandInterrupts
 
+    _load_data_commands(args.command)  # before Ctrl-C raises: imports are where it gets lost
     interrupts = CommandInterrupts()
     try:
         return _run_data_command(args, interrupts)
@@ -354,9 +355,19 @@ def _data_commands(args: argparse.Namespace) -> int:
         left = ("the output on stdout is incomplete" if getattr(args, "output", None) == "-"
                 else "no output file was left")
         _say(f"crypto-engine: interrupted; {left}")
-        return EXIT_INTERRUPTED
+        return interrupts.interrupted(EXIT_INTERRUPTED)
     finally:
         interrupts.ignore()
+
+
+def _load_data_commands(command: str) -> None:
+    """Imports what a data command runs (while the command line starts, Ctrl-C ends the process
+    cleanly; later, a KeyboardInterrupt raised inside an import can be swallowed)."""
+    from . import stream, tables  # noqa: F401
+
+    if command.endswith("-columns"):
+        import pyarrow.csv  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
 
 
 def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
