@@ -46,8 +46,12 @@ def _starting_command_line() -> bool:
 
 
 def _end_at_once(signum: int, frame: Any) -> None:
-    os.write(2, f"{COMMAND}: interrupted before the command started; nothing was written\n"
-             .encode())
+    if sys.stderr is not None:  # None: started without one, and descriptor 2 may be a file now
+        try:
+            os.write(sys.stderr.fileno(), f"{COMMAND}: interrupted before the command started; "
+                     "nothing was written\n".encode())
+        except (OSError, ValueError):
+            pass
     os._exit(130)
 
 

@@ -388,8 +388,12 @@ def test_vault_refuses_an_index_secret_replaced_or_deleted(bao, names):
                                                     raise_on_deleted_version=True)
         # an entry written before index_kcv existed records it at the first use
         vault.create_version()
-        admin.secrets.kv.v2.patch(path=f"{names['kv_path']}/v2", secret={"index_kcv": None},
-                                  mount_point="secret")
+        v2 = admin.secrets.kv.v2.read_secret_version(
+            path=f"{names['kv_path']}/v2", mount_point="secret",
+            raise_on_deleted_version=True)["data"]["data"]
+        v2.pop("index_kcv", None)
+        admin.secrets.kv.v2.create_or_update_secret(path=f"{names['kv_path']}/v2", secret=v2,
+                                                    mount_point="secret")
         key2 = vault.index_key("users", "email", 2)
         with VaultKeyProvider(bao.address, token=bao.root_token, **names) as again:
             assert again.index_key("users", "email", 2) == key2
