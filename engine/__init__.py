@@ -8,6 +8,8 @@ The layers, from the bottom: ``engine._native`` (the only module that touches cf
 over data above them (``engine.stream``).
 """
 
+# First: while `crypto-engine` starts, Ctrl-C ends it cleanly (for a library user, nothing).
+from . import _interrupts  # noqa: F401
 from .aead import AesGcm, backend_info, random_bytes
 from .batch import Batch, SealedBatch
 from .blind_index import BlindIndex, BlindIndexes

@@ -127,6 +127,35 @@ def _batch_aad(associated_data: Any, n: int) -> tuple[Any, Any, int]:
     return view, None, view.shape[0]
 
 
+def _placements(out_starts: Any, sizes: np.ndarray, capacity: int) -> np.ndarray:
+    """``out_starts`` as int64 if each record of ``sizes`` bytes fits in ``capacity`` bytes at
+    its start and no two overlap (threads write them at once).
+
+    Raises:
+        InvalidArgumentType: not integers (floats would be truncated silently).
+        InvalidArgument: not one per record, outside the buffer, or overlapping.
+    """
+    given = np.asarray(out_starts)
+    if given.size and (given.dtype.kind not in "iu" or (
+            given.dtype == np.uint64 and int(given.max()) >= 1 << 63)):
+        raise InvalidArgumentType(f"out_starts must be integers, not {given.dtype}")
+    starts = np.ascontiguousarray(given, dtype=np.int64)
+    n = sizes.shape[0]
+    # compared without adding starts + sizes, which could wrap around in int64
+    if starts.shape != (n,) or (n and (int(starts.min()) < 0 or
+                                       bool((starts > capacity - sizes).any()))):
+        raise InvalidArgument("out_starts must place every plaintext inside out")
+    written = sizes > 0
+    s, z = (starts, sizes) if bool(written.all()) else (starts[written], sizes[written])
+    if s.shape[0] > 1:
+        if not bool((s[1:] >= s[:-1]).all()):  # in order already on the engine's own paths
+            order = np.argsort(s, kind="stable")
+            s, z = s[order], z[order]
+        if bool((s[1:] < s[:-1] + z[:-1]).any()):
+            raise InvalidArgument("out_starts place two plaintexts over each other")
+    return starts
+
+
 def _output(out: Any, size: int, name: str) -> np.ndarray:
     view = byte_view(out, name, writable=True)
     if view.shape[0] < size:
@@ -511,13 +540,17 @@ class AesGcm:
                 of its AAD when ``bind_header``).
             associated_data: as for :meth:`seal_tokens`.
             out, out_starts: write plaintext i at ``out[out_starts[i]:]`` of a caller buffer
-                (for gathering groups into one result); returns None then.
+                (for gathering groups into one result; both or neither; no two plaintexts may
+                overlap); returns None then.
 
         Returns:
             A :class:`~engine.Batch` of plaintexts (unless ``out`` is given).
 
         Raises:
-            InvalidArgument: a token is too short to hold header, nonce and tag.
+            InvalidArgument: a token is too short to hold header, nonce and tag; ``out_starts``
+                that place a plaintext outside ``out`` or over another.
+            InvalidArgumentType: ``out`` without ``out_starts`` or the reverse, or starts that
+                are not integers.
             BatchInvalidTag: some tokens failed; ``.failed`` lists them, ``.result`` holds the
                 others (failed ones zero-filled).
         """
@@ -533,6 +566,8 @@ class AesGcm:
             raise InvalidArgument(f"token {bad} is shorter than its {overhead} bytes of overhead")
         aad, aad_offsets, aad_len = _batch_aad(associated_data, n)
         result = None
+        if (out is None) != (out_starts is None):
+            raise InvalidArgumentType("out and out_starts go together: give both or neither")
         if out is None:
             off = offsets_of(sizes)
             target = empty_bytes(int(off[-1]), secret=True)
@@ -540,11 +575,7 @@ class AesGcm:
             result = Batch._trusted(target, off)
         else:
             target = byte_view(out, "out", writable=True)
-            starts = np.ascontiguousarray(out_starts, dtype=np.int64)
-            # compared without adding starts + sizes, which could wrap around in int64
-            if starts.shape != (n,) or (n and (int(starts.min()) < 0 or
-                                               bool((starts > target.shape[0] - sizes).any()))):
-                raise InvalidArgument("out_starts must place every plaintext inside out")
+            starts = _placements(out_starts, sizes, target.shape[0])
         failed = np.empty(n, dtype=np.uint8)
         nfailed = _native.open_tokens(self._key, n, tokens.data, tokens.offsets, header_size,
                                       bind_header, nonce_size, target, starts, aad, aad_offsets,

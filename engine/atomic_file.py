@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import InvalidArgument
 
@@ -13,13 +13,21 @@ __all__ = ["atomic_output", "name_temporary", "open_temporary"]
 
 
 @contextmanager
-def atomic_output(path: str, *, fsync: bool = False) -> Iterator[Any]:
+def atomic_output(path: str, *, fsync: bool = False,
+                  before_commit: Callable[[], Any] | None = None) -> Iterator[Any]:
     """A raw binary file that becomes ``path`` only when the block ends without an exception.
 
     The data goes to an unnamed file in ``path``'s directory (``O_TMPFILE``: a crash or SIGKILL
     leaves nothing behind), linked under a temporary name and renamed over ``path`` at the end;
     where the file system has no ``O_TMPFILE``, to a hidden temporary file removed on failure.
     The file is created with mode 0600.
+
+    Args:
+        fsync: flush the file to disk before it is renamed.
+        before_commit: called once the file is complete (and flushed), just before the rename
+            that makes it appear; an exception it raises cancels the rename. The command line
+            stops taking Ctrl-C there: an interrupt before it leaves no file, and none after it
+            can turn a finished command into a failure.
 
     Raises:
         InvalidArgument: ``path`` is a directory.
@@ -34,17 +42,21 @@ def atomic_output(path: str, *, fsync: bool = False) -> Iterator[Any]:
         yield f
         if fsync:
             os.fsync(fd)
+        if before_commit is not None:
+            before_commit()
         if named is None:
             named = name_temporary(fd, directory, os.path.basename(path))
         os.replace(named, path)
         done = True
     finally:
-        f.close()
-        if not done and named is not None:
-            try:
-                os.unlink(named)
-            except FileNotFoundError:
-                pass
+        try:
+            f.close()
+        finally:  # a second Ctrl-C during the close still removes the temporary
+            if not done and named is not None:
+                try:
+                    os.unlink(named)
+                except FileNotFoundError:
+                    pass
 
 
 def open_temporary(directory: str, name: str, suffix: str = ".part") -> tuple[int, str | None]:

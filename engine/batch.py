@@ -61,6 +61,17 @@ def _check_bounds(offsets: np.ndarray, data_len: int, name: str) -> None:
         )
 
 
+def _not_a_number(value: Any, i: int) -> Any:
+    """``value`` unless it is a number that exposes its memory (a numpy scalar such as
+    ``np.float64(1.5)``, or a 0-d array): packed, it would be its 8 raw bytes, not a record."""
+    if (isinstance(value, np.generic) and not isinstance(value, (bytes, str))) or (
+            isinstance(value, np.ndarray) and value.ndim == 0):
+        raise InvalidArgumentType(
+            f"record {i} is a number ({type(value).__name__}), not bytes or str; convert it "
+            f"first (str(value) or value.tobytes()) to say which bytes are meant")
+    return value
+
+
 class Batch:
     """Many records packed Arrow-style: ``data`` (``uint8``) and ``offsets`` (``int64``, n+1).
 
@@ -99,7 +110,8 @@ class Batch:
         buffers (memoryview, numpy arrays) are joined.
 
         Raises:
-            InvalidArgumentType: not a list or tuple, or a value that is None or not bytes-like.
+            InvalidArgumentType: not a list or tuple, or a value that is None, a number (numpy
+                scalars included) or not bytes-like.
             InvalidArgument: a str that UTF-8 cannot encode (the message shows no text).
         """
         if not isinstance(values, (list, tuple)):
@@ -111,7 +123,8 @@ class Batch:
             out = empty_bytes(size)
             offsets = np.frombuffer(_native.pack_into(values, out, None), dtype=np.int64)
             return cls._trusted(out, offsets)
-        items = [_pack_one(v) if isinstance(v, str) else byte_view(v, f"record {i}")
+        items = [_pack_one(v) if isinstance(v, str) else byte_view(_not_a_number(v, i),
+                                                                    f"record {i}")
                  for i, v in enumerate(values)]  # a clear error for None, int, ...
         lengths = np.fromiter((v.shape[0] for v in items), dtype=np.int64, count=len(items))
         return cls._trusted(np.frombuffer(b"".join(items), dtype=np.uint8), offsets_of(lengths))

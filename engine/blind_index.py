@@ -22,7 +22,6 @@ what a blind index reveals and how to choose the bit length.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
@@ -34,6 +33,7 @@ from .buffers import check_threads, empty_bytes, is_arrow, offsets_of, pyarrow_m
 from .codecs import batch_to_text, scatter
 from .errors import EngineError, InvalidArgument, InvalidArgumentType
 from .keys.base import KeyProvider
+from .locks import fork_safe_lock
 from .records import BYTES_VALUES, STR_VALUES, value_kinds
 
 __all__ = [
@@ -362,7 +362,7 @@ class BlindIndex:
         self.name = self.definition.name
         self._threads = check_threads(threads)
         self._keys: dict[int, bytes] = {}
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
 
     def __repr__(self) -> str:
         return (f"<BlindIndex {self.name!r} on {self.table}({', '.join(self.columns)}) "

@@ -11,6 +11,7 @@ read or written, 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -42,7 +43,7 @@ class _Bar:
 
     def __init__(self, unit: str, *, total: int | None = None, desc: str | None = None) -> None:
         self._bar = None
-        if sys.stderr.isatty():
+        if sys.stderr is not None and sys.stderr.isatty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc,
@@ -205,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command in _DATA_COMMANDS:
         return _data_commands(args)
+    from ._interrupts import command_started
+
+    command_started()
     try:
         if args.command in ("inventory", "reencrypt"):
             return _reencryption_commands(args)
@@ -240,14 +244,26 @@ def _key_commands(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "audit-verify":
-            from .audit import verify
+            from .audit import AuditLogUnreadable, verify
 
-            result = verify(args.path, get_encryption_service().provider.audit_key(),
-                            expect_head=args.expect_head)
+            try:
+                result = verify(args.path, get_encryption_service().provider.audit_key(),
+                                expect_head=args.expect_head)
+            except AuditLogUnreadable as exc:
+                unreadable: AuditLogUnreadable | None = exc
+            except KeyboardInterrupt:
+                _say("crypto-engine: interrupted")
+                return EXIT_INTERRUPTED
+            else:
+                unreadable = None
+            if unreadable is not None:
+                _say(f"crypto-engine: {unreadable}")
+                return EXIT_IO
             head = result.head
             report = {"ok": result.ok, "entries": result.entries,
                       "problems": [{"line": n, "reason": r} for n, r in result.problems],
-                      "head": head and {"seq": head.seq, "mac": head.mac}}
+                      "head": head and {"seq": head.seq, "mac": head.mac},
+                      "wrong_key": result.wrong_key}
             if args.json:
                 print(json.dumps(report))
             else:
@@ -364,12 +380,40 @@ def _index_definitions(args: argparse.Namespace) -> list[Any]:
 
 
 def _data_commands(args: argparse.Namespace) -> int:
+    from ._interrupts import CommandInterrupts
+
+    _load_data_commands(args.command)  # before Ctrl-C raises: imports are where it gets lost
+    interrupts = CommandInterrupts()
+    try:
+        return _run_data_command(args, interrupts)
+    except KeyboardInterrupt:
+        left = ("the output on stdout is incomplete" if getattr(args, "output", None) == "-"
+                else "no output file was left")
+        _say(f"crypto-engine: interrupted; {left}")
+        return interrupts.interrupted(EXIT_INTERRUPTED)
+    finally:
+        interrupts.ignore()
+
+
+def _load_data_commands(command: str) -> None:
+    """Imports what a data command runs (while the command line starts, Ctrl-C ends the process
+    cleanly; later, a KeyboardInterrupt raised inside an import can be swallowed)."""
+    from . import stream, tables  # noqa: F401
+
+    if command.endswith("-columns"):
+        import pyarrow.csv  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
+
+def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     from .errors import InvalidTag
     from .keys.base import UnknownKeyVersion
     from .stream import FileEncryption, NotAnEngineFile
+    from .tables import ColumnValueError, TableFileInvalid
 
     report_to = sys.stderr if getattr(args, "output", None) == "-" else sys.stdout
-    exit_codes = (((InvalidTag, NotAnEngineFile), EXIT_CHECK_FAILED), (InvalidArgument, EXIT_USAGE),
+    check_failed = (InvalidTag, NotAnEngineFile, ColumnValueError, TableFileInvalid)
+    exit_codes = ((check_failed, EXIT_CHECK_FAILED), (InvalidArgument, EXIT_USAGE),
                   (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
     error: BaseException | None = None
     try:
@@ -380,7 +424,8 @@ def _data_commands(args: argparse.Namespace) -> int:
                 files = FileEncryption()
                 run = files.encrypt_file if args.command == "encrypt" else files.decrypt_file
                 result = run(args.input, args.output, args.context,
-                             progress=bar.advance if bar.live else None, fsync=args.fsync)
+                             progress=bar.advance if bar.live else None, fsync=args.fsync,
+                             before_commit=interrupts.commit)
             report = result.to_dict()
         else:
             from .tables import decrypt_columns_file, encrypt_columns_file
@@ -389,24 +434,55 @@ def _data_commands(args: argparse.Namespace) -> int:
                        if args.command == "encrypt-columns" else {})
             run = encrypt_columns_file if args.command == "encrypt-columns" else decrypt_columns_file
             report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
-                         file_format=args.format, **options)
-    except KeyboardInterrupt:
-        print("crypto-engine: interrupted; no output file was left", file=sys.stderr)
-        return EXIT_INTERRUPTED
+                         file_format=args.format, before_commit=interrupts.commit, **options)
     except (EngineError, OSError) as exc:
         error = exc
     if error is not None:  # reported outside the except block: no chained context
-        about_input = isinstance(error, (InvalidTag, NotAnEngineFile, UnknownKeyVersion))
+        about_input = (isinstance(error, (InvalidTag, NotAnEngineFile, UnknownKeyVersion,
+                                          ColumnValueError))
+                       and not isinstance(error, TableFileInvalid))
         where = f"{args.input}: " if about_input else ""
         hint = (" (not held by the configured key provider)"
                 if isinstance(error, UnknownKeyVersion) else "")
-        print(f"crypto-engine: {where}{error}{hint}", file=sys.stderr)
+        _say(f"crypto-engine: {where}{error}{hint}")
         return next(code for types, code in exit_codes if isinstance(error, types))
     if args.json:
-        print(json.dumps(report), file=report_to)
-    elif report_to is sys.stdout:
-        print(", ".join(f"{k} {v}" for k, v in report.items()))
+        return _report(json.dumps(report), report_to)
+    if report_to is sys.stdout:
+        return _report(", ".join(f"{k} {v}" for k, v in report.items()), report_to)
     return EXIT_OK
+
+
+def _say(line: str) -> None:
+    """One line on stderr; nothing when the process was started with stderr closed (print
+    would then write to stdout, into the data) or its reader has gone."""
+    if sys.stderr is not None:
+        try:
+            print(line, file=sys.stderr)
+        except OSError:
+            pass
+
+
+def _report(text: str, to: Any) -> int:
+    """Prints the report of a command whose work is done; a closed stdout (``| head -0``) is
+    said in one line, exit 5, without the interpreter's complaint at exit."""
+    try:
+        if to is None:  # started with the descriptor closed
+            raise OSError(errno.EBADF, "it is closed")
+        print(text, file=to)
+        to.flush()
+    except OSError as exc:
+        failure = exc.strerror or type(exc).__name__
+    else:
+        return EXIT_OK
+    try:  # nothing more reaches it: the interpreter's flush at exit would fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, to.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    _say(f"crypto-engine: the work is done, but its report could not be written: {failure}")
+    return EXIT_IO
 
 
 def _add_reencryption_commands(sub: Any) -> None:

@@ -135,7 +135,16 @@ TEXT_PREFIX_BYTES = TEXT_PREFIX.encode("ascii")
 
 
 class EnvelopeError(EngineError, ValueError):
-    """A ciphertext envelope (JSON or token) cannot be parsed."""
+    """A ciphertext envelope (JSON or token) cannot be parsed.
+
+    Attributes:
+        index: for a batch of tokens, the position of the first one that cannot be parsed
+            (None otherwise).
+        count: for a batch of tokens, how many cannot be parsed (1 otherwise).
+    """
+
+    index: int | None = None
+    count: int = 1
 
 
 class MalformedEnvelope(EnvelopeError):
@@ -502,7 +511,9 @@ def _raise_first(codes: np.ndarray, what: str = "token") -> None:
         i = int(bad[0])
         cls, message = _ERRORS[int(codes[i])]
         more = f" (and {bad.shape[0] - 1} more)" if bad.shape[0] > 1 else ""
-        raise cls(f"{what} {i}: {message}{more}")
+        error = cls(f"{what} {i}: {message}{more}")
+        error.index, error.count = i, int(bad.shape[0])
+        raise error
 
 
 @dataclass(frozen=True)

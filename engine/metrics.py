@@ -28,6 +28,7 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from .errors import EngineError
 from .keys.base import KeyProvider, KeyState, usage_limit
+from .locks import fork_safe_lock
 from .refusals import ERROR_TYPES
 
 __all__ = [
@@ -154,7 +155,7 @@ class OperationCounts:
     __slots__ = ("_lock", "_counts")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._counts = {"encrypt": 0, "decrypt": 0}
 
     def add(self, kind: str, count: int) -> None:
@@ -514,7 +515,7 @@ def _renamed(family: Metric, name: str) -> Metric:
     return copy
 
 
-_lock = threading.Lock()
+_lock = fork_safe_lock()
 _metrics: EngineMetrics | None = None
 
 

@@ -41,6 +41,7 @@ from .keys.base import (
     KeyVersionInfo,
     usage_limit,
 )
+from .locks import fork_safe_lock
 from .settings import env_flag
 from .webhook import Webhook
 
@@ -274,7 +275,7 @@ class KeyRotationService:
         self.on_rotated = on_rotated
         self.clock = clock
         self._canaries = _CanaryStore(self.state_dir / "canaries.json")
-        self._thread_lock = threading.Lock()
+        self._thread_lock = fork_safe_lock()
         self._webhook = (Webhook(self.policy.webhook, timeout=self.policy.webhook_timeout,
                                  attempts=self.policy.webhook_retries)
                          if self.policy.webhook else None)
@@ -557,7 +558,7 @@ def _default_state_dir(provider: KeyProvider) -> Path:
     return Path(base) if base else Path.home() / ".local" / "state" / "engine"
 
 
-_service_lock = threading.Lock()
+_service_lock = fork_safe_lock()
 _service: KeyRotationService | None = None
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import os
-import threading
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -55,6 +54,7 @@ from .keys.base import (
     UnknownKeyVersion,
     VersionedKey,
 )
+from .locks import fork_safe_lock
 from .records import NONE_VALUES, OTHER_VALUES, value_kinds
 from .refusals import count_refusal, counts_refusals
 from .settings import env_flag
@@ -187,7 +187,7 @@ class _UsageMeter:
         self._max_lease = max(max_lease, 1)
         self._left: dict[int, int] = {}  # version -> reserved and not used yet
         self._lease: dict[int, int] = {}  # version -> size of the next lease
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         _METERS.add(self)
         weakref.finalize(self, _give_back, provider, self._left)
 
@@ -213,7 +213,6 @@ class _UsageMeter:
         """In a forked child: the parent's reservations are the parent's."""
         self._left.clear()
         self._lease.clear()
-        self._lock = threading.Lock()
 
 
 def _give_back(provider: KeyProvider, left: dict[int, int]) -> None:
@@ -814,7 +813,7 @@ def _stored_batch(values: Any) -> tuple[Batch, np.ndarray]:
 # ---------------------------------------------------------------- process-wide instance
 
 _service: EncryptionService | None = None
-_service_lock = threading.Lock()
+_service_lock = fork_safe_lock()
 
 
 def _provider_from_environment(env: Mapping[str, str] | None = None) -> KeyProvider:

@@ -10,6 +10,8 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Any
 
+from .locks import fork_safe_lock
+
 __all__ = ["Webhook"]
 
 
@@ -27,7 +29,7 @@ class Webhook:
     def __init__(self, url: str, *, timeout: float = 5.0, attempts: int = 3) -> None:
         self.url, self.timeout, self.attempts = url, timeout, attempts
         self._pending: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
 
     def __repr__(self) -> str:
         return f"<Webhook attempts={self.attempts} timeout={self.timeout}>"

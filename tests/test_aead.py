@@ -232,3 +232,23 @@ def test_temporaries_and_subclasses_work_like_any_method(key):
     assert logged.calls == 1
     assert not hasattr(engine.AesGcm(key), "__dict__")
     assert engine.AesGcm.encrypt.__doc__ and "16-byte tag" in engine.AesGcm.encrypt.__doc__
+
+
+def test_open_tokens_into_a_buffer_checks_its_placements(aead):
+    tokens = aead.seal_tokens([b"hello", b"", b"world!"], b"HDR")
+    out = bytearray(16)
+    with pytest.raises(engine.InvalidArgumentType, match="both or neither"):
+        aead.open_tokens(tokens, 3, out=out)
+    with pytest.raises(engine.InvalidArgumentType, match="both or neither"):
+        aead.open_tokens(tokens, 3, out_starts=[0, 5, 5])
+    with pytest.raises(engine.InvalidArgumentType, match="integers"):
+        aead.open_tokens(tokens, 3, out=out, out_starts=[0.0, 5.9, 5.9])
+    for overlapping in ([0, 5, 3], [3, 9, 0], [0, 0, 2]):
+        with pytest.raises(engine.InvalidArgument, match="over each other"):
+            aead.open_tokens(tokens, 3, out=out, out_starts=overlapping)
+    for outside in ([0, 5, 11], [-1, 5, 5]):
+        with pytest.raises(engine.InvalidArgument, match="inside out"):
+            aead.open_tokens(tokens, 3, out=out, out_starts=outside)
+    # any order, and an empty plaintext anywhere, is fine when nothing overlaps
+    assert aead.open_tokens(tokens, 3, out=out, out_starts=np.array([10, 0, 0], np.uint32)) is None
+    assert bytes(out[:6]) == b"world!" and bytes(out[10:15]) == b"hello"

@@ -87,6 +87,109 @@ def test_wrong_key_or_garbage_fails(tmp_path):
     assert result.first_bad_line == 12 and "not a valid" in result.problems[0][1]
 
 
+def test_a_wrong_key_is_named_as_such_not_as_every_entry_edited(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path)
+    result = audit.verify(path, os.urandom(32))
+    assert not result.ok and result.wrong_key and result.head is None
+    assert len(result.problems) == 1 and "key does not match" in result.problems[0][1]
+    assert audit.verify(path, KEY).wrong_key is False
+    # one edited entry (first or any) is an edit: the rest and the head still authenticate
+    content = lines(path)
+    for at in (0, 5):
+        edited = list(content)
+        entry = json.loads(edited[at])
+        entry["details"]["records"] = 7
+        edited[at] = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        path.write_bytes(b"".join(edited))
+        result = audit.verify(path, KEY)
+        assert not result.wrong_key and result.first_bad_line == at + 1
+        assert "edited" in result.problems[0][1]
+    # every line replaced while the head still authenticates: the key is right, entries are not
+    path.write_bytes(b"".join(content))
+    other = tmp_path / "other.jsonl"
+    write_log_with(other, os.urandom(32))
+    path.write_bytes(other.read_bytes())
+    result = audit.verify(path, KEY)
+    assert not result.wrong_key and all("edited" in r for n, r in result.problems[:-1])
+
+
+def write_log_with(path, key, n=10, tag="a"):
+    log = audit.AuditLog(path, key, fsync=False)
+    for i in range(n):
+        log.key_access(key_version=1, operation=f"{tag}{i}", records=i)
+    return log
+
+
+@pytest.mark.parametrize("at", [0, 1, 4, 9])
+def test_a_line_spliced_from_another_log_under_the_same_key_breaks_the_chain(tmp_path, at):
+    """Its MAC is genuine and its sequence number the expected one: only its link to the
+    previous entry shows that it belongs to another chain."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_log_with(a, KEY, tag="a")
+    write_log_with(b, KEY, tag="b")
+    spliced = lines(a)
+    theirs = lines(b)
+    assert json.loads(theirs[at])["seq"] == json.loads(spliced[at])["seq"] == at + 1
+    spliced[at] = theirs[at]
+    a.write_bytes(b"".join(spliced))
+    result = audit.verify(a, KEY)
+    assert not result.ok and not result.wrong_key
+    # the spliced line does not link to the one before it (entry 1 links to the genesis value,
+    # as every first entry does), and the next line does not link to the spliced one
+    expected = [at + 1, at + 2] if 0 < at < len(spliced) - 1 else [at + 1] if at else [2]
+    broken = [n for n, reason in result.problems if "does not link" in reason]
+    assert broken == expected, result.problems
+    if at == len(spliced) - 1:  # the newest: the head record names another entry
+        assert any("differs from the head record" in r for _, r in result.problems)
+    # the same line from a log under another key is an edit
+    c = tmp_path / "c.jsonl"
+    write_log_with(c, os.urandom(32), tag="c")
+    spliced[at] = lines(c)[at]
+    a.write_bytes(b"".join(spliced))
+    assert "edited" in audit.verify(a, KEY).problems[0][1]
+
+
+def test_an_unreadable_log_is_its_own_error(tmp_path):
+    with pytest.raises(audit.AuditLogUnreadable, match="no audit log"):
+        audit.verify(tmp_path / "missing.jsonl", KEY)
+    with pytest.raises(audit.AuditLogUnreadable, match="cannot read"):
+        audit.verify(tmp_path, KEY)
+
+
+def test_audit_verify_exit_codes(tmp_path):
+    """0 intact, 1 a problem (a wrong key said as such), 5 a log that cannot be read."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ENCRYPTION_MASTER_KEY": "audit-cli-master-key-0123456789-abcdef",
+           "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"), "VAULT_ENABLED": "false",
+           "ENCRYPTION_KDF_ITERATIONS": "1000", "ENGINE_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+
+    def run(*args, **changes):
+        return subprocess.run([sys.executable, "-m", "engine", "audit-verify", *args],
+                              capture_output=True, text=True, env={**env, **changes}, timeout=120)
+
+    engine.EncryptionService(engine.EnvironmentKeyProvider(env=env), metrics=False,
+                             audit=None).encrypt_token("x")
+    from engine.service import _audit_from_environment
+
+    provider = engine.EnvironmentKeyProvider(env=env)
+    _audit_from_environment(provider, env).key_access(1, "encrypt")
+    assert run(str(tmp_path / "audit.jsonl")).returncode == 0
+    for missing in (tmp_path / "nope.jsonl", tmp_path):
+        r = run(str(missing))
+        assert r.returncode == 5 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    # a log written under another key (a second deployment's): said, exit 1
+    other = tmp_path / "other.jsonl"
+    write_log_with(other, os.urandom(32))
+    r = run(str(other), "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["wrong_key"]
+    # another master key beside this state file: refused before anything is derived, exit 3
+    r = run(str(tmp_path / "audit.jsonl"), ENCRYPTION_MASTER_KEY="another-master-key-0123456789-xyz")
+    assert r.returncode == 3 and "MasterKey" not in r.stderr and "match" in r.stderr
+
+
 def test_no_binary_details_and_key_length(tmp_path):
     log = audit.AuditLog(tmp_path / "a.jsonl", KEY)
     with pytest.raises(engine.InvalidArgument, match="never carry key material"):
@@ -163,7 +266,7 @@ def test_a_deleted_log_beside_its_head_is_found(tmp_path):
     result = audit.verify(path, KEY)
     assert not result.ok and "truncated" in result.problems[0][1] and result.entries == 0
     head_file(path).unlink()
-    with pytest.raises(audit.AuditError, match="no audit log"):
+    with pytest.raises(audit.AuditLogUnreadable, match="no audit log"):
         audit.verify(path, KEY)
 
 

@@ -44,6 +44,19 @@ def test_from_list_rejects_non_buffers(bad):
         engine.Batch.from_list(b"one value")
 
 
+@pytest.mark.parametrize("number", [np.float64(1.5), np.int32(7), np.uint8(1), np.bool_(True),
+                                    np.array(2.5), np.array(3, np.uint8)])
+def test_from_list_refuses_numbers_that_expose_their_bytes(number):
+    """np.float64 has a buffer: packed, it would be 8 raw bytes that no reader expects."""
+    with pytest.raises(engine.InvalidArgumentType, match="record 1 is a number"):
+        engine.Batch.from_list([b"a", number])
+    aead = engine.AesGcm(bytes(32))
+    with pytest.raises(engine.InvalidArgumentType, match="is a number"):
+        aead.seal_batch([number])
+    # numpy's text and bytes scalars are str and bytes
+    assert engine.Batch.from_list([np.bytes_(b"ok"), np.str_("é")]).to_list() == [b"ok", "é".encode()]
+
+
 def test_constructor_does_not_copy_data():
     data = np.arange(100, dtype=np.uint8)
     b = engine.Batch(data, [0, 10, 100])

@@ -119,6 +119,54 @@ def test_text_and_email_normalisers_match_a_reference(value):
         assert err.value.failed.tolist() == [1]
 
 
+ASCII_WHITESPACE = b" \t\n\v\f\r"  # what the normalisers are documented to trim
+
+
+def _documented(name: str, raw: bytes) -> bytes | None:
+    """The documented normalisers, written out on bytes (None: the value fails)."""
+    trimmed = raw.strip(ASCII_WHITESPACE)
+    lowered = bytes(b + 32 if 65 <= b <= 90 else b for b in trimmed)
+    if name == "trim":
+        return trimmed
+    if name == "lower":
+        return bytes(b + 32 if 65 <= b <= 90 else b for b in raw)
+    if name == "text":
+        return lowered
+    if name == "email":
+        local, at, domain = lowered.partition(b"@")
+        ok = (lowered.count(b"@") == 1 and local and domain and len(lowered) <= 254
+              and not any(b in ASCII_WHITESPACE for b in lowered))
+        return lowered if ok else None
+    digits = bytes(b for b in raw if 48 <= b <= 57)
+    return digits or None
+
+
+@pytest.mark.parametrize("name", ["trim", "lower", "text", "email", "digits"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_ascii_whitespace_and_no_other_byte_is_trimmed(name, threads):
+    """Each byte 0-127, and a few non-ASCII spaces, before, after and inside a value: the six
+    ASCII whitespace bytes (tab, LF, VT, FF, CR and space) are trimmed and nothing else is (not
+    the separators 0x1c-0x1f that str.strip() also takes, not NBSP or NEL)"""
+    p = provider()
+    key = p.index_key("t", "c", 1)
+    others = ["\u00a0".encode(), "\u0085".encode(), "\u2003".encode(), b"\x85", b"\xa0"]
+    pads = [bytes([b]) for b in range(128)] + others
+    values = []
+    for pad in pads:
+        for body in (b"Ab@Example.Com", b"12-3"):
+            values += [pad + body, body + pad, pad + pad + body + pad, body[:2] + pad + body[2:]]
+    values = values * 40  # enough rows for several threads to share them
+    index = BlindIndex(p, "t", "c", normalizer=name, bits=32, threads=threads)
+    expected = [_documented(name, v) for v in values]
+    good = [v for v, e in zip(values, expected) if e is not None]
+    assert index.compute(Batch.from_list(good)) == [
+        reference(key, e, 32) for e in expected if e is not None]
+    for v, e in zip(values[:len(values) // 40], expected):
+        if e is None:
+            with pytest.raises(NormalisationError):
+                index.compute([v])
+
+
 @settings(max_examples=100, deadline=None)
 @given(value=st.text(max_size=20))
 def test_digits_and_equivalent_spellings(value):
@@ -217,7 +265,8 @@ def test_index_keys_differ_per_table_column_and_version(tmp_path):
     env.get_current_key()
     again = EnvironmentKeyProvider(master_key=MASTER, state_path=tmp_path / "k.json")
     assert env.index_key("users", "email", 1) == again.index_key("users", "email", 1)
-    other = EnvironmentKeyProvider(master_key=MASTER + "x", state_path=tmp_path / "k.json")
+    other = EnvironmentKeyProvider(master_key=MASTER + "x", state_path=tmp_path / "k2.json")
+    other.get_current_key()  # its own versions (under env's, its key check values refuse it)
     assert other.index_key("users", "email", 1) != env.index_key("users", "email", 1)
     assert env.index_key("users", "email", 1) not in (env.audit_key(),)
     with pytest.raises(UnknownKeyVersion):
@@ -269,6 +318,85 @@ def test_vault_keeps_a_random_index_secret_per_version(bao, names):
             admin.secrets.kv.v2.read_secret_version(path=f"{names['kv_path']}/index-v1",
                                                     mount_point="secret",
                                                     raise_on_deleted_version=True)
+
+
+@pytest.mark.parametrize("wrong", ["trailing newline", "another key"])
+def test_index_keys_are_refused_under_a_master_key_that_fails_the_check(tmp_path, wrong):
+    """A search service whose master key differs from the writer's (a trailing newline from a
+    mounted secret) must fail loudly, as encryption does, not look up under another key."""
+    from engine.keys import MasterKeyMismatch
+    from engine.keys.environment import DerivationPolicy
+
+    state = tmp_path / "keys.json"
+    policy = DerivationPolicy(iterations=1000)
+    writer = EnvironmentKeyProvider(master_key=MASTER, state_path=state, policy=policy)
+    writer.get_current_key()
+    writer.create_version()
+    stored = BlindIndex(writer, "users", "email", normalizer="email").compute(["a@example.com"])
+    other = MASTER + "\n" if wrong == "trailing newline" else "another-master-key-0123456789-abc"
+    search = EnvironmentKeyProvider(master_key=other, state_path=state, policy=policy)
+    for version in (1, 2):
+        with pytest.raises(MasterKeyMismatch) as err:
+            search.index_key("users", "email", version)
+        assert MASTER not in str(err.value) and "another-master" not in str(err.value)
+    with pytest.raises(MasterKeyMismatch):
+        BlindIndex(search, "users", "email", normalizer="email").compute(["a@example.com"])
+    with pytest.raises(MasterKeyMismatch):
+        BlindIndex(search, "users", "email", normalizer="email").lookup("a@example.com")
+    with pytest.raises(MasterKeyMismatch):
+        search.audit_key()
+    if wrong == "trailing newline":
+        assert "whitespace at its ends" in str(err.value)
+    right = EnvironmentKeyProvider(master_key=MASTER, state_path=state, policy=policy)
+    assert BlindIndex(right, "users", "email", normalizer="email").compute(
+        ["a@example.com"]) == stored
+
+
+def test_vault_refuses_an_index_secret_replaced_or_deleted(bao, names):
+    """Vault's blind-index secret is random and lives in KV: one recreated after a deletion, or
+    overwritten, would silently make every lookup miss. Its check value in the version's entry
+    refuses it, and a missing secret is not recreated."""
+    import base64
+
+    import hvac
+
+    from engine.keys import MasterKeyMismatch
+    from engine.vault import VaultKeyProvider
+
+    admin = hvac.Client(bao.address, token=bao.root_token)
+    path = f"{names['kv_path']}/index-v1"
+    with VaultKeyProvider(bao.address, token=bao.root_token, **names) as vault:
+        vault.get_current_key()
+        key = vault.index_key("users", "email", 1)
+        entry = admin.secrets.kv.v2.read_secret_version(
+            path=f"{names['kv_path']}/v1", mount_point="secret",
+            raise_on_deleted_version=True)["data"]["data"]
+        assert len(base64.b64decode(entry["index_kcv"])) == 16
+        assert vault.index_key("users", "email", 1) == key
+        vault.record_usage(1, 5)  # other updates of the entry keep the check value
+        assert vault.index_key("users", "email", 1) == key
+        admin.secrets.kv.v2.create_or_update_secret(
+            path=path, secret={"key": base64.b64encode(os.urandom(32)).decode()},
+            mount_point="secret")
+        with pytest.raises(MasterKeyMismatch, match="not the one"):
+            vault.index_key("users", "email", 1)
+        admin.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+        with pytest.raises(MasterKeyMismatch, match="missing"):
+            vault.index_key("users", "email", 1)
+        with pytest.raises(hvac.exceptions.InvalidPath):  # not recreated
+            admin.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",
+                                                    raise_on_deleted_version=True)
+        # an entry written before index_kcv existed records it at the first use
+        vault.create_version()
+        v2 = admin.secrets.kv.v2.read_secret_version(
+            path=f"{names['kv_path']}/v2", mount_point="secret",
+            raise_on_deleted_version=True)["data"]["data"]
+        v2.pop("index_kcv", None)
+        admin.secrets.kv.v2.create_or_update_secret(path=f"{names['kv_path']}/v2", secret=v2,
+                                                    mount_point="secret")
+        key2 = vault.index_key("users", "email", 2)
+        with VaultKeyProvider(bao.address, token=bao.root_token, **names) as again:
+            assert again.index_key("users", "email", 2) == key2
 
 
 def test_a_definition_rebuilds_the_same_index_anywhere():

@@ -32,7 +32,8 @@ def test_demo_round_trips_and_matches_cryptography():
 
 @pytest.fixture
 def key_env(tmp_path):
-    return {"ENCRYPTION_MASTER_KEY": "c" * 40, "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"),
+    return {"ENCRYPTION_MASTER_KEY": "cli-test-master-key-0123456789-abcdef",
+            "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"),
             "ENCRYPTION_KDF_ITERATIONS": "1000", "ENGINE_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
             "VAULT_ENABLED": "false"}
 

@@ -17,7 +17,7 @@ from engine import stream
 
 @pytest.fixture
 def env(tmp_path):
-    return {**os.environ, "ENCRYPTION_MASTER_KEY": "c" * 40, "VAULT_ENABLED": "false",
+    return {**os.environ, "ENCRYPTION_MASTER_KEY": "cli-stream-master-key-0123456789-abcdef", "VAULT_ENABLED": "false",
             "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys" / "keys.json"),
             "ENCRYPTION_KDF_ITERATIONS": "1000"}
 
@@ -103,3 +103,128 @@ def test_interrupted_leaves_no_output(env, work, how, command):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == (130 if how == signal.SIGINT else -signal.SIGKILL), err
     assert sorted(p.name for p in work.iterdir()) == before
+
+
+def _wait_until_engine_loads(pid: int, timeout: float = 60.0) -> bool:
+    """Waits until the child has mapped the engine's native module (it is importing the engine,
+    past the interpreter's own start-up); False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if "engine/_native/_ffi" in f.read():
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        time.sleep(0.0005)
+    return False
+
+
+@pytest.mark.parametrize("command", ["encrypt", "decrypt"])
+def test_sigint_at_any_moment_leaves_no_output_or_a_complete_one(env, work, command):
+    """SIGINT at moments spread from the engine's import to after the process ended: always
+    exit 130, one line and no file, or exit 0 and a complete file that decrypts; never a
+    traceback, never a temporary left behind, never death by the signal."""
+    data = os.urandom(2**20 + 777)
+    (work / "plain").write_bytes(data)
+    assert cli("encrypt", str(work / "plain"), str(work / "sealed"), env=env).returncode == 0
+    src = work / ("plain" if command == "encrypt" else "sealed")
+    out = work / "out"
+    before = sorted(p.name for p in work.iterdir())
+
+    def start():
+        proc = subprocess.Popen([sys.executable, "-m", "engine", command, str(src), str(out)],
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        loaded = _wait_until_engine_loads(proc.pid)
+        return proc, loaded, time.monotonic()
+
+    # how long a run takes from the engine's import to its end, here and now
+    proc, _, t0 = start()
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    span = time.monotonic() - t0
+    out.unlink()
+    outcomes = {0: 0, 130: 0}
+    runs = 20
+    for i in range(runs):
+        proc, loaded, t0 = start()
+        delay = 1.3 * span * i / (runs - 1)  # the last ones land after the end
+        time.sleep(max(0.0, t0 + delay - time.monotonic()))
+        try:
+            proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        _, err = proc.communicate(timeout=120)
+        text = err.decode(errors="replace")
+        assert "Traceback" not in text and "Exception ignored" not in text, (i, delay, text)
+        assert proc.returncode in (0, 130), (i, delay, proc.returncode, text)
+        if proc.returncode == 130:
+            assert not out.exists(), (i, delay)
+            assert len(text.strip().splitlines()) == 1 and "interrupted" in text, text
+        elif command == "encrypt":
+            r = cli("decrypt", str(out), "-", env=env)
+            assert r.returncode == 0 and r.stdout == data, (i, delay)
+        else:
+            assert out.read_bytes() == data, (i, delay)
+        if out.exists():
+            out.unlink()
+        assert sorted(p.name for p in work.iterdir()) == before, (i, delay)
+        outcomes[proc.returncode] += 1
+    assert outcomes[0] and outcomes[130], outcomes
+
+
+@pytest.mark.parametrize("command", ["encrypt", "decrypt"])
+def test_sigint_once_the_output_is_in_place_changes_nothing(env, work, command):
+    """The moment the file appears the work is done: SIGINT then (during the report, at
+    interpreter exit) must neither kill the process nor turn its exit code into 130."""
+    data = os.urandom(300_000)
+    (work / "plain").write_bytes(data)
+    assert cli("encrypt", str(work / "plain"), str(work / "sealed"), env=env).returncode == 0
+    src = work / ("plain" if command == "encrypt" else "sealed")
+    out = work / "out"
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-m", "engine", command, str(src), str(out),
+                                 "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env)
+        while not out.exists() and proc.poll() is None:
+            time.sleep(0.0002)
+        proc.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and b"Traceback" not in err, (proc.returncode, err)
+        assert json.loads(stdout)["plaintext_bytes"] == len(data)
+        out.unlink()
+
+
+def test_closed_and_broken_standard_streams(env, work):
+    """A reader that goes away (| head), a stdout or stderr the process was started without:
+    one line, exit 5 (or the command's own code), no traceback, and no message in the data."""
+    data = os.urandom(3 * 2**20)
+    (work / "plain").write_bytes(data)
+    assert cli("encrypt", str(work / "plain"), str(work / "sealed"), env=env).returncode == 0
+    for command, src in (("decrypt", "sealed"), ("encrypt", "plain")):
+        proc = subprocess.Popen([sys.executable, "-m", "engine", command, str(work / src), "-"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert len(proc.stdout.read(100)) == 100
+        proc.stdout.close()  # the reader has what it wanted
+        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 5, err
+        assert err.strip().splitlines() == ["crypto-engine: [Errno 32] Broken pipe"], err
+
+    def closing(fd):
+        return lambda: os.close(fd)
+
+    r = subprocess.run([sys.executable, "-m", "engine", "decrypt", str(work / "sealed"), "-"],
+                       stderr=subprocess.PIPE, env=env, preexec_fn=closing(1), timeout=120)
+    assert r.returncode == 5 and r.stderr.decode().strip() == "crypto-engine: [Errno 9] stdout is closed"
+    r = subprocess.run([sys.executable, "-m", "engine", "encrypt", "-", str(work / "x")],
+                       stderr=subprocess.PIPE, env=env, preexec_fn=closing(0), timeout=120)
+    assert r.returncode == 5 and b"stdin is closed" in r.stderr and not (work / "x").exists()
+    # without stderr, a failure is the exit code alone: nothing goes into the data on stdout
+    (work / "short").write_bytes((work / "sealed").read_bytes()[:-100])
+    r = subprocess.run([sys.executable, "-m", "engine", "decrypt", str(work / "short"), "-"],
+                       stdout=subprocess.PIPE, env=env, preexec_fn=closing(2), timeout=120)
+    assert r.returncode == 1 and data.startswith(r.stdout) and b"crypto-engine" not in r.stdout
+    r = subprocess.run([sys.executable, "-m", "engine", "encrypt", str(work / "plain"),
+                        str(work / "y")], stdout=subprocess.PIPE, env=env,
+                       preexec_fn=closing(2), timeout=120)
+    assert r.returncode == 0 and (work / "y").exists()

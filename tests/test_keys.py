@@ -54,7 +54,8 @@ def _clean_env(monkeypatch, tmp_path):
 def provider(tmp_path, **kw) -> EnvironmentKeyProvider:
     kw.setdefault("master_key", MASTER)
     kw.setdefault("policy", FAST)
-    return EnvironmentKeyProvider(state_path=tmp_path / "state" / "keys.json", **kw)
+    kw.setdefault("state_path", tmp_path / "state" / "keys.json")
+    return EnvironmentKeyProvider(**kw)
 
 
 def roundtrip(enc_key, dec_key) -> bool:
@@ -164,6 +165,39 @@ def test_short_master_key_message_does_not_contain_value(tmp_path, monkeypatch):
     assert secret not in message and "short-but" not in message
 
 
+@pytest.mark.parametrize("weak", [bytes(32), "0" * 40, b"\xff" * 33, "a" * 64, "\u00e9" * 20,
+                                  bytearray(48), memoryview(b"k" * 32)])
+def test_a_master_key_of_one_repeated_value_is_refused(tmp_path, weak):
+    with pytest.raises(MasterKeyError, match="repeated") as info:
+        provider(tmp_path, master_key=weak)
+    assert "000" not in str(info.value) and "aaa" not in str(info.value)
+    # a byte differing anywhere is a key (its strength is the operator's)
+    raw = bytearray(memoryview(weak.encode() if isinstance(weak, str) else weak).tobytes())
+    raw[len(raw) // 2] ^= 1
+    assert provider(tmp_path / "ok", master_key=bytes(raw)).get_current_key()
+
+
+def test_whitespace_around_the_master_key_is_named_when_it_is_the_difference(tmp_path, caplog):
+    """A secret mounted from a file brings a trailing newline: the key check value refuses it
+    (a different key), and the message says that whitespace is the whole difference."""
+    base = "ws-master-key-0123456789-abcdefghijklm"
+    for created, given in ((base, base + "\n"), (base + "\n", base), (base, " " + base),
+                           (base + "\r\n", base)):
+        state = tmp_path / f"{len(created)}-{len(given)}-{given[0] == ' '}.json"
+        provider(tmp_path, master_key=created, state_path=state).get_current_key()
+        with pytest.raises(MasterKeyMismatch) as err:
+            provider(tmp_path, master_key=given, state_path=state).get_current_key()
+        message = str(err.value)
+        assert ("whitespace at its ends" in message or "ended with" in message), message
+        assert base not in message
+    with pytest.raises(MasterKeyMismatch) as err:
+        provider(tmp_path, master_key="another-key-entirely-0123456789-xyz",
+                 state_path=state).get_current_key()
+    assert "stray whitespace" in str(err.value)
+    assert any("whitespace" in r.getMessage() and base not in r.getMessage()
+               for r in caplog.records)
+
+
 def test_master_key_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ENCRYPTION_MASTER_KEY", MASTER)
     monkeypatch.setenv("ENCRYPTION_KDF_ITERATIONS", "1000")
@@ -238,7 +272,7 @@ def test_versions_have_distinct_salts_and_keys(tmp_path):
 def test_another_master_key_is_refused_for_encryption_and_decryption(tmp_path):
     """A changed master key (even the right one with a trailing newline) must not go on
     encrypting under keys the real master key cannot reproduce."""
-    master = "m" * 40
+    master = "m" * 20 + "-master-key-of-40-bytes"
     p = provider(tmp_path, master_key=master)
     p.get_current_key()
     p.create_version()
@@ -481,7 +515,7 @@ def test_a_provider_is_rebuilt_in_another_process_from_its_config(tmp_path):
     blob = pickle.dumps(config)
     assert MASTER.encode() not in blob and b"secret" not in blob
     ctx = multiprocessing.get_context("spawn")
-    for master, expected in ((MASTER, "ssn 123"), ("w" * 40, "MasterKeyMismatch")):
+    for master, expected in ((MASTER, "ssn 123"), ("w" * 20 + "-another-master-key!", "MasterKeyMismatch")):
         with ctx.Pool(1, initializer=_set_master, initargs=(master,)) as pool:
             assert pool.apply(_decrypt_with_config, (blob, token)) == expected
 
@@ -514,7 +548,8 @@ def test_only_text_and_bytes_are_master_keys(tmp_path):
     for bad in (40, 4.0e40, ["k" * 40], object()):
         with pytest.raises(engine.InvalidArgumentType, match="str or bytes-like"):
             provider(tmp_path, master_key=bad)
-    for good in ("k" * 40, b"k" * 40, bytearray(b"k" * 40), memoryview(b"k" * 40)):
+    for good in ("k" * 39 + "!", b"k" * 39 + b"!", bytearray(b"k" * 39 + b"!"),
+                 memoryview(b"k" * 39 + b"!")):
         assert provider(tmp_path / type(good).__name__, master_key=good).get_current_key()
 
 

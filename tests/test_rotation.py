@@ -21,7 +21,7 @@ from engine.keys.environment import DerivationPolicy, EnvironmentKeyProvider
 from engine.keys.static import StaticKeyProvider
 from engine.metrics import EngineMetrics
 
-MASTER = "m" * 48
+MASTER = "m" * 40 + "-rotation"
 AUDIT_KEY = os.urandom(32)
 
 
@@ -131,7 +131,7 @@ def test_another_master_key_is_caught_before_anything_changes(tmp_path):
     provider = env_provider(tmp_path)
     service_for(provider, tmp_path).rotate_keys()
     before = (tmp_path / "keys.json").read_bytes()
-    other = EnvironmentKeyProvider(master_key="x" * 48, state_path=tmp_path / "keys.json",
+    other = EnvironmentKeyProvider(master_key="x" * 40 + "-another", state_path=tmp_path / "keys.json",
                                    policy=DerivationPolicy(iterations=1000))
     with pytest.raises(rotation.RotationFailed) as err:
         service_for(other, tmp_path).rotate_keys()

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import engine
 from engine import stream
-from engine.stream import cobblestone
+from engine.stream import _io, _pipeline, cobblestone
 
 import cobblestone_reference as ref
 from vectors import wycheproof_chunked
@@ -372,3 +372,115 @@ def test_a_4_gib_stream_stays_in_bounded_memory():
 
     result = memory_case(4 << 30)
     assert result["above baseline MiB"] < 64, result
+
+
+# ---------------------------------------------------------------- plaintext wiped
+
+class _Recorded(_io.Window):
+    """A window that remembers itself and, at each wipe, whether a chunk after its first held
+    anything (so that a wipe of the first chunk only would be seen)."""
+
+    __slots__ = ()
+    made: list = []
+    beyond_first: list = []
+
+    def __init__(self, chunks: int) -> None:
+        super().__init__(chunks)
+        _Recorded.made.append(self)
+
+    def wipe(self) -> None:
+        _Recorded.beyond_first.append(bool(self._plain[CHUNK:].any()))
+        super().wipe()
+
+
+@pytest.fixture
+def recorded_windows(monkeypatch):
+    monkeypatch.setattr(_pipeline, "Window", _Recorded)
+    monkeypatch.setattr(cobblestone, "Window", _Recorded)
+    monkeypatch.setattr(cobblestone, "WINDOW_CHUNKS", 4)
+    monkeypatch.setattr(cobblestone, "RANDOM_ACCESS_CHUNKS", 4)
+    _Recorded.made, _Recorded.beyond_first = [], []
+    yield _Recorded
+    assert _Recorded.made, "no window was used"
+    dirty = [i for i, w in enumerate(_Recorded.made) if w._plain.any()]
+    assert not dirty, f"windows {dirty} of {len(_Recorded.made)} still hold plaintext"
+    assert any(_Recorded.beyond_first), "no window held plaintext beyond its first chunk"
+
+
+class _FailingSink(io.RawIOBase):
+    def __init__(self, after: int, error: BaseException) -> None:
+        self.after, self.error, self.writes = after, error, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b):
+        self.writes += 1
+        if self.writes > self.after:
+            raise self.error
+        return len(b)
+
+
+PLAIN = bytes(range(1, 256)) * (11 * CHUNK // 255)  # no zero byte: any leftover shows
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stream_windows_are_wiped_whole(recorded_windows, threads):
+    key = os.urandom(32)
+    sealed = io.BytesIO()
+    stream.encrypt_stream(key, io.BytesIO(PLAIN), sealed, threads=threads)
+    out = io.BytesIO()
+    stream.decrypt_stream(key, io.BytesIO(sealed.getvalue()), out, threads=threads)
+    assert out.getvalue() == PLAIN
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_stream_windows_are_wiped_whole_when_the_output_fails(recorded_windows, threads, error):
+    key = os.urandom(32)
+    message = stream.encrypt(key, PLAIN)
+    with pytest.raises(type(error)):
+        stream.decrypt_stream(key, io.BytesIO(message), _FailingSink(2, error), threads=threads)
+    with pytest.raises(type(error)):
+        stream.encrypt_stream(key, io.BytesIO(PLAIN), _FailingSink(3, error), threads=threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stream_windows_are_wiped_whole_after_a_bad_chunk(recorded_windows, threads):
+    key = os.urandom(32)
+    message = bytearray(stream.encrypt(key, PLAIN))
+    message[56 + 9 * (CHUNK + 16) + 5] ^= 1  # chunk 9: windows 0 and 1 authenticate
+    out = io.BytesIO()
+    with pytest.raises(stream.ChunkInvalid):
+        stream.decrypt_stream(key, io.BytesIO(bytes(message)), out, threads=threads)
+    assert out.getvalue() == PLAIN[:9 * CHUNK]
+
+
+def test_file_objects_wipe_their_window_whole(recorded_windows):
+    key = os.urandom(32)
+    sealed = io.BytesIO()
+    with stream.Encryptor(key, sealed) as w:
+        w.write(PLAIN[:3 * CHUNK + 100])  # stays in the window until close
+    with stream.Decryptor(key, io.BytesIO(sealed.getvalue())) as r:
+        assert r.read(CHUNK + 1) == PLAIN[:CHUNK + 1]
+    reader = stream.open_message(key, io.BytesIO(sealed.getvalue()))
+    assert reader.read() == PLAIN[:3 * CHUNK + 100]
+    reader.close()
+    aborted = stream.Encryptor(key, io.BytesIO())
+    aborted.write(PLAIN[:2 * CHUNK + 5])
+    aborted.abort()
+
+
+def test_random_access_positions_are_integers():
+    key = os.urandom(32)
+    reader = stream.open_message(key, io.BytesIO(stream.encrypt(key, PLAIN[:50_000])))
+    for bad in (1.5, "10", None, 2.0):
+        with pytest.raises(engine.InvalidArgumentType, match="integer"):
+            reader.seek(bad)
+        with pytest.raises(engine.InvalidArgumentType, match="integer"):
+            reader.seek(0, bad)
+    assert reader.tell() == 0
+    assert reader.seek(__import__("numpy").int64(100)) == 100 and reader.read(5) == PLAIN[100:105]
+    assert reader.seek(-5, io.SEEK_END) == 49_995 and reader.read() == PLAIN[49_995:50_000]
+    with pytest.raises(engine.InvalidArgument):
+        reader.seek(0, 7)

@@ -114,3 +114,30 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
         f.write(b"whole")
     assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
     assert (target.stat().st_mode & 0o777) == 0o600
+
+
+def test_before_commit_runs_once_the_file_is_whole_and_can_cancel_the_rename(tmp_path, files):
+    """The command line's Ctrl-C gate: what before_commit raises (a KeyboardInterrupt handled
+    on its entry) keeps the previous file and leaves no temporary."""
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"previous")
+    (tmp_path / "in.bin").write_bytes(b"x" * 100_000)
+    seen = []
+
+    def interrupted():
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise KeyboardInterrupt
+
+    for run in (files.encrypt_file, files.decrypt_file):
+        source = tmp_path / ("in.bin" if run == files.encrypt_file else "enc.bin")
+        if run == files.decrypt_file:
+            files.encrypt_file(str(tmp_path / "in.bin"), str(source))
+        with pytest.raises(KeyboardInterrupt):
+            run(str(source), str(target), before_commit=interrupted)
+        assert target.read_bytes() == b"previous"
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert seen and all("out.bin" in names for names in seen)
+    calls = []
+    files.encrypt_file(str(tmp_path / "in.bin"), str(target), before_commit=lambda: calls.append(
+        target.read_bytes()))
+    assert calls == [b"previous"] and files.decrypt(target.read_bytes()) == b"x" * 100_000

@@ -120,7 +120,7 @@ def test_bad_arguments(service):
 
 @pytest.fixture
 def env(tmp_path):
-    return {**os.environ, "ENCRYPTION_MASTER_KEY": "c" * 40, "VAULT_ENABLED": "false",
+    return {**os.environ, "ENCRYPTION_MASTER_KEY": "tables-master-key-0123456789-abcdefgh", "VAULT_ENABLED": "false",
             "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"), "ENCRYPTION_KDF_ITERATIONS": "1000"}
 
 

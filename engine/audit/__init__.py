@@ -57,6 +57,7 @@ from .format import (
     REENCRYPTION_STARTED,
     AuditError,
     AuditHead,
+    AuditLogUnreadable,
     head_path,
 )
 from .log import AuditLog
@@ -68,6 +69,7 @@ __all__ = [
     "AuditError",
     "AuditHead",
     "AuditLog",
+    "AuditLogUnreadable",
     "GENESIS",
     "HEAD_SLOT_BYTES",
     "KEY_ACCESS",

@@ -37,6 +37,10 @@ class AuditError(EngineError):
     """The audit log cannot be written or read."""
 
 
+class AuditLogUnreadable(AuditError):
+    """The audit log to verify is missing or cannot be read (the command line exits 5)."""
+
+
 @dataclass(frozen=True)
 class AuditHead:
     """An entry of the chain as an anchor: its sequence number and MAC.

@@ -7,12 +7,11 @@ import json
 import logging
 import os
 import socket
-import threading
-import weakref
 from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import InvalidArgument
+from ..locks import fork_safe_lock
 from .format import (
     AUDIT_HEAD_RECREATED,
     AUDIT_LOG_TRUNCATED,
@@ -44,18 +43,6 @@ def _check_details(details: dict[str, Any]) -> None:
             )
 
 
-_LOGS: "weakref.WeakSet[AuditLog]" = weakref.WeakSet()
-
-
-def _unlock_in_child() -> None:
-    """A child forked while another thread appended must not inherit that thread's lock."""
-    for log in list(_LOGS):
-        log._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_unlock_in_child)
-
-
 class AuditLog:
     """Appends chained entries to ``path`` and keeps its head record in ``path + ".head"``
     (both created with mode 0600 when missing). See :mod:`engine.audit` for what a writer does
@@ -80,9 +67,8 @@ class AuditLog:
         self._head_path = head_path(self.path)
         self._key = check_key(key)
         self._fsync = fsync
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._identity = {"host": socket.gethostname()}
-        _LOGS.add(self)
 
     def __repr__(self) -> str:
         return f"<AuditLog path={self.path!r}>"

@@ -14,6 +14,7 @@ from .format import (
     HEAD_SLOT_BYTES,
     AuditError,
     AuditHead,
+    AuditLogUnreadable,
     HeadRecord,
     chain_link,
     check_key,
@@ -36,11 +37,15 @@ class VerificationResult:
         problems: (line number, reason), in file order; a problem with the end of the log (the
             newest entries removed, a missing head) is reported at the line after the last.
         head: the newest entry that authenticated (store it elsewhere as an anchor), or None.
+        wrong_key: not one entry (nor the head record) authenticates under the key given: the
+            key is not the one the log was written with (or every entry was replaced); the
+            problems say so once instead of naming every line as edited.
     """
 
     entries: int
     problems: list[tuple[int, str]] = field(default_factory=list)
     head: AuditHead | None = None
+    wrong_key: bool = False
 
     @property
     def ok(self) -> bool:
@@ -82,22 +87,25 @@ def verify(path: str | os.PathLike[str], key: bytes, *,
 
     Raises:
         InvalidArgument: a short key or a malformed ``expect_head``.
-        AuditError: neither the log nor its head exists, or the log cannot be read.
+        AuditLogUnreadable: neither the log nor its head exists, or the log cannot be read.
     """
     key = check_key(key)
     anchors: dict[str, AuditHead] = {}
     if expect_head is not None:
         anchors["the expected head"] = AuditHead.parse(expect_head)
+    failure = None
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         f = None
     except OSError as exc:
-        raise AuditError(f"cannot read the audit log {os.fspath(path)}: {exc.strerror}") from None
+        failure = exc.strerror or type(exc).__name__
+    if failure is not None:
+        raise AuditLogUnreadable(f"cannot read the audit log {os.fspath(path)}: {failure}")
     try:
         head, head_exists, size = _snapshot(key, path, f)
         if f is None and not head_exists and expect_head is None:
-            raise AuditError(f"no audit log at {os.fspath(path)}")
+            raise AuditLogUnreadable(f"no audit log at {os.fspath(path)}")
         if head is not None:
             anchors["the head record"] = AuditHead(head.seq, head.mac)
         walk = _ChainWalk(key, anchors)
@@ -137,6 +145,7 @@ class _ChainWalk:
         self.problems: list[tuple[int, str]] = []
         self.prev, self.expected_seq, self.lines = GENESIS, 1, 0
         self.newest: AuditHead | None = None
+        self.failed_macs = 0  # entries of our shape whose MAC does not match
 
     def run(self, lines: Iterator[bytes | None]) -> None:
         for raw in lines:
@@ -152,15 +161,22 @@ class _ChainWalk:
             return
         link = chain_link(self.key, entry)
         if link is None:
+            self.failed_macs += 1
             self.problems.append((number, "MAC mismatch: the entry was edited"))
             mac = entry.get("mac")
             self.prev, self.expected_seq = mac if isinstance(mac, str) else "", self.expected_seq + 1
             return
         seq, mac = link
-        if seq != self.expected_seq or not same_mac(self.prev, entry["prev"]):
+        if seq != self.expected_seq:
             self.problems.append(
                 (number, f"chain broken: expected entry {self.expected_seq}, found {seq} "
                          "(an entry was deleted, inserted or moved)")
+            )
+        elif not same_mac(self.prev, entry["prev"]):
+            self.problems.append(
+                (number, f"chain broken: entry {seq} does not link to the entry before it (a "
+                         "line from another log under the same key, or the line before it "
+                         "replaced)")
             )
         if entry.get("event") in _RECORDED_DAMAGE:
             self.problems.append((number, _RECORDED_DAMAGE[entry["event"]]))
@@ -171,6 +187,15 @@ class _ChainWalk:
         self.newest = AuditHead(seq, mac)
 
     def result(self, head_invalid: bool, head_missing: bool) -> VerificationResult:
+        if self.failed_macs and self.newest is None and (head_invalid or head_missing):
+            # Nothing authenticates, the head record included: the key is not the log's (one
+            # edited entry leaves the others and the head authenticating).
+            return VerificationResult(
+                entries=self.lines, problems=[(1, (
+                    f"the key does not match the one this log was written with: none of its "
+                    f"{self.failed_macs} entries nor its head record authenticates under it "
+                    f"(another master key or audit key?), unless every entry was replaced"))],
+                head=None, wrong_key=True)
         end = self.lines + 1
         if len(self.problems) <= MAX_PROBLEMS:
             for name, anchor in self.anchors.items():

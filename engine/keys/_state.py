@@ -18,13 +18,13 @@ import hmac
 import json
 import os
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from ..aead import AesGcm
+from ..locks import fork_safe_lock
 from .base import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
@@ -320,7 +320,7 @@ def flocked(lock_path: Path, *, wait: bool, what: str) -> Iterator[None]:
 
 
 _CACHE: dict[tuple[bytes, str], tuple[AesGcm, bytes]] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = fork_safe_lock()
 
 
 def key_check_value(key: bytes, version: int, algorithm: str = DEFAULT_ALGORITHM) -> bytes:

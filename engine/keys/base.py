@@ -15,7 +15,6 @@ import contextlib
 import enum
 import hashlib
 import hmac
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, ContextManager, Iterator, Mapping
 
 from ..aead import AesGcm
 from ..errors import EngineError, InvalidArgument
+from ..locks import fork_safe_lock
 from ..xaes import XAesGcm
 
 __all__ = [
@@ -459,7 +459,7 @@ class ThreadRotationLock:
     __slots__ = ("_lock",)
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
 
     @contextlib.contextmanager
     def __call__(self, wait: bool = True) -> Iterator[None]:

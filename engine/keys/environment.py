@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from typing import Any, Callable, ContextManager, Mapping
 
 from ..aead import KEY_BYTES
 from ..errors import InvalidArgument, InvalidArgumentType
+from ..locks import fork_safe_lock
 from . import _state
 from ._state import KeyStateCorrupted, StateSnapshot, VersionRecord
 from .base import (
@@ -133,6 +133,15 @@ def _master_key(value: Any) -> bytes:
             f"{MASTER_KEY_ENV} is too short; set it to a random secret of at least "
             f"{MASTER_KEY_MIN_BYTES} bytes (e.g. the output of `openssl rand -base64 48`)"
         )
+    if raw.count(raw[:1]) == len(raw) or (isinstance(value, str) and len(set(value)) == 1):
+        raise MasterKeyError(
+            f"{MASTER_KEY_ENV} is one byte value repeated, which anyone can guess; set it to a "
+            f"random secret (e.g. the output of `openssl rand -base64 48`)"
+        )
+    if raw != raw.strip():
+        _log.warning("%s begins or ends with whitespace (a newline from a file, say); it is "
+                     "used as given, and a value without it is another master key",
+                     MASTER_KEY_ENV)
     return raw
 
 
@@ -197,7 +206,7 @@ class EnvironmentKeyProvider(KeyProvider):
                                    else env.get(MASTER_KEY_ENV))
         self._path = Path(state_path) if state_path is not None else _state.default_state_path(env)
         self._policy = policy if policy is not None else DerivationPolicy.from_environment(env)
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._snap: StateSnapshot = _state.EMPTY
         self._sig: Any = False
         self._checked_at = -1.0
@@ -242,8 +251,8 @@ class EnvironmentKeyProvider(KeyProvider):
             return self._snap
         with self._lock:
             snap, sig = _state.read_state(self._path)
-            self._snap, self._sig, self._checked_at, self._keys = snap, sig, now, {}
-            self._current_key = None
+            self._current_key = None  # first: no reader pairs it with the new snapshot's time
+            self._snap, self._sig, self._keys, self._checked_at = snap, sig, {}, now
             return snap
 
     def refresh(self) -> None:
@@ -279,12 +288,50 @@ class EnvironmentKeyProvider(KeyProvider):
             raise MasterKeyMismatch(
                 f"key version {rec.version} in {str(self._path)!r} was created under another "
                 f"{MASTER_KEY_ENV}: the key derived here does not match its key check value, so "
-                f"nothing is encrypted or decrypted with it (check the variable for a changed "
-                f"value or stray whitespace, and the file for an edited record)"
+                f"no key is derived from it (neither to encrypt or decrypt, nor for blind "
+                f"indexes or the audit trail){self._whitespace_hint(rec)}"
             )
         key = VersionedKey(rec.version, cipher, rec.state)
         self._keys[rec.version] = key
         return key
+
+    def _whitespace_hint(self, rec: VersionRecord) -> str:
+        """Why a master key failed a key check value, when whitespace at its ends is the whole
+        difference (derived again on this failure path only; nothing about either key shown)."""
+        master = self._master
+        for candidate, what in (
+                (master.strip(), "the value given here has whitespace at its ends (a trailing "
+                                 "newline?) that the one the state was created under has not"),
+                (master + b"\n", "the value the state was created under ended with a newline "
+                                  "that the one given here lacks"),
+                (master.rstrip(b"\r\n") + b"\r\n", "the value the state was created under "
+                                                     "ended with CR LF")):
+            if candidate == master or len(candidate) < MASTER_KEY_MIN_BYTES:
+                continue
+            key = hashlib.pbkdf2_hmac("sha512", candidate, rec.salt, rec.iterations, KEY_BYTES)
+            if hmac.compare_digest(_state.key_check_value(key, rec.version, rec.algorithm),
+                                   rec.check):
+                return f"; {what}"
+        return ("; check the variable for a changed value or stray whitespace, and the file "
+                "for an edited record")
+
+    def _check_master(self, version: int | None = None) -> None:
+        """Refuses to derive anything more from a master key that fails the key check value of
+        ``version`` (default: the current version; nothing to check before the first).
+
+        Raises:
+            UnknownKeyVersion: ``version`` is not listed.
+            MasterKeyMismatch: the master key is not the one the version was created under.
+        """
+        snap = self._snapshot()
+        if version is None:
+            version = snap.current
+            if version is None:
+                return
+        rec = snap.versions.get(version)
+        if rec is None:
+            raise UnknownKeyVersion(version)
+        self._key(rec)
 
     def _record_check(self, version: int, check: bytes) -> None:
         """Writes the key check value of a version listed by an older state file (trusting this
@@ -503,7 +550,19 @@ class EnvironmentKeyProvider(KeyProvider):
         return _state.flocked(self._path.parent / "rotation.lock", wait=wait, what="lock")
 
     def audit_key(self) -> bytes:
-        """The audit trail's HMAC key, derived from the master key (never the key itself)."""
+        """The audit trail's HMAC key, derived from the master key (never the key itself).
+
+        Raises:
+            MasterKeyMismatch: the master key fails the current version's key check value (a
+                wrong key would make every entry look edited, and sign new ones nobody can
+                check).
+        """
+        try:
+            self._check_master()
+        except MasterKeyMismatch:
+            raise
+        except KeyProviderError:
+            pass  # an unreadable state file holds nothing to check against; verify logs anyway
         return hmac.new(self._master, b"engine audit trail v1", hashlib.sha256).digest()
 
     def index_key(self, table: str, column: str, version: int) -> bytes:
@@ -512,10 +571,11 @@ class EnvironmentKeyProvider(KeyProvider):
 
         Raises:
             UnknownKeyVersion: the state file does not list this version.
+            MasterKeyMismatch: the master key fails that version's key check value (under a
+                wrong one every lookup would find nothing, silently).
         """
         check_version(version)
-        if version not in self._snapshot().versions:
-            raise UnknownKeyVersion(version)
+        self._check_master(version)
         secret = hmac.new(self._master, b"engine blind index secret v1", hashlib.sha256).digest()
         return derive_index_key(secret, table, column, version)
 

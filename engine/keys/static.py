@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from datetime import datetime, timezone
 from typing import Any, ContextManager, Mapping
 
 from ..aead import KEY_BYTES, AesGcm
 from ..errors import InvalidArgument
+from ..locks import fork_safe_lock
 from .base import (
     DEFAULT_ALGORITHM,
     KeyProvider,
@@ -112,7 +112,7 @@ class StaticKeyProvider(KeyProvider):
             if v not in self._infos:
                 raise InvalidArgument(f"states names unknown version {v}")
             self._infos[v] = dataclasses.replace(self._infos[v], state=check_state(s))
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._audit_key = None if audit_key is None else _secret_bytes(audit_key, "audit_key")
         self._index_secret = None if index_key is None else _secret_bytes(index_key, "index_key")
         self._usage: dict[int, int] = {}

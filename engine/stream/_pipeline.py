@@ -62,10 +62,26 @@ def run_windows(chunks: int, read: Read, work: Work, emit: Emit, *, helpers: int
             emit(win, job, helper.result())
             free.append(win)
     finally:
-        for helper in pool:
-            helper.close()
-        for win in windows:
-            win.wipe()
+        _close_then_wipe(pool, windows)
+
+
+def _close_then_wipe(pool: "list[_Helper]", windows: list[Window]) -> None:
+    """Stops the helpers, waits until none can write into a window again (a second Ctrl-C
+    arriving meanwhile is raised once they have), then wipes every window."""
+    interrupted: BaseException | None = None
+    for helper in pool:
+        helper.stop()
+    for helper in pool:
+        while True:
+            try:
+                helper.join()
+                break
+            except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt: raised below
+                interrupted = exc
+    for win in windows:
+        win.wipe()
+    if interrupted is not None:
+        raise interrupted
 
 
 class _Failed:
@@ -106,8 +122,10 @@ class _Helper:
             raise result.error
         return result
 
-    def close(self) -> None:
-        """Stops the thread once it has finished the windows it holds (work never blocks on
-        I/O, so this returns promptly)."""
+    def stop(self) -> None:
+        """Tells the thread to end once it has finished the windows it holds."""
         self._jobs.put(None)
+
+    def join(self) -> None:
+        """Waits for the thread to end (work never blocks on I/O, so this returns promptly)."""
         self._thread.join()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import io
+import operator
 from typing import Any, Callable
 
 from ..aead import CHUNK_NONCE_BYTES, AesGcm, random_bytes
@@ -557,6 +558,14 @@ class RandomAccessReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Moves to ``offset`` (an int, as for any binary file) from ``whence``.
+
+        Raises:
+            InvalidArgumentType: ``offset`` or ``whence`` is not an integer (1.5, say).
+            InvalidArgument: an unknown ``whence``, or a position before the start.
+            ChunkInvalid: from the end, the final chunk does not authenticate.
+        """
+        offset, whence = _integer(offset, "offset"), _integer(whence, "whence")
         if whence == io.SEEK_SET:
             pos = offset
         elif whence == io.SEEK_CUR:
@@ -635,6 +644,15 @@ class RandomAccessReader(io.RawIOBase):
             if getattr(self, "_owned", None) is not None:
                 self._owned.close()
         super().close()
+
+
+def _integer(value: Any, name: str) -> int:
+    """``value`` as an int if it is one (anything with ``__index__``, as file objects take)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    raise InvalidArgumentType(f"{name} must be an integer, not {type(value).__name__}")
 
 
 def open_message(key: Any, src: Any, context: Any = b"", **kwargs: Any) -> RandomAccessReader:

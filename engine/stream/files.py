@@ -12,19 +12,20 @@ handle (:meth:`engine.AesGcm.derive`).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..atomic_file import atomic_output
 from ..keys.base import KeyState, KeyVersionNotUsable, VersionedKey
 from ..refusals import count_refusal, counts_refusals, metrics_of_service
 from ..service import EncryptionService, get_encryption_service
 from . import cobblestone
-from ._io import Source
+from ._io import Sink, Source
 from .errors import NotAnEngineFile
 
 __all__ = ["FILE_HEADER_BYTES", "FileEncryption", "FileResult", "atomic_output", "file_header",
@@ -168,7 +169,7 @@ class FileEncryption:
         start = time.perf_counter()
         key = self._current_key()
         header = file_header(key.version)
-        dst.write(header)
+        Sink(dst).write(header)
         total = cobblestone.encrypt_stream(key.cipher, src, dst, _context(header, context),
                                            progress=progress, threads=self._threads)
         self._audit(key.version, "encrypt-file")
@@ -219,7 +220,7 @@ class FileEncryption:
         closed; see :class:`~engine.stream.Encryptor`)."""
         key = self._current_key()
         header = file_header(key.version)
-        dst.write(header)
+        Sink(dst).write(header)
         self._audit(key.version, "encrypt-file")
         return cobblestone.Encryptor(key.cipher, dst, _context(header, context),
                                      threads=self._threads)
@@ -260,44 +261,58 @@ class FileEncryption:
     @_counted
     def encrypt_file(self, src: str, dst: str, context: Any = b"", *,
                      progress: cobblestone.Progress | None = None,
-                     fsync: bool = False) -> FileResult:
+                     fsync: bool = False,
+                     before_commit: Callable[[], Any] | None = None) -> FileResult:
         """Encrypts the file ``src`` into ``dst`` (either may be ``"-"``: stdin/stdout).
 
         ``dst`` appears only once complete: it is written under a temporary name in its
         directory (unnamed where Linux allows, so even SIGKILL leaves nothing) and renamed at the
-        end. ``fsync`` also flushes it to disk before the rename.
+        end. ``fsync`` also flushes it to disk before the rename. ``before_commit`` is called
+        just before that rename (on stdout: after the last byte), and what it raises cancels it
+        (see :func:`engine.atomic_file.atomic_output`).
         """
-        with _input(src) as fin, _output(dst, fsync) as fout:
+        with _input(src) as fin, _output(dst, fsync, before_commit) as fout:
             return self.encrypt_stream(fin, fout, context, progress=progress)
 
     @_counted
     def decrypt_file(self, src: str, dst: str, context: Any = b"", *,
                      progress: cobblestone.Progress | None = None,
-                     fsync: bool = False) -> FileResult:
+                     fsync: bool = False,
+                     before_commit: Callable[[], Any] | None = None) -> FileResult:
         """Decrypts the engine file ``src`` into ``dst`` (either may be ``"-"``).
 
         A file ``dst`` appears only after the last chunk authenticated (temporary name, then
         rename); on failure nothing is left. On stdout, nothing past the last authenticated
-        chunk is ever written.
+        chunk is ever written. ``before_commit``: as for :meth:`encrypt_file`.
         """
-        with _input(src) as fin, _output(dst, fsync) as fout:
+        with _input(src) as fin, _output(dst, fsync, before_commit) as fout:
             return self.decrypt_stream(fin, fout, context, progress=progress)
+
+
+def _standard(stream: Any, name: str) -> int:
+    """The descriptor of stdin or stdout (None when the process was started with it closed)."""
+    if stream is None:
+        raise OSError(errno.EBADF, f"{name} is closed")
+    return stream.fileno()
 
 
 @contextmanager
 def _input(path: str) -> Iterator[Any]:
     if path == STDIO:
-        yield open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+        yield open(_standard(sys.stdin, "stdin"), "rb", buffering=0, closefd=False)
         return
     with open(path, "rb", buffering=0) as f:
         yield f
 
 
 @contextmanager
-def _output(path: str, fsync: bool) -> Iterator[Any]:
+def _output(path: str, fsync: bool, before_commit: Callable[[], Any] | None) -> Iterator[Any]:
     if path == STDIO:
+        fd = _standard(sys.stdout, "stdout")
         sys.stdout.flush()
-        yield open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
+        yield open(fd, "wb", buffering=0, closefd=False)
+        if before_commit is not None:
+            before_commit()
         return
-    with atomic_output(path, fsync=fsync) as f:
+    with atomic_output(path, fsync=fsync, before_commit=before_commit) as f:
         yield f

@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 import re
 import ssl
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
         "engine.vault needs hvac: pip install 'engine[vault]' (or pip install hvac)"
     ) from _exc
 
+from ..locks import fork_safe_lock
 from ..settings import env_flag
 from .errors import (
     VaultAuthError,
@@ -172,7 +172,7 @@ class VaultConnection:
         real_address = _check_address(address)
         self.address = redact_url(real_address)
         self.policy = policy or RetryPolicy()
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         methods = [m for m, given in (("token", token), ("approle", role_id or secret_id),
                                       ("kubernetes", role)) if given]
         if client is not None and not methods:

@@ -5,7 +5,7 @@ store below and :class:`~engine.vault.VaultSecrets` both use it. :class:`KeyStor
 key provider keeps its versions::
 
     <mount>/data/<path>/v1              {format, version, wrapped_key, transit_key, transit_mount,
-                                         state, created_at, kcv, usage, algorithm}
+                                         state, created_at, kcv, usage, algorithm, index_kcv}
     <mount>/data/<path>/v2              ...
     <mount>/data/<path>/current         {version: 2, updated_at}
     <mount>/data/<path>/rotation-lock   {owner, expires}
@@ -17,7 +17,9 @@ at, so two processes never both create version N and never overwrite each other'
 entry's ``kcv`` (key check value) is an HMAC of the version number (and, for XAES-256-GCM, the
 algorithm) under the data key: a data key copied into another version's entry, alone or with the
 whole entry, fails it, and so does an entry whose algorithm was edited. Entries written before
-``algorithm`` existed are AES-256-GCM.
+``algorithm`` existed are AES-256-GCM. ``index_kcv``, recorded at the first use of the version's
+blind-index secret, does the same for that secret: one replaced or recreated (every lookup would
+find nothing) is refused.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "KeyStore",
     "check_entry_key",
     "entry_algorithm",
+    "index_check_value",
     "key_check_value",
     "new_entry",
     "parse_entry",
@@ -57,6 +60,7 @@ __all__ = [
 ENTRY_FORMAT = 1
 CAS_ATTEMPTS = 32
 _KCV_DOMAIN = b"engine/vault/kcv/v1\x00version="
+_INDEX_KCV_DOMAIN = b"engine/vault/index-kcv/v1\x00version="
 _VERSION_KEY = re.compile(r"v([1-9][0-9]{0,9})")
 _SECRET_BYTES = 32  # the audit key and the index secrets
 
@@ -186,6 +190,14 @@ def key_check_value(key: bytes | bytearray, version: int,
     if algorithm != DEFAULT_ALGORITHM:
         label += b"\x00algorithm=" + algorithm.encode("ascii")
     return hmac.new(key, label, hashlib.sha256).digest()[:16]
+
+
+def index_check_value(secret: bytes, version: int) -> str:
+    """The ``index_kcv`` of a version's blind-index secret (base64): 16 bytes of an HMAC of the
+    version number under the secret, which shows whether a secret read later is the same one
+    and nothing about it."""
+    mac = hmac.new(secret, _INDEX_KCV_DOMAIN + str(version).encode(), hashlib.sha256).digest()
+    return base64.b64encode(mac[:16]).decode("ascii")
 
 
 def new_entry(version: int, key: bytearray, wrapped: str, transit_name: str,
@@ -364,21 +376,23 @@ class KeyStore:
         """
         return self._random_secret("audit", "the audit key")
 
-    def index_secret(self, version: int) -> bytes:
+    def index_secret(self, version: int, *, create: bool = True) -> bytes | None:
         """The secret blind-index keys of a version derive from: 32 random bytes at
-        ``<path>/index-v<version>``, created once with check-and-set.
+        ``<path>/index-v<version>``, created once with check-and-set (unless ``create`` is
+        False: None when there is none).
 
         Raises:
             WrappedKeyInvalid: the stored entry is malformed.
             VaultConflict: too many concurrent creators.
         """
-        return self._random_secret(f"index-v{version}", f"the index secret of version {version}")
+        return self._random_secret(f"index-v{version}", f"the index secret of version {version}",
+                                   create=create)
 
     def destroy_index_secret(self, version: int) -> None:
         """Deletes a version's blind-index secret and all its KV versions."""
         self.kv.destroy(f"{self.path}/index-v{version}", f"purge the index secret of {version}")
 
-    def _random_secret(self, name: str, what: str) -> bytes:
+    def _random_secret(self, name: str, what: str, *, create: bool = True) -> bytes | None:
         path = f"{self.path}/{name}"
         for _ in range(CAS_ATTEMPTS):
             found = self.kv.read(path, f"read {what}")
@@ -390,6 +404,8 @@ class KeyStore:
                 if len(key) != _SECRET_BYTES:
                     raise WrappedKeyInvalid(f"{what} in Vault is malformed")
                 return key
+            if not create:
+                return None
             fresh = base64.b64encode(os.urandom(_SECRET_BYTES)).decode()
             self.kv.write(path, {"key": fresh}, f"create {what}", cas=0)
         raise VaultConflict(f"could not create {what}: too many conflicts")

@@ -19,6 +19,7 @@ and keys never appear in ``repr``, exceptions, logs or pickles.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 import re
 import threading
@@ -36,6 +37,7 @@ from ..keys.base import (
     KeyState,
     KeyVersionInfo,
     KeyVersionNotUsable,
+    MasterKeyMismatch,
     ProviderConfig,
     UnknownKeyVersion,
     VersionedKey,
@@ -48,6 +50,7 @@ from ..keys.base import (
     derive_index_key,
     next_usage,
 )
+from ..locks import fork_safe_lock
 from .connection import (
     DEFAULT_JWT_PATH,
     RetryPolicy,
@@ -61,7 +64,15 @@ from .errors import (
     VaultError,
     WrappedKeyInvalid,
 )
-from .kv import CAS_ATTEMPTS, KeyStore, check_entry_key, entry_algorithm, new_entry, parse_entry
+from .kv import (
+    CAS_ATTEMPTS,
+    KeyStore,
+    check_entry_key,
+    entry_algorithm,
+    index_check_value,
+    new_entry,
+    parse_entry,
+)
 from .transit import TransitKey, TransitKeyWrapper, wipe
 
 if TYPE_CHECKING:
@@ -96,6 +107,10 @@ class RewrapReport:
     transit_version: int
     rewrapped: tuple[int, ...]
     min_decryption_version: int
+
+
+def _same_check(recorded: Any, computed: str) -> bool:
+    return isinstance(recorded, str) and hmac.compare_digest(recorded.encode(), computed.encode())
 
 
 _PATH_RE = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
@@ -184,7 +199,7 @@ class VaultKeyProvider(KeyProvider):
         arguments = dict(locals())
         self._settings = tuple((k, arguments[k]) for k in _SHAREABLE)
         self._ttl = float(cache_ttl)
-        self._lock = threading.RLock()
+        self._lock = fork_safe_lock(threading.RLock)
         self._entries: dict[int, _Cached] = {}
         self._current: tuple[int, float] | None = None
         self._closed = False
@@ -631,9 +646,30 @@ class VaultKeyProvider(KeyProvider):
         """
         self._check_open()
         check_version(version)
-        if self._store.entry(version) is None:
+        found = self._store.entry(version)
+        if found is None:
             raise UnknownKeyVersion(version)
-        return derive_index_key(self._store.index_secret(version), table, column, version)
+        recorded = found[0].get("index_kcv")
+        secret = self._store.index_secret(version, create=recorded is None)
+        if secret is None or not _same_check(recorded or self._record_index_check(version, secret),
+                                             index_check_value(secret, version)):
+            raise MasterKeyMismatch(
+                f"the blind-index secret of key version {version} in Vault is "
+                f"{'missing' if secret is None else 'not the one'} its indexes were computed "
+                f"with (replaced or recreated in KV): every lookup would find nothing, so no "
+                f"index key is derived from it; restore the secret")
+        return derive_index_key(secret, table, column, version)
+
+    def _record_index_check(self, version: int, secret: bytes) -> str:
+        """Records the index secret's check value in the version's entry at its first use (or
+        returns the one another process recorded meanwhile)."""
+        def change(entry: dict[str, Any]) -> dict | None:
+            if entry.get("index_kcv") is not None:
+                return None
+            entry["index_kcv"] = index_check_value(secret, version)
+            return entry
+
+        return str(self._store.update_entry(version, change).get("index_kcv"))
 
     def purge(self, version: int) -> None:
         """Deletes a version's entry and every KV version of it, and its blind-index secret:

@@ -1,0 +1,147 @@
+"""Ctrl-C on the command line: an interrupted command leaves no output and exits 130 with one
+line, a command whose output is committed exits 0, and neither prints a traceback.
+
+Python's own SIGINT handling cannot promise that. Its handler raises KeyboardInterrupt wherever
+the main thread is: during the imports before a command runs (a traceback), again inside the
+cleanup after a first Ctrl-C, or just after an output file was renamed into place (exit 130
+although the file is complete); and at interpreter exit it puts back the default action, which
+kills a process that has finished its work (seen as a lost Ctrl-C or as death by SIGINT after
+a complete file). So:
+
+* while the command line starts (``import engine`` and the parsing of its arguments), a SIGINT
+  ends the process at once: nothing has been written yet;
+* while a command that writes an output works, the first SIGINT raises KeyboardInterrupt once
+  (later ones are swallowed while it cleans up);
+* from the moment its output is complete and about to be committed, SIGINT is ignored until the
+  process ends.
+
+A SIGINT that the process inherited as ignored (a background job) stays ignored throughout.
+Nothing here happens when the engine is imported as a library.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+__all__ = ["COMMAND_LINE", "CommandInterrupts", "command_started", "take_sigint_while_starting"]
+
+COMMAND = "crypto-engine"
+_MODULES = ("engine", "engine.cli")
+
+
+def _starting_command_line() -> bool:
+    """Whether this process is the command line starting: ``crypto-engine`` (a console script)
+    or ``python -m engine``, and not a program that imports the engine."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == COMMAND:
+        return True
+    if argv0 != "-m":  # Python sets "-m" while it imports the packages of the -m module only
+        return False
+    orig = list(getattr(sys, "orig_argv", ()))
+    return "-m" in orig[:-1] and orig[orig.index("-m") + 1] in _MODULES
+
+
+def _end_at_once(signum: int, frame: Any) -> None:
+    if sys.stderr is not None:  # None: started without one, and descriptor 2 may be a file now
+        try:
+            os.write(sys.stderr.fileno(), f"{COMMAND}: interrupted before the command started; "
+                     "nothing was written\n".encode())
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
+
+
+def _sigint_is_python_default() -> bool:
+    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def take_sigint_while_starting() -> None:
+    """Makes a SIGINT during the command line's start end it at once with exit 130 (it has
+    written nothing yet). Run when this module is imported, which ``engine/__init__.py`` does
+    before anything else. A no-op for library users."""
+    if (COMMAND_LINE and threading.current_thread() is threading.main_thread()
+            and _sigint_is_python_default()):
+        signal.signal(signal.SIGINT, _end_at_once)
+
+
+def command_started() -> None:
+    """Gives SIGINT back to Python's handler once the command line has parsed its arguments
+    (the commands that do not write an output handle KeyboardInterrupt themselves)."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is _end_at_once):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class CommandInterrupts:
+    """SIGINT for a command that writes an output (see the module docstring).
+
+    Pass :meth:`commit` as the ``before_commit`` of the call that writes the output, call
+    :meth:`interrupted` when KeyboardInterrupt reaches the command, and :meth:`ignore` when the
+    command ends, however it ends.
+
+    A KeyboardInterrupt can be lost on its way: raised inside a weakref callback or a
+    ``__del__`` (importlib's module locks have one), Python prints "Exception ignored" and goes
+    on. So the handler also records the interrupt: :meth:`commit` raises it again, and such
+    reports of it are silenced. And one that passed through ``exec`` of a string (a dataclass
+    or namedtuple being made by a lazy import) makes the interpreter kill itself with SIGINT at
+    exit whatever the exit code: the command line's process therefore ends an interrupted
+    command with ``os._exit``.
+    """
+
+    def __init__(self) -> None:
+        self._armed = threading.current_thread() is threading.main_thread() and (
+            _sigint_is_python_default() or signal.getsignal(signal.SIGINT) is _end_at_once)
+        self._pending = False
+        self._hook = sys.unraisablehook
+        if self._armed:
+            signal.signal(signal.SIGINT, self._handler)
+            sys.unraisablehook = self._unraisable
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._armed:
+            self._pending = True
+            raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if not (self._pending and unraisable.exc_type is KeyboardInterrupt):
+            self._hook(unraisable)
+
+    def commit(self) -> None:
+        """Called just before the output is committed. A SIGINT that arrived before this call
+        is handled as the call starts (Python runs pending handlers on entry to a function) and
+        raises here, as does one whose KeyboardInterrupt was lost on its way: either cancels
+        the commit. One that arrives later is ignored."""
+        self._armed = False
+        if self._pending:
+            raise KeyboardInterrupt
+
+    def interrupted(self, code: int) -> int:
+        """The end of an interrupted command: ``code``, returned, or in the command line's own
+        process the process's exit status at once (its work is undone already)."""
+        self._armed = False
+        if not COMMAND_LINE:
+            return code
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    def ignore(self) -> None:
+        """Ignores SIGINT from now until the process ends (the command is over)."""
+        self._armed = False
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) == self._handler):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if sys.unraisablehook == self._unraisable:
+            sys.unraisablehook = self._hook
+
+
+COMMAND_LINE = _starting_command_line()  # evaluated while `import engine` runs
+take_sigint_while_starting()
