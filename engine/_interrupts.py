@@ -27,10 +27,21 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["COMMAND_LINE", "CommandInterrupts", "command_started", "take_sigint_while_starting"]
+__all__ = ["COMMAND_LINE", "CommandInterrupts", "before_exit", "command_started",
+           "take_sigint_while_starting"]
 
 COMMAND = "crypto-engine"
 _MODULES = ("engine", "engine.cli")
+
+
+_BEFORE_EXIT: list[Any] = []
+
+
+def before_exit(action: Any) -> None:
+    """Runs ``action()`` before an interrupted command ends the process with ``os._exit``
+    (which runs no ``finally`` and no atexit): what must outlive the command, such as pushing
+    its metrics. An action's exception is ignored."""
+    _BEFORE_EXIT.append(action)
 
 
 def _starting_command_line() -> bool:
@@ -125,6 +136,11 @@ class CommandInterrupts:
         self._armed = False
         if not COMMAND_LINE:
             return code
+        for action in _BEFORE_EXIT:
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - the exit code and the one line matter more
+                pass
         for stream in (sys.stdout, sys.stderr):
             try:
                 if stream is not None:

@@ -775,7 +775,23 @@ def _with_metrics(args: argparse.Namespace, run: Any) -> int:
             print(f"crypto-engine: cannot serve metrics on {args.metrics_address}:{port}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return EXIT_BACKEND
-    started, code = time.monotonic(), EXIT_INTERRUPTED
+    started, code, pushed = time.monotonic(), EXIT_INTERRUPTED, []
+
+    def finish(code: int) -> None:
+        if gateway is None or pushed:
+            return
+        pushed.append(code)
+        labels = dict(args.push_labels)
+        job = labels.pop("job", PUSH_JOB)
+        metrics.job_finished(code, time.monotonic() - started)
+        try:
+            metrics.push(gateway, job, {"command": args.command, **labels})
+        except PushFailed as exc:
+            print(f"crypto-engine: warning: {exc}", file=sys.stderr)
+
+    from ._interrupts import before_exit
+
+    before_exit(lambda: finish(EXIT_INTERRUPTED))  # an interrupted command ends with os._exit
     try:
         code = run()
         return code
@@ -790,14 +806,7 @@ def _with_metrics(args: argparse.Namespace, run: Any) -> int:
         code = EXIT_CHECK_FAILED  # Python's own exit code for an uncaught error
         raise
     finally:
-        if gateway is not None:
-            labels = dict(args.push_labels)
-            job = labels.pop("job", PUSH_JOB)
-            metrics.job_finished(code, time.monotonic() - started)
-            try:
-                metrics.push(gateway, job, {"command": args.command, **labels})
-            except PushFailed as exc:
-                print(f"crypto-engine: warning: {exc}", file=sys.stderr)
+        finish(code)
         if port is not None:
             metrics.stop()
 

@@ -233,7 +233,7 @@ class EngineMetrics:
         self._reencryption_progress: float | None = None
         self._vault_up: bool | None = None
         self._vault_leader_changes = 0
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
         self._job: tuple[int, float] | None = None
         self._server: Any = None
         self.registry = REGISTRY if registry is None else registry

@@ -47,7 +47,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Collection, Iterator, Mapping
@@ -55,6 +54,7 @@ from typing import Any, BinaryIO, Callable, Collection, Iterator, Mapping
 import numpy as np
 
 from .errors import EngineError, InvalidArgument
+from .locks import fork_safe_lock
 from .parquet_pages import (
     DATA_PAGE_V2,
     DICTIONARY_PAGE,
@@ -85,7 +85,7 @@ _BLOOM_FPP = 0.05
 _SAMPLE_BYTES = 1 << 20
 # Levels found for a column of files from the same writer, tried first in the next file.
 _LEVEL_HINTS: OrderedDict[tuple[str, str, str], int] = OrderedDict()
-_HINTS_LOCK = threading.Lock()
+_HINTS_LOCK = fork_safe_lock()
 
 
 class ParquetUnreadable(EngineError, OSError):

@@ -18,7 +18,7 @@ from .errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTa
 from .keys.base import KeyProviderError, KeyUsageExhausted, KeyVersionNotUsable, UnknownKeyVersion
 
 __all__ = ["ERROR_TYPES", "count_refusal", "counted", "counts_refusals", "error_type_of",
-           "metrics_of_service"]
+           "metrics_of_service", "restated"]
 
 #: The kinds of ``engine_encryption_errors_total{error_type}``; anything else counts as ``other``.
 ERROR_TYPES = (
@@ -93,6 +93,14 @@ def counted(exc: _E) -> _E:
     refusal makes a second refusal.)"""
     setattr(exc, _COUNTED, True)
     return exc
+
+
+def restated(new: _E, old: BaseException) -> _E:
+    """``new``, an error that restates ``old`` (naming the column or file it came from), marked
+    as counted exactly when ``old`` was: the refusal is counted once either way."""
+    if getattr(old, _COUNTED, False):
+        setattr(new, _COUNTED, True)
+    return new
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

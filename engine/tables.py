@@ -31,7 +31,7 @@ from .batch import Batch
 from .blind_index import BlindIndexes, as_blind_indexes, under_one_version
 from .envelope import EnvelopeError
 from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType
-from .refusals import counts_refusals, metrics_of_service
+from .refusals import counts_refusals, metrics_of_service, restated
 from .service import EncryptionService, get_encryption_service
 
 __all__ = ["ColumnInvalidTag", "ColumnNotText", "ColumnNotTokens", "ColumnValueError",
@@ -366,9 +366,9 @@ def _decrypted(service: EncryptionService, name: str, present: Any, aad: Any,
     try:
         return service.decrypt_many(_as_batch(present), aad)
     except BatchInvalidTag as exc:
-        error = ColumnInvalidTag(name, _rows(exc.failed, valid))
+        error = restated(ColumnInvalidTag(name, _rows(exc.failed, valid)), exc)
     except EnvelopeError as exc:
-        error = ColumnNotTokens(name, int(_rows([exc.index or 0], valid)[0]), exc.count)
+        error = restated(ColumnNotTokens(name, int(_rows([exc.index or 0], valid)[0]), exc.count), exc)
     raise error
 
 
@@ -506,11 +506,11 @@ class _InputFile:
         try:
             return transform()
         except ColumnValueError as exc:
-            error: EngineError = exc.moved(offset)
+            error: EngineError = restated(exc.moved(offset), exc)
         except InvalidArgument as exc:
             if type(exc) is not InvalidArgument:
                 raise
-            error = InvalidArgument(f"{self.path}: {exc}")
+            error = restated(InvalidArgument(f"{self.path}: {exc}"), exc)
         raise error
 
 

@@ -202,7 +202,7 @@ sys.stdin.read()
 
 @pytest.fixture
 def key_env(tmp_path):
-    return {**os.environ, "ENCRYPTION_MASTER_KEY": "m" * 40, "ENCRYPTION_KDF_ITERATIONS": "1000",
+    return {**os.environ, "ENCRYPTION_MASTER_KEY": "metrics-test-master-key-" * 2, "ENCRYPTION_KDF_ITERATIONS": "1000",
             "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"), "VAULT_ENABLED": "false",
             "ENGINE_STATE_DIR": str(tmp_path / "state")}
 

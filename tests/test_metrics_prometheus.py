@@ -26,7 +26,8 @@ JOB = "crypto-engine"
 @pytest.fixture(scope="module")
 def key_env(tmp_path_factory):
     state = tmp_path_factory.mktemp("keys")
-    env = {**os.environ, "ENCRYPTION_MASTER_KEY": "p" * 40, "ENCRYPTION_KDF_ITERATIONS": "1000",
+    env = {**os.environ, "ENCRYPTION_MASTER_KEY": "prometheus-test-master-key-" * 2,
+           "ENCRYPTION_KDF_ITERATIONS": "1000",
            "ENGINE_KEY_STATE_FILE": str(state / "keys.json"), "VAULT_ENABLED": "false",
            "ENGINE_STATE_DIR": str(state / "rotation"), "KEY_ROTATION_INTERVAL_DAYS": "30"}
     env.pop("ENGINE_AUDIT_LOG", None)

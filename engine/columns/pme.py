@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -30,6 +29,7 @@ from ..atomic_file import atomic_output
 from ..envelope import EncryptedData, EnvelopeError
 from ..errors import InvalidArgument, InvalidArgumentType, InvalidTag
 from ..keys.base import KeyVersionNotUsable
+from ..locks import fork_safe_lock
 from ..service import EncryptionService, get_encryption_service
 from .parquet import ParquetLayout
 from .parquet_footer import read_footer_crypto
@@ -176,7 +176,7 @@ class PmeKeys:
         self._factory = pe.CryptoFactory(self._client)
         self._connection = pe.KmsConnectionConfig(kms_instance_id=KMS_INSTANCE_ID)
         self._cleared = time.monotonic()
-        self._lock = threading.Lock()
+        self._lock = fork_safe_lock()
 
     def _expire(self) -> None:
         """Empties pyarrow's caches once ``cache_lifetime`` has passed since they were last
