@@ -185,6 +185,8 @@ class BaoCluster:
             BaoStartError: a node did not start or the cluster did not form in time (the
                 message has the logs' tails); everything started is stopped again.
         """
+        if self.root_token and self.directory is not None:
+            return self  # started already (``with BaoCluster().start() as c`` is fine)
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="openbao-cluster-"))
             _LIVE.add(self)
@@ -231,8 +233,8 @@ class BaoCluster:
                                  "performance_multiplier": self.performance_multiplier,
                                  # Autopilot promotes a joined node to voter only after it
                                  # was stable for a while, checked every 10 s by default.
-                                 "autopilot_reconcile_interval": "300ms",
-                                 "autopilot_update_interval": "200ms"}},
+                                 "autopilot_reconcile_interval": "100ms",
+                                 "autopilot_update_interval": "100ms"}},
             "listener": [{"tcp": {"address": f"127.0.0.1:{port}",
                                   "cluster_address": f"127.0.0.1:{node.cluster_port}",
                                   "tls_cert_file": str(cert), "tls_key_file": str(key)}}],
@@ -261,7 +263,7 @@ class BaoCluster:
         self._unseal(self.nodes[0], deadline)
         self._wait(self.nodes[0], deadline, lambda s, b: s == 200, "become active")
         self._admin(0, "POST", "sys/storage/raft/autopilot/configuration",
-                    {"server_stabilization_time": "500ms"})
+                    {"server_stabilization_time": "100ms"})
         # Mounted before the others join: a standby that unsealed before a KV v2 mount was
         # created answers its reads with 400 "waiting for the primary to upgrade" until it
         # becomes active itself.
@@ -386,6 +388,24 @@ class BaoCluster:
         self._wait(node, deadline, lambda s, b: s in (200, 429, 503), "answer after a restart")
         self._unseal(node, deadline)
         self._wait(node, deadline, lambda s, b: s in (200, 429), "rejoin as active or standby")
+
+    def step_down(self, timeout: float = ELECTION_TIMEOUT) -> int:
+        """Makes the active node step down (``sys/step-down``: it stays up, as a standby) and
+        waits until another node is active; returns the new active node's index.
+
+        Raises:
+            BaoError: no other node took over within ``timeout`` seconds.
+        """
+        old = self.wait_for_leader(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.request(old, "PUT", "sys/step-down")
+            try:
+                return self.wait_for_leader(min(3.0, timeout), not_index=old)
+            except BaoError:
+                # The same node may take the lock again before another does: step down again.
+                if time.monotonic() > deadline:
+                    raise
 
     # ---- leadership ----
 

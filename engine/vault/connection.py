@@ -389,7 +389,7 @@ class VaultConnection:
                 router.answered(node)
                 return result
             if (outcome is None or isinstance(outcome, (VaultPathNotFound, VaultRequestRejected))) \
-                    and router.several and not consistent and node != router.leader:
+                    and not consistent and node != router.leader:
                 # A standby answers from a replica that may lag (and, during an election, misses
                 # the last writes): its "not found", "check-and-set mismatch" or "denied" is
                 # asked again of the active node before it is believed.
@@ -437,19 +437,23 @@ class VaultConnection:
                 what: str) -> int:
         """The node for the next try (see :meth:`call`)."""
         router = self._router
-        if consistent and router.several:
+        if consistent:
             return self._confirmed_active(deadline, what)
-        if router.several and router.leader is None:
+        if router.leader is None and (len(router) > 1 or not self._discovered_at):
             self._discover()
         return router.choose(tried)
 
     def _confirmed_active(self, deadline: float | None, what: str) -> int:
         """A node that has just answered ``sys/leader`` with ``is_self`` (within the last
         :data:`CONFIRMED_FOR` seconds, and not failed since); waits for an election to end,
-        within the deadline (or the retries)."""
+        within the deadline (or the retries). With one configured address that no node
+        confirms (a load balancer whose nodes' own addresses cannot be reached), that address."""
         router = self._router
         if router.leader is not None and time.monotonic() - router.confirmed_at < CONFIRMED_FOR:
             return router.leader
+        if not router.several:
+            index = self._discover(force=True)
+            return index if index is not None else router.choose(set())
         policy = self.policy
         limit = deadline if deadline is not None else \
             time.monotonic() + sum(policy.delay(i) for i in range(policy.retries))
@@ -460,16 +464,17 @@ class VaultConnection:
                 return index
             now = time.monotonic()
             if now >= limit:
-                self._router.unavailable()
+                router.unavailable()
                 raise VaultUnavailable(f"no node of Vault at {self.address} says it is the "
                                        f"active one; could not {what}")
             time.sleep(max(0.0, min(policy.delay(attempt), limit - now)))
             attempt += 1
 
     def _discover(self, force: bool = False) -> int | None:
-        """Asks the nodes (``sys/leader``, unauthenticated) which one is active; the router
-        follows the answer. One thread at a time, and not more than every 100 ms unless
-        ``force``. Returns the active node's index, or None (an election, or no answer)."""
+        """Asks the nodes (``sys/leader``, unauthenticated) which one is active, then the
+        active node they name if it is not among them; the router follows the answer. One
+        thread at a time, and not more than every 100 ms unless ``force``. Returns the active
+        node's index, or None (an election, or no answer)."""
         router = self._router
         if not self._discovery.acquire(blocking=force):
             return router.leader
@@ -477,19 +482,32 @@ class VaultConnection:
             if not force and time.monotonic() - self._discovered_at < 0.1:
                 return router.leader
             timeout = min(self.policy.timeout, 2.0)
+            asked: set[int] = set()
+            named: list[str] = []
             order = sorted(range(len(router)), key=lambda i: i != router.leader)
-            for index in order:
+            while order:
+                index = order.pop(0)
+                asked.add(index)
                 try:
                     with router.pinned(index):
                         answer = self._client.adapter.get("/v1/sys/leader", timeout=timeout)
-                except NodeRedirect:
-                    continue
                 except Exception:  # a node that does not answer is simply not the active one
                     router.unreachable(index)
                     continue
-                if isinstance(answer, dict) and answer.get("is_self") is True:
-                    router.found_active(index)
+                if not isinstance(answer, dict):
+                    continue
+                if answer.get("is_self") is True or answer.get("ha_enabled") is False:
+                    router.found_active(index)  # the active node, or a server on its own
                     return index
+                if isinstance(answer.get("leader_address"), str) and answer["leader_address"]:
+                    named.append(answer["leader_address"])
+                if not order:  # then the active node the others name, if it is new
+                    for address in named:
+                        learned = router.learn(address)
+                        if learned is not None and learned not in asked and \
+                                not router.is_down(learned):
+                            order.append(learned)
+                            break
             return None
         finally:
             self._discovered_at = time.monotonic()
@@ -611,6 +629,7 @@ class VaultConnection:
 
     def close(self) -> None:
         """Revokes a login token and closes the HTTP session (if this connection made it)."""
+        self._router.close()
         self.revoke_login()
         if not self._owned:
             return

@@ -149,8 +149,9 @@ class KVStore:
         """
         try:
             return self._send(path, data, what, cas)
-        except VaultOutcomeUnknown as unknown:
-            return self._settle(path, data, what, cas, unknown)
+        except VaultOutcomeUnknown as exc:
+            unknown = exc
+        return self._settle(path, data, what, cas, unknown)
 
     def _send(self, path: str, data: dict[str, Any], what: str, cas: int | None) -> int | None:
         try:
@@ -172,10 +173,13 @@ class KVStore:
         expected = _canonical(data)
         for _ in range(CAS_ATTEMPTS):
             try:
-                found = self.read(path, f"read back {self.shown(path)!r} to see whether a write "
-                                  f"applied", consistent=True)
+                found: tuple[dict[str, Any], int] | None | bool = self.read(
+                    path, f"read back {self.shown(path)!r} to see whether a write applied",
+                    consistent=True)
             except VaultUnavailable:
-                raise unknown from None
+                found = False
+            if found is False:  # raised here: no exception context travels with it
+                raise unknown
             stored, version = found if found is not None else ({}, 0)
             if found is not None and _canonical(stored) == expected and \
                     (cas is None or version == cas + 1):

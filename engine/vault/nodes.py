@@ -100,7 +100,7 @@ class NodeRouter:
         self._nodes = list(addresses)
         self._shown = [redact_url(a) for a in addresses]
         self._configured = len(addresses)
-        self._leader: int | None = 0 if len(addresses) == 1 else None
+        self._leader: int | None = None
         self._known_leader: str | None = None  # the address last seen active
         self._down_until = [0.0] * len(addresses)
         self._lock = threading.Lock()
@@ -190,10 +190,7 @@ class NodeRouter:
             self._down_until[index] = time.monotonic() + DOWN_FOR
             if self._leader == index:
                 self.confirmed_at = 0.0
-            if self._leader == index and self.several:
                 self._leader = None
-            elif self._leader == index and index >= self._configured:
-                self._leader = 0  # a learned node failed: back to the configured address
 
     def unavailable(self) -> None:
         """A call gave up: Vault is down as far as this process can tell."""
@@ -207,6 +204,22 @@ class NodeRouter:
         if base is None:
             return None
         return self._found_active(base, said_itself=False)
+
+    def learn(self, address: str) -> int | None:
+        """The index of ``address`` (an ``api_addr`` a node named), added when new (up to
+        :data:`MAX_NODES`); None for an unusable one."""
+        prefix = urllib.parse.urlsplit(self._nodes[0]).path
+        base = _base_of(address.rstrip("/") + "/v1/", prefix)
+        if base is None:
+            return None
+        with self._lock:
+            index = self._index_of(base)
+            if index is None and len(self._nodes) < MAX_NODES:
+                self._nodes.append(base)
+                self._shown.append(redact_url(base))
+                self._down_until.append(0.0)
+                index = len(self._nodes) - 1
+            return index
 
     def found_active(self, index: int) -> None:
         """Node ``index`` said it is the active one (``sys/leader``)."""
@@ -245,6 +258,11 @@ class NodeRouter:
             if node.rstrip("/").lower() == wanted:
                 return i
         return None
+
+    def close(self) -> None:
+        """The connection closed: no longer exported by :mod:`engine.metrics`."""
+        _ROUTERS.discard(self)
+        self.prober = None
 
     def probe(self) -> bool | None:
         """Asks the nodes which one is active (through the connection's prober); sets and

@@ -181,17 +181,20 @@ class TransitKey:
         before = self.latest_version()
         try:
             self._call("rotate the Transit key", "keys", self._api.rotate_key, idempotent=False)
-        except VaultOutcomeUnknown as unknown:
-            try:
-                after = self.latest_version()
-            except VaultUnavailable:
-                raise unknown from None
-            if after <= before:
-                raise VaultUnavailable(
-                    f"Transit key {self.name!r} was not rotated ({unknown}); its latest version "
-                    f"is still {before}: run the rotation again") from None
-            return after
-        return self.latest_version()
+            return self.latest_version()
+        except VaultOutcomeUnknown as exc:
+            unknown = exc
+        try:
+            after: int | None = self.latest_version()
+        except VaultUnavailable:
+            after = None
+        if after is None:
+            raise unknown
+        if after <= before:
+            raise VaultUnavailable(
+                f"Transit key {self.name!r} was not rotated ({unknown}); its latest version is "
+                f"still {before}: run the rotation again")
+        return after
 
     def latest_version(self) -> int:
         """The key's latest version, read from the active node."""
