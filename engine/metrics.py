@@ -7,14 +7,15 @@ lock and an addition per call, whatever the batch size.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-__all__ = ["EngineMetrics", "OperationCounts", "get_metrics", "set_metrics"]
+__all__ = ["EngineMetrics", "OperationCounts", "VaultConnectivity", "get_metrics", "set_metrics"]
 
 
 class OperationCounts:
@@ -50,6 +51,50 @@ class OperationCounts:
         return [family]
 
 
+class VaultConnectivity:
+    """``engine_vault_up`` and ``engine_vault_leader_changes_total`` per Vault (label ``vault``:
+    its nodes' addresses), read at scrape time from this process's open Vault connections.
+
+    Up is 1 when the last call reached a node that did the work, 0 when one gave up; when no
+    call went out for ``probe_after`` seconds (keys cached), the scrape asks the nodes which one
+    is active (``sys/leader``, bounded by the connection's timeout). Leader changes count each
+    time a connection saw another node become active. A process with no Vault connection
+    exports neither.
+    """
+
+    def __init__(self, probe_after: float = 30.0) -> None:
+        self.probe_after = probe_after
+
+    def describe(self) -> list[Any]:
+        return self._families()
+
+    @staticmethod
+    def _families() -> list[Any]:
+        return [GaugeMetricFamily("engine_vault_up", "1 when Vault answers this process (an "
+                                  "active node reachable), else 0", labels=["vault"]),
+                CounterMetricFamily("engine_vault_leader_changes", "Changes of Vault's active "
+                                    "node seen by this process", labels=["vault"])]
+
+    def collect(self) -> list[Any]:
+        up, changes = self._families()
+        nodes = sys.modules.get("engine.vault.nodes")  # never imported: no connection to report
+        if nodes is None:
+            return [up, changes]
+        seen: dict[str, tuple[bool, int]] = {}
+        for router in nodes.live_routers():
+            status = router.status()
+            healthy = status.up
+            if healthy is None or time.monotonic() - status.last_contact > self.probe_after:
+                healthy = router.probe()
+            label = ",".join(status.nodes)
+            was_up, was_changes = seen.get(label, (False, 0))
+            seen[label] = (was_up or bool(healthy), max(was_changes, status.leader_changes))
+        for label, (healthy, count) in sorted(seen.items()):
+            up.add_metric([label], 1.0 if healthy else 0.0)
+            changes.add_metric([label], count)
+        return [up, changes]
+
+
 class EngineMetrics:
     """The engine's metrics in one registry (the default registry unless one is given).
 
@@ -59,7 +104,7 @@ class EngineMetrics:
 
     __slots__ = (
         "registry", "operations", "errors", "rotation_last_success", "versions_active",
-        "certificate_expiry", "_server", "reencryption", "reencryption_remaining",
+        "certificate_expiry", "_server", "reencryption", "reencryption_remaining", "vault",
     )
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -91,6 +136,8 @@ class EngineMetrics:
             "reencryption_values_remaining", "Values the running re-encryption job has still "
             "to scan", registry=self.registry,
         )
+        self.vault = VaultConnectivity()
+        self.registry.register(self.vault)
         self._server: Any = None
 
     def encrypted(self, records: int = 1) -> None:
