@@ -1,0 +1,352 @@
+"""VaultKeyProvider and VaultSecrets on a real three-node OpenBao Raft cluster (TLS from the
+engine's CA, Shamir keys held here), and the rules for requests that change state.
+
+These run in ``make test``: one cluster for the module (about 7 s to start), a few leader
+kills. The long runs (rotation and traffic under 20+ leader kills, snapshot restore) are in
+tests/test_vault_ha_slow.py, marked ``vault_ha`` and run by ``make test-vault-ha`` (.ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import ssl
+import time
+import urllib.request
+
+import hvac
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from vault_ha_support import AnswerLosingProxy, RequestLog, cluster_provider, start_cluster
+
+from engine import EncryptionService
+from engine.keys.base import KeyState
+from engine.metrics import EngineMetrics
+from engine.testing.openbao import BaoCluster, BaoNotFound
+from engine.vault import (
+    SecretVersionConflict,
+    VaultKeyProvider,
+    VaultOutcomeUnknown,
+    VaultSecrets,
+    VaultUnavailable,
+)
+from engine.vault.options import check_addresses
+
+NONCE = bytes(16)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = start_cluster()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def make(cluster, names):
+    """Providers on the cluster (closed after the test); every node is running again after it."""
+    made = []
+
+    def make(**kw):
+        p = cluster_provider(cluster, names, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+    for i, node in enumerate(cluster.nodes):
+        if not node.running:
+            cluster.restart(i)
+    cluster.wait_for_leader()
+
+
+def scrape(metrics: EngineMetrics) -> dict[tuple[str, tuple], float]:
+    port = metrics.serve(0)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    finally:
+        metrics.stop()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+# ---- the cluster itself ----
+
+def test_three_voters_one_active_node_and_certificates_from_the_engine_ca(cluster):
+    assert cluster.voters() == {"node0": True, "node1": True, "node2": True}
+    statuses = sorted(cluster.health(i)[0] for i in range(3))
+    assert statuses == [200, 429, 429]  # one active node, two standbys
+    ca = x509.load_pem_x509_certificate(open(cluster.ca_file, "rb").read())
+    for address in cluster.addresses:
+        host, port = address.removeprefix("https://").split(":")
+        pem = ssl.get_server_certificate((host, int(port)))
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        assert cert.issuer == ca.subject
+        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                               ec.ECDSA(cert.signature_hash_algorithm))
+    with pytest.raises(OSError):  # TLS only: plain HTTP to a node gets no answer
+        urllib.request.urlopen(cluster.addresses[0].replace("https", "http") + "/v1/sys/health",
+                               timeout=5)
+
+
+def test_a_failing_test_leaves_no_process_and_no_directory():
+    with pytest.raises(RuntimeError, match="the test failed"):
+        with start_cluster(size=1) as c:
+            pids = [n.pid for n in c.nodes]
+            directory = c.directory
+            assert directory.is_dir() and c.leader() == 0
+            raise RuntimeError("the test failed")
+    assert not directory.exists()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    c.stop()  # idempotent
+
+
+def test_a_missing_binary_says_how_to_install_it(monkeypatch):
+    monkeypatch.setenv("BAO_BINARY", "/nonexistent/bao")
+    with pytest.raises(BaoNotFound, match="BAO_BINARY"):
+        BaoCluster()
+
+
+# ---- following the active node ----
+
+def test_requests_go_to_the_active_node_whatever_the_order_of_the_addresses(cluster, make):
+    leader = cluster.wait_for_leader()
+    standbys_first = [a for i, a in enumerate(cluster.addresses) if i != leader] + \
+        [cluster.addresses[leader]]
+    p = make(addresses=standbys_first)
+    log = RequestLog(p)
+    p.create_version()
+    key = p.get_current_key()
+    assert key.cipher.decrypt(NONCE, key.cipher.encrypt(NONCE, b"x")) == b"x"
+    assert p.connection.leader == cluster.addresses[leader]
+    work = [s for s in log.sent if "sys/leader" not in s.path]
+    assert work and {s.node for s in work} == {cluster.addresses[leader]}
+
+
+def test_one_standby_address_leads_the_provider_to_the_active_node(cluster, make):
+    leader = cluster.wait_for_leader()
+    standby = cluster.addresses[(leader + 1) % 3]
+    p = make(addresses=standby)  # the standby names the active node (sys/leader)
+    log = RequestLog(p)
+    p.create_version()
+    assert p.connection.leader == cluster.addresses[leader]
+    assert {s.node for s in log.sent} == {cluster.addresses[leader]}
+
+
+def test_a_leader_that_steps_down_redirects_writes_which_are_never_forwarded(cluster, make):
+    p = make()
+    p.create_version()
+    old = cluster.wait_for_leader()
+    assert p.connection.leader == cluster.addresses[old]
+    new = cluster.step_down()  # the old active node is a standby now, and still answers
+    deadline = time.monotonic() + 10
+    while cluster.health(old)[0] != 429 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = RequestLog(p)
+    p.create_version()
+    writes = [s for s in log.sent if s.method in ("POST", "PUT") and "/secret/data/" in s.path]
+    # The first write reaches the old node with X-Vault-No-Request-Forwarding: it answers 307
+    # with the new active node's address, having done nothing; the provider sends it there.
+    assert writes[0].node == cluster.addresses[old] and writes[0].status == 307
+    assert all(s.node == cluster.addresses[new] and s.status == 200 for s in writes[1:])
+    assert p.connection.leader == cluster.addresses[new]
+    assert p.stats()["leader_changes"] == 1
+    assert [i.version for i in p.list_versions()] == [1, 2]
+
+
+def test_the_active_node_dies_the_provider_follows_counts_it_and_vault_up_stays_1(cluster, make):
+    metrics = EngineMetrics(CollectorRegistry())
+    p = make(cache_ttl=0)
+    other = make()
+    p.create_version()
+    key = p.get_current_key()
+    sealed = key.cipher.encrypt(NONCE, b"before the election")
+    old = cluster.kill_leader()
+    created = p.create_version()  # waits out the election (a few seconds) within its deadline
+    # Created just before the leader died: a standby's replica may not have it yet; its "not
+    # found" is asked again of the new active node, never turned into UnknownKeyVersion.
+    fresh = make()
+    assert fresh.get_key(created.version).cipher.decrypt(
+        NONCE, p.get_key(created.version).cipher.encrypt(NONCE, b"y")) == b"y"
+    assert p.get_key(key.version).cipher.decrypt(NONCE, sealed) == b"before the election"
+    assert p.connection.leader != cluster.addresses[old]
+    assert p.stats()["leader_changes"] == 1
+    label = ",".join(cluster.addresses)
+    got = scrape(metrics)
+    assert got[("engine_vault_up", (("vault", label),))] == 1
+    assert got[("engine_vault_leader_changes_total", (("vault", label),))] == 1
+    assert other.get_current_key().version in (1, 2)  # idle connections follow when used
+    cluster.restart(old)
+
+
+def test_without_a_quorum_calls_fail_typed_within_the_deadline_and_vault_up_is_0(cluster, make):
+    metrics = EngineMetrics(CollectorRegistry())
+    p = make(deadline=2.0, cache_ttl=60)
+    key = p.get_current_key()
+    sealed = key.cipher.encrypt(NONCE, b"cached")
+    first = cluster.kill_leader()
+    cluster.kill(cluster.running[0])  # one node of three left: no election can succeed
+    start = time.monotonic()
+    with pytest.raises(VaultUnavailable) as info:
+        p.create_version()
+    assert time.monotonic() - start < 2.0 + 2.0 + 1.0  # the deadline, plus one call's timeout
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    assert not isinstance(info.value, VaultOutcomeUnknown) or "may or may not" in str(info.value)
+    assert p.get_key(key.version).cipher.decrypt(NONCE, sealed) == b"cached"  # the cache serves
+    label = ",".join(cluster.addresses)
+    assert scrape(metrics)[("engine_vault_up", (("vault", label),))] == 0
+    for i in range(3):
+        if not cluster.nodes[i].running:
+            cluster.restart(i)
+    cluster.wait_for_leader()
+    p.create_version()  # back: and nothing half-done stays behind
+    versions = p.list_versions()
+    assert [i.state for i in versions].count(KeyState.ACTIVE) == 1
+    assert first is not None
+
+
+def test_vault_secrets_on_the_cluster_through_a_standby(cluster, make):
+    leader = cluster.wait_for_leader()
+    p = make(addresses=[cluster.addresses[(leader + 1) % 3], cluster.addresses[(leader + 2) % 3]])
+    secrets = VaultSecrets(p, base_path=f"ha-{random.randrange(10**9)}")
+    assert secrets.write("config", {"a": 1}, cas=0) == 1
+    assert secrets.write("config", {"a": 2}, cas=1) == 2
+    with pytest.raises(SecretVersionConflict):
+        secrets.write("config", {"a": 3}, cas=1)
+    assert secrets.read("config") == {"a": 2}
+
+
+# ---- settings ----
+
+def test_several_addresses_from_a_list_or_vault_addr_and_a_default_deadline(cluster, names,
+                                                                             monkeypatch):
+    assert check_addresses("https://a:8200, https://b:8200/,https://a:8200") == \
+        ["https://a:8200", "https://b:8200"]
+    monkeypatch.setenv("VAULT_ADDR", ",".join(cluster.addresses))
+    monkeypatch.setenv("VAULT_TOKEN", cluster.root_token)
+    monkeypatch.setenv("VAULT_CACERT", cluster.ca_file)
+    p = VaultKeyProvider.from_environment(**names)
+    try:
+        assert p.connection.policy.deadline == 15.0
+        assert p.connection.leader in cluster.addresses or p.connection.leader is None
+        blob = pickle.dumps(p.config())
+        assert cluster.root_token.encode() not in blob
+        rebuilt = pickle.loads(blob).build()
+        try:
+            assert rebuilt.get_current_key().version == p.get_current_key().version
+        finally:
+            rebuilt.close()
+    finally:
+        p.close()
+    monkeypatch.setenv("VAULT_DEADLINE", "3.5")
+    p = VaultKeyProvider.from_environment(**names)
+    try:
+        assert p.connection.policy.deadline == 3.5
+    finally:
+        p.close()
+
+
+# ---- a state-changing request is applied once, whatever happens to its answer ----
+
+@pytest.fixture
+def losing(bao):
+    with AnswerLosingProxy(bao.address) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def via_proxy(losing, bao, names):
+    made = []
+
+    def make(**kw):
+        p = VaultKeyProvider(losing.address, token=bao.root_token, timeout=2.0, retries=2,
+                             **names, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_a_lost_answer_to_a_version_write_creates_exactly_one_version(via_proxy, losing, bao,
+                                                                     names):
+    p = via_proxy()
+    p.get_current_key()
+    losing.lose(lambda method, path: method == "POST" and path.endswith("/encryption/v2"))
+    assert p.create_version().version == 2  # the write applied; the provider read it back
+    assert losing.lost == 1
+    admin = hvac.Client(bao.address, token=bao.root_token)
+    keys = admin.secrets.kv.v2.list_secrets(path=names["kv_path"], mount_point="secret")
+    assert sorted(k for k in keys["data"]["keys"] if k.startswith("v")) == ["v1", "v2"]
+    meta = admin.secrets.kv.v2.read_secret_metadata(path=f"{names['kv_path']}/v2",
+                                                    mount_point="secret")
+    assert meta["data"]["current_version"] == 1  # written once, not twice
+    assert p.current_version == 2
+
+
+def test_a_lost_answer_to_a_transit_rotation_rotates_once(via_proxy, losing, bao, names):
+    p = via_proxy()
+    p.get_current_key()
+    admin = hvac.Client(bao.address, token=bao.root_token)
+    before = admin.secrets.transit.read_key(names["key_name"])["data"]["latest_version"]
+    losing.lose(lambda method, path: method == "POST" and path.endswith("/rotate"))
+    report = p.rotate_wrapping_key()
+    after = admin.secrets.transit.read_key(names["key_name"])["data"]["latest_version"]
+    assert losing.lost == 1 and after == before + 1 == report.transit_version
+    assert report.rewrapped == (1,)
+    p.rotate_wrapping_key()  # the journal says the last run finished: this one rotates again
+    assert admin.secrets.transit.read_key(names["key_name"])["data"]["latest_version"] == after + 1
+
+
+def test_a_lost_answer_to_a_check_and_set_write_is_success_not_a_conflict(via_proxy, losing):
+    secrets = VaultSecrets(via_proxy(), base_path=f"lost-{random.randrange(10**9)}")
+    secrets.write("openai", {"api_key": "first"}, cas=0)
+    losing.lose(lambda method, path: method == "POST" and "/openai" in path)
+    assert secrets.write("openai", {"api_key": "second"}, cas=1) == 2
+    assert secrets.read("openai") == {"api_key": "second"} and losing.lost == 1
+    with pytest.raises(SecretVersionConflict):  # and a real conflict is still one
+        secrets.write("openai", {"api_key": "third"}, cas=1)
+
+
+def test_a_write_that_cannot_be_read_back_is_outcome_unknown(via_proxy, losing):
+    p = via_proxy()
+    p.get_current_key()
+    losing.lose(lambda method, path: method == "POST" and path.endswith("/encryption/v2"))
+    real_take = losing._take
+
+    def then_refuse(method, path):  # the answer is lost, and Vault is gone right after
+        taken = real_take(method, path)
+        if taken:
+            losing.refuse()
+        return taken
+
+    losing._take = then_refuse
+    with pytest.raises(VaultOutcomeUnknown) as info:
+        p.create_version()
+    exc = info.value
+    assert isinstance(exc, VaultUnavailable) and exc.__context__ is None and exc.__cause__ is None
+    assert "may or may not" in str(exc) and exc.operation == "create key version 2"
+    assert pickle.loads(pickle.dumps(exc)).operation == exc.operation
+    losing.refuse(False)
+    assert p.create_version().version in (2, 3)  # v2 did apply: the next one is v3
+    assert [i.version for i in p.list_versions()][-1] == 3
+
+
+def test_a_service_on_the_cluster_round_trips_after_a_leader_change(cluster, make):
+    p = make(cache_ttl=0.5)
+    svc = EncryptionService(p, metrics=False)
+    token = svc.encrypt_token(b"before")
+    old = cluster.kill_leader()
+    time.sleep(0.6)  # past the cache: the next calls go to Vault, through the election
+    assert svc.decrypt(token) == b"before"
+    assert svc.decrypt(svc.encrypt_token(b"during")) == b"during"
+    cluster.restart(old)
