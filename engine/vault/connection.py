@@ -478,9 +478,10 @@ class VaultConnection:
         router = self._router
         if not self._discovery.acquire(blocking=force):
             return router.leader
+        if not force and time.monotonic() - self._discovered_at < 0.1:
+            self._discovery.release()
+            return router.leader
         try:
-            if not force and time.monotonic() - self._discovered_at < 0.1:
-                return router.leader
             timeout = min(self.policy.timeout, 2.0)
             asked: set[int] = set()
             named: list[str] = []
