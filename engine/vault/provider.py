@@ -362,8 +362,22 @@ class VaultKeyProvider(KeyProvider):
                 version, _ = self._store.pointer(consistent=True)
             if version is None:
                 raise VaultError("the current-version pointer is missing after bootstrap")
+            if version < max(self._entries, default=0):
+                self._forget_vanished(version)
             self._current = (version, time.monotonic() + self._ttl)
             return version
+
+    def _forget_vanished(self, current: int) -> None:
+        """Empties the cache when a cached version above ``current`` has no entry any more:
+        Vault was restored from a snapshot older than it, and every cached state may be stale.
+        Encrypting on under such a version would write data that the restored Vault cannot
+        decrypt. (A version above the pointer that still exists, after :meth:`set_current`
+        rolled back, keeps the cache as it is.)"""
+        for v in sorted((v for v in self._entries if v > current), reverse=True):
+            if self._store.kv.read(self._store.entry_path(v), f"read key version {v}",
+                                   consistent=True) is None:
+                self._entries.clear()
+                return
 
     def refresh(self) -> None:
         """Forgets the cached current version, so the next call reads Vault (keys stay cached
