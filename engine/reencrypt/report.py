@@ -43,6 +43,9 @@ class ColumnCounts:
         changed: re-encrypted values the application changed between the job's read and its
             write: not written, left for the next pass.
         versions: readable values per key version (before this job moved them).
+        missing_versions: the ``unknown_key_version`` values per key version their token
+            names: the versions the provider does not have (say, created after the snapshot
+            Vault was restored from).
     """
 
     values: int = 0
@@ -56,6 +59,7 @@ class ColumnCounts:
     unindexable: int = 0
     changed: int = 0
     versions: dict[int, int] = field(default_factory=dict)
+    missing_versions: dict[int, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -69,27 +73,33 @@ class ColumnCounts:
         for s in (*ValueStatus, UNINDEXABLE):
             setattr(self, reason(s), getattr(self, reason(s)) + int(found[s]))
         readable = np.isin(status, READABLE)
-        v, c = np.unique(versions[readable], return_counts=True)
-        for version, count in zip(v.tolist(), c.tolist()):
-            self.versions[version] = self.versions.get(version, 0) + count
+        for into, chosen in ((self.versions, readable),
+                             (self.missing_versions, status == ValueStatus.UNKNOWN_KEY_VERSION)):
+            v, c = np.unique(versions[chosen], return_counts=True)
+            for version, count in zip(v.tolist(), c.tolist()):
+                into[version] = into.get(version, 0) + count
 
     def merge(self, other: "ColumnCounts") -> None:
         for name in ("values", "current", "reencrypted", "outdated", "null",
                      "unknown_key_version", "malformed", "invalid_tag", "unindexable", "changed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for version, count in other.versions.items():
-            self.versions[version] = self.versions.get(version, 0) + count
+        for into, counts in ((self.versions, other.versions),
+                             (self.missing_versions, other.missing_versions)):
+            for version, count in counts.items():
+                into[version] = into.get(version, 0) + count
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["failed"] = self.failed
         d["versions"] = {str(k): v for k, v in sorted(self.versions.items())}
+        d["missing_versions"] = {str(k): v for k, v in sorted(self.missing_versions.items())}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ColumnCounts":
         d = {k: v for k, v in d.items() if k != "failed"}
         d["versions"] = {int(k): v for k, v in d.get("versions", {}).items()}
+        d["missing_versions"] = {int(k): v for k, v in d.get("missing_versions", {}).items()}
         return cls(**d)
 
 
