@@ -20,7 +20,10 @@ every node answers as the active node or a standby.
 
 :meth:`BaoCluster.stop` kills every node and removes the directory, whatever state the cluster
 is in; it runs at interpreter exit too, so a test that fails (or is interrupted) leaves no
-process and no directory behind.
+process and no directory behind. Each node also dies with the process that started it (Linux's
+parent-death signal), so even a test runner killed outright leaves no server running (only its
+temporary directory). Start a cluster from a thread that outlives it (the main thread): the
+signal follows the thread that started the node.
 
 Snapshots: :meth:`BaoCluster.snapshot_save` runs ``bao operator raft snapshot save`` against the
 leader; :meth:`BaoCluster.wipe` kills the nodes and deletes their data; :meth:`BaoCluster.restore`
@@ -31,6 +34,7 @@ brings up a fresh cluster and installs the snapshot (``bao operator raft snapsho
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
 import secrets
@@ -38,6 +42,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -300,12 +305,13 @@ class BaoCluster:
             time.sleep(0.1)
 
     def _spawn(self, node: BaoNode) -> None:
+        self._kill(node)  # never two processes for one node (the first would be lost)
         log = open(node.log_path, "ab")
         try:
             node.proc = subprocess.Popen(
                 [self.binary, "server", f"-config={node.directory / 'bao.json'}"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=_clean_env(), start_new_session=True)
+                env=_clean_env(), start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             log.close()
 
@@ -540,6 +546,15 @@ class BaoCluster:
             return status, (json.loads(raw) if raw.strip() else {})
         except ValueError:
             return status, {}
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the process that started it dies, however it
+    dies (a test runner killed by a timeout runs no atexit hook). Linux only; elsewhere,
+    :meth:`BaoCluster.stop` and the atexit hook are all there is."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
