@@ -11,7 +11,11 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import ssl
+import subprocess
+import sys
+import threading
 import time
 import urllib.request
 
@@ -24,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vault_ha_support import AnswerLosingProxy, RequestLog, cluster_provider, start_cluster
 
 from engine import EncryptionService
-from engine.keys.base import KeyState
+from engine.keys.base import KeyState, UnknownKeyVersion
 from engine.metrics import EngineMetrics
 from engine.testing.openbao import BaoCluster, BaoNotFound
 from engine.vault import (
@@ -107,6 +111,30 @@ def test_a_failing_test_leaves_no_process_and_no_directory():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     c.stop()  # idempotent
+
+
+def test_a_test_runner_killed_outright_leaves_no_server_running(tmp_path):
+    script = tmp_path / "runner.py"
+    script.write_text(
+        "import os, sys\n"
+        "from engine.testing.openbao import BaoCluster\n"
+        "c = BaoCluster(1).start()\n"
+        "print(c.nodes[0].pid, c.directory, flush=True)\n"
+        "os.kill(os.getpid(), 9)  # no atexit, no finally\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -9, done.stderr
+    pid, directory = done.stdout.split()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"bao {pid} outlived the process that started it")
+    shutil.rmtree(directory)  # a directory is all a killed runner leaves
 
 
 def test_a_missing_binary_says_how_to_install_it(monkeypatch):
@@ -341,12 +369,103 @@ def test_a_write_that_cannot_be_read_back_is_outcome_unknown(via_proxy, losing):
     assert [i.version for i in p.list_versions()][-1] == 3
 
 
-def test_a_service_on_the_cluster_round_trips_after_a_leader_change(cluster, make):
-    p = make(cache_ttl=0.5)
+def test_under_steady_traffic_the_new_active_node_is_found_and_followed(cluster, make):
+    p = make(cache_ttl=0)  # every call goes to Vault
     svc = EncryptionService(p, metrics=False)
     token = svc.encrypt_token(b"before")
-    old = cluster.kill_leader()
-    time.sleep(0.6)  # past the cache: the next calls go to Vault, through the election
-    assert svc.decrypt(token) == b"before"
-    assert svc.decrypt(svc.encrypt_token(b"during")) == b"during"
+    stop, failures, done = threading.Event(), [], [0]
+
+    def busy() -> None:  # reads only: a write would learn the active node from a 307
+        while not stop.is_set():
+            try:
+                assert svc.decrypt(token) == b"before"
+                done[0] += 1
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                failures.append(exc)
+
+    threads = [threading.Thread(target=busy) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        old = cluster.kill_leader()
+        new = cluster.wait_for_leader(not_index=old)
+        # Reads went on at the standbys meanwhile; the provider looks for the active node
+        # every 0.1 s while it knows none, however busy it is.
+        deadline = time.monotonic() + 3
+        while p.connection.leader != cluster.addresses[new] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    assert p.connection.leader == cluster.addresses[new] and p.stats()["leader_changes"] == 1
+    assert done[0] > 0 and svc.decrypt(token) == b"before"
     cluster.restart(old)
+
+
+# ---- after a restore: the versions Vault no longer has are named ----
+
+def test_an_inventory_names_each_key_version_the_provider_lacks(bao, names, tmp_path):
+    """What a restore from a snapshot older than the newest version leaves (the slow test
+    restores a real one): the inventory counts the values per missing version, not just
+    "unknown key version"."""
+    import sqlite3
+
+    from engine.reencrypt import inventory, open_store
+
+    p = VaultKeyProvider(bao.address, token=bao.root_token, **names)
+    svc = EncryptionService(p, metrics=False)
+    db = tmp_path / "crm.db"
+    kv = hvac.Client(bao.address, token=bao.root_token).secrets.kv.v2
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, ssn TEXT)")
+        for count in (5, 3, 2):
+            for _ in range(count):
+                conn.execute("INSERT INTO customers (ssn) VALUES (?)",
+                             (svc.encrypt_token(os.urandom(9)),))
+            if count == 5:  # the snapshot: v1's entry and the pointer as they are now
+                v1 = kv.read_secret_version(path=f"{names['kv_path']}/v1", mount_point="secret",
+                                            raise_on_deleted_version=True)["data"]["data"]
+            if count != 2:
+                p.create_version()
+    p.close()
+    for gone in (2, 3):  # Vault comes back from that snapshot
+        kv.delete_metadata_and_all_versions(path=f"{names['kv_path']}/v{gone}",
+                                            mount_point="secret")
+    kv.create_or_update_secret(path=f"{names['kv_path']}/v1", secret=v1, mount_point="secret")
+    kv.create_or_update_secret(path=f"{names['kv_path']}/current", secret={"version": 1},
+                               mount_point="secret")
+    restored = VaultKeyProvider(bao.address, token=bao.root_token, **names)
+    try:
+        report = inventory(open_store(f"sqlite:///{db}", "customers", "id"), ["ssn"],
+                           service=EncryptionService(restored, metrics=False))
+    finally:
+        restored.close()
+    counts = report.columns["ssn"]
+    assert counts.versions == {1: 5} and counts.unknown_key_version == 5
+    assert counts.missing_versions == {2: 3, 3: 2}
+    assert report.to_dict()["columns"]["ssn"]["missing_versions"] == {"2": 3, "3": 2}
+
+
+def test_a_provider_running_across_a_restore_stops_using_the_versions_it_lost(bao, names):
+    kv = hvac.Client(bao.address, token=bao.root_token).secrets.kv.v2
+    p = VaultKeyProvider(bao.address, token=bao.root_token, cache_ttl=300, **names)
+    try:
+        p.get_current_key()
+        v1 = kv.read_secret_version(path=f"{names['kv_path']}/v1", mount_point="secret",
+                                    raise_on_deleted_version=True)["data"]["data"]
+        p.create_version()
+        lost = p.create_version().version
+        for gone in (2, 3):  # Vault restored from a snapshot taken when v1 was current
+            kv.delete_metadata_and_all_versions(path=f"{names['kv_path']}/v{gone}",
+                                                mount_point="secret")
+        kv.create_or_update_secret(path=f"{names['kv_path']}/v1", secret=v1, mount_point="secret")
+        kv.create_or_update_secret(path=f"{names['kv_path']}/current", secret={"version": 1},
+                                   mount_point="secret")
+        p.refresh()  # or the pointer's cache_ttl passing
+        assert p.get_current_key().version == 1  # not the lost v3, and v1 active again
+        with pytest.raises(UnknownKeyVersion):
+            p.get_key(lost)
+    finally:
+        p.close()
