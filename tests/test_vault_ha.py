@@ -369,6 +369,41 @@ def test_a_write_that_cannot_be_read_back_is_outcome_unknown(via_proxy, losing):
     assert [i.version for i in p.list_versions()][-1] == 3
 
 
+def test_a_rotation_whose_roll_back_fails_too_is_recorded_and_completed_by_a_rerun(
+        via_proxy, losing, tmp_path):
+    import json
+
+    from engine import audit
+    from engine.rotation import KeyRotationService, RotationFailed, RotationPolicy
+
+    p = via_proxy()
+    log = audit.AuditLog(tmp_path / "audit.log", p.audit_key(), fsync=False)
+    svc = KeyRotationService(p, RotationPolicy(), state_dir=tmp_path, audit=log)
+    svc.rotate_keys()
+
+    def vault_goes_away(step, detail):
+        if step == "post_verification":
+            losing.refuse()  # Vault unreachable for the step and for the roll-back after it
+            raise RuntimeError("the leader died")
+
+    svc.observer = vault_goes_away
+    with pytest.raises(RotationFailed) as info:
+        svc.rotate_keys()
+    assert info.value.step == "post_verification" and info.value.rolled_back is False
+    assert "run the rotation again" in str(info.value)
+    entries = [json.loads(line) for line in open(tmp_path / "audit.log")]
+    failed = entries[-1]
+    assert failed["event"] == audit.KEY_ROTATION_FAILED
+    assert failed["details"]["error"] == "RuntimeError"
+    assert failed["details"]["rollback_error"] == "VaultUnavailable"
+    losing.refuse(False)
+    svc.observer = None
+    result = svc.rotate_keys()  # the rerun completes it
+    states = {i.version: i.state for i in p.list_versions()}
+    assert result.new_version == 4 and states[4] is KeyState.ACTIVE
+    assert list(states.values()).count(KeyState.ACTIVE) == 1
+
+
 def test_under_steady_traffic_the_new_active_node_is_found_and_followed(cluster, make):
     p = make(cache_ttl=0)  # every call goes to Vault
     svc = EncryptionService(p, metrics=False)
