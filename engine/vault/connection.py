@@ -126,10 +126,13 @@ CONFIRMED_FOR = 0.5  # seconds an active node's own word is trusted without aski
 @dataclass(frozen=True)
 class _Transient:
     """A failure worth retrying. ``sent``: the request may have reached a handler that applies
-    it (the connection broke or timed out after sending, or the node answered 5xx)."""
+    it (the connection broke or timed out after sending, or the node answered 5xx).
+    ``node_failed``: False when the node itself answered properly (a redirect that cannot be
+    followed yet): it is not set aside."""
 
     cause: str
     sent: bool
+    node_failed: bool = True
 # Requests that requests/urllib3 could not even build: retrying cannot help.
 _UNUSABLE_REQUEST = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                      requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
@@ -370,16 +373,16 @@ class VaultConnection:
             except NodeRedirect as redirect:
                 target = router.redirected(redirect.location)
                 outcome: VaultError | _Transient | None = _Transient(
-                    "redirected to an address that cannot be used", sent=False)
+                    "redirected to an address that cannot be used", False, node_failed=False)
                 if target is not None and router.is_down(target):
                     outcome = _Transient("a standby names an active node that does not answer "
-                                         "(an election is under way)", sent=False)
+                                         "(an election is under way)", False, node_failed=False)
                 elif target is not None:
                     hops += 1
                     if hops <= MAX_REDIRECTS:
                         tried.discard(target)
                         continue
-                    outcome = _Transient("redirected in a loop", sent=False)
+                    outcome = _Transient("redirected in a loop", False, node_failed=False)
             except hvac_errors.Forbidden:
                 outcome = None
             except (hvac_errors.VaultError, requests.exceptions.RequestException,
@@ -408,7 +411,8 @@ class VaultConnection:
             if isinstance(outcome, VaultError):
                 raise outcome
             cause = outcome.cause
-            router.unreachable(node)
+            if outcome.node_failed:
+                router.unreachable(node)
             if outcome.sent and not idempotent:
                 raise VaultOutcomeUnknown(
                     f"Vault at {router.shown(node)} failed after the request to {what} on "

@@ -120,10 +120,8 @@ class NodeRouter:
         """True when more than one node was configured (an HA cluster addressed node by node)."""
         return self._configured > 1
 
-    def address(self, index: int) -> str:
-        return self._nodes[index]
-
     def shown(self, index: int) -> str:
+        """Node ``index``'s address as messages may show it (no credentials)."""
         return self._shown[index]
 
     @property
@@ -132,6 +130,7 @@ class NodeRouter:
         return self._leader
 
     def status(self) -> RouterStatus:
+        """What the metrics export (see :class:`RouterStatus`)."""
         return RouterStatus(tuple(self._shown[:self._configured]), self.up, self.leader_changes,
                             self.last_contact)
 
