@@ -2,6 +2,8 @@
 
 Modules, from the bottom: :mod:`~engine.vault.errors` (the exceptions; no ``hvac`` needed),
 :mod:`~engine.vault.failures` (what a failed request says: Vault's reason, the TLS problem),
+:mod:`~engine.vault.options` (the settings, checked: addresses, TLS files, ``VAULT_*``),
+:mod:`~engine.vault.nodes` (which node of an HA cluster a request goes to, the active one),
 :mod:`~engine.vault.connection` (HTTP, authentication, TLS, retries, error mapping),
 :mod:`~engine.vault.kv` (KV v2 with check-and-set, and the key store's layout in it),
 :mod:`~engine.vault.transit` (the Transit key that wraps data keys),
