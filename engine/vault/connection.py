@@ -176,7 +176,7 @@ class VaultConnection:
     """
 
     __slots__ = ("address", "policy", "_client", "_login", "_logged_in", "_lock", "_method",
-                 "_owned", "_router", "_discovery", "_discovered_at")
+                 "_owned", "_router")
 
     def __init__(self, address: str | Sequence[str], *, token: str | None = None,
                  role_id: str | None = None,
@@ -197,8 +197,6 @@ class VaultConnection:
         self.policy = policy or (RetryPolicy(deadline=DEFAULT_DEADLINE, max_backoff=HA_MAX_BACKOFF)
                                  if len(addresses) > 1 else RetryPolicy())
         self._lock = threading.Lock()
-        self._discovery = threading.Lock()
-        self._discovered_at = 0.0
         methods = [m for m, given in (("token", token), ("approle", role_id or secret_id),
                                       ("kubernetes", role)) if given]
         if client is not None and not methods:
@@ -443,7 +441,7 @@ class VaultConnection:
         router = self._router
         if consistent:
             return self._confirmed_active(deadline, what)
-        if router.leader is None and (len(router) > 1 or not self._discovered_at):
+        if router.leader is None and (len(router) > 1 or not router.discovered_at):
             self._discover()
         return router.choose(tried)
 
@@ -475,48 +473,14 @@ class VaultConnection:
             attempt += 1
 
     def _discover(self, force: bool = False) -> int | None:
-        """Asks the nodes (``sys/leader``, unauthenticated) which one is active, then the
-        active node they name if it is not among them; the router follows the answer. One
-        thread at a time, and not more than every 100 ms unless ``force``. Returns the active
-        node's index, or None (an election, or no answer)."""
-        router = self._router
-        if not self._discovery.acquire(blocking=force):
-            return router.leader
-        if not force and time.monotonic() - self._discovered_at < 0.1:
-            self._discovery.release()
-            return router.leader
-        try:
-            timeout = min(self.policy.timeout, 2.0)
-            asked: set[int] = set()
-            named: list[str] = []
-            order = sorted(range(len(router)), key=lambda i: i != router.leader)
-            while order:
-                index = order.pop(0)
-                asked.add(index)
-                try:
-                    with router.pinned(index):
-                        answer = self._client.adapter.get("/v1/sys/leader", timeout=timeout)
-                except Exception:  # a node that does not answer is simply not the active one
-                    router.unreachable(index)
-                    continue
-                if not isinstance(answer, dict):
-                    continue
-                if answer.get("is_self") is True or answer.get("ha_enabled") is False:
-                    router.found_active(index)  # the active node, or a server on its own
-                    return index
-                if isinstance(answer.get("leader_address"), str) and answer["leader_address"]:
-                    named.append(answer["leader_address"])
-                if not order:  # then the active node the others name, if it is new
-                    for address in named:
-                        learned = router.learn(address)
-                        if learned is not None and learned not in asked and \
-                                not router.is_down(learned):
-                            order.append(learned)
-                            break
-            return None
-        finally:
-            self._discovered_at = time.monotonic()
-            self._discovery.release()
+        """Leader discovery (:meth:`NodeRouter.discover`) through this connection's client."""
+        timeout = min(self.policy.timeout, 2.0)
+
+        def ask(index: int) -> Any:
+            with self._router.pinned(index):
+                return self._client.adapter.get("/v1/sys/leader", timeout=timeout)
+
+        return self._router.discover(ask, force=force)
 
     def _probe(self) -> bool:
         """For the metrics: is there an active node this process can reach?"""

@@ -8,7 +8,8 @@ which may lag the active node by a few milliseconds. During an election there is
 node: standbys answer ``500`` ("active cluster node not found") to what they cannot serve.
 
 :class:`NodeRouter` keeps the nodes (the configured addresses, plus the ``api_addr`` of an active
-node learned from a redirect), the one believed active, the ones that failed recently, and the
+node learned from a redirect or named by a standby), the one believed active (it asks them:
+``sys/leader``), the ones that failed recently, and the
 state that :mod:`engine.metrics` exports: whether Vault answered the last call, and how many
 times the active node changed. :class:`RoutingAdapter` is the hvac adapter that sends each
 request to the node the router chose for the calling thread, adds the no-forwarding header
@@ -24,7 +25,7 @@ import time
 import urllib.parse
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import hvac.adapters
 import requests
@@ -110,6 +111,8 @@ class NodeRouter:
         self.up: bool | None = None
         self.last_contact = 0.0
         self.prober: Any = None  # set by the connection: a callable() -> bool
+        self.discovered_at = 0.0  # when discover() last asked the nodes (0: never)
+        self._discovery = threading.Lock()
         _ROUTERS.add(self)
 
     def __len__(self) -> int:
@@ -257,6 +260,47 @@ class NodeRouter:
             if node.rstrip("/").lower() == wanted:
                 return i
         return None
+
+    def discover(self, ask: Callable[[int], Any], *, force: bool = False) -> int | None:
+        """Asks the nodes which one is active (``ask(index)`` returns node ``index``'s answer
+        to ``sys/leader``, or raises), then the active node they name if it is not among them,
+        and follows the answer. One thread at a time, and not more than every 100 ms unless
+        ``force``. Returns the active node's index, or None (an election, or no answer)."""
+        if not self._discovery.acquire(blocking=force):
+            return self._leader
+        if not force and time.monotonic() - self.discovered_at < 0.1:
+            self._discovery.release()
+            return self._leader
+        try:
+            asked: set[int] = set()
+            named: list[str] = []
+            order = sorted(range(len(self._nodes)), key=lambda i: i != self._leader)
+            while order:
+                index = order.pop(0)
+                asked.add(index)
+                try:
+                    answer = ask(index)
+                except Exception:  # a node that does not answer is simply not the active one
+                    self.unreachable(index)
+                    continue
+                if not isinstance(answer, dict):
+                    continue
+                if answer.get("is_self") is True or answer.get("ha_enabled") is False:
+                    self.found_active(index)  # the active node, or a server on its own
+                    return index
+                if isinstance(answer.get("leader_address"), str) and answer["leader_address"]:
+                    named.append(answer["leader_address"])
+                if not order:  # then the active node the others name, if it is new
+                    for address in named:
+                        learned = self.learn(address)
+                        if learned is not None and learned not in asked and \
+                                not self.is_down(learned):
+                            order.append(learned)
+                            break
+            return None
+        finally:
+            self.discovered_at = time.monotonic()
+            self._discovery.release()
 
     def close(self) -> None:
         """The connection closed: no longer exported by :mod:`engine.metrics`."""
