@@ -288,6 +288,29 @@ class KeyRotationService:
         finally:
             self._thread_lock.release()
 
+    @contextlib.contextmanager
+    def _started(self, reason: str, wait: bool) -> Iterator["_Run"]:
+        """The rotation lock, and the state the run starts from. The provider failing here
+        (Vault without a leader, say) changed nothing: it is recorded in the audit trail and
+        raised as :class:`RotationFailed` at step ``"start"``, like a failed step."""
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._exclusive(wait))
+                run = _Run({i.version: i.state for i in self.provider.list_versions()},
+                           _current_version(self.provider))
+                failure = None
+            except (RotationInProgress, KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                failure = exc
+            if failure is not None:
+                self._record(audit_events.KEY_ROTATION_FAILED, step="start", reason=reason,
+                             error=type(failure).__name__)
+                if self.metrics is not None:
+                    self.metrics.error("key_rotation_failed")
+                raise RotationFailed("start", failure) from failure
+            yield run
+
     def _step(self, name: str, **detail: Any) -> None:
         if self.observer is not None:
             self.observer(name, detail)
@@ -307,12 +330,12 @@ class KeyRotationService:
             A :class:`RotationResult` with the previous and the new version.
 
         Raises:
-            RotationFailed: a step failed; the pointer and the versions were put back.
+            RotationFailed: a step failed; the pointer and the versions were put back (see
+                ``rolled_back``); or, at step ``"start"``, the provider failed before anything
+                changed.
             RotationInProgress: ``wait=False`` and another rotation holds the lock.
         """
-        with self._exclusive(wait):
-            run = _Run({i.version: i.state for i in self.provider.list_versions()},
-                       _current_version(self.provider))
+        with self._started(reason, wait) as run:
             step = STEPS[0]
             try:
                 for step, action in _FLOW:

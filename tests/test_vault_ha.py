@@ -403,8 +403,13 @@ def test_a_rotation_whose_roll_back_fails_too_is_recorded_and_completed_by_a_rer
     assert failed["event"] == audit.KEY_ROTATION_FAILED
     assert failed["details"]["error"] == "RuntimeError"
     assert failed["details"]["rollback_error"] == "VaultUnavailable"
-    losing.refuse(False)
     svc.observer = None
+    with pytest.raises(RotationFailed) as info:  # Vault still away: the rerun cannot start
+        svc.rotate_keys()
+    assert info.value.step == "start"
+    start = [json.loads(line) for line in open(tmp_path / "audit.log")][-1]
+    assert start["event"] == audit.KEY_ROTATION_FAILED and start["details"]["step"] == "start"
+    losing.refuse(False)
     result = svc.rotate_keys()  # the rerun completes it
     states = {i.version: i.state for i in p.list_versions()}
     assert result.new_version == 4 and states[4] is KeyState.ACTIVE
