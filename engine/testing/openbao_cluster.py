@@ -44,7 +44,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -159,7 +158,7 @@ class BaoCluster:
         self.unseal_keys: tuple[str, ...] = ()
         self.ca_file = ""
         self._ssl: ssl.SSLContext | None = None
-        self._lock = threading.Lock()
+        self._ca: Any = None
 
     def __repr__(self) -> str:
         return f"<BaoCluster nodes={[n.address for n in self.nodes]} running={self.running}>"
@@ -192,7 +191,8 @@ class BaoCluster:
         """
         if self.root_token and self.directory is not None:
             return self  # started already (``with BaoCluster().start() as c`` is fine)
-        if self.directory is None:
+        if self.directory is None:  # new, or stopped: everything afresh
+            self.nodes, self.root_token, self.unseal_keys = [], "", ()
             self.directory = Path(tempfile.mkdtemp(prefix="openbao-cluster-"))
             _LIVE.add(self)
             try:
@@ -334,8 +334,9 @@ class BaoCluster:
               what: str) -> None:
         while True:
             if not node.running:
-                raise BaoStartError(f"{node.node_id} exited (code {node.proc.returncode if node.proc else None}) "
-                                    f"before it could {what}:\n{node.log_tail()}")
+                code = node.proc.returncode if node.proc else None
+                raise BaoStartError(f"{node.node_id} exited (code {code}) before it could "
+                                    f"{what}:\n{node.log_tail()}")
             try:
                 status, body = self.health(node.index)
                 if ready(status, body):

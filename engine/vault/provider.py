@@ -121,9 +121,9 @@ class VaultProviderConfig(ProviderConfig):
 
 # Constructor arguments that are not secrets, and so may travel in a VaultProviderConfig.
 _SHAREABLE = ("address", "key_name", "mount", "kv_mount", "kv_path", "cache_ttl", "timeout",
-              "retries", "deadline", "approle_mount", "role", "jwt_path", "k8s_mount", "create_key",
-              "verify", "namespace", "client_cert", "client_key", "cert_role", "cert_mount",
-              "algorithm")
+              "retries", "deadline", "approle_mount", "role", "jwt_path", "k8s_mount",
+              "create_key", "verify", "namespace", "client_cert", "client_key", "cert_role",
+              "cert_mount", "algorithm")
 
 
 class VaultKeyProvider(KeyProvider):
@@ -176,7 +176,8 @@ class VaultKeyProvider(KeyProvider):
                  key_name: str = "intelliflow-data-key", mount: str = "transit",
                  kv_mount: str = "secret", kv_path: str = "intelliflow/encryption",
                  cache_ttl: float = 300.0, timeout: float = 5.0, retries: int = 3,
-                 deadline: float | None = None, role_id: str | None = None, secret_id: str | None = None,
+                 deadline: float | None = None, role_id: str | None = None,
+                 secret_id: str | None = None,
                  approle_mount: str = "approle", role: str | None = None,
                  jwt_path: str = DEFAULT_JWT_PATH, k8s_mount: str = "kubernetes",
                  create_key: bool = True, verify: bool | str = True,
