@@ -349,9 +349,11 @@ class KeyStore:
         keys = self.kv.list(self.path, "list key versions", consistent=consistent)
         return sorted(int(m.group(1)) for k in keys if (m := _VERSION_KEY.fullmatch(k)))
 
-    def entry(self, version: int) -> tuple[dict[str, Any], int] | None:
+    def entry(self, version: int, *, consistent: bool = False
+              ) -> tuple[dict[str, Any], int] | None:
         """(entry, KV version) of a version, or None."""
-        return self.kv.read(self.entry_path(version), f"read key version {version}")
+        return self.kv.read(self.entry_path(version), f"read key version {version}",
+                            consistent=consistent)
 
     def create_entry(self, version: int, entry: dict[str, Any]) -> bool:
         """Creates a version's entry; False when it already exists."""

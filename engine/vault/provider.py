@@ -427,11 +427,12 @@ class VaultKeyProvider(KeyProvider):
 
     def list_versions(self) -> list[KeyVersionInfo]:
         """Every version stored in Vault, ascending, with its state and creation time (read from
-        Vault; no key is unwrapped)."""
+        Vault's active node, never a standby's replica that may lag: rotation and retention
+        decide on it; no key is unwrapped)."""
         self._check_open()
         infos = []
-        for v in self._store.versions():
-            found = self._store.entry(v)
+        for v in self._store.versions(consistent=True):
+            found = self._store.entry(v, consistent=True)
             if found is not None:
                 infos.append(KeyVersionInfo(v, *parse_entry(v, found[0]),
                                             entry_algorithm(v, found[0])))
