@@ -397,8 +397,9 @@ class BaoCluster:
         self._wait(node, deadline, lambda s, b: s in (200, 429), "rejoin as active or standby")
 
     def step_down(self, timeout: float = ELECTION_TIMEOUT) -> int:
-        """Makes the active node step down (``sys/step-down``: it stays up, as a standby) and
-        waits until another node is active; returns the new active node's index.
+        """Makes the active node step down (``sys/step-down``: it stays up, as a standby),
+        waits until another node is active and every running node names it (``sys/leader``);
+        returns the new active node's index.
 
         Raises:
             BaoError: no other node took over within ``timeout`` seconds.
@@ -408,11 +409,18 @@ class BaoCluster:
         while True:
             self.request(old, "PUT", "sys/step-down")
             try:
-                return self.wait_for_leader(min(3.0, timeout), not_index=old)
+                new = self.wait_for_leader(min(3.0, timeout), not_index=old)
+                break
             except BaoError:
                 # The same node may take the lock again before another does: step down again.
                 if time.monotonic() > deadline:
                     raise
+        while not all(self.request(n.index, "GET", "sys/leader", token=None)[1].get(
+                "leader_address") == self.nodes[new].address for n in self.nodes if n.running):
+            if time.monotonic() > deadline:
+                raise BaoError(f"not every node names {self.nodes[new].node_id} as active")
+            time.sleep(0.05)
+        return new
 
     # ---- leadership ----
 
