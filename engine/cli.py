@@ -615,10 +615,11 @@ def _print_counts(report: Any, moved: bool) -> None:
              "resumed" if getattr(report, "resumed_rows", 0) else ""))
     for name, c in report.columns.items():
         versions = ", ".join(f"v{v}: {n:,}" for v, n in sorted(c.versions.items())) or "none"
+        missing = ", ".join(f"v{v}: {n:,}" for v, n in sorted(c.missing_versions.items()))
         print(f"  {name}: {c.values:,} values; readable, by key version: {versions}; "
               f"NULL {c.null:,}; unreadable {c.failed:,} (unknown key version "
-              f"{c.unknown_key_version:,}, malformed {c.malformed:,}, failing authentication "
-              f"{c.invalid_tag:,})")
+              f"{c.unknown_key_version:,}{' - ' + missing if missing else ''}, malformed "
+              f"{c.malformed:,}, failing authentication {c.invalid_tag:,})")
         if moved:
             print(f"    re-encrypted {c.reencrypted:,}, already current {c.current:,}, "
                   f"changed meanwhile (left for the next pass) {c.changed:,}"

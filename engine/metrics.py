@@ -16,6 +16,7 @@ rotated.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "KeyFacts",
     "OperationCounts",
     "PushFailed",
+    "VaultConnectivity",
     "get_metrics",
     "read_key_facts",
     "set_metrics",
@@ -180,6 +182,63 @@ class OperationCounts:
         return [family]
 
 
+class VaultConnectivity:
+    """``engine_vault_up`` and ``engine_vault_leader_changes_total`` per Vault (label ``vault``:
+    its nodes' addresses), read at scrape time from this process's open Vault connections.
+
+    Up is 1 when the last call reached a node that did the work, 0 when one gave up; when no
+    call went out for ``probe_after`` seconds (keys cached), the scrape asks the nodes which one
+    is active (``sys/leader``) in a thread of its own and waits for the answer only as long as
+    the scrape allows, so a Vault that hangs delays no scrape (its last known state goes out).
+    Leader changes count each time a connection saw another node become active. A process with
+    no Vault connection exports neither.
+    """
+
+    __slots__ = ("probe_after", "_probes")
+
+    def __init__(self, probe_after: float = 30.0) -> None:
+        self.probe_after = probe_after
+        self._probes: dict[int, threading.Thread] = {}
+
+    def _probe(self, routers: list[Any], wait: float) -> None:
+        self._probes = {k: t for k, t in self._probes.items() if t.is_alive()}
+        started = []
+        for router in routers:
+            status = router.status()
+            if status.up is not None and time.monotonic() - status.last_contact <= self.probe_after:
+                continue
+            probe = self._probes.get(id(router))
+            if probe is None or not probe.is_alive():
+                probe = threading.Thread(target=router.probe, daemon=True, name="engine-vault-probe")
+                self._probes[id(router)] = probe
+                probe.start()
+            started.append(probe)
+        deadline = time.monotonic() + wait
+        for probe in started:
+            probe.join(max(0.0, deadline - time.monotonic()))
+
+    def families(self, wait: float) -> list[Metric]:
+        nodes = sys.modules.get("engine.vault.nodes")  # never imported: no connection to report
+        routers = nodes.live_routers() if nodes is not None else []
+        if not routers:
+            return []
+        self._probe(routers, wait)
+        up = GaugeMetricFamily("engine_vault_up", "1 when Vault answers this process (an active "
+                               "node reachable), else 0", labels=["vault"])
+        changes = CounterMetricFamily("engine_vault_leader_changes", "Changes of Vault's active "
+                                      "node seen by this process", labels=["vault"])
+        seen: dict[str, tuple[bool, int]] = {}
+        for router in routers:
+            status = router.status()
+            label = ",".join(status.nodes)
+            was_up, was_changes = seen.get(label, (False, 0))
+            seen[label] = (was_up or bool(status.up), max(was_changes, status.leader_changes))
+        for label, (healthy, count) in sorted(seen.items()):
+            up.add_metric([label], 1.0 if healthy else 0.0)
+            changes.add_metric([label], count)
+        return [up, changes]
+
+
 class PushFailed(EngineError):
     """The Pushgateway did not take the metrics (unreachable, refused, timed out)."""
 
@@ -201,7 +260,7 @@ class EngineMetrics:
         "registry", "operations", "errors", "reencryption", "_own", "_server", "_keys",
         "_seed_names", "_rotation_success", "_rotation_failure", "_rotation_interval",
         "_versions_active", "_certificates", "_reencryption_remaining", "_reencryption_progress",
-        "_vault_up", "_vault_leader_changes", "_job", "_lock",
+        "_vault", "_job", "_lock",
     )
 
     def __init__(self, registry: CollectorRegistry | None = None, *, seed_names: bool = True,
@@ -231,8 +290,7 @@ class EngineMetrics:
         self._certificates: dict[str, float] = {}  # subject -> notAfter (Unix time)
         self._reencryption_remaining = 0
         self._reencryption_progress: float | None = None
-        self._vault_up: bool | None = None
-        self._vault_leader_changes = 0
+        self._vault = VaultConnectivity()
         self._lock = fork_safe_lock()
         self._job: tuple[int, float] | None = None
         self._server: Any = None
@@ -318,18 +376,6 @@ class EngineMetrics:
         self._certificates[certificate_subject(cert_path)] = time.time() + seconds
         return seconds
 
-    def set_vault_up(self, up: bool) -> None:
-        """``engine_vault_up``: 1 while Vault answers, 0 once it does not (exported only by a
-        process that uses Vault)."""
-        self._vault_up = bool(up)
-
-    def vault_leader_changed(self, count: int = 1) -> None:
-        """Counts changes of the Vault cluster's active node (``engine_vault_leader_changes_total``)."""
-        with self._lock:
-            self._vault_leader_changes += count
-        if self._vault_up is None:
-            self._vault_up = True
-
     def job_finished(self, exit_code: int, duration_seconds: float) -> None:
         """Records how a batch command ended (``engine_job_exit_code``, ``engine_job_duration_seconds``),
         exported from then on; the command line pushes them with the rest."""
@@ -380,12 +426,7 @@ class EngineMetrics:
             yield _gauge("engine_reencryption_last_progress_timestamp_seconds",
                          "Unix time of the re-encryption job's last step",
                          self._reencryption_progress)
-        if self._vault_up is not None:
-            yield _gauge("engine_vault_up", "1 while Vault answers, else 0", int(self._vault_up))
-            changes = CounterMetricFamily("engine_vault_leader_changes",
-                                          "Changes of the Vault cluster's active node")
-            changes.add_metric([], self._vault_leader_changes)
-            yield changes
+        yield from self._vault.families(wait)
         if self._job is not None:
             yield _gauge("engine_job_exit_code", "How the batch command ended (0: success; the "
                          "README's exit codes)", self._job[0])

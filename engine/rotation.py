@@ -59,11 +59,16 @@ STEPS = ("pre_validation", "generate", "move_pointer", "post_verification", "dep
 
 
 class RotationFailed(EngineError):
-    """A rotation step failed; everything was put back as before. ``step`` names the step."""
+    """A rotation step failed; everything was put back as before, unless ``rolled_back`` is
+    False (putting it back failed too, e.g. Vault was unreachable: a rerun completes the
+    rotation). ``step`` names the step."""
 
-    def __init__(self, step: str, cause: BaseException) -> None:
-        super().__init__(f"key rotation failed at {step}: {type(cause).__name__}: {cause}")
+    def __init__(self, step: str, cause: BaseException, *, rolled_back: bool = True) -> None:
+        super().__init__(f"key rotation failed at {step}: {type(cause).__name__}: {cause}"
+                         + ("" if rolled_back else "; putting things back failed too: run the "
+                            "rotation again once the provider answers"))
         self.step = step
+        self.rolled_back = rolled_back
 
 
 class RotationInProgress(EngineError):
@@ -329,6 +334,29 @@ class KeyRotationService:
         finally:
             self._thread_lock.release()
 
+    @contextlib.contextmanager
+    def _started(self, reason: str, wait: bool) -> Iterator["_Run"]:
+        """The rotation lock, and the state the run starts from. The provider failing here
+        (Vault without a leader, say) changed nothing: it is recorded in the audit trail and
+        raised as :class:`RotationFailed` at step ``"start"``, like a failed step."""
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._exclusive(wait))
+                run = _Run({i.version: i.state for i in self.provider.list_versions()},
+                           _current_version(self.provider))
+                failure = None
+            except (RotationInProgress, KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                failure = exc
+            if failure is not None:
+                self._record(audit_events.KEY_ROTATION_FAILED, step="start", reason=reason,
+                             error=type(failure).__name__)
+                if self.metrics is not None:
+                    self.metrics.error("key_rotation_failed")
+                raise RotationFailed("start", failure) from failure
+            yield run
+
     def _step(self, name: str, **detail: Any) -> None:
         if self.observer is not None:
             self.observer(name, detail)
@@ -348,29 +376,35 @@ class KeyRotationService:
             A :class:`RotationResult` with the previous and the new version.
 
         Raises:
-            RotationFailed: a step failed; the pointer and the versions were put back.
+            RotationFailed: a step failed; the pointer and the versions were put back (see
+                ``rolled_back``); or, at step ``"start"``, the provider failed before anything
+                changed.
             RotationInProgress: ``wait=False`` and another rotation holds the lock.
         """
-        with self._exclusive(wait):
-            run = _Run({i.version: i.state for i in self.provider.list_versions()},
-                       _current_version(self.provider))
+        with self._started(reason, wait) as run:
             step = STEPS[0]
             try:
                 for step, action in _FLOW:
                     self._step(step, **run.detail(step))
                     action(self, run)
             except BaseException as exc:
-                self._roll_back(run.before, run.previous, run.new_version)
+                # Putting things back may fail for the reason the step did (Vault lost its
+                # leader): the failure is recorded and raised all the same, never replaced.
+                try:
+                    run.new_version = self._roll_back(run.before, run.previous, run.new_version)
+                    undo = {}
+                except Exception as undo_exc:
+                    undo = {"rollback_error": type(undo_exc).__name__}
                 self._record(audit_events.KEY_ROTATION_FAILED, step=step, reason=reason,
                              previous_version=run.previous, failed_version=run.new_version,
-                             error=type(exc).__name__)
+                             error=type(exc).__name__, **undo)
                 self._notify({"event": audit_events.KEY_ROTATION_FAILED, "step": step,
                               "previous_version": run.previous, "error": type(exc).__name__})
                 if self.metrics is not None:
                     self.metrics.rotation_failed(self.clock())
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
-                raise RotationFailed(step, exc) from exc
+                raise RotationFailed(step, exc, rolled_back=not undo) from exc
             previous, new_version, deprecated = run.previous, run.new_version, run.deprecated
             result = RotationResult(previous, new_version, reason,
                                     datetime.fromtimestamp(self.clock(), timezone.utc), deprecated)
@@ -433,7 +467,12 @@ class KeyRotationService:
         return tuple(sorted(deprecated))
 
     def _roll_back(self, before: dict[int, KeyState], previous: int | None,
-                   new_version: int | None) -> None:
+                   new_version: int | None) -> int | None:
+        """Puts the states and the pointer back; returns the version this run created (found
+        among the versions when ``generate`` failed after the provider had made it)."""
+        if new_version is None:
+            made = [i.version for i in self.provider.list_versions() if i.version not in before]
+            new_version = max(made) if made else None
         for version, state in before.items():
             self.provider.set_state(version, state)
         if previous is not None:
@@ -445,6 +484,7 @@ class KeyRotationService:
         if new_version is not None and new_version not in before:
             # Not deleted: another process may already have written data under it.
             self.provider.set_state(new_version, KeyState.DEPRECATED)
+        return new_version
 
     def purge(self, version: int, *, inventory: Any = None) -> None:
         """Deletes a deprecated version for good (data still sealed under it becomes unreadable).

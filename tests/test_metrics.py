@@ -77,10 +77,33 @@ def test_exporter_serves_the_engine_metrics(tmp_path):
             if name == "engine_encryption_errors_total"} == set(ERROR_TYPES)
 
 
-def test_every_name_has_the_prefix_or_is_a_seed_alias():
+VAULT_NODES = ("https://vault-0:8200", "https://vault-1:8200")
+
+
+@pytest.fixture
+def a_vault(monkeypatch):
+    """Makes this process hold one Vault connection, up or not (what engine.vault.nodes reports
+    for each open connection; the real routers are scraped in test_vault_ha.py)."""
+    from engine.vault import nodes
+
+    def install(up: bool) -> None:
+        class Router:
+            def status(self):
+                return nodes.RouterStatus(VAULT_NODES, up, 2, time.monotonic())
+
+            def probe(self):
+                return up
+
+        router = Router()
+        monkeypatch.setattr(nodes, "live_routers", lambda: [router])
+
+    return install
+
+
+def test_every_name_has_the_prefix_or_is_a_seed_alias(a_vault):
     m = private()
     m.reencryption_progress(1, 2, 3, 4)
-    m.set_vault_up(True)
+    a_vault(True)
     m.job_finished(0, 1.5)
     m.watch_keys(StaticKeyProvider({1: K1}))
     families = list(m.collect())
@@ -167,17 +190,17 @@ class _HangingProvider(StaticKeyProvider):
         return super().list_versions()
 
 
-def test_a_hanging_provider_delays_no_scrape():
+def test_a_hanging_provider_delays_no_scrape(a_vault):
     m = EngineMetrics(CollectorRegistry(), key_refresh_seconds=0)
     provider = _HangingProvider({1: K1, 2: K2})
     EncryptionService(provider, metrics=m)
-    m.set_vault_up(False)
+    a_vault(False)
     port = m.serve(0)
     try:
         t0 = time.monotonic()
         got = scrape(port)
         assert time.monotonic() - t0 < 3.0
-        assert got[("engine_vault_up", ())] == 0  # what the alert needs still goes out
+        assert got[("engine_vault_up", (("vault", ",".join(VAULT_NODES)),))] == 0  # the alert's input
         assert ("engine_key_current_version", ()) not in got
         provider.release.set()
         deadline = time.monotonic() + 10

@@ -463,13 +463,13 @@ def test_losing_the_create_race_retries_with_the_next_version(make_provider, mon
     real = KeyStore.versions
     calls = []
 
-    def stale_once(store):  # b lists, then a creates v2 before b writes: b's cas=0 write loses
+    def stale_once(store, **kw):  # b lists, then a creates v2 before b writes: b's cas=0 loses
         calls.append(store)
         if store is b._store and len(calls) == 1:
-            listed = real(store)
+            listed = real(store, **kw)
             a.create_version()
             return listed
-        return real(store)
+        return real(store, **kw)
 
     monkeypatch.setattr(KeyStore, "versions", stale_once)
     assert b.create_version().version == 3

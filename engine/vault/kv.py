@@ -13,7 +13,14 @@ key provider keeps its versions::
     <mount>/data/<path>/index-v1        {key}   (the blind-index secret of version 1)
 
 Entries are created with check-and-set (``cas=0``) and updated with the KV version they were read
-at, so two processes never both create version N and never overwrite each other's changes. Each
+at, so two processes never both create version N and never overwrite each other's changes.
+
+A write is never sent twice once it may have been received (the node died or timed out after
+the request left): :meth:`KVStore.write` reads the path back from the active node instead, and
+takes the write as applied when the latest version holds exactly what it wrote (each
+read-modify-write stores a fresh random ``revision``, so two writers' data never look alike).
+Only when the read shows the old version does it write again, and check-and-set then refuses
+a second application. Each
 entry's ``kcv`` (key check value) is an HMAC of the version number (and, for XAES-256-GCM, the
 algorithm) under the data key: a data key copied into another version's entry, alone or with the
 whole entry, fails it, and so does an entry whose algorithm was edited. Entries written before
@@ -28,6 +35,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import os
 import re
 import time
@@ -39,8 +47,10 @@ from .connection import VaultConnection
 from .errors import (
     VaultConflict,
     VaultError,
+    VaultOutcomeUnknown,
     VaultPathNotFound,
     VaultRequestRejected,
+    VaultUnavailable,
     WrappedKeyInvalid,
 )
 
@@ -81,6 +91,11 @@ def _kv_version(metadata: dict[str, Any]) -> int:
     return version if type(version) is int else 0
 
 
+def _canonical(data: dict[str, Any]) -> str:
+    """``data`` as Vault will give it back (JSON), in a form that compares exactly."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
 class KVStore:
     """One KV version 2 mount: read, write with check-and-set, read-modify-write, list, delete.
 
@@ -102,10 +117,13 @@ class KVStore:
     def _api(self) -> Any:
         return self._conn.client.secrets.kv.v2
 
-    def read(self, path: str, what: str, version: int | None = None
-             ) -> tuple[dict[str, Any], int] | None:
+    def read(self, path: str, what: str, version: int | None = None, *,
+             consistent: bool = False) -> tuple[dict[str, Any], int] | None:
         """(data, KV version) of the latest version at ``path`` (or of ``version``), or None
         when there is none (or it was deleted).
+
+        Args:
+            consistent: read it from the active node (see :meth:`VaultConnection.call`).
 
         Raises:
             VaultRequestRejected, VaultPermissionDenied, VaultUnavailable, ...: see
@@ -114,7 +132,7 @@ class KVStore:
         try:
             data = self._conn.call_data(what, self.shown(path), self._api.read_secret_version,
                                         path=path, version=version, mount_point=self.mount,
-                                        raise_on_deleted_version=True)
+                                        raise_on_deleted_version=True, consistent=consistent)
         except VaultPathNotFound:
             return None
         return _fields(data, "data"), _kv_version(_fields(data, "metadata"))
@@ -122,20 +140,66 @@ class KVStore:
     def write(self, path: str, data: dict[str, Any], what: str,
               cas: int | None = None) -> int | None:
         """Writes ``data`` as a new version: with ``cas`` = 0 only if ``path`` is empty, with
-        ``cas`` = N only if N is its latest version, with None unconditionally.
+        ``cas`` = N only if N is its latest version, with None unconditionally. Never applied
+        twice (see the module docstring).
 
         Returns:
             The new KV version, or None when ``cas`` no longer matches.
+
+        Raises:
+            VaultOutcomeUnknown: the write may have applied and Vault could not be asked
+                whether it did within the retry budget (or, without ``cas``, a newer version
+                by another writer hides it).
         """
+        try:
+            return self._send(path, data, what, cas)
+        except VaultOutcomeUnknown as exc:
+            unknown = exc
+        return self._settle(path, data, what, cas, unknown)
+
+    def _send(self, path: str, data: dict[str, Any], what: str, cas: int | None) -> int | None:
         try:
             written = self._conn.call_data(what, self.shown(path),
                                            self._api.create_or_update_secret, path=path,
-                                           secret=data, cas=cas, mount_point=self.mount)
+                                           secret=data, cas=cas, mount_point=self.mount,
+                                           idempotent=False)
         except VaultRequestRejected as exc:
             if not exc.cas_mismatch:
                 raise
             return None
         return _kv_version(written)
+
+    def _settle(self, path: str, data: dict[str, Any], what: str, cas: int | None,
+                unknown: VaultOutcomeUnknown) -> int | None:
+        """After a write that may or may not have applied: the active node says whether it did;
+        if it did not and ``cas`` still holds, the write is sent again (check-and-set refuses
+        it should the first one land late)."""
+        expected = _canonical(data)
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                found: tuple[dict[str, Any], int] | None | bool = self.read(
+                    path, f"read back {self.shown(path)!r} to see whether a write applied",
+                    consistent=True)
+            except VaultUnavailable:
+                found = False
+            if found is False:  # raised here: no exception context travels with it
+                raise unknown
+            stored, version = found if found is not None else ({}, 0)
+            if found is not None and _canonical(stored) == expected and \
+                    (cas is None or version == cas + 1):
+                return version
+            if cas is None:
+                raise unknown  # the latest version is another writer's: ours is unknowable
+            if version != cas:
+                return None  # another writer got there first: a check-and-set mismatch
+            try:
+                written = self._send(path, data, what, cas)
+            except VaultOutcomeUnknown as again:
+                unknown = again
+                continue
+            if written is not None:
+                return written
+        raise unknown
 
     def update(self, path: str, change: Change, what: str,
                missing: Callable[[], VaultError]) -> dict[str, Any]:
@@ -151,24 +215,26 @@ class KVStore:
         Raises:
             VaultConflict: lost the check-and-set race :data:`CAS_ATTEMPTS` times.
         """
-        for _ in range(CAS_ATTEMPTS):
-            found = self.read(path, what)
+        for attempt in range(CAS_ATTEMPTS):
+            found = self.read(path, what, consistent=attempt > 0)
             if found is None:
                 raise missing()
             data, kv_version = found
             new = change(dict(data))
             if new is None:
                 return data
+            new["revision"] = os.urandom(8).hex()  # no two writers' versions look alike
             if self.write(path, new, what, cas=kv_version) is not None:
                 return new
         raise VaultConflict(f"could not {what} at {self.shown(path)!r}: {CAS_ATTEMPTS} "
                             f"check-and-set conflicts")
 
-    def list(self, path: str, what: str) -> list[str]:
+    def list(self, path: str, what: str, *, consistent: bool = False) -> list[str]:
         """The names in the folder ``path`` (sub-folders end with ``/``); [] when empty."""
         try:
             data = self._conn.call_data(what, f"{self.mount}/metadata/{path}",
-                                        self._api.list_secrets, path=path, mount_point=self.mount)
+                                        self._api.list_secrets, path=path, mount_point=self.mount,
+                                        consistent=consistent)
         except VaultPathNotFound:
             return []
         keys = data.get("keys") or []
@@ -290,14 +356,16 @@ class KeyStore:
         """The path of the current-version pointer."""
         return f"{self.path}/current"
 
-    def versions(self) -> list[int]:
+    def versions(self, *, consistent: bool = False) -> list[int]:
         """The version numbers that have an entry, ascending."""
-        keys = self.kv.list(self.path, "list key versions")
+        keys = self.kv.list(self.path, "list key versions", consistent=consistent)
         return sorted(int(m.group(1)) for k in keys if (m := _VERSION_KEY.fullmatch(k)))
 
-    def entry(self, version: int) -> tuple[dict[str, Any], int] | None:
+    def entry(self, version: int, *, consistent: bool = False
+              ) -> tuple[dict[str, Any], int] | None:
         """(entry, KV version) of a version, or None."""
-        return self.kv.read(self.entry_path(version), f"read key version {version}")
+        return self.kv.read(self.entry_path(version), f"read key version {version}",
+                            consistent=consistent)
 
     def create_entry(self, version: int, entry: dict[str, Any]) -> bool:
         """Creates a version's entry; False when it already exists."""
@@ -318,9 +386,10 @@ class KeyStore:
         """Deletes a version's entry and all its KV versions."""
         self.kv.destroy(self.entry_path(version), f"purge key version {version}")
 
-    def pointer(self) -> tuple[int | None, int]:
+    def pointer(self, *, consistent: bool = False) -> tuple[int | None, int]:
         """(current version or None, the pointer's KV version or 0)."""
-        found = self.kv.read(self.pointer_path, "read the current key version")
+        found = self.kv.read(self.pointer_path, "read the current key version",
+                             consistent=consistent)
         if found is None:
             return None, 0
         version = found[0].get("version")
@@ -332,8 +401,8 @@ class KeyStore:
     def set_pointer(self, version: int, *, only_up: bool) -> int:
         """Sets ``current`` to ``version`` (with ``only_up``, never lowers it); returns the
         pointer's value afterwards."""
-        for _ in range(CAS_ATTEMPTS):
-            cur, kv_version = self.pointer()
+        for attempt in range(CAS_ATTEMPTS):
+            cur, kv_version = self.pointer(consistent=attempt > 0)
             if only_up and cur is not None and cur >= version:
                 return cur
             if self.kv.write(self.pointer_path, {"version": version, "updated_at": _iso_now()},
@@ -348,14 +417,16 @@ class KeyStore:
         return f"{self.path}/rotation-lock"
 
     def take_lock(self, owner: str, ttl: float) -> bool:
-        """Takes the rotation lock for ``ttl`` seconds unless another owner holds it."""
+        """Takes the rotation lock for ``ttl`` seconds unless another owner holds it (a lock
+        ``owner`` itself still holds, its release having failed, is taken again)."""
         found = self.kv.read(self._lock_path, "read the rotation lock")
         held, cas = found if found else ({}, 0)
         try:
             expires = float(held.get("expires") or 0)
         except (TypeError, ValueError):
             expires = 0.0  # unreadable: treat as free, the write below is still check-and-set
-        return expires < time.time() and self.kv.write(
+        free = expires < time.time() or held.get("owner") == owner
+        return free and self.kv.write(
             self._lock_path, {"owner": owner, "expires": time.time() + ttl},
             "take the rotation lock", cas=cas) is not None
 
@@ -365,6 +436,23 @@ class KeyStore:
         if found and found[0].get("owner") == owner:
             self.kv.write(self._lock_path, {"owner": None, "expires": 0},
                           "release the rotation lock", cas=found[1])
+
+    @property
+    def journal_path(self) -> str:
+        """The path of the wrapping-key rotation's journal."""
+        return f"{self.path}/wrapping-rotation"
+
+    def journal(self) -> tuple[dict[str, Any], int]:
+        """(the wrapping-key rotation's journal, its KV version); ({}, 0) when there is none.
+        Read from the active node."""
+        found = self.kv.read(self.journal_path, "read the wrapping-key rotation journal",
+                             consistent=True)
+        return found if found is not None else ({}, 0)
+
+    def write_journal(self, data: dict[str, Any], cas: int) -> bool:
+        """Writes the journal with check-and-set; False when another writer got there first."""
+        return self.kv.write(self.journal_path, data, "write the wrapping-key rotation journal",
+                             cas=cas) is not None
 
     def audit_key(self) -> bytes:
         """The audit trail's HMAC key: 32 random bytes at ``<path>/audit``, created once with
@@ -394,8 +482,8 @@ class KeyStore:
 
     def _random_secret(self, name: str, what: str, *, create: bool = True) -> bytes | None:
         path = f"{self.path}/{name}"
-        for _ in range(CAS_ATTEMPTS):
-            found = self.kv.read(path, f"read {what}")
+        for attempt in range(CAS_ATTEMPTS):
+            found = self.kv.read(path, f"read {what}", consistent=attempt > 0)
             if found is not None:
                 try:
                     key = base64.b64decode(found[0]["key"], validate=True)

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from ..aead import AesGcm
 from ..keys.base import (
@@ -52,11 +52,11 @@ from ..keys.base import (
 )
 from ..locks import fork_safe_lock
 from .connection import (
+    DEFAULT_DEADLINE,
     DEFAULT_JWT_PATH,
+    HA_MAX_BACKOFF,
     RetryPolicy,
     VaultConnection,
-    environment_number,
-    environment_settings,
 )
 from .errors import (
     VaultConfigurationError,
@@ -73,6 +73,7 @@ from .kv import (
     new_entry,
     parse_entry,
 )
+from .options import check_addresses, environment_number, environment_settings
 from .transit import TransitKey, TransitKeyWrapper, wipe
 
 if TYPE_CHECKING:
@@ -113,6 +114,10 @@ def _same_check(recorded: Any, computed: str) -> bool:
     return isinstance(recorded, str) and hmac.compare_digest(recorded.encode(), computed.encode())
 
 
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
 _PATH_RE = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 
 
@@ -131,16 +136,18 @@ class VaultProviderConfig(ProviderConfig):
 
 # Constructor arguments that are not secrets, and so may travel in a VaultProviderConfig.
 _SHAREABLE = ("address", "key_name", "mount", "kv_mount", "kv_path", "cache_ttl", "timeout",
-              "retries", "approle_mount", "role", "jwt_path", "k8s_mount", "create_key",
-              "verify", "namespace", "client_cert", "client_key", "cert_role", "cert_mount",
-              "algorithm")
+              "retries", "deadline", "approle_mount", "role", "jwt_path", "k8s_mount",
+              "create_key", "verify", "namespace", "client_cert", "client_key", "cert_role",
+              "cert_mount", "algorithm")
 
 
 class VaultKeyProvider(KeyProvider):
     """Versioned AES-256 data keys wrapped by a Vault/OpenBao Transit key and stored in KV v2.
 
     Args:
-        address: Vault's URL (``$VAULT_ADDR`` via :meth:`from_environment`).
+        address: Vault's URL (``$VAULT_ADDR`` via :meth:`from_environment`); or the nodes of an
+            HA cluster, as a list or separated by commas: requests go to the active node,
+            found and followed as leadership moves (``docs/vault-ha.md``).
         token: a Vault token; or ``role_id`` + ``secret_id`` (AppRole); or ``role`` +
             ``jwt_path`` (Kubernetes auth); or ``client_cert`` + ``client_key`` without the
             others (TLS certificate login; ``cert_role``, ``cert_mount``).
@@ -152,6 +159,8 @@ class VaultKeyProvider(KeyProvider):
             0 disables caching.
         timeout: seconds per HTTP call.
         retries: extra attempts after a transport error or 5xx, with exponential backoff.
+        deadline: seconds a call keeps retrying (a leader election) instead of counting
+            ``retries``; default None for one address, 15 for several (``VAULT_DEADLINE``).
         create_key: create the Transit key (``aes256-gcm96``) when it is missing.
         verify: TLS verification: True (the system's CAs), False, or the path of a CA bundle
             file or directory (``VAULT_CACERT``).
@@ -175,13 +184,15 @@ class VaultKeyProvider(KeyProvider):
     """
 
     __slots__ = ("_conn", "_store", "_transit", "_ttl", "_lock", "_entries", "_current",
-                 "_closed", "_unwraps", "_conflicts", "_settings", "_algorithm")
+                 "_closed", "_unwraps", "_conflicts", "_settings", "_algorithm", "_owner",
+                 "_rotating", "_rotating_depth")
 
-    def __init__(self, address: str, *, token: str | None = None,
+    def __init__(self, address: str | Sequence[str], *, token: str | None = None,
                  key_name: str = "intelliflow-data-key", mount: str = "transit",
                  kv_mount: str = "secret", kv_path: str = "intelliflow/encryption",
                  cache_ttl: float = 300.0, timeout: float = 5.0, retries: int = 3,
-                 role_id: str | None = None, secret_id: str | None = None,
+                 deadline: float | None = None, role_id: str | None = None,
+                 secret_id: str | None = None,
                  approle_mount: str = "approle", role: str | None = None,
                  jwt_path: str = DEFAULT_JWT_PATH, k8s_mount: str = "kubernetes",
                  create_key: bool = True, verify: bool | str = True,
@@ -197,7 +208,8 @@ class VaultKeyProvider(KeyProvider):
             raise VaultConfigurationError("cache_ttl must be a non-negative number of seconds")
         self._algorithm = check_algorithm(algorithm)
         arguments = dict(locals())
-        self._settings = tuple((k, arguments[k]) for k in _SHAREABLE)
+        self._settings = tuple((k, tuple(v) if isinstance(v, list) else v)
+                               for k, v in ((k, arguments[k]) for k in _SHAREABLE))
         self._ttl = float(cache_ttl)
         self._lock = fork_safe_lock(threading.RLock)
         self._entries: dict[int, _Cached] = {}
@@ -205,10 +217,17 @@ class VaultKeyProvider(KeyProvider):
         self._closed = False
         self._unwraps = 0
         self._conflicts = 0
+        self._owner = os.urandom(16).hex()  # this provider, as the rotation lock's holder
+        self._rotating = fork_safe_lock(threading.RLock)
+        self._rotating_depth = 0
+        if deadline is None and client is None and len(check_addresses(address)) > 1:
+            deadline = DEFAULT_DEADLINE
+        policy = RetryPolicy(timeout=timeout, retries=retries, deadline=deadline,
+                             **({"max_backoff": HA_MAX_BACKOFF} if deadline else {}))
         self._conn = VaultConnection(
             address, token=token, role_id=role_id, secret_id=secret_id,
             approle_mount=approle_mount, role=role, jwt_path=jwt_path, k8s_mount=k8s_mount,
-            policy=RetryPolicy(timeout=timeout, retries=retries), verify=verify,
+            policy=policy, verify=verify,
             client_cert=client_cert, client_key=client_key, cert_role=cert_role,
             cert_mount=cert_mount, namespace=namespace, client=client)
         self._store = KeyStore(self._conn, kv_mount.strip("/"), kv_path.strip("/"))
@@ -362,11 +381,25 @@ class VaultKeyProvider(KeyProvider):
             version, _ = self._store.pointer()
             if version is None:
                 self._bootstrap()
-                version, _ = self._store.pointer()
+                version, _ = self._store.pointer(consistent=True)
             if version is None:
                 raise VaultError("the current-version pointer is missing after bootstrap")
+            if version < max(self._entries, default=0):
+                self._forget_vanished(version)
             self._current = (version, time.monotonic() + self._ttl)
             return version
+
+    def _forget_vanished(self, current: int) -> None:
+        """Empties the cache when a cached version above ``current`` has no entry any more:
+        Vault was restored from a snapshot older than it, and every cached state may be stale.
+        Encrypting on under such a version would write data that the restored Vault cannot
+        decrypt. (A version above the pointer that still exists, after :meth:`set_current`
+        rolled back, keeps the cache as it is.)"""
+        for v in sorted((v for v in self._entries if v > current), reverse=True):
+            if self._store.kv.read(self._store.entry_path(v), f"read key version {v}",
+                                   consistent=True) is None:
+                self._entries.clear()
+                return
 
     def refresh(self) -> None:
         """Forgets the cached current version, so the next call reads Vault (keys stay cached
@@ -375,10 +408,12 @@ class VaultKeyProvider(KeyProvider):
             self._current = None
 
     def stats(self) -> dict[str, int]:
-        """Counters for tests and monitoring: unwraps done, versions cached now, and version
-        creations that lost a check-and-set race and retried."""
+        """Counters for tests and monitoring: unwraps done, versions cached now, version
+        creations that lost a check-and-set race and retried, and changes of the active node
+        seen (an HA cluster)."""
         return {"unwraps": self._unwraps, "cached_versions": len(self._entries),
-                "cas_conflicts": self._conflicts}
+                "cas_conflicts": self._conflicts,
+                "leader_changes": self._conn.status.leader_changes}
 
     # ---- the KeyProvider protocol ----
 
@@ -413,11 +448,12 @@ class VaultKeyProvider(KeyProvider):
 
     def list_versions(self) -> list[KeyVersionInfo]:
         """Every version stored in Vault, ascending, with its state and creation time (read from
-        Vault; no key is unwrapped)."""
+        Vault's active node, never a standby's replica that may lag: rotation and retention
+        decide on it; no key is unwrapped)."""
         self._check_open()
         infos = []
-        for v in self._store.versions():
-            found = self._store.entry(v)
+        for v in self._store.versions(consistent=True):
+            found = self._store.entry(v, consistent=True)
             if found is not None:
                 infos.append(KeyVersionInfo(v, *parse_entry(v, found[0]),
                                             entry_algorithm(v, found[0])))
@@ -445,7 +481,7 @@ class VaultKeyProvider(KeyProvider):
             return self._create(only=None)
 
     def _bootstrap(self) -> None:
-        existing = self._store.versions()
+        existing = self._store.versions(consistent=True)
         if existing:  # a creator died before writing the pointer: adopt the newest
             self._store.set_pointer(existing[-1], only_up=True)
         else:
@@ -455,8 +491,9 @@ class VaultKeyProvider(KeyProvider):
         """Creates a version (``only``: exactly that one, or nothing if it exists)."""
         key, wrapped = self._transit.new_data_key()
         try:
-            for _ in range(CAS_ATTEMPTS):
-                version = only or (max(self._store.versions(), default=0) + 1)
+            for attempt in range(CAS_ATTEMPTS):
+                version = only or (max(self._store.versions(consistent=attempt > 0),
+                                       default=0) + 1)
                 now = datetime.now(timezone.utc)
                 entry = new_entry(version, key, wrapped, self._transit.name,
                                   self._transit.mount, now, self._algorithm)
@@ -546,7 +583,11 @@ class VaultKeyProvider(KeyProvider):
         """Rotates the Transit key and rewraps every stored data key with its newest version.
 
         Rewrapping happens inside Vault (Transit ``rewrap``): the data keys never leave it, stay
-        the same, and no data is re-encrypted. Safe to re-run after a failure.
+        the same, and no data is re-encrypted. Runs under the rotation lock, and is journaled in
+        KV (``<kv_path>/wrapping-rotation``: the Transit version it started from) before the
+        Transit key is rotated, so that a run that stopped half-way (Vault lost its leader, the
+        process died) is completed by the next run, which rewraps without rotating again: one
+        rotation, one new Transit version, however often it is re-run.
 
         Args:
             set_min_decryption_version: afterwards, refuse Transit decryption with older key
@@ -559,14 +600,26 @@ class VaultKeyProvider(KeyProvider):
             VaultPermissionDenied: the token may not rotate, rewrap or configure the key.
             WrappedKeyInvalid: a stored wrapped key is rejected by Transit (the versions
                 rewrapped before it stay rewrapped; re-run after fixing it).
+            VaultUnavailable, VaultOutcomeUnknown: Vault failed half-way; re-run.
         """
         self._check_open()
-        with self._lock:
-            self._transit.rotate()
-            latest = int(self._transit.info().get("latest_version") or 1)
+        with self.rotation_lock(), self._lock:
+            journal, cas = self._store.journal()
+            start = journal.get("from")
+            latest = self._transit.latest_version()
+            if not (journal.get("state") == "rotating" and type(start) is int
+                    and latest > start):
+                # Nothing half-done: record the start, then rotate (a run that stops between
+                # the two leaves "rotating" from the current version: the next one rotates).
+                if not self._store.write_journal({"state": "rotating", "from": latest,
+                                                  "started_at": _iso_now()}, cas):
+                    raise VaultConflict("the wrapping-key rotation journal changed under this "
+                                        "run: another rotation is running")
+                journal, cas = self._store.journal()
+                latest = self._transit.rotate()
             prefix = f"vault:v{latest}:"
             rewrapped = []
-            for v in self._store.versions():
+            for v in self._store.versions(consistent=True):
                 done: list[int] = []
 
                 def rewrap(entry: dict[str, Any], v: int = v, done: list[int] = done) -> dict | None:
@@ -574,17 +627,19 @@ class VaultKeyProvider(KeyProvider):
                     if not isinstance(wrapped, str) or wrapped.startswith(prefix):
                         return None
                     entry["wrapped_key"] = self._transit.rewrap(v, wrapped)
-                    entry["rewrapped_at"] = datetime.now(timezone.utc).isoformat()
+                    entry["rewrapped_at"] = _iso_now()
                     done.append(v)
                     return entry
 
                 self._store.update_entry(v, rewrap)
                 if done:
                     rewrapped.append(v)
-            min_dec = int(self._transit.info().get("min_decryption_version") or 1)
+            min_dec = int(self._transit.info(consistent=True).get("min_decryption_version") or 1)
             if set_min_decryption_version and min_dec < latest:
                 self._transit.set_min_decryption_version(latest)
                 min_dec = latest
+            self._store.write_journal({**journal, "state": "done", "to": latest,
+                                       "finished_at": _iso_now()}, cas)
             return RewrapReport(latest, tuple(rewrapped), min_dec)
 
     # ---- usage, the rotation lock, the audit key, purge ----
@@ -614,22 +669,46 @@ class VaultKeyProvider(KeyProvider):
     def rotation_lock(self, wait: bool = True, ttl: float = 300.0,
                       timeout: float = 600.0) -> Iterator[None]:
         """A lock in KV (``<kv_path>/rotation-lock``) taken with check-and-set, so two processes
-        on any machines never rotate at once. A holder that died frees it after ``ttl`` seconds.
+        on any machines never rotate at once. A holder that died frees it after ``ttl`` seconds;
+        a lock this provider still holds because its release failed (Vault was unreachable) is
+        taken again at once. Re-entrant within a thread; one thread of this process at a time.
 
         Raises:
             KeyLockBusy: ``wait`` is False (or ``timeout`` passed) and another process holds it.
         """
         self._check_open()
-        owner = os.urandom(16).hex()
-        deadline = time.monotonic() + timeout
-        while not self._store.take_lock(owner, ttl):
-            if not wait or time.monotonic() > deadline:
-                raise KeyLockBusy("another process holds the key rotation lock in Vault")
-            time.sleep(0.2)
+        if not self._rotating.acquire(timeout=timeout if wait else 0):
+            raise KeyLockBusy("another thread of this process holds the key rotation lock")
         try:
-            yield
+            if self._rotating_depth:
+                self._rotating_depth += 1
+                try:
+                    yield
+                finally:
+                    self._rotating_depth -= 1
+                return
+            deadline = time.monotonic() + timeout
+            while not self._store.take_lock(self._owner, ttl):
+                if not wait or time.monotonic() > deadline:
+                    raise KeyLockBusy("another process holds the key rotation lock in Vault")
+                time.sleep(0.2)
+            self._rotating_depth = 1
+            try:
+                yield
+            finally:
+                self._rotating_depth = 0
+                self._release_rotation_lock()
         finally:
-            self._store.release_lock(owner)
+            self._rotating.release()
+
+    def _release_rotation_lock(self) -> None:
+        try:
+            self._store.release_lock(self._owner)
+        except VaultError:
+            # Vault is unreachable: the lock stays held by this provider, which takes it again
+            # on its next rotation (others wait for its ttl). An exception from here would
+            # replace the one that is leaving the rotation, if any.
+            pass
 
     def audit_key(self) -> bytes:
         """The HMAC key of the audit trail: 32 random bytes kept in KV (``<kv_path>/audit``),

@@ -2,6 +2,9 @@
 
 Data keys cross Python only as ``bytearray`` objects that the caller wipes once the native key
 handle is built; Vault's answers holding a plaintext key are cleared as soon as it is read.
+
+``rotate`` is the one request here that changes state: it is never sent twice once it may have
+been received; the key's ``latest_version`` is read back from the active node instead.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from .connection import VaultConnection
 from .errors import (
     VaultError,
     VaultKeyMissing,
+    VaultOutcomeUnknown,
     VaultPathNotFound,
     VaultPermissionDenied,
     VaultRequestRejected,
+    VaultUnavailable,
     WrappedKeyInvalid,
 )
 
@@ -210,13 +215,43 @@ class TransitKey:
             raise VaultError(f"Transit rewrap of key version {version} returned no ciphertext")
         return rewrapped
 
-    def rotate(self) -> None:
-        """Adds a new version of the Transit key."""
-        self._call("rotate the Transit key", "keys", self._api.rotate_key)
+    def rotate(self) -> int:
+        """Adds a new version of the Transit key; returns the key's latest version afterwards.
 
-    def info(self) -> dict[str, Any]:
+        Raises:
+            VaultUnavailable: the rotation failed and the key was read back unchanged (nothing
+                happened: run it again).
+            VaultOutcomeUnknown: it may have applied, and the key could not be read back.
+        """
+        before = self.latest_version()
+        try:
+            self._call("rotate the Transit key", "keys", self._api.rotate_key, idempotent=False)
+            return self.latest_version()
+        except VaultOutcomeUnknown as exc:
+            unknown = exc
+        try:
+            after: int | None = self.latest_version()
+        except VaultUnavailable:
+            after = None
+        if after is None:
+            raise unknown
+        if after <= before:
+            raise VaultUnavailable(
+                f"Transit key {self.name!r} was not rotated ({unknown}); its latest version is "
+                f"still {before}: run the rotation again")
+        return after
+
+    def latest_version(self) -> int:
+        """The key's latest version, read from the active node."""
+        version = self.info(consistent=True).get("latest_version")
+        if type(version) is not int or version < 1:
+            raise VaultError(f"Transit key {self.name!r} has no valid latest_version")
+        return version
+
+    def info(self, *, consistent: bool = False) -> dict[str, Any]:
         """The key's metadata (``latest_version``, ``min_decryption_version``, ...)."""
-        return self._call("read the Transit key", "keys", self._api.read_key, data=True)
+        return self._call("read the Transit key", "keys", self._api.read_key, data=True,
+                          consistent=consistent)
 
     def set_min_decryption_version(self, version: int) -> None:
         """Refuses decryption with Transit key versions below ``version``."""
