@@ -18,3 +18,11 @@ def test_a_skipped_known_answer_test_fails_the_run(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 1, run.stdout
     assert "known-answer test skipped" in run.stdout and "1 failed, 1 skipped" in run.stdout
+
+
+def test_every_module_marked_native_exists():
+    """A renamed or moved module would silently drop out of the second backend's run."""
+    from conftest import NATIVE_MODULES
+
+    here = pathlib.Path(__file__).parent
+    assert {m for m in NATIVE_MODULES if not (here / f"{m}.py").is_file()} == set()
