@@ -197,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "and kept elsewhere")
     verify.add_argument("--json", action="store_true", help="print JSON")
     _add_data_commands(sub)
+    _add_pme_arguments(sub)
     _add_reencryption_commands(sub)
     _add_metrics_arguments(sub)
     args = parser.parse_args(argv)
@@ -205,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command in _DATA_COMMANDS:
-        return _data_commands(args)
+        pme = getattr(args, "pme", False)
+        _check_columns_usage(parser, args)
+        return _data_commands(args, _run_pme_command if pme else _run_data_command)
     from ._interrupts import command_started
 
     command_started()
@@ -379,13 +382,13 @@ def _index_definitions(args: argparse.Namespace) -> list[Any]:
     return [IndexDefinition.parse(text, table) for text in args.indexes]
 
 
-def _data_commands(args: argparse.Namespace) -> int:
+def _data_commands(args: argparse.Namespace, run: Any) -> int:
     from ._interrupts import CommandInterrupts
 
     _load_data_commands(args.command)  # before Ctrl-C raises: imports are where it gets lost
     interrupts = CommandInterrupts()
     try:
-        return _run_data_command(args, interrupts)
+        return run(args, interrupts)
     except KeyboardInterrupt:
         left = ("the output on stdout is incomplete" if getattr(args, "output", None) == "-"
                 else "no output file was left")
@@ -451,6 +454,75 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     if report_to is sys.stdout:
         return _report(", ".join(f"{k} {v}" for k, v in report.items()), report_to)
     return EXIT_OK
+
+
+def _add_pme_arguments(sub: Any) -> None:
+    """``--pme`` on the column commands: Parquet Modular Encryption under the engine's keys
+    (docs/pme.md) instead of the per-value format. With it, ``--column`` is optional."""
+    for name in ("encrypt-columns", "decrypt-columns"):
+        cmd = sub.choices[name]
+        cmd.add_argument("--pme", action="store_true",
+                         help="Parquet Modular Encryption: a standard PME file that Spark, "
+                              "DuckDB and pyarrow read (encrypt: the --column's under column "
+                              "keys, or every column and the footer when none is named; "
+                              "decrypt: the whole file)")
+        if name == "encrypt-columns":
+            cmd.add_argument("--plaintext-footer", action="store_true",
+                             help="with --pme and --column: leave the footer readable "
+                                  "(signed), so readers without keys see the other columns")
+        cmd._option_string_actions["--column"].required = False  # checked by the command
+
+
+def _check_columns_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The option combinations of the column commands that argparse cannot say (exit 2)."""
+    if not args.command.endswith("-columns"):
+        return
+    if not args.pme:
+        if not args.columns:
+            parser.error(f"{args.command} needs --column (or --pme)")
+        if getattr(args, "plaintext_footer", False):
+            parser.error("--plaintext-footer goes with --pme")
+        return
+    from .columns import pme  # noqa: F401  (imported before Ctrl-C is taken over)
+
+    ignored = [option for option, given in (
+        ("--aad-template", args.aad_template), ("--format csv", args.format == "csv"),
+        ("--index", getattr(args, "indexes", None)), ("--index-table",
+                                                      getattr(args, "index_table", None)),
+        ("--column", args.command == "decrypt-columns" and args.columns)) if given]
+    if ignored:
+        parser.error(f"{args.command} --pme does not take {', '.join(ignored)}")
+    if os.path.isdir(args.input):
+        parser.error(f"{args.command} --pme takes one Parquet file, and {args.input} is a "
+                     "directory")
+
+
+def _run_pme_command(args: argparse.Namespace, interrupts: Any) -> int:
+    from .columns.parquet_footer import ParquetFooterError
+    from .columns.pme import PmeFileUnreadable, decrypt_parquet_file, encrypt_parquet_file
+    from .errors import InvalidArgumentType, InvalidTag
+
+    exit_codes = (((InvalidTag, ParquetFooterError, PmeFileUnreadable), EXIT_CHECK_FAILED),
+                  ((InvalidArgument, InvalidArgumentType), EXIT_USAGE),
+                  (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
+    error: BaseException | None = None
+    try:
+        if args.command == "encrypt-columns":
+            report = encrypt_parquet_file(args.input, args.output, columns=args.columns,
+                                          plaintext_footer=args.plaintext_footer,
+                                          before_commit=interrupts.commit)
+        else:
+            report = decrypt_parquet_file(args.input, args.output,
+                                          before_commit=interrupts.commit)
+    except (EngineError, OSError) as exc:
+        error = exc
+    if error is not None:  # reported outside the except block: no chained context
+        where = "" if args.input in str(error) else f"{args.input}: "
+        _say(f"crypto-engine: {where}{error}")
+        return next(code for types, code in exit_codes if isinstance(error, types))
+    if args.json:
+        return _report(json.dumps(report), sys.stdout)
+    return _report(", ".join(f"{k} {v}" for k, v in report.items()), sys.stdout)
 
 
 def _say(line: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import EngineError
 from ..thrift_compact import BINARY, CompactReader, ListOf
 
-__all__ = ["FooterCrypto", "ParquetFooterError", "read_footer_crypto"]
+__all__ = ["FooterCrypto", "ParquetFooterError", "chunk_encryption", "read_footer_crypto"]
 
 MAGIC_PLAIN = b"PAR1"
 MAGIC_ENCRYPTED = b"PARE"
@@ -52,6 +52,8 @@ class FooterCrypto:
         footer_key_metadata: the footer key's key metadata (bytes), or None.
         column_key_metadata: column path -> key metadata of the columns under column keys,
             visible only when the footer is plaintext.
+        chunk_encryption: with a plaintext footer, how each column chunk of the first row
+            group is encrypted (see :func:`chunk_encryption`); else empty.
     """
 
     encrypted: bool
@@ -59,6 +61,7 @@ class FooterCrypto:
     algorithm: str | None
     footer_key_metadata: bytes | None
     column_key_metadata: dict[str, bytes]
+    chunk_encryption: tuple[str | None, ...] = ()
 
 
 _ALGORITHMS = {1: "AES_GCM_V1", 2: "AES_GCM_CTR_V1"}
@@ -105,4 +108,33 @@ def read_footer_crypto(path: str | os.PathLike) -> FooterCrypto:
             if with_key is not None and 2 in with_key:
                 name = ".".join(p.decode("utf-8", "replace") for p in with_key.get(1) or [])
                 columns.setdefault(name, with_key[2])
-    return FooterCrypto(True, False, _algorithm(meta.get(8)), meta.get(9), columns)
+    return FooterCrypto(True, False, _algorithm(meta.get(8)), meta.get(9), columns,
+                        tuple(_chunk_kinds(meta)))
+
+
+def chunk_encryption(metadata_file: bytes) -> list[str | None]:
+    """How each column chunk of the first row group is encrypted, in leaf order: None (not
+    encrypted), ``"footer"`` (under the footer key) or ``"column"`` (under a column key of its
+    own), from the bytes ``pyarrow.parquet.FileMetaData.write_metadata_file`` writes of a file
+    with an encrypted footer opened with its keys (its crypto metadata, decrypted; pyarrow 26
+    crashes writing that of a file with a plaintext footer, whose own footer says as much:
+    :attr:`FooterCrypto.chunk_encryption`). Empty for a file without row groups.
+
+    Raises:
+        ParquetFooterError: the bytes are not a Parquet metadata file.
+    """
+    if len(metadata_file) < 12 or metadata_file[-4:] != MAGIC_PLAIN:
+        raise ParquetFooterError("not a Parquet metadata file")
+    length = int.from_bytes(metadata_file[-8:-4], "little")
+    if length > len(metadata_file) - 12:
+        raise ParquetFooterError("a Parquet metadata file with a footer length past its start")
+    return _chunk_kinds(_parse(metadata_file[-8 - length:-8], _FILE_METADATA))
+
+
+def _chunk_kinds(meta: dict[int, Any]) -> list[str | None]:
+    groups = meta.get(4) or [{}]
+    kinds: list[str | None] = []
+    for chunk in groups[0].get(1) or []:
+        crypto = chunk.get(8, {})
+        kinds.append("column" if 2 in crypto else "footer" if 1 in crypto else None)
+    return kinds
