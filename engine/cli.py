@@ -197,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "and kept elsewhere")
     verify.add_argument("--json", action="store_true", help="print JSON")
     _add_data_commands(sub)
-    _add_pme_arguments(sub)
     _add_reencryption_commands(sub)
+    _add_pme_arguments(sub)
     _add_metrics_arguments(sub)
     args = parser.parse_args(argv)
     return _with_metrics(args, lambda: _run(parser, args))
@@ -214,7 +214,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     command_started()
     try:
         if args.command in ("inventory", "reencrypt"):
-            return _reencryption_commands(args)
+            pme = getattr(args, "pme", False)
+            return _pme_store_commands(args) if pme else _reencryption_commands(args)
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
             return _key_commands(args)
         if args.command == "info":
@@ -471,6 +472,12 @@ def _add_pme_arguments(sub: Any) -> None:
                              help="with --pme and --column: leave the footer readable "
                                   "(signed), so readers without keys see the other columns")
         cmd._option_string_actions["--column"].required = False  # checked by the command
+    for name in ("inventory", "reencrypt"):
+        sub.choices[name].add_argument(
+            "--pme", action="store_true",
+            help="the store's files are Parquet Modular Encryption files: count them per key "
+                 "version from their key material (inventory), move them whole to the "
+                 "current version (reencrypt); no --column")
 
 
 def _check_columns_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -523,6 +530,64 @@ def _run_pme_command(args: argparse.Namespace, interrupts: Any) -> int:
     if args.json:
         return _report(json.dumps(report), sys.stdout)
     return _report(", ".join(f"{k} {v}" for k, v in report.items()), sys.stdout)
+
+
+def _pme_store_commands(args: argparse.Namespace) -> int:
+    """inventory/reencrypt --pme: files per key version, files moved (docs/pme.md)."""
+    from . import reencrypt as jobs
+    from .keys import KeyProviderError
+    from .service import ServiceConfigurationError
+
+    given = [option for option, value in (
+        ("--column", args.column), ("--sealed", args.sealed), ("--aad", args.aad),
+        ("--table", args.table), ("--key", args.key), ("--index", getattr(args, "indexes", [])),
+        ("--dask", args.dask), ("--workers", args.workers), ("--partitions", args.partitions))
+        if value]
+    try:
+        if given:
+            raise InvalidArgument(f"--pme moves whole files; it takes no {', '.join(given)}")
+        store = jobs.PmeStore.from_url(args.store)
+        with _Bar("files", desc=args.command) as bar:
+            progress = bar.reach if bar.live else None
+            if args.command == "inventory":
+                report: Any = jobs.inventory_pme(store, progress=progress)
+            else:
+                report = jobs.reencrypt_pme(store, progress=progress)
+    except InvalidArgument as exc:
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_USAGE
+    except jobs.FileUnreadable as exc:
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_IO
+    except (EngineError, KeyProviderError, ServiceConfigurationError, OSError) as exc:
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_BACKEND
+    except jobs.ReencryptionInterrupted as stopped:
+        if args.json:
+            print(json.dumps(stopped.report.to_dict()))
+        _say(f"crypto-engine {args.command}: interrupted after {stopped.report.reencrypted} "
+             "file(s) moved; every file is either moved or as it was: run it again to resume")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _say(f"crypto-engine {args.command}: interrupted")
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        versions = ", ".join(f"v{v}: {n}" for v, n in sorted(report.versions.items()))
+        print(f"{report.store}: {report.files} files; by key version: {versions or 'none'}; "
+              f"not PME {report.plain}, other master keys {report.foreign}, unreadable "
+              f"{len(report.failures)}")
+        for path, why in report.failures[:20]:
+            print(f"  failed: {path}: {why}")
+        if args.command == "reencrypt":
+            print(f"target v{report.target_version}: re-encrypted {report.reencrypted}, already "
+                  f"current {report.already_current}, changed meanwhile {report.changed}")
+        else:
+            print(f"current v{report.current_version}: " + (
+                "every file is under it" if report.all_current() else
+                "some files are not under it (crypto-engine reencrypt --pme moves them)"))
+    return EXIT_CHECK_FAILED if report.failures else EXIT_OK
 
 
 def _say(line: str) -> None:

@@ -17,6 +17,7 @@ Only the current key version wraps new keys; a version that is unknown (purged) 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -356,12 +357,23 @@ def _checked_columns(columns: Sequence[str] | str | None,
     return names
 
 
-def source_encryption(reader: Any, crypto: FooterCrypto) -> tuple[list[str] | None, bool]:
-    """How a file read with its keys is encrypted, so that a rewrite encrypts it alike:
-    (the columns under column keys, or None for uniform encryption; whether the footer is
-    plaintext). The column chunks' crypto metadata is read from the decrypted footer. A
-    column under the footer key in a file that is not uniform (a writer other than pyarrow's
-    key tools) gets a column key of its own: a rewrite never encrypts less."""
+def source_encryption(path: str | os.PathLike, *, keys: PmeKeys | None = None,
+                      service: EncryptionService | None = None) -> tuple[list[str] | None, bool]:
+    """How a Parquet file is encrypted, as a rewrite of it encrypts it: (the columns under
+    column keys, every leaf by its path, or None for uniform encryption; whether the footer is
+    plaintext). ``([], False)`` for a plain file. The column chunks' crypto metadata is read
+    from the footer, decrypted with the keys when it is encrypted. A column under the footer
+    key in a file that is not uniform (a writer other than pyarrow's key tools) gets a column
+    key of its own: a rewrite never encrypts less.
+
+    Raises:
+        ParquetFooterError, PmeFileUnreadable: not Parquet, or not readable with the keys.
+    """
+    crypto, reader = _open_source(os.fspath(path), _keys(keys, service))
+    return _source_encryption(reader, crypto)
+
+
+def _source_encryption(reader: Any, crypto: FooterCrypto) -> tuple[list[str] | None, bool]:
     import pyarrow as pa
 
     if not crypto.encrypted:
@@ -379,17 +391,18 @@ def source_encryption(reader: Any, crypto: FooterCrypto) -> tuple[list[str] | No
             not crypto.encrypted_footer)
 
 
-def _rewrite(src: str, dst: str, keys: PmeKeys, columns: Any, plaintext_footer: Any,
+def _rewrite(src: str, dst: Any, keys: PmeKeys, columns: Any, plaintext_footer: Any,
              operation: str, before_commit: Any = None) -> dict[str, Any]:
     """Rewrites ``src`` as ``dst``: decrypted (``columns`` is ``()``), encrypted as asked, or
-    (``columns`` is ``...``) encrypted as ``src`` was, under the current key version."""
+    (``columns`` is ``...``) encrypted as ``src`` was, under the current key version. ``dst``
+    is a path (written atomically) or a writable binary file (the caller's to commit)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     start = time.perf_counter()
     crypto, reader = _open_source(src, keys)
     if columns is ...:
-        columns, plaintext_footer = source_encryption(reader, crypto)
+        columns, plaintext_footer = _source_encryption(reader, crypto)
     else:
         columns = _checked_columns(columns, _leaf_paths(reader.metadata)) \
             if columns != () else []
@@ -398,7 +411,9 @@ def _rewrite(src: str, dst: str, keys: PmeKeys, columns: Any, plaintext_footer: 
         props, version = keys._encryption(columns, plaintext_footer)
     layout = ParquetLayout.of(reader.metadata)
     rows = 0
-    with atomic_output(dst, before_commit=before_commit) as out:
+    given = hasattr(dst, "write")
+    with contextlib.nullcontext(dst) if given else \
+            atomic_output(os.fspath(dst), before_commit=before_commit) as out:
         writer = pq.ParquetWriter(out, reader.schema_arrow, encryption_properties=props,
                                   **layout.writer_options())
         try:
@@ -413,10 +428,11 @@ def _rewrite(src: str, dst: str, keys: PmeKeys, columns: Any, plaintext_footer: 
                 rows += count
         finally:
             writer.close()
+        written = out.tell()
     return {"operation": operation, "format": "parquet-pme", "rows": rows,
             "row_groups": len(layout.row_groups), "key_version": version,
             "columns": columns, "plaintext_footer": bool(plaintext_footer) if props else None,
-            "bytes_in": os.path.getsize(src), "bytes_out": os.path.getsize(dst),
+            "bytes_in": os.path.getsize(src), "bytes_out": written,
             "seconds": time.perf_counter() - start}
 
 
@@ -445,17 +461,18 @@ def encrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
         PmeFileUnreadable: ``src`` does not parse, or (PME) fails authentication.
         What :func:`read_pme` and :meth:`PmeKeys.encryption_properties` raise.
     """
-    return _rewrite(os.fspath(src), os.fspath(dst), _keys(keys, service), columns,
+    return _rewrite(os.fspath(src), dst, _keys(keys, service), columns,
                     plaintext_footer, "encrypt-pme", before_commit)
 
 
-def reencrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
+def reencrypt_parquet_file(src: str | os.PathLike, dst: Any, *,
                            keys: PmeKeys | None = None, service: EncryptionService | None = None,
                            before_commit: Any = None) -> dict[str, Any]:
     """Rewrites a PME file under the current key version, encrypted as it was (the same columns
     under column keys, or uniformly; the same footer mode; see :func:`source_encryption`),
-    keeping its layout (see :func:`encrypt_parquet_file`)."""
-    return _rewrite(os.fspath(src), os.fspath(dst), _keys(keys, service), ..., False,
+    keeping its layout (see :func:`encrypt_parquet_file`). ``dst`` is a path, written
+    atomically, or a writable binary file that the caller commits."""
+    return _rewrite(os.fspath(src), dst, _keys(keys, service), ..., False,
                     "reencrypt-pme", before_commit)
 
 
@@ -464,7 +481,7 @@ def decrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
                          before_commit: Any = None) -> dict[str, Any]:
     """Rewrites a PME Parquet file as plain Parquet, keeping its layout (see
     :func:`encrypt_parquet_file`); ``dst`` appears only if every page authenticated."""
-    return _rewrite(os.fspath(src), os.fspath(dst), _keys(keys, service), (), False,
+    return _rewrite(os.fspath(src), dst, _keys(keys, service), (), False,
                     "decrypt-pme", before_commit)
 
 
