@@ -433,3 +433,44 @@ def test_a_corrupted_page_header_is_a_page_error_never_a_crash(header, pages):
         column_pages(io.BytesIO(header), 0, len(header), max_pages=pages + 1)
     except PageFormatError:
         pass
+
+
+def _refused_tampered(service, tmp_path, table):
+    write_pme(table, tmp_path / "f.parquet", service=service)
+    raw = bytearray((tmp_path / "f.parquet").read_bytes())
+    raw[100] ^= 1
+    (tmp_path / "t.parquet").write_bytes(bytes(raw))
+    decrypt_parquet_file(tmp_path / "t.parquet", tmp_path / "out.parquet", service=service)
+
+
+def _refused_not_parquet(service, tmp_path, table):
+    (tmp_path / "x.parquet").write_text("not parquet")
+    encrypt_parquet_file(tmp_path / "x.parquet", tmp_path / "out.parquet", service=service)
+
+
+def _refused_column(service, tmp_path, table):
+    write_pme(table, tmp_path / "f.parquet", columns=["nope"], service=service)
+
+
+def _refused_other_key(service, tmp_path, table):
+    write_pme(table, tmp_path / "f.parquet", service=_service(engine.StaticKeyProvider({1: KEY2})))
+    decrypt_parquet_file(tmp_path / "f.parquet", tmp_path / "out.parquet", service=service)
+
+
+@pytest.mark.parametrize("call, kind", [(_refused_tampered, "malformed"),
+                                        (_refused_not_parquet, "malformed"),
+                                        (_refused_column, "invalid_argument"),
+                                        (_refused_other_key, "invalid_tag")])
+def test_every_refusal_is_counted_once(tmp_path, table, call, kind):
+    from prometheus_client import CollectorRegistry
+
+    from engine.metrics import EngineMetrics
+    from engine.refusals import ERROR_TYPES
+
+    metrics = EngineMetrics(CollectorRegistry(), key_refresh_seconds=0)
+    service = engine.EncryptionService(engine.StaticKeyProvider({1: KEY1}), metrics=metrics)
+    with pytest.raises(engine.EngineError):
+        call(service, tmp_path, table)
+    assert {t: metrics.error_count(t) for t in ERROR_TYPES} == \
+        {t: int(t == kind) for t in ERROR_TYPES}
+    assert not (tmp_path / "out.parquet").exists()

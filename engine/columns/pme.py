@@ -31,9 +31,10 @@ from ..envelope import EncryptedData, EnvelopeError
 from ..errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
 from ..keys.base import KeyVersionNotUsable
 from ..locks import fork_safe_lock
+from ..refusals import counts_refusals, metrics_of_service
 from ..service import EncryptionService, get_encryption_service
 from .parquet import ParquetLayout
-from .parquet_footer import FooterCrypto, chunk_encryption, read_footer_crypto
+from .parquet_footer import FooterCrypto, ParquetFooterError, chunk_encryption, read_footer_crypto
 
 __all__ = ["KMS_INSTANCE_ID", "MASTER_KEY_PREFIX", "WRAP_CONTEXT", "EngineKmsClient",
            "KeyMaterial", "PmeFileKeys", "PmeFileUnreadable", "PmeKeys", "decrypt_parquet_file",
@@ -45,6 +46,11 @@ KMS_INSTANCE_ID = "engine"
 WRAP_CONTEXT = b"engine.pme.kek.v1\x00"
 DEFAULT_CACHE_LIFETIME = 600.0
 _MASTER_KEY = re.compile(r"engine-v([1-9][0-9]{0,9})")
+
+
+class PmeFileUnreadable(EngineError):
+    """A Parquet file pyarrow cannot read with the engine's keys: it does not parse, or a page
+    or its metadata fails authentication (tampered, truncated)."""
 
 
 def _pe() -> Any:
@@ -260,12 +266,25 @@ class PmeKeys:
             self._cleared = time.monotonic()
 
 
+def _metrics_of(*_args: Any, keys: PmeKeys | None = None,
+                service: EncryptionService | None = None, **_kwargs: Any) -> Any:
+    return metrics_of_service(keys._service if keys is not None else service)
+
+
+def _counted(func: Any) -> Any:
+    """Counts an error of a public call once as a refusal (engine.refusals): a file that is
+    not Parquet or does not authenticate as ``malformed``."""
+    return counts_refusals(_metrics_of, kinds=((PmeFileUnreadable, "malformed"),
+                                               (ParquetFooterError, "malformed")))(func)
+
+
 def _keys(keys: PmeKeys | None, service: EncryptionService | None) -> PmeKeys:
     if keys is not None and service is not None:
         raise InvalidArgument("give keys or service, not both")
     return keys if keys is not None else PmeKeys(service)
 
 
+@_counted
 def write_pme(table: Any, where: str | os.PathLike, *, columns: Sequence[str] | None = None,
               plaintext_footer: bool = False, keys: PmeKeys | None = None,
               service: EncryptionService | None = None, **write_options: Any) -> None:
@@ -290,6 +309,7 @@ def write_pme(table: Any, where: str | os.PathLike, *, columns: Sequence[str] | 
         pq.write_table(table, out, encryption_properties=props, **write_options)
 
 
+@_counted
 def read_pme(source: Any, *, columns: Sequence[str] | None = None, keys: PmeKeys | None = None,
              service: EncryptionService | None = None, **read_options: Any) -> Any:
     """Reads a PME Parquet file (or any Parquet file) with the engine's keys.
@@ -304,11 +324,6 @@ def read_pme(source: Any, *, columns: Sequence[str] | None = None, keys: PmeKeys
     return pq.read_table(source, columns=None if columns is None else list(columns),
                          decryption_properties=_keys(keys, service).decryption_properties(),
                          **read_options)
-
-
-class PmeFileUnreadable(EngineError):
-    """A Parquet file pyarrow cannot read with the engine's keys: it does not parse, or a page
-    or its metadata fails authentication (tampered, truncated)."""
 
 
 def _unreadable(path: str, exc: BaseException) -> PmeFileUnreadable:
@@ -357,6 +372,7 @@ def _checked_columns(columns: Sequence[str] | str | None,
     return names
 
 
+@_counted
 def source_encryption(path: str | os.PathLike, *, keys: PmeKeys | None = None,
                       service: EncryptionService | None = None) -> tuple[list[str] | None, bool]:
     """How a Parquet file is encrypted, as a rewrite of it encrypts it: (the columns under
@@ -436,6 +452,7 @@ def _rewrite(src: str, dst: Any, keys: PmeKeys, columns: Any, plaintext_footer: 
             "seconds": time.perf_counter() - start}
 
 
+@_counted
 def encrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
                          columns: Sequence[str] | None = None, plaintext_footer: bool = False,
                          keys: PmeKeys | None = None, service: EncryptionService | None = None,
@@ -465,6 +482,7 @@ def encrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
                     plaintext_footer, "encrypt-pme", before_commit)
 
 
+@_counted
 def reencrypt_parquet_file(src: str | os.PathLike, dst: Any, *,
                            keys: PmeKeys | None = None, service: EncryptionService | None = None,
                            before_commit: Any = None) -> dict[str, Any]:
@@ -476,6 +494,7 @@ def reencrypt_parquet_file(src: str | os.PathLike, dst: Any, *,
                     "reencrypt-pme", before_commit)
 
 
+@_counted
 def decrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
                          keys: PmeKeys | None = None, service: EncryptionService | None = None,
                          before_commit: Any = None) -> dict[str, Any]:
