@@ -556,10 +556,10 @@ def _pme_store_commands(args: argparse.Namespace) -> int:
     except InvalidArgument as exc:
         _say(f"crypto-engine {args.command}: {exc}")
         return EXIT_USAGE
-    except jobs.FileUnreadable as exc:
+    except OSError as exc:  # FileUnreadable too: a file or directory of the store
         _say(f"crypto-engine {args.command}: {exc}")
         return EXIT_IO
-    except (EngineError, KeyProviderError, ServiceConfigurationError, OSError) as exc:
+    except (EngineError, KeyProviderError, ServiceConfigurationError) as exc:
         _say(f"crypto-engine {args.command}: {exc}")
         return EXIT_BACKEND
     except jobs.ReencryptionInterrupted as stopped:

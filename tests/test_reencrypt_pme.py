@@ -80,6 +80,15 @@ def test_inventory_counts_files_per_version_without_any_key(rotated, monkeypatch
     assert json.loads(json.dumps(inv.to_dict()))["versions"] == {"1": 3}
 
 
+def test_files_under_a_version_the_provider_lacks_still_stop_its_purge(rotated):
+    _service, _rotation, store, _tables = rotated
+    elsewhere = engine.EncryptionService(engine.StaticKeyProvider({2: bytes(32 * [7])}),
+                                         metrics=False)
+    inv = inventory_pme(store, service=elsewhere)
+    assert inv.missing_versions == {1: 3}
+    assert inv.still_named(1) == {"PME files": {"unknown_key_version": 3}}
+
+
 def test_reencrypt_moves_every_file_as_it_was_encrypted_and_the_purge_waits_for_it(rotated):
     service, rotation, store, tables = rotated
     keys = PmeKeys(service)

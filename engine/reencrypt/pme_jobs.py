@@ -144,17 +144,16 @@ def inventory_pme(store: PmeStore, *, service: EncryptionService | None = None,
             info = store.key_info(path)
         except ParquetFooterError as exc:
             report.failures.append((path, _reason(exc)))
-            continue
+            info = None
         except OSError as exc:
             raise FileUnreadable(f"{store.display}: {path} cannot be read "
                                  f"({exc.strerror or exc})") from None
-        if not info.encrypted:
-            report.plain += 1
-        elif not info.versions:
-            report.foreign += 1
-        report._file_versions(info.versions)
-        for v in info.versions - held:
-            report.missing_versions[v] = report.missing_versions.get(v, 0) + 1
+        if info is not None:
+            report.plain += not info.encrypted
+            report.foreign += info.encrypted and not info.versions
+            report._file_versions(info.versions)
+            for v in info.versions - held:
+                report.missing_versions[v] = report.missing_versions.get(v, 0) + 1
         if progress is not None:
             progress(done, len(files))
     report.duration_s = time.perf_counter() - started
