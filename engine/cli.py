@@ -492,13 +492,13 @@ def _check_columns_usage(parser: argparse.ArgumentParser, args: argparse.Namespa
         return
     from .columns import pme  # noqa: F401  (imported before Ctrl-C is taken over)
 
-    ignored = [option for option, given in (
-        ("--aad-template", args.aad_template), ("--format csv", args.format == "csv"),
-        ("--index", getattr(args, "indexes", None)), ("--index-table",
-                                                      getattr(args, "index_table", None)),
-        ("--column", args.command == "decrypt-columns" and args.columns)) if given]
-    if ignored:
-        parser.error(f"{args.command} --pme does not take {', '.join(ignored)}")
+    options = (("--aad-template", args.aad_template), ("--format csv", args.format == "csv"),
+               ("--index", getattr(args, "indexes", None)),
+               ("--index-table", getattr(args, "index_table", None)),
+               ("--column", args.command == "decrypt-columns" and args.columns))
+    refused = [option for option, given in options if given]
+    if refused:  # PME has no per-row associated data, and decrypts whole files
+        parser.error(f"{args.command} --pme does not take {', '.join(refused)}")
     if os.path.isdir(args.input):
         parser.error(f"{args.command} --pme takes one Parquet file, and {args.input} is a "
                      "directory")
