@@ -153,6 +153,25 @@ def test_an_interrupted_run_leaves_every_file_moved_or_as_it_was(rotated):
         assert read_pme(path, service=service).equals(table)
 
 
+def test_files_under_vault_move_to_the_new_version(tmp_path, bao, names):
+    provider = engine.VaultKeyProvider(bao.address, token=bao.root_token, timeout=5.0,
+                                       retries=1, **names)
+    try:
+        service = engine.EncryptionService(provider, metrics=False)
+        data = tmp_path / "vault"
+        data.mkdir()
+        table = _table(500)
+        write_pme(table, data / "a.parquet", columns=["email"], service=service)
+        provider.create_version()
+        store = PmeStore(str(data))
+        assert inventory_pme(store, service=service).versions == {1: 1}
+        assert reencrypt_pme(store, service=service).reencrypted == 1
+        assert pme_key_info(data / "a.parquet").versions == {2}
+        assert read_pme(data / "a.parquet", service=service).equals(table)
+    finally:
+        provider.close()
+
+
 # ---------------------------------------------------------------- the command line
 
 
