@@ -26,6 +26,7 @@ bench-check: setup asv-run bench-gate-short
 	$(BIN)/python -m bench.bench_files --quick
 	$(BIN)/python -m bench.bench_index --quick
 	$(BIN)/python -m bench.bench_reencrypt --quick
+	$(BIN)/python -m bench.bench_pme --quick
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
