@@ -464,8 +464,8 @@ def _refused_other_key(service, tmp_path, table):
 def test_every_refusal_is_counted_once(tmp_path, table, call, kind):
     from prometheus_client import CollectorRegistry
 
+    from engine.errors import ERROR_TYPES
     from engine.metrics import EngineMetrics
-    from engine.refusals import ERROR_TYPES
 
     metrics = EngineMetrics(CollectorRegistry(), key_refresh_seconds=0)
     service = engine.EncryptionService(engine.StaticKeyProvider({1: KEY1}), metrics=metrics)
