@@ -228,3 +228,36 @@ def test_pytest_benchmark_only_at_the_root_runs_the_ratio_cases_and_nothing_else
     ids = [ln for ln in done.stdout.splitlines() if "::" in ln]
     assert ids and all(ln.startswith("bench/ratios/test_ratios.py::test_ratio[") for ln in ids)
     assert len(ids) == len(CASES)
+
+
+def test_a_thread_scaling_suspect_is_never_cleared_or_judged_without_its_spare_capacity(monkeypatch):
+    """judge() with the measurements scripted: a suspect's re-measurement that lacked the spare
+    capacity the case needs cannot clear it, however good its ratio; one that had it can; and a
+    measurement that never had it is NOT JUDGED, never ok."""
+    import bench.gate as gate_module
+
+    name = "thread scaling, seal_batch 64 B"
+    entry = {"ratio": 1.0, "tolerance": 0.1}
+    needed = needed_spare(entry)
+
+    def scripted(*measurements):
+        queue = list(measurements)
+
+        def measure(names, rounds, threads, verbose):
+            return {n: queue.pop(0) for n in names}
+        return measure
+
+    low, high = {"ratio": 0.5, "spare_capacity": needed + 0.5}, {"ratio": 5.0, "spare_capacity": needed - 0.1}
+    monkeypatch.setattr(gate_module, "measure", scripted(low, high))
+    [v] = gate_module.judge([name], {"cases": {name: entry}}, 3, None, False, True)
+    assert v.remeasured and v.label == "REGRESSED" and v.now == 0.5
+
+    cleared = {"ratio": 1.0, "spare_capacity": needed + 0.5}
+    monkeypatch.setattr(gate_module, "measure", scripted(low, cleared))
+    [v] = gate_module.judge([name], {"cases": {name: entry}}, 3, None, False, True)
+    assert v.label == "ok"
+
+    crowded = {"ratio": 1.0, "spare_capacity": needed - 0.01}
+    monkeypatch.setattr(gate_module, "measure", scripted(*[crowded] * (gate_module.SPARE_RETRIES + 1)))
+    [v] = gate_module.judge([name], {"cases": {name: entry}}, 3, None, False, True)
+    assert v.label == "NO SPARE CORE"
