@@ -131,7 +131,8 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
             it changes nothing in that row group.
         columns: the top-level columns the transform may replace.
         types: the Arrow type of a replaced column in the output, where it differs from the
-            source's (every row group must then return the column).
+            source's (every row group must then return the column); or a ``pyarrow.Field``,
+            whose type and field metadata the column takes.
         statistics, dictionary: write statistics, or dictionary-encode, the columns in
             ``columns`` (None: as the source did; ciphertexts gain nothing from either).
         lazy: write nothing (and leave ``target`` alone) unless some row group changes.
@@ -166,7 +167,10 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
             if name not in owned:
                 raise InvalidArgument(f"a type is given for {name!r}, which the transform does "
                                       "not own")
-            schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(t))
+            field = schema.field(name)
+            if isinstance(t, pa.Field):
+                field, t = field.with_metadata(t.metadata), t.type
+            schema = schema.set(schema.get_field_index(name), field.with_type(t))
         output = _output_schema(meta, schema, owned)
         with _bytes_of(source) as f:
             options = writer_options(reader, f)
@@ -412,7 +416,8 @@ def _output_schema(meta: Any, schema: Any, owned: set[str]) -> Any:
         return schema
     for name in owned:
         at = arrow.get_field_index(name)
-        arrow = arrow.set(at, arrow.field(at).with_type(schema.field(name).type))
+        field = schema.field(name)
+        arrow = arrow.set(at, arrow.field(at).with_type(field.type).with_metadata(field.metadata))
     int96 = {meta.schema.column(j).path for j in range(meta.num_columns)
              if meta.schema.column(j).physical_type == "INT96"}
     for name in int96 & set(arrow.names):  # read at the unit chosen for them

@@ -940,12 +940,18 @@ def _rewrite_parquet(source: _InputFile, out: Any, columns: list[str], transform
     meta = reader.metadata
     names = _columns_arg(reader.schema_arrow.empty_table(), columns)
     starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    fields = {c: reader.schema_arrow.field(c) for c in names}
+    kept = {c: {k: v for k, v in (f.metadata or {}).items()
+                if k not in (ORIGINAL_TYPE_KEY, COLUMN_TYPE_KEY)} for c, f in fields.items()}
     if encrypt:
-        types, expected = {c: pa.large_binary() for c in names}, None
+        expected = None
+        types = {c: pa.field(c, pa.large_binary(), metadata={
+            **kept[c], COLUMN_TYPE_KEY: base64.b64encode(type_descriptor(f.type))})
+            for c, f in fields.items()}
     else:
         expected = _recorded_types(source, reader, names)
-        types = {c: t.storage_type if isinstance(t, pa.BaseExtensionType) else t
-                 for c, t in expected.items()}
+        types = {c: pa.field(c, t.storage_type if isinstance(t, pa.BaseExtensionType) else t,
+                             metadata=kept[c] or None) for c, t in expected.items()}
 
     def one_group(index: int, table: Any) -> dict[str, Any]:
         done = source.rows_from(int(starts[index]), lambda: transform(table, expected))
@@ -991,8 +997,8 @@ def _recorded_types(source: _InputFile, reader: Any, columns: list[str]) -> dict
             if info.data_type is not None:
                 found[name] = info.data_type
                 break
-        else:
-            found[name] = pa.null()  # no value at all: no type to restore
+        else:  # no value at all: the type the schema records, if any
+            found[name] = (_type_recorded(recorded) if recorded else None) or pa.null()
     return found
 
 
