@@ -112,3 +112,31 @@ def test_files_of_earlier_releases_still_decrypt(service, tmp_path):
     back = pq.read_table(tmp_path / "b.parquet")
     assert back["email"].to_pylist() == t["email"].to_pylist()
     assert back.schema.field("email").type == pa.string()
+
+
+def test_the_command_line_takes_every_type_and_refuses_plain_columns(tmp_path):
+    """``encrypt-columns --column score`` (a float column) once exited 3, "backend
+    unavailable"; now it encrypts, and a column given to decrypt that is not encrypted (or not
+    binary at all) is bad usage, exit 2."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ENCRYPTION_MASTER_KEY": "parquet-tables-master-key-0123456789",
+           "VAULT_ENABLED": "false", "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"),
+           "ENCRYPTION_KDF_ITERATIONS": "1000"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True,
+                              text=True, timeout=300, env=env, cwd=tmp_path)
+
+    t = people(3000)
+    pq.write_table(t, tmp_path / "in.parquet", row_group_size=1000, compression="zstd")
+    cols = ["--column", "score", "--column", "born", "--column", "email"]
+    assert cli("encrypt-columns", "in.parquet", "enc.parquet", *cols).returncode == 0
+    r = cli("decrypt-columns", "enc.parquet", "back.parquet", *cols, "--json")
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(tmp_path / "back.parquet").equals(pq.read_table(tmp_path / "in.parquet"))
+    for column in ("id", "country"):
+        r = cli("decrypt-columns", "enc.parquet", "o.parquet", "--column", column)
+        assert r.returncode == 2 and f"'{column}'" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "o.parquet").exists()
