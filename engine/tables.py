@@ -1,10 +1,15 @@
-"""Columns of tables in data pipelines: encrypt and decrypt named columns of a pyarrow ``Table``
-or ``RecordBatch`` (pandas and polars data frames through Arrow), and of Parquet and CSV files.
+"""Columns of tables in data pipelines: encrypt and decrypt named columns of any Arrow type of a
+pyarrow ``Table`` or ``RecordBatch`` (pandas and polars frames through Arrow), and of Parquet and
+CSV files.
 
-An encrypted column holds the engine's text tokens (``ef1:...``, as :meth:`EncryptionService.
-encrypt_many` makes them) as ``large_string``, in the same place in the schema; its field
-metadata records the original type (``engine.encrypted_from``), to which decryption casts back.
-NULLs stay NULLs. Each column of each record batch (each Parquet row group) is one native call.
+An encrypted column holds values of the column format (docs/column-format.md, through
+:mod:`engine.columns`) as ``large_binary`` (in CSV, their ``ec1:`` text form), in the same place
+in the schema: each value carries its key version and its type, bound into its authenticated
+data, so decryption restores the type from the values alone; the field metadata records the
+type's descriptor too (``engine.column_type``), for a column whose values were all filtered
+away. NULLs stay NULLs. Each column of each record batch (each Parquet row group) is one native
+call per key version. Columns of text tokens written by earlier releases (``ef1:...``, the
+original type in ``engine.encrypted_from``) still decrypt.
 
 Associated data can be bound per row with a template over the row's other columns, like
 ``"users:{id}:{column}"`` (``{column}`` is the encrypted column's name): a value copied into
@@ -682,13 +687,14 @@ def _plain_values(plain: Batch, name: str, original: str, valid: Any) -> Any:
 @_counted
 def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
                     service: EncryptionService | None = None, blind_indexes: Any = None) -> Any:
-    """A copy of ``table`` with ``columns`` encrypted to text tokens (one native batch call per
-    column and record batch); other columns are shared, not copied.
+    """A copy of ``table`` with ``columns`` encrypted into binary values of the column format
+    (one native batch call per column and record batch); other columns are shared, not copied.
 
     Args:
-        table: a pyarrow ``Table``/``RecordBatch``, or a pandas or polars ``DataFrame`` (the
-            result has the same type).
-        columns: a column name or several; string or binary columns.
+        table: a pyarrow ``Table``/``RecordBatch``, a pandas ``DataFrame`` or a polars
+            ``DataFrame``/``LazyFrame`` (the result has the same type; a pandas column's dtype
+            travels in its values' type, see :class:`_PandasColumn`).
+        columns: a column name or several, of any Arrow type.
         aad_template: per-row associated data over other columns, e.g. ``"users:{id}:{column}"``;
             decryption needs the same template and the same values in those columns.
         service: default: the process-wide :func:`engine.get_encryption_service`.
@@ -701,7 +707,8 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
     Raises:
         InvalidArgument: an unknown column, or a template naming a missing column or one with NULLs;
             an index column named like a column encrypted or read (by an index or the template).
-        InvalidArgumentType: a column that is not string or binary; not a table.
+        InvalidArgumentType: not a table (or a frame Arrow cannot hold); a type the column
+            format does not cover.
         KeyVersionNotUsable: the current key version may not encrypt.
         NormalisationError: a value fails its index's normaliser (nothing is encrypted).
     """
@@ -719,12 +726,16 @@ def encrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: s
 @_counted
 def decrypt_columns(table: Any, columns: str | Sequence[str], *, aad_template: str | None = None,
                     service: EncryptionService | None = None) -> Any:
-    """A copy of ``table`` with ``columns`` decrypted back to their original types.
+    """A copy of ``table`` with ``columns`` decrypted back to the types their values record
+    (text tokens of earlier releases: to the type their field records).
 
     Raises:
-        EnvelopeError: a value is not a token.
-        UnknownKeyVersion: a token names a version the provider does not hold.
-        BatchInvalidTag: values failed authentication (wrong AAD template, moved or edited).
+        ColumnNotEncrypted: a column holds no encrypted value, or is not binary or text.
+        ColumnNotTokens: some values of the column are not encrypted values (names the row).
+        ColumnTypeUnreadable: values of different types, or no value carries the type.
+        UnknownKeyVersion: a value names a version the provider does not hold.
+        ColumnInvalidTag: values failed authentication (wrong AAD template, moved to another
+            row or column, type edited); nothing is returned.
     """
     arrow, back = _as_arrow(table)
     cols = _columns_arg(arrow, columns)
