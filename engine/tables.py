@@ -609,10 +609,14 @@ def _register_pandas_column() -> None:
             return cls(storage_type, serialized.decode())
 
         @classmethod
+        def of(cls, storage_type: Any, entry: dict) -> Any:
+            """The type wrapping ``storage_type`` with a pandas metadata entry's dtype."""
+            return cls(storage_type, json.dumps({k: entry.get(k) for k in _DTYPE_KEYS},
+                                                sort_keys=True, separators=(",", ":")))
+
+        @classmethod
         def wrap(cls, arr: Any, entry: dict) -> Any:
-            dtype = json.dumps({k: entry.get(k) for k in _DTYPE_KEYS}, sort_keys=True,
-                               separators=(",", ":"))
-            t = cls(arr.type, dtype)
+            t = cls.of(arr.type, entry)
             if isinstance(arr, pa.ChunkedArray):
                 return pa.chunked_array([pa.ExtensionArray.from_storage(t, c)
                                          for c in arr.chunks], t)
@@ -912,7 +916,7 @@ def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str 
         def run(version: Any = None) -> Any:
             table = group if indexes is None else indexes.add_to_arrow(group, version=version)
             return _transform(table, _columns_arg(table, columns), aad_template, service,
-                              encrypt, pandas_dtypes=False, expected=expected, text=text)
+                              encrypt, expected=expected, text=text)
 
         return run() if indexes is None else under_one_version(service.provider, run)
 
@@ -951,18 +955,31 @@ def _rewrite_parquet(source: _InputFile, out: Any, columns: list[str], transform
     meta = reader.metadata
     names = _columns_arg(reader.schema_arrow.empty_table(), columns)
     starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
-    fields = {c: reader.schema_arrow.field(c) for c in names}
+    _register_pandas_column()
+    schema = reader.schema_arrow
+    fields = {c: schema.field(c) for c in names}
     kept = {c: {k: v for k, v in (f.metadata or {}).items()
                 if k not in (ORIGINAL_TYPE_KEY, COLUMN_TYPE_KEY)} for c, f in fields.items()}
+    pandas_meta = _pandas_metadata(schema)
     if encrypt:
-        expected = None
-        types = {c: pa.field(c, pa.large_binary(), metadata={
-            **kept[c], COLUMN_TYPE_KEY: base64.b64encode(type_descriptor(f.type))})
-            for c, f in fields.items()}
+        expected, types = None, {}
+        for c, f in fields.items():
+            sealed_type = f.type
+            if pandas_meta and c in pandas_meta:  # as _transform wraps it
+                sealed_type = _PandasColumn.of(f.type, pandas_meta[c])
+                pandas_meta[c] = _pandas_entry_of_bytes(pandas_meta[c])
+            types[c] = pa.field(c, pa.large_binary(), metadata={
+                **kept[c], COLUMN_TYPE_KEY: base64.b64encode(type_descriptor(sealed_type))})
     else:
         expected = _recorded_types(source, reader, names)
-        types = {c: pa.field(c, t.storage_type if isinstance(t, pa.BaseExtensionType) else t,
-                             metadata=kept[c] or None) for c, t in expected.items()}
+        types = {}
+        for c, t in expected.items():
+            if isinstance(t, _PandasColumn) and pandas_meta and c in pandas_meta:
+                pandas_meta[c] = t.entry_for(pandas_meta[c])
+            types[c] = pa.field(c, t.storage_type if isinstance(t, pa.BaseExtensionType) else t,
+                                metadata=kept[c] or None)
+    metadata = (_with_pandas_metadata(schema.metadata, pandas_meta) if pandas_meta is not None
+                else None)
 
     def one_group(index: int, table: Any) -> dict[str, Any]:
         done = source.rows_from(int(starts[index]), lambda: transform(table, expected))
@@ -971,7 +988,7 @@ def _rewrite_parquet(source: _InputFile, out: Any, columns: list[str], transform
     try:
         rewrite_parquet(source.path, out, one_group, columns=names, types=types,
                         statistics=False if encrypt else None,
-                        dictionary=False if encrypt else None, lazy=False)
+                        dictionary=False if encrypt else None, lazy=False, metadata=metadata)
     except ParquetUnreadable as exc:
         error = restated(TableFileInvalid(f"{source.path}: {exc}"), exc)
     else:
