@@ -85,3 +85,14 @@ def test_csv_options_and_exit_codes_on_the_command_line(tmp_path):
         r = cli(*args, tmp_path=tmp_path)
         assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, (args, r.stderr)
         assert not (tmp_path / "o.csv").exists()
+
+
+def test_csv_files_of_earlier_releases_still_decrypt(service, tmp_path):
+    """A CSV file of ``ef1:`` text tokens, as encrypt-columns wrote before the column format."""
+    emails = ["a@example.com", "b@example.com"]
+    tokens = service.encrypt_many(emails, aad=["u:1:email", "u:2:email"])
+    (tmp_path / "old.csv").write_text(f"id,email\n1,{tokens[0]}\n2,{tokens[1]}\n3,\n")
+    tables.decrypt_columns_file(str(tmp_path / "old.csv"), str(tmp_path / "back.csv"), ["email"],
+                                aad_template="u:{id}:{column}", service=service)
+    assert (tmp_path / "back.csv").read_text() == \
+        "id,email\n1,a@example.com\n2,b@example.com\n3,\n"
