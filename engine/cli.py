@@ -359,6 +359,12 @@ def _add_data_commands(sub: Any) -> None:
                          help="per-row associated data, e.g. 'users:{id}:{column}'")
         cmd.add_argument("--format", choices=("parquet", "csv"), default=None,
                          help="default: from IN's extension")
+        cmd.add_argument("--delimiter", default=",", metavar="CHAR",
+                         help="CSV: the field delimiter (default ,)")
+        cmd.add_argument("--quote", default='"', metavar="CHAR",
+                         help='CSV: the quote character (default ")')
+        cmd.add_argument("--no-header", dest="header", action="store_false",
+                         help="CSV: no header line (columns are f0, f1, ...; none is written)")
         if name == "encrypt-columns":
             _add_index_arguments(cmd, "TABLE", "the table the indexes' keys are derived for")
         cmd.add_argument("--json", action="store_true", help="print a JSON report")
@@ -410,7 +416,7 @@ def _load_data_commands(command: str) -> None:
 
 
 def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
-    from .errors import InvalidTag
+    from .errors import InvalidArgumentType, InvalidTag
     from .keys.base import UnknownKeyVersion
     from .stream import FileEncryption, NotAnEngineFile
     from .tables import ColumnValueError, TableFileInvalid
@@ -418,7 +424,8 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     report_to = sys.stderr if getattr(args, "output", None) == "-" else sys.stdout
     check_failed = (InvalidTag, NotAnEngineFile, ColumnValueError, TableFileInvalid)
     exit_codes = ((check_failed, EXIT_CHECK_FAILED), (InvalidArgument, EXIT_USAGE),
-                  (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
+                  (InvalidArgumentType, EXIT_USAGE), (EngineError, EXIT_BACKEND),
+                  (OSError, EXIT_IO))
     error: BaseException | None = None
     try:
         if args.command in ("encrypt", "decrypt"):
@@ -432,10 +439,11 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
                              before_commit=interrupts.commit)
             report = result.to_dict()
         else:
-            from .tables import decrypt_columns_file, encrypt_columns_file
+            from .tables import CsvDialect, decrypt_columns_file, encrypt_columns_file
 
             options = ({"blind_indexes": _index_definitions(args)}
                        if args.command == "encrypt-columns" else {})
+            options["csv"] = CsvDialect(args.delimiter, args.quote, args.header)
             run = encrypt_columns_file if args.command == "encrypt-columns" else decrypt_columns_file
             report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
                          file_format=args.format, before_commit=interrupts.commit, **options)
