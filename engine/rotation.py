@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from . import audit as audit_events
 from .aead import random_bytes
+from .atomic_file import write_atomically
 from .errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
 from .keys.base import (
     GCM_RANDOM_IV_LIMIT,
@@ -42,7 +43,7 @@ from .keys.base import (
     usage_limit,
 )
 from .locks import fork_safe_lock
-from .settings import env_flag
+from .settings import env_flag, env_number
 from .webhook import Webhook
 
 __all__ = [
@@ -165,19 +166,10 @@ class RotationPolicy:
         """
         env = os.environ if env is None else env
 
-        def num(name: str, default: float, kind: Callable[[str], Any]) -> Any:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                return kind(raw)
-            except ValueError:
-                raise InvalidArgument(f"{name} must be a number, got {raw!r}") from None
-
         return cls(
             enabled=env_flag(env, "KEY_ROTATION_ENABLED", True),
-            interval_days=num("KEY_ROTATION_INTERVAL_DAYS", 30.0, float),
-            retention_versions=num("KEY_RETENTION_VERSIONS", 5, int),
+            interval_days=env_number(env, "KEY_ROTATION_INTERVAL_DAYS", float, 30.0),
+            retention_versions=env_number(env, "KEY_RETENTION_VERSIONS", int, 5),
             webhook=env.get("KEY_ROTATION_WEBHOOK") or None,
         )
 
@@ -196,7 +188,7 @@ class RotationResult:
 
 class _CanaryStore:
     """Each version's canary, sealed with that version's key when it was created: a JSON file
-    written atomically (temporary file, fsync, rename)."""
+    (mode 0600) written atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -212,17 +204,8 @@ class _CanaryStore:
 
     def save(self, canaries: dict[int, dict[str, str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({str(k): v for k, v in sorted(canaries.items())}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        data = json.dumps({str(k): v for k, v in sorted(canaries.items())})
+        write_atomically(self.path, data.encode())
 
 
 def _seal_canary(provider: KeyProvider, version: int) -> dict[str, str]:

@@ -28,6 +28,7 @@ from typing import Any, Callable, ContextManager, Mapping
 from ..aead import KEY_BYTES
 from ..errors import InvalidArgument, InvalidArgumentType
 from ..locks import fork_safe_lock
+from ..settings import env_number
 from . import _state
 from ._state import KeyStateCorrupted, StateSnapshot, VersionRecord
 from .base import (
@@ -102,15 +103,9 @@ class DerivationPolicy:
             InvalidArgument: a value that is not a positive integer or an algorithm.
         """
         algorithm = algorithm_from_environment(env)
-        raw = env.get(ITERATIONS_ENV)
-        if not raw:
-            return cls(algorithm=algorithm)
-        try:
-            iterations = int(raw)
-        except ValueError:
-            iterations = None
+        iterations = env_number(env, ITERATIONS_ENV, int)
         if iterations is None:
-            raise InvalidArgument(f"{ITERATIONS_ENV} must be a positive integer")
+            return cls(algorithm=algorithm)
         return cls(iterations=iterations, algorithm=algorithm)
 
 

@@ -54,13 +54,12 @@ from .options import (
     check_addresses,
     check_client_cert,
     check_verify,
-    environment_number,
     environment_settings,
     read_jwt,
 )
 
 __all__ = ["DEFAULT_DEADLINE", "DEFAULT_JWT_PATH", "RetryPolicy", "VaultConnection",
-           "environment_number", "environment_settings", "redact_url"]
+           "environment_settings", "redact_url"]
 
 T = TypeVar("T")
 

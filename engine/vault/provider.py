@@ -51,6 +51,7 @@ from ..keys.base import (
     next_usage,
 )
 from ..locks import fork_safe_lock
+from ..settings import env_number
 from .connection import (
     DEFAULT_DEADLINE,
     DEFAULT_JWT_PATH,
@@ -73,7 +74,7 @@ from .kv import (
     new_entry,
     parse_entry,
 )
-from .options import check_addresses, environment_number, environment_settings
+from .options import check_addresses, environment_settings
 from .transit import TransitKey, TransitKeyWrapper, wipe
 
 if TYPE_CHECKING:
@@ -262,7 +263,8 @@ class VaultKeyProvider(KeyProvider):
                          ("VAULT_KV_MOUNT", "kv_mount"), ("VAULT_KV_PATH", "kv_path")):
             if env.get(var):
                 kw[arg] = env[var]
-        cache_ttl = environment_number(env, "VAULT_KEY_CACHE_TTL", float)
+        cache_ttl = env_number(env, "VAULT_KEY_CACHE_TTL", float,
+                               error=VaultConfigurationError)
         if cache_ttl is not None:
             kw["cache_ttl"] = cache_ttl
         kw["algorithm"] = algorithm_from_environment(env)
