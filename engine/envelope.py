@@ -1,6 +1,7 @@
-"""Ciphertext formats: the IntelliFlow JSON envelope and a compact, versioned token.
+"""Ciphertext formats: a JSON envelope and a compact, versioned token.
 
-**JSON envelope** (what the IntelliFlow TypeScript service reads and writes)::
+**JSON envelope** (the shape a TypeScript service on Node.js ``crypto`` reads and writes;
+``tests/node/interop.js`` is such a peer)::
 
     {"iv": b64, "ciphertext": b64, "authTag": b64, "keyVersion": 3,
      "timestamp": "2026-01-31T12:00:00.000Z", "algorithm": "aes-256-gcm"}

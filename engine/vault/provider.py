@@ -189,8 +189,8 @@ class VaultKeyProvider(KeyProvider):
                  "_rotating", "_rotating_depth")
 
     def __init__(self, address: str | Sequence[str], *, token: str | None = None,
-                 key_name: str = "intelliflow-data-key", mount: str = "transit",
-                 kv_mount: str = "secret", kv_path: str = "intelliflow/encryption",
+                 key_name: str = "engine-data-key", mount: str = "transit",
+                 kv_mount: str = "secret", kv_path: str = "engine/encryption",
                  cache_ttl: float = 300.0, timeout: float = 5.0, retries: int = 3,
                  deadline: float | None = None, role_id: str | None = None,
                  secret_id: str | None = None,
