@@ -66,6 +66,7 @@ ctest-ipsecmb2:
 # Lint (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, bugbear and import order.
 lint: setup
 	$(BIN)/ruff check engine bench tests
+	$(BIN)/mypy
 
 # The whole Python suite, once per backend (PYTEST_ENV: variables for every run, the probe too).
 pytest:

@@ -8,7 +8,7 @@ may be shared by any number of Python threads.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -207,7 +207,7 @@ class AesGcm:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} backend={self.backend!r}>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError(f"{type(self).__name__} objects hold key material and cannot be pickled")
 
     # ---- one message ----
@@ -264,8 +264,9 @@ class AesGcm:
         out = empty_bytes(batch.nbytes)
         return self._seal(batch, out, associated_data, nonce_size, threads, None)
 
-    def _seal_list(self, values: list | tuple, offsets: np.ndarray, associated_data: Any,
-                   nonce_size: int, threads: int | None) -> SealedBatch:
+    def _seal_list(self, values: list[Any] | tuple[Any, ...], offsets: np.ndarray,
+                   associated_data: Any, nonce_size: int | None,
+                   threads: int | None) -> SealedBatch:
         n = len(values)
         nonce_size = self._nonce_size(nonce_size)
         if int(np.diff(offsets).max()) > MESSAGE_MAX_BYTES:

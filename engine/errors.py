@@ -8,6 +8,13 @@ from it beyond "this did not authenticate".
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .batch import Batch
+
 __all__ = [
     "BackendUnavailable",
     "BatchInvalidTag",
@@ -63,7 +70,7 @@ class BatchInvalidTag(InvalidTag):
             hold their plaintext.
     """
 
-    def __init__(self, failed, result) -> None:
+    def __init__(self, failed: np.ndarray, result: Batch | None) -> None:
         super().__init__()
         self.failed = failed
         self.result = result
@@ -71,5 +78,5 @@ class BatchInvalidTag(InvalidTag):
     def __str__(self) -> str:
         return f"authentication failed for {len(self.failed)} record(s)"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.failed, None))

@@ -247,7 +247,7 @@ class KeyRotationService:
 
     def __init__(self, provider: KeyProvider, policy: RotationPolicy | None = None, *,
                  state_dir: str | os.PathLike[str] | None = None, audit: Any = None,
-                 metrics: Any = None, observer: Callable[[str, dict], None] | None = None,
+                 metrics: Any = None, observer: Callable[[str, dict[str, Any]], None] | None = None,
                  on_rotated: Callable[[RotationResult], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if not isinstance(provider, KeyProvider):
@@ -308,7 +308,7 @@ class KeyRotationService:
                 try:
                     stack.enter_context(self.provider.rotation_lock(wait=wait))
                 except KeyLockBusy as exc:
-                    busy = str(exc)
+                    busy: str | None = str(exc)
                 else:
                     busy = None
                 if busy is not None:
@@ -388,7 +388,7 @@ class KeyRotationService:
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 raise RotationFailed(step, exc, rolled_back=not undo) from exc
-            previous, new_version, deprecated = run.previous, run.new_version, run.deprecated
+            previous, new_version, deprecated = run.previous, run.created, run.deprecated
             result = RotationResult(previous, new_version, reason,
                                     datetime.fromtimestamp(self.clock(), timezone.utc), deprecated)
             self._record(audit_events.KEY_ROTATION, reason=reason, previous_version=previous,
@@ -415,13 +415,13 @@ class KeyRotationService:
         run.new_version = self.provider.create_version().version
 
     def _move_pointer(self, run: "_Run") -> None:
-        if _current_version(self.provider) != run.new_version:
-            self.provider.set_current(run.new_version)
+        if _current_version(self.provider) != run.created:
+            self.provider.set_current(run.created)
 
     def _post_verification(self, run: "_Run") -> None:
         run.canaries = self._canaries.load()
-        run.canaries[run.new_version] = _seal_canary(self.provider, run.new_version)
-        _round_trip(self.provider, run.new_version)
+        run.canaries[run.created] = _seal_canary(self.provider, run.created)
+        _round_trip(self.provider, run.created)
         for version, state in run.before.items():
             if state is not KeyState.DEPRECATED and version in run.canaries:
                 _open_canary(self.provider, version, run.canaries[version])
@@ -543,6 +543,13 @@ class _Run:
     new_version: int | None = None
     canaries: dict[int, dict[str, str]] = field(default_factory=dict)
     deprecated: tuple[int, ...] = ()
+
+    @property
+    def created(self) -> int:
+        """The version the generate step made (the steps after it run only once it has)."""
+        if self.new_version is None:
+            raise RuntimeError("no version was generated")
+        return self.new_version
 
     def detail(self, step: str) -> dict[str, Any]:
         """What the observer is told before ``step``."""

@@ -13,7 +13,16 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import engine
-from engine import AesGcm, Batch, BatchInvalidTag, InvalidArgument, InvalidTag, SealedBatch, XAesGcm, hazmat
+from engine import (
+    AesGcm,
+    Batch,
+    BatchInvalidTag,
+    InvalidArgument,
+    InvalidTag,
+    SealedBatch,
+    XAesGcm,
+    hazmat,
+)
 
 import xaes_reference as ref
 from vectors import XAES_ACCUMULATED, XaesVector, xaes

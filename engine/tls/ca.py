@@ -391,7 +391,8 @@ class CertificateAuthority:
                                                     critical=False)
                 builder = builder.add_revoked_certificate(revoked.build())
             crl = builder.sign(self._key, hashes.SHA384())
-            write_atomically(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), mode=0o644)
+            write_atomically(self.crl_path, crl.public_bytes(serialization.Encoding.PEM),
+                             mode=0o644)
             self._write_index(index)
         return self.crl_path
 

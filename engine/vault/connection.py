@@ -24,7 +24,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 try:
     import hvac
@@ -260,7 +260,7 @@ class VaultConnection:
     def __repr__(self) -> str:
         return f"<VaultConnection address={self.address!r}>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("Vault connections hold credentials and cannot be pickled")
 
     @property

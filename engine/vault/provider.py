@@ -520,7 +520,7 @@ class VaultKeyProvider(KeyProvider):
         return KeyVersionInfo(version, KeyState.ACTIVE, now, self._algorithm)
 
     def _retire_below(self, version: int) -> None:
-        def retire(entry: dict[str, Any]) -> dict | None:
+        def retire(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("state") != KeyState.ACTIVE.value:
                 return None
             entry["state"] = KeyState.DECRYPT_ONLY.value
@@ -546,7 +546,7 @@ class VaultKeyProvider(KeyProvider):
         new_state = check_state(state)
         check_version(version)
 
-        def change(entry: dict[str, Any]) -> dict | None:
+        def change(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("state") == new_state.value:
                 return None
             entry["state"] = new_state.value
@@ -624,7 +624,8 @@ class VaultKeyProvider(KeyProvider):
             for v in self._store.versions(consistent=True):
                 done: list[int] = []
 
-                def rewrap(entry: dict[str, Any], v: int = v, done: list[int] = done) -> dict | None:
+                def rewrap(entry: dict[str, Any], v: int = v,
+                           done: list[int] = done) -> dict[str, Any] | None:
                     wrapped = entry.get("wrapped_key")
                     if not isinstance(wrapped, str) or wrapped.startswith(prefix):
                         return None
@@ -653,7 +654,7 @@ class VaultKeyProvider(KeyProvider):
         self._check_open()
         check_count(count)
 
-        def change(entry: dict[str, Any]) -> dict | None:
+        def change(entry: dict[str, Any]) -> dict[str, Any] | None:
             entry["usage"] = next_usage(version, int(entry.get("usage") or 0), count, limit)
             return entry
 
@@ -744,7 +745,7 @@ class VaultKeyProvider(KeyProvider):
     def _record_index_check(self, version: int, secret: bytes) -> str:
         """Records the index secret's check value in the version's entry at its first use (or
         returns the one another process recorded meanwhile)."""
-        def change(entry: dict[str, Any]) -> dict | None:
+        def change(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("index_kcv") is not None:
                 return None
             entry["index_kcv"] = index_check_value(secret, version)

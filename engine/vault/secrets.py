@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NoReturn
 
 from ..errors import InvalidArgument
 from .connection import RetryPolicy, VaultConnection
@@ -27,7 +27,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _RESERVED = frozenset({"encryption"})  # the key provider's folder
 
 
-class SecretData(dict):
+class SecretData(dict[str, Any]):
     """A secret's fields: a plain ``dict`` whose ``repr`` and ``str`` show the field names only.
 
     Attributes:
@@ -45,7 +45,7 @@ class SecretData(dict):
 
     __str__ = __repr__
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (dict(self), self.version))
 
 
@@ -115,7 +115,7 @@ class VaultSecrets:
     def __repr__(self) -> str:
         return f"<VaultSecrets address={self._conn.address!r} path={self._kv.mount}/{self._base}>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("VaultSecrets holds Vault credentials and cannot be pickled")
 
     @staticmethod
