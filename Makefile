@@ -75,6 +75,7 @@ ctest-ipsecmb2:
 # Lint (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, bugbear and import order.
 lint: setup
 	$(BIN)/ruff check engine bench tests
+	$(BIN)/mypy
 
 # The whole Python suite on the default backend (ipsec-mb), then the tests marked `native` (they
 # exercise the native core's own paths) on OpenSSL; two processes each (pytest-xdist).

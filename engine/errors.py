@@ -8,6 +8,13 @@ from it beyond "this did not authenticate".
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .batch import Batch
+
 __all__ = [
     "ERROR_TYPES",
     "BackendUnavailable",
@@ -64,7 +71,7 @@ class BatchInvalidTag(InvalidTag):
             hold their plaintext.
     """
 
-    def __init__(self, failed, result) -> None:
+    def __init__(self, failed: np.ndarray, result: Batch | None) -> None:
         super().__init__()
         self.failed = failed
         self.result = result
@@ -72,7 +79,7 @@ class BatchInvalidTag(InvalidTag):
     def __str__(self) -> str:
         return f"authentication failed for {len(self.failed)} record(s)"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.failed, None))
 
 

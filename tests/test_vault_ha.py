@@ -348,12 +348,12 @@ def test_a_lost_answer_to_a_transit_rotation_rotates_once(via_proxy, losing, bao
 
 def test_a_lost_answer_to_a_check_and_set_write_is_success_not_a_conflict(via_proxy, losing):
     secrets = VaultSecrets(via_proxy(), base_path=f"lost-{random.randrange(10**9)}")
-    secrets.write("openai", {"api_key": "first"}, cas=0)
-    losing.lose(lambda method, path: method == "POST" and "/openai" in path)
-    assert secrets.write("openai", {"api_key": "second"}, cas=1) == 2
-    assert secrets.read("openai") == {"api_key": "second"} and losing.lost == 1
+    secrets.write("api", {"api_key": "first"}, cas=0)
+    losing.lose(lambda method, path: method == "POST" and "/api" in path)
+    assert secrets.write("api", {"api_key": "second"}, cas=1) == 2
+    assert secrets.read("api") == {"api_key": "second"} and losing.lost == 1
     with pytest.raises(SecretVersionConflict):  # and a real conflict is still one
-        secrets.write("openai", {"api_key": "third"}, cas=1)
+        secrets.write("api", {"api_key": "third"}, cas=1)
 
 
 def test_a_write_that_cannot_be_read_back_is_outcome_unknown(via_proxy, losing):
