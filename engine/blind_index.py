@@ -15,7 +15,7 @@ re-indexed after a rotation.
 re-encryption pipeline does when it moves rows to a new key.
 
 Normalisation and hashing run over whole batches: normalisers are array operations on the
-packed bytes, the HMAC is one native call on threads (see ``native/src/hmac.c``). The README says
+packed bytes, the HMAC is one native call on threads (see ``native/src/hmac.c``). docs/blind-indexes.md says
 what a blind index reveals and how to choose the bit length.
 """
 
@@ -87,7 +87,7 @@ class UnknownBlindIndex(BlindIndexError, LookupError):
 def bits_for_rows(expected_rows: int) -> int:
     """The bit length for a table of ``expected_rows`` distinct values: floor(log2(rows)) - 1
     (at least 1, at most 32), so that each index value is shared by two to four rows and every
-    lookup returns a few false positives (see the README).
+    lookup returns a few false positives (see docs/blind-indexes.md).
 
     Raises:
         InvalidArgument: not a positive integer.

@@ -17,7 +17,7 @@ another row or column then fails to decrypt.
 
 Services cannot be pickled: in Dask or a ``multiprocessing`` pool, call these functions inside
 the worker, where :func:`engine.get_encryption_service` builds the service from the environment
-(see the README's recipes).
+(see docs/pipelines.md).
 """
 
 from __future__ import annotations

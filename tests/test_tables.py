@@ -1,5 +1,5 @@
 """Table columns: pyarrow, pandas and polars; AAD templates; NULLs; Parquet/CSV through the
-command line; the Dask and multiprocessing recipes of the README."""
+command line; the Dask and multiprocessing recipes of docs/pipelines.md."""
 
 from __future__ import annotations
 
@@ -295,7 +295,7 @@ def test_a_rotation_while_rows_are_written_leaves_each_index_under_its_rows_vers
 # ---------------------------------------------------------------- the recipes
 
 def encrypt_partition(df: pd.DataFrame) -> pd.DataFrame:
-    """The README's recipe: the service is built inside the worker, from the environment."""
+    """The recipe of docs/pipelines.md: the service is built inside the worker, from the environment."""
     return tables.encrypt_columns(df, ["email"], aad_template=TEMPLATE)
 
 
