@@ -37,7 +37,6 @@ from .errors import SchedulerUnavailable, WorkerLost
 from .partition import JobSpec, LocalCrypto, Observer, OnBatch, process_partition
 from .reindex import worker_indexes
 from .report import ColumnCounts, PartitionResult
-from .stores.parquet import ParquetStore
 from .stores.sql import Partition
 from .transform import from_ipc, reseal, to_ipc, worker_service
 
@@ -239,7 +238,7 @@ def _run(spec: JobSpec, parts: Sequence[Partition], service: EncryptionService, 
         # worker processes share the cores rather than each take them all
         spec = dataclasses.replace(spec, threads=spec.threads or
                                    max(1, default_threads() // workers))
-    if workers and isinstance(spec.store, ParquetStore):
+    if workers and spec.store.writes_whole_partitions:  # a process takes a whole partition
         _check_picklable(spec)
         with _pool(workers) as pool:
             futures = {pool.submit(_run_task, spec, p): p for p in parts}
@@ -261,7 +260,7 @@ def _run(spec: JobSpec, parts: Sequence[Partition], service: EncryptionService, 
     try:
         for part in parts:
             result = process_partition(spec, part, crypto, on_batch=on_batch, observer=observer)
-            finished(part, result, not isinstance(spec.store, ParquetStore))
+            finished(part, result, not spec.store.writes_whole_partitions)
     finally:
         crypto.close()
     return total

@@ -40,8 +40,8 @@ from .partition import JobSpec
 from .reindex import build_indexes
 from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
 from .spec import Column, as_columns, column_of, row_fields
-from .stores.parquet import ParquetStore
-from .stores.sql import Partition, SqlStore
+from .stores.base import Store
+from .stores.sql import Partition
 from .transform import KeyCheck, reseal, status_of, stored_index_matches
 
 __all__ = ["handover", "inventory", "reencrypt"]
@@ -235,7 +235,7 @@ class _Job:
                  service_factory: Callable[[], EncryptionService] | None, dask: Any,
                  dask_timeout: float | None, batch_size: int, max_failures: int, *,
                  check_only: bool) -> None:
-        if not isinstance(store, (SqlStore, ParquetStore)):
+        if not isinstance(store, Store):
             raise InvalidArgumentType(f"store must come from open_store(...), not "
                                       f"{type(store).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -267,7 +267,6 @@ class _Job:
                                 f"v{self.target}", _digest(self.columns)])
         self.spec = JobSpec(store, self.columns, self.job_id, batch_size, check_only,
                             self.factory, KeyCheck.of(self.service), max_failures)
-        self._done_files: dict[str, PartitionResult] = {}
         # last: nothing after it may fail and leave the connection open
         self.dask = DaskExecutor(dask, dask_timeout) if dask is not None else None
 
@@ -283,23 +282,8 @@ class _Job:
 
     def validate(self) -> None:
         """Checks the store and the first rows of every column (see the module docstring)."""
-        if isinstance(self.store, ParquetStore):
-            self.store.check(self.columns)
-            self.rows = self.store.count()
-            import pyarrow.parquet as pq
-
-            first = next(pq.ParquetFile(self.store.files()[0]).iter_batches(
-                batch_size=min(self.batch_size, SAMPLE_ROWS)), None)
-        else:
-            with self.store.session() as conn:
-                kinds = self.store.check(conn, self.columns)
-                self.store.check_keys(conn)
-                if not self.check_only:
-                    self.store.check_fields(conn, self.columns)
-                self.rows = self.store.count(conn)
-                sample = next(self.store.scan(conn, Partition(0), self.columns, kinds,
-                                              min(self.batch_size, SAMPLE_ROWS)), None)
-                first = sample.table if sample is not None else None
+        self.rows, first = self.store.prepare(self.columns, check_only=self.check_only,
+                                              sample_rows=min(self.batch_size, SAMPLE_ROWS))
         indexes = build_indexes(self.columns, self.service.provider)
         for index in indexes.values():
             index.check_key(self.target)
@@ -324,19 +308,9 @@ class _Job:
             raise InvalidArgument("workers must be a non-negative integer")
         if count is not None and (not isinstance(count, int) or count < 1):
             raise InvalidArgument("partitions must be a positive integer")
-        if isinstance(self.store, ParquetStore):
-            if not persist:
-                return self.store.partitions({})
-            self.store.check_rewritable()
-            self.store.remove_stale_temporaries()
-            self._done_files = self.store.load_progress(self.job_id)
-            return self.store.partitions(self._done_files)
         if count is None:
             count = 2 * self.dask.threads() if self.dask is not None else 1
-        with self.store.session(write=persist) as conn:
-            if not persist:
-                return self.store.split(conn, count)
-            return self.store.plan(conn, self.job_id, count)
+        return self.store.job_partitions(self.job_id, count, persist=persist)
 
     def earlier(self, parts: Sequence[Partition]) -> PartitionResult:
         """What the interrupted runs this one resumes found (nothing for a new pass)."""
@@ -350,11 +324,10 @@ class _Job:
         """The job stopped: partitions still running elsewhere (Dask tasks) stop at their next
         batch, so that what the report says was committed stays so."""
         run = next((p.run for p in parts if p.run is not None), None)
-        if run is None or isinstance(self.store, ParquetStore):
+        if run is None:
             return
         try:
-            with self.store.session(write=True) as conn:
-                self.store.release(conn, self.job_id, run)
+            self.store.release_job(self.job_id, run)
         except ReencryptionError:  # the database is gone: nothing commits there either
             pass
 
@@ -362,17 +335,15 @@ class _Job:
         """What every run of the job committed: a table's checkpoints hold it (they count the
         batches of a partition that did not finish, which ``result`` does not); else
         ``earlier`` and this run's ``result``."""
-        if not isinstance(self.store, ParquetStore):
-            found = None
-            try:
-                with self.store.session() as conn:
-                    found = self.store.results(conn, self.job_id, self.spec.max_failures)
-            except (ReencryptionError, ValueError, KeyError, TypeError):
-                pass  # the database is gone, or a record damaged: what this process knows
-            if found is not None:
-                for column in self.columns:
-                    found.columns.setdefault(column.name, ColumnCounts())
-                return found
+        found = None
+        try:
+            found = self.store.job_results(self.job_id, self.spec.max_failures)
+        except (ReencryptionError, ValueError, KeyError, TypeError):
+            pass  # the database is gone, or a record damaged: what this process knows
+        if found is not None:
+            for column in self.columns:
+                found.columns.setdefault(column.name, ColumnCounts())
+            return found
         done = PartitionResult(columns={c.name: ColumnCounts() for c in self.columns})
         done.merge(earlier, self.spec.max_failures)
         done.merge(result, self.spec.max_failures)
@@ -380,11 +351,7 @@ class _Job:
 
     def forget(self) -> None:
         """The job is complete: its checkpoints go, and a later run makes a new pass."""
-        if isinstance(self.store, ParquetStore):
-            self.store.forget(self.job_id)
-            return
-        with self.store.session(write=True) as conn:
-            self.store.forget(conn, self.job_id)
+        self.store.forget_job(self.job_id)
 
     # ---- while it runs ----
 
@@ -412,9 +379,7 @@ class _Job:
 
     def partition_callback(self) -> Any:
         def on_partition(part: Partition, result: PartitionResult, counted: bool) -> None:
-            if part.file is not None:
-                self._done_files[part.file] = result.copy()
-                self.store.save_progress(self.job_id, self._done_files)
+            self.store.partition_done(self.job_id, part, result)
             if not counted:
                 self._count(result.columns.values())
 

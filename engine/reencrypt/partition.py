@@ -24,7 +24,7 @@ from .errors import FileUnreadable, UnsupportedFile
 from .reindex import build_indexes
 from .report import FAILURES, ColumnCounts, Failure, PartitionResult, reason
 from .spec import Column, row_fields
-from .stores.parquet import ParquetStore, Temporary, file_state, replacing
+from .stores.parquet import Temporary, file_state, replacing
 from .stores.sql import ColumnWrite, Partition, ReadBatch
 from .transform import KeyCheck, index_of, reseal, status_of, values_of
 
@@ -101,7 +101,7 @@ def process_partition(spec: JobSpec, part: Partition, crypto: Any, *,
     Raises:
         StoreUnavailable: the store failed; committed batches stay committed.
     """
-    if isinstance(spec.store, ParquetStore):
+    if spec.store.writes_whole_partitions:
         return _process_file(spec, part, crypto, on_batch, observer)
     return _process_range(spec, part, crypto, on_batch, observer)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, Union
 
 from ..errors import UnknownStore
+from .base import Store
 from .parquet import ParquetStore
 from .postgres import PostgresStore
 from .sql import Partition, SqlStore
@@ -14,10 +14,8 @@ from .sqlite import SqliteStore
 __all__ = ["ParquetStore", "Partition", "PostgresStore", "SqlStore", "SqliteStore", "Store",
            "open_store"]
 
-Store = Union[SqliteStore, PostgresStore, ParquetStore]
 
-
-def open_store(url: str, table: str | None = None, key: str | None = None) -> Any:
+def open_store(url: str, table: str | None = None, key: str | None = None) -> Store:
     """A store from its URL.
 
     ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``;

@@ -51,6 +51,41 @@ class ParquetStore:
     scheme = "parquet"
     table = None
     key = None
+    writes_whole_partitions = True  # a file is replaced whole, then recorded in the checkpoint
+
+    # ---- the job's calls (engine.reencrypt.stores.base.Store) ----
+
+    def prepare(self, columns: Sequence[Column], *, check_only: bool, sample_rows: int
+                ) -> tuple[int, Any]:
+        import pyarrow.parquet as pq
+
+        self.check(columns)
+        rows = self.count()
+        first = next(pq.ParquetFile(self.files()[0]).iter_batches(batch_size=sample_rows), None)
+        return rows, first
+
+    def job_partitions(self, job: str, count: int, *, persist: bool) -> list[Partition]:
+        """One partition per file (``count`` does not apply)."""
+        if not persist:
+            return self.partitions({})
+        self.check_rewritable()
+        self.remove_stale_temporaries()
+        return self.partitions(self.load_progress(job))
+
+    def partition_done(self, job: str, part: Partition, result: PartitionResult) -> None:
+        done = self.load_progress(job)
+        done[str(part.file)] = result.copy()
+        self.save_progress(job, done)
+
+    def release_job(self, job: str, run: str) -> None:
+        """Nothing runs on after the job: a file is written whole or not at all."""
+
+    def job_results(self, job: str, max_failures: int) -> PartitionResult | None:
+        """None: a file's values count once it is in place, as the runs reported them."""
+        return None
+
+    def forget_job(self, job: str) -> None:
+        self.forget(job)
 
     @property
     def display(self) -> str:

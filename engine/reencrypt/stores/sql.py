@@ -188,6 +188,39 @@ class SqlStore:
     table: str
     key: str
     progress_table: str
+    writes_whole_partitions = False  # batches commit one by one, with the job's checkpoint
+
+    # ---- the job's calls (engine.reencrypt.stores.base.Store) ----
+
+    def prepare(self, columns: Sequence[Column], *, check_only: bool, sample_rows: int
+                ) -> tuple[int, Any]:
+        with self.session() as conn:
+            kinds = self.check(conn, columns)
+            self.check_keys(conn)
+            if not check_only:
+                self.check_fields(conn, columns)
+            rows = self.count(conn)
+            sample = next(self.scan(conn, Partition(0), columns, kinds, sample_rows), None)
+        return rows, (sample.table if sample is not None else None)
+
+    def job_partitions(self, job: str, count: int, *, persist: bool) -> list[Partition]:
+        with self.session(write=persist) as conn:
+            return self.plan(conn, job, count) if persist else self.split(conn, count)
+
+    def partition_done(self, job: str, part: Partition, result: PartitionResult) -> None:
+        """Nothing to add: each batch's transaction moved the partition's checkpoint."""
+
+    def release_job(self, job: str, run: str) -> None:
+        with self.session(write=True) as conn:
+            self.release(conn, job, run)
+
+    def job_results(self, job: str, max_failures: int) -> PartitionResult | None:
+        with self.session() as conn:
+            return self.results(conn, job, max_failures)
+
+    def forget_job(self, job: str) -> None:
+        with self.session(write=True) as conn:
+            self.forget(conn, job)
 
     # ---- dialect hooks ----
 
