@@ -1,0 +1,319 @@
+"""Whole datasets (engine.datasets, `encrypt-columns`/`decrypt-columns` on a directory): the
+layout mirrored, hive partitions, files that are not data, worker processes, per-file JSON, a
+corrupt file among good ones, resume after SIGKILL and after Ctrl-C, and Dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+import engine
+from engine import datasets
+from engine.service import reset_encryption_service
+
+TEMPLATE = "users:{id}:{column}"
+MASTER = "datasets-master-key-0123456789-abcdefgh"
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """The key environment, in this process (and so in the worker processes it starts) and
+    for the command lines the tests run."""
+    values = {"ENCRYPTION_MASTER_KEY": MASTER, "VAULT_ENABLED": "false",
+              "ENGINE_KEY_STATE_FILE": str(tmp_path / "keys.json"),
+              "ENCRYPTION_KDF_ITERATIONS": "1000"}
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    reset_encryption_service()
+    engine.get_encryption_service().encrypt(b"x")  # the key state made: commands print theirs
+    yield {**os.environ, **values}
+    reset_encryption_service()
+
+
+def users(n, start=0):
+    return pa.table({
+        "id": pa.array(range(start, start + n), pa.int64()),
+        "email": pa.array([None if i % 11 == 5 else f"user{i}@example.com"
+                           for i in range(start, start + n)]),
+        "city": pa.array([f"city{i % 7}" for i in range(start, start + n)]),
+    })
+
+
+def cli(*args, env, **kwargs):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=env, **kwargs)
+
+
+def tree(root):
+    return sorted(str(p.relative_to(root)) for p in pathlib.Path(root).rglob("*") if p.is_file())
+
+
+def read(path):
+    path = str(path)
+    return pacsv.read_csv(path) if path.endswith(".csv") else pq.read_table(path)
+
+
+def make_dataset(root, files=4, rows=500):
+    """Parquet files in nested directories, a CSV file, and files that are not data."""
+    root.mkdir()
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "_temporary").mkdir()
+    for i in range(files):
+        where = root / ("a" if i % 2 else "a/b") / f"part-{i}.parquet"
+        pq.write_table(users(rows, i * rows), where, row_group_size=rows // 2)
+    pacsv.write_csv(users(rows, 10_000), root / "extra.csv")
+    pq.write_table(users(10), root / "_temporary" / "part-9.parquet")
+    (root / "_SUCCESS").write_bytes(b"")
+    (root / ".part-0.parquet.crc").write_bytes(b"crc")
+    (root / "README.txt").write_text("user0@example.com is the first user\n")
+    pq.write_metadata(users(1).schema, root / "_common_metadata")
+    return root
+
+
+def test_layout_mirrored_and_files_that_are_not_data_not_copied(env, tmp_path):
+    src = make_dataset(tmp_path / "in")
+    data = [f for f in tree(src) if f.endswith((".parquet", ".csv")) and not f.startswith("_")]
+    report = datasets.encrypt_dataset(str(src), str(tmp_path / "enc"), ["email"],
+                                      aad_template=TEMPLATE)
+    assert report.ok and tree(tmp_path / "enc") == data  # the job record is gone
+    statuses = {f.path: f.status for f in report.files}
+    assert statuses == {**{f: "written" for f in data},
+                        **{f: "ignored" for f in tree(src) if f not in data}}
+    assert report.rows == 5 * 500
+    for f in data:  # the column is encrypted, the others are as they were
+        plain, sealed = read(src / f), read(tmp_path / "enc" / f)
+        assert sealed.column("id").equals(plain.column("id"))
+        assert b"@example.com" not in (tmp_path / "enc" / f).read_bytes()
+    back = datasets.decrypt_dataset(tmp_path / "enc", str(tmp_path / "dec"), "email",
+                                    aad_template=TEMPLATE)
+    assert back.ok and tree(tmp_path / "dec") == data
+    for f in data:
+        assert read(tmp_path / "dec" / f).equals(read(src / f))
+
+
+def test_hive_partitions_through_the_cli_with_workers(env, tmp_path):
+    src, enc, dec = tmp_path / "in", tmp_path / "enc", tmp_path / "dec"
+    table = users(3000).append_column("year", pa.array([2021 + i % 3 for i in range(3000)]))
+    ds.write_dataset(table, src, format="parquet", partitioning=["year"],
+                     partitioning_flavor="hive", max_rows_per_file=400, max_rows_per_group=200)
+    assert all(p.split(os.sep)[0].startswith("year=") for p in tree(src))
+    r = cli("encrypt-columns", src, enc, "--column", "email", "--aad-template", TEMPLATE,
+            "--workers", "2", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert tree(enc) == tree(src)
+    out = json.loads(r.stdout)
+    assert out["totals"] == {"files": len(tree(src)), "written": len(tree(src)), "skipped": 0,
+                             "failed": 0, "ignored": 0, "rows": 3000}
+    # the partitions read back as a hive dataset, and a pyarrow Dataset is taken as input
+    sealed = ds.dataset(enc, partitioning="hive")
+    assert sorted(sealed.to_table().column("year").unique().to_pylist()) == [2021, 2022, 2023]
+    back = datasets.decrypt_dataset(sealed, str(dec), ["email"], aad_template=TEMPLATE)
+    assert back.ok and tree(dec) == tree(src)
+    got = ds.dataset(dec, partitioning="hive").to_table().sort_by("id")
+    want = ds.dataset(src, partitioning="hive").to_table().sort_by("id")
+    assert got.equals(want)
+    # a partition key's values are directory names: it cannot be encrypted, or read by the AAD
+    for args in (["--column", "year"], ["--column", "email", "--aad-template", "{year}:{id}"]):
+        r = cli("encrypt-columns", src, tmp_path / "refused", *args, env=env)
+        assert r.returncode == 2 and "partition key" in r.stderr
+        assert not (tmp_path / "refused").exists()
+
+
+def test_refusals_exit_2(env, tmp_path):
+    src = make_dataset(tmp_path / "in")
+    r = cli("encrypt-columns", src, src / "out", "--column", "email", env=env)
+    assert r.returncode == 2 and "outside" in r.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    r = cli("encrypt-columns", tmp_path / "empty", tmp_path / "o", "--column", "email", env=env)
+    assert r.returncode == 2 and "no data file" in r.stderr
+    r = cli("encrypt-columns", src, tmp_path / "o", "--column", "email", "--workers", "0",
+            env=env)
+    assert r.returncode == 2 and "workers" in r.stderr
+    with pytest.raises(engine.InvalidArgumentType):
+        datasets.encrypt_dataset(ds.dataset(pa.table({"a": [1]})), str(tmp_path / "o"), "a")
+
+
+def test_per_file_json_and_a_corrupt_file_among_good_ones(env, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in "abcde":
+        pq.write_table(users(300), src / f"{name}.parquet")
+    (src / "c.parquet").write_bytes((src / "c.parquet").read_bytes()[:-200])  # truncated
+    r = cli("encrypt-columns", src, tmp_path / "enc", "--column", "email", "--json", env=env)
+    assert r.returncode == 1  # a file that cannot be parsed: a check failed (README's table)
+    out = json.loads(r.stdout)
+    files = {f["path"]: f for f in out["files"]}
+    assert [f["status"] for f in out["files"]] == ["written"] * 2 + ["failed"] + ["written"] * 2
+    assert files["c.parquet"]["rows"] is None and "c.parquet" in files["c.parquet"]["error"]
+    assert files["a.parquet"] == {"path": "a.parquet", "status": "written", "rows": 300,
+                                  "error": None}
+    assert out["totals"]["failed"] == 1 and out["totals"]["rows"] == 1200
+    said = [line for line in r.stderr.splitlines() if line.startswith("crypto-engine:")]
+    assert len(said) == 1 and "c.parquet" in said[0]
+    assert tree(tmp_path / "enc") == ["_engine_columns_job.json", "a.parquet", "b.parquet",
+                                      "d.parquet", "e.parquet"]
+    # the input repaired, a rerun writes only that file
+    pq.write_table(users(300), src / "c.parquet")
+    r = cli("encrypt-columns", src, tmp_path / "enc", "--column", "email", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert [f["status"] for f in json.loads(r.stdout)["files"]] == (
+        ["skipped"] * 2 + ["written"] + ["skipped"] * 2)
+    assert tree(tmp_path / "enc") == [f"{n}.parquet" for n in "abcde"]
+
+
+def test_a_value_that_does_not_authenticate_is_named_by_file(env, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in "abc":
+        pacsv.write_csv(users(50), src / f"{name}.csv")
+    enc = tmp_path / "enc"
+    report = datasets.encrypt_dataset(str(src), str(enc), ["email"])
+    assert report.ok
+    lines = (enc / "b.csv").read_text().splitlines()
+    fields = lines[4].split(",")
+    token = fields[1]
+    mid = len(token) // 2
+    fields[1] = token[:mid] + ("A" if token[mid] != "A" else "B") + token[mid + 1:]
+    lines[4] = ",".join(fields)
+    (enc / "b.csv").write_text("\n".join(lines) + "\n")
+    r = cli("decrypt-columns", enc, tmp_path / "dec", "--column", "email", "--json", env=env)
+    assert r.returncode == 1
+    out = json.loads(r.stdout)
+    assert [f["status"] for f in out["files"]] == ["written", "failed", "written"]
+    assert "b.csv" in r.stderr and "row index 3" in r.stderr
+    assert not (tmp_path / "dec" / "b.csv").exists()
+
+
+def test_workers_chosen_by_the_job(env, tmp_path, monkeypatch):
+    src = make_dataset(tmp_path / "in", files=6, rows=200)
+    small = datasets.encrypt_dataset(str(src), str(tmp_path / "e1"), "email", workers=4)
+    assert small.ok and small.workers == 1  # too small to pay for starting processes
+    monkeypatch.setattr(datasets, "SMALL_DATASET_BYTES", 0)
+    report = datasets.encrypt_dataset(str(src), str(tmp_path / "e2"), "email", workers=64)
+    assert report.ok and report.workers == min(7, len(os.sched_getaffinity(0)))
+    assert [f.status for f in report.files] == [f.status for f in small.files]
+
+
+def _big_dataset(root, files=24, rows=40_000):
+    root.mkdir()
+    for i in range(files):
+        pq.write_table(users(rows, i * rows), root / f"part-{i:02d}.parquet",
+                       row_group_size=rows // 4)
+    return root
+
+
+def _wait_for_outputs(out, count, proc):
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and sum(p.suffix == ".parquet" for p in out.iterdir()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the job ended or stalled before {count} outputs: {proc.poll()}")
+
+
+def _check_visible_outputs(out):
+    """Every file the interrupted job left is whole: nothing half-written is ever visible."""
+    names = tree(out)
+    assert not [n for n in names if n.endswith(".part") or n.startswith(".")]
+    for n in names:
+        if n.endswith(".parquet"):
+            pq.read_table(out / n).validate(full=True)
+    return [n for n in names if n.endswith(".parquet")]
+
+
+def test_resume_after_sigkill(env, tmp_path):
+    src, enc = _big_dataset(tmp_path / "in"), tmp_path / "enc"
+    args = ["encrypt-columns", src, enc, "--column", "email", "--aad-template", TEMPLATE,
+            "--workers", "2", "--json"]
+    proc = subprocess.Popen([sys.executable, "-m", "engine", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    _wait_for_outputs(enc, 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command line and its workers
+    proc.communicate()
+    done = _check_visible_outputs(enc)
+    assert 3 <= len(done) < 24
+    # an output whose bytes changed under the same size and time is checked, not trusted
+    victim = enc / done[0]
+    st = victim.stat()
+    raw = bytearray(victim.read_bytes())
+    at = len(raw) // 3
+    raw[at:at + 64] = bytes(64)
+    victim.write_bytes(raw)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = cli(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    status = {f["path"]: f["status"] for f in json.loads(r.stdout)["files"]}
+    recorded = set(done) - {done[0]}  # the last one may have been committed, not recorded
+    assert status[done[0]] == "written"
+    assert {p for p, s in status.items() if s == "skipped"} >= recorded - {done[-1]}
+    assert sum(s == "skipped" for s in status.values()) >= len(recorded) - 1
+    assert set(status.values()) == {"written", "skipped"} and len(status) == 24
+    assert tree(enc) == tree(src)
+    back = datasets.decrypt_dataset(str(enc), str(tmp_path / "dec"), "email",
+                                    aad_template=TEMPLATE, workers=2)
+    assert back.ok and back.rows == 24 * 40_000
+    for n in tree(src):
+        assert pq.read_table(tmp_path / "dec" / n).equals(pq.read_table(src / n))
+
+
+def test_ctrl_c_one_line_exit_130_then_resume(env, tmp_path):
+    src, enc = _big_dataset(tmp_path / "in", files=16), tmp_path / "enc"
+    args = ["encrypt-columns", src, enc, "--column", "email", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "engine", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    _wait_for_outputs(enc, 2, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to the whole group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "crypto-engine: interrupted; the files written stay; run it again to resume"]
+    done = _check_visible_outputs(enc)
+    assert len(done) < 16
+    r = cli(*args, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    status = [f["status"] for f in json.loads(r.stdout)["files"]]
+    assert status.count("skipped") >= len(done) - 1 and tree(enc) == tree(src)
+
+
+# ---------------------------------------------------------------- Dask
+
+def _doc_blocks():
+    return re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+
+
+def test_dask_local_cluster_runs_the_documented_recipe(env, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    src = make_dataset(tmp_path / "in", files=6, rows=400)
+    monkeypatch.chdir(tmp_path)  # the recipe's paths: in/, encrypted/, decrypted/
+    blocks = _doc_blocks()
+    assert len(blocks) == 2
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster:
+        namespace = {"scheduler_address": cluster.scheduler_address}
+        for block in blocks:
+            exec(compile(block, str(DOCS), "exec"), namespace)  # noqa: S102
+    report = namespace["report"]
+    assert report.ok and {f.status for f in report.files} == {"written", "ignored"}
+    data = [f.path for f in report.files if f.status == "written"]
+    assert len(data) == 7
+    for f in data:
+        assert read(tmp_path / "decrypted" / f).equals(read(src / f))
+        assert not read(tmp_path / "encrypted" / f).column("email").equals(
+            read(src / f).column("email"))
