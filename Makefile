@@ -21,6 +21,7 @@ test: setup lint ctest pytest asv-run bench-gate-short
 	$(BIN)/python -m bench.bench_files --quick
 	$(BIN)/python -m bench.bench_index --quick
 	$(BIN)/python -m bench.bench_reencrypt --quick
+	$(BIN)/python -m bench.bench_datasets --quick
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
