@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -233,6 +234,7 @@ class FileTask:
     blind_indexes: Any = None
     service_factory: Callable[[], EncryptionService] | None = None
     recorded_rows: int | None = None  # set: a resumed job checks the output before writing
+    key_check: Any = None  # in a worker: proof that its key is the job's (KeyCheck)
 
 
 class _CheckDone(Exception):
@@ -240,9 +242,14 @@ class _CheckDone(Exception):
 
 
 def _service(task: FileTask, service: EncryptionService | None) -> EncryptionService:
+    """The service given (this process), else the worker's own, built once per process and
+    checked against the job's key: a worker configured with another master key or Vault
+    would encrypt under a key the application does not hold."""
     if service is not None:
         return service
-    return task.service_factory() if task.service_factory else get_encryption_service()
+    from .reencrypt.transform import worker_service
+
+    return worker_service(task.service_factory or get_encryption_service, task.key_check)
 
 
 def _output_checks(task: FileTask, service: EncryptionService) -> bool:
@@ -460,6 +467,13 @@ def _run(src: Any, dst: str, columns: str | Sequence[str], encrypt: bool, *,
                                   encrypt, blind_indexes, service_factory,
                                   record.done_rows(f.relative, s, d)))
     used = 1 if executor is not None else _choose_workers(workers, tasks)
+    if service is None:  # also: a configuration that does not work fails here, once
+        service = service_factory() if service_factory else get_encryption_service()
+    if executor is not None or used > 1:
+        from .reencrypt.transform import KeyCheck
+
+        check = KeyCheck.of(service)
+        tasks = [dataclasses.replace(t, key_check=check) for t in tasks]
     report = DatasetReport("encrypt-columns" if encrypt else "decrypt-columns", root, dst,
                            columns, used)
     results: dict[str, FileReport] = {f.relative: FileReport(f.relative, "ignored",

@@ -317,3 +317,18 @@ def test_dask_local_cluster_runs_the_documented_recipe(env, tmp_path, monkeypatc
         assert read(tmp_path / "decrypted" / f).equals(read(src / f))
         assert not read(tmp_path / "encrypted" / f).column("email").equals(
             read(src / f).column("email"))
+
+
+def test_a_worker_with_another_key_encrypts_nothing(env, tmp_path, monkeypatch):
+    """The job's service holds one key, the workers' environment another: every file fails,
+    named, and no output appears (a file sealed under a key the application does not hold
+    would be lost)."""
+    src = make_dataset(tmp_path / "in", files=3, rows=100)
+    monkeypatch.setattr(datasets, "SMALL_DATASET_BYTES", 0)
+    other = engine.EncryptionService(engine.StaticKeyProvider({1: os.urandom(32)}),
+                                     metrics=False)
+    report = datasets.encrypt_dataset(str(src), str(tmp_path / "enc"), "email", workers=2,
+                                      service=other)
+    assert report.workers == 2 and len(report.failed) == 4
+    assert all("coordinator" in str(f.error) for f in report.failed)
+    assert tree(tmp_path / "enc") == []
