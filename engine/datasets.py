@@ -27,8 +27,9 @@ half-written; the record is removed once every file is done.
 Workers: services cannot be pickled, so each worker process builds its own from its
 environment (:func:`engine.get_encryption_service`), or with ``service_factory`` (a picklable
 callable). The job uses fewer processes than asked when more would be slower: never more than
-the files to write or the cores this process may run on, and none beside this process when the
-data to write is too small to pay for starting them.
+the files, the cores this process may run on or the cores the rest of the machine leaves free
+(its load average), and none beside this process when the data is too small to pay for
+starting them.
 """
 
 from __future__ import annotations
@@ -380,12 +381,24 @@ def _job_id(encrypt: bool, columns: Sequence[str], aad_template: str | None,
 
 # ---- the job -----------------------------------------------------------------------------------
 
+def _cores_taken_by_others() -> float:
+    """Cores that other processes kept busy over the last minute (the load average, less this
+    process): on a shared machine, a second worker may find no core to run on."""
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:
+        return 0.0
+
+
 def _choose_workers(asked: int, tasks: Sequence[FileTask]) -> int:
-    writing = [t for t in tasks if t.recorded_rows is None]
+    """At most ``asked``, the files, the cores this process may use and the cores the rest of
+    the machine leaves free; 1 for a dataset too small to pay for starting processes."""
     size = sum((_stat(t.src) or [0])[0] for t in tasks)
-    if asked <= 1 or len(tasks) < 2 or (size < SMALL_DATASET_BYTES and len(writing) == len(tasks)):
+    if asked <= 1 or len(tasks) < 2 or size < SMALL_DATASET_BYTES:
         return 1
-    return max(1, min(asked, len(tasks), default_threads()))
+    cores = default_threads()
+    free = int(cores - _cores_taken_by_others() + 0.5)
+    return max(1, min(asked, len(tasks), cores, free))
 
 
 def _rows_of(task: FileTask) -> int | None:

@@ -203,9 +203,14 @@ def test_workers_chosen_by_the_job(env, tmp_path, monkeypatch):
     small = datasets.encrypt_dataset(str(src), str(tmp_path / "e1"), "email", workers=4)
     assert small.ok and small.workers == 1  # too small to pay for starting processes
     monkeypatch.setattr(datasets, "SMALL_DATASET_BYTES", 0)
+    monkeypatch.setattr(datasets, "_cores_taken_by_others", lambda: 0.0)  # a quiet machine
     report = datasets.encrypt_dataset(str(src), str(tmp_path / "e2"), "email", workers=64)
     assert report.ok and report.workers == min(7, len(os.sched_getaffinity(0)))
     assert [f.status for f in report.files] == [f.status for f in small.files]
+    # every core taken by other processes: a second worker would only slow the job down
+    monkeypatch.setattr(datasets, "_cores_taken_by_others", lambda: 64.0)
+    busy = datasets.encrypt_dataset(str(src), str(tmp_path / "e3"), "email", workers=2)
+    assert busy.ok and busy.workers == 1
 
 
 def _big_dataset(root, files=24, rows=40_000):
@@ -325,6 +330,7 @@ def test_a_worker_with_another_key_encrypts_nothing(env, tmp_path, monkeypatch):
     would be lost)."""
     src = make_dataset(tmp_path / "in", files=3, rows=100)
     monkeypatch.setattr(datasets, "SMALL_DATASET_BYTES", 0)
+    monkeypatch.setattr(datasets, "_cores_taken_by_others", lambda: 0.0)
     other = engine.EncryptionService(engine.StaticKeyProvider({1: os.urandom(32)}),
                                      metrics=False)
     report = datasets.encrypt_dataset(str(src), str(tmp_path / "enc"), "email", workers=2,
