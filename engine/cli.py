@@ -435,6 +435,8 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
                              progress=bar.advance if bar.live else None, fsync=args.fsync,
                              before_commit=interrupts.commit)
             report = result.to_dict()
+        elif args.workers < 1:
+            raise InvalidArgument("--workers must be at least 1")
         elif os.path.isdir(args.input):
             return _dataset_command(args, interrupts, exit_codes)
         else:

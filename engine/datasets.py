@@ -457,6 +457,8 @@ def _run(src: Any, dst: str, columns: str | Sequence[str], encrypt: bool, *,
     else:
         root, files = _from_dataset(src)
     dst = os.fspath(dst)
+    if dst == "-":
+        raise InvalidArgument("a dataset is written into a directory, not to stdout")
     if _inside(dst, root) or _inside(root, dst):
         raise InvalidArgument("the output directory must be outside the dataset, and the "
                               "dataset outside it")

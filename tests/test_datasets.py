@@ -120,8 +120,13 @@ def test_hive_partitions_through_the_cli_with_workers(env, tmp_path):
     # the partitions read back as a hive dataset, and a pyarrow Dataset is taken as input
     sealed = ds.dataset(enc, partitioning="hive")
     assert sorted(sealed.to_table().column("year").unique().to_pylist()) == [2021, 2022, 2023]
-    back = datasets.decrypt_dataset(sealed, str(dec), ["email"], aad_template=TEMPLATE)
+    seen = []  # the progress over the rows of the whole dataset, total known from the footers
+    back = datasets.decrypt_dataset(sealed, str(dec), ["email"], aad_template=TEMPLATE,
+                                    progress=lambda done, total: seen.append((done, total)))
     assert back.ok and tree(dec) == tree(src)
+    assert len(seen) == len(tree(src)) and {total for _, total in seen} == {3000}
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert seen[-1][0] == 3000
     got = ds.dataset(dec, partitioning="hive").to_table().sort_by("id")
     want = ds.dataset(src, partitioning="hive").to_table().sort_by("id")
     assert got.equals(want)
@@ -143,6 +148,8 @@ def test_refusals_exit_2(env, tmp_path):
     r = cli("encrypt-columns", src, tmp_path / "o", "--column", "email", "--workers", "0",
             env=env)
     assert r.returncode == 2 and "workers" in r.stderr
+    r = cli("encrypt-columns", src, "-", "--column", "email", env=env)
+    assert r.returncode == 2 and "stdout" in r.stderr and not os.path.exists("-")
     with pytest.raises(engine.InvalidArgumentType):
         datasets.encrypt_dataset(ds.dataset(pa.table({"a": [1]})), str(tmp_path / "o"), "a")
 
