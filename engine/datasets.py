@@ -34,6 +34,7 @@ starting them.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -41,6 +42,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import string
 import time
@@ -51,6 +53,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .atomic_file import atomic_output
 from .buffers import default_threads
 from .errors import EngineError, InvalidArgument, InvalidArgumentType
+from .locks import fork_safe_lock
 from .service import EncryptionService, get_encryption_service
 
 __all__ = ["DatasetReport", "FileReport", "WorkerLost", "dataset_files", "decrypt_dataset",
@@ -439,6 +442,80 @@ def _process_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecut
         pool.shutdown(wait=normal, cancel_futures=True)
 
 
+def _run_on(executor: Any, tasks: Sequence[FileTask],
+            finished: Callable[[FileTask, FileReport], None]) -> None:
+    """Every file on ``executor`` (a Dask client's, say), results taken as they come."""
+    futures = {executor.submit(run_file, task): task for task in tasks}
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            finished(futures[future], future.result())
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _share(pool: concurrent.futures.ProcessPoolExecutor, in_pool: int,
+           tasks: Sequence[FileTask], service: EncryptionService,
+           finished: Callable[[FileTask, FileReport], None]) -> bool:
+    """The files shared between this process and ``in_pool`` worker processes: each worker has
+    two files queued (the next one is sent as one ends), and this process takes the next file
+    whenever it is free, so the workers' start (a fresh interpreter each) does not hold the job
+    back. Returns False when a worker died."""
+    pending = collections.deque(tasks)
+    lock = fork_safe_lock()
+    results: queue.SimpleQueue = queue.SimpleQueue()
+
+    def take() -> FileTask | None:
+        with lock:
+            return pending.popleft() if pending else None
+
+    def feed() -> None:  # also on the pool's thread, as a file ends
+        task = take()
+        if task is None:
+            return
+        try:
+            future = pool.submit(run_file, task)
+        except (BrokenProcessPool, RuntimeError) as exc:  # broken, or shut down: job stopping
+            results.put((task, exc))
+            return
+        future.add_done_callback(lambda f, task=task: (results.put((task, f)), feed()))
+
+    def collect(item: tuple[FileTask, Any]) -> bool:
+        task, outcome = item
+        try:
+            report = outcome.result() if isinstance(outcome, concurrent.futures.Future) else None
+        except BrokenProcessPool:
+            report = None
+        if report is None:
+            return False
+        finished(task, report)
+        return True
+
+    try:
+        for _ in range(2 * in_pool):
+            feed()
+        done = 0
+        while done < len(tasks):
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if not collect(results.get_nowait()):
+                        return False
+                    done += 1
+            task = take()
+            if task is not None:
+                finished(task, run_file(task, service))
+                done += 1
+            elif done < len(tasks):
+                with contextlib.suppress(queue.Empty):
+                    if not collect(results.get(timeout=0.2)):
+                        return False
+                    done += 1
+        return True
+    finally:
+        with lock:
+            pending.clear()  # nothing more is sent to the workers
+
+
 def _run(src: Any, dst: str, columns: str | Sequence[str], encrypt: bool, *,
          aad_template: str | None, file_format: str | None, workers: int,
          service: EncryptionService | None,
@@ -509,23 +586,14 @@ def _run(src: Any, dst: str, columns: str | Sequence[str], encrypt: bool, *,
         if progress is not None:
             progress(done_rows, total)
 
-    if executor is None and used == 1:
+    if executor is not None:
+        _run_on(executor, tasks, finished)
+    elif used == 1:
         for task in tasks:
             finished(task, run_file(task, service))
     else:
-        with (contextlib.nullcontext(executor) if executor is not None
-              else _process_pool(used)) as pool:
-            futures = {pool.submit(run_file, task): task for task in tasks}
-            lost = False
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    finished(futures[future], future.result())
-            except BrokenProcessPool:
-                lost = True
-            finally:
-                for future in futures:
-                    future.cancel()
-            if lost:  # raised outside the handler: one clear error, no chained traceback
+        with _process_pool(used - 1) as pool:
+            if not _share(pool, used - 1, tasks, service, finished):
                 raise WorkerLost("a worker process died (killed, or out of memory); the files "
                                  "committed stay: run the job again to resume")
     report.files = [results[f.relative] for f in files]
