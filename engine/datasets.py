@@ -18,18 +18,20 @@ Resume: the output directory holds a job record (``_engine_columns_job.json``, s
 dataset readers for its ``_``) naming each file committed, with the size and modification time
 of its input and its output. A rerun of the same job (same operation, columns, AAD template and
 indexes) skips a file only when both still match and the output checks: an encrypted output is
-read whole and every value of its encrypted columns authenticates (decrypted in memory, never
-written); a decrypted output, which cannot be authenticated, is read whole and must have the
-recorded number of rows. Every other file is written again. Outputs appear only when complete
+read whole and every value of its encrypted columns authenticates (Parquet: decrypted in
+memory; CSV: into an unnamed temporary file that is never linked); a decrypted output, which
+cannot be authenticated, is read whole and must have the recorded number of rows. Every other
+file is written again. Outputs appear only when complete
 (:func:`engine.atomic_file.atomic_output`), so a SIGKILL leaves committed files and nothing
 half-written; the record is removed once every file is done.
 
-Workers: services cannot be pickled, so each worker process builds its own from its
-environment (:func:`engine.get_encryption_service`), or with ``service_factory`` (a picklable
-callable). The job uses fewer processes than asked when more would be slower: never more than
-the files, the cores this process may run on or the cores the rest of the machine leaves free
-(its load average), and none beside this process when the data is too small to pay for
-starting them.
+Workers: this process and ``workers - 1`` worker processes take the files from one queue.
+Services cannot be pickled, so each worker process builds its own from its environment
+(:func:`engine.get_encryption_service`), or with ``service_factory`` (a picklable callable), and
+checks it against the job's key before it encrypts anything. The job uses fewer processes
+than asked when more would be slower: never more than the files, the cores this process may
+run on or the cores the rest of the machine leaves free (its load average), and none beside
+this process when the data is too small to pay for starting them.
 """
 
 from __future__ import annotations
