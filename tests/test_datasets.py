@@ -352,3 +352,37 @@ def test_a_worker_with_another_key_encrypts_nothing(env, tmp_path, monkeypatch):
         tables.decrypt_columns_file(str(enc / f), str(tmp_path / "check"), ["email"],
                                     file_format="parquet" if f.endswith(".parquet") else "csv",
                                     service=other)
+
+
+def test_one_progress_bar_over_the_rows_of_the_whole_dataset(env, tmp_path):
+    """On a terminal, one tqdm bar counts the rows of every file, its total from the footers."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        pq.write_table(users(250, i * 250), src / f"part-{i}.parquet")
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "encrypt-columns", str(src),
+                             str(tmp_path / "enc"), "--column", "email"], env=env,
+                            stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal's other end closed: the command ended
+            break
+        if not chunk:
+            break
+        shown += chunk
+    proc.wait(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0, shown
+    text = shown.decode(errors="replace")
+    assert "encrypt-columns" in text and "1000/1000" in text and "rows" in text
+    assert len(set(re.findall(r"\d+/(\d+)", text))) == 1  # one bar, one total throughout
