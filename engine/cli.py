@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--json", action="store_true", help="print JSON")
     _add_data_commands(sub)
     _add_reencryption_commands(sub)
+    _add_pme_arguments(sub)
     _add_metrics_arguments(sub)
     args = parser.parse_args(argv)
     return _with_metrics(args, lambda: _run(parser, args))
@@ -205,13 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command in _DATA_COMMANDS:
-        return _data_commands(args)
+        pme = getattr(args, "pme", False)
+        _check_columns_usage(parser, args)
+        return _data_commands(args, _run_pme_command if pme else _run_data_command)
     from ._interrupts import command_started
 
     command_started()
     try:
         if args.command in ("inventory", "reencrypt"):
-            return _reencryption_commands(args)
+            pme = getattr(args, "pme", False)
+            return _pme_store_commands(args) if pme else _reencryption_commands(args)
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
             return _key_commands(args)
         if args.command == "info":
@@ -384,13 +388,13 @@ def _index_definitions(args: argparse.Namespace) -> list[Any]:
     return [IndexDefinition.parse(text, table) for text in args.indexes]
 
 
-def _data_commands(args: argparse.Namespace) -> int:
+def _data_commands(args: argparse.Namespace, run: Any) -> int:
     from ._interrupts import CommandInterrupts
 
     _load_data_commands(args.command)  # before Ctrl-C raises: imports are where it gets lost
     interrupts = CommandInterrupts()
     try:
-        return _run_data_command(args, interrupts)
+        return run(args, interrupts)
     except KeyboardInterrupt:
         left = ("the output on stdout is incomplete" if getattr(args, "output", None) == "-"
                 else "the files written stay; run it again to resume"
@@ -490,6 +494,140 @@ def _dataset_command(args: argparse.Namespace, interrupts: Any, exit_codes: Any)
     else:
         printed = _report(", ".join(f"{k} {v}" for k, v in summary["totals"].items()), sys.stdout)
     return code or printed
+
+
+def _add_pme_arguments(sub: Any) -> None:
+    """``--pme`` on the column commands: Parquet Modular Encryption under the engine's keys
+    (docs/pme.md) instead of the per-value format. With it, ``--column`` is optional."""
+    for name in ("encrypt-columns", "decrypt-columns"):
+        cmd = sub.choices[name]
+        cmd.add_argument("--pme", action="store_true",
+                         help="Parquet Modular Encryption: a standard PME file that Spark, "
+                              "DuckDB and pyarrow read (encrypt: the --column's under column "
+                              "keys, or every column and the footer when none is named; "
+                              "decrypt: the whole file)")
+        if name == "encrypt-columns":
+            cmd.add_argument("--plaintext-footer", action="store_true",
+                             help="with --pme and --column: leave the footer readable "
+                                  "(signed), so readers without keys see the other columns")
+        cmd._option_string_actions["--column"].required = False  # checked by the command
+    for name in ("inventory", "reencrypt"):
+        sub.choices[name].add_argument(
+            "--pme", action="store_true",
+            help="the store's files are Parquet Modular Encryption files: count them per key "
+                 "version from their key material (inventory), move them whole to the "
+                 "current version (reencrypt); no --column")
+
+
+def _check_columns_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The option combinations of the column commands that argparse cannot say (exit 2)."""
+    if not args.command.endswith("-columns"):
+        return
+    if not args.pme:
+        if not args.columns:
+            parser.error(f"{args.command} needs --column (or --pme)")
+        if getattr(args, "plaintext_footer", False):
+            parser.error("--plaintext-footer goes with --pme")
+        return
+    from .columns import pme  # noqa: F401  (imported before Ctrl-C is taken over)
+
+    options = (("--aad-template", args.aad_template), ("--format csv", args.format == "csv"),
+               ("--index", getattr(args, "indexes", None)),
+               ("--index-table", getattr(args, "index_table", None)),
+               ("--column", args.command == "decrypt-columns" and args.columns),
+               ("--workers", args.workers != 1))
+    refused = [option for option, given in options if given]
+    if refused:  # PME has no per-row associated data, and decrypts whole files
+        parser.error(f"{args.command} --pme does not take {', '.join(refused)}")
+    if os.path.isdir(args.input):
+        parser.error(f"{args.command} --pme takes one Parquet file, and {args.input} is a "
+                     "directory")
+
+
+def _run_pme_command(args: argparse.Namespace, interrupts: Any) -> int:
+    from .columns.parquet_footer import ParquetFooterError
+    from .columns.pme import PmeFileUnreadable, decrypt_parquet_file, encrypt_parquet_file
+    from .errors import InvalidArgumentType, InvalidTag
+
+    exit_codes = (((InvalidTag, ParquetFooterError, PmeFileUnreadable), EXIT_CHECK_FAILED),
+                  ((InvalidArgument, InvalidArgumentType), EXIT_USAGE),
+                  (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
+    error: BaseException | None = None
+    try:
+        if args.command == "encrypt-columns":
+            report = encrypt_parquet_file(args.input, args.output, columns=args.columns,
+                                          plaintext_footer=args.plaintext_footer,
+                                          before_commit=interrupts.commit)
+        else:
+            report = decrypt_parquet_file(args.input, args.output,
+                                          before_commit=interrupts.commit)
+    except (EngineError, OSError) as exc:
+        error = exc
+    if error is not None:  # reported outside the except block: no chained context
+        where = "" if args.input in str(error) else f"{args.input}: "
+        _say(f"crypto-engine: {where}{error}")
+        return next(code for types, code in exit_codes if isinstance(error, types))
+    if args.json:
+        return _report(json.dumps(report), sys.stdout)
+    return _report(", ".join(f"{k} {v}" for k, v in report.items()), sys.stdout)
+
+
+def _pme_store_commands(args: argparse.Namespace) -> int:
+    """inventory/reencrypt --pme: files per key version, files moved (docs/pme.md)."""
+    from . import reencrypt as jobs
+    from .keys import KeyProviderError
+    from .service import ServiceConfigurationError
+
+    given = [option for option, value in (
+        ("--column", args.column), ("--sealed", args.sealed), ("--aad", args.aad),
+        ("--table", args.table), ("--key", args.key), ("--index", getattr(args, "indexes", [])),
+        ("--dask", args.dask), ("--workers", args.workers), ("--partitions", args.partitions))
+        if value]
+    try:
+        if given:
+            raise InvalidArgument(f"--pme moves whole files; it takes no {', '.join(given)}")
+        store = jobs.PmeStore.from_url(args.store)
+        with _Bar("files", desc=args.command) as bar:
+            progress = bar.reach if bar.live else None
+            if args.command == "inventory":
+                report: Any = jobs.inventory_pme(store, progress=progress)
+            else:
+                report = jobs.reencrypt_pme(store, progress=progress)
+    except InvalidArgument as exc:
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_USAGE
+    except OSError as exc:  # FileUnreadable too: a file or directory of the store
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_IO
+    except (EngineError, KeyProviderError, ServiceConfigurationError) as exc:
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_BACKEND
+    except jobs.ReencryptionInterrupted as stopped:
+        if args.json:
+            print(json.dumps(stopped.report.to_dict()))
+        _say(f"crypto-engine {args.command}: interrupted after {stopped.report.reencrypted} "
+             "file(s) moved; every file is either moved or as it was: run it again to resume")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _say(f"crypto-engine {args.command}: interrupted")
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        versions = ", ".join(f"v{v}: {n}" for v, n in sorted(report.versions.items()))
+        print(f"{report.store}: {report.files} files; by key version: {versions or 'none'}; "
+              f"not PME {report.plain}, other master keys {report.foreign}, unreadable "
+              f"{len(report.failures)}")
+        for path, why in report.failures[:20]:
+            print(f"  failed: {path}: {why}")
+        if args.command == "reencrypt":
+            print(f"target v{report.target_version}: re-encrypted {report.reencrypted}, already "
+                  f"current {report.already_current}, changed meanwhile {report.changed}")
+        else:
+            print(f"current v{report.current_version}: " + (
+                "every file is under it" if report.all_current() else
+                "some files are not under it (crypto-engine reencrypt --pme moves them)"))
+    return EXIT_CHECK_FAILED if report.failures else EXIT_OK
 
 
 def _say(line: str) -> None:

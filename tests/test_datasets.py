@@ -25,7 +25,6 @@ from engine.service import reset_encryption_service
 
 TEMPLATE = "users:{id}:{column}"
 MASTER = "datasets-master-key-0123456789-abcdefgh"
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 
 
 @pytest.fixture
@@ -305,30 +304,28 @@ def test_ctrl_c_one_line_exit_130_then_resume(env, tmp_path):
 
 # ---------------------------------------------------------------- Dask
 
-def _doc_blocks():
-    return re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
-
-
-def test_dask_local_cluster_runs_the_documented_recipe(env, tmp_path, monkeypatch):
-    from distributed import LocalCluster
+def test_dask_local_cluster_over_a_multi_file_dataset(env, tmp_path):
+    """The files as tasks on a real LocalCluster of worker processes (docs/datasets.md's
+    recipe, whose block tests/test_docs.py runs as written), with the job's record, layout and
+    report as with local workers."""
+    from distributed import Client, LocalCluster
 
     src = make_dataset(tmp_path / "in", files=6, rows=400)
-    monkeypatch.chdir(tmp_path)  # the recipe's paths: in/, encrypted/, decrypted/
-    blocks = _doc_blocks()
-    assert len(blocks) == 2
+    enc, dec = tmp_path / "encrypted", tmp_path / "decrypted"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster:
-        namespace = {"scheduler_address": cluster.scheduler_address}
-        for block in blocks:
-            exec(compile(block, str(DOCS), "exec"), namespace)  # noqa: S102
-    report = namespace["report"]
-    assert report.ok and {f.status for f in report.files} == {"written", "ignored"}
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        report = datasets.encrypt_dataset(str(src), str(enc), ["email"], aad_template=TEMPLATE,
+                                          executor=client.get_executor())
+        ran_on = {w["id"] for w in client.scheduler_info()["workers"].values()}
+        back = datasets.decrypt_dataset(str(enc), str(dec), ["email"], aad_template=TEMPLATE,
+                                        executor=client.get_executor())
+    assert len(ran_on) == 2
+    assert report.ok and back.ok and {f.status for f in report.files} == {"written", "ignored"}
     data = [f.path for f in report.files if f.status == "written"]
-    assert len(data) == 7
+    assert len(data) == 7 and tree(enc) == tree(dec) == data
     for f in data:
-        assert read(tmp_path / "decrypted" / f).equals(read(src / f))
-        assert not read(tmp_path / "encrypted" / f).column("email").equals(
-            read(src / f).column("email"))
+        assert read(dec / f).equals(read(src / f))
+        assert b"@example.com" not in (enc / f).read_bytes()
 
 
 def test_a_worker_with_another_key_encrypts_nothing(env, tmp_path, monkeypatch):

@@ -22,9 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import engine
 from engine import EncryptionService, FieldEncryption, StaticKeyProvider, metrics, tables, tls
+from engine.errors import ERROR_TYPES
 from engine.keys.base import GCM_RANDOM_IV_LIMIT
 from engine.metrics import SEED_ALIASES, EngineMetrics, PushFailed
-from engine.refusals import ERROR_TYPES, error_type_of
+from engine.refusals import error_type_of
 from engine.stream import FileEncryption, NotAnEngineFile
 
 K1, K2, K3 = os.urandom(32), os.urandom(32), os.urandom(32)

@@ -30,7 +30,8 @@ from vault_ha_support import AnswerLosingProxy, RequestLog, cluster_provider, st
 from engine import EncryptionService
 from engine.keys.base import KeyState, UnknownKeyVersion
 from engine.metrics import EngineMetrics
-from engine.testing.openbao import BaoCluster, BaoNotFound
+from engine.testing.openbao import BaoNotFound
+from engine.testing.openbao_cluster import BaoCluster
 from engine.vault import (
     SecretVersionConflict,
     VaultKeyProvider,
@@ -117,7 +118,7 @@ def test_a_test_runner_killed_outright_leaves_no_server_running(tmp_path):
     script = tmp_path / "runner.py"
     script.write_text(
         "import os, sys\n"
-        "from engine.testing.openbao import BaoCluster\n"
+        "from engine.testing.openbao_cluster import BaoCluster\n"
         "c = BaoCluster(1).start()\n"
         "print(c.nodes[0].pid, c.directory, flush=True)\n"
         "os.kill(os.getpid(), 9)  # no atexit, no finally\n")

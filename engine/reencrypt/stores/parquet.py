@@ -20,10 +20,11 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ...atomic_file import name_temporary, open_temporary
 from ..errors import ColumnNotFound, FileUnreadable, StoreUnavailable, TableNotFound, UnsupportedFile
+from ..report import PartitionResult
 from ..spec import Column, row_fields
 from .sql import Partition
 
@@ -163,9 +164,11 @@ class ParquetStore:
                 raise
         return total
 
-    def partitions(self, done: set[str]) -> list[Partition]:
-        """One partition per file not in ``done``."""
-        return [Partition(i, file=f) for i, f in enumerate(self.files()) if f not in done]
+    def partitions(self, done: Mapping[str, PartitionResult]) -> list[Partition]:
+        """One partition per file; those in ``done`` (an earlier run of the job finished them)
+        are marked finished and carry what that run found in them."""
+        return [Partition(i, file=f, finished=f in done, earlier=done.get(f))
+                for i, f in enumerate(self.files())]
 
     # ---- progress ----
 
@@ -177,23 +180,28 @@ class ParquetStore:
         ident = hashlib.sha256(f"{os.path.abspath(self.path)}\0{job}".encode()).hexdigest()[:16]
         return self.directory / f"{stem}.{ident}.json"
 
-    def load_progress(self, job: str) -> set[str]:
-        """The files an earlier run of ``job`` finished."""
+    def load_progress(self, job: str) -> dict[str, PartitionResult]:
+        """The files an earlier run of ``job`` finished, each with what it found there (its
+        counts and failures, so that a resumed job reports the whole dataset)."""
         path = self.progress_path(job)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            return set()
+            return {}
         except (ValueError, UnicodeDecodeError):
             data = None
-        if not isinstance(data, dict) or not isinstance(data.get(job, []), list):
+        try:
+            if not isinstance(data, dict) or not isinstance(data.get(job, {}), dict):
+                raise ValueError("not a checkpoint")
+            return {str(f): PartitionResult.from_json(r) for f, r in data.get(job, {}).items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise StoreUnavailable(f"the checkpoint {path} is corrupt; remove it to start the "
-                                   "job over")
-        return set(data.get(job, []))
+                                   "job over") from None
 
-    def save_progress(self, job: str, done: set[str]) -> None:
-        """Records the files of ``job`` done so far (atomically: temp file, fsync, rename)."""
-        write_atomically(self.progress_path(job), json.dumps({job: sorted(done)}, indent=0).encode())
+    def save_progress(self, job: str, done: Mapping[str, PartitionResult]) -> None:
+        """Records the files of ``job`` done so far with what each held (atomically)."""
+        doc = {job: {f: done[f].to_json() for f in sorted(done)}}
+        write_atomically(self.progress_path(job), json.dumps(doc, indent=0).encode())
 
     def forget(self, job: str) -> None:
         try:
