@@ -202,6 +202,17 @@ def test_a_value_that_does_not_authenticate_is_named_by_file(env, tmp_path):
     assert [f["status"] for f in out["files"]] == ["written", "failed", "written"]
     assert "b.csv" in r.stderr and "row index 3" in r.stderr
     assert not (tmp_path / "dec" / "b.csv").exists()
+    # a rerun checks the plaintext outputs (read whole, the rows recorded) and skips them
+    r = cli("decrypt-columns", enc, tmp_path / "dec", "--column", "email", "--json", env=env)
+    assert r.returncode == 1
+    assert [f["status"] for f in json.loads(r.stdout)["files"]] == ["skipped", "failed",
+                                                                     "skipped"]
+    # one of them cut short (a copy tool's doing, say): written again
+    (tmp_path / "dec" / "c.csv").write_text("id,email,city\n")
+    r = cli("decrypt-columns", enc, tmp_path / "dec", "--column", "email", "--json", env=env)
+    assert [f["status"] for f in json.loads(r.stdout)["files"]] == ["skipped", "failed",
+                                                                     "written"]
+    assert read(tmp_path / "dec" / "c.csv").equals(read(src / "c.csv"))
 
 
 def test_workers_chosen_by_the_job(env, tmp_path, monkeypatch):
