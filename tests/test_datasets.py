@@ -21,6 +21,7 @@ import pytest
 
 import engine
 from engine import datasets, tables
+from engine.blind_index import IndexDefinition
 from engine.service import reset_encryption_service
 
 TEMPLATE = "users:{id}:{column}"
@@ -394,3 +395,22 @@ def test_one_progress_bar_over_the_rows_of_the_whole_dataset(env, tmp_path):
     text = shown.decode(errors="replace")
     assert "encrypt-columns" in text and "1000/1000" in text and "rows" in text
     assert len(set(re.findall(r"\d+/(\d+)", text))) == 1  # one bar, one total throughout
+
+
+def test_blind_indexes_beside_every_file_on_workers(env, tmp_path, monkeypatch):
+    """`--index` over a dataset: each worker derives the index key from the job's provider, so
+    an address has one index value in every file, whichever process wrote it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):  # the same 100 addresses in every file
+        pq.write_table(users(100), src / f"part-{i}.parquet")
+    monkeypatch.setattr(datasets, "SMALL_DATASET_BYTES", 0)
+    monkeypatch.setattr(datasets, "_cores_taken_by_others", lambda: 0.0)
+    index = IndexDefinition.parse("email_idx=email:email", "users")
+    report = datasets.encrypt_dataset(str(src), str(tmp_path / "enc"), ["email"], workers=2,
+                                      blind_indexes=[index])
+    assert report.ok and report.workers == 2
+    columns = [pq.read_table(tmp_path / "enc" / f"part-{i}.parquet").column("email_idx")
+               for i in range(4)]
+    assert all(c.equals(columns[0]) for c in columns) and columns[0].null_count == 9
+    assert len(set(columns[0].drop_null().to_pylist())) == 91
