@@ -518,6 +518,23 @@ def _share(pool: concurrent.futures.ProcessPoolExecutor, in_pool: int,
             pending.clear()  # nothing more is sent to the workers
 
 
+def _one_file(src: str, dst: str, columns: list[str], encrypt: bool, aad_template: str | None,
+              file_format: str | None, service: EncryptionService | None, blind_indexes: Any,
+              start: float) -> DatasetReport:
+    """A single file into the file ``dst``, reported like a dataset of one file (its errors
+    are raised, as the per-file functions raise them)."""
+    from .tables import decrypt_columns_file, encrypt_columns_file
+
+    options = {"blind_indexes": blind_indexes} if encrypt else {}
+    run = encrypt_columns_file if encrypt else decrypt_columns_file
+    done = run(src, dst, columns, aad_template=aad_template, file_format=file_format,
+               service=service, **options)
+    report = DatasetReport("encrypt-columns" if encrypt else "decrypt-columns", src, dst,
+                           columns, 1, [FileReport(os.path.basename(src), "written", done["rows"])])
+    report.seconds = time.perf_counter() - start
+    return report
+
+
 def _run(src: Any, dst: str, columns: str | Sequence[str], encrypt: bool, *,
          aad_template: str | None, file_format: str | None, workers: int,
          service: EncryptionService | None,
@@ -530,8 +547,8 @@ def _run(src: Any, dst: str, columns: str | Sequence[str], encrypt: bool, *,
     if isinstance(src, (str, os.PathLike)):
         src = os.fspath(src)
         if not os.path.isdir(src):
-            raise InvalidArgument(f"{src} is not a directory (a single file goes to "
-                                  "engine.tables.encrypt_columns_file)")
+            return _one_file(src, os.fspath(dst), columns, encrypt, aad_template, file_format,
+                             service, blind_indexes, start)
         root, files = src, dataset_files(src, file_format)
     else:
         root, files = _from_dataset(src)
@@ -616,7 +633,8 @@ def encrypt_dataset(src: Any, dst: str, columns: str | Sequence[str], *,
 
     Args:
         src: a directory (hive partitions included) or a ``pyarrow.dataset.FileSystemDataset``
-            of Parquet or CSV files on the local disk.
+            of Parquet or CSV files on the local disk; or one file (then ``dst`` is a file,
+            and its errors are raised as :func:`engine.tables.encrypt_columns_file` raises them).
         dst: the output directory (made if missing), outside ``src``.
         columns, aad_template, blind_indexes: as :func:`engine.tables.encrypt_columns_file`
             takes them, for every file (with workers or an executor, blind indexes as

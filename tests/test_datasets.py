@@ -23,6 +23,7 @@ import engine
 from engine import datasets, tables
 from engine.blind_index import IndexDefinition
 from engine.service import reset_encryption_service
+from engine.tables import TableFileInvalid
 
 TEMPLATE = "users:{id}:{column}"
 MASTER = "datasets-master-key-0123456789-abcdefgh"
@@ -135,6 +136,19 @@ def test_hive_partitions_through_the_cli_with_workers(env, tmp_path):
         r = cli("encrypt-columns", src, tmp_path / "refused", *args, env=env)
         assert r.returncode == 2 and "partition key" in r.stderr
         assert not (tmp_path / "refused").exists()
+
+
+def test_one_file_through_the_dataset_api(env, tmp_path):
+    pq.write_table(users(300), tmp_path / "one.parquet")
+    report = datasets.encrypt_dataset(tmp_path / "one.parquet", tmp_path / "one.enc.parquet",
+                                      "email")
+    assert [(f.path, f.status, f.rows) for f in report.files] == [("one.parquet", "written", 300)]
+    back = datasets.decrypt_dataset(str(tmp_path / "one.enc.parquet"),
+                                    str(tmp_path / "back.parquet"), "email")
+    assert back.ok and pq.read_table(tmp_path / "back.parquet").equals(users(300))
+    with pytest.raises(TableFileInvalid):  # a single file's error is raised, as tables raises it
+        datasets.decrypt_dataset(str(tmp_path / "one.parquet"), str(tmp_path / "x.parquet"),
+                                 "email", file_format="csv")
 
 
 def test_refusals_exit_2(env, tmp_path):
