@@ -26,6 +26,7 @@ bench-check: setup asv-run bench-gate-short
 	$(BIN)/python -m bench.bench_files --quick
 	$(BIN)/python -m bench.bench_index --quick
 	$(BIN)/python -m bench.bench_reencrypt --quick
+	$(BIN)/python -m bench.bench_datasets --quick
 	$(BIN)/python -m bench.bench_pme --quick
 
 system-deps:

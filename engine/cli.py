@@ -351,14 +351,19 @@ def _add_data_commands(sub: Any) -> None:
     for name, what in (("encrypt-columns", "encrypt columns of a Parquet or CSV file"),
                        ("decrypt-columns", "decrypt columns made by 'encrypt-columns'")):
         cmd = sub.add_parser(name, help=what)
-        cmd.add_argument("input", metavar="IN", help="a .parquet or .csv file")
-        cmd.add_argument("output", metavar="OUT", help="written only once complete")
+        cmd.add_argument("input", metavar="IN", help="a .parquet or .csv file, or a dataset "
+                                                     "directory (hive partitions included)")
+        cmd.add_argument("output", metavar="OUT", help="written only once complete (for a "
+                                                       "directory: one of the same layout)")
+        cmd.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="a directory's files on up to N processes (the job may use "
+                              "fewer); an interrupted run resumes")
         cmd.add_argument("--column", action="append", required=True, dest="columns",
                          help="a column to encrypt (repeat for several)")
         cmd.add_argument("--aad-template", default=None, metavar="TEMPLATE",
                          help="per-row associated data, e.g. 'users:{id}:{column}'")
         cmd.add_argument("--format", choices=("parquet", "csv"), default=None,
-                         help="default: from IN's extension")
+                         help="default: from the file's extension")
         cmd.add_argument("--delimiter", default=",", metavar="CHAR",
                          help="CSV: the field delimiter (default ,)")
         cmd.add_argument("--quote", default='"', metavar="CHAR",
@@ -398,7 +403,8 @@ def _data_commands(args: argparse.Namespace, run: Any) -> int:
         return run(args, interrupts)
     except KeyboardInterrupt:
         left = ("the output on stdout is incomplete" if getattr(args, "output", None) == "-"
-                else "no output file was left")
+                else "the files written stay; run it again to resume"
+                if os.path.isdir(getattr(args, "input", "")) else "no output file was left")
         _say(f"crypto-engine: interrupted; {left}")
         return interrupts.interrupted(EXIT_INTERRUPTED)
     finally:
@@ -413,6 +419,8 @@ def _load_data_commands(command: str) -> None:
     if command.endswith("-columns"):
         import pyarrow.csv  # noqa: F401
         import pyarrow.parquet  # noqa: F401
+
+        from . import datasets  # noqa: F401
 
 
 def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
@@ -438,6 +446,10 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
                              progress=bar.advance if bar.live else None, fsync=args.fsync,
                              before_commit=interrupts.commit)
             report = result.to_dict()
+        elif args.workers < 1:
+            raise InvalidArgument("--workers must be at least 1")
+        elif os.path.isdir(args.input):
+            return _dataset_command(args, interrupts, exit_codes)
         else:
             from .tables import CsvDialect, decrypt_columns_file, encrypt_columns_file
 
@@ -463,6 +475,33 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     if report_to is sys.stdout:
         return _report(", ".join(f"{k} {v}" for k, v in report.items()), report_to)
     return EXIT_OK
+
+
+def _dataset_command(args: argparse.Namespace, interrupts: Any, exit_codes: Any) -> int:
+    """encrypt-columns/decrypt-columns over a directory: every file, one progress bar over the
+    rows, failures named per file with the rest done; the exit code is that of the first file
+    that failed, in path order."""
+    from .datasets import decrypt_dataset, encrypt_dataset
+
+    options = ({"blind_indexes": _index_definitions(args)}
+               if args.command == "encrypt-columns" else {})
+    run = encrypt_dataset if args.command == "encrypt-columns" else decrypt_dataset
+    with _Bar("rows", desc=args.command) as bar:
+        report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
+                     file_format=args.format, workers=args.workers,
+                     progress=lambda done, total: bar.reach(done, total), **options)
+    interrupts.commit()  # the work is done: a Ctrl-C from now on changes nothing
+    for failed in report.failed:
+        where = "" if failed.path in str(failed.error) else f"{args.input}/{failed.path}: "
+        _say(f"crypto-engine: {where}{failed.error}")
+    code = next((code for f in report.failed[:1] for types, code in exit_codes
+                 if isinstance(f.error, types)), EXIT_OK)
+    summary = report.to_dict()
+    if args.json:
+        printed = _report(json.dumps(summary), sys.stdout)
+    else:
+        printed = _report(", ".join(f"{k} {v}" for k, v in summary["totals"].items()), sys.stdout)
+    return code or printed
 
 
 def _add_pme_arguments(sub: Any) -> None:
@@ -503,7 +542,8 @@ def _check_columns_usage(parser: argparse.ArgumentParser, args: argparse.Namespa
     options = (("--aad-template", args.aad_template), ("--format csv", args.format == "csv"),
                ("--index", getattr(args, "indexes", None)),
                ("--index-table", getattr(args, "index_table", None)),
-               ("--column", args.command == "decrypt-columns" and args.columns))
+               ("--column", args.command == "decrypt-columns" and args.columns),
+               ("--workers", args.workers != 1))
     refused = [option for option, given in options if given]
     if refused:  # PME has no per-row associated data, and decrypts whole files
         parser.error(f"{args.command} --pme does not take {', '.join(refused)}")
