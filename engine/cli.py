@@ -543,7 +543,9 @@ def _check_columns_usage(parser: argparse.ArgumentParser, args: argparse.Namespa
                ("--index", getattr(args, "indexes", None)),
                ("--index-table", getattr(args, "index_table", None)),
                ("--column", args.command == "decrypt-columns" and args.columns),
-               ("--workers", args.workers != 1))
+               ("--workers", args.workers != 1),
+               ("--delimiter", args.delimiter != ","), ("--quote", args.quote != '"'),
+               ("--no-header", not args.header))
     refused = [option for option, given in options if given]
     if refused:  # PME has no per-row associated data, and decrypts whole files
         parser.error(f"{args.command} --pme does not take {', '.join(refused)}")

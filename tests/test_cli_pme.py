@@ -86,6 +86,9 @@ def test_refusals_and_their_exit_codes(tmp_path, key_env, plain):
              ("encrypt-columns", path, out, "--plaintext-footer", "--column", "email"),
              ("encrypt-columns", path, out),
              ("encrypt-columns", path, out, "--pme", "--aad-template", "x:{id}"),
+             ("encrypt-columns", path, out, "--pme", "--workers", "2"),
+             ("encrypt-columns", path, out, "--pme", "--delimiter", ";"),
+             ("decrypt-columns", enc, out, "--pme", "--no-header"),
              ("decrypt-columns", enc, out, "--pme", "--column", "email"),
              ("encrypt-columns", tmp_path, out, "--pme")]
     for args in usage:
