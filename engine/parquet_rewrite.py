@@ -116,7 +116,7 @@ class RewriteResult:
 def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
                     columns: Collection[str], types: Mapping[str, Any] | None = None,
                     statistics: bool | None = None, dictionary: bool | None = None,
-                    lazy: bool = True, use_threads: bool = True,
+                    codec: str | None = None, lazy: bool = True, use_threads: bool = True,
                     metadata: Mapping[bytes, bytes] | None = None) -> RewriteResult:
     """Writes ``target``: ``source`` with the columns in ``columns`` replaced, row group by
     row group, by what ``transform`` returns, and everything else kept (see the module
@@ -136,6 +136,9 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
             whose type and field metadata the column takes.
         statistics, dictionary: write statistics, or dictionary-encode, the columns in
             ``columns`` (None: as the source did; ciphertexts gain nothing from either).
+        codec: the codec of the columns in ``columns``: None, the source's; ``"NONE"`` for
+            ciphertexts, which do not compress (a codec only costs time); ``"OTHERS"``, the
+            codec most of the other columns use (to compress plaintexts again).
         lazy: write nothing (and leave ``target`` alone) unless some row group changes.
         use_threads: let pyarrow decode with several threads.
         metadata: the key-value metadata to write in place of the source's (e.g. its pandas
@@ -186,6 +189,17 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
                 listed = options.get(key, leaves)
                 options[key] = [p for p in leaves if (p in mine and wanted)
                                 or (p not in mine and p in listed)]
+        if codec is not None and isinstance(options.get("compression"), dict):
+            codecs = options["compression"]
+            chosen = codec
+            if codec == "OTHERS":
+                others = [c for p, c in codecs.items() if p not in mine]
+                chosen = max(set(others), key=others.count) if others else "NONE"
+            options["compression"] = {p: (chosen if p in mine else c) for p, c in codecs.items()}
+            options["compression_level"] = {p: v for p, v in options.get(
+                "compression_level", {}).items() if p not in mine} or None
+            if options["compression_level"] is None:
+                del options["compression_level"]
         for index in range(meta.num_row_groups):
             table = _read_group(reader, index, use_threads)
             new = transform(index, table)

@@ -948,7 +948,8 @@ def _open_parquet(source: _InputFile) -> Any:
 def _rewrite_parquet(source: _InputFile, out: Any, columns: list[str], transform: Any,
                      encrypt: bool) -> tuple[int, int]:
     """The file rewritten by :func:`engine.parquet_rewrite.rewrite_parquet`: only ``columns``
-    change (binary, without dictionary or statistics when encrypted); codecs and levels, row
+    change (binary, uncompressed, without dictionary or statistics when encrypted: ciphertexts
+    gain nothing from them); codecs and levels, row
     groups, encodings, statistics, key-value metadata and sort order of the others are kept."""
     pa = _pa()
     reader = _open_parquet(source)
@@ -988,7 +989,8 @@ def _rewrite_parquet(source: _InputFile, out: Any, columns: list[str], transform
     try:
         rewrite_parquet(source.path, out, one_group, columns=names, types=types,
                         statistics=False if encrypt else None,
-                        dictionary=False if encrypt else None, lazy=False, metadata=metadata)
+                        dictionary=False if encrypt else None,
+                        codec="NONE" if encrypt else "OTHERS", lazy=False, metadata=metadata)
     except ParquetUnreadable as exc:
         error = restated(TableFileInvalid(f"{source.path}: {exc}"), exc)
     else:
