@@ -28,6 +28,8 @@ bench-check: setup asv-run bench-gate-short
 	$(BIN)/python -m bench.bench_reencrypt --quick
 	$(BIN)/python -m bench.bench_datasets --quick
 	$(BIN)/python -m bench.bench_pme --quick
+	$(BIN)/python -m bench.bench_tables --rows 20000 --rounds 1
+	$(BIN)/python -m bench.bench_column_types --quick
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
