@@ -10,61 +10,67 @@ over data above them (``engine.stream``).
 
 # First: while `crypto-engine` starts, Ctrl-C ends it cleanly (for a library user, nothing).
 from . import _interrupts  # noqa: F401
-from .aead import AesGcm, backend_info, random_bytes
-from .batch import Batch, SealedBatch
-from .blind_index import BlindIndex, BlindIndexes
-from .envelope import (
-    EncryptedData,
-    EnvelopeError,
-    InvalidBase64,
-    InvalidLength,
-    MalformedEnvelope,
-    UnknownFormat,
-)
-from .errors import (
-    BackendUnavailable,
-    BatchInvalidTag,
-    EngineError,
-    InvalidArgument,
-    InvalidArgumentType,
-    InvalidTag,
-    MessageTooLong,
-    NativeError,
-)
-from .fields import FieldEncryption
-from .keys import (
-    EnvironmentKeyProvider,
-    KeyState,
-    KeyVersionNotUsable,
-    StaticKeyProvider,
-    UnknownKeyVersion,
-)
-from .rotation import (
-    KeyRotationService,
-    RotationFailed,
-    RotationPolicy,
-    RotationResult,
-    get_key_rotation_service,
-)
-from .service import (
-    EncryptionService,
-    ServiceConfigurationError,
-    get_encryption_service,
-    reset_encryption_service,
-)
-from .xaes import XAesGcm
+
+_EXPORTS = {  # name -> the module that defines it, imported on first use
+    "AesGcm": "aead",
+    "backend_info": "aead",
+    "random_bytes": "aead",
+    "Batch": "batch",
+    "SealedBatch": "batch",
+    "BlindIndex": "blind_index",
+    "BlindIndexes": "blind_index",
+    "EncryptedData": "envelope",
+    "EnvelopeError": "envelope",
+    "InvalidBase64": "envelope",
+    "InvalidLength": "envelope",
+    "MalformedEnvelope": "envelope",
+    "UnknownFormat": "envelope",
+    "BackendUnavailable": "errors",
+    "BatchInvalidTag": "errors",
+    "EngineError": "errors",
+    "InvalidArgument": "errors",
+    "InvalidArgumentType": "errors",
+    "InvalidTag": "errors",
+    "MessageTooLong": "errors",
+    "NativeError": "errors",
+    "FieldEncryption": "fields",
+    "EnvironmentKeyProvider": "keys",
+    "KeyState": "keys",
+    "KeyVersionNotUsable": "keys",
+    "StaticKeyProvider": "keys",
+    "UnknownKeyVersion": "keys",
+    "KeyRotationService": "rotation",
+    "RotationFailed": "rotation",
+    "RotationPolicy": "rotation",
+    "RotationResult": "rotation",
+    "get_key_rotation_service": "rotation",
+    "EncryptionService": "service",
+    "ServiceConfigurationError": "service",
+    "get_encryption_service": "service",
+    "reset_encryption_service": "service",
+    "XAesGcm": "xaes",
+    "VaultKeyProvider": "vault",  # needs hvac (the `vault` extra)
+    "VaultSecrets": "vault",
+}
 
 __version__ = "0.1.0"
 
-_LAZY = {"VaultKeyProvider": "vault", "VaultSecrets": "vault"}  # need hvac (`vault` extra)
-
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    """The public names load their modules when first used: ``import engine`` (and the command
+    line's ``--help``) loads neither the native library nor numpy."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 __all__ = [

@@ -18,16 +18,20 @@ import sys
 import time
 from typing import Any, Sequence
 
-import numpy as np
-
-from . import AesGcm, BackendUnavailable, Batch, EngineError, InvalidArgument, backend_info
+from . import __version__
+from .errors import BackendUnavailable, EngineError, InvalidArgument
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND, EXIT_BUSY = 0, 1, 2, 3, 4
 EXIT_IO, EXIT_INTERRUPTED = 5, 130
 
 
-def sample_records(count: int, min_size: int, max_size: int, seed: int = 0) -> Batch:
-    """A reproducible sample data set: ``count`` random records of ``min_size..max_size`` bytes."""
+def sample_records(count: int, min_size: int, max_size: int, seed: int = 0) -> Any:
+    """A reproducible sample data set: ``count`` random records of ``min_size..max_size`` bytes
+    (a :class:`~engine.Batch`)."""
+    import numpy as np
+
+    from .batch import Batch
+
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min_size, max_size + 1, count, dtype=np.int64)
     offsets = np.zeros(count + 1, dtype=np.int64)
@@ -82,6 +86,8 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
 
 def _demo(progress: "_Bar", count: int, min_size: int, max_size: int, backend: str | None,
           compare: bool) -> dict[str, Any]:
+    from .aead import AesGcm, backend_info
+
     batch = sample_records(count, min_size, max_size)
     key = AesGcm.generate_key()
     aead = AesGcm(key, backend=backend)
@@ -169,18 +175,60 @@ def _audit_head(text: str) -> Any:
     raise argparse.ArgumentTypeError(problem)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="crypto-engine", description="AES-256-GCM encryption engine")
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help texts given as a function are computed when help is shown: the text of an option
+    that needs a heavy module (numpy, say) costs nothing to a command that does not show it."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if callable(action.help):
+            action.help = action.help()
+        return super()._format_action(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _epilog() -> str:
+    from .env_vars import VARIABLES
+
+    return ("environment: " + ", ".join(v.name for v in VARIABLES) + ". 'crypto-engine env' "
+            "says what each means and its default (also docs/environment.md).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (every option has a help text; a test checks)."""
+    parser = _Parser(prog="crypto-engine", description="AES-256-GCM encryption engine",
+                     epilog=_epilog())
+    parser.add_argument("--version", action="version", version=f"crypto-engine {__version__}",
+                        help="print the version and exit")
     parser.add_argument(
         "--backend", default=None, help="ipsec-mb or openssl (default: $ENGINE_BACKEND, else the fastest)"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = sub.add_parser("info", help="show the native backend in use")
     info.add_argument("--json", action="store_true", help="print JSON")
+    env = sub.add_parser("env", help="list the environment variables the engine reads",
+                         description="every environment variable the engine reads: meaning "
+                                     "and default")
+    env.add_argument("--json", action="store_true", help="print JSON")
+    env.add_argument("--markdown", action="store_true",
+                     help="print docs/environment.md (the same table)")
+    completion = sub.add_parser(
+        "completion", help="print the shell's tab-completion hook",
+        description="print the tab-completion hook for SHELL: eval \"$(crypto-engine "
+                    "completion bash)\" in ~/.bashrc (argcomplete)")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish", "tcsh"),
+                            help="the shell the hook is for")
     demo = sub.add_parser("demo", help="encrypt and decrypt a generated data set and compare with cryptography")
-    demo.add_argument("--records", type=int, default=1_000_000)
-    demo.add_argument("--min-size", type=int, default=16)
-    demo.add_argument("--max-size", type=int, default=256)
+    demo.add_argument("--records", type=int, default=1_000_000, metavar="N",
+                      help="records in the data set (default 1,000,000)")
+    demo.add_argument("--min-size", type=int, default=16, metavar="BYTES",
+                      help="smallest record (default 16)")
+    demo.add_argument("--max-size", type=int, default=256, metavar="BYTES",
+                      help="largest record (default 256)")
     demo.add_argument("--no-compare", action="store_true", help="skip the cryptography comparison")
     demo.add_argument("--json", action="store_true", help="print JSON")
     rotate = sub.add_parser("rotate", help="rotate the keys of the configured provider (see README)")
@@ -188,10 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="rotate only when the interval or the usage limit says so")
     rotate.add_argument("--json", action="store_true", help="print JSON")
     sched = sub.add_parser("rotation-scheduler", help="check on an interval and rotate when needed")
-    sched.add_argument("--check-every", type=_positive_seconds, default=3600.0, metavar="SECONDS")
+    sched.add_argument("--check-every", type=_positive_seconds, default=3600.0, metavar="SECONDS",
+                       help="seconds between checks of the rotation policy (default 3600)")
     sched.add_argument("--max-checks", type=int, default=None, help="stop after this many checks")
     verify = sub.add_parser("audit-verify", help="check an audit log's HMAC chain")
-    verify.add_argument("path")
+    verify.add_argument("path", help="the audit log ($ENGINE_AUDIT_LOG)")
     verify.add_argument("--expect-head", type=_audit_head, metavar="SEQ:MAC",
                         help="an entry the log must still hold: the head printed by an earlier run "
                              "and kept elsewhere")
@@ -199,11 +248,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_data_commands(sub)
     _add_reencryption_commands(sub)
     _add_metrics_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    if argv is None and "_ARGCOMPLETE" in os.environ:  # the shell asks for completions
+        import argcomplete
+
+        argcomplete.autocomplete(parser)  # prints them and exits
     args = parser.parse_args(argv)
     return _with_metrics(args, lambda: _run(parser, args))
 
 
+def _env_command(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from . import env_vars
+
+    if args.json:
+        print(json.dumps([asdict(v) for v in env_vars.VARIABLES]))
+    else:
+        print(env_vars.markdown(), end="") if args.markdown else print(env_vars.text())
+    return EXIT_OK
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "env":
+        return _env_command(args)
+    if args.command == "completion":
+        import argcomplete
+
+        print(argcomplete.shellcode(["crypto-engine"], shell=args.shell), end="")
+        return EXIT_OK
     if args.command in _DATA_COMMANDS:
         return _data_commands(args)
     from ._interrupts import command_started
@@ -215,6 +292,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
             return _key_commands(args)
         if args.command == "info":
+            from .aead import backend_info
+
             data = backend_info(args.backend)
             print(json.dumps(data) if args.json else "\n".join(f"{k:9} {v}" for k, v in data.items()))
             return EXIT_OK
@@ -360,15 +439,19 @@ def _add_data_commands(sub: Any) -> None:
         cmd.add_argument("--json", action="store_true", help="print a JSON report")
 
 
-def _add_index_arguments(cmd: Any, table_metavar: str, table_help: str) -> None:
+def _index_help() -> str:
     from .blind_index import DEFAULT_EXPECTED_ROWS, NORMALIZERS, bits_for_rows
 
+    return ("a blind index to write beside the encrypted values, e.g. "
+            "email_idx=email:email or last_name+birth_year:text+digits:20 "
+            f"(normalisers: {', '.join(NORMALIZERS)}; bits default "
+            f"{bits_for_rows(DEFAULT_EXPECTED_ROWS)}); repeat for more")
+
+
+def _add_index_arguments(cmd: Any, table_metavar: str, table_help: str) -> None:
     cmd.add_argument("--index", action="append", default=[], dest="indexes",
                      metavar="[NAME=]COLUMN[+COLUMN...][:NORMALIZER[+...]][:BITS]",
-                     help="a blind index to write beside the encrypted values, e.g. "
-                          "email_idx=email:email or last_name+birth_year:text+digits:20 "
-                          f"(normalisers: {', '.join(NORMALIZERS)}; bits default "
-                          f"{bits_for_rows(DEFAULT_EXPECTED_ROWS)}); repeat for more")
+                     help=_index_help)  # computed when shown: it needs numpy
     cmd.add_argument("--index-table", metavar=table_metavar, help=table_help)
 
 
@@ -514,7 +597,9 @@ def _add_reencryption_commands(sub: Any) -> None:
         if name == "reencrypt":
             _add_index_arguments(p, "TABLE", "the table the indexes' keys are derived for "
                                              "(default: --table)")
-        p.add_argument("--batch-size", type=int, default=10_000, metavar="ROWS")
+        p.add_argument("--batch-size", type=int, default=10_000, metavar="ROWS",
+                       help="rows read, re-encrypted and committed together (default 10,000); "
+                            "the progress bar moves once per batch")
         p.add_argument("--workers", type=int, default=0,
                        help="worker processes for the cryptography (0: this process)")
         p.add_argument("--dask", metavar="ADDRESS",
