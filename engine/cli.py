@@ -754,8 +754,8 @@ def _add_job_arguments(p: Any, name: str, store_required: bool) -> None:
         _add_index_arguments(p, "TABLE", "the table the indexes' keys are derived for "
                                          "(default: --table)")
     p.add_argument("--batch-size", type=int, default=10_000, metavar="ROWS",
-                   help="rows read, re-encrypted and committed together (default 10,000); "
-                        "the progress bar moves once per batch")
+                   help="rows read together (and by reencrypt re-encrypted and committed "
+                        "together; default 10,000); the progress bar moves once per batch")
     p.add_argument("--workers", type=int, default=0,
                    help="worker processes for the cryptography (0: this process)")
     p.add_argument("--dask", metavar="ADDRESS",
