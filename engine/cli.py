@@ -290,8 +290,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _data_commands(args)
     from ._interrupts import command_started
 
-    command_started()
     try:
+        command_started()  # inside: a Ctrl-C from here on is this handler's
         if args.command in ("inventory", "reencrypt"):
             return _reencryption_commands(args)
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
@@ -314,8 +314,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"crypto-engine: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # one that came before a command's own handler
-        print(f"crypto-engine {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted_before_work(args)
     if args.json:
         print(json.dumps(result))
     else:
@@ -874,6 +873,19 @@ def _print_counts(report: Any, moved: bool) -> None:
               "--max-failures)")
 
 
+def _interrupted_before_work(args: argparse.Namespace) -> int:
+    """Ctrl-C before a command did any work: one line and, for a job given --json, its report
+    (nothing done)."""
+    job = args.command in ("inventory", "reencrypt")
+    if job and args.json:
+        print(json.dumps({"store": args.store, "table": args.table, "interrupted": True,
+                          "complete": False, "rows": 0, "columns": {}}))
+    _say(f"crypto-engine {args.command}: interrupted"
+         + (" before any row was read" if job else "")
+         + ("; nothing was changed" if args.command == "reencrypt" else ""))
+    return EXIT_INTERRUPTED
+
+
 def _reencryption_commands(args: argparse.Namespace) -> int:
     from . import reencrypt as jobs
     from .keys import KeyProviderError
@@ -914,13 +926,7 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:  # before the job started its work
-        if args.json:
-            print(json.dumps({"store": args.store, "table": args.table, "interrupted": True,
-                              "complete": False, "rows": 0, "columns": {}}))
-        print(f"crypto-engine {args.command}: interrupted before any row was read"
-              + ("; nothing was changed" if args.command == "reencrypt" else ""),
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted_before_work(args)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
