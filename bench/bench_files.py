@@ -328,16 +328,26 @@ def pipe_case(size: int, rounds: int, workdir: str) -> dict[str, Any]:
 
 
 def loop_encrypt_columns(table: Any, names: list[str]) -> Any:
-    """pyarrow and a cryptography loop producing the tokens and table that
-    ``tables.encrypt_columns`` makes (key version 1 of ``KEY``)."""
+    """pyarrow and a cryptography loop producing the values and table that
+    ``tables.encrypt_columns`` makes (the column format of docs/column-format.md, key version 1
+    of ``KEY``, string columns)."""
     import pyarrow as pa
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from bench.bench_service import loop_encrypt
+    from engine.columns import type_descriptor
+    from engine.columns.format import column_aad
 
+    enc, urandom = AESGCM(KEY).encrypt, os.urandom
     for name in names:
-        tokens = loop_encrypt(table.column(name).to_pylist(), 1)
+        descriptor = type_descriptor(table.schema.field(name).type)
+        header = bytes([0xC0, 1, len(descriptor)]) + descriptor
+        aad = column_aad(0, 1, name, descriptor)
+        sealed = []
+        for v in table.column(name).to_pylist():
+            nonce = urandom(12)
+            sealed.append(header + nonce + enc(nonce, v.encode(), aad))
         table = table.set_column(table.schema.get_field_index(name), name,
-                                 pa.array(tokens, pa.large_string()))
+                                 pa.array(sealed, pa.large_binary()))
     return table
 
 

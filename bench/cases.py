@@ -14,7 +14,7 @@ Adding a case is one decorated function that builds a :class:`Pair`::
         ...                                   # set-up, outside the timing
         return Pair(engine=lambda: ..., reference=lambda: ...)
 
-then ``python -m bench.gate --update --case reencrypt-sqlite`` records its baseline entry.
+then ``python -m bench.gate --calibrate --case reencrypt-sqlite`` records its baseline entry.
 """
 
 from __future__ import annotations

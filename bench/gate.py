@@ -10,12 +10,20 @@ regresses only if that second measurement falls below the band too.
     python -m bench.gate                      # every case; table, exit 0 or 1
     python -m bench.gate --short              # the cases make test runs
     python -m bench.gate --chart gate.png     # also a PNG of the ratios against their bands
-    python -m bench.gate --update             # re-record the baseline (see bench/README.md)
-    python -m bench.gate --update --case NAME # record or re-record one case only
+    python -m bench.gate --calibrate          # record this machine's baseline (bench/README.md)
+    python -m bench.gate --calibrate --case NAME   # record or re-record one case only
+    python -m bench.gate --key                # the machine key this machine's baseline is under
+    python -m bench.gate --against KEY        # judge against another machine key's baseline
+    python -m bench.gate --compare OLD NEW    # two --benchmark-json files of bench/ratios, by ratio
 
-Exit codes: 0 no case regressed; 1 at least one did (named); 2 bad usage, a case that cannot
-run, or no baseline; 3 none regressed, but a thread-scaling case could not be judged: none of its
-measurements had enough spare capacity (run it again when the machine is quieter).
+A ratio depends on the machine (the backend, its instruction set, the CPU, the engine's threads),
+so the baseline file holds one baseline per machine key, and a machine is judged only against its
+own: on a machine with no baseline the gate measures nothing and says NOT JUDGED (exit 3) with
+the command that records one, never REGRESSED.
+
+Exit codes: 0 no case regressed; 1 at least one did (named); 2 bad usage or a case that cannot
+run; 3 not judged: no baseline for this machine (or for a selected case), or a thread-scaling
+case none of whose measurements had enough spare capacity (run it again when it is quieter).
 """
 
 from __future__ import annotations
@@ -59,6 +67,17 @@ class GateError(Exception):
     """The gate could not measure or compare (exit code 2)."""
 
 
+def machine_key(info: dict[str, Any] | None = None, cpu: str | None = None) -> str:
+    """What a ratio depends on besides the code: the backend with its version and instruction
+    set, the CPU model and the engine's threads. Baselines are kept and looked up by it."""
+    if info is None:
+        import engine
+
+        info = engine.backend_info()
+    return (f"{info['backend']} {info['version']} ({info['isa']}) on {cpu or _cpu_model()}, "
+            f"{info['threads']} threads")
+
+
 @dataclass
 class Verdict:
     name: str
@@ -81,7 +100,7 @@ class Verdict:
     @property
     def label(self) -> str:
         if self.baseline is None:
-            return "new (no baseline)"
+            return "NO BASELINE"
         if self.spare is not None and self.spare < self.needed_spare:
             return "NO SPARE CORE"
         if self.now < self.floor:
@@ -96,12 +115,15 @@ def measure(names: list[str], rounds: int, threads: int | None, verbose: bool) -
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ratios.json"
         cmd = [sys.executable, "-m", "pytest", str(RATIOS), "-q", "-p", "no:cacheprovider",
-               f"--benchmark-json={out}", "--rounds", str(rounds)]
+               "--benchmark-only", f"--benchmark-json={out}", "--rounds", str(rounds)]
         for name in names:
             cmd += ["--case", name]
         if threads is not None:
             cmd += ["--engine-threads", str(threads)]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=not verbose, text=True)
+        # A child of an xdist worker (the suite's own gate tests) must not look like one:
+        # pytest-benchmark turns itself off under xdist.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=not verbose, text=True)
         if done.returncode != 0 or not out.exists():
             detail = "" if verbose else (done.stdout[-4000:] + done.stderr[-2000:])
             raise GateError(f"the ratio benchmarks failed (pytest exit {done.returncode})\n{detail}")
@@ -143,10 +165,17 @@ def all_case_names(short: bool) -> list[str]:
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
+    """The baseline file: ``{"machines": {machine key: {"recorded": ..., "cases": ...}}}``; no
+    file is a file with no machine."""
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise GateError(f"no baseline at {path}: record one with --update") from None
+        return {"machines": {}}
+    except (OSError, ValueError) as exc:
+        raise GateError(f"{path} cannot be read as a baseline: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("machines"), dict):
+        raise GateError(f"{path} is not a baseline file (no \"machines\" object)")
+    return doc
 
 
 def environment() -> dict[str, Any]:
@@ -181,8 +210,9 @@ def tolerance(runs: list[float]) -> float:
                      WORST_MARGIN * max(1 - r for r in relative)), 3)
 
 
-def update(path: Path, names: list[str], runs: int, rounds: int, verbose: bool) -> dict[str, Any]:
-    """Measures ``names`` ``runs`` times and writes their entries (others are kept)."""
+def calibrate(path: Path, names: list[str], runs: int, rounds: int, verbose: bool) -> dict[str, Any]:
+    """Measures ``names`` ``runs`` times and writes their entries under this machine's key
+    (other cases and other machines are kept). Returns this machine's baseline."""
     samples: dict[str, list[float]] = {n: [] for n in names}
     spare: dict[str, list[float]] = {n: [] for n in names}
     loads = []
@@ -198,27 +228,34 @@ def update(path: Path, names: list[str], runs: int, rounds: int, verbose: bool) 
                 spare[name].append(round(info["spare_capacity"], 2))
         print(f"calibration run {i + 1}/{runs}: "
               + ", ".join(f"{n} {s[-1]:.3g}" for n, s in samples.items()), flush=True)
-    doc = json.loads(path.read_text()) if path.exists() else {"cases": {}}
+    doc = load_baseline(path)
+    machine = doc["machines"].setdefault(machine_key(), {"recorded": {}, "cases": {}})
     env = environment()
     env["rounds"], env["runs"] = rounds, runs
-    doc["recorded"] = env
+    machine["recorded"] = env
     for name, values in samples.items():
-        doc["cases"][name] = {"ratio": round(statistics.median(values), 4), "tolerance": tolerance(values),
+        machine["cases"][name] = {"ratio": round(statistics.median(values), 4), "tolerance": tolerance(values),
                               "runs": [round(v, 4) for v in values], "commit": env["commit"],
                               "date": env["date"], "load": [round(min(loads), 1), round(max(loads), 1)]}
         if spare[name]:
-            doc["cases"][name]["spare_capacity"] = spare[name]
+            machine["cases"][name]["spare_capacity"] = spare[name]
     order = all_case_names(False)
-    doc["cases"] = dict(sorted(doc["cases"].items(),
-                               key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    machine["cases"] = dict(sorted(machine["cases"].items(),
+                                   key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     write_baseline(path, doc)
-    return doc
+    return machine
 
 
 def write_baseline(path: Path, doc: dict[str, Any]) -> None:
-    """The baseline as JSON with one line per case, so that a diff shows what moved."""
-    cases = ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}" for name, entry in doc["cases"].items())
-    path.write_text(f'{{\n "recorded": {json.dumps(doc["recorded"])},\n "cases": {{\n{cases}\n }}\n}}\n')
+    """The baseline file as JSON with one line per case, so that a diff shows what moved."""
+    machines = []
+    for key, machine in doc["machines"].items():
+        cases = ",\n".join(f"   {json.dumps(name)}: {json.dumps(entry)}"
+                           for name, entry in machine["cases"].items())
+        machines.append(f'  {json.dumps(key)}: {{\n   "recorded": {json.dumps(machine["recorded"])},\n'
+                        f'   "cases": {{\n{cases}\n   }}\n  }}')
+    body = ",\n".join(machines)
+    path.write_text(f'{{\n "machines": {{\n{body}\n }}\n}}\n')
 
 
 def judge(names: list[str], baseline: dict[str, Any], rounds: int, threads: int | None,
@@ -264,10 +301,54 @@ def render(verdicts: list[Verdict], baseline: dict[str, Any]) -> str:
             lines.append(f"{v.name}: spare capacity {v.spare:.2f}x (the reference's pool over its one "
                          f"thread); judged from {v.needed_spare:.2f}x")
     crowded = [v.name for v in verdicts if v.label == "NO SPARE CORE"]
+    unknown = [v.name for v in verdicts if v.label == "NO BASELINE"]
     lines.append(f"REGRESSED: {', '.join(bad)}" if bad else f"no regression in {len(verdicts)} cases")
     if crowded:
         lines.append(f"NOT JUDGED (too little spare capacity in {SPARE_RETRIES + 1} measurements): "
                      f"{', '.join(crowded)}")
+    if unknown:
+        lines.append(f"NOT JUDGED (no baseline on this machine): {', '.join(unknown)}; record them "
+                     "with: python -m bench.gate --calibrate " + " ".join(f"--case {n!r}" for n in unknown))
+    return "\n".join(lines)
+
+
+def overall(verdicts: list[Verdict]) -> tuple[str, int]:
+    """The run's verdict and exit code: a regression wins over a case that could not be judged."""
+    labels = {v.label for v in verdicts}
+    if "REGRESSED" in labels:
+        return "regressed", 1
+    if labels & {"NO SPARE CORE", "NO BASELINE"}:
+        return "not judged", 3
+    return "passed", 0
+
+
+def not_judged(key: str, doc: dict[str, Any], path: Path) -> str:
+    """What the gate says on a machine its baseline file has no baseline for."""
+    known = "".join(f"\n  {k}" for k in doc["machines"]) or " none"
+    return (f"NOT JUDGED: {path} has no baseline for this machine\n  {key}\n"
+            f"(ratios move with the backend, its instruction set and the CPU; a baseline from another "
+            f"machine would raise false alarms or hide regressions). Baselines it has:{known}\n"
+            f"Record this machine's: python -m bench.gate --calibrate  (10 runs of every case), or "
+            f"judge against one of them: python -m bench.gate --against KEY")
+
+
+def compare(old: Path, new: Path) -> str:
+    """Two ``--benchmark-json`` files of bench/ratios, case by case, by their ratios (the
+    figure the gate judges), never by absolute times."""
+    def ratios(path: Path) -> dict[str, float]:
+        try:
+            doc = json.loads(path.read_text())
+            return {b["extra_info"]["case"]: float(b["extra_info"]["ratio"]) for b in doc["benchmarks"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GateError(f"{path} is not a --benchmark-json file of bench/ratios: {exc!r}") from None
+
+    a, b = ratios(old), ratios(new)
+    lines = [f"{'case':<40} {'old':>9} {'new':>9} {'change':>8}"]
+    for name in [*a, *(n for n in b if n not in a)]:
+        if name in a and name in b:
+            lines.append(f"{name:<40} {a[name]:>9.3g} {b[name]:>9.3g} {b[name] / a[name] - 1:>+8.0%}")
+        else:
+            lines.append(f"{name:<40} {a.get(name, '-'):>9} {b.get(name, '-'):>9} {'only one':>8}")
     return "\n".join(lines)
 
 
@@ -321,17 +402,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the engine in its all-thread cases (default: all cores)")
     p.add_argument("--baseline", type=Path, default=BASELINE, help="the baseline file")
+    p.add_argument("--against", metavar="KEY",
+                   help="judge against this machine key's baseline instead of this machine's "
+                        "(an experiment, e.g. the OpenSSL backend against ipsec-mb's)")
+    p.add_argument("--key", action="store_true", help="print this machine's key and exit")
     p.add_argument("--chart", metavar="PATH", help="write a PNG of the ratios against their bands")
-    p.add_argument("--json", metavar="PATH", help="write the verdicts as JSON")
+    p.add_argument("--json", metavar="PATH", help="write the verdicts and the overall verdict as JSON")
     p.add_argument("--no-confirm", dest="confirm", action="store_false",
                    help="do not re-measure a case that falls below its band")
-    p.add_argument("--update", action="store_true", help="re-record the baseline of the selected cases")
+    p.add_argument("--calibrate", action="store_true",
+                   help="record this machine's baseline of the selected cases (--runs measurements)")
+    p.add_argument("--calibrate-missing", action="store_true",
+                   help="first record a baseline for each selected case this machine has none for")
     p.add_argument("--runs", type=int, default=CALIBRATION_RUNS,
-                   help=f"measurements per case for --update ({CALIBRATION_RUNS})")
+                   help=f"measurements per case when calibrating ({CALIBRATION_RUNS})")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                   help="compare two --benchmark-json files of bench/ratios by their ratios")
     p.add_argument("--verbose", action="store_true", help="show pytest-benchmark's own output")
     args = p.parse_args(argv)
     if args.chart and importlib.util.find_spec("matplotlib") is None:
         p.error("--chart needs matplotlib (pip install -e '.[bench]')")
+    if args.runs < 2:
+        p.error("--runs must be at least 2 (a tolerance needs a spread)")
+    if args.key:
+        print(machine_key())
+        return 0
+    try:
+        if args.compare:
+            print(compare(*args.compare))
+            return 0
+    except GateError as exc:
+        print(f"gate: {exc}", file=sys.stderr)
+        return 2
 
     from bench.cases import CASES
 
@@ -339,36 +441,48 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown case(s) {unknown}; registered: {', '.join(CASES)}")
     names = args.case or all_case_names(args.short)
+    if (args.calibrate or args.calibrate_missing) and (args.threads is not None or args.against):
+        p.error("a calibration records this machine's all-thread baseline: drop --threads and --against")
     try:
-        if args.update:
-            if args.threads is not None:
-                p.error("--update records all-thread baselines: drop --threads")
-            doc = update(args.baseline, names, args.runs, args.rounds, args.verbose)
-            for name in names:
-                e = doc["cases"][name]
-                print(f"{name:<40} ratio {e['ratio']:.3g}  tolerance {e['tolerance']:.1%}")
-            print(f"wrote {args.baseline}")
-            return 0
-        baseline = load_baseline(args.baseline)
-        verdicts = judge(names, baseline, args.rounds, args.threads, args.verbose, args.confirm)
+        doc = load_baseline(args.baseline)
+        key = args.against or machine_key()
+        if args.calibrate or args.calibrate_missing:
+            have = doc["machines"].get(key, {}).get("cases", {})
+            todo = names if args.calibrate else [n for n in names if n not in have]
+            if todo:
+                machine = calibrate(args.baseline, todo, args.runs, args.rounds, args.verbose)
+                for name in todo:
+                    e = machine["cases"][name]
+                    print(f"{name:<40} ratio {e['ratio']:.3g}  tolerance {e['tolerance']:.1%}")
+                print(f"wrote {args.baseline} for {key}")
+            if args.calibrate:
+                return 0
+            doc = load_baseline(args.baseline)
+        baseline = doc["machines"].get(key)
+        if baseline is None:
+            print(not_judged(key, doc, args.baseline))
+            verdict, code, verdicts = "not judged", 3, []
+        else:
+            verdicts = judge(names, baseline, args.rounds, args.threads, args.verbose, args.confirm)
+            print(render(verdicts, baseline))
+            verdict, code = overall(verdicts)
     except GateError as exc:
         print(f"gate: {exc}", file=sys.stderr)
         return 2
-    print(render(verdicts, baseline))
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"verdicts": [{"case": v.name, "baseline": v.baseline, "tolerance": v.tolerance, "now": v.now,
+            {"verdict": verdict, "exit_code": code, "machine": machine_key(), "judged_against": key,
+             "verdicts": [{"case": v.name, "baseline": v.baseline, "tolerance": v.tolerance, "now": v.now,
                            "first": v.first, "spare_capacity": v.spare, "verdict": v.label} for v in verdicts],
              "environment": environment()}, indent=1) + "\n")
-    if args.chart:
+    if args.chart and verdicts:
         import engine
 
         info = engine.backend_info()
         threads = f", {args.threads} engine thread(s)" if args.threads else ""
         chart(verdicts, args.chart, f"{info['backend']}{threads} against the baseline of "
                                     f"{baseline.get('recorded', {}).get('date', '?')}")
-    labels = {v.label for v in verdicts}
-    return 1 if "REGRESSED" in labels else 3 if "NO SPARE CORE" in labels else 0
+    return code
 
 
 if __name__ == "__main__":

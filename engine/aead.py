@@ -8,7 +8,7 @@ may be shared by any number of Python threads.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -207,7 +207,7 @@ class AesGcm:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} backend={self.backend!r}>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError(f"{type(self).__name__} objects hold key material and cannot be pickled")
 
     # ---- one message ----
@@ -264,8 +264,9 @@ class AesGcm:
         out = empty_bytes(batch.nbytes)
         return self._seal(batch, out, associated_data, nonce_size, threads, None)
 
-    def _seal_list(self, values: list | tuple, offsets: np.ndarray, associated_data: Any,
-                   nonce_size: int, threads: int | None) -> SealedBatch:
+    def _seal_list(self, values: list[Any] | tuple[Any, ...], offsets: np.ndarray,
+                   associated_data: Any, nonce_size: int | None,
+                   threads: int | None) -> SealedBatch:
         n = len(values)
         nonce_size = self._nonce_size(nonce_size)
         if int(np.diff(offsets).max()) > MESSAGE_MAX_BYTES:
@@ -406,34 +407,14 @@ class AesGcm:
         return result
 
 
-    # ---- a key of its own per record ----
+    # ---- a key of its own per record: public as engine.hazmat.seal_batch_with_keys ----
 
     @classmethod
-    def seal_batch_with_keys(cls, keys: Any, batch: Any, nonces: Any,
-                             associated_data: Any = None, *, nonce_size: int | None = None,
-                             backend: str | None = None,
-                             threads: int | None = None) -> SealedBatch:
-        """Seals record i of ``batch`` under ``keys[i]`` and ``nonces[i]`` in one native call: a
-        key handle is made for each record on the thread that seals it, and wiped after it.
-
-        For data kept under a key of its own per record, and for checks over many keys (the
-        accumulated XAES-256-GCM test seals a million records under a million keys this way).
-
-        Args:
-            keys: n keys of 32 bytes (an ``n x 32`` uint8 array, a list of bytes, a
-                ``fixed_size_binary(32)`` column).
-            batch: the plaintexts (a Batch, a pyarrow binary array or a list of bytes).
-            nonces: n nonces of ``nonce_size`` bytes (default :attr:`NONCE_SIZE`), laid out as
-                ``keys``. A nonce used twice under one key destroys GCM's security.
-            associated_data: one value for all records, or n values.
-            backend, threads: as for the constructor and :meth:`seal_batch`.
-
-        Returns:
-            A :class:`~engine.SealedBatch` holding the given nonces.
-
-        Raises:
-            InvalidArgument: keys or nonces not n values of the right size.
-        """
+    def _seal_batch_with_keys(cls, keys: Any, batch: Any, nonces: Any,
+                              associated_data: Any = None, *, nonce_size: int | None = None,
+                              backend: str | None = None,
+                              threads: int | None = None) -> SealedBatch:
+        """See :func:`engine.hazmat.seal_batch_with_keys`."""
         batch = as_batch(batch, "batch")
         _check_record_sizes(batch)
         n = len(batch)
@@ -449,15 +430,9 @@ class AesGcm:
         return SealedBatch._trusted(nonce_arr, tags, Batch._trusted(out, _rebased(batch.offsets)))
 
     @classmethod
-    def open_batch_with_keys(cls, keys: Any, sealed: SealedBatch, associated_data: Any = None, *,
-                             backend: str | None = None, threads: int | None = None) -> Batch:
-        """Opens record i of ``sealed`` under ``keys[i]`` in one native call (the reverse of
-        :meth:`seal_batch_with_keys`).
-
-        Raises:
-            InvalidArgument: keys not n values of 32 bytes.
-            BatchInvalidTag: as :meth:`open_batch`.
-        """
+    def _open_batch_with_keys(cls, keys: Any, sealed: SealedBatch, associated_data: Any = None,
+                              *, backend: str | None = None, threads: int | None = None) -> Batch:
+        """See :func:`engine.hazmat.open_batch_with_keys`."""
         cls._check_sealed(sealed)
         ct = sealed.ciphertexts
         n = len(ct)

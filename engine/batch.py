@@ -9,9 +9,12 @@ and an ``n x 16`` tag array, each of which can be stored as a column and handed 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from . import _native
 from .buffers import (
@@ -127,7 +130,8 @@ class Batch:
                                                                     f"record {i}")
                  for i, v in enumerate(values)]  # a clear error for None, int, ...
         lengths = np.fromiter((v.shape[0] for v in items), dtype=np.int64, count=len(items))
-        return cls._trusted(np.frombuffer(b"".join(items), dtype=np.uint8), offsets_of(lengths))
+        joined = b"".join(v.data for v in items)
+        return cls._trusted(np.frombuffer(joined, dtype=np.uint8), offsets_of(lengths))
 
     @classmethod
     def from_arrow(cls, array: Any) -> "Batch":
@@ -148,6 +152,7 @@ class Batch:
         if not isinstance(array, pa.Array):
             raise InvalidArgumentType(f"expected a pyarrow Array, not {type(array).__name__}")
         t = array.type
+        width: type[np.signedinteger[Any]]
         if pa.types.is_large_binary(t) or pa.types.is_large_string(t):
             width = np.int64
         elif pa.types.is_binary(t) or pa.types.is_string(t):
@@ -168,7 +173,7 @@ class Batch:
         # writable memory, and a later change there must not reach the native code.
         return cls(data, offsets)
 
-    def to_arrow(self, *, text: bool = False) -> Any:
+    def to_arrow(self, *, text: bool = False) -> pa.Array:
         """A pyarrow ``large_binary`` array over the same memory (no copy); with ``text=True`` a
         ``large_string`` array, after checking that every record is valid UTF-8.
 
@@ -209,17 +214,17 @@ class Batch:
         return np.diff(self._offsets)
 
     def __len__(self) -> int:
-        return self._offsets.shape[0] - 1
+        return int(self._offsets.shape[0]) - 1
 
     def __getitem__(self, i: int) -> memoryview:
         n = len(self)
         if not -n <= i < n:
             raise IndexError("batch index out of range")
         i %= n
-        return memoryview(self._data)[self._offsets[i] : self._offsets[i + 1]]
+        return self._data.data[self._offsets[i] : self._offsets[i + 1]]
 
-    def __iter__(self):
-        view = memoryview(self._data)
+    def __iter__(self) -> Iterator[memoryview]:
+        view = self._data.data
         bounds = self._offsets.tolist()
         for a, b in zip(bounds, bounds[1:]):
             yield view[a:b]
@@ -270,7 +275,7 @@ class Batch:
 
     def to_list(self) -> list[bytes]:
         """Each record as ``bytes`` (a copy)."""
-        view = memoryview(self._data)
+        view = self._data.data
         bounds = self._offsets.tolist()
         return [view[a:b].tobytes() for a, b in zip(bounds, bounds[1:])]
 
@@ -289,7 +294,7 @@ class Batch:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         # through the checking constructor: an unpickled batch's offsets are copied, checked
         # and locked again (a pickle restores plain, writable arrays)
         return Batch, (self._data, self._offsets)
@@ -360,7 +365,7 @@ def _row_width(values: Any, n: int, name: str) -> int:
         if values.ndim == 2:
             return int(values.shape[1])
         if values.ndim == 1 and n and values.shape[0] % n == 0:
-            return values.shape[0] // n
+            return int(values.shape[0]) // n
         if values.ndim == 1 and n == 0 and values.shape[0] == 0:
             return 16
         raise InvalidArgument(f"{name} must be an array of shape (n, width)")
@@ -432,7 +437,7 @@ class SealedBatch:
     def __len__(self) -> int:
         return len(self.ciphertexts)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return _sealed_batch, (self._nonces, self._tags, self._ciphertexts)
 
     def __repr__(self) -> str:
@@ -441,7 +446,7 @@ class SealedBatch:
             f"bytes={self.ciphertexts.nbytes}>"
         )
 
-    def to_arrow(self) -> Any:
+    def to_arrow(self) -> pa.Table:
         """A pyarrow Table with columns ``nonce``, ``tag`` (fixed-size binary) and ``ciphertext``
         (large binary), sharing this batch's memory; write it with ``pyarrow.parquet``."""
         import pyarrow as pa

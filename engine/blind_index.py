@@ -15,7 +15,7 @@ re-indexed after a rotation.
 re-encryption pipeline does when it moves rows to a new key.
 
 Normalisation and hashing run over whole batches: normalisers are array operations on the
-packed bytes, the HMAC is one native call on threads (see ``native/src/hmac.c``). The README says
+packed bytes, the HMAC is one native call on threads (see ``native/src/hmac.c``). docs/blind-indexes.md says
 what a blind index reveals and how to choose the bit length.
 """
 
@@ -23,9 +23,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    NoReturn,
+    Sequence,
+    TypeVar,
+)
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from . import _native
 from .batch import Batch
@@ -74,7 +87,7 @@ class UnknownBlindIndex(BlindIndexError, LookupError):
 def bits_for_rows(expected_rows: int) -> int:
     """The bit length for a table of ``expected_rows`` distinct values: floor(log2(rows)) - 1
     (at least 1, at most 32), so that each index value is shared by two to four rows and every
-    lookup returns a few false positives (see the README).
+    lookup returns a few false positives (see docs/blind-indexes.md).
 
     Raises:
         InvalidArgument: not a positive integer.
@@ -183,7 +196,8 @@ def _column(values: Any, what: str) -> tuple[int, np.ndarray | None, Batch]:
     kinds = value_kinds(values)
     if kinds in (STR_VALUES, BYTES_VALUES, STR_VALUES | BYTES_VALUES):
         return len(values), None, Batch.from_list(values)
-    present, kept = [], []
+    present_rows: list[int] = []
+    kept: list[Any] = []
     for i, v in enumerate(values):
         if v is None:
             continue
@@ -192,16 +206,16 @@ def _column(values: Any, what: str) -> tuple[int, np.ndarray | None, Batch]:
         elif not isinstance(v, (str, bytes, bytearray, memoryview)):
             raise InvalidArgumentType(f"{what}[{i}] is {type(v).__name__}; index str, bytes or "
                                       f"int values")
-        present.append(i)
+        present_rows.append(i)
         kept.append(v)
-    return len(values), np.asarray(present, dtype=np.int64), Batch.from_list(kept)
+    return len(values), np.asarray(present_rows, dtype=np.int64), Batch.from_list(kept)
 
 
 def _length_prefixed(parts: list[Batch]) -> Batch:
     """Record i = for each part: uint32 big-endian length || bytes (unambiguous joins)."""
     n = len(parts[0])
     lengths = [p.lengths() for p in parts]
-    off = offsets_of(sum(lengths) + 4 * len(parts))
+    off = offsets_of(np.sum(lengths, axis=0) + 4 * len(parts))
     out = empty_bytes(int(off[-1]), secret=True)
     at = off[:-1].copy()
     starts, pieces = [], []
@@ -368,7 +382,7 @@ class BlindIndex:
         return (f"<BlindIndex {self.name!r} on {self.table}({', '.join(self.columns)}) "
                 f"bits={self.bits}>")
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("blind indexes hold keys and cannot be pickled; build one per process")
 
     @property
@@ -580,7 +594,7 @@ class BlindIndexes:
     def __repr__(self) -> str:
         return f"<BlindIndexes {self.table}: {', '.join(self._by_name)}>"
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[BlindIndex]:
         return iter(self._by_name.values())
 
     def __getitem__(self, name: str) -> BlindIndex:
@@ -634,7 +648,8 @@ class BlindIndexes:
             out[index.name] = index.compute(values, version=version, arrow=arrow)
         return out
 
-    def add_to_records(self, records: Sequence[dict], *, version: int | None = None) -> list[dict]:
+    def add_to_records(self, records: Sequence[dict[str, Any]], *,
+                       version: int | None = None) -> list[dict[str, Any]]:
         """New dicts: each record with every index field added, from its plaintext fields (a
         record whose field is missing or None gets no index field, as a missing field stays
         missing when it is encrypted)."""
@@ -647,7 +662,7 @@ class BlindIndexes:
             out = with_field(out, name, values)
         return out
 
-    def add_to_arrow(self, table: Any, *, version: int | None = None) -> Any:
+    def add_to_arrow(self, table: pa.Table, *, version: int | None = None) -> pa.Table:
         """A pyarrow Table/RecordBatch with every index column set (added at the end, or
         replaced where the table has it already), computed from the plaintext columns."""
         columns = {c: table.column(c) for index in self for c in index.columns

@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys_commands(sub)
     _add_data_commands(sub)
     _add_reencryption_commands(sub)
+    _add_pme_arguments(sub)
     _add_metrics_arguments(sub)
     return parser
 
@@ -287,13 +288,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(argcomplete.shellcode(["crypto-engine"], shell=args.shell), end="")
         return EXIT_OK
     if args.command in _DATA_COMMANDS:
-        return _data_commands(args)
+        pme = getattr(args, "pme", False)
+        _check_columns_usage(parser, args)
+        return _data_commands(args, _run_pme_command if pme else _run_data_command)
     from ._interrupts import command_started
 
     try:
         command_started()  # inside: a Ctrl-C from here on is this handler's
         if args.command in ("inventory", "reencrypt"):
-            return _reencryption_commands(args)
+            pme = getattr(args, "pme", False)
+            return _pme_store_commands(args) if pme else _reencryption_commands(args)
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
             return _key_commands(args)
         if args.command == "keys":
@@ -584,6 +588,12 @@ def _add_data_commands(sub: Any) -> None:
                          help="per-row associated data, e.g. 'users:{id}:{column}'")
         cmd.add_argument("--format", choices=("parquet", "csv"), default=None,
                          help="default: from IN's extension")
+        cmd.add_argument("--delimiter", default=",", metavar="CHAR",
+                         help="CSV: the field delimiter (default ,)")
+        cmd.add_argument("--quote", default='"', metavar="CHAR",
+                         help='CSV: the quote character (default ")')
+        cmd.add_argument("--no-header", dest="header", action="store_false",
+                         help="CSV: no header line (columns are f0, f1, ...; none is written)")
         if name == "encrypt-columns":
             _add_index_arguments(cmd, "TABLE", "the table the indexes' keys are derived for")
         cmd.add_argument("--json", action="store_true", help="print a JSON report")
@@ -612,13 +622,13 @@ def _index_definitions(args: argparse.Namespace) -> list[Any]:
     return [IndexDefinition.parse(text, table) for text in args.indexes]
 
 
-def _data_commands(args: argparse.Namespace) -> int:
+def _data_commands(args: argparse.Namespace, run: Any) -> int:
     from ._interrupts import CommandInterrupts
 
     _load_data_commands(args.command)  # before Ctrl-C raises: imports are where it gets lost
     interrupts = CommandInterrupts()
     try:
-        return _run_data_command(args, interrupts)
+        return run(args, interrupts)
     except KeyboardInterrupt:
         left = ("the output on stdout is incomplete" if getattr(args, "output", None) == "-"
                 else "no output file was left")
@@ -639,7 +649,7 @@ def _load_data_commands(command: str) -> None:
 
 
 def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
-    from .errors import InvalidTag
+    from .errors import InvalidArgumentType, InvalidTag
     from .keys.base import UnknownKeyVersion
     from .stream import FileEncryption, NotAnEngineFile
     from .tables import ColumnValueError, TableFileInvalid
@@ -647,7 +657,8 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     report_to = sys.stderr if getattr(args, "output", None) == "-" else sys.stdout
     check_failed = (InvalidTag, NotAnEngineFile, ColumnValueError, TableFileInvalid)
     exit_codes = ((check_failed, EXIT_CHECK_FAILED), (InvalidArgument, EXIT_USAGE),
-                  (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
+                  (InvalidArgumentType, EXIT_USAGE), (EngineError, EXIT_BACKEND),
+                  (OSError, EXIT_IO))
     error: BaseException | None = None
     try:
         if args.command in ("encrypt", "decrypt"):
@@ -661,10 +672,11 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
                              before_commit=interrupts.commit)
             report = result.to_dict()
         else:
-            from .tables import decrypt_columns_file, encrypt_columns_file
+            from .tables import CsvDialect, decrypt_columns_file, encrypt_columns_file
 
             options = ({"blind_indexes": _index_definitions(args)}
                        if args.command == "encrypt-columns" else {})
+            options["csv"] = CsvDialect(args.delimiter, args.quote, args.header)
             run = encrypt_columns_file if args.command == "encrypt-columns" else decrypt_columns_file
             report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
                          file_format=args.format, before_commit=interrupts.commit, **options)
@@ -684,6 +696,139 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
     if report_to is sys.stdout:
         return _report(", ".join(f"{k} {v}" for k, v in report.items()), report_to)
     return EXIT_OK
+
+
+def _add_pme_arguments(sub: Any) -> None:
+    """``--pme`` on the column commands: Parquet Modular Encryption under the engine's keys
+    (docs/pme.md) instead of the per-value format. With it, ``--column`` is optional."""
+    for name in ("encrypt-columns", "decrypt-columns"):
+        cmd = sub.choices[name]
+        cmd.add_argument("--pme", action="store_true",
+                         help="Parquet Modular Encryption: a standard PME file that Spark, "
+                              "DuckDB and pyarrow read (encrypt: the --column's under column "
+                              "keys, or every column and the footer when none is named; "
+                              "decrypt: the whole file)")
+        if name == "encrypt-columns":
+            cmd.add_argument("--plaintext-footer", action="store_true",
+                             help="with --pme and --column: leave the footer readable "
+                                  "(signed), so readers without keys see the other columns")
+        cmd._option_string_actions["--column"].required = False  # checked by the command
+    for name in ("inventory", "reencrypt"):
+        sub.choices[name].add_argument(
+            "--pme", action="store_true",
+            help="the store's files are Parquet Modular Encryption files: count them per key "
+                 "version from their key material (inventory), move them whole to the "
+                 "current version (reencrypt); no --column")
+
+
+def _check_columns_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The option combinations of the column commands that argparse cannot say (exit 2)."""
+    if not args.command.endswith("-columns"):
+        return
+    if not args.pme:
+        if not args.columns:
+            parser.error(f"{args.command} needs --column (or --pme)")
+        if getattr(args, "plaintext_footer", False):
+            parser.error("--plaintext-footer goes with --pme")
+        return
+    from .columns import pme  # noqa: F401  (imported before Ctrl-C is taken over)
+
+    options = (("--aad-template", args.aad_template), ("--format csv", args.format == "csv"),
+               ("--index", getattr(args, "indexes", None)),
+               ("--index-table", getattr(args, "index_table", None)),
+               ("--column", args.command == "decrypt-columns" and args.columns))
+    refused = [option for option, given in options if given]
+    if refused:  # PME has no per-row associated data, and decrypts whole files
+        parser.error(f"{args.command} --pme does not take {', '.join(refused)}")
+    if os.path.isdir(args.input):
+        parser.error(f"{args.command} --pme takes one Parquet file, and {args.input} is a "
+                     "directory")
+
+
+def _run_pme_command(args: argparse.Namespace, interrupts: Any) -> int:
+    from .columns.parquet_footer import ParquetFooterError
+    from .columns.pme import PmeFileUnreadable, decrypt_parquet_file, encrypt_parquet_file
+    from .errors import InvalidArgumentType, InvalidTag
+
+    exit_codes = (((InvalidTag, ParquetFooterError, PmeFileUnreadable), EXIT_CHECK_FAILED),
+                  ((InvalidArgument, InvalidArgumentType), EXIT_USAGE),
+                  (EngineError, EXIT_BACKEND), (OSError, EXIT_IO))
+    error: BaseException | None = None
+    try:
+        if args.command == "encrypt-columns":
+            report = encrypt_parquet_file(args.input, args.output, columns=args.columns,
+                                          plaintext_footer=args.plaintext_footer,
+                                          before_commit=interrupts.commit)
+        else:
+            report = decrypt_parquet_file(args.input, args.output,
+                                          before_commit=interrupts.commit)
+    except (EngineError, OSError) as exc:
+        error = exc
+    if error is not None:  # reported outside the except block: no chained context
+        where = "" if args.input in str(error) else f"{args.input}: "
+        _say(f"crypto-engine: {where}{error}")
+        return next(code for types, code in exit_codes if isinstance(error, types))
+    if args.json:
+        return _report(json.dumps(report), sys.stdout)
+    return _report(", ".join(f"{k} {v}" for k, v in report.items()), sys.stdout)
+
+
+def _pme_store_commands(args: argparse.Namespace) -> int:
+    """inventory/reencrypt --pme: files per key version, files moved (docs/pme.md)."""
+    from . import reencrypt as jobs
+    from .keys import KeyProviderError
+    from .service import ServiceConfigurationError
+
+    given = [option for option, value in (
+        ("--column", args.column), ("--sealed", args.sealed), ("--aad", args.aad),
+        ("--table", args.table), ("--key", args.key), ("--index", getattr(args, "indexes", [])),
+        ("--dask", args.dask), ("--workers", args.workers), ("--partitions", args.partitions))
+        if value]
+    try:
+        if given:
+            raise InvalidArgument(f"--pme moves whole files; it takes no {', '.join(given)}")
+        store = jobs.PmeStore.from_url(args.store)
+        with _Bar("files", desc=args.command) as bar:
+            progress = bar.reach if bar.live else None
+            if args.command == "inventory":
+                report: Any = jobs.inventory_pme(store, progress=progress)
+            else:
+                report = jobs.reencrypt_pme(store, progress=progress)
+    except InvalidArgument as exc:
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_USAGE
+    except OSError as exc:  # FileUnreadable too: a file or directory of the store
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_IO
+    except (EngineError, KeyProviderError, ServiceConfigurationError) as exc:
+        _say(f"crypto-engine {args.command}: {exc}")
+        return EXIT_BACKEND
+    except jobs.ReencryptionInterrupted as stopped:
+        if args.json:
+            print(json.dumps(stopped.report.to_dict()))
+        _say(f"crypto-engine {args.command}: interrupted after {stopped.report.reencrypted} "
+             "file(s) moved; every file is either moved or as it was: run it again to resume")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _say(f"crypto-engine {args.command}: interrupted")
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        versions = ", ".join(f"v{v}: {n}" for v, n in sorted(report.versions.items()))
+        print(f"{report.store}: {report.files} files; by key version: {versions or 'none'}; "
+              f"not PME {report.plain}, other master keys {report.foreign}, unreadable "
+              f"{len(report.failures)}")
+        for path, why in report.failures[:20]:
+            print(f"  failed: {path}: {why}")
+        if args.command == "reencrypt":
+            print(f"target v{report.target_version}: re-encrypted {report.reencrypted}, already "
+                  f"current {report.already_current}, changed meanwhile {report.changed}")
+        else:
+            print(f"current v{report.current_version}: " + (
+                "every file is under it" if report.all_current() else
+                "some files are not under it (crypto-engine reencrypt --pme moves them)"))
+    return EXIT_CHECK_FAILED if report.failures else EXIT_OK
 
 
 def _say(line: str) -> None:

@@ -86,7 +86,7 @@ def batch_to_text(batch: Batch) -> list[str]:
         out = empty_bytes(int(out_off[-1]), secret=True)
         scatter(out, [out_off[:-1]], [batch])
         out[out_off[1:] - 1] = sep
-        return str(memoryview(out), "utf-8").split(chr(sep))[:-1]
+        return str(out.data, "utf-8").split(chr(sep))[:-1]
     except UnicodeDecodeError:  # it holds the decrypted buffer: not to be the error's context
         pass
     raise InvalidArgument("decrypted data is not valid UTF-8 text")

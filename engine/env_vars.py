@@ -66,6 +66,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("VAULT_KV_MOUNT", "the KV v2 mount holding the wrapped data keys", "secret", _VAULT),
     Variable("VAULT_KV_PATH", "path of the wrapped data keys in the KV mount",
              "intelliflow/encryption", _VAULT),
+    Variable("VAULT_SECRETS_PATH", "folder of the application's own secrets "
+             "(VaultSecrets.from_environment) in the KV mount", "engine", _VAULT),
+    Variable("VAULT_SECRET_NAMES", "the secret names the application may read and write, "
+             "separated by commas (others are refused)", "any name", _VAULT),
     Variable("VAULT_KEY_CACHE_TTL", "seconds an unwrapped data key is cached", "300", _VAULT),
     Variable("KEY_ROTATION_ENABLED", "whether rotate --if-needed and the scheduler rotate",
              "true", _ROTATION),

@@ -1,6 +1,7 @@
-"""Ciphertext formats: the IntelliFlow JSON envelope and a compact, versioned token.
+"""Ciphertext formats: a JSON envelope and a compact, versioned token.
 
-**JSON envelope** (what the IntelliFlow TypeScript service reads and writes)::
+**JSON envelope** (the shape a TypeScript service on Node.js ``crypto`` reads and writes;
+``tests/node/interop.js`` is such a peer)::
 
     {"iv": b64, "ciphertext": b64, "authTag": b64, "keyVersion": 3,
      "timestamp": "2026-01-31T12:00:00.000Z", "algorithm": "aes-256-gcm"}
@@ -666,11 +667,11 @@ def _decode_text(batch: Batch, threads: int | None = None) -> tuple[Batch, np.nd
     if wrong_prefix.shape[0]:  # "ef..." with another version is an unknown format, not junk
         lengths = batch.lengths()[wrong_prefix]
         starts = batch.offsets[:-1][wrong_prefix]
-        long_enough = lengths >= 2
-        first = batch.data[starts[long_enough]]
-        second = batch.data[starts[long_enough] + 1]
+        two_bytes = lengths >= 2
+        first = batch.data[starts[two_bytes]]
+        second = batch.data[starts[two_bytes] + 1]
         ef = np.zeros(wrong_prefix.shape[0], dtype=bool)
-        ef[long_enough] = (first == ord("e")) & (second == ord("f"))
+        ef[two_bytes] = (first == ord("e")) & (second == ord("f"))
         codes[wrong_prefix[ef]] = _FORMAT
     ok = codes == _OK
     lengths = binary.lengths()
@@ -904,7 +905,8 @@ def _tokens_to_json(tokens: Batch, timestamp: datetime | None, threads: int | No
         )
     algorithm = FORMAT_ALGORITHMS[int(formats[0])] if formats.shape[0] else ALGORITHM
     n = len(parsed)
-    ts = datetime.now(timezone.utc) if timestamp is None else _timestamp(timestamp)
+    ts = _timestamp(timestamp) if timestamp is not None else None
+    ts = datetime.now(timezone.utc) if ts is None else ts
     stamp = ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def column(arr: np.ndarray) -> Batch:

@@ -8,7 +8,15 @@ from it beyond "this did not authenticate".
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .batch import Batch
+
 __all__ = [
+    "ERROR_TYPES",
     "BackendUnavailable",
     "BatchInvalidTag",
     "EngineError",
@@ -63,7 +71,7 @@ class BatchInvalidTag(InvalidTag):
             hold their plaintext.
     """
 
-    def __init__(self, failed, result) -> None:
+    def __init__(self, failed: np.ndarray, result: Batch | None) -> None:
         super().__init__()
         self.failed = failed
         self.result = result
@@ -71,5 +79,19 @@ class BatchInvalidTag(InvalidTag):
     def __str__(self) -> str:
         return f"authentication failed for {len(self.failed)} record(s)"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.failed, None))
+
+
+#: The kinds of ``engine_encryption_errors_total{error_type}``; anything else counts as ``other``.
+ERROR_TYPES = (
+    "invalid_tag",  # authentication failed: wrong key or AAD, or tampered
+    "unknown_key_version",  # the value names a version the provider does not hold
+    "malformed",  # not a token, JSON envelope or engine file
+    "invalid_argument",  # a value of the wrong type or shape from the caller
+    "key_version_not_usable",  # the current version may not encrypt (decrypt-only, deprecated)
+    "key_usage_exhausted",  # the current version has done 2**32 encryptions
+    "key_provider",  # the provider failed (Vault unreachable, master key changed, ...)
+    "key_rotation_failed",  # a rotation failed and was rolled back
+    "other",  # any other engine error
+)

@@ -143,7 +143,8 @@ class FieldEncryption:
 
     @_dualmethod
     @_counted
-    def encrypt_field(self, record: dict, field: str, *, skip_encrypted: bool = False) -> dict:
+    def encrypt_field(self, record: dict[str, Any], field: str, *,
+                      skip_encrypted: bool = False) -> dict[str, Any]:
         """A copy of ``record`` with ``field`` encrypted to a text token (``None`` and a missing
         field are left as they are).
 
@@ -161,7 +162,7 @@ class FieldEncryption:
 
     @_dualmethod
     @_counted
-    def decrypt_field(self, record: dict, field: str) -> dict:
+    def decrypt_field(self, record: dict[str, Any], field: str) -> dict[str, Any]:
         """A copy of ``record`` with ``field`` decrypted back to str (``None``/missing: as is).
 
         Raises:
@@ -172,8 +173,8 @@ class FieldEncryption:
 
     @_dualmethod
     @_counted
-    def encrypt_fields(self, record: dict, fields: Sequence[str], *,
-                       skip_encrypted: bool = False) -> dict:
+    def encrypt_fields(self, record: dict[str, Any], fields: Sequence[str], *,
+                       skip_encrypted: bool = False) -> dict[str, Any]:
         """A copy of ``record`` with each of ``fields`` encrypted (see :meth:`encrypt_field`)."""
         out = dict(record)
         service = self.service
@@ -191,7 +192,7 @@ class FieldEncryption:
 
     @_dualmethod
     @_counted
-    def decrypt_fields(self, record: dict, fields: Sequence[str]) -> dict:
+    def decrypt_fields(self, record: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]:
         """A copy of ``record`` with each of ``fields`` decrypted (see :meth:`decrypt_field`)."""
         out = dict(record)
         service = self.service
@@ -274,8 +275,8 @@ class _Column:
 
     __slots__ = ("fe", "field", "values", "ids", "rebuild", "arrow")
 
-    def __init__(self, fe: FieldEncryption, field: str, values: list, ids: Any,
-                 rebuild: Callable[[list], Any], arrow: Any = None) -> None:
+    def __init__(self, fe: FieldEncryption, field: str, values: list[Any], ids: Any,
+                 rebuild: Callable[[list[Any]], Any], arrow: Any = None) -> None:
         self.fe, self.field, self.values, self.ids = fe, field, values, ids
         self.rebuild, self.arrow = rebuild, arrow
 
@@ -285,7 +286,7 @@ class _Column:
         if module.startswith("pandas"):
             import pandas as pd
 
-            def rebuild(vals: list) -> Any:
+            def rebuild(vals: list[Any]) -> Any:
                 return pd.Series(vals, index=records.index, name=records.name, dtype=object)
 
             # pandas stores a missing value as NaN/NA; the engine's "missing" is None
@@ -294,7 +295,7 @@ class _Column:
         if is_arrow(records):
             pa = pyarrow_module()
             arr = records.combine_chunks() if isinstance(records, pa.ChunkedArray) else records
-            return cls(fe, field, None, ids, None, arrow=arr)
+            return cls(fe, field, [], ids, list, arrow=arr)  # values and rebuild: unused
         if not isinstance(records, (list, tuple)):
             raise InvalidArgumentType(
                 "records must be a list of dicts, a list of values, a pandas Series or a "
@@ -305,12 +306,12 @@ class _Column:
         return cls(fe, field, list(records), ids, lambda vals: vals)
 
     @classmethod
-    def _of_dicts(cls, fe: FieldEncryption, records: list, field: str, ids: Any) -> "_Column":
+    def _of_dicts(cls, fe: FieldEncryption, records: list[Any], field: str, ids: Any) -> "_Column":
         values = field_values(records, field)
         if fe._bind and ids is None:
             ids = field_values(records, fe._id_field)
 
-        def rebuild(vals: list) -> list:
+        def rebuild(vals: list[Any]) -> list[Any]:
             return with_field(records, field, vals)  # a record without the field stays without
 
         return cls(fe, field, values, ids, rebuild)
@@ -335,7 +336,9 @@ class _Column:
             _check_text(self.field, bad)
         if kinds & NONE_VALUES:
             mask = np.empty(len(values), dtype=np.uint8)
-            out = empty_bytes(_native_packed_size(values, True))
+            size = _native_packed_size(values, True)
+            assert size is not None  # value_kinds above: every value is a str or None
+            out = empty_bytes(size)
             offsets = np.frombuffer(_pack_into(values, out, mask), dtype=np.int64)
             present = np.flatnonzero(mask == 0)
             return present, Batch._trusted(out, offsets).take(present)
@@ -381,8 +384,8 @@ class _Column:
                 batch = batch.take(todo_local)
         todo = present if todo_local is None else present[todo_local]
         arrow = self.arrow is not None
-        tokens = service.encrypt_many(batch, self._aad(todo), arrow=arrow) if len(todo) else []
-        return self._output(todo, tokens)
+        sealed = service.encrypt_many(batch, self._aad(todo), arrow=arrow) if len(todo) else []
+        return self._output(todo, sealed)
 
     def _verify(self, service: EncryptionService, where: np.ndarray, tokens: Batch) -> None:
         """Opens the column's existing tokens in one batch; raises, naming the records, unless

@@ -8,7 +8,7 @@ lists every family, the alert rules and the dashboard shipped in :mod:`engine.mo
 ``engine_encryption_operations_total{type="encrypt|decrypt"}`` counts records, not calls: a batch
 of a million adds a million in one increment. ``engine_encryption_errors_total{error_type}``
 counts every input the engine refuses, once, by a kind from the fixed set
-:data:`~engine.refusals.ERROR_TYPES` (see :mod:`engine.refusals`). The key facts (versions that
+:data:`~engine.errors.ERROR_TYPES` (see :mod:`engine.refusals`). The key facts (versions that
 still decrypt, the current version's usage against its limit, when it was made) are read from the
 key provider, so they are true in every process that holds a key, not only in the one that
 rotated.
@@ -27,10 +27,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, push_to_gate
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import basic_auth_handler, default_handler
 
-from .errors import EngineError
+from .errors import ERROR_TYPES, EngineError
 from .keys.base import KeyProvider, KeyState, usage_limit
 from .locks import fork_safe_lock
-from .refusals import ERROR_TYPES
 
 __all__ = [
     "ERROR_TYPES",

@@ -2,8 +2,8 @@
 
 The footer records each column chunk's codec but not its compression level, nor whether its
 data pages are version 1 or 2, nor whether the pages carry a CRC. Those are in the page headers
-(Thrift compact protocol, the ``PageHeader`` struct of ``parquet.thrift``), which pyarrow does
-not expose; :func:`column_pages` reads the first pages of a column chunk, and
+(the ``PageHeader`` struct of ``parquet.thrift``, read by :mod:`engine.thrift_compact`), which
+pyarrow does not expose; :func:`column_pages` reads the first pages of a column chunk, and
 :func:`compression_level` finds a level that reproduces their compressed bytes exactly.
 Only the handful of ``PageHeader`` fields needed here are decoded; everything else is skipped
 by its wire type.
@@ -15,11 +15,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Sequence
 
+from .thrift_compact import BOOL, INT, CompactReader
+
 __all__ = ["Page", "PageFormatError", "column_pages", "compression_level"]
 
 DATA_PAGE, INDEX_PAGE, DICTIONARY_PAGE, DATA_PAGE_V2 = 0, 1, 2, 3
 # A page header is small (statistics included); this bounds what one read may take.
 _MAX_HEADER = 1 << 16
+# PageHeader: 1 type, 2 uncompressed_page_size, 3 compressed_page_size, 4 crc,
+# 8 data_page_header_v2 (5 definition_levels_byte_length, 6 repetition_levels_byte_length,
+# 7 is_compressed).
+_PAGE_HEADER: dict[int, Any] = {1: INT, 2: INT, 3: INT, 4: INT, 8: {5: INT, 6: INT, 7: BOOL}}
 
 
 class PageFormatError(ValueError):
@@ -63,11 +69,10 @@ def column_pages(f: BinaryIO, start: int, end: int, *, max_pages: int = 4,
     budget = max_bytes
     while pos < end and len(pages) < max_pages:
         f.seek(pos)
-        head = f.read(min(_MAX_HEADER, end - pos))
-        try:
-            fields, size = _read_struct(head, 0, _PAGE_HEADER)
-        except IndexError:
-            raise PageFormatError("a page header runs past its column chunk") from None
+        reader = CompactReader(f.read(min(_MAX_HEADER, end - pos)), error=PageFormatError,
+                               what="a page header")
+        fields = reader.struct(_PAGE_HEADER)
+        size = reader.pos
         if not {1, 2, 3} <= fields.keys():
             raise PageFormatError("a page header without its type and sizes")
         v2 = fields.get(8, {})
@@ -116,98 +121,3 @@ def compression_level(codec: str, pages: Iterable[Page], candidates: Sequence[in
         if all(codec_at.compress(plain, asbytes=True) == stored for plain, stored in samples):
             return level
     return None
-
-
-# ---- the Thrift compact protocol, as far as PageHeader needs it ----
-
-_I32, _BOOL = "i32", "bool"
-# PageHeader: 1 type, 2 uncompressed_page_size, 3 compressed_page_size, 4 crc,
-# 8 data_page_header_v2 (5 definition_levels_byte_length, 6 repetition_levels_byte_length,
-# 7 is_compressed).
-_PAGE_HEADER: dict[int, Any] = {1: _I32, 2: _I32, 3: _I32, 4: _I32,
-                                8: {5: _I32, 6: _I32, 7: _BOOL}}
-_STOP, _TRUE, _FALSE, _BYTE, _I16, _I32_T, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, \
-    _STRUCT = range(13)
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 70:
-            raise PageFormatError("a varint longer than 10 bytes")
-
-
-def _zigzag(n: int) -> int:
-    return (n >> 1) ^ -(n & 1)
-
-
-def _read_struct(buf: bytes, pos: int, wanted: dict[int, Any] | None,
-                 depth: int = 0) -> tuple[dict[int, Any], int]:
-    """(the wanted fields by id, the position after the struct)."""
-    if depth > 16:
-        raise PageFormatError("page header nested too deeply")
-    fields: dict[int, Any] = {}
-    last = 0
-    while True:
-        head = buf[pos]
-        pos += 1
-        if head == _STOP:
-            return fields, pos
-        kind, delta = head & 0x0F, head >> 4
-        if delta:
-            field = last + delta
-        else:
-            raw, pos = _varint(buf, pos)
-            field = _zigzag(raw)
-        last = field
-        want = wanted.get(field) if wanted is not None else None
-        if want == _I32 and kind == _I32_T:
-            raw, pos = _varint(buf, pos)
-            fields[field] = _zigzag(raw)
-        elif want == _BOOL and kind in (_TRUE, _FALSE):
-            fields[field] = kind == _TRUE
-        elif isinstance(want, dict) and kind == _STRUCT:
-            fields[field], pos = _read_struct(buf, pos, want, depth + 1)
-        else:
-            pos = _skip(buf, pos, kind, depth)
-
-
-def _skip(buf: bytes, pos: int, kind: int, depth: int) -> int:
-    if kind in (_TRUE, _FALSE):
-        return pos
-    if kind == _BYTE:
-        return pos + 1
-    if kind in (_I16, _I32_T, _I64):
-        return _varint(buf, pos)[1]
-    if kind == _DOUBLE:
-        return pos + 8
-    if kind == _BINARY:
-        size, pos = _varint(buf, pos)
-        return pos + size
-    if kind in (_LIST, _SET):
-        head = buf[pos]
-        pos += 1
-        count, element = head >> 4, head & 0x0F
-        if count == 15:
-            count, pos = _varint(buf, pos)
-        for _ in range(count):
-            pos = pos + 1 if element in (_TRUE, _FALSE) else _skip(buf, pos, element, depth)
-        return pos
-    if kind == _MAP:
-        count, pos = _varint(buf, pos)
-        if count:
-            types = buf[pos]
-            pos += 1
-            for _ in range(count):
-                pos = _skip(buf, pos, types >> 4, depth)
-                pos = _skip(buf, pos, types & 0x0F, depth)
-        return pos
-    if kind == _STRUCT:
-        return _read_struct(buf, pos, None, depth + 1)[1]
-    raise PageFormatError(f"unknown Thrift compact type {kind}")

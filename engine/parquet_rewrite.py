@@ -116,7 +116,8 @@ class RewriteResult:
 def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
                     columns: Collection[str], types: Mapping[str, Any] | None = None,
                     statistics: bool | None = None, dictionary: bool | None = None,
-                    lazy: bool = True, use_threads: bool = True) -> RewriteResult:
+                    lazy: bool = True, use_threads: bool = True,
+                    metadata: Mapping[bytes, bytes] | None = None) -> RewriteResult:
     """Writes ``target``: ``source`` with the columns in ``columns`` replaced, row group by
     row group, by what ``transform`` returns, and everything else kept (see the module
     docstring for what is kept and what pyarrow cannot keep).
@@ -131,11 +132,14 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
             it changes nothing in that row group.
         columns: the top-level columns the transform may replace.
         types: the Arrow type of a replaced column in the output, where it differs from the
-            source's (every row group must then return the column).
+            source's (every row group must then return the column); or a ``pyarrow.Field``,
+            whose type and field metadata the column takes.
         statistics, dictionary: write statistics, or dictionary-encode, the columns in
             ``columns`` (None: as the source did; ciphertexts gain nothing from either).
         lazy: write nothing (and leave ``target`` alone) unless some row group changes.
         use_threads: let pyarrow decode with several threads.
+        metadata: the key-value metadata to write in place of the source's (e.g. its pandas
+            metadata updated for the replaced columns' new types).
 
     Returns:
         A :class:`RewriteResult`.
@@ -166,7 +170,12 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
             if name not in owned:
                 raise InvalidArgument(f"a type is given for {name!r}, which the transform does "
                                       "not own")
-            schema = schema.set(schema.get_field_index(name), schema.field(name).with_type(t))
+            field = schema.field(name)
+            if isinstance(t, pa.Field):
+                field, t = field.with_metadata(t.metadata), t.type
+            schema = schema.set(schema.get_field_index(name), field.with_type(t))
+        if metadata is not None:
+            schema = schema.with_metadata(metadata)
         output = _output_schema(meta, schema, owned)
         with _bytes_of(source) as f:
             options = writer_options(reader, f)
@@ -205,7 +214,7 @@ def rewrite_parquet(source: Any, target: Any, transform: Transform, *,
     finally:
         if writer is not None:
             writer.close()
-    _check_kept(meta, target, owned)
+    _check_kept(meta, target, owned, metadata)
     return RewriteResult(True, meta.num_row_groups, meta.num_rows, changed)
 
 
@@ -412,7 +421,8 @@ def _output_schema(meta: Any, schema: Any, owned: set[str]) -> Any:
         return schema
     for name in owned:
         at = arrow.get_field_index(name)
-        arrow = arrow.set(at, arrow.field(at).with_type(schema.field(name).type))
+        field = schema.field(name)
+        arrow = arrow.set(at, arrow.field(at).with_type(field.type).with_metadata(field.metadata))
     int96 = {meta.schema.column(j).path for j in range(meta.num_columns)
              if meta.schema.column(j).physical_type == "INT96"}
     for name in int96 & set(arrow.names):  # read at the unit chosen for them
@@ -421,7 +431,8 @@ def _output_schema(meta: Any, schema: Any, owned: set[str]) -> Any:
     return arrow.with_metadata(schema.metadata)
 
 
-def _check_kept(source: Any, target: Any, owned: set[str]) -> None:
+def _check_kept(source: Any, target: Any, owned: set[str],
+                metadata: Mapping[bytes, bytes] | None = None) -> None:
     """Raises :class:`CannotKeepParquet` where the written file's schema (physical and
     logical types, levels), row groups or key-value metadata differ from the source's (columns
     in ``owned`` may change type)."""
@@ -446,7 +457,8 @@ def _check_kept(source: Any, target: Any, owned: set[str]) -> None:
     rows = [source.row_group(i).num_rows for i in range(source.num_row_groups)]
     if rows != [written.row_group(i).num_rows for i in range(written.num_row_groups)]:
         raise CannotKeepParquet("the row groups would be cut differently")
-    if {k: v for k, v in (source.metadata or {}).items() if k != b"ARROW:schema"} != \
+    wanted = source.metadata if metadata is None else metadata
+    if {k: v for k, v in (wanted or {}).items() if k != b"ARROW:schema"} != \
             {k: v for k, v in (written.metadata or {}).items() if k != b"ARROW:schema"}:
         raise CannotKeepParquet("the key-value metadata would change")
 

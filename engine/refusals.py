@@ -1,5 +1,5 @@
 """Counting refused inputs: every error a public call of the engine raises is counted once in
-``engine_encryption_errors_total{error_type}``, by a kind from the fixed set :data:`ERROR_TYPES`
+``engine_encryption_errors_total{error_type}``, by a kind from the fixed set :data:`engine.errors.ERROR_TYPES`
 (a label value never comes from the input).
 
 The public entry points of the service, fields, tables and engine files are decorated with
@@ -14,24 +14,11 @@ import functools
 from typing import Any, Callable, Iterable, TypeVar
 
 from .envelope import EnvelopeError
-from .errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
+from .errors import ERROR_TYPES, EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
 from .keys.base import KeyProviderError, KeyUsageExhausted, KeyVersionNotUsable, UnknownKeyVersion
 
-__all__ = ["ERROR_TYPES", "count_refusal", "counted", "counts_refusals", "error_type_of",
+__all__ = ["count_refusal", "counted", "counts_refusals", "error_type_of",
            "metrics_of_service", "restated"]
-
-#: The kinds of ``engine_encryption_errors_total{error_type}``; anything else counts as ``other``.
-ERROR_TYPES = (
-    "invalid_tag",  # authentication failed: wrong key or AAD, or tampered
-    "unknown_key_version",  # the value names a version the provider does not hold
-    "malformed",  # not a token, JSON envelope or engine file
-    "invalid_argument",  # a value of the wrong type or shape from the caller
-    "key_version_not_usable",  # the current version may not encrypt (decrypt-only, deprecated)
-    "key_usage_exhausted",  # the current version has done 2**32 encryptions
-    "key_provider",  # the provider failed (Vault unreachable, master key changed, ...)
-    "key_rotation_failed",  # a rotation failed and was rolled back
-    "other",  # any other engine error
-)
 
 Kinds = Iterable[tuple[type[BaseException], str]]
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from . import audit as audit_events
 from .aead import random_bytes
+from .atomic_file import write_atomically
 from .errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
 from .keys.base import (
     GCM_RANDOM_IV_LIMIT,
@@ -42,7 +43,7 @@ from .keys.base import (
     usage_limit,
 )
 from .locks import fork_safe_lock
-from .settings import env_flag
+from .settings import env_flag, env_number
 from .webhook import Webhook
 
 __all__ = [
@@ -165,19 +166,10 @@ class RotationPolicy:
         """
         env = os.environ if env is None else env
 
-        def num(name: str, default: float, kind: Callable[[str], Any]) -> Any:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                return kind(raw)
-            except ValueError:
-                raise InvalidArgument(f"{name} must be a number, got {raw!r}") from None
-
         return cls(
             enabled=env_flag(env, "KEY_ROTATION_ENABLED", True),
-            interval_days=num("KEY_ROTATION_INTERVAL_DAYS", 30.0, float),
-            retention_versions=num("KEY_RETENTION_VERSIONS", 5, int),
+            interval_days=env_number(env, "KEY_ROTATION_INTERVAL_DAYS", float, 30.0),
+            retention_versions=env_number(env, "KEY_RETENTION_VERSIONS", int, 5),
             webhook=env.get("KEY_ROTATION_WEBHOOK") or None,
         )
 
@@ -196,7 +188,7 @@ class RotationResult:
 
 class _CanaryStore:
     """Each version's canary, sealed with that version's key when it was created: a JSON file
-    written atomically (temporary file, fsync, rename)."""
+    (mode 0600) written atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -212,17 +204,8 @@ class _CanaryStore:
 
     def save(self, canaries: dict[int, dict[str, str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({str(k): v for k, v in sorted(canaries.items())}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        data = json.dumps({str(k): v for k, v in sorted(canaries.items())})
+        write_atomically(self.path, data.encode())
 
 
 def _seal_canary(provider: KeyProvider, version: int) -> dict[str, str]:
@@ -264,7 +247,7 @@ class KeyRotationService:
 
     def __init__(self, provider: KeyProvider, policy: RotationPolicy | None = None, *,
                  state_dir: str | os.PathLike[str] | None = None, audit: Any = None,
-                 metrics: Any = None, observer: Callable[[str, dict], None] | None = None,
+                 metrics: Any = None, observer: Callable[[str, dict[str, Any]], None] | None = None,
                  on_rotated: Callable[[RotationResult], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if not isinstance(provider, KeyProvider):
@@ -325,7 +308,7 @@ class KeyRotationService:
                 try:
                     stack.enter_context(self.provider.rotation_lock(wait=wait))
                 except KeyLockBusy as exc:
-                    busy = str(exc)
+                    busy: str | None = str(exc)
                 else:
                     busy = None
                 if busy is not None:
@@ -407,7 +390,7 @@ class KeyRotationService:
                 if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                     raise
                 raise RotationFailed(step, exc, rolled_back=not undo) from exc
-            previous, new_version, deprecated = run.previous, run.new_version, run.deprecated
+            previous, new_version, deprecated = run.previous, run.created, run.deprecated
             result = RotationResult(previous, new_version, reason,
                                     datetime.fromtimestamp(self.clock(), timezone.utc), deprecated)
             self._record(audit_events.KEY_ROTATION, reason=reason, previous_version=previous,
@@ -434,13 +417,13 @@ class KeyRotationService:
         run.new_version = self.provider.create_version().version
 
     def _move_pointer(self, run: "_Run") -> None:
-        if _current_version(self.provider) != run.new_version:
-            self.provider.set_current(run.new_version)
+        if _current_version(self.provider) != run.created:
+            self.provider.set_current(run.created)
 
     def _post_verification(self, run: "_Run") -> None:
         run.canaries = self._canaries.load()
-        run.canaries[run.new_version] = _seal_canary(self.provider, run.new_version)
-        _round_trip(self.provider, run.new_version)
+        run.canaries[run.created] = _seal_canary(self.provider, run.created)
+        _round_trip(self.provider, run.created)
         for version, state in run.before.items():
             if state is not KeyState.DEPRECATED and version in run.canaries:
                 _open_canary(self.provider, version, run.canaries[version])
@@ -570,6 +553,13 @@ class _Run:
     new_version: int | None = None
     canaries: dict[int, dict[str, str]] = field(default_factory=dict)
     deprecated: tuple[int, ...] = ()
+
+    @property
+    def created(self) -> int:
+        """The version the generate step made (the steps after it run only once it has)."""
+        if self.new_version is None:
+            raise RuntimeError("no version was generated")
+        return self.new_version
 
     def detail(self, step: str) -> dict[str, Any]:
         """What the observer is told before ``step``."""

@@ -16,9 +16,15 @@ import os
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, NoReturn, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .audit import AuditLog
+    from .metrics import EngineMetrics
 
 from .aead import random_bytes, text_token_header
 from .batch import Batch, as_batch
@@ -294,7 +300,7 @@ class EncryptionService:
     def __repr__(self) -> str:
         return f"<EncryptionService provider={self._provider!r}>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("the encryption service holds keys and cannot be pickled")
 
     @property
@@ -303,12 +309,12 @@ class EncryptionService:
         return self._provider
 
     @property
-    def audit(self) -> Any:
+    def audit(self) -> AuditLog | None:
         """The audit log, or None."""
         return self._audit
 
     @property
-    def metrics(self) -> Any:
+    def metrics(self) -> EngineMetrics | None:
         """The metrics, or None when counting is off."""
         return self._metrics
 
@@ -472,9 +478,21 @@ class EncryptionService:
 
     # ---- batches ----
 
+    @overload
+    def encrypt_many(self, values: Any, aad: Any = None, *, binary: Literal[False] = False,
+                     arrow: Literal[False] = False) -> list[str]: ...
+    @overload
+    def encrypt_many(self, values: Any, aad: Any = None, *, binary: Literal[True],
+                     arrow: bool = False) -> Batch: ...
+    @overload
+    def encrypt_many(self, values: Any, aad: Any = None, *, binary: Literal[False] = False,
+                     arrow: Literal[True]) -> pa.Array: ...
+    @overload
+    def encrypt_many(self, values: Any, aad: Any = None, *, binary: bool = False,
+                     arrow: bool = False) -> list[str] | Batch | pa.Array: ...
     @_counted
     def encrypt_many(self, values: Any, aad: Any = None, *, binary: bool = False,
-                     arrow: bool = False) -> Any:
+                     arrow: bool = False) -> list[str] | Batch | pa.Array:
         """Encrypts many values in one native batch call under the current key (one lookup).
 
         Args:
@@ -497,6 +515,7 @@ class EncryptionService:
         key = self._encryption_key()
         tokens = key.cipher.seal_tokens(batch, _bound_header(key), _caller_aad(aad, len(batch)),
                                         threads=self._threads)
+        assert tokens is not None  # no out=: a new Batch
         self._used(key.version, "encrypt", len(batch), key.usage_limit)
         if binary:
             return tokens
@@ -726,6 +745,7 @@ class EncryptionService:
             finally:
                 if sub is not plain:
                     sub.data.fill(0)
+            assert tokens is not None  # no out=: a new Batch
             self._used(target.version, "encrypt", local.shape[0], target.usage_limit)
             parts.append((local, tokens))
         if len(parts) == 1:
@@ -849,7 +869,7 @@ def _audit_from_environment(provider: KeyProvider, env: Mapping[str, str] | None
     try:
         audit_key = provider.audit_key()
     except KeyProviderError as exc:
-        problem = str(exc)
+        problem: str | None = str(exc)
     else:
         problem = None
     if problem is not None:

@@ -24,10 +24,11 @@ class XAesGcm(AesGcm):
     """XAES-256-GCM with a 32-byte key and 24-byte nonces, in the shape of :class:`AesGcm`.
 
     Every method of :class:`AesGcm` works the same way (``encrypt``/``decrypt``, the batch,
-    in-place, token and per-record-key calls), with nonces of exactly 24 bytes: drawn natively
-    when a batch or token is sealed, given by the caller for single messages. The subkey of the
-    derivation is computed once, here; each message key is expanded on the thread that uses it
-    and wiped when that thread's records are done. :meth:`derive` gives an :class:`AesGcm`.
+    in-place and token calls; per-record keys through :mod:`engine.hazmat`), with nonces of
+    exactly 24 bytes: drawn natively when a batch or token is sealed, given by the caller for
+    single messages. The subkey of the derivation is computed once, here; each message key is
+    expanded on the thread that uses it and wiped when that thread's records are done.
+    :meth:`derive` gives an :class:`AesGcm`.
 
     Args:
         key: 32 bytes, any bytes-like object.

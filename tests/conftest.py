@@ -25,7 +25,21 @@ _NOT_UNDER_ASAN = {
 }
 
 
+# The modules whose subject is the native core's own paths (single messages, batches, tokens,
+# chunks, XAES, derivations, the C-API objects, hostile calls into them): marked ``native``, so
+# make test runs them on the second backend too (the whole suite runs on the first).
+NATIVE_MODULES = frozenset({
+    "test_aead", "test_batch", "test_cbench", "test_chunks", "test_columns_format", "test_derive",
+    "test_envelope", "test_kat", "test_nonces", "test_objects", "test_properties",
+    "test_robustness", "test_service", "test_stream", "test_stream_files", "test_xaes",
+    "test_xaes_keys",
+})
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in NATIVE_MODULES:
+            item.add_marker(pytest.mark.native)
     if not _ASAN_PRELOADED:
         return
     for item in items:

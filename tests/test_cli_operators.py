@@ -128,14 +128,14 @@ def _reads_of(node):
 def read_variables(tree: ast.AST) -> set[str]:
     """The environment variable names a module reads: constants (or constants' names) given to
     ``env.get``/``os.environ[...]``/``getenv``; constants given to a function of the module
-    that reads its parameter so (``num("X", ...)``; also the imported ``env_flag`` and
-    ``environment_number``); the names of the tuple a ``for`` loop walks to read them
+    that reads its parameter so (``num("X", ...)``; also engine.settings' ``env_flag`` and
+    ``env_number``); the names of the tuple a ``for`` loop walks to read them
     (``for var, arg in (("VAULT_ADDR", "address"), ...): env.get(var)``); ``*_ENV`` constants."""
     consts = {n.targets[0].id: _str(n.value) for n in ast.walk(tree)
               if isinstance(n, ast.Assign) and len(n.targets) == 1
               and isinstance(n.targets[0], ast.Name) and _str(n.value)}
     found = {v for k, v in consts.items() if k.endswith("_ENV") and _NAME.fullmatch(v)}
-    readers = {"env_flag": 1, "environment_number": 1}  # engine.settings, engine.vault.options
+    readers = {"env_flag": 1, "env_number": 1}  # engine.settings
     for fn in ast.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             params = [a.arg for a in fn.args.posonlyargs + fn.args.args]

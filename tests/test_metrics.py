@@ -22,9 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import engine
 from engine import EncryptionService, FieldEncryption, StaticKeyProvider, metrics, tables, tls
+from engine.errors import ERROR_TYPES
 from engine.keys.base import GCM_RANDOM_IV_LIMIT
 from engine.metrics import SEED_ALIASES, EngineMetrics, PushFailed
-from engine.refusals import ERROR_TYPES, error_type_of
+from engine.refusals import error_type_of
 from engine.stream import FileEncryption, NotAnEngineFile
 
 K1, K2, K3 = os.urandom(32), os.urandom(32), os.urandom(32)
@@ -372,15 +373,15 @@ REFUSALS = [
     # tables
     ("tables.encrypt_columns: no such column",
      lambda s: tables.encrypt_columns(_table(), "nope", service=s), "invalid_argument", 1),
-    ("tables.encrypt_columns: an int column",
-     lambda s: tables.encrypt_columns(_table(), "n", service=s), "invalid_argument", 1),
+    ("tables.decrypt_columns: an int column",
+     lambda s: tables.decrypt_columns(_table(), "n", service=s), "invalid_argument", 1),
     ("tables.encrypt_columns: not a table",
      lambda s: tables.encrypt_columns([1, 2], "a", service=s), "invalid_argument", 1),
     ("tables.encrypt_columns: bad template",
      lambda s: tables.encrypt_columns(_table(), "email", aad_template="{", service=s),
      "invalid_argument", 1),
-    ("tables.decrypt_columns: plain text",
-     lambda s: tables.decrypt_columns(_table(), "email", service=s), "malformed", 1),
+    ("tables.decrypt_columns: a column never encrypted",
+     lambda s: tables.decrypt_columns(_table(), "email", service=s), "invalid_argument", 1),
     ("tables.decrypt_columns: another template",
      lambda s: tables.decrypt_columns(tables.encrypt_columns(
          _table(), "email", aad_template="{id}", service=s), "email", aad_template="x{id}",

@@ -1,4 +1,5 @@
-"""Interop with the IntelliFlow TypeScript service (Node.js ``crypto`` AES-256-GCM) through the JSON shape."""
+"""Interop with a Node.js ``crypto`` AES-256-GCM peer (tests/node/interop.js) through the JSON
+envelope."""
 
 from __future__ import annotations
 

@@ -72,7 +72,8 @@ def test_children_forked_while_threads_seal_never_hang_and_never_repeat_a_nonce(
 
     The batches are built before the threads start: a Python module imported for the first time
     in one thread while another forks can leave the child waiting on that module's import lock
-    (a CPython hazard, not the engine's); the engine imports pyarrow eagerly for that reason."""
+    (a CPython hazard, not the engine's); the batch path never makes pyarrow's first import
+    for that reason (:func:`engine.buffers.loaded_pyarrow`)."""
     import threading
     import time
 

@@ -3,6 +3,7 @@ as the unit of work, atomic replacement, checkpoints."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from engine.reencrypt import (
     ColumnNotFound,
     NotEncrypted,
     SealedLayout,
+    StoreUnavailable,
     TableNotFound,
     inventory,
     open_store,
@@ -80,8 +82,9 @@ def test_a_failing_file_stops_the_job_and_the_rerun_skips_the_files_done(tmp_pat
     done = {n: os.stat(n).st_mtime_ns for n in list(plain)[:2]}
     pq.write_table(good, broken)  # repaired
     report = reencrypt(store, COLUMNS, service=new, batch_size=100)
-    assert report.rows == 500 and report.reencrypted == 1000  # only the file left to do
-    assert {n: os.stat(n).st_mtime_ns for n in done} == done
+    assert {n: os.stat(n).st_mtime_ns for n in done} == done  # only the file left to do
+    # the report covers the whole dataset: the files the first run finished too
+    assert (report.rows, report.resumed_rows, report.reencrypted) == (1500, 1000, 3000)
     assert_dataset_reads(plain, new, 2)
     assert listing(path) == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
 
@@ -196,3 +199,53 @@ def test_reencrypt_keeps_every_property_of_the_columns_it_does_not_own(tmp_path,
     for name in plain:
         assert_kept(originals[name], name, OWNED)
     assert_dataset_reads(plain, new, 2)
+
+
+def test_a_resumed_job_reports_the_failures_of_files_an_earlier_run_finished(tmp_path):
+    """Unreadable values in a file the first run finished are in the resumed run's report and
+    decide its verdict: an operator who gates the purge on it never purges them away."""
+    old, new = services()
+    path = str(tmp_path / "users")
+    write_dataset(path, old, files=3, nulls=False)
+    first = os.path.join(path, "part-0.parquet")
+    table = pq.read_table(first)
+    ssn = table["ssn"].to_pylist()
+    ssn[7] = "not a token"
+    pq.write_table(table.set_column(1, "ssn", pa.array(ssn)), first)
+    broken = os.path.join(path, "part-2.parquet")
+    good = pq.read_table(broken)
+    pq.write_table(good.set_column(5, "key_version", pa.array(["v1"] * good.num_rows)), broken)
+    store = open_store(f"parquet://{path}")
+    with pytest.raises(ColumnNotFound):
+        reencrypt(store, COLUMNS, service=new, batch_size=100)
+    pq.write_table(good, broken)
+    report = reencrypt(store, COLUMNS, service=new, batch_size=100)
+    assert report.complete and report.rows == 1500 and report.resumed_rows == 1000
+    assert [(f.key, f.reason) for f in report.failures] == [("part-0.parquet#7", "malformed")]
+    assert report.failed == 1 and report.reencrypted == 2999
+    # the job is done: its checkpoint is gone, and a new pass finds the one value again
+    assert not [n for n in listing(path) if n.startswith("_engine_reencrypt_progress")]
+    again = reencrypt(store, COLUMNS, service=new)
+    assert again.failed == 1 and again.resumed_rows == 0
+
+
+def test_a_corrupt_parquet_checkpoint_is_refused_by_name(tmp_path):
+    old, new = services()
+    path = str(tmp_path / "users")
+    write_dataset(path, old, files=2, nulls=False)
+    broken = os.path.join(path, "part-1.parquet")
+    good = pq.read_table(broken)
+    pq.write_table(good.set_column(5, "key_version", pa.array(["v1"] * good.num_rows)), broken)
+    store = open_store(f"parquet://{path}")
+    with pytest.raises(ColumnNotFound):  # the job stops at the second file
+        reencrypt(store, COLUMNS, service=new, batch_size=100)
+    pq.write_table(good, broken)
+    [checkpoint] = [n for n in listing(path) if n.startswith("_engine_reencrypt_progress")]
+    checkpoint = os.path.join(path, checkpoint)
+    with open(checkpoint) as f:
+        [(job, done)] = json.load(f).items()
+    assert list(done) == [os.path.join(path, "part-0.parquet")]
+    with open(checkpoint, "w") as f:
+        json.dump({job: {name: "{not json" for name in done}}, f)
+    with pytest.raises(StoreUnavailable, match="corrupt"):
+        reencrypt(store, COLUMNS, service=new, batch_size=100)

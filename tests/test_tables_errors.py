@@ -43,9 +43,9 @@ def people(n=40):
 def test_a_value_that_is_not_a_token_is_named_by_column_and_row(service):
     e = tables.encrypt_columns(people(), "email", service=service)
     emails = e.column("email").to_pylist()
-    emails[13] = "plain text, never encrypted"  # rows 2, 7, 12 are NULL before it
-    emails[21] = "also plain"
-    bad = e.set_column(1, e.schema.field(1), pa.array(emails, pa.large_string()))
+    emails[13] = b"plain text, never encrypted"  # rows 2, 7, 12 are NULL before it
+    emails[21] = b"also plain"
+    bad = e.set_column(1, e.schema.field(1), pa.array(emails, pa.large_binary()))
     with pytest.raises(tables.ColumnNotTokens) as info:
         tables.decrypt_columns(bad, "email", service=service)
     err = info.value
@@ -65,12 +65,28 @@ def test_values_failing_authentication_are_named_by_their_rows(service):
     assert "row index 16 and 1 more" in str(info.value)
 
 
+def legacy_tokens(service, t, name):
+    """``t`` with column ``name`` as releases before the column format wrote it: text tokens
+    (``ef1:``), the original type in the field metadata."""
+    tokens = pa.array(service.encrypt_many(t.column(name).to_pylist()), pa.large_string())
+    field = pa.field(name, pa.large_string(),
+                     metadata={tables.ORIGINAL_TYPE_KEY: str(t.schema.field(name).type).encode()})
+    return t.set_column(t.schema.get_field_index(name), field, tokens)
+
+
 def test_edited_type_metadata_and_hostile_schemas(service):
     t = pa.table({"id": pa.array(range(6), pa.int64()),
                   "blob": pa.array([b"\xff\xfe" + bytes([i]) for i in range(6)], pa.binary())})
     e = tables.encrypt_columns(t, "blob", service=service)
     assert tables.decrypt_columns(e, "blob", service=service).equals(t)
-    # the recorded type edited to text: binary plaintext is not UTF-8
+    # the type the field metadata records edited: the values' own type rules (it is bound)
+    told = e.schema.field("blob").with_metadata({tables.COLUMN_TYPE_KEY: b"bA=="})  # "l"
+    assert tables.decrypt_columns(e.set_column(1, told, e.column(1)), "blob",
+                                  service=service).equals(t)
+    # text tokens of earlier releases, their recorded type edited to text: binary plaintext
+    # is not UTF-8
+    e = legacy_tokens(service, t, "blob")
+    assert tables.decrypt_columns(e, "blob", service=service).equals(t)
     f = e.schema.field("blob")
     lying = e.set_column(1, f.with_metadata({tables.ORIGINAL_TYPE_KEY: b"string"}), e.column(1))
     with pytest.raises(tables.ColumnNotText) as info:
@@ -83,7 +99,7 @@ def test_edited_type_metadata_and_hostile_schemas(service):
     # an "encrypted" column that is not text at all
     numbers = e.set_column(1, pa.field("blob", pa.int64(), metadata=f.metadata),
                            pa.array(range(6), pa.int64()))
-    with pytest.raises(engine.InvalidArgumentType):
+    with pytest.raises(tables.ColumnNotEncrypted):
         tables.decrypt_columns(numbers, "blob", service=service)
     # two columns of one name: pyarrow's lookup by name would give the last column of the table
     twice = pa.table([t.column(1), t.column(0), pa.array(["secret"] * 6)],
@@ -166,7 +182,8 @@ def test_corrupt_arrow_ipc_tables_never_crash(service, tmp_path):
     outcomes = r.stdout.split()
     assert r.returncode == 0, (r.returncode, len(outcomes), r.stderr[-2000:])
     allowed = {"unreadable", "ok", "InvalidArgument", "InvalidArgumentType", "ColumnNotTokens",
-               "ColumnInvalidTag", "ColumnNotText", "UnknownKeyVersion", "MalformedEnvelope"}
+               "ColumnInvalidTag", "ColumnNotText", "UnknownKeyVersion", "MalformedEnvelope",
+               "ColumnNotEncrypted", "ColumnTypeUnreadable"}
     assert set(outcomes) <= allowed, set(outcomes) - allowed
     assert outcomes.count("InvalidArgument") > 10  # the corrupt ones are refused, not computed on
 
@@ -237,7 +254,7 @@ def test_column_files_fuzzed_through_the_command_line(env, tmp_path):
         extra = [(f"{fmt} plain text", (tmp_path / f"plain.{fmt}").read_bytes())]
         if fmt == "csv":
             extra += [("csv header not UTF-8", blob.replace(b"email", b"em\xffail", 1)),
-                      ("csv cell not UTF-8", blob.replace(b"ef1:", b"e\xff1:", 1)),
+                      ("csv cell not UTF-8", blob.replace(b"ec1:", b"e\xff1:", 1)),
                       ("csv more fields", blob.replace(b"\n", b",x,y\n", 3)),
                       ("csv open quote", blob.replace(b"\n", b'\n"', 2))]
         for name, content in [*_mutations(rng, fmt, blob, 60), *extra]:
@@ -266,7 +283,7 @@ def test_column_files_fuzzed_through_the_command_line(env, tmp_path):
         assert code in (0, 1, 5) or (code == 2 and "case" in err and "column" in err), (
             name, code, err)  # 2: a bit flip renamed a column the arguments name
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, (name, err)
-        assert not any(s in err for s in secrets) and "ef1:" not in err, (name, err)
+        assert not any(s in err for s in secrets) and "ec1:" not in err, (name, err)
         assert res["out"] == (code == 0), (name, code)
         if ", row index " in err:  # a column error: the file, the column and the row
             assert "case" in err and "column 'email', row index" in err, (name, err)
@@ -274,8 +291,8 @@ def test_column_files_fuzzed_through_the_command_line(env, tmp_path):
     assert by_name["a directory"]["code"] == 5 and by_name["missing"]["code"] == 5
     for fmt in ("parquet", "csv"):
         assert by_name[f"{fmt} empty"]["code"] == 1
-        plain = by_name[f"{fmt} plain text"]
-        assert plain["code"] == 1 and "column 'email', row index 0" in plain["stderr"]
+        plain = by_name[f"{fmt} plain text"]  # a column never encrypted: bad usage
+        assert plain["code"] == 2 and "column 'email' holds no encrypted" in plain["stderr"]
     assert "not UTF-8" in by_name["csv header not UTF-8"]["stderr"]
     assert seen >= {0, 1, 5}
 
@@ -286,7 +303,7 @@ def test_column_file_errors_exit_codes_in_a_real_process(env, tmp_path):
     (tmp_path / "bad.csv").write_bytes(b"id,em\xffail\n1,a\n")
     (tmp_path / "short.parquet").write_bytes((tmp_path / "plain.parquet").read_bytes()[:100])
     for args, code, words in (
-            (["plain.parquet", "o.parquet"], 1, "plain.parquet: column 'email', row index 0"),
+            (["plain.parquet", "o.parquet"], 2, "plain.parquet: column 'email' holds no enc"),
             (["short.parquet", "o.parquet"], 1, "short.parquet: not a Parquet file"),
             (["bad.csv", "o.csv"], 1, "bad.csv: a column name is not UTF-8"),
             ([".", "o.parquet", "--format", "parquet"], 5, "directory")):

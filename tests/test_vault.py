@@ -707,26 +707,26 @@ def test_retry_policy_backoff_is_bounded():
 # ---- the secrets API ----
 
 def test_secrets_read_write_list_and_cas(provider, admin):
-    secrets = VaultSecrets(provider, base_path="intelliflow-" + uuid.uuid4().hex[:6])
+    secrets = VaultSecrets(provider, base_path="app-" + uuid.uuid4().hex[:6])
     assert secrets.list() == []
-    v1 = secrets.write("openai", {"api_key": "sk-SECRET-1"}, cas=0)
+    v1 = secrets.write("api", {"api_key": "sk-SECRET-1"}, cas=0)
     assert v1 == 1
     with pytest.raises(SecretVersionConflict) as conflict:
-        secrets.write("openai", {"api_key": "sk-SECRET-2"}, cas=0)
+        secrets.write("api", {"api_key": "sk-SECRET-2"}, cas=0)
     assert "sk-SECRET" not in str(conflict.value)
-    assert secrets.write("openai", {"api_key": "sk-SECRET-2"}, cas=1) == 2
-    for name in ("config", "supabase", "redis"):
+    assert secrets.write("api", {"api_key": "sk-SECRET-2"}, cas=1) == 2
+    for name in ("config", "db", "cache"):
         secrets.write(name, {"url": f"{name}://user:pw-SECRET@host"})
-    data = secrets.read("openai")
+    data = secrets.read("api")
     assert isinstance(data, dict) and isinstance(data, SecretData)
     assert data == {"api_key": "sk-SECRET-2"} and data.version == 2
     assert "SECRET" not in repr(data) and "SECRET" not in str(data)
-    assert secrets.read("openai", version=1)["api_key"] == "sk-SECRET-1"
-    assert secrets.list() == ["config", "openai", "redis", "supabase"]
+    assert secrets.read("api", version=1)["api_key"] == "sk-SECRET-1"
+    assert secrets.list() == ["api", "cache", "config", "db"]
     with pytest.raises(SecretNotFound):
         secrets.read("missing")
     with pytest.raises(SecretNotFound):
-        secrets.read("openai", version=9)
+        secrets.read("api", version=9)
     with pytest.raises(InvalidArgument):
         secrets.read("../encryption")
     with pytest.raises(InvalidArgument):
@@ -735,19 +735,33 @@ def test_secrets_read_write_list_and_cas(provider, admin):
         secrets.write("config", {"blob": b"SECRET bytes"})
     assert not_json.value.__context__ is None and "SECRET" not in str(not_json.value)
     assert "SECRET" not in repr(secrets)
-    # An hvac.Client works too, on the default path secret/data/intelliflow/.
+    # An hvac.Client works too, on the default path secret/data/engine/.
     plain = VaultSecrets(admin)
     plain.write("config", {"feature": "on"})
     assert plain.read("config")["feature"] == "on" and "config" in plain.list()
+    assert kv_read(admin, "engine/config")[0] == {"feature": "on"}
     with pytest.raises(TypeError):
         pickle.dumps(plain)
+
+
+def test_secret_paths_and_names_are_configuration(provider):
+    folder = "app-" + uuid.uuid4().hex[:6]
+    env = {"VAULT_SECRETS_PATH": folder, "VAULT_SECRET_NAMES": "db, cache"}
+    secrets = VaultSecrets.from_environment(provider, env)
+    secrets.write("db", {"url": "postgres://u:pw-SECRET@h/d"})
+    assert secrets.read("db").version == 1 and secrets.list() == ["db"]
+    assert VaultSecrets(provider, base_path=folder).list() == ["db"]
+    with pytest.raises(InvalidArgument, match="'dbb' is not one of this application's secrets"):
+        secrets.read("dbb")
+    with pytest.raises(InvalidArgument):
+        VaultSecrets(provider, names=["ok", "../encryption"])
 
 
 def test_secrets_permission_denied(bao, admin):
     token = token_with_policy(admin, 'path "secret/data/other/*" { capabilities = ["read"] }')
     secrets = VaultSecrets(hvac.Client(bao.address, token=token))
-    with pytest.raises(VaultPermissionDenied, match="intelliflow/openai"):
-        secrets.read("openai")
+    with pytest.raises(VaultPermissionDenied, match="engine/api"):
+        secrets.read("api")
 
 
 # ---- no secret in repr, pickle, exceptions or logs ----

@@ -30,7 +30,8 @@ from vault_ha_support import AnswerLosingProxy, RequestLog, cluster_provider, st
 from engine import EncryptionService
 from engine.keys.base import KeyState, UnknownKeyVersion
 from engine.metrics import EngineMetrics
-from engine.testing.openbao import BaoCluster, BaoNotFound
+from engine.testing.openbao import BaoNotFound
+from engine.testing.openbao_cluster import BaoCluster
 from engine.vault import (
     SecretVersionConflict,
     VaultKeyProvider,
@@ -117,7 +118,7 @@ def test_a_test_runner_killed_outright_leaves_no_server_running(tmp_path):
     script = tmp_path / "runner.py"
     script.write_text(
         "import os, sys\n"
-        "from engine.testing.openbao import BaoCluster\n"
+        "from engine.testing.openbao_cluster import BaoCluster\n"
         "c = BaoCluster(1).start()\n"
         "print(c.nodes[0].pid, c.directory, flush=True)\n"
         "os.kill(os.getpid(), 9)  # no atexit, no finally\n")
@@ -347,12 +348,12 @@ def test_a_lost_answer_to_a_transit_rotation_rotates_once(via_proxy, losing, bao
 
 def test_a_lost_answer_to_a_check_and_set_write_is_success_not_a_conflict(via_proxy, losing):
     secrets = VaultSecrets(via_proxy(), base_path=f"lost-{random.randrange(10**9)}")
-    secrets.write("openai", {"api_key": "first"}, cas=0)
-    losing.lose(lambda method, path: method == "POST" and "/openai" in path)
-    assert secrets.write("openai", {"api_key": "second"}, cas=1) == 2
-    assert secrets.read("openai") == {"api_key": "second"} and losing.lost == 1
+    secrets.write("api", {"api_key": "first"}, cas=0)
+    losing.lose(lambda method, path: method == "POST" and "/api" in path)
+    assert secrets.write("api", {"api_key": "second"}, cas=1) == 2
+    assert secrets.read("api") == {"api_key": "second"} and losing.lost == 1
     with pytest.raises(SecretVersionConflict):  # and a real conflict is still one
-        secrets.write("openai", {"api_key": "third"}, cas=1)
+        secrets.write("api", {"api_key": "third"}, cas=1)
 
 
 def test_a_write_that_cannot_be_read_back_is_outcome_unknown(via_proxy, losing):

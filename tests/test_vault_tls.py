@@ -120,8 +120,8 @@ def test_keys_and_secrets_over_https_with_vault_cacert(bao_tls, pki, names):
         p.create_version()
         assert service.decrypt_many(tokens).to_list() == [b"over TLS", b"twice"]
         secrets = VaultSecrets(p, base_path="tls-" + uuid.uuid4().hex[:6])
-        assert secrets.write("redis", {"url": "rediss://cache:6380/0"}) == 1
-        assert secrets.read("redis")["url"] == "rediss://cache:6380/0"
+        assert secrets.write("cache", {"url": "rediss://cache:6380/0"}) == 1
+        assert secrets.read("cache")["url"] == "rediss://cache:6380/0"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

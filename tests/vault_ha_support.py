@@ -13,7 +13,8 @@ from typing import Callable
 
 import pytest
 
-from engine.testing.openbao import BaoCluster, BaoNotFound
+from engine.testing.openbao import BaoNotFound
+from engine.testing.openbao_cluster import BaoCluster
 from engine.vault import VaultKeyProvider
 
 

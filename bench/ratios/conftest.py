@@ -4,6 +4,8 @@ and these modules need pytest, which asv's environment does not have."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.cases import CASES, Case, Settings
@@ -44,3 +46,29 @@ def settings(request: pytest.FixtureRequest) -> Settings:
 @pytest.fixture
 def rounds(request: pytest.FixtureRequest) -> int:
     return request.config.getoption("ratio_rounds")
+
+
+RATIOS_DIR = Path(__file__).resolve().parent
+
+
+def _names_this_directory(config: pytest.Config) -> bool:
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path == RATIOS_DIR or RATIOS_DIR in path.parents:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``pytest --benchmark-only`` (at the repository's root too) runs these cases and nothing
+    else; a plain ``pytest`` leaves them out (benchmarks, not tests) unless this directory is
+    named on its command line, as the gate does."""
+    benchmarks_only = config.getoption("benchmark_only", False)
+    wanted = benchmarks_only or _names_this_directory(config)
+    keep, drop = [], []
+    for item in items:
+        ratio = item.get_closest_marker("ratio") is not None
+        (keep if (ratio and wanted) or (not ratio and not benchmarks_only) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

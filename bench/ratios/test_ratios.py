@@ -3,9 +3,10 @@
 Each round runs the reference (pedantic's untimed ``setup``, timed here) and then the engine
 (timed by the fixture), so the two alternate round by round; the median of the rounds' own
 ratios goes into the benchmark's ``extra_info``, which ``python -m bench.gate`` reads from
-``--benchmark-json``. Not part of the default ``pytest`` run (``testpaths`` is ``tests/``):
+``--benchmark-json``. A plain ``pytest`` leaves them out; ``pytest --benchmark-only`` at the
+repository's root runs them and nothing else:
 
-    pytest bench/ratios --benchmark-json=ratios.json            # every case, 21 rounds
+    pytest --benchmark-only --benchmark-json=ratios.json        # every case, 21 rounds
     pytest bench/ratios --short --rounds 11 --benchmark-json=-  # the short gate's cases
     pytest bench/ratios --benchmark-disable                     # each case once, untimed
 

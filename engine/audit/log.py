@@ -10,6 +10,7 @@ import socket
 from datetime import datetime, timezone
 from typing import Any
 
+from ..atomic_file import fsync_directory
 from ..errors import InvalidArgument
 from ..locks import fork_safe_lock
 from .format import (
@@ -205,8 +206,4 @@ class AuditLog:
 
     def _sync_directory(self) -> None:
         if self._fsync:
-            dir_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_directory(os.path.dirname(os.path.abspath(self.path)))

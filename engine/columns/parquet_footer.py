@@ -16,116 +16,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EngineError
+from ..thrift_compact import BINARY, CompactReader, ListOf
 
-__all__ = ["FooterCrypto", "ParquetFooterError", "read_footer_crypto"]
+__all__ = ["FooterCrypto", "ParquetFooterError", "chunk_encryption", "read_footer_crypto"]
 
 MAGIC_PLAIN = b"PAR1"
 MAGIC_ENCRYPTED = b"PARE"
 MAX_FOOTER_BYTES = 256 << 20
-_MAX_DEPTH = 32
-_MAX_ITEMS = 1 << 24
-
-# Thrift compact protocol types
-_TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(1, 13)
 
 
 class ParquetFooterError(EngineError, ValueError):
     """The file is not Parquet, or its footer does not parse (truncated, corrupted)."""
 
 
-class _Compact:
-    """A reader of Thrift's compact protocol over a bytes object."""
+# The fields of parquet.thrift read here (every other one is skipped).
+_ALGORITHM = {1: {}, 2: {}}  # union EncryptionAlgorithm: AES_GCM_V1, AES_GCM_CTR_V1
+_FILE_CRYPTO_METADATA = {1: _ALGORITHM, 2: BINARY}  # algorithm, footer key metadata
+_COLUMN_CRYPTO = {1: {}, 2: {1: ListOf(BINARY), 2: BINARY}}  # with footer key | with column key
+_FILE_METADATA = {4: ListOf({1: ListOf({8: _COLUMN_CRYPTO})}),  # row groups > column chunks
+                  8: _ALGORITHM, 9: BINARY}  # encryption algorithm, footer signing key metadata
 
-    __slots__ = ("buf", "pos", "items")
 
-    def __init__(self, buf: bytes, pos: int = 0) -> None:
-        self.buf, self.pos, self.items = buf, pos, 0
-
-    def _byte(self) -> int:
-        if self.pos >= len(self.buf):
-            raise ParquetFooterError("the Parquet footer is truncated")
-        b = self.buf[self.pos]
-        self.pos += 1
-        return b
-
-    def varint(self) -> int:
-        value = shift = 0
-        while True:
-            b = self._byte()
-            value |= (b & 0x7F) << shift
-            if b < 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise ParquetFooterError("a malformed varint in the Parquet footer")
-
-    def zigzag(self) -> int:
-        v = self.varint()
-        return (v >> 1) ^ -(v & 1)
-
-    def _count(self, n: int) -> int:
-        self.items += n
-        if n < 0 or self.items > _MAX_ITEMS:
-            raise ParquetFooterError("the Parquet footer is too large")
-        return n
-
-    def binary(self) -> bytes:
-        n = self._count(self.varint())
-        if n > len(self.buf) - self.pos:
-            raise ParquetFooterError("the Parquet footer is truncated")
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def value(self, kind: int, depth: int) -> Any:
-        if depth > _MAX_DEPTH:
-            raise ParquetFooterError("the Parquet footer is nested too deeply")
-        if kind in (_TRUE, _FALSE):  # inside a list a bool is one byte of its own
-            return self._byte() == _TRUE
-        if kind == _BYTE:
-            return self._byte()
-        if kind in (_I16, _I32, _I64):
-            return self.zigzag()
-        if kind == _DOUBLE:
-            if len(self.buf) - self.pos < 8:
-                raise ParquetFooterError("the Parquet footer is truncated")
-            self.pos += 8
-            return None
-        if kind == _BINARY:
-            return self.binary()
-        if kind in (_LIST, _SET):
-            head = self._byte()
-            size = head >> 4
-            if size == 15:
-                size = self.varint()
-            self._count(size)
-            return [self.value(head & 0x0F, depth + 1) for _ in range(size)]
-        if kind == _MAP:
-            size = self._count(self.varint())
-            if not size:
-                return {}
-            types = self._byte()
-            return {self.value(types >> 4, depth + 1): self.value(types & 0x0F, depth + 1)
-                    for _ in range(size)}
-        if kind == _STRUCT:
-            return self.struct(depth + 1)
-        raise ParquetFooterError("an unknown Thrift type in the Parquet footer")
-
-    def struct(self, depth: int = 0) -> dict[int, Any]:
-        """A struct as {field id: value} (unions too: one field)."""
-        fields: dict[int, Any] = {}
-        last = 0
-        while True:
-            head = self._byte()
-            if head == 0:
-                return fields
-            kind, delta = head & 0x0F, head >> 4
-            field = last + delta if delta else self.zigzag()
-            if kind in (_TRUE, _FALSE):
-                fields[field] = kind == _TRUE
-            else:
-                fields[field] = self.value(kind, depth)
-            last = field
+def _parse(footer: bytes, spec: dict[int, Any]) -> dict[int, Any]:
+    return CompactReader(footer, error=ParquetFooterError, what="the Parquet footer").struct(spec)
 
 
 @dataclass(frozen=True)
@@ -139,6 +52,8 @@ class FooterCrypto:
         footer_key_metadata: the footer key's key metadata (bytes), or None.
         column_key_metadata: column path -> key metadata of the columns under column keys,
             visible only when the footer is plaintext.
+        chunk_encryption: with a plaintext footer, how each column chunk of the first row
+            group is encrypted (see :func:`chunk_encryption`); else empty.
     """
 
     encrypted: bool
@@ -146,13 +61,14 @@ class FooterCrypto:
     algorithm: str | None
     footer_key_metadata: bytes | None
     column_key_metadata: dict[str, bytes]
+    chunk_encryption: tuple[str | None, ...] = ()
 
 
 _ALGORITHMS = {1: "AES_GCM_V1", 2: "AES_GCM_CTR_V1"}
 
 
-def _algorithm(union: Any) -> str | None:
-    if not isinstance(union, dict) or len(union) != 1:
+def _algorithm(union: dict[int, Any] | None) -> str | None:
+    if union is None or len(union) != 1:
         raise ParquetFooterError("the Parquet footer names no encryption algorithm")
     return _ALGORITHMS.get(next(iter(union)), "unknown")
 
@@ -180,23 +96,45 @@ def read_footer_crypto(path: str | os.PathLike) -> FooterCrypto:
         f.seek(size - 8 - length)
         footer = f.read(length)
     if magic == MAGIC_ENCRYPTED:
-        crypto = _Compact(footer).struct()
-        key = crypto.get(2)
-        return FooterCrypto(True, True, _algorithm(crypto.get(1)),
-                            key if isinstance(key, bytes) else None, {})
-    meta = _Compact(footer).struct()
+        crypto = _parse(footer, _FILE_CRYPTO_METADATA)
+        return FooterCrypto(True, True, _algorithm(crypto.get(1)), crypto.get(2), {})
+    meta = _parse(footer, _FILE_METADATA)
     if 8 not in meta:
         return FooterCrypto(False, False, None, None, {})
     columns: dict[str, bytes] = {}
     for group in meta.get(4) or []:
-        for chunk in (group.get(1) or []) if isinstance(group, dict) else []:
-            crypto = chunk.get(8) if isinstance(chunk, dict) else None
-            with_key = crypto.get(2) if isinstance(crypto, dict) else None
-            if isinstance(with_key, dict) and isinstance(with_key.get(2), bytes):
-                path_parts = with_key.get(1) or []
-                name = ".".join(p.decode("utf-8", "replace") for p in path_parts
-                                if isinstance(p, bytes))
+        for chunk in group.get(1) or []:
+            with_key = chunk.get(8, {}).get(2)
+            if with_key is not None and 2 in with_key:
+                name = ".".join(p.decode("utf-8", "replace") for p in with_key.get(1) or [])
                 columns.setdefault(name, with_key[2])
-    key = meta.get(9)
-    return FooterCrypto(True, False, _algorithm(meta.get(8)),
-                        key if isinstance(key, bytes) else None, columns)
+    return FooterCrypto(True, False, _algorithm(meta.get(8)), meta.get(9), columns,
+                        tuple(_chunk_kinds(meta)))
+
+
+def chunk_encryption(metadata_file: bytes) -> list[str | None]:
+    """How each column chunk of the first row group is encrypted, in leaf order: None (not
+    encrypted), ``"footer"`` (under the footer key) or ``"column"`` (under a column key of its
+    own), from the bytes ``pyarrow.parquet.FileMetaData.write_metadata_file`` writes of a file
+    with an encrypted footer opened with its keys (its crypto metadata, decrypted; pyarrow 26
+    crashes writing that of a file with a plaintext footer, whose own footer says as much:
+    :attr:`FooterCrypto.chunk_encryption`). Empty for a file without row groups.
+
+    Raises:
+        ParquetFooterError: the bytes are not a Parquet metadata file.
+    """
+    if len(metadata_file) < 12 or metadata_file[-4:] != MAGIC_PLAIN:
+        raise ParquetFooterError("not a Parquet metadata file")
+    length = int.from_bytes(metadata_file[-8:-4], "little")
+    if length > len(metadata_file) - 12:
+        raise ParquetFooterError("a Parquet metadata file with a footer length past its start")
+    return _chunk_kinds(_parse(metadata_file[-8 - length:-8], _FILE_METADATA))
+
+
+def _chunk_kinds(meta: dict[int, Any]) -> list[str | None]:
+    groups = meta.get(4) or [{}]
+    kinds: list[str | None] = []
+    for chunk in groups[0].get(1) or []:
+        crypto = chunk.get(8, {})
+        kinds.append("column" if 2 in crypto else "footer" if 1 in crypto else None)
+    return kinds

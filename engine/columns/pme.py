@@ -17,6 +17,7 @@ Only the current key version wraps new keys; a version that is unknown (purged) 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -27,23 +28,29 @@ from typing import Any, Sequence
 
 from ..atomic_file import atomic_output
 from ..envelope import EncryptedData, EnvelopeError
-from ..errors import InvalidArgument, InvalidArgumentType, InvalidTag
+from ..errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
 from ..keys.base import KeyVersionNotUsable
 from ..locks import fork_safe_lock
+from ..refusals import counts_refusals, metrics_of_service
 from ..service import EncryptionService, get_encryption_service
 from .parquet import ParquetLayout
-from .parquet_footer import read_footer_crypto
+from .parquet_footer import FooterCrypto, ParquetFooterError, chunk_encryption, read_footer_crypto
 
 __all__ = ["KMS_INSTANCE_ID", "MASTER_KEY_PREFIX", "WRAP_CONTEXT", "EngineKmsClient",
-           "KeyMaterial", "PmeFileKeys", "PmeKeys", "decrypt_parquet_file",
+           "KeyMaterial", "PmeFileKeys", "PmeFileUnreadable", "PmeKeys", "decrypt_parquet_file",
            "encrypt_parquet_file", "master_key_id", "master_key_version", "pme_key_info",
-           "read_pme", "write_pme"]
+           "read_pme", "reencrypt_parquet_file", "source_encryption", "write_pme"]
 
 MASTER_KEY_PREFIX = "engine-v"
 KMS_INSTANCE_ID = "engine"
 WRAP_CONTEXT = b"engine.pme.kek.v1\x00"
 DEFAULT_CACHE_LIFETIME = 600.0
 _MASTER_KEY = re.compile(r"engine-v([1-9][0-9]{0,9})")
+
+
+class PmeFileUnreadable(EngineError):
+    """A Parquet file pyarrow cannot read with the engine's keys: it does not parse, or a page
+    or its metadata fails authentication (tampered, truncated)."""
 
 
 def _pe() -> Any:
@@ -208,18 +215,26 @@ class PmeKeys:
                 their path, ``"a.b"``); None: every column and the footer under one key
                 (uniform encryption, which DuckDB reads).
             plaintext_footer: leave the footer readable (signed, not encrypted), so that
-                readers without keys see the schema and the plaintext columns.
+                readers without keys see the schema and the plaintext columns (with
+                ``columns`` named only: uniform encryption encrypts the footer).
             double_wrapping: wrap data keys with key-encryption keys that the KMS wraps (one
                 KMS call per file and cache lifetime, not per column).
             data_key_bits: 128, 192 or 256.
 
         Raises:
             KeyVersionNotUsable: the current key version may not encrypt.
-            InvalidArgument: an empty column list, or a bad key size.
+            InvalidArgument: an empty column list, a plaintext footer without columns, or a
+                bad key size.
         """
+        return self._encryption(columns, plaintext_footer, double_wrapping, data_key_bits)[0]
+
+    def _encryption(self, columns: Sequence[str] | str | None, plaintext_footer: bool,
+                    double_wrapping: bool = True, data_key_bits: int = 256) -> tuple[Any, int]:
+        """(:meth:`encryption_properties`, the key version their keys are wrapped under)."""
         pe = _pe()
         self._expire()
-        master = master_key_id(self._service.provider.get_current_key().version)
+        version = self._service.provider.get_current_key().version
+        master = master_key_id(version)
         if data_key_bits not in (128, 192, 256):
             raise InvalidArgument("data_key_bits is 128, 192 or 256")
         options: dict[str, Any] = {
@@ -227,15 +242,15 @@ class PmeKeys:
             "cache_lifetime": self._lifetime, "internal_key_material": True,
             "data_key_length_bits": data_key_bits, "encryption_algorithm": "AES_GCM_V1"}
         if columns is None:
+            if plaintext_footer:  # pyarrow would encrypt the footer all the same
+                raise InvalidArgument("a plaintext footer needs the columns to encrypt named: "
+                                      "uniform encryption encrypts the footer too")
             config = pe.EncryptionConfiguration(footer_key=master, uniform_encryption=True,
                                                 **options)
         else:
-            names = [columns] if isinstance(columns, str) else list(columns)
-            if not names or not all(isinstance(c, str) and c for c in names):
-                raise InvalidArgument("name at least one column to encrypt (or None for all)")
-            config = pe.EncryptionConfiguration(footer_key=master, column_keys={master: names},
-                                                **options)
-        return self._factory.file_encryption_properties(self._connection, config)
+            config = pe.EncryptionConfiguration(
+                footer_key=master, column_keys={master: _checked_columns(columns)}, **options)
+        return self._factory.file_encryption_properties(self._connection, config), version
 
     def decryption_properties(self) -> Any:
         """pyarrow ``FileDecryptionProperties`` that unwrap keys with the engine's provider."""
@@ -251,12 +266,25 @@ class PmeKeys:
             self._cleared = time.monotonic()
 
 
+def _metrics_of(*_args: Any, keys: PmeKeys | None = None,
+                service: EncryptionService | None = None, **_kwargs: Any) -> Any:
+    return metrics_of_service(keys._service if keys is not None else service)
+
+
+def _counted(func: Any) -> Any:
+    """Counts an error of a public call once as a refusal (engine.refusals): a file that is
+    not Parquet or does not authenticate as ``malformed``."""
+    return counts_refusals(_metrics_of, kinds=((PmeFileUnreadable, "malformed"),
+                                               (ParquetFooterError, "malformed")))(func)
+
+
 def _keys(keys: PmeKeys | None, service: EncryptionService | None) -> PmeKeys:
     if keys is not None and service is not None:
         raise InvalidArgument("give keys or service, not both")
     return keys if keys is not None else PmeKeys(service)
 
 
+@_counted
 def write_pme(table: Any, where: str | os.PathLike, *, columns: Sequence[str] | None = None,
               plaintext_footer: bool = False, keys: PmeKeys | None = None,
               service: EncryptionService | None = None, **write_options: Any) -> None:
@@ -268,14 +296,20 @@ def write_pme(table: Any, where: str | os.PathLike, *, columns: Sequence[str] | 
         keys: the :class:`PmeKeys` to use (default: new ones over ``service``).
         write_options: passed to ``pyarrow.parquet.write_table`` (compression, row groups...).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if columns is not None:  # the leaf paths the table will have, from an empty file of it
+        empty = pa.BufferOutputStream()
+        pq.write_table(table.schema.empty_table(), empty, **write_options)
+        _checked_columns(columns, _leaf_paths(pq.read_metadata(pa.BufferReader(empty.getvalue()))))
     props = _keys(keys, service).encryption_properties(columns=columns,
                                                        plaintext_footer=plaintext_footer)
     with atomic_output(os.fspath(where)) as out:
         pq.write_table(table, out, encryption_properties=props, **write_options)
 
 
+@_counted
 def read_pme(source: Any, *, columns: Sequence[str] | None = None, keys: PmeKeys | None = None,
              service: EncryptionService | None = None, **read_options: Any) -> Any:
     """Reads a PME Parquet file (or any Parquet file) with the engine's keys.
@@ -292,58 +326,182 @@ def read_pme(source: Any, *, columns: Sequence[str] | None = None, keys: PmeKeys
                          **read_options)
 
 
-def _rewrite(src: str, dst: str, keys: PmeKeys, props: Any, plain: tuple[str, ...],
-             operation: str) -> dict[str, Any]:
+def _unreadable(path: str, exc: BaseException) -> PmeFileUnreadable:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return PmeFileUnreadable(f"{path} cannot be read as (PME) Parquet: {first}")
+
+
+def _open_source(src: str, keys: PmeKeys) -> tuple[Any, Any]:
+    """(footer crypto, ``pyarrow.parquet.ParquetFile``) of a plain or PME file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    crypto = read_footer_crypto(src)
+    try:
+        reader = pq.ParquetFile(src, decryption_properties=keys.decryption_properties()
+                                if crypto.encrypted else None)
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, EngineError):
+            raise
+        raise _unreadable(src, exc) from None
+    return crypto, reader
+
+
+def _leaf_paths(metadata: Any) -> list[str]:
+    schema = metadata.schema
+    return [schema.column(i).path for i in range(len(schema))]
+
+
+def _checked_columns(columns: Sequence[str] | str | None,
+                     leaves: Sequence[str] | None = None) -> Any:
+    """The columns to encrypt, each a leaf path or a name above leaves (``"nested"`` for every
+    leaf below it, as pyarrow takes it); checked against ``leaves`` when given.
+
+    Raises:
+        InvalidArgument: an empty list, or a name that is no column of the file.
+    """
+    if columns is None:
+        return None
+    names = [columns] if isinstance(columns, str) else list(columns)
+    if not names or not all(isinstance(c, str) and c for c in names):
+        raise InvalidArgument("name at least one column to encrypt (or None for all)")
+    for name in names if leaves is not None else ():
+        if not any(leaf == name or leaf.startswith(name + ".") for leaf in leaves):
+            raise InvalidArgument(f"the file has no column {name!r}; its columns: "
+                                  + ", ".join(leaves))
+    return names
+
+
+@_counted
+def source_encryption(path: str | os.PathLike, *, keys: PmeKeys | None = None,
+                      service: EncryptionService | None = None) -> tuple[list[str] | None, bool]:
+    """How a Parquet file is encrypted, as a rewrite of it encrypts it: (the columns under
+    column keys, every leaf by its path, or None for uniform encryption; whether the footer is
+    plaintext). ``([], False)`` for a plain file. The column chunks' crypto metadata is read
+    from the footer, decrypted with the keys when it is encrypted. A column under the footer
+    key in a file that is not uniform (a writer other than pyarrow's key tools) gets a column
+    key of its own: a rewrite never encrypts less.
+
+    Raises:
+        ParquetFooterError, PmeFileUnreadable: not Parquet, or not readable with the keys.
+    """
+    crypto, reader = _open_source(os.fspath(path), _keys(keys, service))
+    return _source_encryption(reader, crypto)
+
+
+def _source_encryption(reader: Any, crypto: FooterCrypto) -> tuple[list[str] | None, bool]:
+    import pyarrow as pa
+
+    if not crypto.encrypted:
+        return [], False
+    if crypto.encrypted_footer:
+        sink = pa.BufferOutputStream()
+        reader.metadata.write_metadata_file(sink)
+        kinds = chunk_encryption(sink.getvalue().to_pybytes())
+    else:
+        kinds = list(crypto.chunk_encryption)
+    leaves = _leaf_paths(reader.metadata)
+    if not kinds or all(kind == "footer" for kind in kinds):
+        return None, not crypto.encrypted_footer
+    return ([leaf for leaf, kind in zip(leaves, kinds) if kind is not None],
+            not crypto.encrypted_footer)
+
+
+def _rewrite(src: str, dst: Any, keys: PmeKeys, columns: Any, plaintext_footer: Any,
+             operation: str, before_commit: Any = None) -> dict[str, Any]:
+    """Rewrites ``src`` as ``dst``: decrypted (``columns`` is ``()``), encrypted as asked, or
+    (``columns`` is ``...``) encrypted as ``src`` was, under the current key version. ``dst``
+    is a path (written atomically) or a writable binary file (the caller's to commit)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     start = time.perf_counter()
-    source_crypto = read_footer_crypto(src)
-    reader = pq.ParquetFile(src, decryption_properties=keys.decryption_properties()
-                            if source_crypto.encrypted else None)
+    crypto, reader = _open_source(src, keys)
+    if columns is ...:
+        columns, plaintext_footer = _source_encryption(reader, crypto)
+    else:
+        columns = _checked_columns(columns, _leaf_paths(reader.metadata)) \
+            if columns != () else []
+    props, version = None, None
+    if columns != []:
+        props, version = keys._encryption(columns, plaintext_footer)
     layout = ParquetLayout.of(reader.metadata)
     rows = 0
-    with atomic_output(dst) as out:
+    given = hasattr(dst, "write")
+    with contextlib.nullcontext(dst) if given else \
+            atomic_output(os.fspath(dst), before_commit=before_commit) as out:
         writer = pq.ParquetWriter(out, reader.schema_arrow, encryption_properties=props,
-                                  **layout.writer_options(plain=plain))
+                                  **layout.writer_options())
         try:
             for i, count in enumerate(layout.row_groups):  # one row group in memory at a time
-                writer.write_table(reader.read_row_group(i), row_group_size=max(count, 1))
+                try:
+                    group = reader.read_row_group(i)
+                except (pa.ArrowException, OSError) as exc:
+                    if isinstance(exc, EngineError):
+                        raise
+                    raise _unreadable(src, exc) from None
+                writer.write_table(group, row_group_size=max(count, 1))
                 rows += count
         finally:
             writer.close()
+        written = out.tell()
     return {"operation": operation, "format": "parquet-pme", "rows": rows,
-            "row_groups": len(layout.row_groups), "bytes_in": os.path.getsize(src),
-            "bytes_out": os.path.getsize(dst), "seconds": time.perf_counter() - start}
+            "row_groups": len(layout.row_groups), "key_version": version,
+            "columns": columns, "plaintext_footer": bool(plaintext_footer) if props else None,
+            "bytes_in": os.path.getsize(src), "bytes_out": written,
+            "seconds": time.perf_counter() - start}
 
 
+@_counted
 def encrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
                          columns: Sequence[str] | None = None, plaintext_footer: bool = False,
-                         keys: PmeKeys | None = None,
-                         service: EncryptionService | None = None) -> dict[str, Any]:
+                         keys: PmeKeys | None = None, service: EncryptionService | None = None,
+                         before_commit: Any = None) -> dict[str, Any]:
     """Rewrites a Parquet file as PME under the current key version, keeping its layout: row
     groups, each column's codec, dictionary encoding, statistics and value encoding, sort order,
     page index and key-value metadata. A source that is already PME is read with the engine's
     keys (so this also moves a PME file to the current version). ``dst`` appears only once
     complete.
 
+    Args:
+        columns: leaf paths (``"a.b"``) or names above leaves (``"a"``: every leaf below);
+            None: every column and the footer under one key.
+        before_commit: see :func:`engine.atomic_file.atomic_output`.
+
     Returns:
-        A report: rows, row groups, bytes in and out, seconds.
+        A report: rows, row groups, key version, columns (None: all), plaintext footer,
+        bytes in and out, seconds.
 
     Raises:
+        InvalidArgument: a column the file does not have.
+        ParquetFooterError: ``src`` is not Parquet.
+        PmeFileUnreadable: ``src`` does not parse, or (PME) fails authentication.
         What :func:`read_pme` and :meth:`PmeKeys.encryption_properties` raise.
     """
-    keys = _keys(keys, service)
-    props = keys.encryption_properties(columns=columns, plaintext_footer=plaintext_footer)
-    return _rewrite(os.fspath(src), os.fspath(dst), keys, props, (), "encrypt-pme")
+    return _rewrite(os.fspath(src), dst, _keys(keys, service), columns,
+                    plaintext_footer, "encrypt-pme", before_commit)
 
 
+@_counted
+def reencrypt_parquet_file(src: str | os.PathLike, dst: Any, *,
+                           keys: PmeKeys | None = None, service: EncryptionService | None = None,
+                           before_commit: Any = None) -> dict[str, Any]:
+    """Rewrites a PME file under the current key version, encrypted as it was (the same columns
+    under column keys, or uniformly; the same footer mode; see :func:`source_encryption`),
+    keeping its layout (see :func:`encrypt_parquet_file`). ``dst`` is a path, written
+    atomically, or a writable binary file that the caller commits."""
+    return _rewrite(os.fspath(src), dst, _keys(keys, service), ..., False,
+                    "reencrypt-pme", before_commit)
+
+
+@_counted
 def decrypt_parquet_file(src: str | os.PathLike, dst: str | os.PathLike, *,
-                         keys: PmeKeys | None = None,
-                         service: EncryptionService | None = None) -> dict[str, Any]:
+                         keys: PmeKeys | None = None, service: EncryptionService | None = None,
+                         before_commit: Any = None) -> dict[str, Any]:
     """Rewrites a PME Parquet file as plain Parquet, keeping its layout (see
     :func:`encrypt_parquet_file`); ``dst`` appears only if every page authenticated."""
-    keys = _keys(keys, service)
-    return _rewrite(os.fspath(src), os.fspath(dst), keys, None, (), "decrypt-pme")
+    return _rewrite(os.fspath(src), dst, _keys(keys, service), (), False,
+                    "decrypt-pme", before_commit)
 
 
 # ---------------------------------------------------------------- key material, for inventory

@@ -2,7 +2,7 @@
 
 The state file holds public facts only (versions, states, creation times, salts, KDF parameters,
 algorithms, usage counts, key check values), never key material. It is replaced atomically
-(temporary file in the same directory, fsync, ``os.replace``, fsync of the directory), so a crash
+(through :func:`engine.atomic_file.write_atomically`), so a crash
 leaves either the old or the new file, and writers serialise on ``fcntl.flock`` of a sibling
 ``.lock`` file.
 """
@@ -17,13 +17,13 @@ import hashlib
 import hmac
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from ..aead import AesGcm
+from ..atomic_file import write_atomically
 from ..locks import fork_safe_lock
 from .base import (
     ALGORITHMS,
@@ -239,37 +239,21 @@ def signature(path: Path) -> tuple[int, int, int] | None:
 
 
 def write_state_atomic(path: Path, snapshot: StateSnapshot) -> None:
-    """Replaces the state file atomically: temp file in the same directory, fsync, rename,
-    fsync of the directory. A crash at any point leaves the old or the new file, whole."""
-    directory = path.parent
+    """Replaces the state file atomically (mode 0600, through
+    :func:`engine.atomic_file.write_atomically`): a crash leaves the old or the new file, whole.
+
+    Raises:
+        KeyProviderError: the file or its directory cannot be written.
+    """
     data = json.dumps(snapshot.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
     failure = None
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomically(path, data, suffix=".tmp")
     except OSError as exc:
         failure = exc
-    if failure is not None:
+    if failure is not None:  # raised outside the handler: no chained OSError in the report
         raise _os_error("write", path, failure)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if not isinstance(exc, OSError):
-            raise
-        failure = exc
-    if failure is not None:
-        raise _os_error("write", path, failure)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager

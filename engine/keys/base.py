@@ -18,7 +18,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Mapping
+from typing import Any, ContextManager, Iterator, Mapping, NoReturn
 
 from ..aead import AesGcm
 from ..errors import EngineError, InvalidArgument
@@ -135,7 +135,7 @@ class VersionedKey:
         return (f"<VersionedKey version={self.version} state={self.state.value} "
                 f"algorithm={self.algorithm}>")
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("keys cannot be pickled; fetch them from the provider in each process")
 
 
@@ -448,7 +448,7 @@ class KeyProvider(abc.ABC):
         files, or None when the provider keeps no local state."""
         return None
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("key providers hold key material and cannot be pickled; "
                         "use provider.config() to build one in another process")
 

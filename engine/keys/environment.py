@@ -25,9 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping
 
-from ..aead import KEY_BYTES
+from ..aead import KEY_BYTES, AesGcm
 from ..errors import InvalidArgument, InvalidArgumentType
 from ..locks import fork_safe_lock
+from ..settings import env_number
 from . import _state
 from ._state import KeyStateCorrupted, StateSnapshot, VersionRecord
 from .base import (
@@ -102,15 +103,9 @@ class DerivationPolicy:
             InvalidArgument: a value that is not a positive integer or an algorithm.
         """
         algorithm = algorithm_from_environment(env)
-        raw = env.get(ITERATIONS_ENV)
-        if not raw:
-            return cls(algorithm=algorithm)
-        try:
-            iterations = int(raw)
-        except ValueError:
-            iterations = None
+        iterations = env_number(env, ITERATIONS_ENV, int)
         if iterations is None:
-            raise InvalidArgument(f"{ITERATIONS_ENV} must be a positive integer")
+            return cls(algorithm=algorithm)
         return cls(iterations=iterations, algorithm=algorithm)
 
 
@@ -264,7 +259,8 @@ class EnvironmentKeyProvider(KeyProvider):
         return hmac.new(self._master, b"engine environment key salt v1" + version.to_bytes(4, "big"),
                         hashlib.sha512).digest()[:size]
 
-    def _derived(self, version: int, salt: bytes, iterations: int, algorithm: str):
+    def _derived(self, version: int, salt: bytes, iterations: int,
+                 algorithm: str) -> tuple[AesGcm, bytes]:
         """(cipher, key check value) of a version, derived once per process."""
         # The cache key is a keyed hash: it identifies (master, salt, iterations, version) without
         # letting anyone who sees it test guesses of the master key cheaply.
@@ -309,8 +305,8 @@ class EnvironmentKeyProvider(KeyProvider):
             if candidate == master or len(candidate) < MASTER_KEY_MIN_BYTES:
                 continue
             key = hashlib.pbkdf2_hmac("sha512", candidate, rec.salt, rec.iterations, KEY_BYTES)
-            if hmac.compare_digest(_state.key_check_value(key, rec.version, rec.algorithm),
-                                   rec.check):
+            if rec.check is not None and hmac.compare_digest(
+                    _state.key_check_value(key, rec.version, rec.algorithm), rec.check):
                 return f"; {what}"
         return ("; check the variable for a changed value or stray whitespace, and the file "
                 "for an edited record")
@@ -336,7 +332,7 @@ class EnvironmentKeyProvider(KeyProvider):
     def _record_check(self, version: int, check: bytes) -> None:
         """Writes the key check value of a version listed by an older state file (trusting this
         first use); a read-only state file is left as it is."""
-        def change(snap: StateSnapshot):
+        def change(snap: StateSnapshot) -> tuple[StateSnapshot, Any]:
             rec = snap.versions.get(version)
             if rec is None or rec.check is not None:
                 return snap, None
@@ -363,6 +359,8 @@ class EnvironmentKeyProvider(KeyProvider):
         if snap.current is None:
             self._bootstrap()
             snap = self._snapshot()
+        if snap.current is None:
+            raise KeyStateCorrupted(f"the key state file {self._path} names no current version")
         rec = snap.versions[snap.current]
         require_active(rec.version, rec.state)
         key = self._current_key = self._key(rec)
@@ -417,7 +415,7 @@ class EnvironmentKeyProvider(KeyProvider):
                              self._policy.iterations, 0, check, self._policy.algorithm)
 
     def _bootstrap(self) -> None:
-        def change(snap: StateSnapshot):
+        def change(snap: StateSnapshot) -> tuple[StateSnapshot, Any]:
             if snap.current is not None:
                 return snap, None
             _log.warning("no key version in %s (a new or a lost key state file): created version "
@@ -438,7 +436,7 @@ class EnvironmentKeyProvider(KeyProvider):
     def create_version(self) -> KeyVersionInfo:
         """Adds the next version, makes it current, and moves the previous active versions to
         ``decrypt-only``. Safe against concurrent callers in other processes."""
-        def change(snap: StateSnapshot):
+        def change(snap: StateSnapshot) -> tuple[StateSnapshot, Any]:
             version = max(snap.versions, default=0) + 1
             versions = self._retired(snap)
             rec = self._new_record(version)
@@ -461,7 +459,7 @@ class EnvironmentKeyProvider(KeyProvider):
         """
         check_version(through)
 
-        def change(snap: StateSnapshot):
+        def change(snap: StateSnapshot) -> tuple[StateSnapshot, Any]:
             missing = [v for v in range(1, through + 1) if v not in snap.versions]
             if not missing:
                 return snap, []
@@ -490,7 +488,7 @@ class EnvironmentKeyProvider(KeyProvider):
         new_state = check_state(state)
         check_version(version)
 
-        def change(snap: StateSnapshot):
+        def change(snap: StateSnapshot) -> tuple[StateSnapshot, Any]:
             rec = snap.versions.get(version)
             if rec is None:
                 raise UnknownKeyVersion(version)
@@ -507,7 +505,7 @@ class EnvironmentKeyProvider(KeyProvider):
             UnknownKeyVersion: no such version.
             KeyVersionNotUsable: the version is deprecated.
         """
-        def change(snap: StateSnapshot):
+        def change(snap: StateSnapshot) -> tuple[StateSnapshot, Any]:
             rec = snap.versions.get(version)
             if rec is None:
                 raise UnknownKeyVersion(version)
@@ -530,7 +528,7 @@ class EnvironmentKeyProvider(KeyProvider):
             UnknownKeyVersion: no such version.
             KeyVersionNotUsable: it is the current version.
         """
-        def change(snap: StateSnapshot):
+        def change(snap: StateSnapshot) -> tuple[StateSnapshot, Any]:
             if version not in snap.versions:
                 raise UnknownKeyVersion(version)
             if version == snap.current:
@@ -584,7 +582,7 @@ class EnvironmentKeyProvider(KeyProvider):
         process adds to the same count (see :meth:`KeyProvider.record_usage`)."""
         check_count(count)
 
-        def change(snap: StateSnapshot):
+        def change(snap: StateSnapshot) -> tuple[StateSnapshot, Any]:
             rec = snap.versions.get(version)
             if rec is None:
                 raise UnknownKeyVersion(version)

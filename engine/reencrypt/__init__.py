@@ -13,8 +13,10 @@ that version::
     rotation.purge(1, inventory=inventory(store, ["ssn"], aad=...))
 
 Stores: SQLite (stdlib ``sqlite3``, WAL), PostgreSQL (psycopg 3), Parquet datasets
-(``pyarrow.dataset``). Values: text and binary tokens and the JSON envelope in any text,
-blob, bytea or json/jsonb column; the three-column layout of
+(``pyarrow.dataset``); and directories of Parquet Modular Encryption files
+(:class:`PmeStore`, with :func:`inventory_pme` and :func:`reencrypt_pme`: a file's key
+version is in its key material, and a file moves whole). Values: text and binary tokens and
+the JSON envelope in any text, blob, bytea or json/jsonb column; the three-column layout of
 :meth:`engine.SealedBatch.to_arrow` plus a key-version column in Parquet. Execution: this
 process, local worker processes (``workers=N``) or a Dask cluster (``dask="tcp://..."``).
 """
@@ -37,9 +39,11 @@ from .errors import (
     WrongKeyOrAad,
 )
 from .job import handover, inventory, reencrypt
+from .pme_jobs import PmeInventory, PmeReencryptionReport, inventory_pme, reencrypt_pme
 from .report import ColumnCounts, Failure, Inventory, ReencryptionReport
 from .spec import AadRule, Column, SealedLayout
 from .stores import ParquetStore, PostgresStore, SqliteStore, open_store
+from .stores.pme import PmeStore
 
 __all__ = [
     "AadRule",
@@ -53,6 +57,9 @@ __all__ = [
     "JobTakenOver",
     "NotEncrypted",
     "ParquetStore",
+    "PmeInventory",
+    "PmeReencryptionReport",
+    "PmeStore",
     "PostgresStore",
     "ReencryptionError",
     "ReencryptionInterrupted",
@@ -69,6 +76,8 @@ __all__ = [
     "WrongKeyOrAad",
     "handover",
     "inventory",
+    "inventory_pme",
     "open_store",
     "reencrypt",
+    "reencrypt_pme",
 ]

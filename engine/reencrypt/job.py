@@ -288,7 +288,7 @@ class _Job:
                                 f"v{self.target}", _digest(self.columns)])
         self.spec = JobSpec(store, self.columns, self.job_id, batch_size, check_only,
                             self.factory, KeyCheck.of(self.service), max_failures)
-        self._done_files: set[str] = set()
+        self._done_files: dict[str, PartitionResult] = {}
         # last: nothing after it may fail and leave the connection open
         self.dask = DaskExecutor(dask, dask_timeout) if dask is not None else None
 
@@ -347,7 +347,7 @@ class _Job:
             raise InvalidArgument("partitions must be a positive integer")
         if isinstance(self.store, ParquetStore):
             if not persist:
-                return self.store.partitions(set())
+                return self.store.partitions({})
             self.store.check_rewritable()
             self.store.remove_stale_temporaries()
             self._done_files = self.store.load_progress(self.job_id)
@@ -438,7 +438,7 @@ class _Job:
     def partition_callback(self) -> Any:
         def on_partition(part: Partition, result: PartitionResult, counted: bool) -> None:
             if part.file is not None:
-                self._done_files.add(part.file)
+                self._done_files[part.file] = result.copy()
                 self.store.save_progress(self.job_id, self._done_files)
             if not counted:
                 self._count(result.columns.values())

@@ -5,7 +5,8 @@ Two levels:
 * the plain format, for interoperability: :func:`encrypt` / :func:`decrypt` (whole bytes),
   :func:`encrypt_stream` / :func:`decrypt_stream` (file objects, pipes), :class:`Encryptor` and
   :class:`Decryptor` (streaming file objects), :class:`RandomAccessReader` (seekable), each
-  taking a raw 32-byte input key and a context; :class:`ChunkCipher` is the raw mode;
+  taking a raw 32-byte input key and a context (the raw mode, a key and base nonce given, is
+  :class:`engine.hazmat.ChunkCipher`);
 * engine files (:class:`FileEncryption`): a 9-byte header naming the key version, then a
   Cobblestone-256 message under that version of the service's keys.
 """
@@ -13,7 +14,6 @@ Two levels:
 from .cobblestone import (
     CHUNK_BYTES,
     HEADER_BYTES,
-    ChunkCipher,
     Decryptor,
     Encryptor,
     RandomAccessReader,
@@ -37,7 +37,6 @@ __all__ = [
     "CHUNK_BYTES",
     "FILE_HEADER_BYTES",
     "HEADER_BYTES",
-    "ChunkCipher",
     "ChunkInvalid",
     "CommitmentMismatch",
     "Decryptor",

@@ -33,8 +33,8 @@ class Window:
     def __init__(self, chunks: int) -> None:
         self.chunks = chunks
         self._plain = empty_bytes(chunks * CHUNK, secret=True)
-        self.plain = memoryview(self._plain)
-        self.sealed = memoryview(empty_bytes(chunks * SEALED))
+        self.plain = self._plain.data
+        self.sealed = empty_bytes(chunks * SEALED).data
 
     def wipe(self) -> None:
         self._plain.fill(0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 import io
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from ..aead import CHUNK_NONCE_BYTES, AesGcm, random_bytes
 from ..buffers import check_threads
@@ -123,7 +123,7 @@ class ChunkCipher:
     def __repr__(self) -> str:
         return "<ChunkCipher>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("chunk ciphers hold key material and cannot be pickled")
 
     @property

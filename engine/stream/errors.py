@@ -7,6 +7,8 @@ or the plaintext.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import EngineError, InvalidTag
 
 __all__ = [
@@ -61,5 +63,5 @@ class ChunkInvalid(MessageInvalid):
         return (f"chunk {self.index} failed authentication "
                 "(modified, reordered, duplicated, or trailing data)")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.index,))

@@ -10,7 +10,7 @@ HashiCorp Vault) on a free loopback port, optionally with TLS listeners, so that
         provider = engine.VaultKeyProvider(bao.address, token=bao.root_token)
 
 and, for Vault in HA, a three-node Raft cluster with TLS from the engine's CA whose nodes a test
-kills, restarts and restores from snapshots (:class:`~engine.testing.openbao.BaoCluster`)::
+kills, restarts and restores from snapshots (:class:`~engine.testing.openbao_cluster.BaoCluster`)::
 
     with BaoCluster() as cluster:
         provider = engine.VaultKeyProvider(cluster.addresses, token=cluster.root_token,

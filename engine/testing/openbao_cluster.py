@@ -1,7 +1,7 @@
 """A real three-node OpenBao cluster on loopback: integrated storage (Raft), Shamir unseal keys
 held by the caller, TLS everywhere from the engine's own CA (:mod:`engine.tls`).
 
-    from engine.testing.openbao import BaoCluster
+    from engine.testing.openbao_cluster import BaoCluster
 
     with BaoCluster() as cluster:                 # three nodes, initialised and unsealed
         provider = engine.VaultKeyProvider(cluster.addresses, token=cluster.root_token,

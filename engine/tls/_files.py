@@ -1,4 +1,4 @@
-"""Atomic file writes and the atomic certificate/key pair layout (POSIX)."""
+"""The atomic certificate/key pair layout (POSIX)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -8,7 +8,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from .policy import PathLike
+from ..atomic_file import fsync_directory, replace_symlink, write_atomically
 
 
 def _utcnow(now: _dt.datetime | None = None) -> _dt.datetime:
@@ -17,49 +17,6 @@ def _utcnow(now: _dt.datetime | None = None) -> _dt.datetime:
     if now.tzinfo is None:
         return now.replace(tzinfo=_dt.timezone.utc)
     return now.astimezone(_dt.timezone.utc)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: PathLike, data: bytes, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory,
-    created with ``mode`` (0600 for keys, never wider even briefly), fsync,
-    ``os.replace``, fsync of the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _atomic_symlink(target: str, link: Path) -> None:
-    tmp = link.with_name(f".{link.name}.tmp-{secrets.token_hex(6)}")
-    os.symlink(target, tmp)
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(link.parent)
 
 
 def _pair_names(cert_path: Path) -> tuple[Path, str]:
@@ -80,9 +37,9 @@ def _install_pair(cert_path: Path, key_path: Path, cert_pem: bytes, key_pem: byt
     def new_version(vtag: str, cpem: bytes, kpem: bytes) -> str:
         vdir = directory / f"{prefix}{vtag}"
         vdir.mkdir(mode=0o700, exist_ok=True)
-        _atomic_write(vdir / "key.pem", kpem, 0o600)
-        _atomic_write(vdir / "cert.pem", cpem, 0o644)
-        _fsync_dir(vdir)
+        write_atomically(vdir / "key.pem", kpem)
+        write_atomically(vdir / "cert.pem", cpem, mode=0o644)
+        fsync_directory(vdir)
         return vdir.name
 
     cert_target = f"{data_link.name}/cert.pem"
@@ -96,15 +53,15 @@ def _install_pair(cert_path: Path, key_path: Path, cert_pem: bytes, key_pem: byt
             # Convert plain files: snapshot the *old* pair first, so the switch
             # to symlinks does not change content.
             old = new_version("old-" + secrets.token_hex(4), cert_path.read_bytes(), key_path.read_bytes())
-            _atomic_symlink(old, data_link)
+            replace_symlink(old, data_link)
         else:  # fresh issue: only a missing file is possible, never a mismatch
             current = new_version(tag, cert_pem, key_pem)
-            _atomic_symlink(current, data_link)
-        _atomic_symlink(cert_target, cert_path)
-        _atomic_symlink(key_target, key_path)
+            replace_symlink(current, data_link)
+        replace_symlink(cert_target, cert_path)
+        replace_symlink(key_target, key_path)
     if current is None:
         current = new_version(tag, cert_pem, key_pem)
-        _atomic_symlink(current, data_link)  # the single commit point
+        replace_symlink(current, data_link)  # the single commit point
     for stale in directory.glob(prefix + "*"):
         if stale.name != current and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)

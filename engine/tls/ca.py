@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._files import _atomic_write, _install_pair, _safe_name, _utcnow
+from ..atomic_file import write_atomically
+from ._files import _install_pair, _safe_name, _utcnow
 from .certs import (
     _check_pair,
     _key_pem,
@@ -123,8 +124,9 @@ class CertificateAuthority:
         )
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.BestAvailableEncryption(pw))
-        _atomic_write(directory / CA_KEY_FILE, key_pem, 0o600)
-        _atomic_write(directory / CA_CERT_FILE, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomically(directory / CA_KEY_FILE, key_pem)
+        write_atomically(directory / CA_CERT_FILE, cert.public_bytes(serialization.Encoding.PEM),
+                         mode=0o644)
         ca = cls(directory, cert, key)
         ca._write_index({"crl_number": 0, "certificates": {}})
         ca.refresh_crl()  # CRL validity is always based on the real clock
@@ -175,7 +177,7 @@ class CertificateAuthority:
             raise TLSError(f"cannot read CA index {self.index_path}: {exc}") from None
 
     def _write_index(self, index: dict) -> None:
-        _atomic_write(self.index_path, json.dumps(index, indent=2, sort_keys=True).encode(), 0o600)
+        write_atomically(self.index_path, json.dumps(index, indent=2, sort_keys=True).encode())
 
     def _record(self, cert: x509.Certificate) -> None:
         with self._index_lock():
@@ -389,7 +391,8 @@ class CertificateAuthority:
                                                     critical=False)
                 builder = builder.add_revoked_certificate(revoked.build())
             crl = builder.sign(self._key, hashes.SHA384())
-            _atomic_write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+            write_atomically(self.crl_path, crl.public_bytes(serialization.Encoding.PEM),
+                             mode=0o644)
             self._write_index(index)
         return self.crl_path
 

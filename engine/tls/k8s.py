@@ -6,7 +6,7 @@ from typing import Sequence
 
 import yaml
 
-from ._files import _atomic_write
+from ..atomic_file import write_atomically
 from .policy import (
     CA_VALIDITY_DAYS,
     RENEWAL_FRACTION,
@@ -112,5 +112,7 @@ def write_k8s_templates(directory: PathLike, **kwargs) -> tuple[Path, Path]:
     mtls = mtls_config_yaml(namespace=ns, istio=kwargs.get("istio", False))
     cm = cert_manager_yaml(services=kwargs.get("services", (("engine", ("engine",)),)),
                            namespace=ns, acme_email=kwargs.get("acme_email"))
-    return (_atomic_write(directory / "mtls-config.yaml", mtls.encode()),
-            _atomic_write(directory / "cert-manager.yaml", cm.encode()))
+    paths = directory / "mtls-config.yaml", directory / "cert-manager.yaml"
+    for path, text in zip(paths, (mtls, cm)):
+        write_atomically(path, text.encode(), mode=0o644)
+    return paths

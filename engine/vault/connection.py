@@ -24,7 +24,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 try:
     import hvac
@@ -54,13 +54,12 @@ from .options import (
     check_addresses,
     check_client_cert,
     check_verify,
-    environment_number,
     environment_settings,
     read_jwt,
 )
 
 __all__ = ["DEFAULT_DEADLINE", "DEFAULT_JWT_PATH", "RetryPolicy", "VaultConnection",
-           "environment_number", "environment_settings", "redact_url"]
+           "environment_settings", "redact_url"]
 
 T = TypeVar("T")
 
@@ -261,7 +260,7 @@ class VaultConnection:
     def __repr__(self) -> str:
         return f"<VaultConnection address={self.address!r}>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("Vault connections hold credentials and cannot be pickled")
 
     @property

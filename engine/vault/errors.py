@@ -7,6 +7,8 @@ operation; they never hold a token, a secret's value or key material.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..keys.base import KeyProviderError
 
 __all__ = [
@@ -57,7 +59,7 @@ class VaultOutcomeUnknown(VaultUnavailable):
         super().__init__(message)
         self.operation = operation
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.operation))
 
 
@@ -78,7 +80,7 @@ class VaultTLSError(VaultError):
         super().__init__(message)
         self.problem = problem
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.problem))
 
 
@@ -111,7 +113,7 @@ class VaultRequestRejected(VaultError):
         """True when KV v2 refused a write because its check-and-set version is not current."""
         return "check-and-set" in self.reason
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.reason))
 
 

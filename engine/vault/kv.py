@@ -334,7 +334,7 @@ class KeyStore:
     Args:
         conn: the authenticated connection.
         mount: the KV v2 mount.
-        path: the folder (``intelliflow/encryption``).
+        path: the folder (``engine/encryption`` by default).
     """
 
     __slots__ = ("kv", "path")

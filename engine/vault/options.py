@@ -12,11 +12,11 @@ import ssl
 import urllib.parse
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from ..settings import env_flag
+from ..settings import env_flag, env_number
 from .errors import VaultAuthError, VaultConfigurationError
 
 __all__ = ["check_address", "check_addresses", "check_client_cert", "check_verify",
-           "environment_number", "environment_settings", "read_jwt"]
+           "environment_settings", "read_jwt"]
 
 T = TypeVar("T")
 
@@ -88,24 +88,6 @@ def check_verify(verify: Any) -> bool | str:
     return verify
 
 
-def environment_number(env: Mapping[str, str], var: str, conv: Callable[[str], T]) -> T | None:
-    """``conv(env[var])``, or None when the variable is unset or empty.
-
-    Raises:
-        VaultConfigurationError: the value is not a number.
-    """
-    text = env.get(var)
-    if not text:
-        return None
-    try:
-        number = conv(text)
-    except ValueError:
-        number = None
-    if number is None:
-        raise VaultConfigurationError(f"{var} must be a number")
-    return number
-
-
 def environment_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """The connection's keyword arguments given by ``VAULT_*`` variables (unset ones are left
     out).
@@ -128,7 +110,7 @@ def environment_settings(env: Mapping[str, str]) -> dict[str, Any]:
             kw[arg] = env[var]
     for var, arg, conv in (("VAULT_TIMEOUT", "timeout", float), ("VAULT_RETRIES", "retries", int),
                            ("VAULT_DEADLINE", "deadline", float)):
-        number = environment_number(env, var, conv)
+        number = env_number(env, var, conv, error=VaultConfigurationError)
         if number is not None:
             kw[arg] = number
     if env_flag(env, "VAULT_SKIP_VERIFY", False, error=VaultConfigurationError):

@@ -51,6 +51,7 @@ from ..keys.base import (
     next_usage,
 )
 from ..locks import fork_safe_lock
+from ..settings import env_number
 from .connection import (
     DEFAULT_DEADLINE,
     DEFAULT_JWT_PATH,
@@ -73,7 +74,7 @@ from .kv import (
     new_entry,
     parse_entry,
 )
-from .options import check_addresses, environment_number, environment_settings
+from .options import check_addresses, environment_settings
 from .transit import TransitKey, TransitKeyWrapper, wipe
 
 if TYPE_CHECKING:
@@ -188,8 +189,8 @@ class VaultKeyProvider(KeyProvider):
                  "_rotating", "_rotating_depth")
 
     def __init__(self, address: str | Sequence[str], *, token: str | None = None,
-                 key_name: str = "intelliflow-data-key", mount: str = "transit",
-                 kv_mount: str = "secret", kv_path: str = "intelliflow/encryption",
+                 key_name: str = "engine-data-key", mount: str = "transit",
+                 kv_mount: str = "secret", kv_path: str = "engine/encryption",
                  cache_ttl: float = 300.0, timeout: float = 5.0, retries: int = 3,
                  deadline: float | None = None, role_id: str | None = None,
                  secret_id: str | None = None,
@@ -262,7 +263,8 @@ class VaultKeyProvider(KeyProvider):
                          ("VAULT_KV_MOUNT", "kv_mount"), ("VAULT_KV_PATH", "kv_path")):
             if env.get(var):
                 kw[arg] = env[var]
-        cache_ttl = environment_number(env, "VAULT_KEY_CACHE_TTL", float)
+        cache_ttl = env_number(env, "VAULT_KEY_CACHE_TTL", float,
+                               error=VaultConfigurationError)
         if cache_ttl is not None:
             kw["cache_ttl"] = cache_ttl
         kw["algorithm"] = algorithm_from_environment(env)
@@ -518,7 +520,7 @@ class VaultKeyProvider(KeyProvider):
         return KeyVersionInfo(version, KeyState.ACTIVE, now, self._algorithm)
 
     def _retire_below(self, version: int) -> None:
-        def retire(entry: dict[str, Any]) -> dict | None:
+        def retire(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("state") != KeyState.ACTIVE.value:
                 return None
             entry["state"] = KeyState.DECRYPT_ONLY.value
@@ -544,7 +546,7 @@ class VaultKeyProvider(KeyProvider):
         new_state = check_state(state)
         check_version(version)
 
-        def change(entry: dict[str, Any]) -> dict | None:
+        def change(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("state") == new_state.value:
                 return None
             entry["state"] = new_state.value
@@ -622,7 +624,8 @@ class VaultKeyProvider(KeyProvider):
             for v in self._store.versions(consistent=True):
                 done: list[int] = []
 
-                def rewrap(entry: dict[str, Any], v: int = v, done: list[int] = done) -> dict | None:
+                def rewrap(entry: dict[str, Any], v: int = v,
+                           done: list[int] = done) -> dict[str, Any] | None:
                     wrapped = entry.get("wrapped_key")
                     if not isinstance(wrapped, str) or wrapped.startswith(prefix):
                         return None
@@ -651,7 +654,7 @@ class VaultKeyProvider(KeyProvider):
         self._check_open()
         check_count(count)
 
-        def change(entry: dict[str, Any]) -> dict | None:
+        def change(entry: dict[str, Any]) -> dict[str, Any] | None:
             entry["usage"] = next_usage(version, int(entry.get("usage") or 0), count, limit)
             return entry
 
@@ -742,7 +745,7 @@ class VaultKeyProvider(KeyProvider):
     def _record_index_check(self, version: int, secret: bytes) -> str:
         """Records the index secret's check value in the version's entry at its first use (or
         returns the one another process recorded meanwhile)."""
-        def change(entry: dict[str, Any]) -> dict | None:
+        def change(entry: dict[str, Any]) -> dict[str, Any] | None:
             if entry.get("index_kcv") is not None:
                 return None
             entry["index_kcv"] = index_check_value(secret, version)

@@ -1,16 +1,18 @@
-"""IntelliFlow's other Vault paths: application secrets in KV v2 under ``secret/data/intelliflow/``.
+"""An application's own secrets in KV v2, beside the key provider's folder: by default under
+``secret/data/engine/<name>`` (``VAULT_KV_MOUNT``, ``VAULT_SECRETS_PATH``).
 
-``config``, ``openai``, ``supabase`` and ``redis`` (the IntelliFlow secret paths) are read and written
-as small dictionaries, each write a new KV version. Values never appear in ``repr``, exception
-messages or logs; a read returns a :class:`SecretData`, a ``dict`` whose ``repr`` shows the field
-names only.
+Each secret is a small dictionary, each write a new KV version. Which names an application uses
+is its configuration (``names=``, ``VAULT_SECRET_NAMES``), not the library's. Values never appear
+in ``repr``, exception messages or logs; a read returns a :class:`SecretData`, a ``dict`` whose
+``repr`` shows the field names only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, NoReturn
 
 from ..errors import InvalidArgument
 from .connection import RetryPolicy, VaultConnection
@@ -18,14 +20,14 @@ from .errors import SecretNotFound, SecretVersionConflict
 from .kv import KVStore
 from .provider import VaultKeyProvider
 
-__all__ = ["INTELLIFLOW_SECRET_NAMES", "SecretData", "VaultSecrets"]
+__all__ = ["DEFAULT_SECRETS_PATH", "SecretData", "VaultSecrets"]
 
-INTELLIFLOW_SECRET_NAMES = ("config", "openai", "supabase", "redis")
+DEFAULT_SECRETS_PATH = "engine"  # the folder that also holds the key provider's "encryption"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _RESERVED = frozenset({"encryption"})  # the key provider's folder
 
 
-class SecretData(dict):
+class SecretData(dict[str, Any]):
     """A secret's fields: a plain ``dict`` whose ``repr`` and ``str`` show the field names only.
 
     Attributes:
@@ -43,7 +45,7 @@ class SecretData(dict):
 
     __str__ = __repr__
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (dict(self), self.version))
 
 
@@ -54,16 +56,19 @@ class VaultSecrets:
         source: a :class:`~engine.vault.VaultKeyProvider` (its connection is shared), a
             :class:`~engine.vault.VaultConnection`, or an authenticated ``hvac.Client``.
         mount: the KV v2 mount (default ``secret``).
-        base_path: the folder of the secrets (default ``intelliflow``).
+        base_path: the folder of the secrets (default :data:`DEFAULT_SECRETS_PATH`).
+        names: the names this application reads and writes; any other is refused (a typo
+            fails at once instead of reading a secret that is not there). None: any name.
         timeout, retries: for an ``hvac.Client`` source only.
 
     Raises:
-        InvalidArgument: an unusable source or path.
+        InvalidArgument: an unusable source, path or name.
     """
 
-    __slots__ = ("_conn", "_kv", "_base")
+    __slots__ = ("_conn", "_kv", "_base", "_names")
 
-    def __init__(self, source: Any, *, mount: str = "secret", base_path: str = "intelliflow",
+    def __init__(self, source: Any, *, mount: str = "secret",
+                 base_path: str = DEFAULT_SECRETS_PATH, names: Iterable[str] | None = None,
                  timeout: float = 5.0, retries: int = 3) -> None:
         if isinstance(source, VaultKeyProvider):
             self._conn = source.connection
@@ -79,19 +84,52 @@ class VaultSecrets:
         self._base = base_path.strip("/")
         if not self._kv.mount or not self._base:
             raise InvalidArgument("mount and base_path must not be empty")
+        self._names: frozenset[str] | None = None
+        if names is not None:
+            chosen = [names] if isinstance(names, str) else list(names)
+            for name in chosen:
+                self._check_name(name)
+            self._names = frozenset(chosen)
+
+    @classmethod
+    def from_environment(cls, source: Any, env: Mapping[str, str] | None = None,
+                         **overrides: Any) -> "VaultSecrets":
+        """Secrets where the environment says: ``VAULT_KV_MOUNT`` (mount), ``VAULT_SECRETS_PATH``
+        (base_path) and ``VAULT_SECRET_NAMES`` (names, separated by commas); keyword arguments
+        override them.
+
+        Raises:
+            InvalidArgument: as the constructor.
+        """
+        env = os.environ if env is None else env
+        kw: dict[str, Any] = {}
+        if env.get("VAULT_KV_MOUNT"):
+            kw["mount"] = env["VAULT_KV_MOUNT"]
+        if env.get("VAULT_SECRETS_PATH"):
+            kw["base_path"] = env["VAULT_SECRETS_PATH"]
+        if env.get("VAULT_SECRET_NAMES", "").strip():
+            kw["names"] = [n.strip() for n in env["VAULT_SECRET_NAMES"].split(",") if n.strip()]
+        kw.update(overrides)
+        return cls(source, **kw)
 
     def __repr__(self) -> str:
         return f"<VaultSecrets address={self._conn.address!r} path={self._kv.mount}/{self._base}>"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("VaultSecrets holds Vault credentials and cannot be pickled")
 
-    def _path(self, name: str) -> str:
+    @staticmethod
+    def _check_name(name: Any) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED:
             raise InvalidArgument(
                 "secret names are 1-128 letters, digits, '.', '_' or '-' "
-                f"(not {', '.join(sorted(_RESERVED))}); e.g. one of {', '.join(INTELLIFLOW_SECRET_NAMES)}"
-            )
+                f"(not {', '.join(sorted(_RESERVED))})")
+
+    def _path(self, name: str) -> str:
+        self._check_name(name)
+        if self._names is not None and name not in self._names:
+            raise InvalidArgument(f"{name!r} is not one of this application's secrets "
+                                  f"({', '.join(sorted(self._names))})")
         return f"{self._base}/{name}"
 
     def read(self, name: str, version: int | None = None) -> SecretData:

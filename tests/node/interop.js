@@ -1,4 +1,4 @@
-// Interop with the IntelliFlow TypeScript EncryptionService: AES-256-GCM, 16-byte IV, 16-byte tag,
+// A Node.js peer that writes and reads the JSON envelope as a TypeScript service does: AES-256-GCM, 16-byte IV, 16-byte tag,
 // JSON {iv, ciphertext, authTag, keyVersion, timestamp, algorithm}, base64 fields, AAD = caller's.
 // Standard library only.
 //   node interop.js encrypt <key-hex> <key-version> [aad]   plaintext (base64) on stdin -> JSON

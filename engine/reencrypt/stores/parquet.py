@@ -20,10 +20,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from ...atomic_file import name_temporary, open_temporary
+from ...atomic_file import Temporary as AtomicTemporary, remove_unlocked, write_atomically
+from ...errors import InvalidArgument
 from ..errors import ColumnNotFound, FileUnreadable, StoreUnavailable, TableNotFound, UnsupportedFile
+from ..report import PartitionResult
 from ..spec import Column, row_fields
 from .sql import Partition
 
@@ -163,9 +165,11 @@ class ParquetStore:
                 raise
         return total
 
-    def partitions(self, done: set[str]) -> list[Partition]:
-        """One partition per file not in ``done``."""
-        return [Partition(i, file=f) for i, f in enumerate(self.files()) if f not in done]
+    def partitions(self, done: Mapping[str, PartitionResult]) -> list[Partition]:
+        """One partition per file; those in ``done`` (an earlier run of the job finished them)
+        are marked finished and carry what that run found in them."""
+        return [Partition(i, file=f, finished=f in done, earlier=done.get(f))
+                for i, f in enumerate(self.files())]
 
     # ---- progress ----
 
@@ -177,23 +181,28 @@ class ParquetStore:
         ident = hashlib.sha256(f"{os.path.abspath(self.path)}\0{job}".encode()).hexdigest()[:16]
         return self.directory / f"{stem}.{ident}.json"
 
-    def load_progress(self, job: str) -> set[str]:
-        """The files an earlier run of ``job`` finished."""
+    def load_progress(self, job: str) -> dict[str, PartitionResult]:
+        """The files an earlier run of ``job`` finished, each with what it found there (its
+        counts and failures, so that a resumed job reports the whole dataset)."""
         path = self.progress_path(job)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            return set()
+            return {}
         except (ValueError, UnicodeDecodeError):
             data = None
-        if not isinstance(data, dict) or not isinstance(data.get(job, []), list):
+        try:
+            if not isinstance(data, dict) or not isinstance(data.get(job, {}), dict):
+                raise ValueError("not a checkpoint")
+            return {str(f): PartitionResult.from_json(r) for f, r in data.get(job, {}).items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise StoreUnavailable(f"the checkpoint {path} is corrupt; remove it to start the "
-                                   "job over")
-        return set(data.get(job, []))
+                                   "job over") from None
 
-    def save_progress(self, job: str, done: set[str]) -> None:
-        """Records the files of ``job`` done so far (atomically: temp file, fsync, rename)."""
-        write_atomically(self.progress_path(job), json.dumps({job: sorted(done)}, indent=0).encode())
+    def save_progress(self, job: str, done: Mapping[str, PartitionResult]) -> None:
+        """Records the files of ``job`` done so far with what each held (atomically)."""
+        data = json.dumps({job: {f: done[f].to_json() for f in sorted(done)}}, indent=0).encode()
+        write_atomically(self.progress_path(job), data, suffix=TMP_SUFFIX, lock=True)
 
     def forget(self, job: str) -> None:
         try:
@@ -212,7 +221,7 @@ class ParquetStore:
         for root, names in found:
             for name in names:
                 if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                    _remove_if_unowned(os.path.join(root, name))
+                    remove_unlocked(os.path.join(root, name))
 
     def check_rewritable(self) -> None:
         """Refuses a dataset a job could not rewrite file by file: a file that is a symbolic
@@ -282,30 +291,20 @@ def file_state(path: str) -> FileState | None:
                      stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
 
-class Temporary:
+class Temporary(AtomicTemporary):
     """A new file beside ``path`` that a job writes and then renames over ``path``.
 
     It is created unnamed where the file system allows (``O_TMPFILE``: a SIGKILL leaves
     nothing) and locked (``flock``) before it has a name, so
     :meth:`ParquetStore.remove_stale_temporaries` of another job never takes it for a dead
-    job's; where it must be named from the start, the name is checked once the lock is held.
-    ``target`` is a path pyarrow can write to and read back.
+    job's. ``target`` is a path pyarrow can write to and read back.
     """
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.directory = os.path.dirname(os.path.abspath(path))
-        self._name = os.path.basename(path)
-        for _ in range(100):
-            fd, named = open_temporary(self.directory, self._name, TMP_SUFFIX)
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held until close: the file is this job's
-            if named is None or _same_file(fd, named):
-                break
-            os.close(fd)  # a cleaner removed it before the lock was taken: another one
-        else:
-            raise FileUnreadable(f"cannot create a temporary file in {self.directory}")
-        self.fd, self.named = fd, named
-        self.target = named if named is not None else f"/proc/self/fd/{fd}"
+        try:
+            super().__init__(path, suffix=TMP_SUFFIX, lock=True)
+        except InvalidArgument as exc:
+            raise FileUnreadable(str(exc)) from None
 
     def replace(self, state: FileState) -> None:
         """Gives the file ``state``'s mode and owner, flushes it, and renames it over the path
@@ -323,30 +322,7 @@ class Temporary:
                 raise FileUnreadable(
                     f"{self.path} belongs to uid {state.uid} gid {state.gid}; this job cannot "
                     "give its new file the same owner: run it as that user (or root)") from None
-        os.fsync(self.fd)
-        if self.named is None:
-            self.named = name_temporary(self.fd, self.directory, self._name, TMP_SUFFIX)
-        os.replace(self.named, self.path)
-        self.named = None
-        fsync_directory(self.directory)
-
-    def close(self) -> None:
-        """Removes the file unless it was renamed into place, and drops the lock."""
-        if self.named is not None:
-            try:
-                os.unlink(self.named)
-            except FileNotFoundError:
-                pass
-            self.named = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> "Temporary":
-        return self
-
-    def __exit__(self, *_exc: Any) -> None:
-        self.close()
+        self.commit()
 
 
 @contextlib.contextmanager
@@ -365,47 +341,3 @@ def replacing(path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _same_file(fd: int, path: str) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.lstat(path))
-    except FileNotFoundError:
-        return False
-
-
-def _remove_if_unowned(path: str) -> None:
-    """Deletes ``path`` if no live process holds its lock (see :class:`Temporary`)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return  # gone, a link, or not ours to open: left alone
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return  # its job is alive
-        if _same_file(fd, path):
-            os.unlink(path)
-    finally:
-        os.close(fd)
-
-
-def fsync_directory(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a locked temporary file, fsync and rename."""
-    with Temporary(str(path)) as tmp:
-        os.write(tmp.fd, data)
-        os.fsync(tmp.fd)
-        if tmp.named is None:
-            tmp.named = name_temporary(tmp.fd, tmp.directory, path.name, TMP_SUFFIX)
-        os.replace(tmp.named, path)
-        tmp.named = None
-    fsync_directory(path.parent)
