@@ -473,8 +473,8 @@ class KeyRotationService:
 
     def purge(self, version: int, *, inventory: Any = None, force: bool = False) -> None:
         """Deletes a deprecated version for good (data still sealed under it becomes unreadable),
-        and records it in the audit trail (``KEY_PURGED``: the version, the stores and columns
-        the inventories covered, whether it was forced).
+        and records it in the audit trail (``KEY_PURGED``: the version, the stores the
+        inventories covered, whether it was forced and what they still found).
 
         Args:
             inventory: an :class:`engine.reencrypt.Inventory` (or a list of them) taken after
@@ -501,8 +501,7 @@ class KeyRotationService:
             raise InvalidArgument(f"only deprecated versions can be purged; v{version} is not")
         self.provider.purge(version)
         self._record(audit_events.KEY_PURGED, version=version, forced=bool(force),
-                     checked=sorted({f"{inv.store} " + (f"{inv.table}." if inv.table else "")
-                                     + c for inv in inventories for c in inv.columns}),
+                     checked=sorted({inv.store for inv in inventories}),
                      still_named={f"{s} {c}": n for (s, c), n in sorted(left.items())})
 
     def _notify(self, payload: dict[str, Any]) -> None:
