@@ -24,24 +24,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
-from typing import Any
 
 __all__ = ["COMMAND_LINE", "CommandInterrupts", "before_exit", "command_started",
            "take_sigint_while_starting"]
 
 COMMAND = "crypto-engine"
 _MODULES = ("engine", "engine.cli")
-
-
-_BEFORE_EXIT: list[Any] = []
-
-
-def before_exit(action: Any) -> None:
-    """Runs ``action()`` before an interrupted command ends the process with ``os._exit``
-    (which runs no ``finally`` and no atexit): what must outlive the command, such as pushing
-    its metrics. An action's exception is ignored."""
-    _BEFORE_EXIT.append(action)
 
 
 def _starting_command_line() -> bool:
@@ -64,6 +52,28 @@ def _end_at_once(signum: int, frame: Any) -> None:
         except (OSError, ValueError):
             pass
     os._exit(130)
+
+
+# The first thing the command line does, before importing anything more (even threading): from
+# here on a Ctrl-C while it starts is one line and exit 130, never a traceback.
+COMMAND_LINE = _starting_command_line()  # evaluated while `import engine` runs
+if COMMAND_LINE and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    try:
+        signal.signal(signal.SIGINT, _end_at_once)
+    except ValueError:  # not the main thread: take_sigint_while_starting() says no as well
+        pass
+
+import threading  # noqa: E402
+from typing import Any  # noqa: E402
+
+_BEFORE_EXIT: list[Any] = []
+
+
+def before_exit(action: Any) -> None:
+    """Runs ``action()`` before an interrupted command ends the process with ``os._exit``
+    (which runs no ``finally`` and no atexit): what must outlive the command, such as pushing
+    its metrics. An action's exception is ignored."""
+    _BEFORE_EXIT.append(action)
 
 
 def _sigint_is_python_default() -> bool:
@@ -159,5 +169,4 @@ class CommandInterrupts:
             sys.unraisablehook = self._hook
 
 
-COMMAND_LINE = _starting_command_line()  # evaluated while `import engine` runs
 take_sigint_while_starting()

@@ -18,16 +18,20 @@ import sys
 import time
 from typing import Any, Sequence
 
-import numpy as np
-
-from . import AesGcm, BackendUnavailable, Batch, EngineError, InvalidArgument, backend_info
+from . import __version__
+from .errors import BackendUnavailable, EngineError, InvalidArgument
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_BACKEND, EXIT_BUSY = 0, 1, 2, 3, 4
 EXIT_IO, EXIT_INTERRUPTED = 5, 130
 
 
-def sample_records(count: int, min_size: int, max_size: int, seed: int = 0) -> Batch:
-    """A reproducible sample data set: ``count`` random records of ``min_size..max_size`` bytes."""
+def sample_records(count: int, min_size: int, max_size: int, seed: int = 0) -> Any:
+    """A reproducible sample data set: ``count`` random records of ``min_size..max_size`` bytes
+    (a :class:`~engine.Batch`)."""
+    import numpy as np
+
+    from .batch import Batch
+
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min_size, max_size + 1, count, dtype=np.int64)
     offsets = np.zeros(count + 1, dtype=np.int64)
@@ -61,7 +65,9 @@ class _Bar:
 
     def reach(self, done: int, total: int) -> None:
         if self._bar is not None:
-            self._bar.total = total
+            if self._bar.total != total:  # shown at once, before the first step is through
+                self._bar.total = total
+                self._bar.refresh()
             self._bar.update(done - self._bar.n)
 
     def __enter__(self) -> "_Bar":
@@ -82,6 +88,8 @@ def run_demo(count: int, min_size: int, max_size: int, backend: str | None,
 
 def _demo(progress: "_Bar", count: int, min_size: int, max_size: int, backend: str | None,
           compare: bool) -> dict[str, Any]:
+    from .aead import AesGcm, backend_info
+
     batch = sample_records(count, min_size, max_size)
     key = AesGcm.generate_key()
     aead = AesGcm(key, backend=backend)
@@ -169,56 +177,134 @@ def _audit_head(text: str) -> Any:
     raise argparse.ArgumentTypeError(problem)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="crypto-engine", description="AES-256-GCM encryption engine")
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help texts given as a function are computed when help is shown: the text of an option
+    that needs a heavy module (numpy, say) costs nothing to a command that does not show it."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if callable(action.help):
+            action.help = action.help()
+        return super()._format_action(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _epilog() -> str:
+    from .env_vars import VARIABLES
+
+    return ("environment: " + ", ".join(v.name for v in VARIABLES) + ". 'crypto-engine env' "
+            "says what each means and its default (also docs/environment.md).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (every option has a help text; a test checks)."""
+    parser = _Parser(prog="crypto-engine", description="AES-256-GCM encryption engine",
+                     epilog=_epilog())
+    parser.add_argument("--version", action="version", version=f"crypto-engine {__version__}",
+                        help="print the version and exit")
     parser.add_argument(
         "--backend", default=None, help="ipsec-mb or openssl (default: $ENGINE_BACKEND, else the fastest)"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = sub.add_parser("info", help="show the native backend in use")
     info.add_argument("--json", action="store_true", help="print JSON")
+    env = sub.add_parser("env", help="list the environment variables the engine reads",
+                         description="every environment variable the engine reads: meaning "
+                                     "and default")
+    env.add_argument("--json", action="store_true", help="print JSON")
+    env.add_argument("--markdown", action="store_true",
+                     help="print docs/environment.md (the same table)")
+    completion = sub.add_parser(
+        "completion", help="print the shell's tab-completion hook",
+        description="print the tab-completion hook for SHELL: eval \"$(crypto-engine "
+                    "completion bash)\" in ~/.bashrc (argcomplete)")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish", "tcsh"),
+                            help="the shell the hook is for")
     demo = sub.add_parser("demo", help="encrypt and decrypt a generated data set and compare with cryptography")
-    demo.add_argument("--records", type=int, default=1_000_000)
-    demo.add_argument("--min-size", type=int, default=16)
-    demo.add_argument("--max-size", type=int, default=256)
+    demo.add_argument("--records", type=int, default=1_000_000, metavar="N",
+                      help="records in the data set (default 1,000,000)")
+    demo.add_argument("--min-size", type=int, default=16, metavar="BYTES",
+                      help="smallest record (default 16)")
+    demo.add_argument("--max-size", type=int, default=256, metavar="BYTES",
+                      help="largest record (default 256)")
     demo.add_argument("--no-compare", action="store_true", help="skip the cryptography comparison")
     demo.add_argument("--json", action="store_true", help="print JSON")
-    rotate = sub.add_parser("rotate", help="rotate the keys of the configured provider (see README)")
+    rotate = sub.add_parser("rotate", help="rotate the keys of the configured provider (see README)",
+                            description="rotate the keys of the configured provider; exit 4, "
+                                        "changing nothing, while another rotation runs")
     rotate.add_argument("--if-needed", action="store_true",
                         help="rotate only when the interval or the usage limit says so")
     rotate.add_argument("--json", action="store_true", help="print JSON")
     sched = sub.add_parser("rotation-scheduler", help="check on an interval and rotate when needed")
-    sched.add_argument("--check-every", type=_positive_seconds, default=3600.0, metavar="SECONDS")
+    sched.add_argument("--check-every", type=_positive_seconds, default=3600.0, metavar="SECONDS",
+                       help="seconds between checks of the rotation policy (default 3600)")
     sched.add_argument("--max-checks", type=int, default=None, help="stop after this many checks")
     verify = sub.add_parser("audit-verify", help="check an audit log's HMAC chain")
-    verify.add_argument("path")
+    verify.add_argument("path", help="the audit log ($ENGINE_AUDIT_LOG)")
     verify.add_argument("--expect-head", type=_audit_head, metavar="SEQ:MAC",
                         help="an entry the log must still hold: the head printed by an earlier run "
                              "and kept elsewhere")
     verify.add_argument("--json", action="store_true", help="print JSON")
+    _add_keys_commands(sub)
     _add_data_commands(sub)
     _add_reencryption_commands(sub)
     _add_pme_arguments(sub)
     _add_metrics_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    if argv is None and "_ARGCOMPLETE" in os.environ:  # the shell asks for completions
+        import argcomplete
+
+        argcomplete.autocomplete(parser)  # prints them and exits
     args = parser.parse_args(argv)
     return _with_metrics(args, lambda: _run(parser, args))
 
 
+def _env_command(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from . import env_vars
+
+    if args.json:
+        print(json.dumps([asdict(v) for v in env_vars.VARIABLES]))
+    else:
+        print(env_vars.markdown(), end="") if args.markdown else print(env_vars.text())
+    return EXIT_OK
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "env":
+        return _env_command(args)
+    if args.command == "completion":
+        import argcomplete
+
+        print(argcomplete.shellcode(["crypto-engine"], shell=args.shell), end="")
+        return EXIT_OK
     if args.command in _DATA_COMMANDS:
         pme = getattr(args, "pme", False)
         _check_columns_usage(parser, args)
         return _data_commands(args, _run_pme_command if pme else _run_data_command)
     from ._interrupts import command_started
 
-    command_started()
     try:
+        command_started()  # inside: a Ctrl-C from here on is this handler's
         if args.command in ("inventory", "reencrypt"):
             pme = getattr(args, "pme", False)
             return _pme_store_commands(args) if pme else _reencryption_commands(args)
         if args.command in ("rotate", "rotation-scheduler", "audit-verify"):
             return _key_commands(args)
+        if args.command == "keys":
+            return _keys_commands(args)
         if args.command == "info":
+            from .aead import backend_info
+
             data = backend_info(args.backend)
             print(json.dumps(data) if args.json else "\n".join(f"{k:9} {v}" for k, v in data.items()))
             return EXIT_OK
@@ -232,8 +318,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"crypto-engine: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # one that came before a command's own handler
-        print(f"crypto-engine {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted_before_work(args)
     if args.json:
         print(json.dumps(result))
     else:
@@ -284,12 +369,18 @@ def _key_commands(args: argparse.Namespace) -> int:
         if reason is None:
             report: dict[str, Any] = {"rotated": False, "reason": None}
         else:
-            r = service.rotate_keys(reason=reason)
+            r = service.rotate_keys(reason=reason, wait=False)  # busy: exit 4, never twice
             report = {"rotated": True, "reason": reason, "previous_version": r.previous_version,
                       "new_version": r.new_version, "deprecated_versions": list(r.deprecated_versions)}
-        print(json.dumps(report) if args.json else (
-            f"rotated v{report['previous_version']} -> v{report['new_version']} ({reason})"
-            if report["rotated"] else "no rotation needed"))
+        if args.json:
+            print(json.dumps(report))
+        elif not report["rotated"]:
+            print("no rotation needed")
+        elif report["previous_version"] is None:
+            print(f"created the first key version, v{report['new_version']} (there was none)")
+        else:
+            print(f"rotated v{report['previous_version']} -> v{report['new_version']} ({reason})"
+                  + "".join(f"; v{v} deprecated" for v in report["deprecated_versions"]))
         return EXIT_OK
     except RotationInProgress as exc:
         print(f"crypto-engine: {exc}", file=sys.stderr)
@@ -329,6 +420,144 @@ def _rotation_scheduler(service: Any, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"rotations: {done}")
+    return EXIT_OK
+
+
+# ---- keys: list, purge, rewrap ------------------------------------------------------------------
+
+def _key_version(text: str) -> int:
+    digits = text[1:] if text[:1] in ("v", "V") else text
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError("must be a key version: 3 or v3")
+    return int(digits)
+
+
+def _add_keys_commands(sub: Any) -> None:
+    text = "list, purge and re-wrap the versions of the configured key provider"
+    keys = sub.add_parser("keys", help=text, description=text)
+    actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every version: state, algorithm, created, usage",
+                                 description="every key version the provider holds: state, "
+                                             "algorithm, creation time, encryptions recorded "
+                                             "and the algorithm's limit; * marks the current")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    text = ("delete a deprecated version for good, once an inventory of the store finds no "
+            "value under it (the inventory is taken with the options inventory takes)")
+    purge = actions.add_parser("purge", help="delete a deprecated version for good",
+                               description=text)
+    purge.add_argument("version", type=_key_version, metavar="VERSION",
+                       help="the version to delete (3 or v3)")
+    purge.add_argument("--force", action="store_true",
+                       help="purge although values are still found under it, or without "
+                            "--store: they become unreadable; the audit trail records it")
+    _add_job_arguments(purge, "purge", False)
+    purge.add_argument("--json", action="store_true", help="print JSON")
+    rewrap = actions.add_parser(
+        "rewrap", help="rotate Vault's wrapping key and re-wrap the data keys inside Vault",
+        description="rotate the Transit key that wraps the data keys and re-wrap every stored "
+                    "data key with its new version, inside Vault (no data key leaves it, no "
+                    "data is re-encrypted); an interrupted run is completed by the next")
+    rewrap.add_argument("--set-min-decryption-version", action="store_true",
+                        help="then make the Transit key refuse its older versions")
+    rewrap.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _keys_commands(args: argparse.Namespace) -> int:
+    from .keys import KeyLockBusy
+    from .rotation import RotationInProgress, VersionStillInUse
+
+    try:
+        run = {"list": _keys_list, "purge": _keys_purge, "rewrap": _keys_rewrap}
+        return run[args.keys_command](args)
+    except VersionStillInUse as exc:
+        _say(f"crypto-engine keys purge: refused: {exc}")
+        return EXIT_CHECK_FAILED
+    except InvalidArgument as exc:
+        _say(f"crypto-engine keys {args.keys_command}: {exc}")
+        return EXIT_USAGE
+    except (RotationInProgress, KeyLockBusy) as exc:
+        _say(f"crypto-engine keys {args.keys_command}: {exc}")
+        return EXIT_BUSY
+    except (EngineError, OSError) as exc:
+        _say(f"crypto-engine keys {args.keys_command}: {exc}")
+        return EXIT_BACKEND
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from .keys.base import usage_limit
+    from .service import get_encryption_service
+
+    provider = get_encryption_service().provider
+    current = provider.current_version if provider.list_versions() else None
+    rows = [{"version": i.version, "state": i.state.value, "algorithm": i.algorithm,
+             "created_at": i.created_at.isoformat(timespec="seconds"), "usage": provider.usage(i.version),
+             "usage_limit": usage_limit(i.algorithm), "current": i.version == current}
+            for i in provider.list_versions()]
+    if args.json:
+        print(json.dumps({"current_version": current, "versions": rows}))
+        return EXIT_OK
+    if not rows:
+        print("no key version yet (crypto-engine rotate creates the first)")
+        return EXIT_OK
+    print(f"{'version':9} {'state':13} {'algorithm':13} {'created':25} usage")
+    for r in rows:
+        limit = f" of {r['usage_limit']:,}" if r["usage_limit"] else ""
+        print(f"{'v' + str(r['version']) + (' *' if r['current'] else ''):9} {r['state']:13} "
+              f"{r['algorithm']:13} {r['created_at']:25} {r['usage']:,}{limit}")
+    return EXIT_OK
+
+
+def _keys_purge(args: argparse.Namespace) -> int:
+    from . import reencrypt as jobs
+    from .rotation import get_key_rotation_service
+
+    inventories = []
+    if args.store:
+        _hide_password(args.store)
+        _check_job_arguments(args)
+        columns = _reencryption_columns(args)
+        with _Bar("rows", desc="inventory") as bar:
+            inventories.append(jobs.inventory(
+                jobs.open_store(args.store, args.table, args.key), columns,
+                workers=args.workers, dask=args.dask, dask_timeout=args.dask_timeout,
+                batch_size=args.batch_size, partitions=args.partitions,
+                max_failures=args.max_failures, progress=bar.reach if bar.live else None))
+    elif not args.force:
+        raise InvalidArgument(f"name the store and columns that may hold values under "
+                              f"v{args.version} (--store URL --column NAME ..., as for "
+                              "inventory), or give --force to purge without looking")
+    get_key_rotation_service().purge(args.version, inventory=inventories, force=args.force)
+    still = {f"{s} {c}": n for inv in inventories
+             for s, named in [(inv.store, inv.still_named(args.version))]
+             for c, n in named.items()}
+    if args.json:
+        print(json.dumps({"purged": args.version, "forced": args.force,
+                          "checked": [inv.store for inv in inventories],
+                          "still_named": still}))
+    else:
+        print(f"purged v{args.version}" + (
+            f" (forced: {sum(sum(n.values()) for n in still.values()):,} value(s) under it "
+            "are unreadable now)" if still else " (forced, no store checked)" if args.force
+            and not inventories else f"; no value under it in {inventories[0].store}"))
+    return EXIT_OK
+
+
+def _keys_rewrap(args: argparse.Namespace) -> int:
+    from .service import get_encryption_service
+
+    provider = get_encryption_service().provider
+    rotate = getattr(provider, "rotate_wrapping_key", None)
+    if rotate is None:
+        raise InvalidArgument(f"keys rewrap is for keys held in Vault (VAULT_ENABLED=true); "
+                              f"the {type(provider).__name__}'s keys are not wrapped by it")
+    r = rotate(set_min_decryption_version=args.set_min_decryption_version)
+    if args.json:
+        print(json.dumps({"transit_version": r.transit_version, "rewrapped": list(r.rewrapped),
+                          "min_decryption_version": r.min_decryption_version}))
+    else:
+        print(f"wrapping key at Transit v{r.transit_version}; re-wrapped "
+              + (", ".join(f"v{v}" for v in r.rewrapped) or "nothing (all current)")
+              + f"; Transit decrypts from v{r.min_decryption_version}")
     return EXIT_OK
 
 
@@ -375,15 +604,19 @@ def _add_data_commands(sub: Any) -> None:
         cmd.add_argument("--json", action="store_true", help="print a JSON report")
 
 
-def _add_index_arguments(cmd: Any, table_metavar: str, table_help: str) -> None:
+def _index_help() -> str:
     from .blind_index import DEFAULT_EXPECTED_ROWS, NORMALIZERS, bits_for_rows
 
+    return ("a blind index to write beside the encrypted values, e.g. "
+            "email_idx=email:email or last_name+birth_year:text+digits:20 "
+            f"(normalisers: {', '.join(NORMALIZERS)}; bits default "
+            f"{bits_for_rows(DEFAULT_EXPECTED_ROWS)}); repeat for more")
+
+
+def _add_index_arguments(cmd: Any, table_metavar: str, table_help: str) -> None:
     cmd.add_argument("--index", action="append", default=[], dest="indexes",
                      metavar="[NAME=]COLUMN[+COLUMN...][:NORMALIZER[+...]][:BITS]",
-                     help="a blind index to write beside the encrypted values, e.g. "
-                          "email_idx=email:email or last_name+birth_year:text+digits:20 "
-                          f"(normalisers: {', '.join(NORMALIZERS)}; bits default "
-                          f"{bits_for_rows(DEFAULT_EXPECTED_ROWS)}); repeat for more")
+                     help=_index_help)  # computed when shown: it needs numpy
     cmd.add_argument("--index-table", metavar=table_metavar, help=table_help)
 
 
@@ -677,41 +910,49 @@ def _add_reencryption_commands(sub: Any) -> None:
                                      "those that cannot be read"),
                        ("reencrypt", "move every value of the columns to the current key "
                                      "version (resumable)")):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--store", required=True, metavar="URL",
-                       help="sqlite:///file.db, postgresql://user@host/db or "
-                            "parquet:///path/to/dataset/. PostgreSQL takes its password as "
-                            "psql does: from $PGPASSWORD or a password file ($PGPASSFILE, "
-                            "~/.pgpass); one written in the URL works too, but other users "
-                            "can read it in ps until the job starts, when it is blanked out")
-        p.add_argument("--table", help="the table (SQL stores)")
-        p.add_argument("--key", help="the table's primary key column (SQL stores)")
-        p.add_argument("--column", action="append", default=[], metavar="NAME",
-                       help="a column of tokens or JSON values (repeat for more)")
-        p.add_argument("--sealed", action="append", default=[],
-                       metavar="NAME[=NONCE,TAG,CIPHERTEXT,KEY_VERSION]",
-                       help="a value stored in Parquet as SealedBatch.to_arrow()'s three "
-                            "columns plus a key version (default names: "
-                            "nonce,tag,ciphertext,key_version)")
-        p.add_argument("--aad", action="append", default=[], metavar="[COLUMN=]RULE",
-                       help="the AAD the values were sealed with: none, constant:TEXT, "
-                            "template:TEXT (e.g. template:users:{id}:ssn) or "
-                            "field-context[:ID_COLUMN] (FieldEncryption(bind_context=True)); "
-                            "for every column, or COLUMN=RULE for one")
-        if name == "reencrypt":
-            _add_index_arguments(p, "TABLE", "the table the indexes' keys are derived for "
-                                             "(default: --table)")
-        p.add_argument("--batch-size", type=int, default=10_000, metavar="ROWS")
-        p.add_argument("--workers", type=int, default=0,
-                       help="worker processes for the cryptography (0: this process)")
-        p.add_argument("--dask", metavar="ADDRESS",
-                       help="run the partitions on this Dask scheduler (tcp://host:8786)")
-        p.add_argument("--dask-timeout", type=float, default=None, metavar="SECONDS",
-                       help="how long to wait for the Dask scheduler (default 10)")
-        p.add_argument("--partitions", type=int, default=None,
-                       help="key ranges of a table (default: 1, or 2 per Dask thread)")
-        p.add_argument("--max-failures", type=int, default=1000,
-                       help="unreadable values listed by key (all are counted)")
+        _add_job_arguments(sub.add_parser(name, help=text, description=text), name, True)
+
+
+def _add_job_arguments(p: Any, name: str, store_required: bool) -> None:
+    """The options of a job over a store: inventory, reencrypt, and the inventory that
+    ``keys purge`` takes before it deletes a version."""
+    p.add_argument("--store", required=store_required, metavar="URL",
+                   help="sqlite:///file.db, postgresql://user@host/db or "
+                        "parquet:///path/to/dataset/. PostgreSQL takes its password as "
+                        "psql does: from $PGPASSWORD or a password file ($PGPASSFILE, "
+                        "~/.pgpass); one written in the URL works too, but other users "
+                        "can read it in ps until the job starts, when it is blanked out")
+    p.add_argument("--table", help="the table (SQL stores)")
+    p.add_argument("--key", help="the table's primary key column (SQL stores)")
+    p.add_argument("--column", action="append", default=[], metavar="NAME",
+                   help="a column of tokens or JSON values (repeat for more)")
+    p.add_argument("--sealed", action="append", default=[],
+                   metavar="NAME[=NONCE,TAG,CIPHERTEXT,KEY_VERSION]",
+                   help="a value stored in Parquet as SealedBatch.to_arrow()'s three "
+                        "columns plus a key version (default names: "
+                        "nonce,tag,ciphertext,key_version)")
+    p.add_argument("--aad", action="append", default=[], metavar="[COLUMN=]RULE",
+                   help="the AAD the values were sealed with: none, constant:TEXT, "
+                        "template:TEXT (e.g. template:users:{id}:ssn) or "
+                        "field-context[:ID_COLUMN] (FieldEncryption(bind_context=True)); "
+                        "for every column, or COLUMN=RULE for one")
+    if name == "reencrypt":
+        _add_index_arguments(p, "TABLE", "the table the indexes' keys are derived for "
+                                         "(default: --table)")
+    p.add_argument("--batch-size", type=int, default=10_000, metavar="ROWS",
+                   help="rows read together (and by reencrypt re-encrypted and committed "
+                        "together; default 10,000); the progress bar moves once per batch")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes for the cryptography (0: this process)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run the partitions on this Dask scheduler (tcp://host:8786)")
+    p.add_argument("--dask-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for the Dask scheduler (default 10)")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="key ranges of a table (default: 1, or 2 per Dask thread)")
+    p.add_argument("--max-failures", type=int, default=1000,
+                   help="unreadable values listed by key (all are counted)")
+    if name != "purge":
         p.add_argument("--json", action="store_true",
                        help="print JSON (also when Ctrl-C stops reencrypt: what was done)")
 
@@ -819,6 +1060,19 @@ def _print_counts(report: Any, moved: bool) -> None:
               "--max-failures)")
 
 
+def _interrupted_before_work(args: argparse.Namespace) -> int:
+    """Ctrl-C before a command did any work: one line and, for a job given --json, its report
+    (nothing done)."""
+    job = args.command in ("inventory", "reencrypt")
+    if job and args.json:
+        print(json.dumps({"store": args.store, "table": args.table, "interrupted": True,
+                          "complete": False, "rows": 0, "columns": {}}))
+    _say(f"crypto-engine {args.command}: interrupted"
+         + (" before any row was read" if job else "")
+         + ("; nothing was changed" if args.command == "reencrypt" else ""))
+    return EXIT_INTERRUPTED
+
+
 def _reencryption_commands(args: argparse.Namespace) -> int:
     from . import reencrypt as jobs
     from .keys import KeyProviderError
@@ -851,16 +1105,15 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
     except jobs.ReencryptionInterrupted as stopped:
         done = stopped.report
         if args.json:
-            print(json.dumps(done.to_dict()))
+            print(json.dumps({**done.to_dict(), "interrupted": True, "complete": False}))
         print(f"crypto-engine {args.command}: interrupted after {done.rows:,} of the table's "
-              f"rows ({done.failed:,} failed); what was committed stays: run it again to "
-              "resume", file=sys.stderr)
+              f"rows ({sum(c.failed for c in done.columns.values()):,} unreadable); " + (
+                  "what was committed stays: run it again to resume"
+                  if args.command == "reencrypt" else "an inventory changes nothing"),
+              file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print(f"crypto-engine {args.command}: interrupted"
-              + ("; what was committed stays: run it again to resume"
-                 if args.command == "reencrypt" else ""), file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before the job started its work
+        return _interrupted_before_work(args)
     if args.json:
         print(json.dumps(report.to_dict()))
     else:

@@ -325,8 +325,10 @@ class KeyRotationService:
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(self._exclusive(wait))
-                run = _Run({i.version: i.state for i in self.provider.list_versions()},
-                           _current_version(self.provider))
+                before = {i.version: i.state for i in self.provider.list_versions()}
+                # no version yet: this run creates the first (asking a Vault provider for its
+                # current version would create one first, and this run a second)
+                run = _Run(before, _current_version(self.provider) if before else None)
                 failure = None
             except (RotationInProgress, KeyboardInterrupt, SystemExit):
                 raise
@@ -469,8 +471,10 @@ class KeyRotationService:
             self.provider.set_state(new_version, KeyState.DEPRECATED)
         return new_version
 
-    def purge(self, version: int, *, inventory: Any = None) -> None:
-        """Deletes a deprecated version for good (data still sealed under it becomes unreadable).
+    def purge(self, version: int, *, inventory: Any = None, force: bool = False) -> None:
+        """Deletes a deprecated version for good (data still sealed under it becomes unreadable),
+        and records it in the audit trail (``KEY_PURGED``: the version, the stores the
+        inventories covered, whether it was forced and what they still found).
 
         Args:
             inventory: an :class:`engine.reencrypt.Inventory` (or a list of them) taken after
@@ -478,6 +482,8 @@ class KeyRotationService:
                 header names ``version``, readable or not (a value that fails authentication
                 there, with another AAD rule say, may still open with the right one, but never
                 once the version is gone).
+            force: purge although the inventories still find values under the version (they
+                become unreadable); recorded as ``forced`` with what was still found.
 
         Raises:
             InvalidArgument: the version is not deprecated, or the provider cannot delete.
@@ -488,12 +494,15 @@ class KeyRotationService:
         inventories = inventory if isinstance(inventory, (list, tuple)) else \
             [] if inventory is None else [inventory]
         left = _still_named(inventories, version)
-        if left:
+        if left and not force:
             raise VersionStillInUse(version, left)
         states = {i.version: i.state for i in self.provider.list_versions()}
         if states.get(version) is not KeyState.DEPRECATED:
             raise InvalidArgument(f"only deprecated versions can be purged; v{version} is not")
         self.provider.purge(version)
+        self._record(audit_events.KEY_PURGED, version=version, forced=bool(force),
+                     checked=sorted({inv.store for inv in inventories}),
+                     still_named={f"{s} {c}": n for (s, c), n in sorted(left.items())})
 
     def _notify(self, payload: dict[str, Any]) -> None:
         if self._webhook is not None:
@@ -573,6 +582,8 @@ _FLOW: tuple[tuple[str, Callable[[KeyRotationService, _Run], None]], ...] = (
 
 
 def _current_info(provider: KeyProvider, versions: list[KeyVersionInfo]) -> KeyVersionInfo | None:
+    if not versions:  # asking Vault for the current version would create one
+        return None
     current = _current_version(provider)
     return next((i for i in versions if i.version == current), None)
 

@@ -83,6 +83,7 @@ def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
         UnknownStore, TableNotFound, ColumnNotFound, NotEncrypted: bad input (nothing read
             beyond the first rows).
         StoreUnavailable, SchedulerUnavailable, WorkerKeyMismatch: the job could not run.
+        ReencryptionInterrupted: Ctrl-C; its ``report`` counts the partitions done so far.
     """
     job = _Job(store, columns, aad, None, service, service_factory, dask, dask_timeout,
                batch_size, max_failures, check_only=True)
@@ -90,13 +91,33 @@ def inventory(store: Any, columns: Sequence[Any], *, aad: Any = None,
         job.validate()
         parts = job.partitions(workers, partitions, persist=False)
         started = time.perf_counter()
-        result = run_partitions(job.spec, parts, service=job.service, workers=workers,
-                                dask=job.dask, on_batch=job.progress_callback(progress))
+        result = PartitionResult(columns={c.name: ColumnCounts() for c in job.columns})
+        # the batches counted here (a table in this process): what Ctrl-C reports, also of
+        # the partition it stopped in
+        batches = PartitionResult(columns={c.name: ColumnCounts() for c in job.columns})
+        advance = job.progress_callback(progress)
+
+        def on_batch(rows: int, delta: dict[str, ColumnCounts] | None) -> None:
+            advance(rows, delta)
+            if delta is not None:
+                batches.merge(PartitionResult(rows, delta), 0)
+
+        try:
+            run_partitions(job.spec, parts, service=job.service, workers=workers, dask=job.dask,
+                           on_batch=on_batch, total=result)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+            if batches.rows > result.rows:
+                result.rows, result.columns = batches.rows, batches.columns
     finally:
         job.close()
-    return Inventory(store.display, store.table, result.columns, result.rows, result.failures,
-                     result.failures_total, time.perf_counter() - started,
-                     current_version=job.target)
+    report = Inventory(store.display, store.table, result.columns, result.rows, result.failures,
+                       result.failures_total, time.perf_counter() - started,
+                       current_version=job.target)
+    if interrupted:  # raised outside the handler: no chained KeyboardInterrupt
+        raise ReencryptionInterrupted(report)
+    return report
 
 
 def reencrypt(store: Any, columns: Sequence[Any], *, aad: Any = None, indexes: Any = None,
@@ -356,7 +377,11 @@ class _Job:
     # ---- while it runs ----
 
     def progress_callback(self, progress: Progress | None, resumed: int = 0) -> Any:
+        """``progress(done, total)`` after each batch; called once now, so that a progress
+        bar shows the total (and what earlier runs did) before the first batch is through."""
         done = [resumed]
+        if progress is not None:
+            progress(resumed, self.rows)
 
         def on_batch(rows: int, _delta: Any) -> None:
             done[0] += rows
