@@ -480,7 +480,12 @@ def _share(pool: concurrent.futures.ProcessPoolExecutor, in_pool: int,
         except (BrokenProcessPool, RuntimeError) as exc:  # broken, or shut down: job stopping
             results.put((task, exc))
             return
-        future.add_done_callback(lambda f, task=task: (results.put((task, f)), feed()))
+
+        def done(f: concurrent.futures.Future[Any], task: FileTask = task) -> None:
+            results.put((task, f))
+            feed()
+
+        future.add_done_callback(done)
 
     def collect(item: tuple[FileTask, Any]) -> bool:
         task, outcome = item
