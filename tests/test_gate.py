@@ -5,6 +5,7 @@ checks use baselines no real measurement can be near (a ratio of 10^9 or 10^-9).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -222,8 +223,10 @@ def test_gate_usage_errors(tmp_path):
 
 
 def test_pytest_benchmark_only_at_the_root_runs_the_ratio_cases_and_nothing_else():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     done = subprocess.run([sys.executable, "-m", "pytest", "--benchmark-only", "--co", "-q",
-                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     ids = [ln for ln in done.stdout.splitlines() if "::" in ln]
     assert ids and all(ln.startswith("bench/ratios/test_ratios.py::test_ratio[") for ln in ids)

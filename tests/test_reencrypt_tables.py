@@ -192,7 +192,8 @@ def test_local_worker_processes_share_the_cryptography(db, monkeypatch, tmp_path
     report = reencrypt(store_of(db), Users.COLUMNS, aad=RULES, workers=2, batch_size=250,
                        partitions=3, progress=lambda done, total: seen.append((done, total)))
     assert report.complete and report.reencrypted == 4 * 3000
-    assert seen[-1] == (3000, 3000) and len(seen) == 12
+    assert seen[0] == (0, 3000)  # the total shows before the first batch
+    assert seen[-1] == (3000, 3000) and len(seen) == 1 + 12
     assert_application_reads(users, get_encryption_service())
 
 
