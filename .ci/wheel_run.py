@@ -62,6 +62,7 @@ def engine_from_the_wheel():
 
     here = pathlib.Path(engine.__file__).resolve()
     check(here.is_relative_to(pathlib.Path(sys.prefix).resolve()), f"engine is imported from the venv ({here.parent})")
+    engine.backend_info()  # `import engine` is lazy: the first call loads the native modules
     native = [f for f in mapped_files() if "/engine/_native/" in f]
     check(bool(native) and all(pathlib.Path(f).is_relative_to(sys.prefix) for f in native),
           f"the native modules mapped are the wheel's: {sorted(pathlib.Path(f).name for f in native)}")
