@@ -170,6 +170,12 @@ def _encrypt_chunk(array: Any, column: str, service: EncryptionService, aad: Any
     pa = _pa()
     n = len(array)
     descriptor = type_descriptor(array.type)
+    try:  # never write values that could not be read back as exactly this type
+        type_from_descriptor(descriptor)
+    except UnknownColumnType:
+        raise InvalidArgumentType(f"column {column!r}: Arrow cannot rebuild the type "
+                                  f"{array.type} from its description, so its values would "
+                                  "not decrypt to it; nothing was encrypted") from None
     plain, rows = plaintexts(array)
     row_aad = _row_aad(aad, rows, n)
     count = len(plain)
