@@ -264,7 +264,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         argcomplete.autocomplete(parser)  # prints them and exits
     args = parser.parse_args(argv)
-    return _with_metrics(args, lambda: _run(parser, args))
+    try:
+        return _with_metrics(args, lambda: _run(parser, args))
+    except RuntimeError as exc:  # a Ctrl-C inside a class's creation comes out wrapped
+        if not _caused_by_interrupt(exc):
+            raise
+        return _interrupted_before_work(args)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions that led to ``exc`` (Python wraps one
+    raised in ``__set_name__`` while a class is made, as during an import, in a RuntimeError)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def _env_command(args: argparse.Namespace) -> int:

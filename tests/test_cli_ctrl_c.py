@@ -136,3 +136,18 @@ def test_ctrl_c_in_an_inventory_prints_the_counts_so_far_and_the_bar_moves_from_
     assert report["interrupted"] is True and 0 < report["rows"] < ROWS
     column = report["columns"]["ssn"]
     assert sum(column["versions"].values()) == column["values"] == report["rows"]
+
+
+def test_an_interrupt_wrapped_by_python_is_recognised():
+    """Python wraps a KeyboardInterrupt raised in ``__set_name__`` (a class being made during an
+    import) in a RuntimeError; the command line still reads it as Ctrl-C."""
+    from engine.cli import _caused_by_interrupt
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as inner:
+            raise RuntimeError("Error calling __set_name__") from inner
+    except RuntimeError as wrapped:
+        assert _caused_by_interrupt(wrapped)
+    assert not _caused_by_interrupt(RuntimeError("something else"))

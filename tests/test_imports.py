@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,8 +19,13 @@ def loaded_after(code: str, **env: str) -> list[str]:
         import json, sys
         print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
     """)
+    # Only what runs the interpreter as the suite's own runs it (a preloaded sanitizer runtime,
+    # the backend): nothing that imports anything.
+    kept = {k: v for k, v in os.environ.items()
+            if k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "ENGINE_BACKEND",
+                     "PYCRYPTODOME_DISABLE_DEEPBIND")}
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin", **env}).stdout
+                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin", **kept, **env}).stdout
     return json.loads(out.splitlines()[-1])
 
 
