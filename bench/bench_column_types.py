@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
-from typing import Any, Callable
+from typing import Any
 
 from engine import EncryptionService, StaticKeyProvider
 
@@ -81,19 +79,10 @@ def loop_encrypt_file(src: str, dst: str, name: str) -> None:
     pq.write_table(table, dst, compression="zstd")
 
 
-def _median_times(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def run(rows: int, rounds: int) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
+    from bench.bench_files import _time_rounds
     from engine import tables
 
     service = EncryptionService(StaticKeyProvider({1: KEY}), metrics=False)
@@ -111,7 +100,7 @@ def run(rows: int, rounds: int) -> dict[str, Any]:
                 "pyarrow + cryptography loop": lambda out=out, name=name: loop_encrypt_file(
                     src, out["loop"], name),
             }
-            medians = _median_times(cases, rounds)
+            medians = _time_rounds(cases, rounds)
             tables.decrypt_columns_file(out["loop"], os.path.join(tmp, "back.parquet"), [name],
                                         service=service)
             same = pq.read_table(os.path.join(tmp, "back.parquet")).equals(pq.read_table(src))
