@@ -258,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ._interrupts import command_over
+
+    try:
+        code = _main(argv)
+    except SystemExit:  # argparse: --help, --version, a usage error
+        command_over(None)
+        raise
+    command_over(code)  # from here a Ctrl-C cannot change how the process ends
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     if argv is None and "_ARGCOMPLETE" in os.environ:  # the shell asks for completions
         import argcomplete

@@ -22,8 +22,6 @@ _NOT_UNDER_ASAN = {
     "forks_with_threads": "GCC 12's ASan runtime can hang a child forked while other threads "
                           "allocate",
     "measures_memory": "ASan's shadow memory and quarantine change the peak memory measured",
-    "startup_signals": "under the ASan runtime a SIGINT during `keys list`'s start-up still ends "
-                       "the process by the signal (exit -2), an open defect; make test runs it",
 }
 
 

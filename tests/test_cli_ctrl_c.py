@@ -72,7 +72,6 @@ def _interrupt_after(module, args, env):
     return proc.returncode, out, lines
 
 
-@pytest.mark.startup_signals
 @pytest.mark.parametrize("args", [["info"], ["keys", "list"], ["rotate", "--json"],
                                   ["reencrypt", "--json"], ["inventory", "--json"]])
 def test_ctrl_c_while_the_command_starts_is_one_line_and_130(setup, args):
