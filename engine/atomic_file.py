@@ -11,7 +11,7 @@ import fcntl
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Self
 
 from .errors import InvalidArgument
 
@@ -92,7 +92,7 @@ class Temporary:
                 os.close(self.fd)
                 self.fd = -1
 
-    def __enter__(self) -> "Temporary":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -288,7 +288,7 @@ class IndexDefinition:
             raise InvalidArgument("the index's column name must be a non-empty str")
 
     @classmethod
-    def parse(cls, text: str, table: str) -> "IndexDefinition":
+    def parse(cls, text: str, table: str | None) -> "IndexDefinition":
         """An index from ``[NAME=]COLUMN[+COLUMN...][:NORMALIZER[+NORMALIZER...]][:BITS]``, the
         command line's form: ``email_idx=email:email``, ``last_name+birth_year:text+digits:20``.
         One normaliser serves every column; the defaults are those of :class:`BlindIndex`

@@ -63,7 +63,7 @@ class _Bar:
                 self._bar.set_postfix_str(what, refresh=False)
             self._bar.update(n)
 
-    def reach(self, done: int, total: int) -> None:
+    def reach(self, done: int, total: int | None) -> None:
         if self._bar is not None:
             if self._bar.total != total:  # shown at once, before the first step is through
                 self._bar.total = total
@@ -378,12 +378,12 @@ def _key_commands(args: argparse.Namespace) -> int:
                 _say(f"crypto-engine: {unreadable}")
                 return EXIT_IO
             head = result.head
-            report = {"ok": result.ok, "entries": result.entries,
+            verified = {"ok": result.ok, "entries": result.entries,
                       "problems": [{"line": n, "reason": r} for n, r in result.problems],
                       "head": head and {"seq": head.seq, "mac": head.mac},
                       "wrong_key": result.wrong_key}
             if args.json:
-                print(json.dumps(report))
+                print(json.dumps(verified))
             else:
                 print(f"{result.entries} entries: " + ("chain intact" if result.ok else
                       f"line {result.problems[0][0]}: {result.problems[0][1]}")
@@ -715,12 +715,14 @@ def _run_data_command(args: argparse.Namespace, interrupts: Any) -> int:
         else:
             from .tables import CsvDialect, decrypt_columns_file, encrypt_columns_file
 
-            options = ({"blind_indexes": _index_definitions(args)}
-                       if args.command == "encrypt-columns" else {})
+            options: dict[str, Any] = ({"blind_indexes": _index_definitions(args)}
+                                       if args.command == "encrypt-columns" else {})
             options["csv"] = CsvDialect(args.delimiter, args.quote, args.header)
-            run = encrypt_columns_file if args.command == "encrypt-columns" else decrypt_columns_file
-            report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
-                         file_format=args.format, before_commit=interrupts.commit, **options)
+            run_columns = (encrypt_columns_file if args.command == "encrypt-columns"
+                           else decrypt_columns_file)
+            report = run_columns(args.input, args.output, args.columns,
+                                 aad_template=args.aad_template, file_format=args.format,
+                                 before_commit=interrupts.commit, **options)
     except (EngineError, OSError) as exc:
         error = exc
     if error is not None:  # reported outside the except block: no chained context
@@ -745,8 +747,8 @@ def _dataset_command(args: argparse.Namespace, interrupts: Any, exit_codes: Any)
     that failed, in path order."""
     from .datasets import decrypt_dataset, encrypt_dataset
 
-    options = ({"blind_indexes": _index_definitions(args)}
-               if args.command == "encrypt-columns" else {})
+    options: dict[str, Any] = ({"blind_indexes": _index_definitions(args)}
+                               if args.command == "encrypt-columns" else {})
     run = encrypt_dataset if args.command == "encrypt-columns" else decrypt_dataset
     with _Bar("rows", desc=args.command) as bar:
         report = run(args.input, args.output, args.columns, aad_template=args.aad_template,
@@ -1115,7 +1117,8 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
         columns = _reencryption_columns(args)
         store = jobs.open_store(args.store, args.table, args.key)
         run = jobs.inventory if args.command == "inventory" else jobs.reencrypt
-        options = {"indexes": _index_definitions(args)} if args.command == "reencrypt" else {}
+        options: dict[str, Any] = ({"indexes": _index_definitions(args)}
+                                   if args.command == "reencrypt" else {})
         with _Bar("rows", desc=args.command) as bar:
             report = run(store, columns, **options, workers=args.workers, dask=args.dask,
                          dask_timeout=args.dask_timeout, batch_size=args.batch_size,
@@ -1147,7 +1150,7 @@ def _reencryption_commands(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict()))
     else:
         _print_counts(report, args.command == "reencrypt")
-        if args.command == "reencrypt":
+        if isinstance(report, jobs.ReencryptionReport):
             print(f"target v{report.target_version}: scanned {report.scanned:,}, re-encrypted "
                   f"{report.reencrypted:,}, already current {report.already_current:,}, "
                   f"failed {report.failed:,}, changed meanwhile {report.changed:,}")
@@ -1245,7 +1248,8 @@ def _with_metrics(args: argparse.Namespace, run: Any) -> int:
             print(f"crypto-engine: cannot serve metrics on {args.metrics_address}:{port}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return EXIT_BACKEND
-    started, code, pushed = time.monotonic(), EXIT_INTERRUPTED, []
+    started, code = time.monotonic(), EXIT_INTERRUPTED
+    pushed: list[int] = []
 
     def finish(code: int) -> None:
         if gateway is None or pushed:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,6 +31,13 @@ _PLAIN_MEMBER = rf'"(?:{_ENGINE_NAMES})"\s*:\s*{_PLAIN_VALUE}'
 # by pyarrow over the whole batch at once).
 _ONLY_ENGINE = rf'^\s*\{{\s*(?:{_PLAIN_MEMBER}(?:\s*,\s*{_PLAIN_MEMBER})*)?\s*\}}\s*$'
 _SPACE = re.compile(r"[ \t\n\r]*")
+_scan_string: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+def _skip_space(text: str, pos: int) -> int:
+    """The first position at or after ``pos`` that is not JSON white space."""
+    match = _SPACE.match(text, pos)  # always matches (possibly nothing)
+    return match.end() if match else pos
 _DECODER = json.JSONDecoder()
 
 
@@ -93,30 +100,30 @@ def _merge(previous: bytes, new: bytes) -> bytes:
 def object_members(text: str) -> list[tuple[str, str]] | None:
     """The top-level members of a JSON object as (decoded name, raw ``"name":value`` text),
     in order; None when ``text`` is not one JSON object."""
-    pos = _SPACE.match(text, 0).end()
+    pos = _skip_space(text, 0)
     if text[pos:pos + 1] != "{":
         return None
-    pos = _SPACE.match(text, pos + 1).end()
+    pos = _skip_space(text, pos + 1)
     members: list[tuple[str, str]] = []
     if text[pos:pos + 1] == "}":
-        return members if not text[_SPACE.match(text, pos + 1).end():] else None
+        return members if not text[_skip_space(text, pos + 1):] else None
     try:
         while True:
             if text[pos:pos + 1] != '"':
                 return None
-            name, end = json.decoder.scanstring(text, pos + 1)
+            name, end = _scan_string(text, pos + 1)
             raw_name = text[pos:end]
-            pos = _SPACE.match(text, end).end()
+            pos = _skip_space(text, end)
             if text[pos:pos + 1] != ":":
                 return None
-            start = _SPACE.match(text, pos + 1).end()
+            start = _skip_space(text, pos + 1)
             _value, end = _DECODER.raw_decode(text, start)
             members.append((name, f"{raw_name}:{text[start:end]}"))
-            pos = _SPACE.match(text, end).end()
+            pos = _skip_space(text, end)
             if text[pos:pos + 1] == ",":
-                pos = _SPACE.match(text, pos + 1).end()
+                pos = _skip_space(text, pos + 1)
                 continue
-            if text[pos:pos + 1] == "}" and not text[_SPACE.match(text, pos + 1).end():]:
+            if text[pos:pos + 1] == "}" and not text[_skip_space(text, pos + 1):]:
                 return members
             return None
     except (ValueError, RecursionError):

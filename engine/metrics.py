@@ -89,7 +89,7 @@ def read_key_facts(provider: KeyProvider) -> KeyFacts:
         versions_active=sum(i.state is not KeyState.DEPRECATED for i in infos),
         current_version=current,
         current_created=info.created_at.timestamp() if info is not None else None,
-        current_usage=provider.usage(current) if info is not None else None,
+        current_usage=provider.usage(info.version) if info is not None else None,
         current_usage_limit=usage_limit(info.algorithm) if info is not None else None,
     )
 

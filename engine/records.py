@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from . import _native
 
@@ -51,7 +51,7 @@ def with_field(records: list | tuple, field: Any, values: list | tuple) -> list[
     return _native.with_field(records, field, values)
 
 
-def value_kinds(values: list | tuple) -> int:
+def value_kinds(values: Sequence[Any]) -> int:
     """Which kinds of value a list holds, as bits: :data:`STR_VALUES`, :data:`BYTES_VALUES`
     (bytes, bytearray, memoryview), :data:`NONE_VALUES`, :data:`OTHER_VALUES` (one C pass)."""
     return _native.value_kinds(values)

@@ -30,6 +30,7 @@ import re
 import string
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -171,6 +172,18 @@ def is_table(obj: Any) -> bool:
             or (module.startswith("polars") and name in ("DataFrame", "LazyFrame")))
 
 
+def _read_column(reader: Any, group: int, name: str) -> Any:
+    """Column ``name`` of row group ``group`` of a ``pyarrow.parquet.ParquetFile``."""
+    return reader.read_row_group(group, columns=[name]).column(0)
+
+
+def _polars_frame(table: Any) -> Any:
+    """A polars DataFrame of an Arrow table (``from_arrow`` gives a Series only for an array)."""
+    import polars as pl
+
+    return pl.from_arrow(table)
+
+
 def _as_arrow(table: Any) -> tuple[Any, Any]:
     """(a pyarrow Table or RecordBatch, how to turn the result back into the caller's type).
 
@@ -189,11 +202,9 @@ def _as_arrow(table: Any) -> tuple[Any, Any]:
     try:
         if module.startswith("pandas"):
             return pa.Table.from_pandas(table, preserve_index=True), _to_pandas
-        import polars as pl
-
         if name == "LazyFrame":
-            return table.collect().to_arrow(), lambda t, decrypted=(): pl.from_arrow(t).lazy()
-        return table.to_arrow(), lambda t, decrypted=(): pl.from_arrow(t)
+            return table.collect().to_arrow(), lambda t, decrypted=(): _polars_frame(t).lazy()
+        return table.to_arrow(), lambda t, decrypted=(): _polars_frame(t)
     except (pa.ArrowException, ValueError, TypeError) as exc:
         problem = type(exc).__name__
     raise InvalidArgumentType(f"the {name} cannot be converted to Arrow ({problem}: a column "
@@ -387,7 +398,7 @@ def _transform(table: Any, columns: Sequence[str], aad_template: str | None,
                     if k not in (ORIGINAL_TYPE_KEY, COLUMN_TYPE_KEY)}
         if encrypt:
             entry = pandas_meta.get(name) if pandas_dtypes and pandas_meta else None
-            if entry is not None:
+            if entry is not None and pandas_meta is not None:
                 arr = _PandasColumn.wrap(arr, entry)
                 pandas_meta[name] = _pandas_entry_of_bytes(entry)
             column = _encrypt(service, name, arr, aad)
@@ -592,7 +603,7 @@ def _register_pandas_column() -> None:
         return
     pa = _pa()
 
-    class PandasColumn(pa.ExtensionType):
+    class PandasColumn(pa.ExtensionType):  # type: ignore[name-defined]  # pyarrow, on use
         """An Arrow type wrapping a column's own type with its pandas dtype (the column's
         entry of the pandas metadata, without its name): bound with the type into every
         value's AAD, public like the type (it names a dtype, never a value)."""
@@ -890,7 +901,7 @@ def _csv_bytes(table: Any, dialect: CsvDialect, header: bool) -> Any:
     lines = pc.binary_join_element_wise(*columns, text(dialect.delimiter))
     lines = pc.binary_join_element_wise(lines, text(""), text("\n"))
     data, offsets = binary_parts(lines)
-    return memoryview(data[offsets[0]:offsets[-1]])
+    return memoryview(data[offsets[0]:offsets[-1]].data)
 
 
 def _columns_file(src: str, dst: str, columns: Sequence[str], aad_template: str | None,
@@ -1013,7 +1024,7 @@ def _recorded_types(source: _InputFile, reader: Any, columns: list[str]) -> dict
             continue
         recorded = _recorded_descriptor(field)
         for i in range(reader.num_row_groups):
-            values = source.call(lambda i=i, name=name: reader.read_row_group(i, columns=[name]).column(0),
+            values = source.call(partial(_read_column, reader, i, name),
                                  f"row group {i} cannot be read (truncated or damaged)")
             if _is_legacy(field, values):
                 found[name] = pa.large_string()
@@ -1049,14 +1060,13 @@ def _parquet_with_indexes(source: _InputFile, out: Any, columns: Sequence[str],
     rows = groups = 0
     try:
         for i in range(reader.num_row_groups):  # one row group in memory at a time
-            group = source.table(lambda i=i: reader.read_row_group(i),
+            group = source.table(partial(reader.read_row_group, i),
                                  f"row group {i} cannot be read (truncated or damaged)")
-            done = source.rows_from(rows, lambda group=group: transform(group))
+            done = source.rows_from(rows, partial(transform, group))
             if writer is None:
                 writer = pq.ParquetWriter(out, done.schema, **options)
-            source.call(lambda done=done, writer=writer: writer.write_table(
-                done, row_group_size=max(1, done.num_rows)),
-                f"row group {i} cannot be written back as Parquet")
+            source.call(partial(writer.write_table, done, row_group_size=max(1, done.num_rows)),
+                        f"row group {i} cannot be written back as Parquet")
             rows += group.num_rows
             groups += 1
         if writer is None:  # no row groups: an empty file with the new schema
@@ -1095,8 +1105,8 @@ def _csv_file(source: _InputFile, out: Any, transform: Any,
                              lambda problem, rows=rows: _csv_problem(problem, names, rows))
         if batch is None:
             break
-        done = source.rows_from(rows, lambda batch=batch: transform(
-            pa.Table.from_batches([batch]), text=True))
+        done = source.rows_from(rows, partial(transform, pa.Table.from_batches([batch]),
+                                              text=True))
         out.write(_csv_bytes(done, dialect, header))
         header = False
         rows += batch.num_rows

@@ -60,6 +60,8 @@ class AuditHead:
             InvalidArgument: anything else, a negative sequence number or a MAC that is not 64
                 lowercase hexadecimal digits.
         """
+        seq: object
+        mac: object
         if isinstance(value, AuditHead):
             seq, mac = value.seq, value.mac
         elif isinstance(value, Mapping) and set(value) == {"seq", "mac"}:
@@ -149,7 +151,7 @@ def chain_link(key: bytes, entry: dict[str, Any]) -> tuple[int, str] | None:
         expected = entry_mac(key, prev, body)
     except (ValueError, RecursionError):  # lone surrogates; nesting json can read but not write
         return None
-    return (seq, mac) if same_mac(expected, mac) else None
+    return (seq, mac) if isinstance(mac, str) and same_mac(expected, mac) else None
 
 
 def read_lines(f: BinaryIO, end: int | None = None) -> Iterator[bytes | None]:

@@ -174,7 +174,8 @@ class AuditLog:
         if head is not None:
             _log.warning("audit log %s is shorter than its head record (entry %d): truncated; "
                          "continuing the chain from the head", self.path, head.seq)
-            found = {"head_seq": head.seq, "head_bytes": head.size, "log_bytes": size}
+            found: dict[str, Any] = {"head_seq": head.seq, "head_bytes": head.size,
+                                     "log_bytes": size}
             return head.seq, head.mac, [(AUDIT_LOG_TRUNCATED, found)], not ends_in_newline
         if size == 0:
             # A new log gets its head before its first line, so that no crash can leave lines
@@ -186,8 +187,8 @@ class AuditLog:
         _log.warning("audit log %s has a %s head record; continuing from its last authentic entry",
                      self.path, reason)
         seq, mac = self._last_entry(fd, 0, 0, GENESIS, chained=False)
-        found = {"head": reason, "log_bytes": size, "continued_from_seq": seq}
-        return seq, mac, [(AUDIT_HEAD_RECREATED, found)], not ends_in_newline
+        recreated: dict[str, Any] = {"head": reason, "log_bytes": size, "continued_from_seq": seq}
+        return seq, mac, [(AUDIT_HEAD_RECREATED, recreated)], not ends_in_newline
 
     def _last_entry(self, fd: int, start: int, seq: int, mac: str, *, chained: bool
                     ) -> tuple[int, str]:
@@ -197,7 +198,9 @@ class AuditLog:
             f.seek(start)
             for raw in read_lines(f):
                 entry = parse_line(raw)
-                link = None if entry is None else chain_link(self._key, entry)
+                if entry is None:
+                    continue
+                link = chain_link(self._key, entry)
                 if link is None or (chained and (link[0] != seq + 1
                                                  or not same_mac(mac, entry["prev"]))):
                     continue

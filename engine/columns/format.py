@@ -244,10 +244,10 @@ def _binary_values(array: Any) -> Any:
 def _present(array: Any) -> tuple[Batch, np.ndarray | None]:
     """(the present values of a binary-like array as a Batch, their rows or None for all)."""
     valid = validity(array)
-    rows = None if valid is None else np.flatnonzero(valid)
     data, offsets = binary_parts(array)
-    if rows is None:
+    if valid is None:
         return Batch._trusted(data, offsets), None
+    rows = np.flatnonzero(valid)
     if rows.shape[0] and not bool((np.diff(offsets)[~valid] != 0).any()):
         # NULLs take no bytes: the present values are contiguous as they are
         return Batch._trusted(data, np.append(offsets[rows], offsets[rows[-1] + 1])), rows

@@ -151,12 +151,11 @@ def encode_content(array: Any, bounds: np.ndarray, idx: np.ndarray | None = None
         chosen = _chosen(idx, n)
         codes = _buffer_slice(array, 1, np.int8, n).astype(np.int8)[chosen]
         parts = [Batch._trusted(codes.view(np.uint8), bounds)]
-        dense = t.mode == "dense"
-        offsets = _buffer_slice(array, 2, np.int32, n)[chosen] if dense else None
+        slots = _buffer_slice(array, 2, np.int32, n)[chosen] if t.mode == "dense" else chosen
         for j, code in enumerate(t.type_codes):
             mine = codes == code
             child = array.field(j)  # sparse: aligned with the union's slots
-            items = offsets[mine] if dense else chosen[mine]
+            items = slots[mine]
             parts += _encode_section(child, offsets_of(counts_per_group(mine, bounds)), items)
         return parts
     raise InvalidArgumentType(f"values of type {t} cannot be serialized")

@@ -30,7 +30,7 @@ class ParquetFooterError(EngineError, ValueError):
 
 
 # The fields of parquet.thrift read here (every other one is skipped).
-_ALGORITHM = {1: {}, 2: {}}  # union EncryptionAlgorithm: AES_GCM_V1, AES_GCM_CTR_V1
+_ALGORITHM: dict[int, Any] = {1: {}, 2: {}}  # union EncryptionAlgorithm: AES_GCM_V1, AES_GCM_CTR_V1
 _FILE_CRYPTO_METADATA = {1: _ALGORITHM, 2: BINARY}  # algorithm, footer key metadata
 _COLUMN_CRYPTO = {1: {}, 2: {1: ListOf(BINARY), 2: BINARY}}  # with footer key | with column key
 _FILE_METADATA = {4: ListOf({1: ListOf({8: _COLUMN_CRYPTO})}),  # row groups > column chunks

@@ -86,7 +86,7 @@ def wrapping_aad(master_key: str) -> bytes:
     return WRAP_CONTEXT + master_key.encode("ascii")
 
 
-class EngineKmsClient(_pe().KmsClient):
+class EngineKmsClient(_pe().KmsClient):  # type: ignore[misc]  # pyarrow, loaded on use
     """pyarrow's ``KmsClient`` over the engine's key provider (see the module docstring). It
     keeps nothing but the service: key material is cached by pyarrow alone, for its
     ``cache_lifetime``."""
@@ -365,8 +365,9 @@ def _checked_columns(columns: Sequence[str] | str | None,
     names = [columns] if isinstance(columns, str) else list(columns)
     if not names or not all(isinstance(c, str) and c for c in names):
         raise InvalidArgument("name at least one column to encrypt (or None for all)")
-    for name in names if leaves is not None else ():
-        if not any(leaf == name or leaf.startswith(name + ".") for leaf in leaves):
+    for name in names:
+        if leaves is not None and not any(leaf == name or leaf.startswith(name + ".")
+                                           for leaf in leaves):
             raise InvalidArgument(f"the file has no column {name!r}; its columns: "
                                   + ", ".join(leaves))
     return names

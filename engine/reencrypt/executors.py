@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..buffers import default_threads
 from ..errors import InvalidArgument
 from ..service import EncryptionService
-from .errors import SchedulerUnavailable, WorkerLost
+from .errors import ReencryptionError, SchedulerUnavailable, WorkerLost
 from .partition import JobSpec, LocalCrypto, Observer, OnBatch, process_partition
 from .reindex import worker_indexes
 from .report import ColumnCounts, PartitionResult
@@ -145,7 +145,8 @@ class DaskExecutor:
         # __del__ with an "Exception ignored" traceback
         client = distributed.Client.__new__(distributed.Client)
         try:
-            client.__init__(address, timeout=f"{timeout}s", set_as_default=False)
+            client.__init__(address, timeout=f"{timeout}s",  # type: ignore[misc]
+                            set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             failure = f"{type(exc).__name__}: {exc}"
             _abandon(client)
@@ -272,7 +273,7 @@ def _run_on_dask(spec: JobSpec, parts: Sequence[Partition], dask: DaskExecutor,
 
     futures = dask.client.map(_run_task, [spec] * len(parts), list(parts), pure=False)
     by_key = {f.key: p for f, p in zip(futures, parts)}
-    failure = None
+    failure: ReencryptionError | None = None
     try:
         for future in distributed.as_completed(futures, loop=dask.client.loop):
             finished(by_key[future.key], future.result(), False)

@@ -204,6 +204,13 @@ def _with_counts(found: PartitionResult, delta: dict[str, ColumnCounts]) -> Part
     return PartitionResult(found.rows, delta, found.failures, found.failures_total)
 
 
+def _file_of(part: Partition) -> str:
+    """The file a partition of a dataset of files names."""
+    if part.file is None:
+        raise TypeError(f"partition {part.index} names no file: not a partition of a dataset")
+    return part.file
+
+
 def _process_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch | None,
                   observer: Observer | None) -> PartitionResult:
     """One file: read-only for an inventory; else rewritten through
@@ -211,7 +218,7 @@ def _process_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch
     groups, encodings and everything else are kept) into a locked temporary beside it, which
     replaces it only if the file is still byte for byte what was read."""
     store = spec.store
-    path = part.file
+    path = _file_of(part)
     name = os.path.basename(path)
     result = _empty_result(spec.columns)
     if spec.check_only:
@@ -293,8 +300,8 @@ def _take_file_batch(spec: JobSpec, rb: Any, resealed: Any, table: Any, offset: 
                          result)
     first_row[0] += rb.num_rows
     result.rows += rb.num_rows
-    for column, counts in delta.items():
-        result.columns[column].merge(counts)
+    for name, counts in delta.items():
+        result.columns[name].merge(counts)
     if on_batch is not None:
         on_batch(rb.num_rows, None)
     moved = 0
@@ -317,7 +324,7 @@ def _scan_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch | 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = part.file
+    path = _file_of(part)
     name = os.path.basename(path)
     first_row = 0
     try:

@@ -208,7 +208,7 @@ def stored_index_matches(batch: Any, columns: Sequence[Column], service: Encrypt
         for column in columns:
             for definition in column.indexes:
                 stored = column_of(batch, definition.name).to_numpy(zero_copy_only=False)
-                rows = np.flatnonzero(np.not_equal(stored, None))
+                rows = np.flatnonzero(np.not_equal(stored, None))  # type: ignore[call-overload]
                 for name in (f for f in definition.columns if f in passes):
                     rows = rows[opened.has(name, rows)]
                 versions = passes[column.name].versions[rows]
@@ -271,6 +271,8 @@ def _sealed_column(batch: Any, column: Column, aad: Any, service: EncryptionServ
     import pyarrow.compute as pc
 
     layout = column.sealed
+    if layout is None:
+        raise TypeError(f"column {column.name!r} is a token column, not the three-column layout")
     nonce, tag, ct, ver = (column_of(batch, n) for n in layout.names())
     n = len(ct)
     for name, arr, widths in ((layout.nonce, nonce, SEALED_NONCE_SIZES), (layout.tag, tag, (16,))):

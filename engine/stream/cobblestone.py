@@ -590,10 +590,10 @@ class RandomAccessReader(io.RawIOBase):
         if not self._length_ok:
             self._load(self._last, 1)
 
-    def _load(self, first: int, count: int) -> None:
+    def _load(self, first: int, count: int) -> tuple[int, int]:
         """Opens chunks ``first .. first+count-1`` into the window (or raises ChunkInvalid)."""
         if self._cached == (first, count):
-            return
+            return first, count
         self._cached = None
         win = self._win
         includes_last = first + count - 1 == self._last
@@ -610,6 +610,7 @@ class RandomAccessReader(io.RawIOBase):
         if includes_last:
             self._length_ok = True
         self._cached = (first, count)
+        return first, count
 
     def readinto(self, buffer: Any) -> int:
         out = memoryview(buffer).cast("B")
@@ -625,8 +626,7 @@ class RandomAccessReader(io.RawIOBase):
             if cached is None or not cached[0] <= chunk < cached[0] + cached[1]:
                 last_needed = (self._pos + want - 1) // CHUNK
                 count = min(self._win.chunks, last_needed - chunk + 1)
-                self._load(chunk, count)
-                cached = self._cached
+                cached = self._load(chunk, count)
             start = pos - cached[0] * CHUNK
             end = min((cached[0] + cached[1]) * CHUNK, self._size) - cached[0] * CHUNK
             k = min(want - done, end - start)
@@ -641,8 +641,9 @@ class RandomAccessReader(io.RawIOBase):
             if win is not None:
                 win.wipe()
             self._cached = None
-            if getattr(self, "_owned", None) is not None:
-                self._owned.close()
+            owned = getattr(self, "_owned", None)
+            if owned is not None:
+                owned.close()
         super().close()
 
 

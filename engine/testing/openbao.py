@@ -71,7 +71,7 @@ class BaoStartError(BaoError):
 
 
 def _is_executable(path: str | None) -> bool:
-    return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
+    return path is not None and os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def find_bao() -> str:

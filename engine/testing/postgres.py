@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 __all__ = ["PostgresNotFound", "PostgresServer", "PostgresStartError", "find_pg_bin", "free_port"]
 
@@ -54,7 +54,7 @@ def find_pg_bin() -> Path:
     Raises:
         PostgresNotFound: none of those has both programs.
     """
-    def usable(d: str | os.PathLike[str] | None) -> bool:
+    def usable(d: str) -> bool:
         return bool(d) and all(os.access(os.path.join(d, p), os.X_OK) for p in ("initdb", "pg_ctl"))
 
     explicit = os.environ.get(PG_BIN_ENV)
@@ -122,7 +122,7 @@ class PostgresServer:
         self.password = secrets.token_urlsafe(24)
         self.dir: Path | None = None
         self._bin: Path | None = None
-        self._user = None
+        self._user: pwd.struct_passwd | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresServer port={self.port} dir={self.dir}>"
@@ -148,7 +148,9 @@ class PostgresServer:
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
+        if self._bin is None:
+            raise PostgresStartError("the server was not started")
         if self._user is not None:
             kwargs = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}

@@ -150,6 +150,6 @@ def client_context(cert_path: PathLike | None = None, key_path: PathLike | None 
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     _load_trust(ctx, ca_path, crl_path)
-    if cert_path is not None:
+    if cert_path is not None and key_path is not None:  # both or neither, checked above
         _load_identity(ctx, cert_path, key_path)
     return ctx

@@ -176,13 +176,15 @@ class KVStore:
         it should the first one land late)."""
         expected = _canonical(data)
         for _ in range(CAS_ATTEMPTS):
+            found: tuple[dict[str, Any], int] | None = None
             try:
-                found: tuple[dict[str, Any], int] | None | bool = self.read(
+                found = self.read(
                     path, f"read back {self.shown(path)!r} to see whether a write applied",
                     consistent=True)
+                readable = True
             except VaultUnavailable:
-                found = False
-            if found is False:  # raised here: no exception context travels with it
+                readable = False
+            if not readable:  # raised here: no exception context travels with it
                 raise unknown
             stored, version = found if found is not None else ({}, 0)
             if found is not None and _canonical(stored) == expected and \
@@ -202,7 +204,7 @@ class KVStore:
         raise unknown
 
     def update(self, path: str, change: Change, what: str,
-               missing: Callable[[], VaultError]) -> dict[str, Any]:
+               missing: Callable[[], Exception]) -> dict[str, Any]:
         """Read-modify-write with check-and-set, retried when another writer got in first.
 
         Args:
@@ -462,7 +464,9 @@ class KeyStore:
             WrappedKeyInvalid: the stored entry is malformed.
             VaultConflict: too many concurrent creators.
         """
-        return self._random_secret("audit", "the audit key")
+        key = self._random_secret("audit", "the audit key")
+        assert key is not None  # created when missing
+        return key
 
     def index_secret(self, version: int, *, create: bool = True) -> bytes | None:
         """The secret blind-index keys of a version derive from: 32 random bytes at

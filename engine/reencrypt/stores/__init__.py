@@ -46,11 +46,9 @@ def open_store(url: str, table: str | None = None, key: str | None = None) -> St
             raise UnknownStore(f"cannot read the PostgreSQL URL: {problem}")
         if not host:
             raise UnknownStore("a PostgreSQL URL names its host: postgresql://user@host/db")
-        _need(table, key, "postgresql")
-        return PostgresStore(url, table, key)
+        return PostgresStore(url, *_need(table, key, "postgresql"))
     if scheme == "sqlite" and sep and rest.startswith("/") and len(rest) > 1:
-        _need(table, key, "sqlite")
-        return SqliteStore(rest[1:], table, key)
+        return SqliteStore(rest[1:], *_need(table, key, "sqlite"))
     if scheme == "parquet" and sep and rest.strip("/"):
         if table is not None or key is not None:
             raise UnknownStore("a Parquet dataset has no table or key: each file is one unit")
@@ -59,10 +57,11 @@ def open_store(url: str, table: str | None = None, key: str | None = None) -> St
                        "postgresql://user:password@host/database or parquet:///path/")
 
 
-def _need(table: str | None, key: str | None, scheme: str) -> None:
+def _need(table: str | None, key: str | None, scheme: str) -> tuple[str, str]:
     if not table or not key:
         raise UnknownStore(f"a {scheme} store needs a table and its primary key column "
                            "(--table, --key)")
+    return table, key
 
 
 def _redacted(url: str) -> str:

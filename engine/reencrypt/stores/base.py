@@ -22,15 +22,22 @@ class Store(Protocol):
     """A store of encrypted values that a job can count and move to a new key version.
 
     ``display`` names it in reports and errors (never with a password); ``table`` is its table
-    (None for a dataset of files). ``writes_whole_partitions`` says how a partition is written:
-    False, batch by batch in transactions that also move the job's checkpoint (its values count
-    as each batch commits, and worker processes run the cryptography of batches); True, all at
-    once (a Parquet file replaced whole: its values count once it is in place, and a worker
-    process takes a whole partition).
+    and ``key`` the table's primary key column (both None for a dataset of files).
+    ``writes_whole_partitions`` says how a partition is written: False, batch by batch in
+    transactions that also move the job's checkpoint (its values count as each batch commits,
+    and worker processes run the cryptography of batches); True, all at once (a Parquet file
+    replaced whole: its values count once it is in place, and a worker process takes a whole
+    partition).
     """
 
-    table: str | None
-    writes_whole_partitions: bool
+    @property
+    def table(self) -> str | None: ...
+
+    @property
+    def key(self) -> str | None: ...
+
+    @property
+    def writes_whole_partitions(self) -> bool: ...
 
     @property
     def display(self) -> str: ...

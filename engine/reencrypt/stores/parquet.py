@@ -249,6 +249,7 @@ class ParquetStore:
         """Deletes the temporary files of jobs that died (a SIGKILL leaves one behind); never a
         dataset file, nor the temporary of a live job: each job holds a lock on its own (see
         :class:`Temporary`) for as long as it lives, and the kernel drops it when it dies."""
+        found: Iterator[tuple[str, list[str]]]
         if os.path.isdir(self.path):
             found = ((root, names) for root, _dirs, names in os.walk(self.directory))
         else:  # one file: its own directory only, not every dataset beside it

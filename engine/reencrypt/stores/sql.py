@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class ReadBatch:
 
     keys: Sequence[Any]
     table: Any
-    originals: dict[str, Sequence[Any]]
+    originals: Mapping[str, Sequence[Any]]
     text: dict[str, Any]  # per column: True, False or a bool per row (SQLite's dynamic types)
 
     @property
@@ -168,7 +168,7 @@ def python_values(new: Any, rows: np.ndarray, text: Any) -> list:
     if text is False:
         return batch.to_list()
     as_text = np.asarray(text)[rows]
-    out = batch.to_list()
+    out = cast("list[bytes | str]", batch.to_list())  # str put in place of some below
     if as_text.any():
         texts = batch_to_text(batch.take(np.flatnonzero(as_text)))
         for i, t in zip(np.flatnonzero(as_text).tolist(), texts):
