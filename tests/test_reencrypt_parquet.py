@@ -240,12 +240,90 @@ def test_a_corrupt_parquet_checkpoint_is_refused_by_name(tmp_path):
     with pytest.raises(ColumnNotFound):  # the job stops at the second file
         reencrypt(store, COLUMNS, service=new, batch_size=100)
     pq.write_table(good, broken)
-    [checkpoint] = [n for n in listing(path) if n.startswith("_engine_reencrypt_progress")]
-    checkpoint = os.path.join(path, checkpoint)
-    with open(checkpoint) as f:
-        [(job, done)] = json.load(f).items()
-    assert list(done) == [os.path.join(path, "part-0.parquet")]
-    with open(checkpoint, "w") as f:
-        json.dump({job: {name: "{not json" for name in done}}, f)
+    checkpoint = _checkpoint(path)
+    header, *records = _journal(checkpoint)
+    assert [r["file"] for r in records] == [os.path.join(path, "part-0.parquet")]
+    with open(checkpoint, "w") as f:  # a record in the middle that does not parse
+        f.write(json.dumps(header) + "\n{not json\n" + json.dumps(records[0]) + "\n")
     with pytest.raises(StoreUnavailable, match="corrupt"):
         reencrypt(store, COLUMNS, service=new, batch_size=100)
+    with open(checkpoint, "w") as f:  # another job's journal
+        f.write(json.dumps({"job": "another"}) + "\n" + json.dumps(records[0]) + "\n")
+    with pytest.raises(StoreUnavailable, match="corrupt"):
+        reencrypt(store, COLUMNS, service=new, batch_size=100)
+
+
+def _checkpoint(path: str) -> str:
+    [name] = [n for n in listing(path) if n.startswith("_engine_reencrypt_progress")]
+    return os.path.join(path, name)
+
+
+def _journal(checkpoint: str) -> list[dict]:
+    with open(checkpoint, "rb") as f:
+        raw = f.read()
+    assert raw.endswith(b"\n")
+    return [json.loads(line) for line in raw.splitlines()]
+
+
+def _stop_at_file(path: str, files: int, index: int) -> tuple:
+    """A dataset of ``files`` files whose file ``index`` stops the job (a key version column
+    of text), and that file's good table, to put back."""
+    broken = os.path.join(path, f"part-{index}.parquet")
+    good = pq.read_table(broken)
+    pq.write_table(good.set_column(5, "key_version", pa.array(["v1"] * good.num_rows)), broken)
+    return broken, good
+
+
+def test_the_checkpoint_grows_by_one_line_per_file_and_a_torn_last_line_is_dropped(tmp_path):
+    """Recording a file appends one line (flushed), so the n-th file costs what the first did;
+    a run killed while appending leaves a line without its newline, which the next run cuts
+    off: that file is looked at again and its values, already moved, count as current."""
+    old, new = services()
+    path = str(tmp_path / "users")
+    write_dataset(path, old, files=4, nulls=False)
+    broken, good = _stop_at_file(path, 4, 3)
+    store = open_store(f"parquet://{path}")
+    with pytest.raises(ColumnNotFound):
+        reencrypt(store, COLUMNS, service=new, batch_size=100)
+    checkpoint = _checkpoint(path)
+    header, *records = _journal(checkpoint)
+    assert "job" in header and [os.path.basename(r["file"]) for r in records] == [
+        "part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    with open(checkpoint, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    with open(checkpoint, "wb") as f:  # the last record half written
+        f.write(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    pq.write_table(good, broken)
+    report = reencrypt(store, COLUMNS, service=new, batch_size=100)
+    assert report.complete and report.rows == 2000 and report.resumed_rows == 1000
+    assert report.reencrypted == 3000 and report.already_current == 1000  # part-2: again
+    assert report.failed == 0
+    assert not [n for n in listing(path) if n.startswith("_engine_reencrypt_progress")]
+
+
+def test_a_checkpoint_written_whole_by_an_earlier_release_is_resumed(tmp_path):
+    """The single JSON object earlier releases wrote: its files are skipped and it becomes a
+    journal."""
+    old, new = services()
+    path = str(tmp_path / "users")
+    write_dataset(path, old, files=3, nulls=False)
+    broken, good = _stop_at_file(path, 3, 2)
+    store = open_store(f"parquet://{path}")
+    with pytest.raises(ColumnNotFound):
+        reencrypt(store, COLUMNS, service=new, batch_size=100)
+    checkpoint = _checkpoint(path)
+    header, *records = _journal(checkpoint)
+    with open(checkpoint, "w") as f:
+        f.write(json.dumps({header["job"]: {r["file"]: r["result"] for r in records}},
+                           indent=0))
+    stamps = {r["file"]: os.stat(r["file"]).st_mtime_ns for r in records}
+    pq.write_table(good, broken)
+    with pytest.raises(ColumnNotFound):  # stopped again, at the same file
+        pq.write_table(good.set_column(5, "key_version", pa.array(["v1"] * good.num_rows)),
+                       broken)
+        reencrypt(store, COLUMNS, service=new, batch_size=100)
+    assert [r["file"] for r in _journal(checkpoint)[1:]] == [r["file"] for r in records]
+    assert {f: os.stat(f).st_mtime_ns for f in stamps} == stamps  # skipped, not rewritten
+    pq.write_table(good, broken)
+    report = reencrypt(store, COLUMNS, service=new, batch_size=100)
+    assert report.complete and report.resumed_rows == 1000 and report.reencrypted == 3000

@@ -4,9 +4,9 @@ A file whose values need moving is rewritten, batch by batch, to a hidden tempor
 the same directory, flushed to disk and renamed over the original (atomic on POSIX), then the
 directory is flushed. A file with nothing to move is left as it is. If the file changed while
 it was being rewritten (size, time or inode), the rewrite is thrown away and its values are
-counted as changed, for the next pass. Progress (the files done) is a small JSON file in the
-dataset's directory, written atomically by the coordinator; pyarrow's dataset discovery skips
-both kinds of file (names starting with ``_`` and ``.``).
+counted as changed, for the next pass. Progress (the files done) is a journal in the dataset's
+directory that the coordinator appends one line to per file (see :meth:`ParquetStore.partition_done`);
+pyarrow's dataset discovery skips both kinds of file (names starting with ``_`` and ``.``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ...atomic_file import Temporary as AtomicTemporary, remove_unlocked, write_atomically
+from ...atomic_file import Temporary as AtomicTemporary, fsync_directory, remove_unlocked, write_atomically
 from ...errors import InvalidArgument
 from ..errors import ColumnNotFound, FileUnreadable, StoreUnavailable, TableNotFound, UnsupportedFile
 from ..report import PartitionResult
@@ -73,9 +73,7 @@ class ParquetStore:
         return self.partitions(self.load_progress(job))
 
     def partition_done(self, job: str, part: Partition, result: PartitionResult) -> None:
-        done = self.load_progress(job)
-        done[str(part.file)] = result.copy()
-        self.save_progress(job, done)
+        self.record_progress(job, str(part.file), result)
 
     def release_job(self, job: str, run: str) -> None:
         """Nothing runs on after the job: a file is written whole or not at all."""
@@ -218,26 +216,85 @@ class ParquetStore:
 
     def load_progress(self, job: str) -> dict[str, PartitionResult]:
         """The files an earlier run of ``job`` finished, each with what it found there (its
-        counts and failures, so that a resumed job reports the whole dataset)."""
+        counts and failures, so that a resumed job reports the whole dataset).
+
+        The journal is one JSON line naming the job, then one line per finished file. A last
+        line without its newline is a record a killed run was writing: it is cut off here (that
+        file is looked at again; its values, already moved, count as current). A checkpoint
+        written whole as one JSON object by earlier releases is read and rewritten as a journal.
+
+        Raises:
+            StoreUnavailable: the checkpoint is corrupt (a line that does not parse, another
+                job's journal).
+        """
         path = self.progress_path(job)
         try:
-            data = json.loads(path.read_text())
+            raw = path.read_bytes()
         except FileNotFoundError:
             return {}
-        except (ValueError, UnicodeDecodeError):
-            data = None
+        corrupt = StoreUnavailable(f"the checkpoint {path} is corrupt; remove it to start the "
+                                   "job over")
         try:
-            if not isinstance(data, dict) or not isinstance(data.get(job, {}), dict):
-                raise ValueError("not a checkpoint")
-            return {str(f): PartitionResult.from_json(r) for f, r in data.get(job, {}).items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise StoreUnavailable(f"the checkpoint {path} is corrupt; remove it to start the "
-                                   "job over") from None
+            done = self._parse_progress(job, raw)
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            done = None
+        if done is None:
+            raise corrupt
+        entries, complete_bytes = done
+        if complete_bytes is None:  # the single-object form: rewritten as a journal
+            self._write_progress(job, entries)
+        elif complete_bytes < len(raw):
+            with open(path, "r+b") as f:
+                f.truncate(complete_bytes)
+                os.fsync(f.fileno())
+        return entries
 
-    def save_progress(self, job: str, done: Mapping[str, PartitionResult]) -> None:
-        """Records the files of ``job`` done so far with what each held (atomically)."""
-        data = json.dumps({job: {f: done[f].to_json() for f in sorted(done)}}, indent=0).encode()
-        write_atomically(self.progress_path(job), data, suffix=TMP_SUFFIX, lock=True)
+    @staticmethod
+    def _parse_progress(job: str, raw: bytes
+                        ) -> tuple[dict[str, PartitionResult], int | None] | None:
+        """(the files done, the length of the complete lines; None for the single-object
+        form), or None when ``raw`` is not a checkpoint of ``job``."""
+        if raw.startswith(b"{\n"):  # the single object, as earlier releases wrote it
+            data = json.loads(raw)
+            if not isinstance(data, dict) or not isinstance(data.get(job, {}), dict):
+                return None
+            return ({str(f): PartitionResult.from_json(r)
+                     for f, r in data.get(job, {}).items()}, None)
+        end = raw.rfind(b"\n") + 1  # what follows the last newline: a record cut short
+        lines = raw[:end].splitlines()
+        if not lines or json.loads(lines[0]) != {"job": job}:
+            return None
+        entries: dict[str, PartitionResult] = {}
+        for line in lines[1:]:
+            record = json.loads(line)
+            entries[str(record["file"])] = PartitionResult.from_json(record["result"])
+        return entries, end
+
+    def record_progress(self, job: str, file: str, result: PartitionResult) -> None:
+        """Appends ``file`` and what it held to the journal of ``job`` and flushes it to disk:
+        one line per file, so recording the n-th file costs the same as the first."""
+        path = self.progress_path(job)
+        line = json.dumps({"file": file, "result": result.to_json()}).encode() + b"\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            created = os.fstat(fd).st_size == 0
+            if created:
+                line = json.dumps({"job": job}).encode() + b"\n" + line
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_directory(path.parent)
+
+    def _write_progress(self, job: str, done: Mapping[str, PartitionResult]) -> None:
+        """Writes the journal of ``job`` whole (atomically), with the files of ``done``."""
+        lines = [json.dumps({"job": job})] + [
+            json.dumps({"file": f, "result": done[f].to_json()}) for f in sorted(done)]
+        write_atomically(self.progress_path(job), ("\n".join(lines) + "\n").encode(),
+                         suffix=TMP_SUFFIX, lock=True)
 
     def forget(self, job: str) -> None:
         try:
