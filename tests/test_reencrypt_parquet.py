@@ -327,3 +327,24 @@ def test_a_checkpoint_written_whole_by_an_earlier_release_is_resumed(tmp_path):
     pq.write_table(good, broken)
     report = reencrypt(store, COLUMNS, service=new, batch_size=100)
     assert report.complete and report.resumed_rows == 1000 and report.reencrypted == 3000
+
+
+def test_with_worker_processes_progress_moves_with_each_batch_and_counts_each_row_once(
+        tmp_path, monkeypatch):
+    """Worker processes rewrite whole files; the progress they report comes batch by batch
+    (a bar moves before a file is through), and the total is the dataset's rows, once."""
+    master_key_environment(monkeypatch, tmp_path)
+    from engine import KeyRotationService, RotationPolicy, get_encryption_service
+
+    svc = get_encryption_service()
+    path = str(tmp_path / "users")
+    write_dataset(path, svc, files=2, nulls=False)
+    KeyRotationService(svc.provider, RotationPolicy(), state_dir=tmp_path / "rot").rotate_keys()
+    calls = []
+    report = reencrypt(open_store(f"parquet://{path}"), COLUMNS, service=svc, workers=2,
+                       batch_size=50, progress=lambda done, total: calls.append((done, total)))
+    assert report.complete and report.rows == 1000 and report.failed == 0
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == 1000 and {t for _, t in calls} == {1000}
+    steps = [b - a for a, b in zip(done, done[1:]) if b > a]
+    assert len(steps) > 4 and min(steps) < 500, calls  # batches of 50, not files of 500

@@ -21,11 +21,13 @@ A worker that dies stops the job with :class:`~engine.reencrypt.WorkerLost`.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import multiprocessing
 import pickle
+import queue
 import signal
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
@@ -44,6 +46,7 @@ __all__ = ["DaskExecutor", "run_partitions"]
 
 OnPartition = Callable[[Partition, PartitionResult, bool], None]
 DASK_CONNECT_TIMEOUT_S = 10.0
+PROGRESS_INTERVAL_S = 0.2  # how often the coordinator reads the workers' batch reports
 
 
 def _spawn() -> Any:
@@ -51,13 +54,21 @@ def _spawn() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+def _pool(workers: int, progress: Any = None) -> concurrent.futures.ProcessPoolExecutor:
+    """Worker processes; with ``progress`` (a queue of the spawn context), each reports the
+    rows of every batch of a partition it runs as ``(partition index, rows)``."""
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=_spawn(),
-                                                  initializer=_ignore_sigint)
+                                                  initializer=_start_worker,
+                                                  initargs=(progress,))
 
 
-def _ignore_sigint() -> None:
+_PROGRESS: Any = None  # in a worker process: where its partitions report their batches
+
+
+def _start_worker(progress: Any) -> None:
+    global _PROGRESS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _PROGRESS = progress
 
 
 @contextlib.contextmanager
@@ -85,8 +96,11 @@ def _run_task(spec: JobSpec, part: Partition) -> PartitionResult:
     """In a worker process or on a Dask worker: one whole partition, with this process's own
     service and connection."""
     crypto = LocalCrypto(worker_service(spec.service_factory, spec.key_check), spec)
+    progress = _PROGRESS
+    on_batch = None if progress is None else (
+        lambda rows, _counts: progress.put((part.index, rows)))
     try:
-        return process_partition(spec, part, crypto)
+        return process_partition(spec, part, crypto, on_batch=on_batch)
     finally:
         crypto.close()
 
@@ -241,17 +255,7 @@ def _run(spec: JobSpec, parts: Sequence[Partition], service: EncryptionService, 
                                    max(1, default_threads() // workers))
     if workers and spec.store.writes_whole_partitions:  # a process takes a whole partition
         _check_picklable(spec)
-        with _pool(workers) as pool:
-            futures = {pool.submit(_run_task, spec, p): p for p in parts}
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    result = future.result()
-                    if on_batch is not None:
-                        on_batch(result.rows, None)
-                    finished(futures[future], result, False)
-            finally:
-                for future in futures:
-                    future.cancel()
+        _run_whole_partitions(spec, parts, workers, on_batch, finished)
         return total
     if workers:
         _check_picklable(spec)
@@ -265,6 +269,57 @@ def _run(spec: JobSpec, parts: Sequence[Partition], service: EncryptionService, 
     finally:
         crypto.close()
     return total
+
+
+def _run_whole_partitions(spec: JobSpec, parts: Sequence[Partition], workers: int,
+                          on_batch: OnBatch | None,
+                          finished: Callable[[Partition, PartitionResult, bool], None]) -> None:
+    """Each partition on a worker process; with ``on_batch``, the rows of its batches are
+    reported as the workers go (not only as each partition ends): a worker puts them on a
+    queue that this process reads while it waits. A partition's rows count once: when it ends,
+    what its batches did not report yet; reports that arrive after that are dropped."""
+    progress = _spawn().Queue() if on_batch is not None else None
+    reported: dict[int, int] = collections.defaultdict(int)
+    ended: set[int] = set()
+    progress_broken = False
+
+    def drain() -> None:
+        nonlocal progress_broken
+        while progress is not None and on_batch is not None and not progress_broken:
+            try:
+                index, rows = progress.get_nowait()
+            except queue.Empty:
+                return
+            except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+                progress_broken = True  # a worker killed mid-report: its death is what counts
+                return
+            if index not in ended:
+                reported[index] += rows
+                on_batch(rows, None)
+
+    try:
+        with _pool(workers, progress) as pool:
+            futures = {pool.submit(_run_task, spec, p): p for p in parts}
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = concurrent.futures.wait(
+                        pending, timeout=PROGRESS_INTERVAL_S,
+                        return_when=concurrent.futures.FIRST_COMPLETED)
+                    drain()
+                    for future in done:
+                        part, result = futures[future], future.result()
+                        ended.add(part.index)
+                        if on_batch is not None and result.rows > reported[part.index]:
+                            on_batch(result.rows - reported[part.index], None)
+                        finished(part, result, False)
+            finally:
+                for future in futures:
+                    future.cancel()
+    finally:
+        if progress is not None:
+            progress.close()
+            progress.join_thread()
 
 
 def _run_on_dask(spec: JobSpec, parts: Sequence[Partition], dask: DaskExecutor,
