@@ -89,9 +89,15 @@ def test_key_ranges_and_files_become_tasks_on_a_local_cluster(keys, cluster, tmp
     rotate(service, state)
     version = service.provider.get_current_key().version
 
+    calls = []
     report = reencrypt(open_store(db.url, "users", "id"), Users.COLUMNS, aad=RULES,
-                       dask=cluster.scheduler_address, partitions=5, batch_size=150)
+                       dask=cluster.scheduler_address, partitions=5, batch_size=150,
+                       progress=lambda done, total: calls.append(done))
     assert report.complete and report.rows == 2000 and report.reencrypted == 8000
+    # the tasks report their batches as they commit them: the bar moves within a key range
+    # (of about 400 rows), and each row counts once
+    assert calls == sorted(calls) and calls[-1] == 2000, calls
+    assert min(b - a for a, b in zip(calls, calls[1:]) if b > a) <= 150, calls
     assert_application_reads(users, service)
     assert db.rows("SELECT COUNT(*) FROM engine_reencrypt_progress")[0][0] == 0
 

@@ -26,9 +26,11 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
+import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
@@ -92,13 +94,22 @@ def _reseal_ipc(payload: bytes, spec: JobSpec) -> bytes:
                          threads=spec.threads, indexes=indexes))
 
 
-def _run_task(spec: JobSpec, part: Partition) -> PartitionResult:
+def _run_task(spec: JobSpec, part: Partition, progress_topic: str | None = None
+              ) -> PartitionResult:
     """In a worker process or on a Dask worker: one whole partition, with this process's own
-    service and connection."""
+    service and connection. Each batch's rows are reported as ``(partition index, rows)``: on
+    the queue of a local worker process, or as an event of ``progress_topic`` on Dask."""
     crypto = LocalCrypto(worker_service(spec.service_factory, spec.key_check), spec)
     progress = _PROGRESS
-    on_batch = None if progress is None else (
-        lambda rows, _counts: progress.put((part.index, rows)))
+    on_batch: OnBatch | None = None
+    if progress is not None:
+        on_batch = lambda rows, _counts: progress.put((part.index, rows))  # noqa: E731
+    elif progress_topic is not None:
+        import distributed
+
+        worker = distributed.get_worker()
+        on_batch = lambda rows, _counts: worker.log_event(  # noqa: E731
+            progress_topic, (part.index, rows))
     try:
         return process_partition(spec, part, crypto, on_batch=on_batch)
     finally:
@@ -247,7 +258,7 @@ def _run(spec: JobSpec, parts: Sequence[Partition], service: EncryptionService, 
             on_partition(part, result, counted)
 
     if dask is not None:
-        _run_on_dask(spec, parts, dask, finished)
+        _run_on_dask(spec, parts, dask, on_batch, finished)
         return total
     if workers:
         # worker processes share the cores rather than each take them all
@@ -271,34 +282,51 @@ def _run(spec: JobSpec, parts: Sequence[Partition], service: EncryptionService, 
     return total
 
 
+class _Progress:
+    """The rows that workers report batch by batch, passed on to ``on_batch`` in this process.
+    A partition's rows count once: when it ends, what its batches did not report yet; reports
+    that arrive after that are dropped."""
+
+    def __init__(self, on_batch: OnBatch | None) -> None:
+        self._on_batch = on_batch
+        self._reported: dict[int, int] = collections.defaultdict(int)
+        self._ended: set[int] = set()
+
+    def batch(self, index: int, rows: int) -> None:
+        if self._on_batch is not None and index not in self._ended:
+            self._reported[index] += rows
+            self._on_batch(rows, None)
+
+    def ended(self, part: Partition, result: PartitionResult) -> None:
+        self._ended.add(part.index)
+        if self._on_batch is not None and result.rows > self._reported[part.index]:
+            self._on_batch(result.rows - self._reported[part.index], None)
+
+
 def _run_whole_partitions(spec: JobSpec, parts: Sequence[Partition], workers: int,
                           on_batch: OnBatch | None,
                           finished: Callable[[Partition, PartitionResult, bool], None]) -> None:
     """Each partition on a worker process; with ``on_batch``, the rows of its batches are
     reported as the workers go (not only as each partition ends): a worker puts them on a
-    queue that this process reads while it waits. A partition's rows count once: when it ends,
-    what its batches did not report yet; reports that arrive after that are dropped."""
-    progress = _spawn().Queue() if on_batch is not None else None
-    reported: dict[int, int] = collections.defaultdict(int)
-    ended: set[int] = set()
-    progress_broken = False
+    queue that this process reads while it waits."""
+    reports = _spawn().Queue() if on_batch is not None else None
+    progress = _Progress(on_batch)
+    readable = reports is not None
 
     def drain() -> None:
-        nonlocal progress_broken
-        while progress is not None and on_batch is not None and not progress_broken:
+        nonlocal readable
+        while readable and reports is not None:
             try:
-                index, rows = progress.get_nowait()
+                index, rows = reports.get_nowait()
             except queue.Empty:
                 return
             except (EOFError, OSError, ValueError, pickle.UnpicklingError):
-                progress_broken = True  # a worker killed mid-report: its death is what counts
+                readable = False  # a worker killed mid-report: its death is what counts
                 return
-            if index not in ended:
-                reported[index] += rows
-                on_batch(rows, None)
+            progress.batch(index, rows)
 
     try:
-        with _pool(workers, progress) as pool:
+        with _pool(workers, reports) as pool:
             futures = {pool.submit(_run_task, spec, p): p for p in parts}
             pending = set(futures)
             try:
@@ -309,29 +337,53 @@ def _run_whole_partitions(spec: JobSpec, parts: Sequence[Partition], workers: in
                     drain()
                     for future in done:
                         part, result = futures[future], future.result()
-                        ended.add(part.index)
-                        if on_batch is not None and result.rows > reported[part.index]:
-                            on_batch(result.rows - reported[part.index], None)
+                        progress.ended(part, result)
                         finished(part, result, False)
             finally:
                 for future in futures:
                     future.cancel()
     finally:
-        if progress is not None:
-            progress.close()
-            progress.join_thread()
+        if reports is not None:
+            reports.close()
+            reports.join_thread()
 
 
 def _run_on_dask(spec: JobSpec, parts: Sequence[Partition], dask: DaskExecutor,
+                 on_batch: OnBatch | None,
                  finished: Callable[[Partition, PartitionResult, bool], None]) -> None:
+    """Each partition as a task; with ``on_batch``, the tasks report their batches as events
+    of a topic of this job's own, read here while the tasks run."""
     import distributed
 
-    futures = dask.client.map(_run_task, [spec] * len(parts), list(parts), pure=False)
+    reports: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+    topic = None
+    if on_batch is not None:
+        topic = f"engine-reencrypt-progress-{os.urandom(8).hex()}"
+        dask.client.subscribe_topic(topic, lambda event: reports.put(tuple(event[1])))
+    progress = _Progress(on_batch)
+
+    def drain() -> None:
+        while True:
+            try:
+                progress.batch(*reports.get_nowait())
+            except queue.Empty:
+                return
+
+    futures = dask.client.map(_run_task, [spec] * len(parts), list(parts),
+                              [topic] * len(parts), pure=False)
     by_key = {f.key: p for f, p in zip(futures, parts)}
     failure: ReencryptionError | None = None
     try:
-        for future in distributed.as_completed(futures, loop=dask.client.loop):
-            finished(by_key[future.key], future.result(), False)
+        running = distributed.as_completed(futures, loop=dask.client.loop)
+        while not running.is_empty():
+            ready = running.next_batch(block=False)
+            drain()
+            if not ready:
+                time.sleep(PROGRESS_INTERVAL_S)
+            for future in ready:
+                part, result = by_key[future.key], future.result()
+                progress.ended(part, result)
+                finished(part, result, False)
     except distributed.KilledWorker:
         failure = WorkerLost("Dask workers died running a partition (killed, or out of "
                              "memory); what the job committed stays: run it again to resume")
@@ -341,6 +393,9 @@ def _run_on_dask(spec: JobSpec, parts: Sequence[Partition], dask: DaskExecutor,
     finally:
         with contextlib.suppress(Exception):
             dask.client.cancel(futures)
+        if topic is not None:
+            with contextlib.suppress(Exception):
+                dask.client.unsubscribe_topic(topic)
     if failure is not None:
         raise failure
 
