@@ -368,7 +368,7 @@ def test_what_crosses_to_a_worker_holds_no_key_and_no_plaintext(monkeypatch, tmp
     from engine.reencrypt import AadRule, Column, open_store
     from engine.reencrypt.executors import _reseal_ipc
     from engine.reencrypt.partition import JobSpec
-    from engine.reencrypt.transform import KeyCheck, from_ipc, to_ipc, worker_service
+    from engine.reencrypt.transform import KeyCheck, Resealed, to_ipc, worker_service
 
     old = EncryptionService(StaticKeyProvider({1: _RANDOM_KEYS[1]}), metrics=False)
     new = _two_version_service()
@@ -386,7 +386,7 @@ def test_what_crosses_to_a_worker_holds_no_key_and_no_plaintext(monkeypatch, tmp
     for payload in (going, coming):
         assert not any(p in payload for p in plain)
         assert not any(k in payload for k in _RANDOM_KEYS.values())
-    moved = from_ipc(coming).column("0.ssn").to_pylist()
+    moved = Resealed.from_ipc(coming).columns[0].values["ssn"].to_pylist()
     assert new.decrypt_many(moved, aad=[f"users:{i}:ssn" for i in range(200)]).to_list() == plain
     assert worker_service(factory, spec.key_check) is worker_service(factory, spec.key_check)
 

@@ -42,7 +42,7 @@ from .partition import JobSpec, LocalCrypto, Observer, OnBatch, process_partitio
 from .reindex import worker_indexes
 from .report import ColumnCounts, PartitionResult
 from .stores.sql import Partition
-from .transform import from_ipc, reseal, to_ipc, worker_service
+from .transform import Resealed, from_ipc, reseal, to_ipc, worker_service
 
 __all__ = ["DaskExecutor", "run_partitions"]
 
@@ -90,8 +90,8 @@ def _reseal_ipc(payload: bytes, spec: JobSpec) -> bytes:
     """In a worker process: one batch in, its results out, both as Arrow IPC."""
     service = worker_service(spec.service_factory, spec.key_check)
     indexes = worker_indexes(spec.service_factory, spec.columns, service, spec.threads)
-    return to_ipc(reseal(from_ipc(payload), spec.columns, service, check_only=spec.check_only,
-                         threads=spec.threads, indexes=indexes))
+    return reseal(from_ipc(payload), spec.columns, service, check_only=spec.check_only,
+                  threads=spec.threads, indexes=indexes).to_ipc()
 
 
 def _run_task(spec: JobSpec, part: Partition, progress_topic: str | None = None
@@ -120,8 +120,8 @@ class _IpcFuture:
     def __init__(self, future: concurrent.futures.Future) -> None:
         self._future = future
 
-    def result(self) -> Any:
-        return from_ipc(self._future.result())
+    def result(self) -> Resealed:
+        return Resealed.from_ipc(self._future.result())
 
     def cancel(self) -> bool:
         return self._future.cancel()

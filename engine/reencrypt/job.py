@@ -42,7 +42,7 @@ from .report import ColumnCounts, Inventory, PartitionResult, ReencryptionReport
 from .spec import Column, as_columns, column_of, row_fields
 from .stores.base import Store
 from .stores.sql import Partition
-from .transform import KeyCheck, reseal, status_of, stored_index_matches
+from .transform import KeyCheck, reseal, stored_index_matches
 
 __all__ = ["handover", "inventory", "reencrypt"]
 
@@ -311,8 +311,8 @@ class _Job:
         if first is None or first.num_rows == 0:
             return
         resealed = reseal(first, self.columns, self.service, check_only=True)
-        for i, column in enumerate(self.columns):
-            _judge_sample(column, status_of(resealed, i), self.check_only)
+        for column, outcome in zip(self.columns, resealed.columns):
+            _judge_sample(column, outcome.status, self.check_only)
         for name in row_fields(self.columns):
             _judge_index_field(name, column_of(first, name), self.service)
         matches = stored_index_matches(first, self.columns, self.service, indexes)

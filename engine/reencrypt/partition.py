@@ -19,14 +19,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..parquet_rewrite import CannotKeepParquet, ParquetUnreadable, rewrite_parquet
-from ..service import EncryptionService, ValueStatus
+from ..service import EncryptionService
 from .errors import FileUnreadable, UnsupportedFile
 from .reindex import build_indexes
 from .report import FAILURES, ColumnCounts, Failure, PartitionResult, reason
 from .spec import Column, row_fields
 from .stores.parquet import Temporary, file_state, replacing
 from .stores.sql import ColumnWrite, Partition, ReadBatch
-from .transform import KeyCheck, index_of, reseal, status_of, values_of
+from .transform import KeyCheck, Resealed, reseal
 
 __all__ = ["JobSpec", "LocalCrypto", "process_partition"]
 
@@ -110,15 +110,14 @@ def _empty_result(columns: Sequence[Column]) -> PartitionResult:
     return PartitionResult(columns={c.name: ColumnCounts() for c in columns})
 
 
-def _count_batch(spec: JobSpec, resealed: Any, keys: Any, result: PartitionResult
+def _count_batch(spec: JobSpec, resealed: Resealed, keys: Any, result: PartitionResult
                  ) -> dict[str, ColumnCounts]:
     """Per-column counts of one re-sealed batch; failures are listed by key in ``result``."""
     delta = {}
-    for i, column in enumerate(spec.columns):
-        status = status_of(resealed, i)
+    for column, outcome in zip(spec.columns, resealed.columns):
+        status = outcome.status
         counts = ColumnCounts()
-        counts.add_statuses(status, resealed.column(f"{i}.version").to_numpy(
-            zero_copy_only=False))
+        counts.add_statuses(status, outcome.versions)
         delta[column.name] = counts
         bad = np.flatnonzero(np.isin(status, FAILURES))
         result.failures_total += int(bad.shape[0])
@@ -173,12 +172,12 @@ def _write_batch(spec: JobSpec, conn: Any, kinds: dict[str, str], part: Partitio
         observer("read", {"partition": part.index, "keys": list(batch.keys)})
     if not spec.check_only:
         updates = {column.name: ColumnWrite(
-                       np.flatnonzero(status_of(resealed, i) == ValueStatus.REENCRYPTED),
-                       values_of(resealed, i, column.name),
-                       {d.name: index_of(resealed, i, d.name) for d in column.indexes},
+                       np.flatnonzero(outcome.reencrypted()),
+                       outcome.values[column.name],
+                       {d.name: outcome.indexes[d.name] for d in column.indexes},
                        tuple(dict.fromkeys(f for d in column.indexes for f in d.columns
                                            if f != column.name)))
-                   for i, column in enumerate(spec.columns)}
+                   for column, outcome in zip(spec.columns, resealed.columns)}
         recorded = [committed]
 
         def record(changed: dict[str, int]) -> str:
@@ -287,7 +286,7 @@ def _process_file(spec: JobSpec, part: Partition, crypto: Any, on_batch: OnBatch
     return result
 
 
-def _take_file_batch(spec: JobSpec, rb: Any, resealed: Any, table: Any, offset: int,
+def _take_file_batch(spec: JobSpec, rb: Any, resealed: Resealed, table: Any, offset: int,
                      first_row: list[int], name: str, result: PartitionResult,
                      on_batch: OnBatch | None, new: dict[str, list[Any]]) -> int:
     """Counts one re-sealed batch (rows ``offset``... of the row group ``table``) and keeps its
@@ -300,21 +299,21 @@ def _take_file_batch(spec: JobSpec, rb: Any, resealed: Any, table: Any, offset: 
                          result)
     first_row[0] += rb.num_rows
     result.rows += rb.num_rows
-    for name, counts in delta.items():
-        result.columns[name].merge(counts)
+    for column_name, counts in delta.items():
+        result.columns[column_name].merge(counts)
     if on_batch is not None:
         on_batch(rb.num_rows, None)
     moved = 0
-    for i, column in enumerate(spec.columns):
-        reencrypted = status_of(resealed, i) == ValueStatus.REENCRYPTED
+    for column, outcome in zip(spec.columns, resealed.columns):
+        reencrypted = outcome.reencrypted()
         moved += int(reencrypted.sum())
         for stored in column.stored_columns():
-            new.setdefault(stored, []).append(values_of(resealed, i, stored))
+            new.setdefault(stored, []).append(outcome.values[stored])
         for definition in column.indexes:
             old = table.column(definition.name).slice(offset, rb.num_rows).combine_chunks()
             new.setdefault(definition.name, []).append(
                 pc.if_else(pa.array(reencrypted),
-                           index_of(resealed, i, definition.name).cast(old.type), old))
+                           outcome.indexes[definition.name].cast(old.type), old))
     return moved
 
 

@@ -1,15 +1,16 @@
 """The cryptographic step of a job, on one Arrow record batch: what a worker process runs.
 
 :func:`reseal` takes a batch holding the values of each column (and the columns their AAD
-rules read) and returns a batch of results: per column a ``uint8`` status, the key version
-found, and the values to store. Every column goes through
-:meth:`engine.EncryptionService.reencrypt_many` once (one native open per key version, one seal
-per format); nothing here parses a token.
+rules read) and returns a :class:`Resealed`: per column (a :class:`ColumnOutcome`) each row's
+``uint8`` status, the key version found, the values to store and the blind index values.
+Every column goes through :meth:`engine.EncryptionService.reencrypt_many` once (one native
+open per key version, one seal per format); nothing here parses a token.
 
-Batches cross process boundaries as Arrow IPC streams (:func:`to_ipc`/:func:`from_ipc`), never
-as per-row objects, and keys never cross at all: a worker builds its own service with the
-job's ``service_factory`` and proves with :class:`KeyCheck` that it holds the coordinator's
-current key before it seals anything.
+Batches and results cross process boundaries as Arrow IPC streams (:func:`to_ipc`,
+:func:`from_ipc`, :meth:`Resealed.to_ipc`, :meth:`Resealed.from_ipc`), never as per-row
+objects, and keys never cross at all: a worker builds its own service with the job's
+``service_factory`` and proves with :class:`KeyCheck` that it holds the coordinator's current
+key before it seals anything.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from .errors import ColumnNotFound, WorkerKeyMismatch
 from .reindex import ColumnPass, Indexes, Plaintexts, build_indexes, index_values, keep_unindexable
 from .spec import Column, column_of
 
-__all__ = ["KeyCheck", "from_ipc", "index_of", "reseal", "status_of", "stored_index_matches",
-           "to_ipc", "values_of", "worker_service"]
+__all__ = ["ColumnOutcome", "KeyCheck", "Resealed", "from_ipc", "reseal", "stored_index_matches",
+           "to_ipc", "worker_service"]
 
 _CHECK_AAD = b"engine-reencrypt-key-check"
 #: The nonce sizes of the three-column layout: AES-256-GCM's 16-byte IVs, XAES-256-GCM's 24.
@@ -111,20 +112,77 @@ def from_ipc(payload: bytes) -> Any:
     return pa.ipc.open_stream(pa.py_buffer(payload)).read_next_batch()
 
 
-def status_of(result: Any, index: int) -> np.ndarray:
-    """Column ``index``'s status codes in a result batch."""
-    return result.column(f"{index}.status").to_numpy(zero_copy_only=False)
+@dataclass(frozen=True)
+class ColumnOutcome:
+    """What :func:`reseal` found and made for one column of a batch, row by row.
+
+    ``status``: ``uint8`` :class:`~engine.service.ValueStatus` codes, or
+    :data:`~engine.reencrypt.report.UNINDEXABLE`; ``versions``: ``int64``, the key version read
+    (0 where none); ``values``: stored column name -> the values to store (Arrow, of the stored
+    column's type; the old value wherever nothing changed; empty for a check-only pass);
+    ``indexes``: blind index name -> its new values (Arrow; null where the column's value was
+    not re-encrypted)."""
+
+    status: np.ndarray
+    versions: np.ndarray
+    values: dict[str, Any]
+    indexes: dict[str, Any]
+
+    def reencrypted(self) -> np.ndarray:
+        """Which rows were moved to the target version (a bool array)."""
+        return self.status == ValueStatus.REENCRYPTED
 
 
-def values_of(result: Any, index: int, name: str) -> Any:
-    """A stored column's new values in a result batch (``name`` is the stored column)."""
-    return result.column(f"{index}.{name}")
+_LAYOUT_KEY = b"engine.reseal.layout"
 
 
-def index_of(result: Any, index: int, name: str) -> Any:
-    """The new values of blind index ``name`` of column ``index`` in a result batch: set where
-    the column's value was re-encrypted, null elsewhere."""
-    return result.column(f"{index}#{name}")
+@dataclass(frozen=True)
+class Resealed:
+    """The results of :func:`reseal`: one :class:`ColumnOutcome` per column of the job, in the
+    job's order."""
+
+    columns: tuple[ColumnOutcome, ...]
+
+    def to_ipc(self) -> bytes:
+        """One Arrow IPC stream: each column's status, versions, values and index values as
+        fields in that order, the names of its values and indexes in the schema's metadata."""
+        import json
+
+        import pyarrow as pa
+
+        arrays: list[Any] = []
+        layout = []
+        for outcome in self.columns:
+            arrays += [pa.array(outcome.status, pa.uint8()), pa.array(outcome.versions, pa.int64()),
+                       *outcome.values.values(), *outcome.indexes.values()]
+            layout.append({"values": list(outcome.values), "indexes": list(outcome.indexes)})
+        schema = pa.schema([pa.field(str(i), a.type) for i, a in enumerate(arrays)],
+                           metadata={_LAYOUT_KEY: json.dumps(layout)})
+        return to_ipc(pa.RecordBatch.from_arrays(arrays, schema=schema))
+
+    @classmethod
+    def from_ipc(cls, payload: bytes) -> "Resealed":
+        """The results :meth:`to_ipc` wrote (status and versions as numpy views of the
+        stream's buffers)."""
+        import json
+
+        batch = from_ipc(payload)
+        layout = json.loads(batch.schema.metadata[_LAYOUT_KEY])
+        position = 0
+
+        def take() -> Any:
+            nonlocal position
+            position += 1
+            return batch.column(position - 1)
+
+        columns = []
+        for entry in layout:
+            status = take().to_numpy(zero_copy_only=False)
+            versions = take().to_numpy(zero_copy_only=False)
+            values = {name: take() for name in entry["values"]}
+            indexes = {name: take() for name in entry["indexes"]}
+            columns.append(ColumnOutcome(status, versions, values, indexes))
+        return cls(tuple(columns))
 
 
 def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
@@ -133,12 +191,7 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
     """Re-encrypts (or, with ``check_only``, only opens) every column of ``batch``.
 
     Returns:
-        A record batch with, for column ``i``: ``i.status`` (``uint8``
-        :class:`~engine.service.ValueStatus`, or :data:`~engine.reencrypt.report.UNINDEXABLE`),
-        ``i.version`` (``int64``, 0 where none was read) and, unless ``check_only``,
-        ``i.<stored column>`` holding the values to store, of the stored column's type (the old
-        value wherever nothing changed), and ``i#<index>`` for each of its blind indexes (see
-        :func:`index_of`).
+        A :class:`Resealed` with one :class:`ColumnOutcome` per column of ``columns``.
 
     ``threads``: native threads (default: the service's). ``indexes``: the column's blind
     indexes (:func:`build_indexes`; default: built here with the service's provider).
@@ -148,13 +201,11 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
         InvalidArgumentType: a plain column a blind index reads is not text, binary or integer.
         KeyProviderError: the provider has no blind index keys.
     """
-    import pyarrow as pa
-
     indexed = not check_only and any(c.indexes for c in columns)
     opened = Plaintexts()
     needs = {f for c in columns for d in c.indexes for f in d.columns} if indexed else set()
     results: list[ColumnPass] = []
-    index_arrays: dict[str, Any] = {}
+    index_arrays: list[dict[str, Any]] = [{} for _ in columns]
     try:
         for column in columns:
             aad = column.aad.evaluate(batch, column.name)
@@ -167,21 +218,17 @@ def reseal(batch: Any, columns: Sequence[Column], service: EncryptionService, *,
             by_name = {c.name: r for c, r in zip(columns, results)}
             for i, column in enumerate(columns):
                 for definition in column.indexes:
-                    index_arrays[f"{i}#{definition.name}"] = index_values(
+                    index_arrays[i][definition.name] = index_values(
                         batch, column.name, indexes[definition], by_name, opened, service,
                         threads)
             for result in results:
                 keep_unindexable(batch, result)
     finally:
         opened.wipe()
-    arrays: dict[str, Any] = {}
-    for i, result in enumerate(results):
-        arrays[f"{i}.status"] = pa.array(result.status, pa.uint8())
-        arrays[f"{i}.version"] = pa.array(result.versions, pa.int64())
-        for name, arr in result.new.items():
-            arrays[f"{i}.{name}"] = arr
-    arrays.update(index_arrays)
-    return pa.RecordBatch.from_pydict(arrays) if arrays else pa.record_batch([])
+    return Resealed(tuple(
+        ColumnOutcome(np.asarray(r.status, np.uint8), np.asarray(r.versions, np.int64),
+                      dict(r.new), index_arrays[i])
+        for i, r in enumerate(results)))
 
 
 def stored_index_matches(batch: Any, columns: Sequence[Column], service: EncryptionService,
