@@ -265,66 +265,55 @@ def _journal(checkpoint: str) -> list[dict]:
     return [json.loads(line) for line in raw.splitlines()]
 
 
-def _stop_at_file(path: str, files: int, index: int) -> tuple:
-    """A dataset of ``files`` files whose file ``index`` stops the job (a key version column
-    of text), and that file's good table, to put back."""
-    broken = os.path.join(path, f"part-{index}.parquet")
-    good = pq.read_table(broken)
-    pq.write_table(good.set_column(5, "key_version", pa.array(["v1"] * good.num_rows)), broken)
-    return broken, good
-
-
-def test_the_checkpoint_grows_by_one_line_per_file_and_a_torn_last_line_is_dropped(tmp_path):
-    """Recording a file appends one line (flushed), so the n-th file costs what the first did;
-    a run killed while appending leaves a line without its newline, which the next run cuts
-    off: that file is looked at again and its values, already moved, count as current."""
+def _stopped_job(tmp_path, files: int) -> tuple:
+    """A job on a dataset of ``files`` files stopped by its last one (a key version column of
+    text): (the store, the service, the checkpoint, its records, and how to mend that file)."""
     old, new = services()
     path = str(tmp_path / "users")
-    write_dataset(path, old, files=4, nulls=False)
-    broken, good = _stop_at_file(path, 4, 3)
+    write_dataset(path, old, files=files, nulls=False)
+    broken = os.path.join(path, f"part-{files - 1}.parquet")
+    good = pq.read_table(broken)
+    pq.write_table(good.set_column(5, "key_version", pa.array(["v1"] * good.num_rows)), broken)
     store = open_store(f"parquet://{path}")
     with pytest.raises(ColumnNotFound):
         reencrypt(store, COLUMNS, service=new, batch_size=100)
     checkpoint = _checkpoint(path)
     header, *records = _journal(checkpoint)
     assert "job" in header and [os.path.basename(r["file"]) for r in records] == [
-        "part-0.parquet", "part-1.parquet", "part-2.parquet"]
+        f"part-{i}.parquet" for i in range(files - 1)]
+    return store, new, checkpoint, header, records, lambda: pq.write_table(good, broken)
+
+
+def test_the_checkpoint_grows_by_one_line_per_file_and_a_torn_last_line_is_dropped(tmp_path):
+    """Recording a file appends one line (flushed), so the n-th file costs what the first did;
+    a run killed while appending leaves a line without its newline, which the next run cuts
+    off: that file is looked at again and its values, already moved, count as current."""
+    store, new, checkpoint, _, _, mend = _stopped_job(tmp_path, 4)
     with open(checkpoint, "rb") as f:
         lines = f.read().splitlines(keepends=True)
     with open(checkpoint, "wb") as f:  # the last record half written
         f.write(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-    pq.write_table(good, broken)
+    mend()
     report = reencrypt(store, COLUMNS, service=new, batch_size=100)
     assert report.complete and report.rows == 2000 and report.resumed_rows == 1000
     assert report.reencrypted == 3000 and report.already_current == 1000  # part-2: again
     assert report.failed == 0
-    assert not [n for n in listing(path) if n.startswith("_engine_reencrypt_progress")]
+    assert not [n for n in listing(store.path) if n.startswith("_engine_reencrypt_progress")]
 
 
 def test_a_checkpoint_written_whole_by_an_earlier_release_is_resumed(tmp_path):
     """The single JSON object earlier releases wrote: its files are skipped and it becomes a
     journal."""
-    old, new = services()
-    path = str(tmp_path / "users")
-    write_dataset(path, old, files=3, nulls=False)
-    broken, good = _stop_at_file(path, 3, 2)
-    store = open_store(f"parquet://{path}")
-    with pytest.raises(ColumnNotFound):
-        reencrypt(store, COLUMNS, service=new, batch_size=100)
-    checkpoint = _checkpoint(path)
-    header, *records = _journal(checkpoint)
+    store, new, checkpoint, header, records, mend = _stopped_job(tmp_path, 3)
     with open(checkpoint, "w") as f:
         f.write(json.dumps({header["job"]: {r["file"]: r["result"] for r in records}},
                            indent=0))
     stamps = {r["file"]: os.stat(r["file"]).st_mtime_ns for r in records}
-    pq.write_table(good, broken)
     with pytest.raises(ColumnNotFound):  # stopped again, at the same file
-        pq.write_table(good.set_column(5, "key_version", pa.array(["v1"] * good.num_rows)),
-                       broken)
         reencrypt(store, COLUMNS, service=new, batch_size=100)
     assert [r["file"] for r in _journal(checkpoint)[1:]] == [r["file"] for r in records]
     assert {f: os.stat(f).st_mtime_ns for f in stamps} == stamps  # skipped, not rewritten
-    pq.write_table(good, broken)
+    mend()
     report = reencrypt(store, COLUMNS, service=new, batch_size=100)
     assert report.complete and report.resumed_rows == 1000 and report.reencrypted == 3000
 
