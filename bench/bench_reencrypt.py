@@ -52,7 +52,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import Batch, EncryptionService, StaticKeyProvider, backend_info  # noqa: E402
-from engine.envelope import token_header  # noqa: E402
+from engine.formats.wire import token_header  # noqa: E402
 from engine.reencrypt import Column, SealedLayout, open_store, reencrypt  # noqa: E402
 
 K1, K2 = bytes(range(32)), bytes(range(32, 64))

@@ -41,8 +41,9 @@ if __package__ in (None, ""):
 
 from engine import backend_info  # noqa: E402
 from engine.codecs import batch_to_text  # noqa: E402
-from engine.envelope import text_tokens_batch, token_header  # noqa: E402
 from engine.fields import FieldEncryption  # noqa: E402
+from engine.formats.tokens import text_tokens_batch  # noqa: E402
+from engine.formats.wire import token_header  # noqa: E402
 from engine.keys import (  # noqa: E402
     DerivationPolicy,
     EnvironmentKeyProvider,

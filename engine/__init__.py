@@ -2,7 +2,7 @@
 
 The layers, from the bottom: ``engine._native`` (the only module that touches cffi),
 ``engine.aead`` and ``engine.batch`` (cipher and batch types, with ``buffers``/``codecs``/
-``records`` beneath them), ``engine.envelope`` (ciphertext formats), ``engine.keys`` and
+``records`` beneath them), ``engine.formats`` (ciphertext formats), ``engine.keys`` and
 ``engine.vault`` (key providers), ``engine.rotation``/``audit``/``metrics``/``tls``,
 ``engine.service``/``engine.fields``/``engine.tables`` (the application-facing API), and the jobs
 over data above them (``engine.stream``). Calls that take raw keys and nonces are in
@@ -28,14 +28,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the table belo
     from .aead import AesGcm, backend_info, random_bytes
     from .batch import Batch, SealedBatch
     from .blind_index import BlindIndex, BlindIndexes
-    from .envelope import (
-        EncryptedData,
-        EnvelopeError,
-        InvalidBase64,
-        InvalidLength,
-        MalformedEnvelope,
-        UnknownFormat,
-    )
     from .errors import (
         BackendUnavailable,
         BatchInvalidTag,
@@ -47,6 +39,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the table belo
         NativeError,
     )
     from .fields import FieldEncryption
+    from .formats.envelope import EncryptedData
+    from .formats.wire import (
+        EnvelopeError,
+        InvalidBase64,
+        InvalidLength,
+        MalformedEnvelope,
+        UnknownFormat,
+    )
     from .keys import (
         EnvironmentKeyProvider,
         KeyState,
@@ -78,12 +78,12 @@ _EXPORTS = {  # name -> the module that defines it
     "SealedBatch": "batch",
     "BlindIndex": "blind_index",
     "BlindIndexes": "blind_index",
-    "EncryptedData": "envelope",
-    "EnvelopeError": "envelope",
-    "InvalidBase64": "envelope",
-    "InvalidLength": "envelope",
-    "MalformedEnvelope": "envelope",
-    "UnknownFormat": "envelope",
+    "EncryptedData": "formats.envelope",
+    "EnvelopeError": "formats.wire",
+    "InvalidBase64": "formats.wire",
+    "InvalidLength": "formats.wire",
+    "MalformedEnvelope": "formats.wire",
+    "UnknownFormat": "formats.wire",
     "BackendUnavailable": "errors",
     "BatchInvalidTag": "errors",
     "EngineError": "errors",

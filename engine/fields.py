@@ -29,8 +29,9 @@ from .batch import Batch
 from .blind_index import BlindIndex, BlindIndexes, under_one_version
 from .buffers import empty_bytes, is_arrow, pyarrow_module
 from .codecs import prefix_each
-from .envelope import is_text_token, text_token_mask
 from .errors import BatchInvalidTag, InvalidArgument, InvalidArgumentType
+from .formats.envelope import is_text_token
+from .formats.tokens import text_token_mask
 from .records import (
     NONE_VALUES,
     STR_VALUES,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Iterable, TypeVar
 
-from .envelope import EnvelopeError
 from .errors import ERROR_TYPES, EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
+from .formats.wire import EnvelopeError
 from .keys.base import KeyProviderError, KeyUsageExhausted, KeyVersionNotUsable, UnknownKeyVersion
 
 __all__ = ["count_refusal", "counted", "counts_refusals", "error_type_of",

@@ -2,7 +2,7 @@
 
 Single values use :meth:`engine.AesGcm.encrypt` with a fresh 16-byte IV; batches go through the
 native batch path in one call per key version, and their tokens are packed and parsed in bulk
-(:mod:`engine.envelope`). Decryption always takes the key version recorded in the ciphertext, so
+(:mod:`engine.formats`). Decryption always takes the key version recorded in the ciphertext, so
 data written under any retained version decrypts after the current version has moved on. A key
 version made for XAES-256-GCM writes tokens of formats 3 and 4 (24-byte nonces) and is never
 refused for usage; a token whose format names another algorithm than its key version's fails
@@ -30,7 +30,17 @@ from .aead import random_bytes, text_token_header
 from .batch import Batch, as_batch
 from .buffers import empty_bytes, is_arrow, offsets_of
 from .codecs import batch_to_text, interleave
-from .envelope import (
+from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
+from .formats.envelope import EncryptedData
+from .formats.stored import VALUE_JSON, StoredValues, format_stored_values, parse_stored_values
+from .formats.tokens import (
+    TokenHeaders,
+    as_binary_tokens,
+    encode_text_tokens,
+    parse_headers,
+    text_tokens_batch,
+)
+from .formats.wire import (
     BOUND_FORMATS,
     FORMAT_ALGORITHMS,
     FORMAT_IV_BYTES,
@@ -39,19 +49,9 @@ from .envelope import (
     HEADER_BYTES,
     MAGIC,
     TEXT_PREFIX_BYTES,
-    VALUE_JSON,
-    EncryptedData,
-    StoredValues,
-    as_binary_tokens,
-    encode_text_tokens,
-    format_stored_values,
-    parse_headers,
-    parse_stored_values,
-    text_tokens_batch,
     token_format,
     token_header,
 )
-from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
 from .keys.base import (
     GCM_RANDOM_IV_LIMIT,
     KeyProvider,
@@ -333,7 +333,7 @@ class EncryptionService:
             aad: optional associated data (str or bytes) that decryption must repeat.
 
         Returns:
-            An :class:`~engine.envelope.EncryptedData` with a fresh 16-byte IV (24 bytes under
+            An :class:`~engine.formats.envelope.EncryptedData` with a fresh 16-byte IV (24 bytes under
             an XAES-256-GCM key version) and the time.
 
         Raises:
@@ -547,17 +547,12 @@ class EncryptionService:
         caller_aad = _caller_aad(aad, n)
         off = offsets_of(tokens.lengths() - FORMAT_OVERHEAD[headers.formats])
         out = empty_bytes(int(off[-1]), secret=True)
-        group_key = headers.key_versions * 256 + headers.formats
-        if n == 0 or bool((group_key == group_key[0]).all()):
-            groups: list[tuple[int, np.ndarray | None]] = [(int(group_key[0]), None)] if n else []
-        else:
-            values, inverse = np.unique(group_key, return_inverse=True)
-            groups = [(int(g), np.flatnonzero(inverse == i)) for i, g in enumerate(values.tolist())]
-        keys = {g: self._key_for(g // 256) for g, _ in groups}  # all known, or raise
+        groups = headers.groups()
+        keys = {version: self._key_for(version) for version, _, _ in groups}  # known, or raise
         failed: list[np.ndarray] = []
-        for g, idx in groups:
-            fmt = g % 256
-            if keys[g].algorithm != FORMAT_ALGORITHMS[fmt]:
+        for version, fmt, idx in groups:
+            key = keys[version]
+            if key.algorithm != FORMAT_ALGORITHMS[fmt]:
                 failed.append(np.arange(n) if idx is None else idx)
                 continue
             sub, starts, sub_aad = tokens, off[:-1], caller_aad
@@ -566,14 +561,14 @@ class EncryptionService:
                 if isinstance(caller_aad, Batch):
                     sub_aad = caller_aad.take(idx)
             try:
-                keys[g].cipher.open_tokens(sub, HEADER_BYTES, sub_aad,
+                key.cipher.open_tokens(sub, HEADER_BYTES, sub_aad,
                                            bind_header=fmt in BOUND_FORMATS,
                                            nonce_size=int(FORMAT_IV_BYTES[fmt]), out=out,
                                            out_starts=starts, threads=self._threads)
             except BatchInvalidTag as exc:
                 failed.append(exc.failed if idx is None else idx[exc.failed])
             else:
-                self._used(g // 256, "decrypt", len(sub))
+                self._used(version, "decrypt", len(sub))
         if failed:
             out.fill(0)
             bad = np.sort(np.concatenate(failed))
@@ -599,12 +594,12 @@ class EncryptionService:
                        ) -> "Reencrypted":
         """Moves stored values to the current key version, each in the shape it was stored in.
 
-        Values are read in bulk (:func:`engine.envelope.parse_stored_values`), grouped by key
+        Values are read in bulk (:func:`engine.formats.stored.parse_stored_values`), grouped by key
         version and token format, opened with one native pass per group and sealed again under
         the current version with one native pass per format: no per-value Python loop. Binary
         and text tokens keep their kind and format byte; JSON values are written back in the
         JSON envelope with a new IV and timestamp, and keep the members the application
-        stored beside the engine's (:mod:`engine.envelope_extras`). The caller's AAD is the same before and
+        stored beside the engine's (:mod:`engine.formats.json_extras`). The caller's AAD is the same before and
         after (a format-1 token's header, which names the version, changes with it).
 
         Args:
@@ -684,9 +679,9 @@ class EncryptionService:
         off = offsets_of(sizes)
         out = empty_bytes(int(off[-1]), secret=True)
         opened = np.ones(todo.shape[0], dtype=bool)
-        group_key = stored.key_versions[todo] * 256 + stored.formats[todo]
+        groups = TokenHeaders(stored.formats[todo], stored.key_versions[todo]).groups()
         try:
-            self._open_groups(stored, todo, caller_aad, status, group_key, out, off, opened,
+            self._open_groups(stored, todo, caller_aad, status, groups, out, off, opened,
                               threads)
         except BaseException:
             out.fill(0)
@@ -694,12 +689,12 @@ class EncryptionService:
         return Batch._trusted(out, off), opened
 
     def _open_groups(self, stored: StoredValues, todo: np.ndarray, caller_aad: Any,
-                     status: np.ndarray, group_key: np.ndarray, out: np.ndarray,
-                     off: np.ndarray, opened: np.ndarray, threads: int | None) -> None:
-        for g in np.unique(group_key).tolist():
-            local = np.flatnonzero(group_key == g)
+                     status: np.ndarray, groups: list[tuple[int, int, np.ndarray | None]],
+                     out: np.ndarray, off: np.ndarray, opened: np.ndarray,
+                     threads: int | None) -> None:
+        for version, fmt, where in groups:
+            local = np.arange(todo.shape[0]) if where is None else where
             idx = todo[local]
-            version, fmt = g // 256, g % 256
             try:
                 key = self._key_for(version)
             except UnknownKeyVersion:

@@ -52,8 +52,8 @@ from .columns import (
 )
 from .columns.arrays import binary_parts
 from .columns.format import FORMATS, TEXT_PREFIX
-from .envelope import EnvelopeError
 from .errors import BatchInvalidTag, EngineError, InvalidArgument, InvalidArgumentType
+from .formats.wire import EnvelopeError
 from .parquet_rewrite import ParquetUnreadable, rewrite_parquet, writer_options
 from .refusals import counted, counts_refusals, metrics_of_service, restated
 from .service import EncryptionService, get_encryption_service

@@ -19,22 +19,23 @@ from engine.codecs import (
     b64url_encode,
     prefix_each,
 )
-from engine.envelope import (
-    EncryptedData,
-    EnvelopeError,
-    InvalidBase64,
-    InvalidLength,
-    MalformedEnvelope,
-    UnknownFormat,
+from engine.formats.envelope import EncryptedData, is_text_token
+from engine.formats.tokens import (
     as_binary_tokens,
     decode_text_tokens,
     encode_text_tokens,
-    is_text_token,
     pack_tokens,
     parse_headers,
     parse_tokens,
     sealed_to_text_tokens,
     text_token_mask,
+)
+from engine.formats.wire import (
+    EnvelopeError,
+    InvalidBase64,
+    InvalidLength,
+    MalformedEnvelope,
+    UnknownFormat,
     token_header,
 )
 
@@ -322,7 +323,7 @@ def test_bulk_paths_make_one_native_call_per_batch(monkeypatch):
 def test_text_tokens_as_a_batch_and_an_arrow_column():
     import pyarrow as pa
 
-    from engine.envelope import text_tokens_batch
+    from engine.formats.tokens import text_tokens_batch
 
     cipher = AesGcm(b"t" * 32)
     tokens = cipher.seal_tokens(Batch.from_list([b"x" * i for i in range(40)]), token_header(2))
@@ -333,3 +334,24 @@ def test_text_tokens_as_a_batch_and_an_arrow_column():
     assert column.type == pa.large_string() and column.to_pylist() == texts
     with pytest.raises(ValueError, match="UTF-8"):
         Batch.from_list([b"\xff\xfe"]).to_arrow(text=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 3, 4]), st.sampled_from([1, 7, 2**24, 2**32 - 1])),
+                max_size=30))
+def test_token_headers_group_every_token_once_by_version_then_format(headers):
+    """The service opens tokens one (key version, format) group at a time: every token falls
+    in exactly the group of its header, and versions up to 2**32 - 1 never collide."""
+    from engine.formats.tokens import TokenHeaders
+
+    formats = np.array([f for f, _ in headers], dtype=np.uint8)
+    versions = np.array([v for _, v in headers], dtype=np.int64)
+    groups = TokenHeaders(formats, versions).groups()
+    assert [(v, f) for v, f, _ in groups] == sorted({(v, f) for f, v in headers})
+    seen = []
+    for version, fmt, where in groups:
+        members = np.arange(len(headers)) if where is None else where
+        assert where is not None or len(groups) == 1
+        assert all(headers[i] == (fmt, version) for i in members.tolist())
+        seen += members.tolist()
+    assert sorted(seen) == list(range(len(headers)))

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine import EncryptionService, StaticKeyProvider
-from engine.envelope_extras import ENGINE_MEMBERS, object_members
+from engine.formats.json_extras import ENGINE_MEMBERS, object_members
 from engine.reencrypt import inventory, open_store, reencrypt
 from engine.service import ValueStatus
 

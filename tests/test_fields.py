@@ -7,8 +7,9 @@ import copy
 import pytest
 
 from engine import BatchInvalidTag, InvalidArgument, InvalidArgumentType, InvalidTag
-from engine.envelope import EncryptedData, MalformedEnvelope, is_text_token
 from engine.fields import FieldEncryption
+from engine.formats.envelope import EncryptedData, is_text_token
+from engine.formats.wire import MalformedEnvelope
 from engine.keys import StaticKeyProvider
 from engine.service import EncryptionService, reset_encryption_service
 
@@ -230,7 +231,7 @@ sys.modules["pyarrow"] = None  # pyarrow is an optional extra: everything must w
 import numpy as np
 import engine
 from engine import EncryptionService, FieldEncryption, StaticKeyProvider
-from engine.envelope import is_text_token
+from engine.formats.envelope import is_text_token
 
 svc = EncryptionService(StaticKeyProvider({1: bytes(range(32))}))
 fe = FieldEncryption(svc)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine import InvalidTag
-from engine.envelope import EncryptedData
+from engine.formats.envelope import EncryptedData
 from engine.keys import StaticKeyProvider
 from engine.service import EncryptionService
 

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import engine
-from engine.envelope import token_header
+from engine.formats.wire import token_header
 from engine.keys import StaticKeyProvider
 from engine.service import EncryptionService
 

@@ -156,7 +156,7 @@ def test_large_batches_with_per_record_aad_equal_the_reference_at_every_position
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_encrypt_many_with_per_record_aad_binds_header_and_aad(threads):
-    from engine.envelope import token_header
+    from engine.formats.wire import token_header
     from engine.keys import StaticKeyProvider
     from engine.service import EncryptionService
 

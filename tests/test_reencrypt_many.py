@@ -18,7 +18,9 @@ from hypothesis import given, settings, strategies as st
 from engine import Batch, EncryptedData, FieldEncryption, StaticKeyProvider
 from engine.audit import AuditLog, read_entries
 from engine.codecs import b64_decode, b64_encode, concat_each, interleave
-from engine.envelope import (
+from engine.errors import InvalidArgument, InvalidArgumentType
+from engine.fields import context_aad
+from engine.formats.stored import (
     VALUE_BINARY_TOKEN,
     VALUE_JSON,
     VALUE_NULL,
@@ -26,8 +28,6 @@ from engine.envelope import (
     format_stored_values,
     parse_stored_values,
 )
-from engine.errors import InvalidArgument, InvalidArgumentType
-from engine.fields import context_aad
 from engine.keys import KeyVersionNotUsable
 from engine.service import EncryptionService, ValueStatus
 

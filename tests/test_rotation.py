@@ -298,7 +298,7 @@ def test_purge_only_deprecated(tmp_path):
 
 # ---- the service, rotation, usage, metrics and audit working together ----
 
-from engine.envelope import EncryptedData  # noqa: E402
+from engine.formats.envelope import EncryptedData  # noqa: E402
 from engine.service import EncryptionService  # noqa: E402
 
 

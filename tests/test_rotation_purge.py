@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine import EncryptionService, KeyRotationService, RotationPolicy, StaticKeyProvider
-from engine.envelope import EncryptedData
+from engine.formats.envelope import EncryptedData
 from engine.keys import UnknownKeyVersion
 from engine.reencrypt import AadRule, inventory, open_store, reencrypt
 from engine.rotation import VersionStillInUse

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from engine import Batch, BatchInvalidTag, InvalidArgument, InvalidArgumentType, InvalidTag
-from engine.envelope import (
-    EncryptedData,
+from engine.formats.envelope import EncryptedData
+from engine.formats.wire import (
     InvalidBase64,
     InvalidLength,
     MalformedEnvelope,

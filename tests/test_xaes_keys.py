@@ -24,8 +24,9 @@ from engine import (
     StaticKeyProvider,
     XAesGcm,
 )
-from engine.envelope import FORMAT_BOUND, FORMAT_XAES, FORMAT_XAES_UNBOUND, decode_text_tokens
 from engine.errors import InvalidArgument
+from engine.formats.tokens import decode_text_tokens
+from engine.formats.wire import FORMAT_BOUND, FORMAT_XAES, FORMAT_XAES_UNBOUND
 from engine.keys import DerivationPolicy, KeyUsageExhausted, MasterKeyMismatch
 from engine.keys.base import GCM_RANDOM_IV_LIMIT, usage_limit
 
@@ -269,7 +270,7 @@ def test_xaes_token_layouts_in_the_envelope_helpers():
     import base64
 
     from engine import Batch, InvalidLength, UnknownFormat
-    from engine.envelope import pack_tokens, parse_tokens
+    from engine.formats.tokens import pack_tokens, parse_tokens
 
     key = os.urandom(32)
     svc = service(StaticKeyProvider({3: key}, algorithm=XAES))

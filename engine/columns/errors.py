@@ -3,7 +3,7 @@ value that cannot be read is a format error, whatever carried it)."""
 
 from __future__ import annotations
 
-from ..envelope import EnvelopeError
+from ..formats.wire import EnvelopeError
 
 __all__ = ["ColumnTypeMismatch", "MalformedColumnValue", "UnknownColumnFormat", "UnknownColumnType"]
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..atomic_file import atomic_output
-from ..envelope import EncryptedData, EnvelopeError
 from ..errors import EngineError, InvalidArgument, InvalidArgumentType, InvalidTag
+from ..formats.envelope import EncryptedData
+from ..formats.wire import EnvelopeError
 from ..keys.base import KeyVersionNotUsable
 from ..locks import fork_safe_lock
 from ..refusals import counts_refusals, metrics_of_service

@@ -24,14 +24,9 @@ from ..aead import random_bytes
 from ..batch import Batch, SealedBatch
 from ..blind_index import NormalisationError
 from ..codecs import interleave
-from ..envelope import (
-    FORMAT_UNBOUND,
-    FORMAT_XAES_UNBOUND,
-    MAX_KEY_VERSION,
-    pack_tokens,
-    parse_tokens,
-)
 from ..errors import InvalidArgument, InvalidTag
+from ..formats.tokens import pack_tokens, parse_tokens
+from ..formats.wire import FORMAT_UNBOUND, FORMAT_XAES_UNBOUND, MAX_KEY_VERSION
 from ..keys import UnknownKeyVersion
 from ..service import EncryptionService, ValueStatus
 from .errors import ColumnNotFound, WorkerKeyMismatch

@@ -48,7 +48,7 @@ def keep_extra_members(new: Any, previous: Any) -> Any:
     Values made of engine members only are found in one pass and left as they are; the others
     are read one by one.
     """
-    from .batch import Batch
+    from ..batch import Batch
 
     n = len(new)
     if not n:
@@ -61,7 +61,7 @@ def keep_extra_members(new: Any, previous: Any) -> Any:
         merged.append(_merge(bytes(previous[i]), bytes(new[i])))
     if rest.shape[0] == n:
         return Batch.from_list(merged)
-    from .codecs import interleave
+    from ..codecs import interleave
 
     keep = np.setdiff1d(np.arange(n), rest)
     return interleave(n, [(keep, new.take(keep)), (rest, Batch.from_list(merged))])
