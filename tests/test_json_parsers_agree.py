@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from engine import Batch
 from engine.formats.envelope import EncryptedData
@@ -25,6 +25,7 @@ VERSIONS = st.one_of(st.integers(-1, 2**33), st.sampled_from([0, 1, 2**32 - 1, 2
                      st.integers(1, 99).map(str), st.sampled_from(["1", "01", "1.0", " 1", "٣"]),
                      st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none())
 TIMESTAMPS = st.one_of(st.just("2026-01-31T12:00:00.000Z"), st.just("2026-01-31T12:00:00Z"),
+                       st.just("0001-01-01T00:00:00+01:00"), st.just("9999-12-31T23:59:59-01:00"),
                        st.just("2026-01-31T12:00:00.123456+01:00"), st.just("2026-13-31T12:00:00Z"),
                        st.just("yesterday"), st.just(""), st.integers(0, 2**40), st.none())
 
@@ -41,7 +42,8 @@ def envelopes(draw):
            "keyVersion": draw(st.integers(1, 2**32 - 1))}
     if draw(st.booleans()):
         doc["algorithm"] = draw(st.sampled_from(
-            ["xaes-256-gcm" if xaes else "aes-256-gcm", "AES-256-GCM", "aes-128-gcm", "", 7]))
+            ["xaes-256-gcm" if xaes else "aes-256-gcm", "AES-256-GCM", "aes-128-gcm", "", 7,
+             None]))
     if draw(st.booleans()):
         doc["timestamp"] = draw(TIMESTAMPS)
     for _ in range(draw(st.integers(0, 2))):  # a field retyped or given an odd value
@@ -69,8 +71,15 @@ def _reference(text: str) -> bytes | None:
         return None
 
 
+_IV = '"iv":"AAAAAAAAAAAAAAAAAAAAAA==","ciphertext":"","authTag":"AAAAAAAAAAAAAAAAAAAAAA=="'
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(envelopes(), min_size=1, max_size=12))
+# a time whose offset puts it before year 1 in UTC, and "algorithm": null, which pyarrow cannot
+# tell from no algorithm: both accepted by the bulk pass once, refused by the reference
+@example(["{" + _IV + ',"keyVersion":1,"timestamp":"0001-01-01T00:00:00+01:00"}'])
+@example(["{" + _IV + ',"keyVersion":1,"algorithm":null}'])
 def test_the_bulk_reader_accepts_what_the_reference_accepts_and_makes_the_same_tokens(docs):
     expected = [_reference(d) for d in docs]
     for batch in (docs, [d for d, e in zip(docs, expected) if e is not None]):

@@ -243,6 +243,7 @@ def _tokens_to_json(tokens: Batch, timestamp: datetime | None, threads: int | No
 
 # What the one-pass reader accepts as a timestamp without a second look: ISO-8601 as
 # JavaScript and Python write it. Anything else goes to EncryptedData's own check.
+_EDGE_YEARS = r"^(0001|9999)-"
 _ISO_TIMESTAMP = (r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?"
                   r"(Z|[+-](0\d|1\d|2[0-3]):[0-5]\d)?$")
 _JSON_FIELDS = (("iv", "string"), ("ciphertext", "string"), ("authTag", "string"),
@@ -345,8 +346,17 @@ def _json_one_pass(values: Batch, threads: int | None) -> tuple[Batch, np.ndarra
                                                 error_is_null=True),
                                     format="%Y-%m-%dT%H:%M:%S"), prefix)
     simple = pc.and_kleene(pc.match_substring_regex(ts, _ISO_TIMESTAMP), calendar)
+    # in years 1 and 9999 an offset can put the time outside datetime's range in UTC, which
+    # the reference refuses: it decides those
+    simple = pc.and_kleene(simple, pc.invert(pc.match_substring_regex(ts, _EDGE_YEARS)))
     simple = pc.fill_null(pc.or_kleene(pc.is_null(ts), simple), False).to_numpy(
         zero_copy_only=False)
+    # a null algorithm is none given (aes-256-gcm) or "algorithm": null, which the reference
+    # refuses: a value that may name the member (its name, or any escape) goes to the reference
+    text = values.to_arrow()
+    may_name = pc.or_(pc.match_substring(text, "lgorithm"), pc.match_substring(text, "\\"))
+    simple &= ~(pc.is_null(algorithm).to_numpy(zero_copy_only=False)
+                & may_name.to_numpy(zero_copy_only=False))
     unsure = np.flatnonzero(ok & ~simple)
     ok &= simple
     heads = np.empty((n, HEADER_BYTES), dtype=np.uint8)
