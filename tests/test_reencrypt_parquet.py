@@ -301,6 +301,20 @@ def test_the_checkpoint_grows_by_one_line_per_file_and_a_torn_last_line_is_dropp
     assert not [n for n in listing(store.path) if n.startswith("_engine_reencrypt_progress")]
 
 
+@pytest.mark.parametrize("left", [b"", b'{"jo'])
+def test_a_journal_whose_first_write_was_cut_short_holds_nothing_yet(tmp_path, left):
+    """Killed during the journal's first write (an empty file, or half a header): the next run
+    starts the dataset over instead of refusing the checkpoint as corrupt."""
+    store, new, checkpoint, _, _, mend = _stopped_job(tmp_path, 3)
+    with open(checkpoint, "wb") as f:
+        f.write(left)
+    mend()
+    report = reencrypt(store, COLUMNS, service=new, batch_size=100)
+    assert report.complete and report.rows == 1500 and report.resumed_rows == 0
+    assert report.reencrypted == 1000 and report.already_current == 2000  # 0-1 moved before
+    assert report.failed == 0
+
+
 def test_a_checkpoint_written_whole_by_an_earlier_release_is_resumed(tmp_path):
     """The single JSON object earlier releases wrote: its files are skipped and it becomes a
     journal."""

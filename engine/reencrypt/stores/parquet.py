@@ -73,7 +73,24 @@ class ParquetStore:
         return self.partitions(self.load_progress(job))
 
     def partition_done(self, job: str, part: Partition, result: PartitionResult) -> None:
-        self.record_progress(job, str(part.file), result)
+        """Appends the file and what it held to the job's journal (see :meth:`load_progress`)
+        and flushes it to disk: one line per file, so recording the n-th file costs the same
+        as the first."""
+        path = self.progress_path(job)
+        line = json.dumps({"file": str(part.file), "result": result.to_json()}).encode() + b"\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            created = os.fstat(fd).st_size == 0
+            if created:
+                line = json.dumps({"job": job}).encode() + b"\n" + line
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_directory(path.parent)
 
     def release_job(self, job: str, run: str) -> None:
         """Nothing runs on after the job: a file is written whole or not at all."""
@@ -220,7 +237,8 @@ class ParquetStore:
 
         The journal is one JSON line naming the job, then one line per finished file. A last
         line without its newline is a record a killed run was writing: it is cut off here (that
-        file is looked at again; its values, already moved, count as current). A checkpoint
+        file is looked at again; its values, already moved, count as current); a journal with
+        no whole line (killed during its first write) holds nothing yet. A checkpoint
         written whole as one JSON object by earlier releases is read and rewritten as a journal.
 
         Raises:
@@ -262,32 +280,15 @@ class ParquetStore:
                      for f, r in data.get(job, {}).items()}, None)
         end = raw.rfind(b"\n") + 1  # what follows the last newline: a record cut short
         lines = raw[:end].splitlines()
-        if not lines or json.loads(lines[0]) != {"job": job}:
+        if not lines:  # the first write (header and first record) was cut short
+            return {}, 0
+        if json.loads(lines[0]) != {"job": job}:
             return None
         entries: dict[str, PartitionResult] = {}
         for line in lines[1:]:
             record = json.loads(line)
             entries[str(record["file"])] = PartitionResult.from_json(record["result"])
         return entries, end
-
-    def record_progress(self, job: str, file: str, result: PartitionResult) -> None:
-        """Appends ``file`` and what it held to the journal of ``job`` and flushes it to disk:
-        one line per file, so recording the n-th file costs the same as the first."""
-        path = self.progress_path(job)
-        line = json.dumps({"file": file, "result": result.to_json()}).encode() + b"\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            created = os.fstat(fd).st_size == 0
-            if created:
-                line = json.dumps({"job": job}).encode() + b"\n" + line
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:
-            fsync_directory(path.parent)
 
     def _write_progress(self, job: str, done: Mapping[str, PartitionResult]) -> None:
         """Writes the journal of ``job`` whole (atomically), with the files of ``done``."""
