@@ -353,10 +353,11 @@ def _json_one_pass(values: Batch, threads: int | None) -> tuple[Batch, np.ndarra
         zero_copy_only=False)
     # a null algorithm is none given (aes-256-gcm) or "algorithm": null, which the reference
     # refuses: a value that may name the member (its name, or any escape) goes to the reference
-    text = values.to_arrow()
-    may_name = pc.or_(pc.match_substring(text, "lgorithm"), pc.match_substring(text, "\\"))
-    simple &= ~(pc.is_null(algorithm).to_numpy(zero_copy_only=False)
-                & may_name.to_numpy(zero_copy_only=False))
+    unnamed = pc.is_null(algorithm).to_numpy(zero_copy_only=False)
+    if unnamed.any():  # the engine names the algorithm: most batches have none without it
+        text = values.to_arrow()
+        may_name = pc.or_(pc.match_substring(text, "lgorithm"), pc.match_substring(text, "\\"))
+        simple &= ~(unnamed & may_name.to_numpy(zero_copy_only=False))
     unsure = np.flatnonzero(ok & ~simple)
     ok &= simple
     heads = np.empty((n, HEADER_BYTES), dtype=np.uint8)
